@@ -1,0 +1,302 @@
+//! A bounded map of per-key instances (a breaker per host, a bulkhead per tenant).
+//!
+//! Per-key state must not grow with the number of keys clients invent. [`KeyedMap`] holds at
+//! most `max_entries` instances and drops those not used for `idle_timeout`.
+//!
+//! It is a thin layer over [`moka::sync::Cache`], chosen over a hand-written map because it
+//! is well kept, lock-free on reads, bounded with a TinyLFU admission policy that keeps keys in
+//! steady use when a flood of one-off keys arrives (tested: 10 keys in use survive 50,000
+//! one-off keys in a map of 100), and creates a missing entry once when many callers ask for
+//! it at the same moment (`get_with`).
+//!
+//! What to know:
+//! - The bound is enforced by moka's maintenance, which runs as entries are touched, so the
+//!   count can briefly pass `max_entries` before it is brought back; [`KeyedMap::sync`] runs it
+//!   at once.
+//! - An evicted key (or a new key that the admission policy did not keep) starts fresh the
+//!   next time it is seen. Where fresh state would be a hole (a rate limit per client-chosen
+//!   key), validate keys first, for example against the tenant registry.
+//! - Idle expiry follows moka's own monotonic clock, not tokio's: paused test time does not
+//!   expire entries. It is a memory bound, not a behaviour to rely on.
+//!
+//! ```
+//! use std::{sync::{atomic::{AtomicU32, Ordering}, Arc}, time::Duration};
+//! use tower_patterns_core::keyed::KeyedMap;
+//!
+//! let breakers: KeyedMap<&'static str, Arc<AtomicU32>> = KeyedMap::builder()
+//!     .max_entries(10_000)
+//!     .idle_timeout(Duration::from_secs(600))
+//!     .build()
+//!     .unwrap();
+//!
+//! let a = breakers.get_or_insert_with("host-a", || Arc::new(AtomicU32::new(0)));
+//! a.fetch_add(1, Ordering::Relaxed);
+//! // The same key gives the same instance.
+//! let again = breakers.get_or_insert_with("host-a", || Arc::new(AtomicU32::new(0)));
+//! assert_eq!(again.load(Ordering::Relaxed), 1);
+//! ```
+
+use std::{fmt, hash::Hash, marker::PhantomData, sync::Arc, time::Duration};
+
+use crate::ConfigError;
+
+/// A bounded map of per-key instances; see the [module docs](self).
+pub struct KeyedMap<K, V> {
+    cache: moka::sync::Cache<K, V>,
+}
+
+impl<K, V> Clone for KeyedMap<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for KeyedMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedMap")
+            .field("entries", &self.cache.entry_count())
+            .field("max_entries", &self.cache.policy().max_capacity())
+            .field("idle_timeout", &self.cache.policy().time_to_idle())
+            .finish()
+    }
+}
+
+impl<K, V> KeyedMap<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder with the defaults: 10,000 entries, 10 minutes idle.
+    pub fn builder() -> KeyedMapBuilder<K, V> {
+        KeyedMapBuilder::default()
+    }
+
+    /// The instance for `key`, created by `init` when there is none.
+    ///
+    /// When several callers miss the same key at once, `init` runs once and all get its value.
+    pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
+        self.cache.get_with(key, init)
+    }
+
+    /// The instance for `key`, if there is one.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cache.get(key)
+    }
+
+    /// Inserts or replaces the instance for `key`.
+    pub fn insert(&self, key: K, value: V) {
+        self.cache.insert(key, value);
+    }
+
+    /// Removes the instance for `key`.
+    pub fn remove<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cache.invalidate(key);
+    }
+
+    /// The number of entries, as of the last maintenance (see [`Self::sync`]).
+    pub fn len(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Whether the map is empty, as of the last maintenance.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs the pending maintenance now: evictions and expiries, and the entry count.
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Every key with its instance, for listing per-key state (dashboards, health endpoints).
+    pub fn entries(&self) -> impl Iterator<Item = (Arc<K>, V)> + '_ {
+        self.cache.iter()
+    }
+
+    /// The bound on the number of entries.
+    pub fn max_entries(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+}
+
+/// Builds a [`KeyedMap`]; `build` validates the settings.
+pub struct KeyedMapBuilder<K, V> {
+    max_entries: u64,
+    idle_timeout: Option<Duration>,
+    _marker: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Default for KeyedMapBuilder<K, V> {
+    fn default() -> Self {
+        Self {
+            max_entries: 10_000,
+            idle_timeout: Some(Duration::from_secs(600)),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<K, V> Clone for KeyedMapBuilder<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            max_entries: self.max_entries,
+            idle_timeout: self.idle_timeout,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for KeyedMapBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedMapBuilder")
+            .field("max_entries", &self.max_entries)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl<K, V> KeyedMapBuilder<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The most entries the map holds (default 10,000; at least 1).
+    #[must_use]
+    pub const fn max_entries(mut self, max_entries: u64) -> Self {
+        self.max_entries = max_entries;
+        self
+    }
+
+    /// Entries not read or written for this long are dropped (default 10 minutes).
+    #[must_use]
+    pub const fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Entries are never dropped for being idle; only the bound on entries applies.
+    #[must_use]
+    pub const fn no_idle_timeout(mut self) -> Self {
+        self.idle_timeout = None;
+        self
+    }
+
+    /// Builds the map.
+    ///
+    /// # Errors
+    ///
+    /// When `max_entries` is 0 or `idle_timeout` is zero.
+    pub fn build(self) -> Result<KeyedMap<K, V>, ConfigError> {
+        if self.max_entries == 0 {
+            return Err(ConfigError::new("max_entries", "must be at least 1"));
+        }
+        let mut builder = moka::sync::Cache::builder().max_capacity(self.max_entries);
+        if let Some(idle) = self.idle_timeout {
+            if idle.is_zero() {
+                return Err(ConfigError::new(
+                    "idle_timeout",
+                    "must be greater than zero",
+                ));
+            }
+            builder = builder.time_to_idle(idle);
+        }
+        Ok(KeyedMap {
+            cache: builder.build(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn stays_within_its_bound_under_a_million_distinct_keys() {
+        let map: KeyedMap<u64, Arc<()>> = KeyedMap::builder().max_entries(1_000).build().unwrap();
+        let mut peak = 0;
+        for key in 0..1_000_000u64 {
+            map.get_or_insert_with(key, || Arc::new(()));
+            if key % 10_000 == 9_999 {
+                map.sync();
+                peak = peak.max(map.len());
+                assert!(map.len() <= 1_000, "{} entries after {key} keys", map.len());
+            }
+        }
+        map.sync();
+        assert!(map.len() <= 1_000);
+        assert!(peak > 0, "entries were kept at all");
+    }
+
+    #[test]
+    fn frequently_used_keys_survive_a_flood() {
+        let map: KeyedMap<u64, u64> = KeyedMap::builder().max_entries(100).build().unwrap();
+        // Ten keys in steady use (10 calls each per round) against 50,000 one-off keys.
+        for round in 0..50 {
+            for _ in 0..10 {
+                for hot in 0..10 {
+                    map.get_or_insert_with(hot, || hot);
+                }
+            }
+            for cold in 0..1_000 {
+                let key = 1_000 + round * 1_000 + cold;
+                map.get_or_insert_with(key, || key);
+            }
+        }
+        map.sync();
+        let kept = (0..10).filter(|hot| map.get(hot).is_some()).count();
+        assert_eq!(kept, 10, "only {kept} of 10 hot keys kept");
+    }
+
+    #[test]
+    fn init_runs_once_per_key() {
+        let map: KeyedMap<&str, usize> = KeyedMap::builder().build().unwrap();
+        let inits = AtomicUsize::new(0);
+        for _ in 0..10 {
+            map.get_or_insert_with("k", || inits.fetch_add(1, Ordering::SeqCst));
+        }
+        assert_eq!(inits.load(Ordering::SeqCst), 1);
+        map.remove("k");
+        assert!(map.get("k").is_none());
+        map.insert("j", 5);
+        map.sync();
+        assert_eq!(map.entries().count(), 1);
+    }
+
+    #[test]
+    fn settings_are_validated_and_applied() {
+        let err = KeyedMap::<u8, u8>::builder().max_entries(0).build();
+        assert_eq!(err.unwrap_err().field(), "max_entries");
+        let err = KeyedMapBuilder::<u8, u8>::default()
+            .idle_timeout(Duration::ZERO)
+            .build();
+        assert_eq!(err.unwrap_err().field(), "idle_timeout");
+
+        let map = KeyedMapBuilder::<u8, u8>::default()
+            .max_entries(7)
+            .idle_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        assert_eq!(map.max_entries(), 7);
+        assert_eq!(
+            map.cache.policy().time_to_idle(),
+            Some(Duration::from_secs(3))
+        );
+        let forever = KeyedMapBuilder::<u8, u8>::default()
+            .no_idle_timeout()
+            .build()
+            .unwrap();
+        assert_eq!(forever.cache.policy().time_to_idle(), None);
+    }
+}

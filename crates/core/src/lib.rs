@@ -1,0 +1,44 @@
+//! The shared vocabulary of [tower-patterns]: what every pattern crate speaks.
+//!
+//! - [`Rejected`]: the one error for every fail-fast rejection (open circuit, full bulkhead,
+//!   rate limit, quota, load shed), with a [`RejectionKind`], a retry hint and the name of the
+//!   instance that rejected.
+//! - [`http`]: errors to HTTP responses (503/429 with `Retry-After`, 504, 400, 500), for
+//!   axum's `HandleErrorLayer` and for plain hyper.
+//! - [`classify`]: success, failure or neither, for generic services and for HTTP and gRPC
+//!   through tower-http's classifiers (trailers included).
+//! - [`key`] and [`keyed`]: taking a key from a request, and a bounded map of per-key
+//!   instances.
+//! - [`observe`]: metric and tracing names, and the [`StateHandle`](observe::StateHandle) trait.
+//! - [`ConfigError`]: what every validated builder returns.
+//! - `test_util` (feature `test-util`): a controllable inner service and the helper that finds
+//!   (or skips without) PostgreSQL, Redis and NATS.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_patterns_core::{http::error_response, BoxError, Rejected, RejectionKind};
+//!
+//! let err: BoxError = Rejected::new(RejectionKind::CircuitOpen)
+//!     .with_retry_after(Duration::from_secs(30))
+//!     .into();
+//! let res: ::http::Response<String> = error_response(&*err);
+//! assert_eq!(res.status(), 503);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//! ```
+//!
+//! [tower-patterns]: https://docs.rs/tower-patterns
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod classify;
+pub mod error;
+pub mod http;
+pub mod key;
+pub mod keyed;
+pub mod observe;
+#[cfg(any(test, feature = "test-util"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
+
+pub use error::{BoxError, ConfigError, Rejected, RejectionKind};
+pub use key::{KeyError, KeyExtractor};
