@@ -1,0 +1,67 @@
+//! System-design patterns as [tower] middleware: circuit breaker, bulkhead, retry with
+//! backoff, caching, rate limiting, multi-tenancy, sharding, event sourcing, CQRS, sagas, API
+//! gateway and strangler fig, composable with `ServiceBuilder` in axum, hyper and tonic
+//! services.
+//!
+//! This crate is the facade: it re-exports each pattern crate behind a feature of the same
+//! name, and the shared vocabulary of `tower-patterns-core` at its root. With no feature it
+//! builds and brings the vocabulary alone.
+//!
+//! # Features
+//!
+//! | feature     | brings                                                               | status  |
+//! |-------------|----------------------------------------------------------------------|---------|
+//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`ServiceBuilderExt`] | landed |
+//! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
+//! | `breaker`   | circuit breaker and fallback layers                                  | planned |
+//! | `bulkhead`  | semaphore and keyed bulkheads, isolated executor, adaptive limits    | planned |
+//! | `retry`     | retry policies with backoff, budgets, `Retry-After`, hedging         | planned |
+//! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
+//! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
+//! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
+//! | `shard`     | shard router, strategies, scatter-gather, rebalancing                | planned |
+//! | `eventstore`| event store on SQLite and PostgreSQL, aggregates, snapshots          | planned |
+//! | `full`      | every feature that has landed                                        | landed  |
+//!
+//! # Example
+//!
+//! Turning the errors of a stack into HTTP responses (503/429 with `Retry-After`, 504, 500):
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_patterns::{BoxError, Rejected, RejectionKind, ServiceBuilderExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .error_responses()
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         let open = Rejected::new(RejectionKind::CircuitOpen)
+//!             .with_retry_after(Duration::from_secs(5));
+//!         Err::<Response<String>, BoxError>(open.into())
+//!     }));
+//!
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(res.headers()["retry-after"], "5");
+//! # }
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use tower_patterns_core::{
+    BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
+    key, keyed, metric_name, observe,
+};
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use tower_patterns_core::test_util;
+
+mod builder;
+
+pub use builder::ServiceBuilderExt;
