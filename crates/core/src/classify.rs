@@ -13,7 +13,7 @@
 //!
 //! Some responses can only be judged when their body ends (gRPC sends `grpc-status` in the
 //! trailers). Then the classifier answers [`Classified::RequiresEos`] and [`EosBody`] wraps the
-//! body to report the outcome when it ends.
+//! body to report the outcome when it ends; [`Finish`] does either for a layer.
 //!
 //! ```
 //! use http::{HeaderMap, Response, StatusCode};
@@ -287,6 +287,84 @@ impl<F: FnOnce(Outcome)> OnOutcome for F {
     }
 }
 
+/// Settles a finished call: reports its outcome now, or wraps the response so that the
+/// outcome is reported when its body ends.
+///
+/// This is how a layer that must know the outcome (a breaker recording it, a bulkhead holding
+/// its permit until the body ends) stays generic over plain services and HTTP/gRPC: `F` is the
+/// layer's guard, and `Response` is the response as the layer returns it (`Res` itself for
+/// generic classifiers; `Response<EosBody<B, _, F>>` for [`TowerHttp`]).
+///
+/// ```
+/// use tower_patterns_core::classify::{ErrorsAsFailures, Finish, Outcome};
+///
+/// let mut seen = None;
+/// let res: Result<u8, &str> = ErrorsAsFailures.finish(Err("boom"), |o| seen = Some(o));
+/// assert_eq!(res, Err("boom"));
+/// assert_eq!(seen, Some(Outcome::Failure));
+/// ```
+pub trait Finish<Res, E, F: OnOutcome> {
+    /// The response as the layer returns it.
+    type Response;
+
+    /// Reports the outcome of `result` to `on_outcome`, now or when the body ends.
+    fn finish(&self, result: Result<Res, E>, on_outcome: F) -> Result<Self::Response, E>;
+}
+
+impl<Res, E, F: OnOutcome> Finish<Res, E, F> for ErrorsAsFailures {
+    type Response = Res;
+
+    #[inline]
+    fn finish(&self, result: Result<Res, E>, on_outcome: F) -> Result<Res, E> {
+        on_outcome.on_outcome(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
+        result
+    }
+}
+
+impl<P, Res, E, F> Finish<Res, E, F> for Predicate<P>
+where
+    P: Fn(&Result<Res, E>) -> Outcome,
+    F: OnOutcome,
+{
+    type Response = Res;
+
+    #[inline]
+    fn finish(&self, result: Result<Res, E>, on_outcome: F) -> Result<Res, E> {
+        on_outcome.on_outcome((self.f)(&result));
+        result
+    }
+}
+
+impl<C, B, E, F> Finish<Response<B>, E, F> for TowerHttp<C>
+where
+    C: ClassifyResponse + Clone,
+    B: Body,
+    F: OnOutcome,
+{
+    type Response = Response<EosBody<B, TowerHttpEos<C::ClassifyEos>, F>>;
+
+    fn finish(&self, result: Result<Response<B>, E>, on_outcome: F) -> Result<Self::Response, E> {
+        match (self.classify(&result), result) {
+            (Classified::RequiresEos(eos), Ok(res)) => {
+                Ok(res.map(|body| EosBody::new(body, eos, on_outcome)))
+            }
+            (Classified::Ready(outcome), result) => {
+                on_outcome.on_outcome(outcome);
+                result.map(|res| res.map(EosBody::done))
+            }
+            (Classified::RequiresEos(_), Err(e)) => {
+                // `classify` decides errors at once; kept total rather than unreachable.
+                on_outcome.on_outcome(Outcome::Failure);
+                Err(e)
+            }
+        }
+    }
+}
+
 pin_project! {
     /// Body that reports the outcome of a response when the body ends.
     ///
@@ -514,6 +592,31 @@ mod tests {
 
         let done = EosBody::<_, NoEos, fn(Outcome)>::done(http_body_util::Empty::<Bytes>::new());
         assert!(!done.is_pending());
+    }
+
+    #[tokio::test]
+    async fn finish_defers_grpc_to_the_end_of_the_body() {
+        let (seen, cb) = recorder();
+        let res: Result<Response<_>, Infallible> = Ok(Response::new(stream(vec![Ok(
+            Frame::trailers(trailers("13")),
+        )])));
+        let res = TowerHttp::grpc().finish(res, cb).unwrap();
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "not judged before the body ends"
+        );
+        res.into_body().collect().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![Outcome::Failure]);
+
+        let (seen, cb) = recorder();
+        let ready: Result<Response<http_body_util::Empty<Bytes>>, Infallible> =
+            Ok(Response::builder()
+                .status(503)
+                .body(Default::default())
+                .unwrap());
+        let res = TowerHttp::server_errors().finish(ready, cb).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![Outcome::Failure]);
+        assert!(!res.body().is_pending());
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! Middleware that stops calling a failing dependency and fails fast until it recovers: the
+//! circuit breaker (the seed's pattern 4), with the fallback layer of its worked design Q3.
+//!
+//! ```text
+//!            failure rate, failure count, run of failures or slow-call rate reached
+//!   Closed ─────────────────────────────────────────────────────────────────────▶ Open
+//!     ▲                                                                            │
+//!     │ probes pass (every ramp stage)                         open duration over  │
+//!     │                                                                            ▼
+//!     └──────────────────────────────── HalfOpen ◀─────────────────────────────────┘
+//!                                          │  probes fail, or no verdict in time: Open
+//!   forced: ForcedOpen (rejects all), Disabled (passes all); metrics-only: never rejects
+//! ```
+//!
+//! What sets it apart:
+//! - **Windows that really slide**: a count window of the last N calls (a window of 10 at
+//!   50% opens after at most 5 failures, however many successes came before) or a time
+//!   window in buckets, both lock-free and O(1) per call.
+//! - **Slow calls in flight count**: a call past the slow-call duration counts as slow at
+//!   that moment, not only when (if ever) it finishes.
+//! - **Half-open that cannot get stuck**: N probes judged as a window, dropped probes give
+//!   their permit back, no verdict within the maximum wait reopens; optionally a ramp of
+//!   growing traffic shares.
+//! - **Shared by the layer**: every service the layer makes, and every clone, share one
+//!   breaker; per-key breakers live in a bounded map.
+//! - **Fast**: the closed path is one atomic load to admit and, to record, one `fetch_add`
+//!   and one read (writes only when the window's content changes); no lock, no allocation,
+//!   no clock read unless a time window or slow-call detection needs one.
+//!
+//! # Example
+//!
+//! The defaults, then a customised breaker for HTTP (5xx fail, 4xx count neither way):
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::StatusCode;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_patterns_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+//! use tower_patterns_core::{classify::TowerHttp, BoxError, Rejected, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // Defaults: last 100 calls, trips at 50% once 20 are in, open 30 s, 5 probes.
+//! let layer = CircuitBreaker::<()>::layer("inventory");
+//!
+//! // Customised.
+//! let layer = CircuitBreakerLayer::builder("payments")
+//!     .count_window(10)
+//!     .minimum_calls(5)
+//!     .failure_rate(0.5)
+//!     .open_duration(Duration::from_secs(10))
+//!     .build()
+//!     .unwrap();
+//! let handle = layer.handle();
+//!
+//! let payments = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|_: ()| async { Err::<(), BoxError>("gateway timeout".into()) }));
+//!
+//! for _ in 0..5 {
+//!     let _ = payments.clone().oneshot(()).await;
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//!
+//! let err = payments.clone().oneshot(()).await.unwrap_err();
+//! let rejected = Rejected::find(&*err).unwrap();
+//! assert_eq!(rejected.kind(), RejectionKind::CircuitOpen);
+//! assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)));
+//!
+//! // For HTTP services, classify responses: 5xx fail, 4xx are ignored.
+//! let http_layer = CircuitBreakerLayer::builder("catalog")
+//!     .classifier(TowerHttp::server_errors().ignore_status(|s: StatusCode| s.is_client_error()))
+//!     .build()
+//!     .unwrap();
+//! # let _ = http_layer;
+//! # }
+//! ```
+//!
+//! Place retries **outside** the breaker (so each retry is one more call it judges, and an
+//! open circuit is not retried), and a timeout **inside** it (so a hung call becomes a
+//! failure it counts). See `docs/patterns/circuit-breaker.md` in the repository.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+pub mod fallback;
+mod future;
+mod handle;
+mod keyed;
+mod layer;
+mod machine;
+mod observer;
+mod rng;
+mod service;
+mod sync;
+mod window;
+
+pub use config::{Config, MAX_PROBES, OpenDuration, Reason, SlidingWindow};
+pub use fallback::{Fallback, FallbackLayer};
+pub use future::{Guard, ResponseFuture};
+pub use handle::{CircuitBreakerHandle, Snapshot};
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
+pub use layer::{Builder, CircuitBreakerLayer};
+pub use machine::State;
+pub use observer::Transition;
+pub use service::CircuitBreaker;
+
+#[doc(hidden)]
+pub mod __private {
+    //! The state machine with injected time, for this crate's loom model and model tests.
+    //! Not part of the public API.
+    pub use crate::machine::{Admission, Machine, Permit, PermitKind};
+}

@@ -1,0 +1,613 @@
+//! The breaker's state machine: lock-free on the request path, time injected.
+//!
+//! One `AtomicU64` holds the state, its generation, the ramp stage and the half-open probe
+//! counters, so the closed path is a single load, probes are admitted and judged with one
+//! compare-and-swap each, and no probe can be counted in a generation it did not start in.
+//! Transitions take a mutex (they are rare), re-check the generation, write the side data
+//! (open deadline, half-open start) and then publish the new word, so a reader that sees a
+//! state also sees its data. Every transition bumps the generation: outcomes of calls admitted
+//! under an older one are dropped, and exactly one thread performs each transition.
+//!
+//! Time is passed in as nanoseconds since the breaker's base instant, which keeps this module
+//! free of clocks: the service reads `tokio::time`, the loom model and the reference-model
+//! property test pass numbers.
+
+use std::{fmt, sync::Arc as StdArc};
+
+use tower_patterns_core::classify::Outcome;
+
+use crate::{
+    config::{Config, Reason},
+    observer::Observer,
+    rng::AtomicRng,
+    sync::{AtomicU64, Mutex, Ordering, lock},
+    window::{CountWindow, FAILURE, SLOW, TimeWindow, Window},
+};
+
+/// The state of a circuit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls pass and are counted.
+    Closed,
+    /// Calls are rejected until the open duration elapses.
+    Open,
+    /// A limited number of probe calls (or a ramp of traffic) decide whether to close.
+    HalfOpen,
+    /// Forced open through the handle: every call is rejected until released.
+    ForcedOpen,
+    /// Forced closed through the handle: every call passes and nothing is counted.
+    Disabled,
+}
+
+impl State {
+    /// `closed`, `open`, `half_open`, `forced_open` or `disabled`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Closed,
+        Self::Open,
+        Self::HalfOpen,
+        Self::ForcedOpen,
+        Self::Disabled,
+    ];
+
+    const fn code(self) -> u64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+            Self::ForcedOpen => 3,
+            Self::Disabled => 4,
+        }
+    }
+
+    const fn from_code(code: u64) -> Self {
+        match code {
+            0 => Self::Closed,
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            3 => Self::ForcedOpen,
+            _ => Self::Disabled,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// Layout of the state word, low bits first:
+// code 3 | stage 3 | issued 12 | successes 12 | failures 12 | generation 22.
+const CODE_MASK: u64 = 0b111;
+const STAGE_SHIFT: u32 = 3;
+const ISSUED_SHIFT: u32 = 6;
+const SUCC_SHIFT: u32 = 18;
+const FAIL_SHIFT: u32 = 30;
+const GEN_SHIFT: u32 = 42;
+const FIELD_MASK: u64 = 0xfff;
+const STAGE_MASK: u64 = 0b111;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word(u64);
+
+impl Word {
+    const fn new(state: State, generation: u32, stage: u32) -> Self {
+        Self(
+            state.code()
+                | ((stage as u64 & STAGE_MASK) << STAGE_SHIFT)
+                | ((generation as u64) << GEN_SHIFT),
+        )
+    }
+    pub(crate) const fn state(self) -> State {
+        State::from_code(self.0 & CODE_MASK)
+    }
+    const fn stage(self) -> u32 {
+        ((self.0 >> STAGE_SHIFT) & STAGE_MASK) as u32
+    }
+    const fn issued(self) -> u64 {
+        (self.0 >> ISSUED_SHIFT) & FIELD_MASK
+    }
+    const fn successes(self) -> u64 {
+        (self.0 >> SUCC_SHIFT) & FIELD_MASK
+    }
+    const fn failures(self) -> u64 {
+        (self.0 >> FAIL_SHIFT) & FIELD_MASK
+    }
+    pub(crate) const fn generation(self) -> u32 {
+        (self.0 >> GEN_SHIFT) as u32
+    }
+    const fn next_generation(self) -> u32 {
+        (self.generation() + 1) & ((1 << (64 - GEN_SHIFT)) - 1)
+    }
+    const fn same_phase(self, other: Self) -> bool {
+        self.0 & CODE_MASK == other.0 & CODE_MASK
+            && self.generation() == other.generation()
+            && self.stage() == other.stage()
+    }
+}
+
+impl fmt::Debug for Word {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Word")
+            .field("state", &self.state())
+            .field("generation", &self.generation())
+            .field("stage", &self.stage())
+            .field("issued", &self.issued())
+            .field("successes", &self.successes())
+            .field("failures", &self.failures())
+            .finish()
+    }
+}
+
+/// What a call was admitted as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum PermitKind {
+    /// Counted in the closed window.
+    Closed,
+    /// A half-open probe holding one of the permitted slots.
+    Probe,
+    /// A half-open ramp call: judged, but holds no slot.
+    RampProbe,
+    /// Passed without being counted (disabled, or metrics-only while the circuit is open).
+    Free,
+}
+
+/// The admission of one call; give it back to [`Machine::record`] or [`Machine::release`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permit {
+    /// The generation of the state machine the call was admitted in.
+    pub generation: u32,
+    /// What the call was admitted as.
+    pub kind: PermitKind,
+}
+
+/// Whether a call may go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Admitted.
+    Permit(Permit),
+    /// Rejected; the circuit stays open for this many more nanoseconds, when known.
+    Rejected(Option<u64>),
+}
+
+#[derive(Debug, Default)]
+struct TransitionData {
+    consecutive_trips: u32,
+}
+
+/// The state machine of one breaker.
+pub struct Machine {
+    word: AtomicU64,
+    window: Window,
+    consecutive: AtomicU64,
+    slow_in_flight: AtomicU64,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    entered_at: AtomicU64,
+    rejected: AtomicU64,
+    metrics_only: AtomicU64,
+    rng: AtomicRng,
+    transitions: Mutex<TransitionData>,
+    pub(crate) config: StdArc<Config>,
+    pub(crate) observer: Observer,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("name", &self.config.name)
+            .field("word", &Word(self.word.load(Ordering::Relaxed)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    pub(crate) fn new(config: StdArc<Config>, observer: Observer) -> Self {
+        let window = match config.window {
+            crate::SlidingWindow::Count(n) => Window::Count(CountWindow::new(n as usize)),
+            crate::SlidingWindow::Time { size, buckets } => Window::Time(TimeWindow::new(
+                buckets as usize,
+                crate::config::saturating_nanos(size / buckets),
+            )),
+        };
+        observer.init(State::Closed);
+        Self {
+            word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
+            window,
+            consecutive: AtomicU64::new(0),
+            slow_in_flight: AtomicU64::new(0),
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            entered_at: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            metrics_only: AtomicU64::new(0),
+            rng: AtomicRng::new(config.seed),
+            transitions: Mutex::new(TransitionData::default()),
+            config,
+            observer,
+        }
+    }
+
+    /// The state now.
+    pub fn state(&self) -> State {
+        self.word().state()
+    }
+
+    /// The generation now (bumped by every transition).
+    pub fn generation(&self) -> u32 {
+        self.word().generation()
+    }
+
+    /// Failures and calls in the closed window.
+    pub fn window_stats(&self, now: u64) -> (u64, u64) {
+        let stats = self.window.stats(now);
+        (stats.failures, stats.calls)
+    }
+
+    #[inline]
+    pub(crate) fn word(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    /// Nanoseconds since the breaker's base instant, on tokio's clock.
+    pub(crate) fn now(&self) -> u64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.observer.base());
+        crate::config::saturating_nanos(elapsed)
+    }
+
+    /// Admits or rejects one call. `now` is read only when the circuit is not closed;
+    /// `count` is false for backpressure waits, which are not rejections.
+    #[inline]
+    pub fn acquire(&self, now: impl FnOnce() -> u64, count: bool) -> Admission {
+        let word = self.word();
+        match word.state() {
+            State::Closed => Admission::Permit(Permit {
+                generation: word.generation(),
+                kind: PermitKind::Closed,
+            }),
+            State::Disabled => Admission::Permit(Permit {
+                generation: word.generation(),
+                kind: PermitKind::Free,
+            }),
+            _ => self.acquire_slow(word, now(), count),
+        }
+    }
+
+    #[cold]
+    fn acquire_slow(&self, mut word: Word, now: u64, count: bool) -> Admission {
+        loop {
+            let permit = |kind| {
+                Admission::Permit(Permit {
+                    generation: word.generation(),
+                    kind,
+                })
+            };
+            match word.state() {
+                State::Closed => return permit(PermitKind::Closed),
+                State::Disabled => return permit(PermitKind::Free),
+                State::ForcedOpen => return self.reject(None, false, count),
+                State::Open => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return self.reject(Some(until - now), true, count);
+                    }
+                    self.transition(word, State::HalfOpen, 0, Reason::OpenElapsed, now);
+                }
+                State::HalfOpen => {
+                    let since = self.half_open_since.load(Ordering::Acquire);
+                    let timed_out = self
+                        .config
+                        .max_wait_in_half_open
+                        .is_some_and(|max| now.saturating_sub(since) >= nanos(max));
+                    if timed_out {
+                        self.transition(word, State::Open, 0, Reason::HalfOpenTimeout, now);
+                    } else if !self.config.ramp.is_empty() {
+                        let share = self.config.ramp[word.stage() as usize];
+                        if self.rng.next_f64() < share {
+                            return permit(PermitKind::RampProbe);
+                        }
+                        return self.reject(None, true, count);
+                    } else if word.issued() >= u64::from(self.config.probes) {
+                        return self.reject(None, true, count);
+                    } else {
+                        let next = Word(word.0 + (1 << ISSUED_SHIFT));
+                        match self.word.compare_exchange_weak(
+                            word.0,
+                            next.0,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => return permit(PermitKind::Probe),
+                            Err(actual) => {
+                                word = Word(actual);
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            word = self.word();
+        }
+    }
+
+    fn reject(&self, retry_after: Option<u64>, dry_run_applies: bool, count: bool) -> Admission {
+        if count {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.observer.rejected();
+        }
+        if dry_run_applies && self.metrics_only.load(Ordering::Relaxed) != 0 {
+            // Metrics-only: report the rejection, let the call through uncounted.
+            return Admission::Permit(Permit {
+                generation: self.word().generation(),
+                kind: PermitKind::Free,
+            });
+        }
+        Admission::Rejected(retry_after)
+    }
+
+    /// Records the outcome of an admitted call; `slow` when it took longer than the
+    /// slow-call duration. `now` is read only when needed: for a time window, or for a
+    /// transition (which must know the time to set the open deadline).
+    #[inline]
+    pub fn record(&self, permit: Permit, outcome: Outcome, slow: bool, now: impl Fn() -> u64) {
+        self.observer.outcome(outcome);
+        match permit.kind {
+            PermitKind::Free => {}
+            PermitKind::Closed => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                let word = self.word();
+                if word.state() != State::Closed || word.generation() != permit.generation {
+                    return;
+                }
+                let failed = outcome == Outcome::Failure;
+                let flags = if failed { FAILURE } else { 0 } | if slow { SLOW } else { 0 };
+                let at = if self.window.needs_clock() { now() } else { 0 };
+                self.window.record(flags, at);
+                let consecutive = if failed {
+                    self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    // Read first: a run of successes then writes nothing here.
+                    if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Relaxed);
+                    }
+                    0
+                };
+                if flags != 0 {
+                    self.evaluate_closed(word, consecutive, now);
+                }
+            }
+            PermitKind::Probe | PermitKind::RampProbe => {
+                if outcome == Outcome::Ignored {
+                    self.release(permit);
+                    return;
+                }
+                // A slow probe counts against closing, as a failure does.
+                let failed = outcome == Outcome::Failure || slow;
+                self.record_probe(permit, failed, now);
+            }
+        }
+    }
+
+    fn record_probe(&self, permit: Permit, failed: bool, now: impl Fn() -> u64) {
+        let delta = if failed {
+            1 << FAIL_SHIFT
+        } else {
+            1 << SUCC_SHIFT
+        };
+        let mut word = self.word();
+        let next = loop {
+            if word.state() != State::HalfOpen || word.generation() != permit.generation {
+                return;
+            }
+            if word.successes() + word.failures() >= FIELD_MASK {
+                return; // a full field: the verdict is already being made
+            }
+            let next = Word(word.0 + delta);
+            match self.word.compare_exchange_weak(
+                word.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break next,
+                Err(actual) => word = Word(actual),
+            }
+        };
+        let probes = u64::from(self.config.probes);
+        if self.config.probes_fail(next.failures()) {
+            self.transition(next, State::Open, 0, Reason::ProbesFailed, now());
+        } else if next.successes() + next.failures() >= probes {
+            let stage = next.stage() + 1;
+            if (stage as usize) < self.config.stages() {
+                self.transition(next, State::HalfOpen, stage, Reason::StagePassed, now());
+            } else {
+                self.transition(next, State::Closed, 0, Reason::ProbesPassed, now());
+            }
+        }
+    }
+
+    /// Gives back the permit of a call that ended without an outcome (dropped, or ignored).
+    pub fn release(&self, permit: Permit) {
+        if permit.kind != PermitKind::Probe {
+            return;
+        }
+        let mut word = self.word();
+        loop {
+            if word.state() != State::HalfOpen
+                || word.generation() != permit.generation
+                || word.issued() == 0
+            {
+                return;
+            }
+            let next = Word(word.0 - (1 << ISSUED_SHIFT));
+            match self.word.compare_exchange_weak(
+                word.0,
+                next.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => word = Word(actual),
+            }
+        }
+        self.observer.permit_released();
+    }
+
+    /// A call has been in flight for longer than the slow-call duration.
+    pub(crate) fn slow_call_started(&self, permit: Permit, now: u64) {
+        if permit.kind != PermitKind::Closed {
+            return;
+        }
+        self.slow_in_flight.fetch_add(1, Ordering::Relaxed);
+        let word = self.word();
+        if word.state() == State::Closed && word.generation() == permit.generation {
+            self.evaluate_closed(word, self.consecutive.load(Ordering::Relaxed), || now);
+        }
+    }
+
+    /// A call that was counted as slow in flight has finished.
+    pub(crate) fn slow_call_ended(&self, permit: Permit) {
+        if permit.kind == PermitKind::Closed {
+            self.slow_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn evaluate_closed(&self, word: Word, consecutive: u64, now: impl Fn() -> u64) {
+        let at = if self.window.needs_clock() { now() } else { 0 };
+        let stats = self.window.stats(at);
+        let slow_in_flight = self.slow_in_flight.load(Ordering::Relaxed);
+        if let Some(reason) = self.config.trip_reason(stats, consecutive, slow_in_flight) {
+            self.transition(word, State::Open, 0, reason, now());
+        }
+    }
+
+    /// Moves from the phase of `from` to `to`, unless another thread already left it.
+    /// Returns whether this call made the transition.
+    pub(crate) fn transition(
+        &self,
+        from: Word,
+        to: State,
+        stage: u32,
+        reason: Reason,
+        now: u64,
+    ) -> bool {
+        let mut data = lock(&self.transitions);
+        let current = self.word();
+        if !current.same_phase(from) {
+            return false;
+        }
+        self.enter(&mut data, current, to, stage, reason, now);
+        true
+    }
+
+    /// Moves to `to` from whatever the state is (handle operations).
+    pub(crate) fn force(&self, to: State, reason: Reason, now: u64) {
+        let mut data = lock(&self.transitions);
+        let current = self.word();
+        self.enter(&mut data, current, to, 0, reason, now);
+    }
+
+    fn enter(
+        &self,
+        data: &mut TransitionData,
+        current: Word,
+        to: State,
+        stage: u32,
+        reason: Reason,
+        now: u64,
+    ) {
+        match to {
+            State::Open => {
+                data.consecutive_trips = data.consecutive_trips.saturating_add(1);
+                let open_for = self
+                    .config
+                    .open_duration
+                    .nanos(data.consecutive_trips, self.rng.next_f64());
+                self.open_until
+                    .store(now.saturating_add(open_for), Ordering::Release);
+            }
+            State::HalfOpen => self.half_open_since.store(now, Ordering::Release),
+            State::Closed => {
+                if reason != Reason::Forced {
+                    data.consecutive_trips = 0;
+                }
+                self.window.clear();
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        self.entered_at.store(now, Ordering::Release);
+        let next = Word::new(to, current.next_generation(), stage);
+        self.word.store(next.0, Ordering::Release);
+        self.observer
+            .transition(current.state(), to, reason, stage, now);
+    }
+
+    pub(crate) fn set_metrics_only(&self, on: bool) {
+        self.metrics_only.store(u64::from(on), Ordering::Relaxed);
+    }
+
+    pub(crate) fn metrics_only(&self) -> bool {
+        self.metrics_only.load(Ordering::Relaxed) != 0
+    }
+
+    /// Nanoseconds the circuit stays open from `now`, when it is open.
+    pub(crate) fn open_remaining(&self, now: u64) -> Option<u64> {
+        (self.word().state() == State::Open)
+            .then(|| self.open_until.load(Ordering::Acquire).saturating_sub(now))
+    }
+
+    pub(crate) fn snapshot(&self, now: u64) -> RawSnapshot {
+        let word = self.word();
+        let stats = self.window.stats(now);
+        RawSnapshot {
+            state: word.state(),
+            stage: word.stage(),
+            probes_in_flight: word.issued(),
+            probe_successes: word.successes(),
+            probe_failures: word.failures(),
+            calls: stats.calls,
+            failures: stats.failures,
+            slow: stats.slow,
+            slow_in_flight: self.slow_in_flight.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            entered_at: self.entered_at.load(Ordering::Acquire),
+            open_remaining: self.open_remaining(now),
+        }
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    crate::config::saturating_nanos(d)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawSnapshot {
+    pub(crate) state: State,
+    pub(crate) stage: u32,
+    pub(crate) probes_in_flight: u64,
+    pub(crate) probe_successes: u64,
+    pub(crate) probe_failures: u64,
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+    pub(crate) slow_in_flight: u64,
+    pub(crate) consecutive_failures: u64,
+    pub(crate) rejected: u64,
+    pub(crate) entered_at: u64,
+    pub(crate) open_remaining: Option<u64>,
+}

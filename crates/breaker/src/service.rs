@@ -1,0 +1,302 @@
+//! The circuit breaker service.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{sync::futures::OwnedNotified, time::Sleep};
+use tower_patterns_core::{
+    BoxError, Rejected, RejectionKind,
+    classify::{ErrorsAsFailures, Finish},
+};
+use tower_service::Service;
+
+use crate::{
+    CircuitBreakerLayer, State,
+    future::{Guard, ResponseFuture},
+    machine::{Admission, Machine, Permit, PermitKind},
+};
+
+/// Middleware that stops calling a failing service and fails fast instead.
+///
+/// Built by [`CircuitBreakerLayer`]. By default the service is always ready (it polls its
+/// inner service only while the circuit lets calls through) and `call` returns a
+/// [`Rejected`] with [`RejectionKind::CircuitOpen`] and the time left open, without touching
+/// the inner service. In backpressure mode `poll_ready` waits instead.
+pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
+    inner: S,
+    machine: Arc<Machine>,
+    classifier: C,
+    inner_ready: bool,
+    wait: Option<Box<Wait>>,
+}
+
+/// The state of a service waiting in backpressure mode (allocated on first wait).
+struct Wait {
+    reserved: Option<Reservation>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    notified: Option<Pin<Box<OwnedNotified>>>,
+}
+
+/// A permit taken in `poll_ready`, given back if never spent.
+struct Reservation {
+    machine: Arc<Machine>,
+    permit: Option<Permit>,
+}
+
+impl Reservation {
+    fn take(mut self) -> Permit {
+        self.permit
+            .take()
+            .expect("a reservation holds its permit until taken")
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.machine.release(permit);
+        }
+    }
+}
+
+impl<S> CircuitBreaker<S> {
+    /// A layer with the default settings and the given name; see
+    /// [`CircuitBreakerLayer::builder`] to change them.
+    ///
+    /// # Panics
+    ///
+    /// Never: the defaults are valid.
+    pub fn layer(name: impl Into<Arc<str>>) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::builder(name)
+            .build()
+            .expect("the default configuration is valid")
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    pub(crate) fn from_parts(inner: S, machine: Arc<Machine>, classifier: C) -> Self {
+        Self {
+            inner,
+            machine,
+            classifier,
+            inner_ready: false,
+            wait: None,
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle on the breaker this service shares with its layer and clones.
+    pub fn handle(&self) -> crate::CircuitBreakerHandle {
+        crate::CircuitBreakerHandle::new(self.machine.clone())
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+    fn clone(&self) -> Self {
+        // A clone has not been polled: no readiness, no reservation.
+        Self::from_parts(
+            self.inner.clone(),
+            self.machine.clone(),
+            self.classifier.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.machine.config.name)
+            .field("state", &self.machine.word().state())
+            .finish()
+    }
+}
+
+impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Finish<S::Response, BoxError, Guard> + Clone,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.machine.config.backpressure {
+            return self.poll_ready_backpressure(cx);
+        }
+        let rejecting = match self.machine.word().state() {
+            State::ForcedOpen => true,
+            // Once the open time is over the next call may be a probe: get the inner
+            // service ready for it.
+            State::Open => {
+                !self.machine.metrics_only()
+                    && self.machine.open_remaining(self.machine.now()).unwrap_or(0) > 0
+            }
+            _ => false,
+        };
+        if rejecting {
+            // Ready without the inner service: `call` will fail fast.
+            self.inner_ready = false;
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.inner_ready = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let reserved = self
+            .wait
+            .as_mut()
+            .and_then(|w| w.reserved.take())
+            .map(Reservation::take);
+        let inner_ready = std::mem::replace(&mut self.inner_ready, false);
+        call(
+            &self.machine,
+            &mut self.inner,
+            req,
+            &self.classifier,
+            inner_ready,
+            reserved,
+        )
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    fn poll_ready_backpressure<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        let machine = &self.machine;
+        let wait = self.wait.get_or_insert_with(|| {
+            Box::new(Wait {
+                reserved: None,
+                sleep: None,
+                notified: None,
+            })
+        });
+        loop {
+            if wait.reserved.is_some() {
+                return match self.inner.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.inner_ready = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            // Listen before looking, so a release between the two is not missed.
+            let notified = wait.notified.get_or_insert_with(|| {
+                Box::pin(machine.observer.notify().clone().notified_owned())
+            });
+            let now = machine.now();
+            match machine.acquire(|| now, false) {
+                Admission::Permit(permit) => {
+                    wait.reserved = Some(Reservation {
+                        machine: machine.clone(),
+                        permit: Some(permit),
+                    });
+                    wait.notified = None;
+                }
+                Admission::Rejected(open_for) => {
+                    if notified.as_mut().poll(cx).is_ready() {
+                        wait.notified = None;
+                        continue;
+                    }
+                    if let Some(open_for) = open_for {
+                        let deadline = machine.observer.base()
+                            + Duration::from_nanos(now.saturating_add(open_for));
+                        let sleep = wait
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                        sleep.as_mut().reset(deadline);
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Admits or rejects one call; shared by the plain and the keyed service.
+pub(crate) fn call<S, C, Req>(
+    machine: &Arc<Machine>,
+    inner: &mut S,
+    req: Req,
+    classifier: &C,
+    inner_ready: bool,
+    reserved: Option<Permit>,
+) -> ResponseFuture<S::Future, C>
+where
+    S: Service<Req>,
+    C: Clone,
+{
+    let admission = match reserved {
+        Some(permit) => Admission::Permit(permit),
+        None => machine.acquire(|| machine.now(), true),
+    };
+    match admission {
+        Admission::Permit(permit) if inner_ready => {
+            let slow = machine.config.slow_call_duration;
+            let start = slow.map(|_| machine.now());
+            let timer = match (slow, start, permit.kind) {
+                (Some(slow), Some(start), PermitKind::Closed) => Some(tokio::time::sleep_until(
+                    machine.observer.base() + Duration::from_nanos(start) + slow,
+                )),
+                _ => None,
+            };
+            let guard = Guard::new(machine.clone(), permit, start);
+            ResponseFuture::called(inner.call(req), guard, timer, classifier.clone())
+        }
+        Admission::Permit(permit) => {
+            // The circuit let the call through after `poll_ready` saw it open, so the inner
+            // service was not made ready: reject this one rather than call it unready.
+            machine.release(permit);
+            ResponseFuture::failed(rejection(machine, None).into())
+        }
+        Admission::Rejected(open_for) => {
+            ResponseFuture::failed(rejection(machine, open_for).into())
+        }
+    }
+}
+
+fn rejection(machine: &Machine, open_for: Option<u64>) -> Rejected {
+    let rejected =
+        Rejected::new(RejectionKind::CircuitOpen).with_name(machine.observer.name().clone());
+    match open_for {
+        Some(nanos) => rejected.with_retry_after(Duration::from_nanos(nanos)),
+        None => rejected,
+    }
+}

@@ -1,0 +1,327 @@
+//! Lock-free sliding windows of call outcomes.
+//!
+//! - [`CountWindow`]: the last N outcomes, exactly. A ring of N one-byte slots; each call
+//!   takes the next slot with one `fetch_add` and replaces the outcome N calls back, so the
+//!   window really slides (a window of 10 forgets the 11th call back, whatever came before).
+//!   Counters change only when a slot's content does, so a run of successes over successes
+//!   writes nothing but the head index.
+//! - [`TimeWindow`]: the calls of the last `size`, in B buckets. Each counter carries the
+//!   bucket epoch it counts for in its upper 32 bits, so a bucket rolls over with one
+//!   compare-and-swap per counter and never loses a concurrent increment. Recording is O(1);
+//!   reading sums B buckets (B is fixed by configuration, not by traffic).
+
+use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+pub(crate) const FAILURE: u8 = 1;
+pub(crate) const SLOW: u8 = 2;
+const FILLED: u8 = 4;
+
+/// What a window holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    #[inline]
+    pub(crate) fn record(&self, flags: u8, now_nanos: u64) {
+        match self {
+            Self::Count(w) => w.record(flags),
+            Self::Time(w) => w.record(flags, now_nanos),
+        }
+    }
+
+    pub(crate) fn stats(&self, now_nanos: u64) -> Stats {
+        match self {
+            Self::Count(w) => w.stats(),
+            Self::Time(w) => w.stats(now_nanos),
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        match self {
+            Self::Count(w) => w.clear(),
+            Self::Time(w) => w.clear(),
+        }
+    }
+
+    pub(crate) const fn needs_clock(&self) -> bool {
+        matches!(self, Self::Time(_))
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    head: AtomicUsize,
+    filled: AtomicUsize,
+    failures: AtomicUsize,
+    slow: AtomicUsize,
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: usize) -> Self {
+        Self {
+            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            head: AtomicUsize::new(0),
+            filled: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+            slow: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, flags: u8) {
+        let idx = self.head.fetch_add(1, Relaxed) % self.slots.len();
+        self.replace(idx, FILLED | flags);
+    }
+
+    #[inline]
+    fn replace(&self, idx: usize, new: u8) {
+        let slot = &self.slots[idx];
+        // Reading first keeps the common case (success over success) free of writes.
+        if slot.load(Relaxed) == new {
+            return;
+        }
+        let old = slot.swap(new, Relaxed);
+        if old == new {
+            return;
+        }
+        // Every change of a slot goes through `swap`, and each swap accounts for exactly the
+        // difference between what it put and what it took: the counters always equal the
+        // number of slots holding each flag, whatever the interleaving.
+        Self::adjust(&self.filled, old & FILLED, new & FILLED);
+        Self::adjust(&self.failures, old & FAILURE, new & FAILURE);
+        Self::adjust(&self.slow, old & SLOW, new & SLOW);
+    }
+
+    #[inline]
+    fn adjust(counter: &AtomicUsize, old: u8, new: u8) {
+        match (old != 0, new != 0) {
+            (false, true) => {
+                counter.fetch_add(1, Relaxed);
+            }
+            (true, false) => {
+                counter.fetch_sub(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            calls: self.filled.load(Relaxed) as u64,
+            failures: self.failures.load(Relaxed) as u64,
+            slow: self.slow.load(Relaxed) as u64,
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        for idx in 0..self.slots.len() {
+            self.replace(idx, 0);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    width_nanos: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
+
+const COUNT_MASK: u64 = u32::MAX as u64;
+
+impl TimeWindow {
+    pub(crate) fn new(buckets: usize, width_nanos: u64) -> Self {
+        Self {
+            buckets: (0..buckets.max(1))
+                .map(|_| Bucket {
+                    calls: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    slow: AtomicU64::new(0),
+                })
+                .collect(),
+            width_nanos: width_nanos.max(1),
+        }
+    }
+
+    fn epoch(&self, now_nanos: u64) -> u32 {
+        // Tags are 32 bits: with buckets of at least 1 ms they repeat after 49 days, and a
+        // stale tag is only ever mistaken for a current one if a bucket sat untouched for
+        // exactly a multiple of that.
+        (now_nanos / self.width_nanos) as u32
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, flags: u8, now_nanos: u64) {
+        let epoch = self.epoch(now_nanos);
+        let bucket = &self.buckets[epoch as usize % self.buckets.len()];
+        Self::bump(&bucket.calls, epoch);
+        if flags & FAILURE != 0 {
+            Self::bump(&bucket.failures, epoch);
+        }
+        if flags & SLOW != 0 {
+            Self::bump(&bucket.slow, epoch);
+        }
+    }
+
+    #[inline]
+    fn bump(counter: &AtomicU64, epoch: u32) {
+        let tag = u64::from(epoch) << 32;
+        let mut cur = counter.load(Relaxed);
+        loop {
+            let next = if cur & !COUNT_MASK == tag {
+                if cur & COUNT_MASK == COUNT_MASK {
+                    return; // saturated at 4 billion calls in one bucket
+                }
+                cur + 1
+            } else {
+                tag | 1
+            };
+            match counter.compare_exchange_weak(cur, next, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self, now_nanos: u64) -> Stats {
+        let epoch = self.epoch(now_nanos);
+        let n = self.buckets.len() as u32;
+        let live = |counter: &AtomicU64| {
+            let v = counter.load(Relaxed);
+            let age = epoch.wrapping_sub((v >> 32) as u32);
+            if age < n { v & COUNT_MASK } else { 0 }
+        };
+        self.buckets.iter().fold(Stats::default(), |acc, b| Stats {
+            calls: acc.calls + live(&b.calls),
+            failures: acc.failures + live(&b.failures),
+            slow: acc.slow + live(&b.slow),
+        })
+    }
+
+    pub(crate) fn clear(&self) {
+        for b in self.buckets.iter() {
+            b.calls.store(0, Relaxed);
+            b.failures.store(0, Relaxed);
+            b.slow.store(0, Relaxed);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_window_really_slides() {
+        let w = CountWindow::new(10);
+        for _ in 0..100 {
+            w.record(0);
+        }
+        assert_eq!(
+            w.stats(),
+            Stats {
+                calls: 10,
+                failures: 0,
+                slow: 0
+            }
+        );
+        for i in 1..=5 {
+            w.record(FAILURE);
+            assert_eq!(w.stats().failures, i);
+        }
+        for _ in 0..10 {
+            w.record(SLOW);
+        }
+        assert_eq!(
+            w.stats(),
+            Stats {
+                calls: 10,
+                failures: 0,
+                slow: 10
+            }
+        );
+        w.clear();
+        assert_eq!(w.stats(), Stats::default());
+    }
+
+    #[test]
+    fn time_window_forgets_old_buckets() {
+        let sec = 1_000_000_000;
+        let w = TimeWindow::new(10, sec); // 10 s in 1 s buckets
+        w.record(FAILURE, 0);
+        w.record(0, 5 * sec);
+        assert_eq!(
+            w.stats(5 * sec),
+            Stats {
+                calls: 2,
+                failures: 1,
+                slow: 0
+            }
+        );
+        // At 10 s the bucket of second 0 has left the window.
+        assert_eq!(
+            w.stats(10 * sec),
+            Stats {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
+        );
+        // Second 10 reuses the slot of second 0 and restarts its counters.
+        w.record(SLOW, 10 * sec);
+        assert_eq!(
+            w.stats(10 * sec),
+            Stats {
+                calls: 2,
+                failures: 0,
+                slow: 1
+            }
+        );
+        assert_eq!(w.stats(100 * sec), Stats::default());
+        w.clear();
+        assert_eq!(w.stats(10 * sec), Stats::default());
+    }
+
+    #[test]
+    fn concurrent_recording_keeps_counters_exact() {
+        let w = std::sync::Arc::new(CountWindow::new(64));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000 {
+                        w.record(if (i + t) % 3 == 0 { FAILURE } else { 0 });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = w.stats();
+        let in_slots = w
+            .slots
+            .iter()
+            .filter(|s| s.load(Relaxed) & FAILURE != 0)
+            .count() as u64;
+        assert_eq!(stats.calls, 64);
+        assert_eq!(stats.failures, in_slots);
+    }
+}
