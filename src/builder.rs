@@ -27,10 +27,37 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// Answers every error of the services below with an HTTP response; see
     /// [`ErrorResponse`](crate::http::ErrorResponse).
     fn error_responses(self) -> ServiceBuilder<Stack<ErrorResponseLayer, L>>;
+
+    /// Adds a circuit breaker; see [`breaker`](crate::breaker). Keep `layer.handle()` to
+    /// read or steer it.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_patterns::{breaker::CircuitBreakerLayer, ServiceBuilderExt};
+    ///
+    /// let breaker = CircuitBreakerLayer::builder("payments").build().unwrap();
+    /// let handle = breaker.handle();
+    /// let layers = ServiceBuilder::new().circuit_breaker(breaker);
+    /// # let _ = (layers, handle);
+    /// ```
+    #[cfg(feature = "breaker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+    fn circuit_breaker<C>(
+        self,
+        layer: crate::breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<crate::breaker::CircuitBreakerLayer<C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn error_responses(self) -> ServiceBuilder<Stack<ErrorResponseLayer, L>> {
         self.layer(ErrorResponseLayer::new())
+    }
+
+    #[cfg(feature = "breaker")]
+    fn circuit_breaker<C>(
+        self,
+        layer: crate::breaker::CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<crate::breaker::CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
     }
 }

@@ -13,7 +13,7 @@
 //! |-------------|----------------------------------------------------------------------|---------|
 //! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`ServiceBuilderExt`] | landed |
 //! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
-//! | `breaker`   | circuit breaker and fallback layers                                  | planned |
+//! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | semaphore and keyed bulkheads, isolated executor, adaptive limits    | planned |
 //! | `retry`     | retry policies with backoff, budgets, `Retry-After`, hedging         | planned |
 //! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
@@ -65,3 +65,7 @@ pub use tower_patterns_core::test_util;
 mod builder;
 
 pub use builder::ServiceBuilderExt;
+
+#[cfg(feature = "breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
+pub use tower_patterns_breaker as breaker;

@@ -109,6 +109,7 @@ pub struct Config {
     pub(crate) ramp: Vec<f64>,
     pub(crate) seed: u64,
     pub(crate) backpressure: bool,
+    pub(crate) call_metrics: bool,
 }
 
 /// The most half-open probes (they are counted in 12 bits of the state word).
@@ -132,6 +133,7 @@ impl Config {
             ramp: Vec::new(),
             seed: 0x5eed_b7ea_ce75,
             backpressure: false,
+            call_metrics: false,
         }
     }
 
@@ -148,22 +150,23 @@ impl Config {
         consecutive: u64,
         slow_in_flight: u64,
     ) -> Option<Reason> {
-        if let Some(k) = self.consecutive_failures {
-            if consecutive >= k {
-                return Some(Reason::ConsecutiveFailures(consecutive));
-            }
+        if let Some(k) = self.consecutive_failures
+            && consecutive >= k
+        {
+            return Some(Reason::ConsecutiveFailures(consecutive));
         }
-        if let Some(k) = self.failure_count {
-            if stats.failures >= k {
-                return Some(Reason::FailureCount(stats.failures));
-            }
+        if let Some(k) = self.failure_count
+            && stats.failures >= k
+        {
+            return Some(Reason::FailureCount(stats.failures));
         }
-        if let Some(threshold) = self.failure_rate {
-            if stats.calls >= self.minimum_calls && stats.calls > 0 {
-                let rate = stats.failures as f64 / stats.calls as f64;
-                if rate >= threshold {
-                    return Some(Reason::FailureRate(rate));
-                }
+        if let Some(threshold) = self.failure_rate
+            && stats.calls >= self.minimum_calls
+            && stats.calls > 0
+        {
+            let rate = stats.failures as f64 / stats.calls as f64;
+            if rate >= threshold {
+                return Some(Reason::FailureRate(rate));
             }
         }
         if self.slow_call_duration.is_some() {
@@ -249,13 +252,13 @@ impl Config {
                         ),
                     ));
                 }
-                if let Some(k) = self.failure_count {
-                    if k > u64::from(n) {
-                        return Err(ConfigError::new(
-                            "failure_count",
-                            format!("is {k} but the window holds only {n} calls"),
-                        ));
-                    }
+                if let Some(k) = self.failure_count
+                    && k > u64::from(n)
+                {
+                    return Err(ConfigError::new(
+                        "failure_count",
+                        format!("is {k} but the window holds only {n} calls"),
+                    ));
                 }
             }
             SlidingWindow::Time { size, buckets } => {

@@ -16,7 +16,7 @@ use tower_patterns_core::{
     classify::{Finish, OnOutcome, Outcome},
 };
 
-use crate::machine::{Machine, Permit};
+use crate::machine::{Machine, Permit, PermitKind};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -32,8 +32,8 @@ pin_project! {
         Called {
             #[pin]
             fut: F,
-            #[pin]
-            slow: Option<Sleep>,
+            // Boxed: only slow-call detection uses it, so the default future stays small.
+            slow: Option<Pin<Box<SlowCall>>>,
             guard: Option<Guard>,
             classifier: C,
         },
@@ -43,8 +43,29 @@ pin_project! {
     }
 }
 
+pin_project! {
+    /// When a call started, and (for calls counted in the closed window) the timer that
+    /// fires when it becomes slow while still in flight.
+    pub(crate) struct SlowCall {
+        start: u64,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl SlowCall {
+    pub(crate) fn new(start: u64, timer: Option<Sleep>) -> Pin<Box<Self>> {
+        Box::pin(Self { start, timer })
+    }
+}
+
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(fut: F, guard: Guard, slow: Option<Sleep>, classifier: C) -> Self {
+    pub(crate) fn called(
+        fut: F,
+        guard: Guard,
+        slow: Option<Pin<Box<SlowCall>>>,
+        classifier: C,
+    ) -> Self {
         Self {
             kind: Kind::Called {
                 fut,
@@ -86,7 +107,7 @@ where
         match self.project().kind.project() {
             KindProj::Called {
                 fut,
-                mut slow,
+                slow,
                 guard,
                 classifier,
             } => {
@@ -95,21 +116,25 @@ where
                     Poll::Pending => {
                         // Still in flight: past the slow-call duration it counts as slow now,
                         // not only once (if ever) it finishes.
-                        if let Some(timer) = slow.as_mut().as_pin_mut() {
-                            if timer.poll(cx).is_ready() {
-                                slow.set(None);
-                                if let Some(guard) = guard.as_mut() {
-                                    guard.slow_in_flight();
-                                }
-                            }
+                        let timer = slow
+                            .as_mut()
+                            .and_then(|c| c.as_mut().project().timer.as_pin_mut());
+                        if let Some(timer) = timer
+                            && timer.poll(cx).is_ready()
+                            && let Some(guard) = guard.as_mut()
+                        {
+                            guard.slow_in_flight();
                         }
                         return Poll::Pending;
                     }
                 };
-                match guard.take() {
-                    Some(guard) => Poll::Ready(classifier.finish(result, guard)),
-                    None => Poll::Ready(Err(PolledAfterCompletion.into())),
+                let Some(mut guard) = guard.take() else {
+                    return Poll::Ready(Err(PolledAfterCompletion.into()));
+                };
+                if let Some(call) = slow.take() {
+                    guard.finished_after(call.start);
                 }
+                Poll::Ready(classifier.finish(result, guard))
             }
             KindProj::Failed { err } => Poll::Ready(Err(err
                 .take()
@@ -118,6 +143,14 @@ where
     }
 }
 
+// The guard's second word: the permit's generation in the low 32 bits, then its kind, then
+// flags. Two words in all, so moving the guard out of a future that was just built reads
+// the same widths that were written.
+const KIND_SHIFT: u32 = 32;
+const SLOW_IN_FLIGHT: u64 = 1 << 40;
+const SLOW: u64 = 1 << 41;
+const DONE: u64 = 1 << 42;
+
 /// Records the outcome of one admitted call in its breaker; gives the permit back if the
 /// call ends without one (its future or body dropped).
 ///
@@ -125,70 +158,90 @@ where
 /// until the body ends.
 pub struct Guard {
     machine: Arc<Machine>,
-    permit: Permit,
-    start: Option<u64>,
-    slow_in_flight: bool,
-    done: bool,
+    bits: u64,
 }
 
 impl fmt::Debug for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
             .field("breaker", &self.machine.config.name)
-            .field("permit", &self.permit)
+            .field("permit", &self.permit())
             .finish()
     }
 }
 
 impl Guard {
-    pub(crate) fn new(machine: Arc<Machine>, permit: Permit, start: Option<u64>) -> Self {
+    #[inline]
+    pub(crate) fn new(machine: Arc<Machine>, permit: Permit) -> Self {
+        let kind = match permit.kind {
+            PermitKind::Closed => 0,
+            PermitKind::Probe => 1,
+            PermitKind::RampProbe => 2,
+            PermitKind::Free => 3,
+        };
         Self {
             machine,
-            permit,
-            start,
-            slow_in_flight: false,
-            done: false,
+            bits: u64::from(permit.generation) | (kind << KIND_SHIFT),
+        }
+    }
+
+    #[inline]
+    fn permit(&self) -> Permit {
+        let kind = match (self.bits >> KIND_SHIFT) & 0b11 {
+            0 => PermitKind::Closed,
+            1 => PermitKind::Probe,
+            2 => PermitKind::RampProbe,
+            _ => PermitKind::Free,
+        };
+        Permit {
+            generation: self.bits as u32,
+            kind,
         }
     }
 
     fn slow_in_flight(&mut self) {
-        if !self.slow_in_flight {
-            self.slow_in_flight = true;
+        if self.bits & SLOW_IN_FLIGHT == 0 {
+            self.bits |= SLOW_IN_FLIGHT | SLOW;
             self.machine
-                .slow_call_started(self.permit, self.machine.now());
+                .slow_call_started(self.permit(), self.machine.now());
         }
     }
 
+    /// The call answered; it is slow if it took the slow-call duration or longer.
+    fn finished_after(&mut self, start: u64) {
+        let slow = self.machine.slow_call.unwrap_or(u64::MAX);
+        if self.machine.now().saturating_sub(start) >= slow {
+            self.bits |= SLOW;
+        }
+    }
+
+    #[inline]
     fn end_slow(&mut self) {
-        if self.slow_in_flight {
-            self.slow_in_flight = false;
-            self.machine.slow_call_ended(self.permit);
+        if self.bits & SLOW_IN_FLIGHT != 0 {
+            self.bits &= !SLOW_IN_FLIGHT;
+            self.machine.slow_call_ended(self.permit());
         }
     }
 }
 
 impl OnOutcome for Guard {
+    #[inline]
     fn on_outcome(mut self, outcome: Outcome) {
-        let slow = self.slow_in_flight
-            || match (self.start, self.machine.config.slow_call_duration) {
-                (Some(start), Some(slow)) => {
-                    self.machine.now().saturating_sub(start)
-                        >= crate::config::saturating_nanos(slow)
-                }
-                _ => false,
-            };
         self.end_slow();
-        self.done = true;
+        self.bits |= DONE;
         let machine = &self.machine;
-        machine.record(self.permit, outcome, slow, || machine.now());
+        machine.record(self.permit(), outcome, self.bits & SLOW != 0, || {
+            machine.now()
+        });
     }
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
-        if !self.done {
+        if self.bits & DONE == 0 {
             self.end_slow();
-            self.machine.release(self.permit);
+            self.machine.release(self.permit());
         }
     }
 }

@@ -34,12 +34,18 @@ impl<Key> KeyedShared<Key>
 where
     Key: Clone + Eq + Hash + fmt::Display + Send + Sync + 'static,
 {
-    fn machine(&self, key: Key) -> Arc<Machine> {
+    fn machine(&self, key: &Key) -> Arc<Machine> {
         self.map.get_or_insert_with(key.clone(), || {
             let name: Arc<str> = format!("{}/{key}", self.config.name).into();
             Arc::new(Machine::new(
                 self.config.clone(),
-                Observer::new(name, self.metrics.clone(), false, self.base),
+                Observer::new(
+                    name,
+                    self.metrics.clone(),
+                    false,
+                    self.config.call_metrics,
+                    self.base,
+                ),
             ))
         })
     }
@@ -179,7 +185,7 @@ where
             Ok(key) => key,
             Err(e) => return ResponseFuture::failed(e.into()),
         };
-        let machine = self.shared.machine(key);
+        let machine = self.shared.machine(&key);
         crate::service::call(&machine, &mut self.inner, req, &self.classifier, true, None)
     }
 }

@@ -205,6 +205,17 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Counts every call's outcome in `tower_patterns_breaker_calls_total{name, outcome}`.
+    ///
+    /// Off by default: it costs a call into the `metrics` recorder per request (even a no-op
+    /// one). Rejections, transitions and the state gauge are always recorded, and the
+    /// window's counts and rates are free through [`CircuitBreakerHandle::snapshot`].
+    #[must_use]
+    pub fn call_metrics(mut self, on: bool) -> Self {
+        self.config.call_metrics = on;
+        self
+    }
+
     /// For keyed breakers: the most keys held (default 10,000) and how long an unused key's
     /// breaker is kept (default 10 minutes).
     #[must_use]
@@ -237,6 +248,7 @@ impl<C> Builder<C> {
             self.config.name.clone(),
             metrics,
             true,
+            self.config.call_metrics,
             tokio::time::Instant::now(),
         );
         Ok(CircuitBreakerLayer {
@@ -253,6 +265,7 @@ impl<C> Builder<C> {
             self.config.name.clone(),
             Metrics::register(&self.config.name),
             true,
+            self.config.call_metrics,
             tokio::time::Instant::now(),
         );
         Ok(Machine::new(Arc::new(self.config), observer))

@@ -111,6 +111,11 @@ impl Word {
     pub(crate) const fn state(self) -> State {
         State::from_code(self.0 & CODE_MASK)
     }
+    /// Closed, without decoding the state (the hot path asks only this).
+    #[inline]
+    pub(crate) const fn is_closed(self) -> bool {
+        self.0 & CODE_MASK == State::Closed.code()
+    }
     const fn stage(self) -> u32 {
         ((self.0 >> STAGE_SHIFT) & STAGE_MASK) as u32
     }
@@ -199,6 +204,8 @@ pub struct Machine {
     metrics_only: AtomicU64,
     rng: AtomicRng,
     transitions: Mutex<TransitionData>,
+    /// The slow-call duration in nanoseconds, kept beside the hot fields.
+    pub(crate) slow_call: Option<u64>,
     pub(crate) config: StdArc<Config>,
     pub(crate) observer: Observer,
 }
@@ -234,6 +241,9 @@ impl Machine {
             metrics_only: AtomicU64::new(0),
             rng: AtomicRng::new(config.seed),
             transitions: Mutex::new(TransitionData::default()),
+            slow_call: config
+                .slow_call_duration
+                .map(crate::config::saturating_nanos),
             config,
             observer,
         }
@@ -271,17 +281,13 @@ impl Machine {
     #[inline]
     pub fn acquire(&self, now: impl FnOnce() -> u64, count: bool) -> Admission {
         let word = self.word();
-        match word.state() {
-            State::Closed => Admission::Permit(Permit {
+        if word.is_closed() {
+            return Admission::Permit(Permit {
                 generation: word.generation(),
                 kind: PermitKind::Closed,
-            }),
-            State::Disabled => Admission::Permit(Permit {
-                generation: word.generation(),
-                kind: PermitKind::Free,
-            }),
-            _ => self.acquire_slow(word, now(), count),
+            });
         }
+        self.acquire_slow(word, now(), count)
     }
 
     #[cold]
@@ -369,7 +375,7 @@ impl Machine {
                     return;
                 }
                 let word = self.word();
-                if word.state() != State::Closed || word.generation() != permit.generation {
+                if !word.is_closed() || word.generation() != permit.generation {
                     return;
                 }
                 let failed = outcome == Outcome::Failure;

@@ -79,6 +79,9 @@ impl Metrics {
 pub(crate) struct Observer {
     name: Arc<str>,
     metrics: Arc<Metrics>,
+    /// Whether every call's outcome goes to the `metrics` counters (opt-in: it costs a call
+    /// into the recorder per request, even a no-op one).
+    call_metrics: bool,
     /// Keyed instances share their layer's series, so they leave the state gauge alone.
     state_gauge: bool,
     events: broadcast::Sender<Transition>,
@@ -99,11 +102,13 @@ impl Observer {
         name: Arc<str>,
         metrics: Arc<Metrics>,
         state_gauge: bool,
+        call_metrics: bool,
         base: Instant,
     ) -> Self {
         Self {
             name,
             metrics,
+            call_metrics,
             state_gauge,
             events: broadcast::channel(64).0,
             notify: Arc::new(tokio::sync::Notify::new()),
@@ -123,6 +128,9 @@ impl Observer {
 
     #[inline]
     pub(crate) fn outcome(&self, outcome: Outcome) {
+        if !self.call_metrics {
+            return;
+        }
         match outcome {
             Outcome::Success => self.metrics.success.increment(1),
             Outcome::Failure => self.metrics.failure.increment(1),

@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use crate::{
     CircuitBreakerLayer, State,
-    future::{Guard, ResponseFuture},
+    future::{Guard, ResponseFuture, SlowCall},
     machine::{Admission, Machine, Permit, PermitKind},
 };
 
@@ -33,6 +33,7 @@ pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
     machine: Arc<Machine>,
     classifier: C,
     inner_ready: bool,
+    backpressure: bool,
     wait: Option<Box<Wait>>,
 }
 
@@ -82,6 +83,7 @@ impl<S> CircuitBreaker<S> {
 impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn from_parts(inner: S, machine: Arc<Machine>, classifier: C) -> Self {
         Self {
+            backpressure: machine.config.backpressure,
             inner,
             machine,
             classifier,
@@ -143,19 +145,21 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.machine.config.backpressure {
+        if self.backpressure {
             return self.poll_ready_backpressure(cx);
         }
-        let rejecting = match self.machine.word().state() {
-            State::ForcedOpen => true,
-            // Once the open time is over the next call may be a probe: get the inner
-            // service ready for it.
-            State::Open => {
-                !self.machine.metrics_only()
-                    && self.machine.open_remaining(self.machine.now()).unwrap_or(0) > 0
-            }
-            _ => false,
-        };
+        let word = self.machine.word();
+        let rejecting = !word.is_closed()
+            && match word.state() {
+                State::ForcedOpen => true,
+                // Once the open time is over the next call may be a probe: get the inner
+                // service ready for it.
+                State::Open => {
+                    !self.machine.metrics_only()
+                        && self.machine.open_remaining(self.machine.now()).unwrap_or(0) > 0
+                }
+                _ => false,
+            };
         if rejecting {
             // Ready without the inner service: `call` will fail fast.
             self.inner_ready = false;
@@ -172,11 +176,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let reserved = self
-            .wait
-            .as_mut()
-            .and_then(|w| w.reserved.take())
-            .map(Reservation::take);
+        let reserved = match &mut self.wait {
+            Some(wait) => wait.reserved.take().map(Reservation::take),
+            None => None,
+        };
         let inner_ready = std::mem::replace(&mut self.inner_ready, false);
         call(
             &self.machine,
@@ -269,16 +272,18 @@ where
     };
     match admission {
         Admission::Permit(permit) if inner_ready => {
-            let slow = machine.config.slow_call_duration;
-            let start = slow.map(|_| machine.now());
-            let timer = match (slow, start, permit.kind) {
-                (Some(slow), Some(start), PermitKind::Closed) => Some(tokio::time::sleep_until(
-                    machine.observer.base() + Duration::from_nanos(start) + slow,
-                )),
-                _ => None,
-            };
-            let guard = Guard::new(machine.clone(), permit, start);
-            ResponseFuture::called(inner.call(req), guard, timer, classifier.clone())
+            let slow = machine.slow_call.map(|slow| {
+                let start = machine.now();
+                // Closed-state calls also count as slow while still in flight; probes are
+                // judged when they answer.
+                let timer = (permit.kind == PermitKind::Closed).then(|| {
+                    let at = Duration::from_nanos(start.saturating_add(slow));
+                    tokio::time::sleep_until(machine.observer.base() + at)
+                });
+                SlowCall::new(start, timer)
+            });
+            let guard = Guard::new(machine.clone(), permit);
+            ResponseFuture::called(inner.call(req), guard, slow, classifier.clone())
         }
         Admission::Permit(permit) => {
             // The circuit let the call through after `poll_ready` saw it open, so the inner

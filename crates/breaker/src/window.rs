@@ -62,9 +62,12 @@ impl Window {
 pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
     head: AtomicUsize,
-    filled: AtomicUsize,
-    failures: AtomicUsize,
-    slow: AtomicUsize,
+    // Counters move by ±1 with wrapping arithmetic and are read as signed, clamped to
+    // [0, size]: a decrement may land before the increment it pairs with (another thread's
+    // swap took the slot in between), and must not read as a huge count meanwhile.
+    filled: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
 }
 
 impl CountWindow {
@@ -72,14 +75,25 @@ impl CountWindow {
         Self {
             slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
             head: AtomicUsize::new(0),
-            filled: AtomicUsize::new(0),
-            failures: AtomicUsize::new(0),
-            slow: AtomicUsize::new(0),
+            filled: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
         }
     }
 
     #[inline]
     pub(crate) fn record(&self, flags: u8) {
+        // A success over a full window of successes changes nothing the window holds: every
+        // slot stays a success. Skipping the head then keeps "the last N calls" exact (a
+        // failure recorded later still leaves after exactly N more calls) and makes the
+        // steady-state success path free of writes.
+        if flags == 0
+            && self.failures.load(Relaxed) == 0
+            && self.slow.load(Relaxed) == 0
+            && self.filled.load(Relaxed) == self.slots.len() as u64
+        {
+            return;
+        }
         let idx = self.head.fetch_add(1, Relaxed) % self.slots.len();
         self.replace(idx, FILLED | flags);
     }
@@ -96,15 +110,15 @@ impl CountWindow {
             return;
         }
         // Every change of a slot goes through `swap`, and each swap accounts for exactly the
-        // difference between what it put and what it took: the counters always equal the
-        // number of slots holding each flag, whatever the interleaving.
+        // difference between what it put and what it took: once every thread has finished
+        // its step, the counters equal the number of slots holding each flag.
         Self::adjust(&self.filled, old & FILLED, new & FILLED);
         Self::adjust(&self.failures, old & FAILURE, new & FAILURE);
         Self::adjust(&self.slow, old & SLOW, new & SLOW);
     }
 
     #[inline]
-    fn adjust(counter: &AtomicUsize, old: u8, new: u8) {
+    fn adjust(counter: &AtomicU64, old: u8, new: u8) {
         match (old != 0, new != 0) {
             (false, true) => {
                 counter.fetch_add(1, Relaxed);
@@ -116,11 +130,15 @@ impl CountWindow {
         }
     }
 
+    fn read(&self, counter: &AtomicU64) -> u64 {
+        (counter.load(Relaxed) as i64).clamp(0, self.slots.len() as i64) as u64
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         Stats {
-            calls: self.filled.load(Relaxed) as u64,
-            failures: self.failures.load(Relaxed) as u64,
-            slow: self.slow.load(Relaxed) as u64,
+            calls: self.read(&self.filled),
+            failures: self.read(&self.failures),
+            slow: self.read(&self.slow),
         }
     }
 
@@ -259,6 +277,40 @@ mod tests {
         );
         w.clear();
         assert_eq!(w.stats(), Stats::default());
+    }
+
+    #[test]
+    fn skipping_successes_keeps_the_last_n_exact() {
+        let w = CountWindow::new(3);
+        for _ in 0..3 {
+            w.record(0);
+        }
+        for _ in 0..1_000 {
+            w.record(0); // skipped: nothing changes
+        }
+        w.record(FAILURE);
+        w.record(0);
+        w.record(0);
+        assert_eq!(
+            w.stats().failures,
+            1,
+            "the failure is still among the last 3"
+        );
+        w.record(0);
+        assert_eq!(
+            w.stats().failures,
+            0,
+            "and leaves after exactly 3 more calls"
+        );
+    }
+
+    #[test]
+    fn a_decrement_before_its_increment_reads_as_zero() {
+        let w = CountWindow::new(4);
+        CountWindow::adjust(&w.failures, FAILURE, 0);
+        assert_eq!(w.stats().failures, 0);
+        CountWindow::adjust(&w.failures, 0, FAILURE);
+        assert_eq!(w.stats().failures, 0);
     }
 
     #[test]

@@ -494,6 +494,36 @@ async fn slow_calls_that_finish_count_too() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_slow_probe_reopens_the_circuit() {
+    let layer = CircuitBreakerLayer::builder("slow-probe")
+        .count_window(2)
+        .minimum_calls(2)
+        .half_open_probes(1)
+        .slow_calls(Duration::from_secs(1), 1.0)
+        .open_duration(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    for _ in 0..2 {
+        let _ = layer
+            .layer(TestService::new().always_fail())
+            .oneshot(())
+            .await;
+    }
+    advance(Duration::from_secs(5)).await;
+    let slow = layer.layer(TestService::new().delay(Duration::from_secs(2)));
+    slow.oneshot(()).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the probe answered, but slowly"
+    );
+    advance(Duration::from_secs(5)).await;
+    layer.layer(TestService::new()).oneshot(()).await.unwrap();
+    assert_eq!(handle.state(), State::Closed, "a fast probe closes it");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_ramp_admits_growing_shares_and_reopens_on_failure() {
     let layer = CircuitBreakerLayer::builder("ramp")
         .count_window(2)
@@ -777,6 +807,7 @@ async fn state_gauge_zeroes_the_old_state() {
         CircuitBreakerLayer::builder("gauged")
             .count_window(2)
             .minimum_calls(2)
+            .call_metrics(true)
             .build()
             .unwrap()
     });
@@ -799,12 +830,11 @@ async fn state_gauge_zeroes_the_old_state() {
                     .to_owned();
                 gauges.lock().unwrap().push((state, v.into_inner()));
             }
-            ("tower_patterns_breaker_calls_total", DebugValue::Counter(n)) => {
+            ("tower_patterns_breaker_calls_total", DebugValue::Counter(n))
                 if k.labels()
-                    .any(|l| l.key() == "outcome" && l.value() == "failure")
-                {
-                    failures = n;
-                }
+                    .any(|l| l.key() == "outcome" && l.value() == "failure") =>
+            {
+                failures = n;
             }
             _ => {}
         }

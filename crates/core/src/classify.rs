@@ -282,6 +282,7 @@ pub trait OnOutcome {
 }
 
 impl<F: FnOnce(Outcome)> OnOutcome for F {
+    #[inline]
     fn on_outcome(self, outcome: Outcome) {
         self(outcome)
     }
