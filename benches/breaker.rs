@@ -102,6 +102,27 @@ fn failsafe_breaker() -> impl failsafe::futures::CircuitBreaker + Clone + Send +
     failsafe::Config::new().build()
 }
 
+/// Invokes `$case!(name, service)` for every service compared.
+macro_rules! each_peer {
+    ($case:ident) => {
+        $case!("bare", Bare);
+        $case!("tower_load_shed", LoadShedLayer::new().layer(Bare));
+        $case!(
+            "tower_concurrency_limit",
+            ConcurrencyLimitLayer::new(1 << 20).layer(Bare)
+        );
+        $case!("tower_patterns", ours().layer(Bare));
+        $case!("tower_resilience_0_13", resilience().layer(Bare));
+        $case!(
+            "failsafe_1_3",
+            Failsafe {
+                breaker: failsafe_breaker(),
+                inner: Bare,
+            }
+        );
+    };
+}
+
 fn single(c: &mut Criterion) {
     let mut group = c.benchmark_group("breaker_single");
     macro_rules! case {
@@ -116,21 +137,7 @@ fn single(c: &mut Criterion) {
             });
         }};
     }
-    case!("bare", Bare);
-    case!("tower_load_shed", LoadShedLayer::new().layer(Bare));
-    case!(
-        "tower_concurrency_limit",
-        ConcurrencyLimitLayer::new(1 << 20).layer(Bare)
-    );
-    case!("tower_patterns", ours().layer(Bare));
-    case!("tower_resilience_0_13", resilience().layer(Bare));
-    case!(
-        "failsafe_1_3",
-        Failsafe {
-            breaker: failsafe_breaker(),
-            inner: Bare,
-        }
-    );
+    each_peer!(case);
     // Calibration: the floor of any layer whose 'static response future must reach shared
     // state (one Arc clone and drop per call).
     let shared = std::sync::Arc::new(0u64);
@@ -187,20 +194,7 @@ fn contended(c: &mut Criterion) {
             });
         }};
     }
-    case!("bare", Bare);
-    case!(
-        "tower_concurrency_limit",
-        ConcurrencyLimitLayer::new(1 << 20).layer(Bare)
-    );
-    case!("tower_patterns", ours().layer(Bare));
-    case!("tower_resilience_0_13", resilience().layer(Bare));
-    case!(
-        "failsafe_1_3",
-        Failsafe {
-            breaker: failsafe_breaker(),
-            inner: Bare,
-        }
-    );
+    each_peer!(case);
     group.finish();
 }
 

@@ -363,20 +363,7 @@ impl<S: fmt::Debug, P, C> fmt::Debug for Fallback<S, P, C> {
 }
 
 impl<S, P, C> Fallback<S, P, C> {
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_patterns_core::inner_service_accessors!();
 }
 
 impl<S, P, C, Req> Service<Req> for Fallback<S, P, C>

@@ -148,20 +148,7 @@ impl<S: fmt::Debug, K, Key, C> fmt::Debug for KeyedCircuitBreaker<S, K, Key, C> 
 }
 
 impl<S, K, Key, C> KeyedCircuitBreaker<S, K, Key, C> {
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_patterns_core::inner_service_accessors!();
 }
 
 impl<S, K, Key, C, Req> Service<Req> for KeyedCircuitBreaker<S, K, Key, C>

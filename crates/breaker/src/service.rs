@@ -92,20 +92,7 @@ impl<S, C> CircuitBreaker<S, C> {
         }
     }
 
-    /// A reference to the inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_patterns_core::inner_service_accessors!();
 
     /// A handle on the breaker this service shares with its layer and clones.
     pub fn handle(&self) -> crate::CircuitBreakerHandle {

@@ -204,20 +204,7 @@ impl<S> ErrorResponse<S> {
         ErrorResponseLayer::new()
     }
 
-    /// A reference to the inner service.
-    pub const fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// A mutable reference to the inner service.
-    pub const fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 }
 
 impl<S: Clone> Clone for ErrorResponse<S> {

@@ -41,4 +41,28 @@ pub mod observe;
 pub mod test_util;
 
 pub use error::{BoxError, ConfigError, Rejected, RejectionKind};
+
+/// Defines `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is the
+/// field `inner` (as tower-http's `define_inner_service_accessors!` does). Used inside an
+/// `impl` block of the pattern crates.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! inner_service_accessors {
+    () => {
+        /// A reference to the inner service.
+        pub const fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// A mutable reference to the inner service.
+        pub const fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Consumes `self`, returning the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
 pub use key::{KeyError, KeyExtractor};
