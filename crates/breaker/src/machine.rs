@@ -287,6 +287,12 @@ impl Machine {
                 kind: PermitKind::Closed,
             });
         }
+        if word.state() == State::Disabled {
+            return Admission::Permit(Permit {
+                generation: word.generation(),
+                kind: PermitKind::Free,
+            });
+        }
         self.acquire_slow(word, now(), count)
     }
 
@@ -319,7 +325,8 @@ impl Machine {
                     if timed_out {
                         self.transition(word, State::Open, 0, Reason::HalfOpenTimeout, now);
                     } else if !self.config.ramp.is_empty() {
-                        let share = self.config.ramp[word.stage() as usize];
+                        let stage = word.stage() as usize;
+                        let share = self.config.ramp.get(stage).copied().unwrap_or(1.0);
                         if self.rng.next_f64() < share {
                             return permit(PermitKind::RampProbe);
                         }

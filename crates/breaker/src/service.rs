@@ -51,10 +51,8 @@ struct Reservation {
 }
 
 impl Reservation {
-    fn take(mut self) -> Permit {
-        self.permit
-            .take()
-            .expect("a reservation holds its permit until taken")
+    fn take(mut self) -> Option<Permit> {
+        self.permit.take()
     }
 }
 
@@ -164,7 +162,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let reserved = match &mut self.wait {
-            Some(wait) => wait.reserved.take().map(Reservation::take),
+            Some(wait) => wait.reserved.take().and_then(Reservation::take),
             None => None,
         };
         let inner_ready = std::mem::replace(&mut self.inner_ready, false);
