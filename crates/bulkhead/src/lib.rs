@@ -1,0 +1,75 @@
+//! Middleware that isolates resources so one slow dependency cannot take the others down:
+//! the bulkhead (the seed's pattern 5).
+//!
+//! - [`BulkheadLayer`]: a pool of permits (max concurrent calls) with an optional FIFO wait,
+//!   a bound on waiters, and rejection as [`Rejected`](tower_patterns_core::Rejected)
+//!   (`BulkheadFull`) from an always-ready service, or a backpressure mode that reserves the
+//!   permit in `poll_ready`. The permit is held until the response future completes, or with
+//!   [`Builder::hold_until_body_end`] until the HTTP response body ends.
+//! - [`PartitionedBulkheadLayer`]: a pool per key (the seed's "service A 40, B 30, C 30"),
+//!   fixed sizes plus a default, on-demand pools bounded.
+//! - [`IsolatedLayer`]: runs the inner service's futures on a dedicated runtime with a bounded
+//!   queue (resilience4j's thread-pool bulkhead).
+//! - Adaptive limits: [`Gradient2`] and [`Aimd`] as pure functions, plugged in with
+//!   [`Builder::adaptive`].
+//!
+//! The pool is this crate's own FIFO semaphore (see `semaphore.rs`): one atomic word for the
+//! permits in use and the callers waiting, so an uncontended call is one compare-and-swap to
+//! take a permit and one to give it back, with no lock; a mutex guards the wait queue only
+//! once someone waits. tokio's `Semaphore` takes its mutex on every release, cannot bound its
+//! waiters, and cannot lower a limit while its permits are out.
+//!
+//! # Example
+//!
+//! The defaults (25 concurrent calls, no waiting), then a customised pool:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_patterns_bulkhead::BulkheadLayer;
+//! use tower_patterns_core::{BoxError, Rejected, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let defaults = BulkheadLayer::builder("inventory").build().unwrap();
+//!
+//! let layer = BulkheadLayer::builder("payments")
+//!     .max_concurrent(40)
+//!     .max_wait(Duration::from_millis(50))
+//!     .max_waiting(100)
+//!     .build()
+//!     .unwrap();
+//! let handle = layer.handle();
+//! let svc = ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service(service_fn(|x: u32| async move { Ok::<_, BoxError>(x) }));
+//! assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+//! assert_eq!(handle.in_flight(), 0);
+//! assert_eq!(handle.limit(), 40);
+//! # let _ = defaults;
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod adaptive;
+pub mod executor;
+mod handle;
+mod partition;
+mod semaphore;
+mod service;
+mod sync;
+
+pub use adaptive::{Aimd, Gradient2, LimitAlgorithm, Sample};
+pub use executor::{Isolated, IsolatedExecutor, IsolatedFuture, IsolatedLayer};
+pub use handle::BulkheadHandle;
+pub use partition::{PartitionBuilder, PartitionedBulkhead, PartitionedBulkheadLayer};
+pub use service::{
+    BodyEnded, Builder, Bulkhead, BulkheadLayer, Hold, ResponseFuture, UntilBodyEnd, UntilResponse,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    //! The semaphore, for this crate's loom model. Not part of the public API.
+    pub use crate::semaphore::{Full, Permit, Semaphore, Waiter};
+}
