@@ -8,35 +8,17 @@
 //!
 //! `cargo bench --features breaker --bench breaker`
 
+mod support;
+
 use std::{
-    convert::Infallible,
-    future::{Future, Ready, ready},
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::{Duration, Instant},
+    task::{Context, Poll},
+    time::Duration,
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tower::{Layer, Service, ServiceExt, limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer};
+use support::{Bare, contended_run, one_call, two_workers};
+use tower::{Layer, Service, limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer};
 use tower_patterns::breaker::CircuitBreakerLayer;
-
-/// The inner service: answers at once.
-#[derive(Clone, Copy)]
-struct Bare;
-
-impl Service<u64> for Bare {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
 
 /// failsafe is not a tower layer: this is how a tower user wraps it.
 #[derive(Clone)]
@@ -66,26 +48,6 @@ where
     fn call(&mut self, req: u64) -> Self::Future {
         self.breaker.call(self.inner.call(req))
     }
-}
-
-fn poll_to_end<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-            return out;
-        }
-    }
-}
-
-fn one_call<S>(svc: &mut S, i: u64)
-where
-    S: Service<u64>,
-    S::Error: std::fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    while svc.poll_ready(&mut cx).is_pending() {}
-    std::hint::black_box(poll_to_end(svc.call(std::hint::black_box(i))).unwrap());
 }
 
 fn ours() -> CircuitBreakerLayer {
@@ -147,42 +109,8 @@ fn single(c: &mut Criterion) {
     group.finish();
 }
 
-const TASKS: u64 = 64;
-
-fn contended_run<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send,
-{
-    let per_task = iters.div_ceil(TASKS);
-    let svc = svc.clone();
-    rt.block_on(async move {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..TASKS)
-            .map(|_| {
-                let mut svc = svc.clone();
-                tokio::spawn(async move {
-                    for i in 0..per_task {
-                        let ready = svc.ready().await.unwrap();
-                        std::hint::black_box(ready.call(i).await.unwrap());
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        start.elapsed()
-    })
-}
-
 fn contended(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     let mut group = c.benchmark_group("breaker_contended");
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);

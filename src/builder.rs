@@ -46,6 +46,23 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::breaker::CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<crate::breaker::CircuitBreakerLayer<C>, L>>;
+
+    /// Adds a bulkhead; see [`bulkhead`](crate::bulkhead). Keep `layer.handle()` to read it.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_patterns::{bulkhead::BulkheadLayer, ServiceBuilderExt};
+    ///
+    /// let pool = BulkheadLayer::builder("payments").max_concurrent(40).build().unwrap();
+    /// let layers = ServiceBuilder::new().bulkhead(pool);
+    /// # let _ = layers;
+    /// ```
+    #[cfg(feature = "bulkhead")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+    fn bulkhead<H>(
+        self,
+        layer: crate::bulkhead::BulkheadLayer<H>,
+    ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<H>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -58,6 +75,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::breaker::CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<crate::breaker::CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "bulkhead")]
+    fn bulkhead<H>(
+        self,
+        layer: crate::bulkhead::BulkheadLayer<H>,
+    ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<H>, L>> {
         self.layer(layer)
     }
 }

@@ -14,7 +14,7 @@
 //! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`ServiceBuilderExt`] | landed |
 //! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
-//! | `bulkhead`  | semaphore and keyed bulkheads, isolated executor, adaptive limits    | planned |
+//! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
 //! | `retry`     | retry policies with backoff, budgets, `Retry-After`, hedging         | planned |
 //! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
 //! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
@@ -69,3 +69,7 @@ pub use builder::ServiceBuilderExt;
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
 pub use tower_patterns_breaker as breaker;
+
+#[cfg(feature = "bulkhead")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
+pub use tower_patterns_bulkhead as bulkhead;

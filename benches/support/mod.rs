@@ -1,0 +1,91 @@
+//! What the benchmarks share: the bare inner service, direct polling without a runtime, and
+//! the contended runner (64 tasks on a 2-worker tokio runtime).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    pin::pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use tower::{Service, ServiceExt};
+
+/// The inner service: answers at once.
+#[derive(Clone, Copy)]
+pub struct Bare;
+
+impl Service<u64> for Bare {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+pub fn poll_to_end<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+pub fn one_call<S>(svc: &mut S, i: u64)
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    while svc.poll_ready(&mut cx).is_pending() {}
+    std::hint::black_box(poll_to_end(svc.call(std::hint::black_box(i))).unwrap());
+}
+
+pub const TASKS: u64 = 64;
+
+pub fn contended_run<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let per_task = iters.div_ceil(TASKS);
+    let svc = svc.clone();
+    rt.block_on(async move {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let mut svc = svc.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        let ready = svc.ready().await.unwrap();
+                        std::hint::black_box(ready.call(i).await.unwrap());
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+/// The 2-worker runtime of the contended benchmarks.
+pub fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
