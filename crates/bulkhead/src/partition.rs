@@ -45,15 +45,14 @@ where
         Ok(map.get_or_insert_with(key.clone(), || {
             // Validated when the layer was built, so this cannot fail; fall back to a pool of
             // one rather than panic.
-            let (semaphore, _) = build_pool(*size, self.max_wait, self.max_waiting, false, None)
-                .unwrap_or_else(|_| (Arc::new(crate::semaphore::Semaphore::new(1, 0)), None));
+            let semaphore = build_pool(*size, self.max_wait, self.max_waiting, false, None)
+                .unwrap_or_else(|_| Arc::new(crate::semaphore::Semaphore::new(1, 0)));
             Arc::new(Shared::new(
                 format!("{}/{key}", self.name).into(),
                 self.name.clone(),
                 semaphore,
                 self.max_wait,
                 false,
-                None,
             ))
         }))
     }
@@ -205,9 +204,9 @@ where
     ) -> Result<PartitionedBulkheadLayer<K, Key, UntilResponse>, ConfigError> {
         let mut fixed = HashMap::with_capacity(self.sizes.len());
         for (key, size) in self.sizes {
-            let (semaphore, _) = build_pool(size, self.max_wait, self.max_waiting, false, None)?;
+            let semaphore = build_pool(size, self.max_wait, self.max_waiting, false, None)?;
             let name: Arc<str> = format!("{}/{key}", self.name).into();
-            let pool = Shared::new(name.clone(), name, semaphore, self.max_wait, false, None);
+            let pool = Shared::new(name.clone(), name, semaphore, self.max_wait, false);
             if fixed.insert(key.clone(), Arc::new(pool)).is_some() {
                 return Err(ConfigError::new(
                     "partition",

@@ -36,6 +36,8 @@ pub struct Semaphore {
     limit: AtomicU64,
     max_waiting: u64,
     queue: Mutex<Queue>,
+    /// The limiter that moves `limit`, if any, and the instant its samples count from.
+    pub(crate) adaptive: Option<(crate::adaptive::Adaptive, tokio::time::Instant)>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,25 @@ impl Semaphore {
             limit: AtomicU64::new(u64::from(limit)),
             max_waiting: u64::from(max_waiting),
             queue: Mutex::new(Queue::default()),
+            adaptive: None,
+        }
+    }
+
+    /// A pool whose limit follows `adaptive`, starting at its initial limit.
+    pub(crate) fn adaptive(adaptive: crate::adaptive::Adaptive, max_waiting: u32) -> Self {
+        let mut s = Self::new(adaptive.initial(), max_waiting);
+        s.adaptive = Some((adaptive, tokio::time::Instant::now()));
+        s
+    }
+
+    /// Nanoseconds since the adaptive limiter's base (never 0, which means "no sample").
+    pub(crate) fn sample_start(&self) -> u64 {
+        match &self.adaptive {
+            Some((_, base)) => {
+                let since = base.elapsed().as_nanos();
+                u64::try_from(since).unwrap_or(u64::MAX).max(1)
+            }
+            None => 0,
         }
     }
 
@@ -172,6 +193,11 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// The pool the permit belongs to.
+    pub(crate) fn semaphore(&self) -> Option<&Arc<Semaphore>> {
+        self.semaphore.as_ref()
+    }
+
     /// Takes a permit at once, if one is free.
     #[inline]
     pub fn try_new(semaphore: &Arc<Semaphore>) -> Option<Self> {

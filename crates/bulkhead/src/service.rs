@@ -10,7 +10,7 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower_layer::Layer;
 use tower_patterns_core::{
     BoxError, ConfigError, Rejected, RejectionKind,
@@ -32,7 +32,6 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) max_wait: Duration,
     pub(crate) backpressure: bool,
-    pub(crate) adaptive: Option<Arc<Adaptive>>,
     pub(crate) rejected: metrics::Counter,
     pub(crate) waited: metrics::Counter,
 }
@@ -56,7 +55,6 @@ impl Shared {
         semaphore: Arc<Semaphore>,
         max_wait: Duration,
         backpressure: bool,
-        adaptive: Option<Arc<Adaptive>>,
     ) -> Self {
         let label = metric_name.to_string();
         Self {
@@ -72,13 +70,12 @@ impl Shared {
             name,
             max_wait,
             backpressure,
-            adaptive,
         }
     }
 
     pub(crate) fn rejection(&self) -> Rejected {
         self.rejected.increment(1);
-        if let Some(adaptive) = &self.adaptive {
+        if let Some((adaptive, _)) = &self.semaphore.adaptive {
             adaptive.dropped(&self.semaphore);
         }
         tracing::debug!(target: "tower_patterns::bulkhead", bulkhead = %self.name, "bulkhead full");
@@ -91,44 +88,45 @@ impl Shared {
         Permit::try_new(&self.semaphore).map(|permit| self.hold(permit))
     }
 
+    #[inline]
     fn hold(&self, permit: Permit) -> Hold {
         Hold {
-            permit: Some(permit),
-            sample: self
-                .adaptive
-                .as_ref()
-                .map(|a| (a.clone(), self.semaphore.clone(), Instant::now())),
+            start: self.semaphore.sample_start(),
+            permit,
         }
     }
 }
 
 /// A bulkhead permit held by a call: given back when the call (or, with
 /// [`UntilBodyEnd`], its response body) ends. With an adaptive limit, it also reports the
-/// call's latency.
+/// call's latency. Two words, so moving it out of a just-built future is cheap.
 pub struct Hold {
-    permit: Option<Permit>,
-    sample: Option<(Arc<Adaptive>, Arc<Semaphore>, Instant)>,
+    permit: Permit,
+    /// When the call started, for the adaptive limiter (0: no limiter).
+    start: u64,
 }
 
 impl fmt::Debug for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hold")
-            .field("held", &self.permit.is_some())
+            .field("permit", &self.permit)
             .finish()
     }
 }
 
 impl OnOutcome for Hold {
     #[inline]
-    fn on_outcome(mut self, outcome: Outcome) {
-        if let Some((adaptive, semaphore, start)) = self.sample.take() {
-            // Cancelled calls say nothing about latency.
-            if outcome != Outcome::Ignored {
-                let in_flight = semaphore.in_flight();
-                adaptive.completed(&semaphore, start.elapsed(), in_flight);
+    fn on_outcome(self, outcome: Outcome) {
+        // Cancelled calls say nothing about latency.
+        if self.start != 0 && outcome != Outcome::Ignored {
+            if let Some(semaphore) = self.permit.semaphore() {
+                if let Some((adaptive, _)) = &semaphore.adaptive {
+                    let rtt = Duration::from_nanos(semaphore.sample_start() - self.start);
+                    adaptive.completed(semaphore, rtt, semaphore.in_flight());
+                }
             }
         }
-        drop(self.permit.take());
+        // Dropping `self` gives the permit back.
     }
 }
 
@@ -309,7 +307,7 @@ impl<H> Builder<H> {
     ///
     /// When `max_concurrent` is 0, or the waiting settings contradict each other.
     pub fn build(self) -> Result<BulkheadLayer<H>, ConfigError> {
-        let (semaphore, adaptive) = build_pool(
+        let semaphore = build_pool(
             self.max_concurrent,
             self.max_wait,
             self.max_waiting,
@@ -323,7 +321,6 @@ impl<H> Builder<H> {
                 semaphore,
                 self.max_wait,
                 self.backpressure,
-                adaptive,
             )),
             hold: self.hold,
         })
@@ -339,7 +336,7 @@ pub(crate) fn build_pool(
     max_waiting: Option<u32>,
     backpressure: bool,
     adaptive: Option<Box<dyn LimitAlgorithm>>,
-) -> Result<(Arc<Semaphore>, Option<Arc<Adaptive>>), ConfigError> {
+) -> Result<Arc<Semaphore>, ConfigError> {
     if max_concurrent == 0 {
         return Err(ConfigError::new("max_concurrent", "must be at least 1"));
     }
@@ -360,9 +357,10 @@ pub(crate) fn build_pool(
         }
         (false, n) => n.unwrap_or(1_024),
     };
-    let adaptive = adaptive.map(Adaptive::new).transpose()?.map(Arc::new);
-    let limit = adaptive.as_ref().map_or(max_concurrent, |a| a.initial());
-    Ok((Arc::new(Semaphore::new(limit, max_waiting)), adaptive))
+    Ok(Arc::new(match adaptive {
+        Some(algorithm) => Semaphore::adaptive(Adaptive::new(algorithm)?, max_waiting),
+        None => Semaphore::new(max_concurrent, max_waiting),
+    }))
 }
 
 /// Middleware that bounds the calls in flight to its inner service; see [`BulkheadLayer`].
