@@ -49,7 +49,7 @@ where
                 .unwrap_or_else(|_| Arc::new(crate::semaphore::Semaphore::new(1, 0)));
             Arc::new(Shared::new(
                 format!("{}/{key}", self.name).into(),
-                self.name.clone(),
+                &self.name,
                 semaphore,
                 self.max_wait,
                 false,
@@ -206,7 +206,7 @@ where
         for (key, size) in self.sizes {
             let semaphore = build_pool(size, self.max_wait, self.max_waiting, false, None)?;
             let name: Arc<str> = format!("{}/{key}", self.name).into();
-            let pool = Shared::new(name.clone(), name, semaphore, self.max_wait, false);
+            let pool = Shared::new(name.clone(), &name, semaphore, self.max_wait, false);
             if fixed.insert(key.clone(), Arc::new(pool)).is_some() {
                 return Err(ConfigError::new(
                     "partition",

@@ -51,7 +51,7 @@ impl Shared {
     /// layer's (so the number of series stays bounded).
     pub(crate) fn new(
         name: Arc<str>,
-        metric_name: Arc<str>,
+        metric_name: &str,
         semaphore: Arc<Semaphore>,
         max_wait: Duration,
         backpressure: bool,
@@ -118,13 +118,13 @@ impl OnOutcome for Hold {
     #[inline]
     fn on_outcome(self, outcome: Outcome) {
         // Cancelled calls say nothing about latency.
-        if self.start != 0 && outcome != Outcome::Ignored {
-            if let Some(semaphore) = self.permit.semaphore() {
-                if let Some((adaptive, _)) = &semaphore.adaptive {
-                    let rtt = Duration::from_nanos(semaphore.sample_start() - self.start);
-                    adaptive.completed(semaphore, rtt, semaphore.in_flight());
-                }
-            }
+        if self.start != 0
+            && outcome != Outcome::Ignored
+            && let Some(semaphore) = self.permit.semaphore()
+            && let Some((adaptive, _)) = &semaphore.adaptive
+        {
+            let rtt = Duration::from_nanos(semaphore.sample_start().saturating_sub(self.start));
+            adaptive.completed(semaphore, rtt, semaphore.in_flight());
         }
         // Dropping `self` gives the permit back.
     }
@@ -317,7 +317,7 @@ impl<H> Builder<H> {
         Ok(BulkheadLayer {
             shared: Arc::new(Shared::new(
                 self.name.clone(),
-                self.name,
+                &self.name,
                 semaphore,
                 self.max_wait,
                 self.backpressure,
