@@ -1,13 +1,9 @@
-//! A seedable, lock-free source of random numbers for jitter and ramp sampling.
-//!
-//! Written here rather than taken from `rand` because the half-open ramp samples on the
-//! request path from many threads at once: an atomic counter run through the SplitMix64
-//! finaliser gives every caller an independent, well-mixed value with one `fetch_add`, no
-//! lock, and a sequence fixed by the seed (so tests are deterministic).
+//! The breaker's shared, seedable generator: core's SplitMix64 over an atomic counter, so
+//! ramp sampling from many threads at once is one `fetch_add` and no lock.
+
+use tower_patterns_core::rng::{GOLDEN_GAMMA, mix, unit};
 
 use crate::sync::{AtomicU64, Ordering};
-
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[derive(Debug)]
 pub(crate) struct AtomicRng {
@@ -30,17 +26,9 @@ impl AtomicRng {
 
     /// A float uniform in `[0, 1)`.
     pub(crate) fn next_f64(&self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        unit(self.next_u64())
     }
 }
-
-/// The SplitMix64 finaliser (Steele, Lea and Flood, 2014).
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! - [`key`] and [`keyed`]: taking a key from a request, and a bounded map of per-key
 //!   instances.
 //! - [`observe`]: metric and tracing names, and the [`StateHandle`](observe::StateHandle) trait.
+//! - [`rng`]: seedable, lock-free randomness for jitter and sampling.
 //! - [`ConfigError`]: what every validated builder returns.
 //! - `test_util` (feature `test-util`): a controllable inner service and the helper that finds
 //!   (or skips without) PostgreSQL, Redis and NATS.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod key;
 pub mod keyed;
 pub mod observe;
+pub mod rng;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
