@@ -63,6 +63,23 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::bulkhead::BulkheadLayer<H>,
     ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<H>, L>>;
+
+    /// Adds tower's retry layer running `policy`; see [`retry`](crate::retry).
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_patterns::{retry::RetryPolicy, ServiceBuilderExt};
+    ///
+    /// let policy = RetryPolicy::http("catalog").build().unwrap();
+    /// let layers = ServiceBuilder::new().retry_with(policy);
+    /// # let _ = layers;
+    /// ```
+    #[cfg(feature = "retry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+    fn retry_with<K>(
+        self,
+        policy: crate::retry::RetryPolicy<K>,
+    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K>>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -84,5 +101,13 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         layer: crate::bulkhead::BulkheadLayer<H>,
     ) -> ServiceBuilder<Stack<crate::bulkhead::BulkheadLayer<H>, L>> {
         self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry_with<K>(
+        self,
+        policy: crate::retry::RetryPolicy<K>,
+    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K>>, L>> {
+        self.layer(policy.layer())
     }
 }

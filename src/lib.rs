@@ -15,7 +15,7 @@
 //! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
-//! | `retry`     | retry policies with backoff, budgets, `Retry-After`, hedging         | planned |
+//! | `retry`     | [`retry`]: retry policies with backoff families, budgets, `Retry-After`, idempotency | landed |
 //! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
 //! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
 //! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
@@ -73,3 +73,7 @@ pub use tower_patterns_breaker as breaker;
 #[cfg(feature = "bulkhead")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
 pub use tower_patterns_bulkhead as bulkhead;
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub use tower_patterns_retry as retry;

@@ -64,5 +64,6 @@ pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use http::{Attempt, HttpRetry, ReplayBody, grpc_pushback, retry_after};
 pub use policy::{
-    Delay, ErrorRetry, Pushback, RetryBuilder, RetryIf, RetryKind, RetryPolicy, Verdict,
+    Delay, ErrorRetry, Pushback, RetryBuilder, RetryIf, RetryKind, RetryPolicy, RetryShared,
+    Verdict,
 };

@@ -3,6 +3,8 @@
 use std::{
     fmt,
     future::Future,
+    marker::PhantomData,
+    ops::Deref,
     pin::Pin,
     sync::{
         Arc,
@@ -119,7 +121,10 @@ where
     }
 }
 
-struct Shared<K> {
+/// What every request through one policy shares: its settings, counters and budget.
+/// Opaque; held by [`RetryPolicy`] behind an `Arc` or, with
+/// [`RetryBuilder::build_static`], a `&'static`.
+pub struct RetryShared<K> {
     kind: K,
     backoff: Backoff,
     max_attempts: u32,
@@ -145,8 +150,12 @@ enum GaveUp {
 ///
 /// tower clones the policy for every request: per-request state (the attempt, the previous
 /// delay, the random source) lives in the clone; the configuration and the budget are shared.
-pub struct RetryPolicy<K> {
-    shared: Arc<Shared<K>>,
+pub struct RetryPolicy<K, P = Arc<RetryShared<K>>>
+where
+    P: Deref<Target = RetryShared<K>>,
+{
+    shared: P,
+    kind: PhantomData<fn() -> K>,
     attempt: u32,
     previous: Duration,
     rng: Option<SplitMix64>,
@@ -154,10 +163,11 @@ pub struct RetryPolicy<K> {
     holds_slot: bool,
 }
 
-impl<K> Clone for RetryPolicy<K> {
+impl<K, P: Deref<Target = RetryShared<K>> + Clone> Clone for RetryPolicy<K, P> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            kind: PhantomData,
             attempt: self.attempt,
             previous: self.previous,
             rng: self.rng,
@@ -168,7 +178,16 @@ impl<K> Clone for RetryPolicy<K> {
     }
 }
 
-impl<K> fmt::Debug for RetryPolicy<K> {
+impl<K> fmt::Debug for RetryShared<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryShared")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, P: Deref<Target = RetryShared<K>>> fmt::Debug for RetryPolicy<K, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryPolicy")
             .field("max_attempts", &self.shared.max_attempts)
@@ -178,7 +197,7 @@ impl<K> fmt::Debug for RetryPolicy<K> {
     }
 }
 
-impl<K> Drop for RetryPolicy<K> {
+impl<K, P: Deref<Target = RetryShared<K>>> Drop for RetryPolicy<K, P> {
     fn drop(&mut self) {
         self.leave_slot();
     }
@@ -205,7 +224,9 @@ impl<K> RetryPolicy<K> {
     pub fn custom(name: &str, kind: K) -> RetryBuilder<K> {
         RetryBuilder::new(name, kind)
     }
+}
 
+impl<K, P: Deref<Target = RetryShared<K>>> RetryPolicy<K, P> {
     /// tower's retry layer running this policy.
     pub fn layer(self) -> RetryLayer<Self> {
         RetryLayer::new(self)
@@ -230,9 +251,10 @@ impl<K> RetryPolicy<K> {
     }
 }
 
-impl<K, Req, Res, E> Policy<Req, Res, E> for RetryPolicy<K>
+impl<K, P, Req, Res, E> Policy<Req, Res, E> for RetryPolicy<K, P>
 where
     K: RetryKind<Req, Res, E>,
+    P: Deref<Target = RetryShared<K>>,
 {
     type Future = Delay;
 
@@ -422,6 +444,27 @@ impl<K> RetryBuilder<K> {
     ///
     /// When `max_attempts` is 0 or the backoff is invalid.
     pub fn build(self) -> Result<RetryPolicy<K>, ConfigError> {
+        self.shared()
+            .map(|shared| RetryPolicy::from_shared(Arc::new(shared)))
+    }
+
+    /// Builds the policy with its shared part leaked, once, to a `&'static`: tower clones
+    /// the policy for every request, and a `&'static` clones without the `Arc` reference
+    /// count (two atomic operations per request). For policies built once at startup and kept
+    /// for the life of the process; each call leaks one small allocation.
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::build`].
+    pub fn build_static(self) -> Result<RetryPolicy<K, &'static RetryShared<K>>, ConfigError>
+    where
+        K: 'static,
+    {
+        self.shared()
+            .map(|shared| RetryPolicy::from_shared(&*Box::leak(Box::new(shared))))
+    }
+
+    fn shared(self) -> Result<RetryShared<K>, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
         }
@@ -434,33 +477,40 @@ impl<K> RetryBuilder<K> {
                 "reason" => reason
             )
         };
-        Ok(RetryPolicy {
-            shared: Arc::new(Shared {
-                kind: self.kind,
-                backoff: self.backoff,
-                max_attempts: self.max_attempts,
-                cap: self.cap,
-                max_pushback: self.max_pushback,
-                deadline: self.deadline,
-                budget: self.budget.map(Arc::new),
-                seed: AtomicU64::new(self.seed),
-                retries: metrics::counter!(
-                    tower_patterns_core::metric_name!("retry", "retries_total"),
-                    tower_patterns_core::observe::labels::NAME => name.clone()
-                ),
-                gave_up: [
-                    gave_up("attempts"),
-                    gave_up("budget"),
-                    gave_up("deadline"),
-                    gave_up("pushback"),
-                ],
-            }),
+        Ok(RetryShared {
+            kind: self.kind,
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+            cap: self.cap,
+            max_pushback: self.max_pushback,
+            deadline: self.deadline,
+            budget: self.budget.map(Arc::new),
+            seed: AtomicU64::new(self.seed),
+            retries: metrics::counter!(
+                tower_patterns_core::metric_name!("retry", "retries_total"),
+                tower_patterns_core::observe::labels::NAME => name.clone()
+            ),
+            gave_up: [
+                gave_up("attempts"),
+                gave_up("budget"),
+                gave_up("deadline"),
+                gave_up("pushback"),
+            ],
+        })
+    }
+}
+
+impl<K, P: Deref<Target = RetryShared<K>>> RetryPolicy<K, P> {
+    fn from_shared(shared: P) -> Self {
+        Self {
+            shared,
+            kind: PhantomData,
             attempt: 0,
             previous: Duration::ZERO,
             rng: None,
             started: None,
             holds_slot: false,
-        })
+        }
     }
 }
 

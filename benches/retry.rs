@@ -1,0 +1,117 @@
+//! Retry, first attempt succeeding, side by side in one run: the bare service, tower's
+//! `Retry` with a trivial policy (clone the request, never retry), this crate's policy (with
+//! its default budget) and tower-resilience 0.13's retry.
+//!
+//! The bare service is infallible, so our policy runs with `RetryIf` (the same machinery as
+//! `ErrorRetry`, which needs `BoxError` errors).
+//!
+//! `cargo bench --features retry --bench retry`
+
+mod support;
+
+use std::{convert::Infallible, future::Ready, time::Duration};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use support::{Bare, contended_run, one_call, two_workers};
+use tower::{Layer, retry::RetryLayer};
+use tower_patterns::retry::{RetryIf, RetryPolicy, RetryShared, Verdict};
+
+/// The smallest useful policy: keeps a copy of the request, never retries.
+#[derive(Clone, Copy)]
+struct Trivial;
+
+impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Trivial {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+type Kind = RetryIf<fn(&Result<u64, Infallible>) -> Verdict>;
+
+fn kind() -> Kind {
+    fn verdict(r: &Result<u64, Infallible>) -> Verdict {
+        match r {
+            Ok(_) => Verdict::Success,
+            Err(_) => Verdict::Retryable(None),
+        }
+    }
+    RetryIf(verdict as fn(&_) -> _)
+}
+
+fn ours() -> RetryPolicy<Kind> {
+    RetryPolicy::custom("bench", kind()).build().unwrap()
+}
+
+fn ours_static() -> RetryPolicy<Kind, &'static RetryShared<Kind>> {
+    RetryPolicy::custom("bench", kind()).build_static().unwrap()
+}
+
+/// Invokes `$case!(name, service)` for every service compared.
+macro_rules! each_peer {
+    ($case:ident) => {
+        $case!("bare", Bare);
+        $case!(
+            "tower_retry_trivial_policy",
+            RetryLayer::new(Trivial).layer(Bare)
+        );
+        $case!("tower_patterns", ours().layer().layer(Bare));
+        $case!("tower_patterns_static", ours_static().layer().layer(Bare));
+        $case!(
+            "tower_resilience_0_13",
+            tower_resilience::retry::RetryLayer::<u64, u64, Infallible>::builder()
+                .max_attempts(3)
+                .build()
+                .layer(Bare)
+        );
+    };
+}
+
+fn single(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry_single");
+    macro_rules! case {
+        ($name:literal, $svc:expr) => {{
+            let mut svc = $svc;
+            let mut i = 0u64;
+            group.bench_function($name, |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(1);
+                    one_call(&mut svc, i)
+                })
+            });
+        }};
+    }
+    each_peer!(case);
+    group.finish();
+}
+
+fn contended(c: &mut Criterion) {
+    let rt = two_workers();
+    let mut group = c.benchmark_group("retry_contended");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    macro_rules! case {
+        ($name:literal, $svc:expr) => {{
+            let svc = $svc;
+            group.bench_function(BenchmarkId::new($name, "64_tasks_2_workers"), |b| {
+                b.iter_custom(|iters| contended_run(&rt, &svc, iters))
+            });
+        }};
+    }
+    each_peer!(case);
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = single, contended
+}
+criterion_main!(benches);

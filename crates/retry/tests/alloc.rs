@@ -1,0 +1,64 @@
+//! A first attempt that succeeds allocates nothing, with the `Arc` policy and the static one.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::pin,
+    task::{Context, Poll, Waker},
+};
+
+use tower::{Layer, Service, service_fn};
+use tower_patterns_retry::{RetryIf, RetryPolicy, Verdict};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+fn poll_once<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the service answers at once"),
+    }
+}
+
+fn verdict(r: &Result<u64, Infallible>) -> Verdict {
+    if r.is_ok() {
+        Verdict::Success
+    } else {
+        Verdict::Retryable(None)
+    }
+}
+
+fn count<S>(mut svc: S) -> u64
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    for i in 0..1_000 {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        poll_once(svc.call(i)).unwrap();
+    }
+    let before = dhat::HeapStats::get().total_blocks;
+    for i in 0..100_000 {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(poll_once(svc.call(i)).unwrap(), i);
+    }
+    dhat::HeapStats::get().total_blocks - before
+}
+
+#[test]
+fn first_attempts_allocate_nothing() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let inner = service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)));
+    let kind = RetryIf(verdict as fn(&Result<u64, Infallible>) -> Verdict);
+    let arc = RetryPolicy::custom("alloc", kind).build().unwrap();
+    assert_eq!(count(arc.layer().layer(inner)), 0);
+    let leaked = RetryPolicy::custom("alloc", kind).build_static().unwrap();
+    let before = dhat::HeapStats::get().total_blocks;
+    assert_eq!(count(leaked.layer().layer(inner)), 0);
+    assert!(
+        dhat::HeapStats::get().total_blocks >= before,
+        "the counter counts"
+    );
+}
