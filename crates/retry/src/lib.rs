@@ -10,6 +10,8 @@
 //! - [`ErrorRetry`] and [`RetryIf`] for other services.
 //! - [`RetryBudget`]: one budget shared by every request through the layer (gRPC's retry
 //!   throttling), and an optional cap on retries in flight.
+//! - [`ReplayBodyLayer`]: request bodies up to a size are buffered so they can be retried;
+//!   larger or streaming bodies are sent once.
 //! - A deadline across attempts; put tower's `Timeout` inside the retry layer for a
 //!   per-attempt timeout.
 //!
@@ -59,6 +61,7 @@ mod backoff;
 mod budget;
 mod http;
 mod policy;
+pub mod replay;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
@@ -67,3 +70,4 @@ pub use policy::{
     Delay, ErrorRetry, Pushback, RetryBuilder, RetryIf, RetryKind, RetryPolicy, RetryShared,
     Verdict,
 };
+pub use replay::{ReplayBodyLayer, ReplayBodyService, ReplayFuture, ReplayableBody};

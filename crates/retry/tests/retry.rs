@@ -392,3 +392,91 @@ async fn a_static_policy_behaves_the_same() {
     assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 200);
     assert_eq!(*inner.seen.lock().unwrap(), vec![1, 2]);
 }
+
+mod replay {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use tower_patterns_retry::{ReplayBodyLayer, ReplayableBody};
+
+    use super::*;
+
+    /// A streaming body of `chunks` chunks of `size` bytes, of unknown length.
+    fn stream(chunks: usize, size: usize) -> StreamBody<futures_iter::Iter> {
+        StreamBody::new(futures_iter::Iter(
+            (0..chunks)
+                .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'x'; size]))))
+                .collect(),
+        ))
+    }
+
+    mod futures_iter {
+        use std::{
+            pin::Pin,
+            task::{Context, Poll},
+        };
+
+        type Item = Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>;
+        pub(super) struct Iter(pub(super) std::collections::VecDeque<Item>);
+        impl futures_core::Stream for Iter {
+            type Item = Item;
+            fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Item>> {
+                Poll::Ready(self.0.pop_front())
+            }
+        }
+    }
+
+    /// Fails the first attempt with 503, answers 200 after; records each body it read.
+    fn echo(
+        bodies: Arc<Mutex<Vec<usize>>>,
+    ) -> impl Service<
+        Request<ReplayableBody<StreamBody<futures_iter::Iter>>>,
+        Response = Response<String>,
+        Error = BoxError,
+        Future: Send,
+    > + Clone {
+        service_fn(
+            move |req: Request<ReplayableBody<StreamBody<futures_iter::Iter>>>| {
+                let bodies = bodies.clone();
+                async move {
+                    let len = req.into_body().collect().await?.to_bytes().len();
+                    let mut seen = bodies.lock().unwrap();
+                    seen.push(len);
+                    let status = if seen.len() == 1 { 503 } else { 200 };
+                    Ok::<_, BoxError>(Response::builder().status(status).body(String::new())?)
+                }
+            },
+        )
+    }
+
+    fn put<B>(body: B) -> Request<B> {
+        Request::put("/doc").body(body).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_streaming_bodies_are_buffered_and_retried_whole() {
+        let bodies = Arc::default();
+        let svc = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(1_024))
+            .layer(policy().build().unwrap().layer())
+            .service(echo(Arc::clone(&bodies)));
+        let res = svc.oneshot(put(stream(4, 100))).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(*bodies.lock().unwrap(), vec![400, 400], "sent whole, twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_bodies_stream_once_and_are_not_retried() {
+        let bodies = Arc::default();
+        let svc = ServiceBuilder::new()
+            .layer(ReplayBodyLayer::new(1_024))
+            .layer(policy().build().unwrap().layer())
+            .service(echo(Arc::clone(&bodies)));
+        let res = svc.oneshot(put(stream(30, 100))).await.unwrap();
+        assert_eq!(res.status(), 503, "not retried");
+        assert_eq!(
+            *bodies.lock().unwrap(),
+            vec![3_000],
+            "sent once, whole, prefix included"
+        );
+    }
+}
