@@ -12,6 +12,8 @@
 //!   throttling), and an optional cap on retries in flight.
 //! - [`ReplayBodyLayer`]: request bodies up to a size are buffered so they can be retried;
 //!   larger or streaming bodies are sent once.
+//! - [`HedgeLayer`]: a second copy of a slow idempotent read after a fixed delay or a
+//!   latency percentile, on the same budget; the first answer wins.
 //! - A deadline across attempts; put tower's `Timeout` inside the retry layer for a
 //!   per-attempt timeout.
 //!
@@ -59,12 +61,14 @@
 
 mod backoff;
 mod budget;
+pub mod hedge;
 mod http;
 mod policy;
 pub mod replay;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub use hedge::{Hedge, HedgeDelay, HedgeFuture, HedgeLayer, hedge_reads};
 pub use http::{Attempt, HttpRetry, ReplayBody, grpc_pushback, retry_after};
 pub use policy::{
     Delay, ErrorRetry, Pushback, RetryBuilder, RetryIf, RetryKind, RetryPolicy, RetryShared,

@@ -372,7 +372,9 @@ where
                             service.call(Request::from_parts(parts, body))
                         }
                         _ => {
-                            return Poll::Ready(Err("replay future polled after completion".into()));
+                            return Poll::Ready(
+                                Err("replay future polled after completion".into()),
+                            );
                         }
                     }
                 }
