@@ -55,7 +55,7 @@
 
 pub use tower_patterns_core::{
     BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
-    key, keyed, metric_name, observe,
+    key, keyed, metric_name, observe, rng,
 };
 
 #[cfg(feature = "test-util")]

@@ -1,0 +1,48 @@
+//! Prints the delay before each retry for every backoff family, as a Markdown table (the one
+//! in `docs/patterns/retry.md`): base 100 ms, cap 10 s, seeded; jittered families show the
+//! mean of 10,000 draws.
+//!
+//! `cargo run --example retry_delays --features retry`
+
+use std::time::Duration;
+
+use tower_patterns::{retry::Backoff, rng::SplitMix64};
+
+fn main() {
+    let base = Duration::from_millis(100);
+    let cap = Duration::from_secs(10);
+    let families = [
+        ("constant", Backoff::Constant(base), false),
+        ("linear", Backoff::Linear { base }, false),
+        ("exponential ×2", Backoff::Exponential { base, multiplier: 2.0 }, false),
+        ("full jitter (mean)", Backoff::FullJitter { base }, true),
+        ("equal jitter (mean)", Backoff::EqualJitter { base }, true),
+        ("decorrelated (mean)", Backoff::Decorrelated { base }, true),
+        ("Polly v2 (mean)", Backoff::DecorrelatedV2 { median_first: base }, true),
+        ("gRPC ×1.6 ±20% (mean)", Backoff::Grpc { initial: base, multiplier: 1.6 }, true),
+    ];
+    let retries = 1..=8u32;
+    println!(
+        "| family | {} |",
+        retries.clone().map(|n| format!("retry {n}")).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", retries.clone().map(|_| "---:|").collect::<String>());
+    let mut rng = SplitMix64::new(1);
+    for (name, backoff, jittered) in families {
+        let draws = if jittered { 10_000 } else { 1 };
+        let mut sums = [0f64; 8];
+        for _ in 0..draws {
+            let mut previous = base;
+            for n in retries.clone() {
+                let d = backoff.delay(n, previous, cap, &mut rng);
+                sums[n as usize - 1] += d.as_secs_f64();
+                previous = d;
+            }
+        }
+        let cells: Vec<String> = sums
+            .iter()
+            .map(|s| format!("{:.0} ms", s / f64::from(draws) * 1e3))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+}
