@@ -14,19 +14,44 @@ fn main() {
     let families = [
         ("constant", Backoff::Constant(base), false),
         ("linear", Backoff::Linear { base }, false),
-        ("exponential ×2", Backoff::Exponential { base, multiplier: 2.0 }, false),
+        (
+            "exponential ×2",
+            Backoff::Exponential {
+                base,
+                multiplier: 2.0,
+            },
+            false,
+        ),
         ("full jitter (mean)", Backoff::FullJitter { base }, true),
         ("equal jitter (mean)", Backoff::EqualJitter { base }, true),
         ("decorrelated (mean)", Backoff::Decorrelated { base }, true),
-        ("Polly v2 (mean)", Backoff::DecorrelatedV2 { median_first: base }, true),
-        ("gRPC ×1.6 ±20% (mean)", Backoff::Grpc { initial: base, multiplier: 1.6 }, true),
+        (
+            "Polly v2 (mean)",
+            Backoff::DecorrelatedV2 { median_first: base },
+            true,
+        ),
+        (
+            "gRPC ×1.6 ±20% (mean)",
+            Backoff::Grpc {
+                initial: base,
+                multiplier: 1.6,
+            },
+            true,
+        ),
     ];
     let retries = 1..=8u32;
     println!(
         "| family | {} |",
-        retries.clone().map(|n| format!("retry {n}")).collect::<Vec<_>>().join(" | ")
+        retries
+            .clone()
+            .map(|n| format!("retry {n}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
-    println!("|---|{}", retries.clone().map(|_| "---:|").collect::<String>());
+    println!(
+        "|---|{}",
+        retries.clone().map(|_| "---:|").collect::<String>()
+    );
     let mut rng = SplitMix64::new(1);
     for (name, backoff, jittered) in families {
         let draws = if jittered { 10_000 } else { 1 };
