@@ -15,8 +15,8 @@ use std::{
     time::Duration,
 };
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use support::{Bare, contended_run, one_call, two_workers};
+use criterion::{Criterion, criterion_group, criterion_main};
+use support::Bare;
 use tower::{Layer, Service, limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer};
 use tower_patterns::breaker::CircuitBreakerLayer;
 
@@ -85,45 +85,15 @@ macro_rules! each_peer {
     };
 }
 
-fn single(c: &mut Criterion) {
-    let mut group = c.benchmark_group("breaker_single");
-    macro_rules! case {
-        ($name:literal, $svc:expr) => {{
-            let mut svc = $svc;
-            let mut i = 0u64;
-            group.bench_function($name, |b| {
-                b.iter(|| {
-                    i = i.wrapping_add(1);
-                    one_call(&mut svc, i)
-                })
-            });
-        }};
-    }
-    each_peer!(case);
-    // Calibration: the floor of any layer whose 'static response future must reach shared
-    // state (one Arc clone and drop per call).
+support::bench_groups!("breaker", each_peer);
+
+/// The floor of any layer whose `'static` response future must reach shared state: one `Arc`
+/// clone and drop per call.
+fn calibration(c: &mut Criterion) {
     let shared = std::sync::Arc::new(0u64);
-    group.bench_function("calibration_arc_clone_drop", |b| {
+    c.bench_function("breaker_single/calibration_arc_clone_drop", |b| {
         b.iter(|| drop(std::hint::black_box(std::sync::Arc::clone(&shared))))
     });
-    group.finish();
-}
-
-fn contended(c: &mut Criterion) {
-    let rt = two_workers();
-    let mut group = c.benchmark_group("breaker_contended");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(20);
-    macro_rules! case {
-        ($name:literal, $svc:expr) => {{
-            let svc = $svc;
-            group.bench_function(BenchmarkId::new($name, "64_tasks_2_workers"), |b| {
-                b.iter_custom(|iters| contended_run(&rt, &svc, iters))
-            });
-        }};
-    }
-    each_peer!(case);
-    group.finish();
 }
 
 criterion_group! {
@@ -131,6 +101,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = single, contended
+    targets = single, contended, calibration
 }
 criterion_main!(benches);

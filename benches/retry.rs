@@ -11,8 +11,8 @@ mod support;
 
 use std::{convert::Infallible, future::Ready, time::Duration};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use support::{Bare, contended_run, one_call, two_workers};
+use criterion::{Criterion, criterion_group, criterion_main};
+use support::Bare;
 use tower::{Layer, retry::RetryLayer};
 use tower_patterns::retry::{RetryIf, RetryPolicy, RetryShared, Verdict};
 
@@ -72,40 +72,7 @@ macro_rules! each_peer {
     };
 }
 
-fn single(c: &mut Criterion) {
-    let mut group = c.benchmark_group("retry_single");
-    macro_rules! case {
-        ($name:literal, $svc:expr) => {{
-            let mut svc = $svc;
-            let mut i = 0u64;
-            group.bench_function($name, |b| {
-                b.iter(|| {
-                    i = i.wrapping_add(1);
-                    one_call(&mut svc, i)
-                })
-            });
-        }};
-    }
-    each_peer!(case);
-    group.finish();
-}
-
-fn contended(c: &mut Criterion) {
-    let rt = two_workers();
-    let mut group = c.benchmark_group("retry_contended");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(20);
-    macro_rules! case {
-        ($name:literal, $svc:expr) => {{
-            let svc = $svc;
-            group.bench_function(BenchmarkId::new($name, "64_tasks_2_workers"), |b| {
-                b.iter_custom(|iters| contended_run(&rt, &svc, iters))
-            });
-        }};
-    }
-    each_peer!(case);
-    group.finish();
-}
+support::bench_groups!("retry", each_peer);
 
 criterion_group! {
     name = benches;

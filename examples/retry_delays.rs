@@ -4,6 +4,11 @@
 //!
 //! `cargo run --example retry_delays --features retry`
 
+#![allow(
+    clippy::print_stdout,
+    reason = "its output is the table pasted into the docs"
+)]
+
 use std::time::Duration;
 
 use tower_patterns::{retry::Backoff, rng::SplitMix64};

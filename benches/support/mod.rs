@@ -89,3 +89,48 @@ pub fn two_workers() -> tokio::runtime::Runtime {
         .build()
         .expect("a tokio runtime")
 }
+
+/// Defines the two groups every benchmark runs, `single` (ns per call, one task, polled
+/// directly) and `contended` (calls/s, 64 tasks on 2 workers), over the services that
+/// `$each_peer!(case)` lists.
+macro_rules! bench_groups {
+    ($prefix:literal, $each_peer:ident) => {
+        fn single(c: &mut criterion::Criterion) {
+            let mut group = c.benchmark_group(concat!($prefix, "_single"));
+            macro_rules! case {
+                ($name:literal, $svc:expr) => {{
+                    let mut svc = $svc;
+                    let mut i = 0u64;
+                    group.bench_function($name, |b| {
+                        b.iter(|| {
+                            i = i.wrapping_add(1);
+                            support::one_call(&mut svc, i)
+                        })
+                    });
+                }};
+            }
+            $each_peer!(case);
+            group.finish();
+        }
+
+        fn contended(c: &mut criterion::Criterion) {
+            let rt = support::two_workers();
+            let mut group = c.benchmark_group(concat!($prefix, "_contended"));
+            group.throughput(criterion::Throughput::Elements(1));
+            group.sample_size(20);
+            macro_rules! case {
+                ($name:literal, $svc:expr) => {{
+                    let svc = $svc;
+                    group.bench_function(
+                        criterion::BenchmarkId::new($name, "64_tasks_2_workers"),
+                        |b| b.iter_custom(|iters| support::contended_run(&rt, &svc, iters)),
+                    );
+                }};
+            }
+            $each_peer!(case);
+            group.finish();
+        }
+    };
+}
+
+pub(crate) use bench_groups;

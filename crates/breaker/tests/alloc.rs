@@ -1,26 +1,14 @@
 //! The closed success path allocates nothing: counted with a global allocator.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
+use std::convert::Infallible;
 
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, service_fn};
 use tower_patterns_breaker::CircuitBreakerLayer;
+use tower_patterns_core::test_util::call_now;
 
 // dhat's allocator counts every allocation of the process (this test file is its own).
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
-
-fn poll_once<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the service answers at once"),
-    }
-}
 
 #[test]
 fn closed_success_path_allocates_nothing() {
@@ -28,17 +16,14 @@ fn closed_success_path_allocates_nothing() {
     let mut svc = layer.layer(service_fn(|x: u64| {
         std::future::ready(Ok::<_, Infallible>(x))
     }));
-    let mut cx = Context::from_waker(Waker::noop());
     // Warm up (first-use initialisation in std or metrics is not per call).
     for i in 0..1_000 {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        poll_once(svc.call(i)).unwrap();
+        call_now(&mut svc, i).unwrap();
     }
     let _profiler = dhat::Profiler::builder().testing().build();
     let before = dhat::HeapStats::get().total_blocks;
     for i in 0..100_000 {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        assert_eq!(poll_once(svc.call(i)).unwrap(), i);
+        assert_eq!(call_now(&mut svc, i).unwrap(), i);
     }
     let after = dhat::HeapStats::get().total_blocks;
     assert_eq!(

@@ -118,13 +118,7 @@ pub fn hedge_reads<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return None;
     }
-    let mut copy = Request::new(req.body().try_clone()?);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    crate::http::copy_request(req)
 }
 
 /// Layer that hedges slow requests; see the [module docs](self).

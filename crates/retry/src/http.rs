@@ -148,6 +148,18 @@ impl HttpRetry {
     }
 }
 
+/// A copy of `req` for another attempt (method, URI, version, headers, extensions and the
+/// body), if its body can be sent again.
+pub(crate) fn copy_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    let mut copy = Request::new(req.body().try_clone()?);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
 /// `Retry-After`: whole seconds, or an HTTP date (a past date means now). Malformed values
 /// are ignored.
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
@@ -212,13 +224,7 @@ impl<B: ReplayBody, RB> RetryKind<Request<B>, Response<RB>, BoxError> for HttpRe
         if !Self::idempotent(req) {
             return None;
         }
-        let mut copy = Request::new(req.body().try_clone()?);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
-        Some(copy)
+        copy_request(req)
     }
 
     fn mark_attempt(&self, req: &mut Request<B>, attempt: u32) {

@@ -1,25 +1,13 @@
 //! A first attempt that succeeds allocates nothing, with the `Arc` policy and the static one.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
+use std::convert::Infallible;
 
 use tower::{Layer, Service, service_fn};
+use tower_patterns_core::test_util::call_now;
 use tower_patterns_retry::{RetryIf, RetryPolicy, Verdict};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
-
-fn poll_once<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the service answers at once"),
-    }
-}
 
 fn verdict(r: &Result<u64, Infallible>) -> Verdict {
     if r.is_ok() {
@@ -34,15 +22,12 @@ where
     S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
     for i in 0..1_000 {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        poll_once(svc.call(i)).unwrap();
+        call_now(&mut svc, i).unwrap();
     }
     let before = dhat::HeapStats::get().total_blocks;
     for i in 0..100_000 {
-        assert!(svc.poll_ready(&mut cx).is_ready());
-        assert_eq!(poll_once(svc.call(i)).unwrap(), i);
+        assert_eq!(call_now(&mut svc, i).unwrap(), i);
     }
     dhat::HeapStats::get().total_blocks - before
 }

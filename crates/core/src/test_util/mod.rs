@@ -195,6 +195,34 @@ impl<Req> Future for TestFuture<Req> {
     }
 }
 
+/// Polls `fut` once with a waker that does nothing, for services that answer at once (the
+/// allocation tests drive services this way, with no runtime in the loop).
+///
+/// # Panics
+///
+/// When the future is not ready on its first poll.
+pub fn poll_now<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(fut).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the future was expected to be ready on its first poll"),
+    }
+}
+
+/// Makes `svc` ready and calls it once, polling everything once (see [`poll_now`]).
+///
+/// # Panics
+///
+/// When the service is not ready, or its response not ready, on the first poll.
+pub fn call_now<S: Service<Req>, Req>(svc: &mut S, req: Req) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => poll_now(svc.call(req)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => panic!("the service was expected to be ready"),
+    }
+}
+
 /// The error of a [`TestService`] call told to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestError {
