@@ -52,7 +52,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod adaptive;
+pub mod adaptive;
 pub mod executor;
 mod handle;
 mod partition;

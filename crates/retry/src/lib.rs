@@ -59,8 +59,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backoff;
-mod budget;
+pub mod backoff;
+pub mod budget;
 pub mod hedge;
 mod http;
 mod policy;

@@ -1,7 +1,7 @@
 //! Middleware that buffers request bodies up to a size so that requests can be retried.
 //!
 //! A body whose length is known to be within `max_bytes` (or that ends within it) is read
-//! into memory and becomes a [`ReplayableBody::Buffered`], which [`HttpRetry`](crate::HttpRetry)
+//! into memory and becomes a replayable [`ReplayableBody`], which [`HttpRetry`](crate::HttpRetry)
 //! can send again. A larger or longer body is passed on as it streams (the part already read
 //! first) and is sent once, never retried: holding an unbounded body in memory to retry it
 //! would trade a failure for an outage.
