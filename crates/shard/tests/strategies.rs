@@ -1,0 +1,227 @@
+//! Placement properties over 100,000 keys on 16 shards: balance, keys moved by a 17th shard,
+//! and identical placement in another process.
+
+use std::{collections::HashSet, process::Command};
+
+use proptest::prelude::*;
+use tower_patterns_shard::{
+    Directory, Geo, GeoKey, Jump, Modulo, Range, Rendezvous, Ring, Strategy, plan_moves,
+};
+
+const KEYS: u64 = 100_000;
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("user-{i}")).collect()
+}
+
+/// The largest shard's load over the mean.
+fn max_over_mean<P: Strategy>(s: &P, keys: &[String]) -> f64 {
+    let mut counts = vec![0u64; s.shards()];
+    for k in keys {
+        counts[s.route(k.as_str()).shard()] += 1;
+    }
+    let mean = keys.len() as f64 / s.shards() as f64;
+    *counts.iter().max().unwrap() as f64 / mean
+}
+
+#[test]
+fn every_strategy_spreads_100k_keys_over_16_shards() {
+    let keys = keys();
+    // Expected bounds: hash-based placement at 6,250 keys per shard has a standard deviation
+    // of about 77 keys (1.2%); the ring's virtual nodes add the arcs' unevenness.
+    let bounds: [(&str, f64); 5] = [
+        ("modulo", max_over_mean(&Modulo::new(16), &keys)),
+        ("jump", max_over_mean(&Jump::new(16), &keys)),
+        ("rendezvous", max_over_mean(&Rendezvous::new(16), &keys)),
+        (
+            "ring/160",
+            max_over_mean(&Ring::new(16, 160).unwrap(), &keys),
+        ),
+        (
+            "directory",
+            max_over_mean(&Directory::new(16).unwrap(), &keys),
+        ),
+    ];
+    for (name, ratio) in bounds {
+        let limit = if name.starts_with("ring") { 1.15 } else { 1.05 };
+        assert!(ratio <= limit, "{name}: max/mean {ratio:.3} over {limit}");
+    }
+    // Range on numeric keys spreads evenly when boundaries are even.
+    let range = Range::new((1..16).map(|i| i * KEYS / 16).collect()).unwrap();
+    let numeric: Vec<u64> = (0..KEYS).collect();
+    let mut counts = vec![0u64; 16];
+    for k in &numeric {
+        counts[range.route(k).shard()] += 1;
+    }
+    assert!(counts.iter().all(|c| *c == KEYS / 16));
+}
+
+#[test]
+fn a_17th_shard_moves_the_minimum_for_consistent_strategies() {
+    let keys = keys();
+    let moved = |name: &str, f: f64| (name.to_owned(), f);
+    let results = [
+        moved(
+            "jump",
+            plan_moves(&Jump::new(16), &Jump::new(17), &keys).fraction(),
+        ),
+        moved(
+            "rendezvous",
+            plan_moves(&Rendezvous::new(16), &Rendezvous::new(17), &keys).fraction(),
+        ),
+        moved(
+            "ring",
+            plan_moves(
+                &Ring::new(16, 160).unwrap(),
+                &Ring::new(17, 160).unwrap(),
+                &keys,
+            )
+            .fraction(),
+        ),
+    ];
+    for (name, f) in results {
+        assert!(
+            (f - 1.0 / 17.0).abs() < 0.012,
+            "{name} moved {f:.4}, about 1/17 expected"
+        );
+    }
+    let modulo = plan_moves(&Modulo::new(16), &Modulo::new(17), &keys).fraction();
+    assert!(
+        (modulo - 16.0 / 17.0).abs() < 0.01,
+        "modulo moved {modulo:.4}"
+    );
+    // Keys that move with jump and rendezvous only move to the new shard.
+    let plan = plan_moves(&Jump::new(16), &Jump::new(17), &keys);
+    assert!(plan.moved.iter().all(|(_, _, to)| *to == 16));
+}
+
+#[test]
+fn the_directory_moves_exactly_the_planned_slots() {
+    let dir = Directory::new(16).unwrap();
+    let moves = dir.plan_resize(17);
+    let fraction = moves.len() as f64 / 16_384.0;
+    assert!((fraction - 1.0 / 17.0).abs() < 0.001, "{fraction}");
+    assert!(moves.iter().all(|m| m.to == 16));
+    let slots: HashSet<u16> = moves.iter().map(|m| m.slot).collect();
+    assert_eq!(slots.len(), moves.len(), "each slot moves once");
+    dir.begin(&moves).unwrap();
+    dir.complete(&moves).unwrap();
+    let owners = dir.owners();
+    let mut counts = vec![0usize; 17];
+    for o in owners {
+        counts[o] += 1;
+    }
+    assert!(counts.iter().all(|c| (963..=964).contains(c)), "{counts:?}");
+    assert_eq!(dir.version(), 2);
+    assert!(
+        dir.complete(&moves).is_err(),
+        "a finished move cannot finish twice"
+    );
+}
+
+#[test]
+fn geo_keeps_regions_in_their_groups() {
+    let geo = Geo::new(vec![("eu", 0..4), ("us", 4..12), ("ap", 12..16)], "us").unwrap();
+    for i in 0..10_000u64 {
+        for (region, span) in [("eu", 0..4), ("us", 4..12), ("ap", 12..16)] {
+            let key = GeoKey {
+                region: region.into(),
+                key: i,
+            };
+            assert!(span.contains(&geo.route(&key).shard()), "{region}");
+        }
+        let unknown = GeoKey {
+            region: "mars".into(),
+            key: i,
+        };
+        assert!(
+            (4..12).contains(&geo.route(&unknown).shard()),
+            "fallback group"
+        );
+    }
+    assert!(
+        Geo::new(vec![("eu", 0..4), ("us", 3..8)], "eu").is_err(),
+        "overlap refused"
+    );
+}
+
+#[test]
+fn bounded_load_ring_skips_a_hot_shard() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ring = Ring::new(4, 100).unwrap().bounded_load(0.25).unwrap();
+    let loads: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    let key = "hot-key";
+    let home = ring.route(key).shard();
+    loads[home].store(10, Ordering::Relaxed); // 10 of 10 in flight: far above 1.25 × mean
+    let moved = ring.route_with_loads(key, &loads).shard();
+    assert_ne!(moved, home, "the overloaded shard is skipped");
+    loads[home].store(0, Ordering::Relaxed);
+    assert_eq!(ring.route_with_loads(key, &loads).shard(), home);
+}
+
+proptest! {
+    #[test]
+    fn jump_and_rendezvous_place_any_key_in_range(key in any::<u64>(), n in 1usize..1_000) {
+        prop_assert!(Jump::new(n).route(&key).shard() < n);
+        prop_assert!(Rendezvous::new(n).route(&key).shard() < n);
+        prop_assert!(Modulo::new(n).route(&key).shard() < n);
+    }
+
+    #[test]
+    fn growing_by_one_moves_keys_only_to_the_new_shard(key in any::<u64>(), n in 1usize..200) {
+        let (before, after) = (Jump::new(n).route(&key).shard(), Jump::new(n + 1).route(&key).shard());
+        prop_assert!(before == after || after == n);
+        let (before, after) = (
+            Rendezvous::new(n).route(&key).shard(),
+            Rendezvous::new(n + 1).route(&key).shard(),
+        );
+        prop_assert!(before == after || after == n);
+    }
+}
+
+/// Placements of the first 1,000 keys by every strategy, as text.
+fn placements() -> String {
+    let keys = keys();
+    let ring = Ring::new(16, 160).unwrap();
+    let dir = Directory::new(16).unwrap();
+    keys.iter()
+        .take(1_000)
+        .map(|k| {
+            let k = k.as_str();
+            format!(
+                "{} {} {} {} {}",
+                Modulo::new(16).route(k).shard(),
+                Jump::new(16).route(k).shard(),
+                Rendezvous::new(16).route(k).shard(),
+                ring.route(k).shard(),
+                dir.route(k).shard()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn placements_are_identical_in_another_process() {
+    if std::env::var_os("TP_SHARD_PLACEMENTS_CHILD").is_some() {
+        print!("{}", placements());
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "placements_are_identical_in_another_process",
+            "--exact",
+            "--nocapture",
+            "--quiet",
+        ])
+        .env("TP_SHARD_PLACEMENTS_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let child = String::from_utf8(out.stdout).unwrap();
+    let mine = placements();
+    assert!(
+        child.contains(&mine),
+        "the child process placed keys differently"
+    );
+}
