@@ -19,7 +19,7 @@
 //! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
 //! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
 //! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
-//! | `shard`     | shard router, strategies, scatter-gather, rebalancing                | planned |
+//! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
 //! | `eventstore`| event store on SQLite and PostgreSQL, aggregates, snapshots          | planned |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
@@ -77,3 +77,7 @@ pub use tower_patterns_bulkhead as bulkhead;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use tower_patterns_retry as retry;
+
+#[cfg(feature = "shard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shard")))]
+pub use tower_patterns_shard as shard;

@@ -1,7 +1,7 @@
 //! What the benchmarks share: the bare inner service, direct polling without a runtime, and
 //! the contended runner (64 tasks on a 2-worker tokio runtime).
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros, unused_imports)]
 
 use std::{
     convert::Infallible,

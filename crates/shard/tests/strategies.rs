@@ -49,7 +49,7 @@ fn every_strategy_spreads_100k_keys_over_16_shards() {
     // Range on numeric keys spreads evenly when boundaries are even.
     let range = Range::new((1..16).map(|i| i * KEYS / 16).collect()).unwrap();
     let numeric: Vec<u64> = (0..KEYS).collect();
-    let mut counts = vec![0u64; 16];
+    let mut counts = [0u64; 16];
     for k in &numeric {
         counts[range.route(k).shard()] += 1;
     }
@@ -204,7 +204,11 @@ fn placements() -> String {
 #[test]
 fn placements_are_identical_in_another_process() {
     if std::env::var_os("TP_SHARD_PLACEMENTS_CHILD").is_some() {
-        print!("{}", placements());
+        // The child's whole job: write its placements for the parent to compare.
+        use std::io::Write;
+        std::io::stdout()
+            .write_all(placements().as_bytes())
+            .unwrap();
         return;
     }
     let out = Command::new(std::env::current_exe().unwrap())

@@ -1,0 +1,150 @@
+//! Shard routing: the cost of placing a key per strategy (ns per key), the router's cost per
+//! request beside tower's `Steer` with a picker, and scatter-gather over 16 shards.
+//!
+//! `cargo bench --features shard --bench shard`
+
+mod support;
+
+use std::{convert::Infallible, hint::black_box, time::Duration};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use support::{Bare, one_call};
+use tower::{Service, ServiceExt, steer::Steer};
+use tower_patterns::{
+    KeyError,
+    key::key_fn,
+    shard::{
+        Concat, Directory, Geo, GeoKey, Jump, Modulo, Range, Rendezvous, Ring, ScatterGather,
+        ShardRouter, Strategy,
+    },
+};
+
+fn placement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_placement_16");
+    let keys: Vec<String> = (0..1_024).map(|i| format!("user-{i}")).collect();
+    macro_rules! strategy {
+        ($name:literal, $s:expr) => {{
+            let s = $s;
+            let mut i = 0;
+            group.bench_function($name, |b| {
+                b.iter(|| {
+                    i = (i + 1) % keys.len();
+                    black_box(s.route(black_box(keys[i].as_str())))
+                })
+            });
+        }};
+    }
+    strategy!("modulo", Modulo::new(16));
+    strategy!("jump", Jump::new(16));
+    strategy!("rendezvous", Rendezvous::new(16));
+    strategy!("ring_160_vnodes", Ring::new(16, 160).unwrap());
+    strategy!(
+        "range",
+        Range::new((1..16).map(|i| i << 60).collect()).unwrap()
+    );
+    strategy!("directory", Directory::new(16).unwrap());
+    let geo = Geo::new(vec![("eu", 0..8), ("us", 8..16)], "us").unwrap();
+    let geo_keys: Vec<GeoKey<u64>> = (0..1_024)
+        .map(|i| GeoKey {
+            region: if i % 2 == 0 { "eu" } else { "us" }.into(),
+            key: i,
+        })
+        .collect();
+    let mut i = 0;
+    group.bench_function("geo", |b| {
+        b.iter(|| {
+            i = (i + 1) % geo_keys.len();
+            black_box(geo.route(black_box(&geo_keys[i])))
+        })
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("shard_route_request_16");
+    let shards = vec![Bare; 16];
+    let mut bare = Bare;
+    let mut i = 0u64;
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            one_call(&mut bare, i)
+        })
+    });
+    let mut steer = Steer::new(shards.clone(), |req: &u64, svcs: &[Bare]| {
+        Jump::new(svcs.len()).route(req).shard()
+    });
+    group.bench_function("tower_steer_jump", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            one_call(&mut steer, i)
+        })
+    });
+    let mut router = ShardRouter::new(
+        shards,
+        Jump::new(16),
+        key_fn(|u: &u64| Ok::<_, KeyError>(*u)),
+    )
+    .unwrap();
+    group.bench_function("tower_patterns_router_jump", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            one_call(&mut router, i)
+        })
+    });
+    group.finish();
+}
+
+/// A shard answering a list, for the scatter-gather overhead.
+#[derive(Clone, Copy)]
+struct ListShard;
+
+impl Service<u64> for ListShard {
+    type Response = Vec<u64>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Vec<u64>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, q: u64) -> Self::Future {
+        std::future::ready(Ok(vec![q]))
+    }
+}
+
+fn scatter(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("shard_scatter_gather_16");
+    group.bench_function("sequential_16_calls", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut all = Vec::new();
+                for _ in 0..16 {
+                    all.extend(ListShard.oneshot(black_box(1)).await.unwrap());
+                }
+                black_box(all)
+            })
+        })
+    });
+    let sg = ScatterGather::new(vec![ListShard; 16], Concat);
+    group.bench_function("tower_patterns_scatter_gather", |b| {
+        b.iter(|| rt.block_on(async { black_box(sg.clone().oneshot(black_box(1)).await.unwrap()) }))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = placement, routing, scatter
+}
+criterion_main!(benches);

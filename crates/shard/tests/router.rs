@@ -1,0 +1,214 @@
+//! The router and scatter-gather, on paused time.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tower::{Service, ServiceExt, service_fn, steer::Steer};
+use tower_patterns_core::{BoxError, KeyError, key::key_fn, test_util::TestService};
+use tower_patterns_shard::{
+    Concat, Directory, Jump, Partial, Route, ScatterGather, ShardError, ShardRouter, ShardTimeout,
+    Strategy,
+};
+
+fn by_user() -> impl tower_patterns_core::KeyExtractor<u64, Key = u64> + Clone {
+    key_fn(|u: &u64| Ok::<_, KeyError>(*u))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_shard_does_not_delay_the_others() {
+    let strategy = Jump::new(4);
+    let stuck_shard = strategy.route(&0u64).shard();
+    let shards: Vec<TestService> = (0..4)
+        .map(|i| {
+            if i == stuck_shard {
+                TestService::new().never_respond()
+            } else {
+                TestService::new()
+            }
+        })
+        .collect();
+    let router = ShardRouter::new(shards.clone(), strategy, by_user()).unwrap();
+    let stuck = tokio::spawn(router.clone().oneshot(0));
+    tokio::task::yield_now().await;
+
+    let start = Instant::now();
+    let mut served = 0;
+    for user in 1..200u64 {
+        if Jump::new(4).route(&user).shard() != stuck_shard {
+            assert_eq!(router.clone().oneshot(user).await.unwrap(), user);
+            served += 1;
+        }
+    }
+    assert!(served > 100);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no request waited for the stuck shard"
+    );
+    assert_eq!(shards[stuck_shard].in_flight(), 1);
+    stuck.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn tower_steer_waits_for_every_shard() {
+    // The comparison the router is built against: Steer polls every service ready first.
+    #[derive(Clone)]
+    struct NeverReady;
+    impl Service<u64> for NeverReady {
+        type Response = u64;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<u64, BoxError>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Pending
+        }
+        fn call(&mut self, u: u64) -> Self::Future {
+            std::future::ready(Ok(u))
+        }
+    }
+    let ready = tower::util::BoxService::new(TestService::new());
+    let not_ready = tower::util::BoxService::new(NeverReady);
+    let mut steer = Steer::new(vec![ready, not_ready], |_: &u64, _: &[_]| 0);
+    let polled = tokio::time::timeout(Duration::from_secs(1), steer.ready()).await;
+    assert!(
+        polled.is_err(),
+        "Steer is held back by the one shard that is not ready"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_key_is_a_typed_error() {
+    let shards = vec![TestService::new(); 2];
+    let router = ShardRouter::new(
+        shards,
+        Jump::new(2),
+        key_fn(|s: &&str| {
+            s.parse::<u64>()
+                .map_err(|_| KeyError::malformed("user id", "not a number"))
+        }),
+    )
+    .unwrap();
+    let err = router.oneshot("abc").await.unwrap_err();
+    assert!(err.downcast_ref::<KeyError>().is_some(), "{err}");
+    let too_few: Result<ShardRouter<_, _, _, u64, u64>, _> =
+        ShardRouter::new(vec![TestService::new(); 2], Jump::new(3), by_user());
+    assert_eq!(
+        too_few.unwrap_err().field(),
+        "shards",
+        "too few shards for the strategy"
+    );
+}
+
+#[tokio::test]
+async fn a_migrating_slot_reads_the_new_shard_then_the_old() {
+    // Shard i holds the users whose id ends in i... except the new shard, empty at first.
+    let shards: Vec<_> = (0..3usize)
+        .map(|i| {
+            service_fn(move |user: u64| async move {
+                let found = i != 2; // shard 2 is new: nothing copied yet
+                Ok::<_, BoxError>((i, found.then_some(user)))
+            })
+        })
+        .collect();
+    let dir = Arc::new(Directory::new(2).unwrap());
+    let router = ShardRouter::shared(shards, dir.clone(), by_user())
+        .unwrap()
+        .fallback_when(
+            |(_, found): &(usize, Option<u64>)| found.is_none(),
+            |u: &u64| Some(*u),
+        );
+    let moves = dir.plan_resize(3);
+    let slot = moves[0].slot;
+    let user = (0u64..)
+        .find(|u| tower_patterns_shard::ShardKey::slot(u) == slot)
+        .unwrap();
+    assert_eq!(router.clone().oneshot(user).await.unwrap().0, moves[0].from);
+
+    dir.begin(&moves).unwrap();
+    assert!(matches!(dir.route(&user), Route::Migrating { .. }));
+    let (served_by, found) = router.clone().oneshot(user).await.unwrap();
+    assert_eq!(
+        found,
+        Some(user),
+        "not yet on the new shard: the old one answered"
+    );
+    assert_eq!(served_by, moves[0].from);
+
+    dir.complete(&moves).unwrap();
+    let (served_by, found) = router.oneshot(user).await.unwrap();
+    assert_eq!(served_by, 2, "after the move only the new shard is asked");
+    assert_eq!(found, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scatter_gather_names_the_missing_shard_or_fails() {
+    let shards: Vec<_> = (0..4u32)
+        .map(|i| {
+            service_fn(move |_: ()| async move {
+                match i {
+                    1 => Err::<Vec<u32>, BoxError>("disk full".into()),
+                    2 => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        Ok(vec![i])
+                    }
+                    _ => Ok(vec![i, i + 10]),
+                }
+            })
+        })
+        .collect();
+    let partial = ScatterGather::new(shards.clone(), Concat)
+        .timeout(Duration::from_secs(1))
+        .partial(Partial::Allow);
+    let start = Instant::now();
+    let got = partial.clone().oneshot(()).await.unwrap();
+    let mut values = got.value;
+    values.sort_unstable();
+    assert_eq!(values, vec![0, 3, 10, 13]);
+    let mut missing: Vec<usize> = got.missing.iter().map(|(s, _)| *s).collect();
+    missing.sort_unstable();
+    assert_eq!(missing, vec![1, 2]);
+    assert!(
+        got.missing
+            .iter()
+            .any(|(s, e)| *s == 2 && e.downcast_ref::<ShardTimeout>().is_some())
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "the slow shard's timeout"
+    );
+
+    let strict = ScatterGather::new(shards, Concat).timeout(Duration::from_secs(1));
+    let err = strict.oneshot(()).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<ShardError>().unwrap().shard(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scatter_gather_respects_its_concurrency_cap() {
+    let counter = TestService::new().delay(Duration::from_secs(1));
+    let shards = vec![counter.clone(); 8];
+    let sg = ScatterGather::new(shards, Concat).concurrency(2);
+    let start = Instant::now();
+    let probe = counter.clone();
+    let watcher = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..10 {
+            peak = peak.max(probe.in_flight());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        peak
+    });
+    let got = sg.oneshot(vec![1u8]).await.unwrap();
+    assert_eq!(got.value.len(), 8);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(4),
+        "8 shards, 2 at a time, 1 s each"
+    );
+    assert_eq!(watcher.await.unwrap(), 2);
+
+    let some = ScatterGather::new(vec![TestService::new(); 8], Concat).call_some([1, 3], vec![7u8]);
+    assert_eq!(some.await.unwrap().value, vec![7, 7]);
+}
