@@ -6,6 +6,7 @@
 //!
 //! - [`HeaderKey`]: one header's value, validated as visible ASCII within a length bound; a
 //!   header sent twice is refused, since two values cannot name one key.
+//! - [`PathKey`]: one segment of the request path.
 //! - [`ExtensionKey`]: a value an earlier layer put in the request extensions (a resolved
 //!   tenant, for example).
 //! - [`key_fn`]: any closure.
@@ -261,6 +262,57 @@ impl<B> KeyExtractor<Request<B>> for HeaderKey {
 
     fn extract(&self, req: &Request<B>) -> Result<AsciiKey, KeyError> {
         self.extract_from(req.headers())
+    }
+}
+
+/// Takes the key from one segment of the request path: `PathKey::segment(1)` reads `42` from
+/// `/users/42/orders`. Empty segments are skipped; a missing segment is a missing key.
+///
+/// ```
+/// use http::Request;
+/// use tower_patterns_core::key::{KeyExtractor, PathKey};
+///
+/// let by_user = PathKey::segment(1);
+/// let req = Request::get("/users/42/orders").body(()).unwrap();
+/// assert_eq!(by_user.extract(&req).unwrap().as_str(), "42");
+/// assert!(by_user.extract(&Request::get("/users").body(()).unwrap()).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    index: usize,
+    max_len: usize,
+}
+
+impl PathKey {
+    /// The `index`-th segment (0 for the first), at most [`HeaderKey::DEFAULT_MAX_LEN`] bytes.
+    pub const fn segment(index: usize) -> Self {
+        Self {
+            index,
+            max_len: HeaderKey::DEFAULT_MAX_LEN,
+        }
+    }
+
+    /// Sets the bound on a key's length, in bytes.
+    #[must_use]
+    pub const fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+}
+
+impl<B> KeyExtractor<Request<B>> for PathKey {
+    type Key = AsciiKey;
+
+    fn extract(&self, req: &Request<B>) -> Result<AsciiKey, KeyError> {
+        let segment = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .nth(self.index)
+            .ok_or_else(|| KeyError::missing(format!("path segment {}", self.index)))?;
+        AsciiKey::from_bytes(segment.as_bytes(), self.max_len)
+            .map_err(|reason| KeyError::malformed(format!("path segment {}", self.index), reason))
     }
 }
 

@@ -212,3 +212,46 @@ async fn scatter_gather_respects_its_concurrency_cap() {
     let some = ScatterGather::new(vec![TestService::new(); 8], Concat).call_some([1, 3], vec![7u8]);
     assert_eq!(some.await.unwrap().value, vec![7, 7]);
 }
+
+#[tokio::test]
+async fn replicas_inside_a_shard_are_balanced_by_tower() {
+    use tower::{
+        balance::p2c::Balance,
+        buffer::Buffer,
+        discover::ServiceList,
+        load::{CompleteOnResponse, PendingRequests},
+    };
+    // Two shards of three replicas each; each shard is a power-of-two-choices balancer
+    // (behind a Buffer, so the router can clone it).
+    let replicas: Vec<Vec<TestService>> = (0..2)
+        .map(|_| (0..3).map(|_| TestService::new()).collect())
+        .collect();
+    let shards: Vec<_> = replicas
+        .iter()
+        .map(|group| {
+            let list: Vec<_> = group
+                .iter()
+                .cloned()
+                .map(|r| PendingRequests::new(r, CompleteOnResponse::default()))
+                .collect();
+            Buffer::new(Balance::new(ServiceList::new::<u64>(list)), 64)
+        })
+        .collect();
+    let router = ShardRouter::new(shards, Jump::new(2), by_user()).unwrap();
+    for user in 0..600u64 {
+        assert_eq!(router.clone().oneshot(user).await.unwrap(), user);
+    }
+    for (shard, group) in replicas.iter().enumerate() {
+        let expected = (0..600u64)
+            .filter(|u| Jump::new(2).route(u).shard() == shard)
+            .count();
+        assert_eq!(
+            group.iter().map(TestService::calls).sum::<usize>(),
+            expected
+        );
+        assert!(
+            group.iter().all(|r| r.calls() > 0),
+            "every replica of shard {shard} served"
+        );
+    }
+}
