@@ -113,6 +113,12 @@ impl ShardKey for u64 {
     fn ordinal(&self) -> u64 {
         *self
     }
+
+    #[inline]
+    fn slot(&self) -> u16 {
+        // From the bytes on the stack: no allocation per routed request.
+        redis_slot(&self.to_le_bytes())
+    }
 }
 
 impl<K: ShardKey + ?Sized> ShardKey for &K {

@@ -1,0 +1,33 @@
+//! Routing a request to its shard allocates nothing (the shard's future is driven in place).
+
+use std::convert::Infallible;
+
+use tower::service_fn;
+use tower_patterns_core::{KeyError, key::key_fn, test_util::call_now};
+use tower_patterns_shard::{Directory, Jump, ShardRouter};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+#[test]
+fn routing_allocates_nothing() {
+    let shard = service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)));
+    let by_user = key_fn(|u: &u64| Ok::<_, KeyError>(*u));
+    let mut jump = ShardRouter::new(vec![shard; 16], Jump::new(16), by_user).unwrap();
+    let mut directory =
+        ShardRouter::new(vec![shard; 16], Directory::new(16).unwrap(), by_user).unwrap();
+    for i in 0..1_000 {
+        call_now(&mut jump, i).unwrap();
+        call_now(&mut directory, i).unwrap();
+    }
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let before = dhat::HeapStats::get().total_blocks;
+    for i in 0..100_000 {
+        assert_eq!(call_now(&mut jump, i).unwrap(), i);
+        assert_eq!(call_now(&mut directory, i).unwrap(), i);
+    }
+    let after = dhat::HeapStats::get().total_blocks;
+    assert_eq!(after - before, 0, "allocations on 200,000 routed calls");
+    drop(std::hint::black_box(Box::new(1u64)));
+    assert_eq!(dhat::HeapStats::get().total_blocks - after, 1, "the counter counts");
+}
