@@ -76,10 +76,12 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// ```
     #[cfg(feature = "retry")]
     #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
-    fn retry_with<K>(
+    fn retry_with<K, P>(
         self,
-        policy: crate::retry::RetryPolicy<K>,
-    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K>>, L>>;
+        policy: crate::retry::RetryPolicy<K, P>,
+    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K, P>>, L>>
+    where
+        P: std::ops::Deref<Target = crate::retry::RetryShared<K>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -104,10 +106,13 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "retry")]
-    fn retry_with<K>(
+    fn retry_with<K, P>(
         self,
-        policy: crate::retry::RetryPolicy<K>,
-    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K>>, L>> {
+        policy: crate::retry::RetryPolicy<K, P>,
+    ) -> ServiceBuilder<Stack<tower::retry::RetryLayer<crate::retry::RetryPolicy<K, P>>, L>>
+    where
+        P: std::ops::Deref<Target = crate::retry::RetryShared<K>>,
+    {
         self.layer(policy.layer())
     }
 }

@@ -59,11 +59,26 @@ where
     S::Future: Send,
     S::Error: std::fmt::Debug + Send,
 {
-    let per_task = iters.div_ceil(TASKS);
+    contended_run_with(rt, svc, iters, TASKS)
+}
+
+/// `iters` calls spread over `tasks` tasks on `rt`; the elapsed time.
+pub fn contended_run_with<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &S,
+    iters: u64,
+    tasks: u64,
+) -> Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let per_task = iters.div_ceil(tasks);
     let svc = svc.clone();
     rt.block_on(async move {
         let start = Instant::now();
-        let tasks: Vec<_> = (0..TASKS)
+        let tasks: Vec<_> = (0..tasks)
             .map(|_| {
                 let mut svc = svc.clone();
                 tokio::spawn(async move {
@@ -91,8 +106,8 @@ pub fn two_workers() -> tokio::runtime::Runtime {
 }
 
 /// Defines the two groups every benchmark runs, `single` (ns per call, one task, polled
-/// directly) and `contended` (calls/s, 64 tasks on 2 workers), over the services that
-/// `$each_peer!(case)` lists.
+/// directly) and `contended` (calls/s with 1, 2 and 64 tasks on a 2-worker runtime), over the
+/// services that `$each_peer!(case)` lists.
 macro_rules! bench_groups {
     ($prefix:literal, $each_peer:ident) => {
         fn single(c: &mut criterion::Criterion) {
@@ -121,10 +136,16 @@ macro_rules! bench_groups {
             macro_rules! case {
                 ($name:literal, $svc:expr) => {{
                     let svc = $svc;
-                    group.bench_function(
-                        criterion::BenchmarkId::new($name, "64_tasks_2_workers"),
-                        |b| b.iter_custom(|iters| support::contended_run(&rt, &svc, iters)),
-                    );
+                    for tasks in [1u64, 2, 64] {
+                        group.bench_function(
+                            criterion::BenchmarkId::new($name, format!("{tasks}_tasks_2_workers")),
+                            |b| {
+                                b.iter_custom(|iters| {
+                                    support::contended_run_with(&rt, &svc, iters, tasks)
+                                })
+                            },
+                        );
+                    }
                 }};
             }
             $each_peer!(case);

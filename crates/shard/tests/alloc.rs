@@ -29,5 +29,9 @@ fn routing_allocates_nothing() {
     let after = dhat::HeapStats::get().total_blocks;
     assert_eq!(after - before, 0, "allocations on 200,000 routed calls");
     drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(dhat::HeapStats::get().total_blocks - after, 1, "the counter counts");
+    assert_eq!(
+        dhat::HeapStats::get().total_blocks - after,
+        1,
+        "the counter counts"
+    );
 }
