@@ -111,6 +111,13 @@ pub fn two_workers() -> tokio::runtime::Runtime {
 macro_rules! bench_groups {
     ($prefix:literal, $each_peer:ident) => {
         fn single(c: &mut criterion::Criterion) {
+            // A runtime context for layers that create timers (tower's `Timeout`); the calls
+            // are still polled directly, never by the runtime.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let _context = rt.enter();
             let mut group = c.benchmark_group(concat!($prefix, "_single"));
             macro_rules! case {
                 ($name:literal, $svc:expr) => {{
