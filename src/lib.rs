@@ -11,7 +11,7 @@
 //!
 //! | feature     | brings                                                               | status  |
 //! |-------------|----------------------------------------------------------------------|---------|
-//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`ServiceBuilderExt`] | landed |
+//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`ServiceBuilderExt`] | landed |
 //! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
