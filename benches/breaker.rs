@@ -10,10 +10,7 @@
 
 mod support;
 
-use std::{
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::task::{Context, Poll};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::Bare;
@@ -98,9 +95,7 @@ fn calibration(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = support::config();
     targets = single, contended, calibration
 }
 criterion_main!(benches);

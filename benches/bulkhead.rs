@@ -9,9 +9,7 @@
 
 mod support;
 
-use std::time::Duration;
-
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main};
 use support::Bare;
 use tower::{Layer, limit::ConcurrencyLimitLayer};
 use tower_patterns::bulkhead::BulkheadLayer;
@@ -49,9 +47,7 @@ support::bench_groups!("bulkhead", each_peer);
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = support::config();
     targets = single, contended
 }
 criterion_main!(benches);

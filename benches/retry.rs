@@ -9,9 +9,9 @@
 
 mod support;
 
-use std::{convert::Infallible, future::Ready, time::Duration};
+use std::{convert::Infallible, future::Ready};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main};
 use support::Bare;
 use tower::{Layer, retry::RetryLayer};
 use tower_patterns::retry::{RetryIf, RetryPolicy, RetryShared, Verdict};
@@ -76,9 +76,7 @@ support::bench_groups!("retry", each_peer);
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = support::config();
     targets = single, contended
 }
 criterion_main!(benches);

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{convert::Infallible, hint::black_box, time::Duration};
+use std::{convert::Infallible, hint::black_box};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::{Bare, one_call};
@@ -142,9 +142,7 @@ fn scatter(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = support::config();
     targets = placement, routing, scatter
 }
 criterion_main!(benches);

@@ -10,7 +10,7 @@ mod support;
 
 use std::{future::Ready, time::Duration};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{criterion_group, criterion_main};
 use support::Bare;
 use tower::{Layer, ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer};
 use tower_patterns::{
@@ -86,9 +86,7 @@ support::bench_groups!("stack", each_peer);
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = support::config();
     targets = single, contended
 }
 criterion_main!(benches);

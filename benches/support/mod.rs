@@ -162,3 +162,11 @@ macro_rules! bench_groups {
 }
 
 pub(crate) use bench_groups;
+
+/// The criterion settings every benchmark uses (the method in `docs/performance.md`):
+/// 1 s warm-up, 3 s measurement.
+pub fn config() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
