@@ -11,6 +11,8 @@
 //!   instances.
 //! - [`observe`]: metric and tracing names, and the [`StateHandle`](observe::StateHandle) trait.
 //! - [`rng`]: seedable, lock-free randomness for jitter and sampling.
+//! - [`tenant`]: the validated [`TenantId`](tenant::TenantId) that tenant-aware layers read
+//!   from the request extensions.
 //! - [`ConfigError`]: what every validated builder returns.
 //! - `test_util` (feature `test-util`): a controllable inner service and the helper that finds
 //!   (or skips without) PostgreSQL, Redis and NATS.
@@ -38,6 +40,7 @@ pub mod key;
 pub mod keyed;
 pub mod observe;
 pub mod rng;
+pub mod tenant;
 #[cfg(any(test, feature = "test-util"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
