@@ -63,7 +63,10 @@ impl TenantId {
             return Err(KeyError::malformed(SOURCE, "longer than 64 bytes"));
         }
         if !first.is_ascii_alphanumeric() {
-            return Err(KeyError::malformed(SOURCE, "does not start with a letter or digit"));
+            return Err(KeyError::malformed(
+                SOURCE,
+                "does not start with a letter or digit",
+            ));
         }
         if !bytes
             .iter()

@@ -1,0 +1,262 @@
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use moka::{notification::RemovalCause, sync::Cache};
+use tokio::time::Instant;
+use tower_patterns_core::tenant::TenantId;
+
+use super::{CacheKey, Store, StoreError, StoreStats};
+use crate::{Entry, ScopedKey};
+
+type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
+
+/// The in-process store: a moka cache (TinyLFU admission, LRU eviction, lock-free reads)
+/// holding each entry until it can no longer be served, stale or fresh.
+///
+/// Bounded by entry count, or by weight with [`MokaStoreBuilder::weigher`]. Per-entry time to
+/// live comes from the entry itself, so negative entries and jittered TTLs expire on their own
+/// schedule. Cloning shares the cache.
+pub struct MokaStore<K, V> {
+    cache: Cache<ScopedKey<K>, Entry<V>>,
+    evictions: Arc<AtomicU64>,
+}
+
+impl<K, V> Clone for MokaStore<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            evictions: self.evictions.clone(),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for MokaStore<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MokaStore")
+            .field("entries", &self.cache.entry_count())
+            .field("evictions", &self.evictions.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Builds a [`MokaStore`].
+pub struct MokaStoreBuilder<K, V> {
+    max: u64,
+    weigher: Option<Weigher<K, V>>,
+}
+
+impl<K, V> std::fmt::Debug for MokaStoreBuilder<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MokaStoreBuilder")
+            .field("max", &self.max)
+            .field("weigher", &self.weigher.is_some())
+            .finish()
+    }
+}
+
+struct EntryExpiry;
+
+impl<K, V> moka::Expiry<ScopedKey<K>, Entry<V>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _: &ScopedKey<K>,
+        value: &Entry<V>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.lifetime(Instant::now()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &ScopedKey<K>,
+        value: &Entry<V>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.lifetime(Instant::now()))
+    }
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> MokaStore<K, V> {
+    /// A builder: 10,000 entries by default.
+    pub fn builder() -> MokaStoreBuilder<K, V> {
+        MokaStoreBuilder {
+            max: 10_000,
+            weigher: None,
+        }
+    }
+
+    /// Removes `key` from this process only (what a broadcast invalidation does on receipt).
+    pub fn evict(&self, key: &ScopedKey<K>) {
+        self.cache.invalidate(key);
+    }
+
+    /// Removes every entry of this process.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Runs moka's pending maintenance (evictions, counts) now; for tests and reports.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    fn invalidate_if(
+        &self,
+        pred: impl Fn(&ScopedKey<K>, &Entry<V>) -> bool + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        self.cache
+            .invalidate_entries_if(pred)
+            .map(drop)
+            .map_err(|e| StoreError::new("moka", "invalidate_if", e.to_string()))
+    }
+
+    pub(crate) fn evict_prefix(&self, tenant: Option<&TenantId>, prefix: &str) {
+        let (tenant, prefix) = (tenant.cloned(), prefix.to_owned());
+        let _ = self.invalidate_if(move |k, _| k.has_prefix(tenant.as_ref(), &prefix));
+    }
+
+    pub(crate) fn evict_tag(&self, tag: &str) {
+        let tag = tag.to_owned();
+        let _ = self.invalidate_if(move |_, e| e.tags().iter().any(|t| **t == *tag));
+    }
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> MokaStoreBuilder<K, V> {
+    /// The most entries, or the most total weight with a [`weigher`](Self::weigher).
+    #[must_use]
+    pub fn max_entries(mut self, max: u64) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Weighs entries (bytes, say); the bound then applies to the total weight.
+    #[must_use]
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Arc::new(weigher));
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MokaStore<K, V> {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counter = evictions.clone();
+        let mut builder = Cache::builder()
+            .max_capacity(self.max)
+            .expire_after(EntryExpiry)
+            .support_invalidation_closures()
+            .eviction_listener(move |_, _, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        if let Some(w) = self.weigher {
+            builder = builder.weigher(move |k: &ScopedKey<K>, e: &Entry<V>| w(k.key(), e.value()));
+        }
+        MokaStore {
+            cache: builder.build(),
+            evictions,
+        }
+    }
+}
+
+impl<K: CacheKey, V: Clone + Send + Sync + 'static> Store<K, V> for MokaStore<K, V> {
+    #[inline]
+    fn peek(&self, key: &ScopedKey<K>) -> Option<Entry<V>> {
+        self.cache.get(key)
+    }
+
+    async fn put(&self, key: ScopedKey<K>, entry: Entry<V>) -> Result<(), StoreError> {
+        self.cache.insert(key, entry);
+        Ok(())
+    }
+
+    async fn invalidate(&self, key: &ScopedKey<K>) -> Result<(), StoreError> {
+        self.cache.invalidate(key);
+        Ok(())
+    }
+
+    async fn invalidate_prefix(
+        &self,
+        tenant: Option<&TenantId>,
+        prefix: &str,
+    ) -> Result<(), StoreError> {
+        let (tenant, prefix) = (tenant.cloned(), prefix.to_owned());
+        self.invalidate_if(move |k, _| k.has_prefix(tenant.as_ref(), &prefix))
+    }
+
+    async fn invalidate_tag(&self, tag: &str) -> Result<(), StoreError> {
+        let tag = tag.to_owned();
+        self.invalidate_if(move |_, e| e.tags().iter().any(|t| **t == *tag))
+    }
+
+    async fn invalidate_all(&self) -> Result<(), StoreError> {
+        self.cache.invalidate_all();
+        Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            entries: self.cache.entry_count(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: &str) -> Entry<String> {
+        Entry::new(
+            v.to_owned(),
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+    }
+
+    #[tokio::test]
+    async fn prefix_and_tag_invalidation_spare_other_scopes() {
+        let store = MokaStore::<String, String>::builder().build();
+        let a = TenantId::new("a").unwrap();
+        let b = TenantId::new("b").unwrap();
+        let ka = ScopedKey::new(Some(a.clone()), "user/1".to_owned());
+        let kb = ScopedKey::new(Some(b.clone()), "user/1".to_owned());
+        let kt = ScopedKey::new(None, "product/9".to_owned());
+        store.put(ka.clone(), entry("a1")).await.unwrap();
+        store.put(kb.clone(), entry("b1")).await.unwrap();
+        store
+            .put(kt.clone(), entry("p9").with_tags(vec!["catalog".into()]))
+            .await
+            .unwrap();
+        store.invalidate_prefix(Some(&a), "user/").await.unwrap();
+        assert!(store.peek(&ka).is_none());
+        assert_eq!(store.peek(&kb).unwrap().value(), "b1");
+        store.invalidate_tag("nothing").await.unwrap();
+        assert!(store.peek(&kt).is_some());
+        store.invalidate_tag("catalog").await.unwrap();
+        assert!(store.peek(&kt).is_none());
+        assert_eq!(store.peek(&kb).unwrap().value(), "b1");
+    }
+
+    #[test]
+    fn the_bound_holds_and_evictions_are_counted() {
+        let store = MokaStore::<u64, u64>::builder().max_entries(100).build();
+        for i in 0..10_000u64 {
+            store.cache.insert(
+                ScopedKey::new(None, i),
+                Entry::new(i, Instant::now(), Duration::from_secs(60), Duration::ZERO),
+            );
+        }
+        store.run_pending_tasks();
+        let stats = store.stats();
+        assert!(stats.entries <= 100, "{stats:?}");
+        assert!(stats.evictions > 0, "{stats:?}");
+    }
+}
