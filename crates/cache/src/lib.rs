@@ -46,7 +46,7 @@
 
 mod aside;
 mod entry;
-// pub mod http;
+pub mod http;
 mod internal;
 mod key;
 pub mod store;

@@ -490,8 +490,8 @@ impl WriteBehindBuilder {
     }
 }
 
-impl<K, V, St> WriteBehind<K, V, St> {
-    /// A builder with the defaults.
+impl WriteBehind<(), (), ()> {
+    /// A builder with the defaults (the types come from the cache given to `build`).
     pub fn builder() -> WriteBehindBuilder {
         WriteBehindBuilder::default()
     }

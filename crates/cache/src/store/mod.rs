@@ -102,7 +102,8 @@ where
 pub struct StoreStats {
     /// Entries in the local tier (approximate: moka counts lazily).
     pub entries: u64,
-    /// Entries evicted for room or expired (not invalidated).
+    /// Entries evicted for room or expired (not invalidated); counted only where the store
+    /// was asked to ([`MokaStoreBuilder::count_evictions`]).
     pub evictions: u64,
 }
 

@@ -1,0 +1,56 @@
+//! A cache hit allocates nothing: counted with dhat.
+
+use std::convert::Infallible;
+
+use tower::{Layer, service_fn};
+use tower_patterns_cache::{CacheLayer, store::MokaStore};
+use tower_patterns_core::{
+    KeyError,
+    key::key_fn,
+    test_util::{call_now, fewest},
+};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+#[test]
+fn hits_allocate_nothing() {
+    let layer = CacheLayer::builder("alloc", MokaStore::<u64, u64>::builder().build())
+        .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
+        .unscoped()
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(service_fn(|k: u64| {
+        std::future::ready(Ok::<_, Infallible>(k * 2))
+    }));
+    // Misses load through a boxed future; a runtime is needed only for those.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    for k in 0..64 {
+        rt.block_on(tower::ServiceExt::oneshot(svc.clone(), k))
+            .unwrap();
+    }
+    for k in 0..10_000u64 {
+        call_now(&mut svc, k % 64).unwrap();
+    }
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let allocations = fewest(3, || {
+        let before = dhat::HeapStats::get().total_blocks;
+        for k in 0..100_000u64 {
+            assert_eq!(call_now(&mut svc, k % 64).unwrap(), (k % 64) * 2);
+        }
+        dhat::HeapStats::get().total_blocks - before
+    });
+    assert_eq!(allocations, 0, "allocations on 100,000 hits");
+    assert!(layer.handle().stats().hits >= 110_000);
+    let after = dhat::HeapStats::get().total_blocks;
+    drop(std::hint::black_box(Box::new(1u64)));
+    assert_eq!(
+        dhat::HeapStats::get().total_blocks - after,
+        1,
+        "the counter counts"
+    );
+}

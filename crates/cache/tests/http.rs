@@ -1,0 +1,342 @@
+//! The RFC 9111 HTTP cache against a scripted origin.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::time::advance;
+use tower::{Layer, ServiceExt, service_fn, util::BoxCloneService};
+use tower_patterns_cache::http::{HttpCacheBody, HttpCacheLayer};
+use tower_patterns_core::{BoxError, tenant::TenantId};
+
+/// An origin whose answers a test scripts: each call records the request headers and runs
+/// `reply`.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+type Svc = BoxCloneService<Request<()>, Response<HttpCacheBody<Full<Bytes>>>, BoxError>;
+
+type Reply = Arc<dyn Fn(&Request<()>, usize) -> Response<Full<Bytes>> + Send + Sync>;
+
+fn origin(
+    reply: impl Fn(&Request<()>, usize) -> Response<Full<Bytes>> + Send + Sync + 'static,
+) -> (Origin, Svc) {
+    let o = Origin {
+        calls: Arc::new(AtomicUsize::new(0)),
+        seen: Arc::new(Mutex::new(Vec::new())),
+    };
+    let reply: Reply = Arc::new(reply);
+    let o2 = o.clone();
+    let svc = service_fn(move |req: Request<()>| {
+        let n = o2.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        o2.seen.lock().unwrap().push(req.headers().clone());
+        let res = reply(&req, n);
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let layer = HttpCacheLayer::builder("t").build().unwrap();
+    (o, BoxCloneService::new(layer.layer(svc)))
+}
+
+fn res(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+fn get(path: &str) -> http::request::Builder {
+    Request::get(format!("http://shop.test{path}"))
+}
+
+async fn send(svc: &Svc, req: Request<()>) -> (StatusCode, HeaderMap, String) {
+    let res = svc.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn x(h: &HeaderMap) -> &str {
+    h.get("x-cache").map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_age_hits_count_age_and_expire() {
+    let (o, svc) = origin(|_, n| {
+        res(
+            200,
+            &[("cache-control", "max-age=10"), ("age", "2")],
+            &format!("v{n}"),
+        )
+    });
+    let (_, h, body) = send(&svc, get("/a").body(()).unwrap()).await;
+    assert_eq!((x(&h), body.as_str()), ("MISS", "v1"));
+    advance(Duration::from_secs(3)).await;
+    let (_, h, body) = send(&svc, get("/a").body(()).unwrap()).await;
+    assert_eq!((x(&h), body.as_str()), ("HIT", "v1"));
+    assert_eq!(h["age"], "5", "the origin's 2 s plus 3 s here");
+    advance(Duration::from_secs(6)).await; // age 11 > 10
+    let (_, h, body) = send(&svc, get("/a").body(()).unwrap()).await;
+    assert_eq!((x(&h), body.as_str()), ("MISS", "v2"));
+    assert_eq!(o.calls.load(Ordering::SeqCst), 2);
+    // HEAD is answered from the stored GET, without a body.
+    let (s, h, body) = send(&svc, Request::head("http://shop.test/a").body(()).unwrap()).await;
+    assert_eq!((s, x(&h), body.as_str()), (StatusCode::OK, "HIT", ""));
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_is_enforced() {
+    let (o, svc) = origin(|req, _| {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("en", |v| v.to_str().unwrap())
+            .to_owned();
+        res(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            &lang,
+        )
+    });
+    let ask = |lang: &str| get("/p").header("accept-language", lang).body(()).unwrap();
+    assert_eq!(send(&svc, ask("en")).await.2, "en");
+    assert_eq!(send(&svc, ask("fr")).await.2, "fr");
+    let (_, h, body) = send(&svc, ask("en")).await;
+    assert_eq!((x(&h), body.as_str()), ("HIT", "en"));
+    let (_, h, body) = send(&svc, ask("fr")).await;
+    assert_eq!((x(&h), body.as_str()), ("HIT", "fr"));
+    let (_, h, _) = send(&svc, get("/p").body(()).unwrap()).await;
+    assert_eq!(x(&h), "MISS", "no Accept-Language is a variant of its own");
+    assert_eq!(o.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_must_not_be_stored_is_not() {
+    for headers in [
+        &[("cache-control", "no-store, max-age=60")][..],
+        &[("cache-control", "private, max-age=60")],
+        &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+        &[("cache-control", "max-age=60"), ("vary", "*")],
+        &[],
+    ] {
+        let h: Vec<(String, String)> = headers
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let (o, svc) = origin(move |_, _| {
+            let pairs: Vec<(&str, &str)> =
+                h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            res(200, &pairs, "x")
+        });
+        send(&svc, get("/n").body(()).unwrap()).await;
+        let (_, h, _) = send(&svc, get("/n").body(()).unwrap()).await;
+        assert_eq!(x(&h), "MISS", "{headers:?}");
+        assert_eq!(o.calls.load(Ordering::SeqCst), 2, "{headers:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn authorized_requests_share_only_public_responses() {
+    let (o, svc) = origin(|_, n| {
+        res(
+            200,
+            &[("cache-control", "max-age=60")],
+            &format!("secret {n}"),
+        )
+    });
+    let authed = || {
+        get("/me")
+            .header("authorization", "Bearer a")
+            .body(())
+            .unwrap()
+    };
+    send(&svc, authed()).await;
+    let (_, h, body) = send(&svc, authed()).await;
+    assert_eq!((x(&h), body.as_str()), ("MISS", "secret 2"));
+    // Stored from an anonymous request, not served to an authorized one either.
+    send(&svc, get("/me").body(()).unwrap()).await;
+    let (_, h, _) = send(&svc, authed()).await;
+    assert_eq!(x(&h), "MISS");
+    assert_eq!(o.calls.load(Ordering::SeqCst), 4);
+
+    let (o, svc) = origin(|_, n| {
+        res(
+            200,
+            &[("cache-control", "public, max-age=60")],
+            &format!("public {n}"),
+        )
+    });
+    send(
+        &svc,
+        get("/doc")
+            .header("authorization", "Bearer a")
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    let (_, h, body) = send(
+        &svc,
+        get("/doc")
+            .header("authorization", "Bearer b")
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((x(&h), body.as_str()), ("HIT", "public 1"));
+    assert_eq!(o.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn etag_revalidation_and_conditional_requests() {
+    let (o, svc) = origin(|req, _| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return res(
+                304,
+                &[("cache-control", "max-age=5"), ("etag", "\"v1\"")],
+                "",
+            );
+        }
+        res(
+            200,
+            &[("cache-control", "max-age=5"), ("etag", "\"v1\"")],
+            "body v1",
+        )
+    });
+    send(&svc, get("/e").body(()).unwrap()).await;
+    // The client's own validator matches a fresh entry: 304 from the cache.
+    let (s, h, body) = send(
+        &svc,
+        get("/e")
+            .header("if-none-match", "W/\"v1\"")
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, x(&h), body.as_str()),
+        (StatusCode::NOT_MODIFIED, "HIT", "")
+    );
+    assert_eq!(o.calls.load(Ordering::SeqCst), 1);
+    // Stale: the cache revalidates with If-None-Match; the 304 refreshes the entry.
+    advance(Duration::from_secs(6)).await;
+    let (s, h, body) = send(&svc, get("/e").body(()).unwrap()).await;
+    assert_eq!(
+        (s, x(&h), body.as_str()),
+        (StatusCode::OK, "HIT", "body v1")
+    );
+    assert_eq!(o.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(o.seen.lock().unwrap()[1]["if-none-match"], "\"v1\"");
+    let (_, h, _) = send(&svc, get("/e").body(()).unwrap()).await;
+    assert_eq!(x(&h), "HIT");
+    assert_eq!(
+        o.calls.load(Ordering::SeqCst),
+        2,
+        "fresh again after the 304"
+    );
+    // Request no-cache: revalidate even though fresh.
+    send(
+        &svc,
+        get("/e")
+            .header("cache-control", "no-cache")
+            .body(())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(o.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsafe_methods_invalidate_and_tenants_are_apart() {
+    let (o, svc) = origin(|req, n| {
+        if req.method() == Method::POST {
+            return res(201, &[], "");
+        }
+        res(200, &[("cache-control", "max-age=60")], &format!("v{n}"))
+    });
+    let tenant = |t: &str| {
+        let mut r = get("/cart").body(()).unwrap();
+        r.extensions_mut().insert(TenantId::new(t).unwrap());
+        r
+    };
+    assert_eq!(send(&svc, tenant("a")).await.2, "v1");
+    assert_eq!(send(&svc, tenant("b")).await.2, "v2");
+    assert_eq!(send(&svc, tenant("a")).await.2, "v1");
+    let mut post = Request::post("http://shop.test/cart").body(()).unwrap();
+    post.extensions_mut().insert(TenantId::new("a").unwrap());
+    send(&svc, post).await;
+    assert_eq!(
+        send(&svc, tenant("a")).await.2,
+        "v4",
+        "a's entry was dropped"
+    );
+    assert_eq!(send(&svc, tenant("b")).await.2, "v2", "b's was not");
+    assert_eq!(o.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_and_stale_if_error() {
+    let (o, svc) = origin(|_, n| {
+        if n >= 3 {
+            return res(503, &[], "down");
+        }
+        res(
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=5, stale-if-error=60",
+            )],
+            &format!("v{n}"),
+        )
+    });
+    send(&svc, get("/s").body(()).unwrap()).await;
+    advance(Duration::from_secs(2)).await;
+    let (_, h, body) = send(&svc, get("/s").body(()).unwrap()).await;
+    assert_eq!((x(&h), body.as_str()), ("STALE", "v1"));
+    tokio::time::sleep(Duration::from_millis(50)).await; // the background refresh lands
+    let (_, h, body) = send(&svc, get("/s").body(()).unwrap()).await;
+    assert_eq!((x(&h), body.as_str()), ("HIT", "v2"));
+    // Past stale-while-revalidate, the origin fails: stale-if-error serves v2.
+    advance(Duration::from_secs(10)).await;
+    let (s, h, body) = send(&svc, get("/s").body(()).unwrap()).await;
+    assert_eq!((s, x(&h), body.as_str()), (StatusCode::OK, "STALE", "v2"));
+    // Past stale-if-error: the origin's answer.
+    advance(Duration::from_secs(60)).await;
+    let (s, _, _) = send(&svc, get("/s").body(()).unwrap()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(o.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_share_one_origin_request() {
+    let (o, svc) = origin(|_, n| res(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
+    let all: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/c").body(()).unwrap())))
+        .collect();
+    for t in all {
+        let res = t.await.unwrap().unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "v1");
+    }
+    assert_eq!(o.calls.load(Ordering::SeqCst), 1);
+}
