@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example callgrind_probe --features full -- <layer> <calls>`
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
-//! bulkhead, retry, retry_static, shard_router.
+//! bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit.
 
 use std::{
     convert::Infallible,
@@ -16,6 +16,7 @@ use tower_patterns::{
     BoxError, KeyError,
     breaker::CircuitBreakerLayer,
     bulkhead::BulkheadLayer,
+    cache::{CacheLayer, store::MokaStore},
     key::key_fn,
     retry::{RetryIf, RetryPolicy, Verdict},
     shard::{Jump, ShardRouter},
@@ -112,6 +113,26 @@ fn main() -> Result<(), BoxError> {
             )?,
             calls,
         ),
+        "moka_sync_get" => {
+            let cache = moka::sync::Cache::<u64, u64>::builder()
+                .max_capacity(10_000)
+                .build();
+            for k in 0..1024 {
+                cache.insert(k, k);
+            }
+            for i in 0..calls {
+                std::hint::black_box(cache.get(&std::hint::black_box(i % 1024)));
+            }
+        }
+        "cache_hit" => {
+            let mut svc = CacheLayer::builder("probe", MokaStore::builder().build())
+                .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k % 1024)))
+                .unscoped()
+                .build()?
+                .layer(Bare);
+            run(&mut svc, 1024); // loads every key: the measured calls hit
+            run(&mut svc, calls);
+        }
         other => return Err(format!("unknown layer {other}").into()),
     }
     Ok(())

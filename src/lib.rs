@@ -11,12 +11,13 @@
 //!
 //! | feature     | brings                                                               | status  |
 //! |-------------|----------------------------------------------------------------------|---------|
-//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`ServiceBuilderExt`] | landed |
+//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`tenant`], [`ServiceBuilderExt`] | landed |
 //! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
 //! | `retry`     | [`retry`]: retry policies with backoff families, budgets, `Retry-After`, idempotency | landed |
-//! | `cache`     | cache-aside and write-through layers on moka and Redis               | planned |
+//! | `cache`     | [`cache`]: cache-aside (single flight, SWR, stale-if-error, XFetch, negative caching, tenant-scoped keys), write-through, write-behind, RFC 9111 HTTP caching, on moka | landed |
+//! | `cache-redis` | the cache's Redis store and two-tier store (moka L1 + Redis L2, invalidation broadcast) | landed |
 //! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
 //! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
 //! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
@@ -55,7 +56,7 @@
 
 pub use tower_patterns_core::{
     BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
-    key, keyed, metric_name, observe, rng,
+    key, keyed, metric_name, observe, rng, tenant,
 };
 
 #[cfg(feature = "test-util")]
@@ -77,6 +78,10 @@ pub use tower_patterns_bulkhead as bulkhead;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use tower_patterns_retry as retry;
+
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use tower_patterns_cache as cache;
 
 #[cfg(feature = "shard")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shard")))]

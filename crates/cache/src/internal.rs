@@ -1,7 +1,6 @@
 //! The cache's shared machinery: striped counters, single flight, invalidation epochs.
 
 use std::{
-    cell::Cell,
     collections::HashMap,
     error::Error,
     fmt,
@@ -35,50 +34,83 @@ pub(crate) enum Count {
 }
 
 const COUNTS: usize = 9;
-const STRIPES: usize = 16;
+/// Threads alive at once that get a stripe of their own; more share one atomic stripe.
+const STRIPES: usize = 32;
 
-/// One cache line (two on CPUs that prefetch pairs) per stripe, so threads counting hits on
-/// different cores do not bounce one line between them.
+/// One cache line (two on CPUs that prefetch pairs) per stripe.
 #[repr(align(128))]
 struct Stripe([AtomicU64; COUNTS]);
 
-/// Counters striped by thread: an increment touches the current thread's stripe only.
+/// Counters striped by thread, so that counting a hit is a plain load and store to a line no
+/// other thread writes: no locked instruction (a `fetch_add` costs about 10 ns a hit here).
+///
+/// A thread takes a stripe index of its own the first time it counts and gives it back when it
+/// exits; the next thread to take it adds on to the same sums, ordered after the last owner by
+/// the free list's mutex. Beyond [`STRIPES`] live threads, the rest share one stripe with
+/// atomic increments. Sums are exact either way.
 pub(crate) struct Counters {
     stripes: Box<[Stripe]>,
+    shared: Stripe,
 }
 
-fn stripe_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    INDEX.with(|i| {
-        let mut v = i.get();
-        if v == usize::MAX {
-            v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            i.set(v);
+static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's stripe index; `usize::MAX` when it shares the atomic stripe.
+struct Slot(usize);
+
+impl Slot {
+    fn acquire() -> Self {
+        if let Some(i) = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Self(i);
         }
-        v
-    })
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self(if i < STRIPES { i } else { usize::MAX })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0 < STRIPES {
+            FREE.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.0);
+        }
+    }
+}
+
+thread_local! {
+    static SLOT: Slot = Slot::acquire();
 }
 
 impl Counters {
     pub(crate) fn new() -> Self {
+        let stripe = || Stripe(std::array::from_fn(|_| AtomicU64::new(0)));
         Self {
-            stripes: (0..STRIPES)
-                .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
+            stripes: (0..STRIPES).map(|_| stripe()).collect(),
+            shared: stripe(),
         }
     }
 
     #[inline]
     pub(crate) fn add(&self, what: Count) {
-        self.stripes[stripe_index()].0[what as usize].fetch_add(1, Ordering::Relaxed);
+        let i = SLOT.try_with(|s| s.0).unwrap_or(usize::MAX);
+        match self.stripes.get(i) {
+            Some(stripe) => {
+                // Only this thread writes this stripe now: no read-modify-write needed.
+                let c = &stripe.0[what as usize];
+                c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            None => {
+                self.shared.0[what as usize].fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn get(&self, what: Count) -> u64 {
         self.stripes
             .iter()
+            .chain(std::iter::once(&self.shared))
             .map(|s| s.0[what as usize].load(Ordering::Relaxed))
             .sum()
     }
@@ -279,6 +311,18 @@ mod tests {
     #[test]
     fn counters_sum_their_stripes() {
         let c = Arc::new(Counters::new());
+        // More threads than stripes, alive at once and one after another.
+        std::thread::scope(|s| {
+            for _ in 0..40 {
+                let c = c.clone();
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        c.add(Count::Hit);
+                    }
+                });
+            }
+        });
+        assert_eq!(c.get(Count::Hit), 40_000);
         std::thread::scope(|s| {
             for _ in 0..4 {
                 let c = c.clone();
@@ -289,7 +333,7 @@ mod tests {
                 });
             }
         });
-        assert_eq!(c.get(Count::Hit), 4000);
+        assert_eq!(c.get(Count::Hit), 44_000);
         assert_eq!(c.get(Count::Miss), 0);
     }
 }

@@ -1,6 +1,9 @@
 //! Cache keys scoped by tenant, and where the tenant comes from.
 
-use std::fmt;
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+};
 
 use tower_patterns_core::tenant::TenantId;
 
@@ -10,7 +13,7 @@ use tower_patterns_core::tenant::TenantId;
 /// when their requests produce the same key. Rendered as text (Redis keys, prefix
 /// invalidation) it is `<tenant>:<key>`, or `-:<key>` with no tenant: a tenant id never starts
 /// with `-` nor contains `:`, so the rendering is unambiguous.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ScopedKey<K> {
     tenant: Option<TenantId>,
     key: K,
@@ -35,6 +38,18 @@ impl<K> ScopedKey<K> {
     /// Whether the key is in `tenant`'s scope (`None`: the shared scope).
     pub fn in_scope(&self, tenant: Option<&TenantId>) -> bool {
         self.tenant.as_ref() == tenant
+    }
+}
+
+// By hand: an unscoped key hashes as its key alone (the derived impl would also hash the
+// `Option`'s discriminant, a second SipHash write on every hit). Scoped and unscoped keys that
+// hash alike still compare unequal.
+impl<K: Hash> Hash for ScopedKey<K> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if let Some(t) = &self.tenant {
+            t.hash(state);
+        }
+        self.key.hash(state);
     }
 }
 

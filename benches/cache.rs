@@ -1,0 +1,161 @@
+//! Cache hit path, side by side in one run: the bare service, raw moka `get` (the sync cache
+//! with no expiry and with per-entry expiry, and the future cache: the baselines a cache layer
+//! cannot beat), this crate's cache-aside
+//! layer on its moka store, and tower-resilience 0.13's cache layer. Keys cycle over 1,024
+//! entries loaded before measuring, so every measured call is a hit.
+//!
+//! - `cache_single`: ns per call, one task, polled directly (no runtime in the loop).
+//! - `cache_contended`: calls/s at 1, 2 and 64 tasks on a 2-worker tokio runtime.
+//!
+//! `cargo bench --features cache --bench cache`
+
+mod support;
+
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use criterion::{criterion_group, criterion_main};
+use support::Bare;
+use tower::{Layer, Service};
+use tower_patterns::{KeyError, cache::CacheLayer, cache::store::MokaStore, key::key_fn};
+
+const KEYS: u64 = 1_024;
+
+/// Raw moka `sync::Cache::get` behind a `Service`, answering at once.
+#[derive(Clone)]
+struct MokaSync(moka::sync::Cache<u64, u64>);
+
+impl Service<u64> for MokaSync {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        ready(Ok(self.0.get(&(k % KEYS)).unwrap_or(k)))
+    }
+}
+
+/// Raw moka `future::Cache::get` behind a `Service` (its future boxed, as a service must name
+/// its future type; the allocation is part of what using the future cache in a layer costs).
+#[derive(Clone)]
+struct BoxedGet(moka::future::Cache<u64, u64>);
+
+impl Service<u64> for BoxedGet {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        let cache = self.0.clone();
+        Box::pin(async move { Ok(cache.get(&(k % KEYS)).await.unwrap_or(k)) })
+    }
+}
+
+fn moka_sync() -> MokaSync {
+    // No expiry configured: the fastest moka get there is.
+    let c = moka::sync::Cache::builder().max_capacity(10_000).build();
+    for k in 0..KEYS {
+        c.insert(k, k);
+    }
+    MokaSync(c)
+}
+
+/// Per-entry expiry, as a cache with per-entry TTLs needs: the like-for-like baseline.
+struct PerEntry;
+
+impl moka::Expiry<u64, u64> for PerEntry {
+    fn expire_after_create(&self, _: &u64, _: &u64, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+}
+
+fn moka_sync_expiry() -> MokaSync {
+    let c = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .expire_after(PerEntry)
+        .build();
+    for k in 0..KEYS {
+        c.insert(k, k);
+    }
+    MokaSync(c)
+}
+
+fn moka_future() -> BoxedGet {
+    let c = moka::future::Cache::builder().max_capacity(10_000).build();
+    for k in 0..KEYS {
+        support::poll_to_end(c.insert(k, k));
+    }
+    BoxedGet(c)
+}
+
+fn by_key(k: &u64) -> Result<u64, KeyError> {
+    Ok(*k % KEYS)
+}
+
+/// Loads every key once so that measured calls are hits.
+fn warmed<S>(mut svc: S) -> S
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    for k in 0..KEYS {
+        support::one_call(&mut svc, k);
+    }
+    svc
+}
+
+/// Invokes `$case!(name, service)` for every service compared.
+macro_rules! each_peer {
+    ($case:ident) => {
+        $case!("bare", Bare);
+        $case!("moka_sync_get", moka_sync());
+        $case!("moka_sync_get_expiry", moka_sync_expiry());
+        $case!("moka_future_get", moka_future());
+        $case!(
+            "tower_patterns",
+            warmed(
+                CacheLayer::builder("bench", MokaStore::builder().max_entries(10_000).build())
+                    .key(key_fn(by_key as fn(&u64) -> Result<u64, KeyError>))
+                    .unscoped()
+                    .ttl(Duration::from_secs(3600))
+                    .build()
+                    .unwrap()
+                    .layer(Bare)
+            )
+        );
+        $case!(
+            "tower_resilience_0_13",
+            warmed(
+                tower_resilience::cache::CacheLayer::builder()
+                    .max_size(10_000)
+                    .ttl(Duration::from_secs(3600))
+                    .key_extractor(|k: &u64| *k % KEYS)
+                    .build()
+                    .unwrap()
+                    .layer(Bare)
+            )
+        );
+    };
+}
+
+support::bench_groups!("cache", each_peer);
+
+criterion_group! {
+    name = benches;
+    config = support::config();
+    targets = single, contended
+}
+criterion_main!(benches);
