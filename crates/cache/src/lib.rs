@@ -50,7 +50,7 @@ pub mod http;
 mod internal;
 mod key;
 pub mod store;
-mod write;
+pub mod write;
 
 pub use aside::{
     Cache, CacheFuture, CacheHandle, CacheLayer, CacheLayerBuilder, CacheStats, NoKey,

@@ -192,6 +192,16 @@ impl fmt::Debug for AsciiKey {
     }
 }
 
+/// Parses a key back from its text (as the cache's invalidation messages carry it), with the
+/// default bound on its length.
+impl std::str::FromStr for AsciiKey {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_bytes(s.as_bytes(), HeaderKey::DEFAULT_MAX_LEN)
+    }
+}
+
 impl fmt::Display for AsciiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
