@@ -28,7 +28,7 @@ use crate::{
     Entry, Freshness, ScopedKey,
     internal::{Count, Counters, Epochs, Flights, LoadError},
     key::{FromExtensions, Scope, ScopeFn, Unscoped},
-    store::{CacheKey, Store, StoreError},
+    store::{CacheKey, RemoteInvalidation, Store, StoreError},
 };
 
 type Pred<V> = Arc<dyn Fn(&V) -> bool + Send + Sync>;
@@ -439,26 +439,43 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
                 "the TTL must be more than zero",
             ));
         }
+        let shared = Arc::new(Shared {
+            name: self.name,
+            store: self.store,
+            flights: Flights::new(),
+            epochs: Epochs::new(),
+            counters: Counters::new(),
+            ttl: self.ttl,
+            jitter: self.jitter,
+            swr: self.swr,
+            sie: self.sie,
+            beta: self.beta,
+            negative: self.negative,
+            cacheable: self.cacheable,
+            tags: self.tags,
+            require_tenant: self.require_tenant,
+            seed: self.seed,
+            draws: AtomicU64::new(0),
+            queued: std::sync::OnceLock::new(),
+        });
+        // Another instance's write stops this instance's loads in flight from storing the
+        // value they read before it. Weak: the store lives inside `shared`.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .store
+            .on_remote_invalidation(Arc::new(move |what: &RemoteInvalidation<K>| {
+                if let Some(shared) = weak.upgrade() {
+                    match what {
+                        RemoteInvalidation::Key(key) => {
+                            shared.epochs.mark(key);
+                            shared.flights.forget(key);
+                        }
+                        _ => shared.forget_all(),
+                    }
+                }
+            }));
         Ok(CacheLayer {
-            shared: Arc::new(Shared {
-                name: self.name,
-                store: self.store,
-                flights: Flights::new(),
-                epochs: Epochs::new(),
-                counters: Counters::new(),
-                ttl: self.ttl,
-                jitter: self.jitter,
-                swr: self.swr,
-                sie: self.sie,
-                beta: self.beta,
-                negative: self.negative,
-                cacheable: self.cacheable,
-                tags: self.tags,
-                require_tenant: self.require_tenant,
-                seed: self.seed,
-                draws: AtomicU64::new(0),
-                queued: std::sync::OnceLock::new(),
-            }),
+            shared,
             key: self.key,
             scope: self.scope,
         })
@@ -682,7 +699,9 @@ where
             match entry.freshness(now) {
                 Freshness::Fresh => {
                     shared.counters.add(Count::Hit);
-                    if shared.beta > 0.0 && entry.xfetch(now, shared.beta, shared.draw()) {
+                    if entry.xfetch_possible(now, shared.beta)
+                        && entry.xfetch(now, shared.beta, shared.draw())
+                    {
                         self.refresh(&key, req);
                     }
                     return CacheFuture {

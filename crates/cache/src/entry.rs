@@ -145,6 +145,19 @@ impl<V> Entry<V> {
         }
     }
 
+    /// Whether XFetch could say "refresh" at `now` for any draw: false while the entry is
+    /// further from expiry than the largest lead a draw can give (`−ln u` is at most about 37
+    /// for a 53-bit `u`), so hits far from expiry need no draw at all.
+    pub fn xfetch_possible(&self, now: Instant, beta: f64) -> bool {
+        if beta <= 0.0 || self.load_time.is_zero() {
+            return false;
+        }
+        let lead = self.load_time.as_secs_f64() * beta * 37.0;
+        Duration::try_from_secs_f64(lead).map_or(true, |lead| {
+            now.checked_add(lead).is_none_or(|t| t >= self.fresh_until)
+        })
+    }
+
     /// Maps the value, keeping the times.
     pub fn map<W>(self, f: impl FnOnce(V) -> W) -> Entry<W> {
         Entry {
@@ -191,5 +204,25 @@ mod tests {
         assert!(!e.xfetch(t0 + Duration::from_millis(9_999), 0.0, u));
         // u near 0 means "refresh now", without overflow.
         assert!(e.xfetch(t0, 1e300, 0.0));
+    }
+
+    #[test]
+    fn no_draw_is_needed_far_from_expiry() {
+        let t0 = Instant::now();
+        let e = Entry::new(1, t0, Duration::from_secs(100), Duration::ZERO)
+            .with_load_time(Duration::from_secs(1));
+        assert!(
+            !e.xfetch_possible(t0, 1.0),
+            "37 s of lead at most, 100 s to go"
+        );
+        assert!(e.xfetch_possible(t0 + Duration::from_secs(64), 1.0));
+        // Whenever a draw could refresh, xfetch_possible says so.
+        for ms in (0..100_000).step_by(997) {
+            let now = t0 + Duration::from_millis(ms);
+            let smallest_u = 1.0 / (1u64 << 53) as f64;
+            if e.xfetch(now, 1.0, smallest_u) {
+                assert!(e.xfetch_possible(now, 1.0), "{ms} ms");
+            }
+        }
     }
 }

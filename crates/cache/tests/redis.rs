@@ -292,3 +292,78 @@ async fn when_redis_goes_away_l1_answers_and_no_request_fails() {
         "L1 was cleared on resubscription"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_in_flight_on_one_instance_does_not_undo_another_instances_write() {
+    let Some(url) = server_url(Server::Redis) else {
+        return;
+    };
+    let name = unique("race");
+    let a = TieredStore::new(
+        RedisStore::<u64, String>::builder(&url, &name)
+            .build()
+            .unwrap(),
+        100,
+    );
+    let b = TieredStore::new(
+        RedisStore::<u64, String>::builder(&url, &name)
+            .build()
+            .unwrap(),
+        100,
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        a.wait_until_subscribed().await;
+        b.wait_until_subscribed().await;
+    })
+    .await
+    .unwrap();
+    // A's source reads "old", then waits for the gate before answering.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let layer_a = CacheLayer::builder("race", a.clone())
+        .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
+        .unscoped()
+        .build()
+        .unwrap();
+    let reads_a = layer_a.layer(service_fn(move |_k: u64| {
+        let g = g.clone();
+        async move {
+            let v = "old".to_owned();
+            g.notified().await;
+            Ok::<_, std::convert::Infallible>(v)
+        }
+    }));
+    let layer_b = CacheLayer::builder("race", b.clone())
+        .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
+        .unscoped()
+        .build()
+        .unwrap();
+
+    let slow = tokio::spawn(reads_a.clone().oneshot(9));
+    eventually("A's load is in flight", async || {
+        layer_a.handle().loads_in_flight() == 1
+    })
+    .await;
+    let seen = a.invalidations_applied();
+    layer_b.handle().put(None, 9, "new".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), a.wait_for_invalidations(seen + 1))
+        .await
+        .unwrap();
+    gate.notify_one();
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        "old",
+        "its own caller gets what it read"
+    );
+    let key = tower_patterns_cache::ScopedKey::new(None, 9u64);
+    let l2 = RedisStore::<u64, String>::builder(&url, &name)
+        .build()
+        .unwrap();
+    assert_eq!(
+        l2.get(&key).await.unwrap().unwrap().value(),
+        "new",
+        "L2 keeps B's write"
+    );
+    assert!(a.l1().peek(&key).is_none_or(|e| e.value() == "new"));
+    a.invalidate_all().await.unwrap();
+}

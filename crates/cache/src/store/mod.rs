@@ -94,7 +94,29 @@ where
     fn health(&self) -> Health {
         Health::Ready
     }
+
+    /// Registers `hook`, called when another instance invalidates (or writes) keys of a shared
+    /// tier. The cache layer registers one, so that its loads in flight do not store values
+    /// older than another instance's write. Stores with no shared tier ignore it.
+    fn on_remote_invalidation(&self, hook: InvalidationHook<K>) {
+        let _ = hook;
+    }
 }
+
+/// What another instance invalidated, as a [`Store`] reports it to its
+/// [hooks](Store::on_remote_invalidation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteInvalidation<K> {
+    /// One key (written or invalidated).
+    Key(ScopedKey<K>),
+    /// Many keys at once (a prefix, a tag, everything, or messages possibly missed while the
+    /// subscription was down).
+    Bulk,
+}
+
+/// A hook for [`RemoteInvalidation`]s.
+pub type InvalidationHook<K> = std::sync::Arc<dyn Fn(&RemoteInvalidation<K>) + Send + Sync>;
 
 /// Counts a store reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

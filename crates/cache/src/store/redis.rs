@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{sync::Notify, time::Instant};
 use tower_patterns_core::{observe::Health, tenant::TenantId};
 
-use super::{CacheKey, MokaStore, Store, StoreError, StoreStats};
+use super::{
+    CacheKey, InvalidationHook, MokaStore, RemoteInvalidation, Store, StoreError, StoreStats,
+};
 use crate::{Entry, ScopedKey};
 
 const STORE: &str = "redis";
@@ -448,6 +450,7 @@ pub struct TieredStore<K, V> {
     l1: MokaStore<K, V>,
     l2: RedisStore<K, V>,
     tier: Arc<TierShared>,
+    hooks: Hooks<K>,
     subscriber: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -457,6 +460,7 @@ impl<K, V> Clone for TieredStore<K, V> {
             l1: self.l1.clone(),
             l2: self.l2.clone(),
             tier: self.tier.clone(),
+            hooks: self.hooks.clone(),
             subscriber: self.subscriber.clone(),
         }
     }
@@ -476,6 +480,17 @@ impl<K, V> Drop for TieredStore<K, V> {
         if Arc::strong_count(&self.subscriber) == 1 {
             self.subscriber.abort();
         }
+    }
+}
+
+type Hooks<K> = Arc<std::sync::RwLock<Vec<InvalidationHook<K>>>>;
+
+fn notify<K>(hooks: &Hooks<K>, what: &RemoteInvalidation<K>) {
+    let hooks = hooks
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for hook in hooks.iter() {
+        hook(what);
     }
 }
 
@@ -510,11 +525,18 @@ where
             applied: AtomicU64::new(0),
             applied_notify: Notify::new(),
         });
-        let subscriber = tokio::spawn(subscribe(l1.clone(), l2.clone(), tier.clone()));
+        let hooks: Hooks<K> = Arc::default();
+        let subscriber = tokio::spawn(subscribe(
+            l1.clone(),
+            l2.clone(),
+            tier.clone(),
+            hooks.clone(),
+        ));
         Self {
             l1,
             l2,
             tier,
+            hooks,
             subscriber: Arc::new(subscriber),
         }
     }
@@ -564,8 +586,12 @@ where
     }
 }
 
-async fn subscribe<K, V>(l1: MokaStore<K, V>, l2: RedisStore<K, V>, tier: Arc<TierShared>)
-where
+async fn subscribe<K, V>(
+    l1: MokaStore<K, V>,
+    l2: RedisStore<K, V>,
+    tier: Arc<TierShared>,
+    hooks: Hooks<K>,
+) where
     K: CacheKey + FromStr,
     V: Clone + Send + Sync + 'static,
 {
@@ -581,6 +607,7 @@ where
         if let Ok(Ok(ps)) = connected {
             // Messages sent while we were not listening are lost: start L1 afresh.
             l1.clear();
+            notify(&hooks, &RemoteInvalidation::Bulk);
             tier.subscribed.store(true, Ordering::SeqCst);
             tier.applied_notify.notify_waiters();
             pause = Duration::from_millis(50);
@@ -589,7 +616,7 @@ where
                 let Ok(text) = msg.get_payload::<String>() else {
                     continue;
                 };
-                apply(&l1, &tier, &text);
+                apply(&l1, &tier, &hooks, &text);
             }
             tier.subscribed.store(false, Ordering::SeqCst);
             tracing::warn!(target: "tower_patterns::cache", channel, "invalidation subscription lost");
@@ -600,7 +627,7 @@ where
 }
 
 /// Applies one invalidation message `<origin>|<op>|<args>` to L1.
-fn apply<K, V>(l1: &MokaStore<K, V>, tier: &TierShared, text: &str)
+fn apply<K, V>(l1: &MokaStore<K, V>, tier: &TierShared, hooks: &Hooks<K>, text: &str)
 where
     K: CacheKey + FromStr,
     V: Clone + Send + Sync + 'static,
@@ -613,8 +640,15 @@ where
         return;
     }
     let arg = parts.next().unwrap_or("");
+    let key = (op == "k").then(|| parse_scoped::<K>(arg)).flatten();
+    // First the hooks (loads in flight must not store), then L1.
+    notify(
+        hooks,
+        &key.clone()
+            .map_or(RemoteInvalidation::Bulk, RemoteInvalidation::Key),
+    );
     match op {
-        "k" => match parse_scoped::<K>(arg) {
+        "k" => match key {
             Some(key) => l1.evict(&key),
             None => l1.clear(), // a key we cannot read: be safe
         },
@@ -696,6 +730,13 @@ where
 
     fn stats(&self) -> StoreStats {
         self.l1.stats()
+    }
+
+    fn on_remote_invalidation(&self, hook: InvalidationHook<K>) {
+        self.hooks
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(hook);
     }
 
     fn health(&self) -> Health {
