@@ -1,0 +1,521 @@
+//! Aggregates on the event store: load, decide, append with optimistic concurrency, retry;
+//! snapshots; time travel; commands as a tower `Service`.
+
+use std::{
+    fmt,
+    marker::PhantomData,
+    sync::Arc,
+    task::{Context, Poll},
+    time::SystemTime,
+};
+
+use futures_util::{FutureExt as _, future::BoxFuture};
+use serde::{Serialize, de::DeserializeOwned};
+use tower_service::Service;
+
+use crate::{
+    Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition, Metadata,
+    RecordedEvent, Snapshot, Upcasters, event::micros,
+};
+
+/// An event of an aggregate: serialised as JSON, with a type name and a schema version.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The type name stored with the event (`"Deposited"`).
+    fn event_type(&self) -> &'static str;
+
+    /// The current schema version of this event's type (1 unless it changed; older stored
+    /// versions are brought up to it by [`Upcasters`]).
+    fn schema_version(&self) -> u32 {
+        1
+    }
+}
+
+/// A consistency boundary whose state is the fold of its events.
+///
+/// `handle` decides (a command against the current state gives events, or a domain error);
+/// `apply` evolves (an event changes the state, and never fails: it already happened).
+pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What it is asked to do. `Clone`, so a repository can retry it after a conflict.
+    type Command: Clone + Send + Sync + 'static;
+    /// What happened to it.
+    type Event: DomainEvent;
+    /// Why a command was refused (insufficient funds, ...).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The version of the state's serialised shape. Change it when the state's fields change:
+    /// snapshots of another version are then ignored and the state is rebuilt from events.
+    const SNAPSHOT_VERSION: u32 = 1;
+
+    /// Decides what happens when `command` meets this state.
+    ///
+    /// # Errors
+    ///
+    /// The domain's refusal.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// Applies an event that happened.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// An aggregate's state and the version it is at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The version of its last event (0: no events).
+    pub version: u64,
+}
+
+/// What a successful command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The stream's version after it.
+    pub version: u64,
+    /// The positions of its events (none when the command changed nothing).
+    pub positions: Vec<GlobalPosition>,
+    /// How many conflicts it retried through.
+    pub retries: u32,
+}
+
+/// Why a command or load failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RepositoryError<E> {
+    /// The aggregate refused the command.
+    Domain(E),
+    /// The store failed or returned bad data (typed: [`Error`]).
+    Store(Error),
+    /// Other writers won every attempt.
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// The attempts made.
+        attempts: u32,
+    },
+}
+
+impl<E: fmt::Display> fmt::Display for RepositoryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Domain(e) => write!(f, "command refused: {e}"),
+            Self::Store(e) => write!(f, "{e}"),
+            Self::Conflict { stream, attempts } => write!(
+                f,
+                "stream {stream:?}: concurrent writers won all {attempts} attempts"
+            ),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for RepositoryError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Domain(e) => Some(e),
+            Self::Store(e) => Some(e),
+            Self::Conflict { .. } => None,
+        }
+    }
+}
+
+impl<E> From<Error> for RepositoryError<E> {
+    fn from(e: Error) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// One event of an aggregate's history, decoded, with where and when it was recorded.
+#[derive(Clone, Debug)]
+pub struct HistoryEntry<Ev> {
+    /// The event.
+    pub event: Ev,
+    /// Its version in the stream.
+    pub version: u64,
+    /// Its global position.
+    pub position: GlobalPosition,
+    /// Its metadata, `recorded_at` included.
+    pub metadata: Metadata,
+}
+
+/// Loads and saves aggregates of type `A` in the streams `<prefix><id>` of a store.
+pub struct Repository<A, S> {
+    store: Arc<S>,
+    prefix: Arc<str>,
+    upcasters: Arc<Upcasters>,
+    snapshot_every: Option<u64>,
+    max_retries: u32,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A, S> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
+            upcasters: self.upcasters.clone(),
+            snapshot_every: self.snapshot_every,
+            max_retries: self.max_retries,
+            _a: PhantomData,
+        }
+    }
+}
+
+impl<A, S> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("prefix", &self.prefix)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+const PAGE: usize = 1_000;
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository of streams named `<prefix><id>` (`"account-"`): no snapshots, 3 retries.
+    pub fn new(store: Arc<S>, prefix: impl Into<Arc<str>>) -> Self {
+        Self {
+            store,
+            prefix: prefix.into(),
+            upcasters: Arc::new(Upcasters::new()),
+            snapshot_every: None,
+            max_retries: 3,
+            _a: PhantomData,
+        }
+    }
+
+    /// Takes a snapshot each time the stream's version crosses a multiple of `n`.
+    #[must_use]
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = (n > 0).then_some(n);
+        self
+    }
+
+    /// How many times a command is retried after a version conflict (default 3).
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Upcasters applied to every event read.
+    #[must_use]
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = Arc::new(upcasters);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    fn decode(&self, event: RecordedEvent) -> Result<(RecordedEvent, A::Event), Error> {
+        let event = self.upcasters.apply(event)?;
+        let decoded: A::Event = serde_json::from_str(event.payload.get()).map_err(|e| {
+            if e.is_data() {
+                Error::UnknownEventType {
+                    stream: event.stream_id.clone(),
+                    version: event.version,
+                    event_type: format!("{} ({e})", event.event_type),
+                }
+            } else {
+                event.corrupt(e.to_string())
+            }
+        })?;
+        Ok((event, decoded))
+    }
+
+    /// Folds the events of `stream` after `state.version`, up to `until` (inclusive), stopping
+    /// early at the first event `stop` says is too late.
+    async fn fold(
+        &self,
+        stream: &str,
+        mut state: Loaded<A>,
+        until: u64,
+        stop: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<Loaded<A>, Error> {
+        loop {
+            let page = self
+                .store
+                .read_stream(stream, state.version + 1, Direction::Forward, PAGE)
+                .await?;
+            let n = page.len();
+            for raw in page {
+                if raw.version > until || stop(&raw) {
+                    return Ok(state);
+                }
+                let (raw, event) = self.decode(raw)?;
+                state.state.apply(&event);
+                state.version = raw.version;
+            }
+            if n < PAGE {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// The aggregate's current state: its latest usable snapshot plus the events after it.
+    ///
+    /// # Errors
+    ///
+    /// A store error, or an event that does not decode (typed, naming the event).
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
+        let stream = self.stream(id);
+        let start = match self.store.load_snapshot(&stream).await? {
+            Some(s) if s.snapshot_version == A::SNAPSHOT_VERSION => {
+                match serde_json::from_str::<A>(s.state.get()) {
+                    Ok(state) => Loaded {
+                        state,
+                        version: s.version,
+                    },
+                    // A snapshot that no longer decodes is ignored: events are the truth.
+                    Err(_) => Loaded::default(),
+                }
+            }
+            _ => Loaded::default(),
+        };
+        self.fold(&stream, start, u64::MAX, |_| false).await
+    }
+
+    /// The current state rebuilt from every event, ignoring snapshots.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    pub async fn load_from_events(&self, id: &str) -> Result<Loaded<A>, Error> {
+        self.fold(&self.stream(id), Loaded::default(), u64::MAX, |_| false)
+            .await
+    }
+
+    /// The state as of `version` (time travel by version).
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    pub async fn state_at_version(&self, id: &str, version: u64) -> Result<Loaded<A>, Error> {
+        self.fold(&self.stream(id), Loaded::default(), version, |_| false)
+            .await
+    }
+
+    /// The state as it was at `at`: every event recorded at or before it (the seed's
+    /// `get_balance_on_date`).
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    pub async fn state_at(&self, id: &str, at: SystemTime) -> Result<Loaded<A>, Error> {
+        let at = micros(at);
+        self.fold(&self.stream(id), Loaded::default(), u64::MAX, |e| {
+            e.metadata.recorded_at_micros > at
+        })
+        .await
+    }
+
+    /// Every event of the aggregate, decoded, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry<A::Event>>, Error> {
+        let stream = self.stream(id);
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = self
+                .store
+                .read_stream(&stream, from, Direction::Forward, PAGE)
+                .await?;
+            let n = page.len();
+            for raw in page {
+                from = raw.version + 1;
+                let (raw, event) = self.decode(raw)?;
+                out.push(HistoryEntry {
+                    event,
+                    version: raw.version,
+                    position: raw.position,
+                    metadata: raw.metadata,
+                });
+            }
+            if n < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Runs `command` against aggregate `id`: load, decide, append expecting the loaded
+    /// version; on a conflict, reload and decide again, up to the retry bound.
+    ///
+    /// # Errors
+    ///
+    /// The aggregate's refusal, a store error, or [`RepositoryError::Conflict`].
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<Committed, RepositoryError<A::Error>> {
+        let stream = self.stream(id);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let loaded = self.load(id).await?;
+            let events = loaded
+                .state
+                .handle(command)
+                .map_err(RepositoryError::Domain)?;
+            if events.is_empty() {
+                return Ok(Committed {
+                    version: loaded.version,
+                    positions: Vec::new(),
+                    retries: attempts - 1,
+                });
+            }
+            let data = events
+                .iter()
+                .map(|e| {
+                    EventData::json(e.event_type(), e).map(|d| {
+                        d.with_schema_version(e.schema_version())
+                            .with_metadata(metadata.clone())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = if loaded.version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(loaded.version)
+            };
+            match self.store.append(&stream, expected, data).await {
+                Ok(done) => {
+                    self.maybe_snapshot(&stream, loaded, &events, done.version)
+                        .await;
+                    return Ok(Committed {
+                        version: done.version,
+                        positions: done.positions,
+                        retries: attempts - 1,
+                    });
+                }
+                Err(e) if e.is_conflict() && attempts <= self.max_retries => {}
+                Err(e) if e.is_conflict() => {
+                    return Err(RepositoryError::Conflict { stream, attempts });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn maybe_snapshot(
+        &self,
+        stream: &str,
+        mut loaded: Loaded<A>,
+        events: &[A::Event],
+        version: u64,
+    ) {
+        let Some(n) = self.snapshot_every else { return };
+        if loaded.version / n == version / n {
+            return;
+        }
+        for e in events {
+            loaded.state.apply(e);
+        }
+        let state = match serde_json::value::to_raw_value(&loaded.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(target: "tower_patterns::eventstore", stream, error = %e, "snapshot not encodable");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            version,
+            snapshot_version: A::SNAPSHOT_VERSION,
+            state,
+        };
+        if let Err(e) = self.store.save_snapshot(stream, snapshot).await {
+            // Snapshots are an optimisation: the command has succeeded.
+            tracing::warn!(target: "tower_patterns::eventstore", stream, error = %e, "snapshot not saved");
+        }
+    }
+}
+
+/// A command for aggregate `id`, with the metadata its events will carry.
+#[derive(Clone, Debug)]
+pub struct Command<C> {
+    /// The aggregate's id (its stream is the repository's prefix + id).
+    pub id: String,
+    /// The command.
+    pub command: C,
+    /// Correlation, causation and tenant for the resulting events.
+    pub metadata: Metadata,
+}
+
+impl<C> Command<C> {
+    /// `command` for aggregate `id`, with empty metadata.
+    pub fn new(id: impl Into<String>, command: C) -> Self {
+        Self {
+            id: id.into(),
+            command,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Sets the metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// Commands as a tower `Service`: `Service<Command<A::Command>>` answering [`Committed`], so
+/// breakers, timeouts, bulkheads and retries stack on command handling. Always ready.
+pub struct CommandService<A, S> {
+    repository: Repository<A, S>,
+}
+
+impl<A, S> Clone for CommandService<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            repository: self.repository.clone(),
+        }
+    }
+}
+
+impl<A, S> fmt::Debug for CommandService<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandService")
+            .field("repository", &self.repository)
+            .finish()
+    }
+}
+
+impl<A, S> CommandService<A, S> {
+    /// Commands handled by `repository`.
+    pub fn new(repository: Repository<A, S>) -> Self {
+        Self { repository }
+    }
+}
+
+impl<A: Aggregate, S: EventStore> Service<Command<A::Command>> for CommandService<A, S> {
+    type Response = Committed;
+    type Error = RepositoryError<A::Error>;
+    type Future = BoxFuture<'static, Result<Committed, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Command<A::Command>) -> Self::Future {
+        let repository = self.repository.clone();
+        async move {
+            repository
+                .execute(&req.id, &req.command, req.metadata)
+                .await
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,123 @@
+//! The event store's errors: typed, naming the stream and position they concern.
+
+use std::fmt;
+
+use tower_patterns_core::BoxError;
+
+use crate::{ExpectedVersion, GlobalPosition};
+
+/// What went wrong in the event store or a repository.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream was not at the version the append expected (optimistic concurrency).
+    WrongExpectedVersion {
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version (0: no stream).
+        actual: u64,
+    },
+    /// Some of the appended event ids were stored already and some were not: a retry that is
+    /// not the same append.
+    PartialDuplicate {
+        /// The stream.
+        stream: String,
+    },
+    /// An event id given for this stream is stored in another stream.
+    DuplicateElsewhere {
+        /// The event id.
+        id: uuid::Uuid,
+        /// The stream it is stored in.
+        stream: String,
+    },
+    /// A stored event could not be read back: its payload, metadata or type.
+    Corrupt {
+        /// Its stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+        /// Its global position.
+        position: GlobalPosition,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An event's type is not one the reader knows.
+    UnknownEventType {
+        /// Its stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+        /// The type.
+        event_type: String,
+    },
+    /// An argument was refused (an empty stream id, an empty batch, ...).
+    Invalid(String),
+    /// A value could not be serialised.
+    Encode(String),
+    /// The database failed.
+    Backend(BoxError),
+}
+
+impl Error {
+    /// Whether this is an optimistic-concurrency conflict (a repository reloads and retries).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::WrongExpectedVersion { .. })
+    }
+
+    pub(crate) fn backend(e: impl Into<BoxError>) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "stream {stream:?}: expected {expected}, found version {actual}"
+            ),
+            Self::PartialDuplicate { stream } => write!(
+                f,
+                "stream {stream:?}: some of the appended event ids are stored already, some are not"
+            ),
+            Self::DuplicateElsewhere { id, stream } => {
+                write!(f, "event {id} is already stored in stream {stream:?}")
+            }
+            Self::Corrupt {
+                stream,
+                version,
+                position,
+                reason,
+            } => write!(
+                f,
+                "corrupt event in stream {stream:?} at version {version} (position {position}): {reason}"
+            ),
+            Self::UnknownEventType {
+                stream,
+                version,
+                event_type,
+            } => write!(
+                f,
+                "unknown event type {event_type:?} in stream {stream:?} at version {version}"
+            ),
+            Self::Invalid(why) => write!(f, "invalid argument: {why}"),
+            Self::Encode(why) => write!(f, "could not encode: {why}"),
+            Self::Backend(e) => write!(f, "event store backend failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Backend(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Event sourcing for tower services: the seed's pattern 2 (the bank account whose balance is
+//! the sum of its history), as the base of CQRS and sagas.
+//!
+//! - [`EventStore`]: streams with optimistic concurrency ([`ExpectedVersion`]), idempotent
+//!   appends by event id, stream reads both ways, one global log in order, and [`subscribe`]
+//!   (catch up, then live). Stores: [`sqlite::SqliteStore`] (the embedded default),
+//!   `postgres::PostgresStore` (feature `postgres`; gap-safe global reads) and
+//!   [`InMemoryStore`].
+//! - The envelope: [`EventData`] and [`RecordedEvent`], with a time-ordered id (UUID v7), a
+//!   type, a schema version, a JSON payload and [`Metadata`] (correlation, causation, tenant,
+//!   recorded at). [`Upcasters`] bring old schema versions up to date on read.
+//! - [`Aggregate`] and [`Repository`]: load (snapshot + later events), handle a command,
+//!   append with the expected version, retry on conflict; snapshots every N events; the state
+//!   as of a version or a moment (time travel) and the full history.
+//! - [`CommandService`]: commands as a tower `Service`, so breakers, timeouts, bulkheads and
+//!   retries stack on them.
+//!
+//! ```
+//! use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, GlobalPosition, InMemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_patterns_eventstore::Error> {
+//! let store = InMemoryStore::new();
+//! let opened = EventData::json("Opened", &serde_json::json!({ "owner": "ada" }))?;
+//! store.append("account-1", ExpectedVersion::NoStream, vec![opened]).await?;
+//! let deposit = EventData::json("Deposited", &serde_json::json!({ "amount": 100 }))?;
+//! store.append("account-1", ExpectedVersion::Exact(1), vec![deposit]).await?;
+//!
+//! // A stale writer loses: it expected version 1.
+//! let late = EventData::json("Deposited", &serde_json::json!({ "amount": 5 }))?;
+//! let err = store.append("account-1", ExpectedVersion::Exact(1), vec![late]).await.unwrap_err();
+//! assert!(err.is_conflict());
+//!
+//! let log = store.read_all(GlobalPosition::START, 10).await?;
+//! assert_eq!(log.len(), 2);
+//! # Ok(()) }
+//! ```
+
+mod aggregate;
+mod error;
+mod event;
+mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+mod store;
+mod upcast;
+
+pub use aggregate::{
+    Aggregate, Command, CommandService, Committed, DomainEvent, HistoryEntry, Loaded, Repository,
+    RepositoryError,
+};
+pub use error::Error;
+pub use event::{
+    AppendResult, EventData, ExpectedVersion, GlobalPosition, Metadata, RecordedEvent, Snapshot,
+};
+pub use memory::InMemoryStore;
+pub use store::{Direction, EventStore, subscribe};
+pub use upcast::{Upcaster, Upcasters};
