@@ -21,7 +21,8 @@
 //! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
 //! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
 //! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
-//! | `eventstore`| event store on SQLite and PostgreSQL, aggregates, snapshots          | planned |
+//! | `eventstore`| [`eventstore`]: event store on SQLite (and in memory), aggregates, snapshots, upcasting, time travel, commands as a `Service` | landed |
+//! | `eventstore-postgres` | the event store on PostgreSQL, with gap-safe global reads | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -82,6 +83,10 @@ pub use tower_patterns_retry as retry;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub use tower_patterns_cache as cache;
+
+#[cfg(feature = "eventstore")]
+#[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
+pub use tower_patterns_eventstore as eventstore;
 
 #[cfg(feature = "shard")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shard")))]

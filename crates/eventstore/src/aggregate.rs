@@ -218,11 +218,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     fn decode(&self, event: RecordedEvent) -> Result<(RecordedEvent, A::Event), Error> {
         let event = self.upcasters.apply(event)?;
         let decoded: A::Event = serde_json::from_str(event.payload.get()).map_err(|e| {
-            if e.is_data() {
+            if e.to_string().starts_with("unknown variant") {
                 Error::UnknownEventType {
                     stream: event.stream_id.clone(),
                     version: event.version,
-                    event_type: format!("{} ({e})", event.event_type),
+                    event_type: event.event_type.clone(),
                 }
             } else {
                 event.corrupt(e.to_string())

@@ -30,6 +30,22 @@ impl DomainEvent for AccountEvent {
             Self::Withdrew { .. } => "Withdrew",
         }
     }
+
+    /// `Deposited` v1 carried `{"cents": n}`; v2 is the enum's own shape in whole units.
+    fn schema_version(&self) -> u32 {
+        match self {
+            Self::Deposited { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Brings `Deposited` v1 (`{"cents": n}`) up to v2.
+pub fn upcasters() -> tower_patterns_eventstore::Upcasters {
+    tower_patterns_eventstore::Upcasters::new().with_fn("Deposited", 1, |p| {
+        let cents = p["cents"].as_u64().ok_or("v1 Deposited without cents")?;
+        Ok(json!({ "Deposited": { "amount": cents / 100 } }))
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,305 @@
+//! Aggregates on every store: the seed's bank account, snapshots, time travel, upcasting, bad
+//! data, commands as a tower `Service` under contention, and a property: snapshot and
+//! no-snapshot loads agree.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use common::{Account, AccountCommand as C, AccountError, AccountEvent};
+use proptest::prelude::*;
+use serde_json::json;
+use tower::ServiceExt;
+use tower_patterns_eventstore::{
+    Aggregate, Command, CommandService, Error, EventData, EventStore, ExpectedVersion,
+    InMemoryStore, Metadata, Repository, RepositoryError, Snapshot,
+};
+
+async fn bank_account<S: EventStore>(store: Arc<S>, clock: Arc<AtomicU64>) {
+    let repo =
+        Repository::<Account, S>::new(store.clone(), "account-").upcasters(common::upcasters());
+    let t = |secs: u64| clock.store(secs * 1_000_000, Ordering::SeqCst);
+    t(1_000);
+    repo.execute(
+        "1",
+        &C::Open {
+            owner: "ada".into(),
+        },
+        Metadata::default().for_tenant("acme"),
+    )
+    .await
+    .unwrap();
+    t(2_000);
+    repo.execute("1", &C::Deposit { amount: 100 }, Metadata::default())
+        .await
+        .unwrap();
+    t(3_000);
+    let done = repo
+        .execute("1", &C::Withdraw { amount: 30 }, Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+    // Insufficient funds is the domain's answer, and stores nothing.
+    match repo
+        .execute("1", &C::Withdraw { amount: 100 }, Metadata::default())
+        .await
+    {
+        Err(RepositoryError::Domain(AccountError::InsufficientFunds {
+            balance: 70,
+            wanted: 100,
+        })) => {}
+        other => panic!("{other:?}"),
+    }
+    let now = repo.load("1").await.unwrap();
+    assert_eq!((now.state.balance, now.version), (70, 3));
+
+    // Time travel: by version, and by date (the seed's get_balance_on_date).
+    assert_eq!(
+        repo.state_at_version("1", 2).await.unwrap().state.balance,
+        100
+    );
+    let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+    assert_eq!(
+        repo.state_at("1", at(2_500)).await.unwrap().state.balance,
+        100
+    );
+    assert_eq!(repo.state_at("1", at(999)).await.unwrap().version, 0);
+    assert_eq!(
+        repo.state_at("1", at(3_000)).await.unwrap().state.balance,
+        70
+    );
+
+    let history = repo.history("1").await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.event.clone()).collect::<Vec<_>>(),
+        [
+            AccountEvent::Opened {
+                owner: "ada".into()
+            },
+            AccountEvent::Deposited { amount: 100 },
+            AccountEvent::Withdrew { amount: 30 },
+        ]
+    );
+    assert_eq!(history[0].metadata.tenant_id.as_deref(), Some("acme"));
+    assert_eq!(history[1].metadata.recorded_at(), at(2_000));
+
+    // Upcasting: an old `Deposited` v1 written by an earlier release.
+    let v1 = EventData::json("Deposited", &json!({ "cents": 2_500 })).unwrap();
+    store
+        .append("account-1", ExpectedVersion::Exact(3), vec![v1])
+        .await
+        .unwrap();
+    assert_eq!(repo.load("1").await.unwrap().state.balance, 95);
+
+    // Bad data: a payload that is not an account event is a typed error naming the event.
+    let bad = EventData::json("Deposited", &json!({ "Deposited": { "amount": "lots" } }))
+        .unwrap()
+        .with_schema_version(2);
+    store
+        .append("account-2", ExpectedVersion::NoStream, vec![bad])
+        .await
+        .unwrap();
+    match repo.load("2").await {
+        Err(Error::Corrupt {
+            stream,
+            version: 1,
+            reason,
+            ..
+        }) => {
+            assert_eq!(stream, "account-2");
+            assert!(reason.contains("invalid type"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown = EventData::json("Frozen", &json!({ "Frozen": {} })).unwrap();
+    store
+        .append("account-3", ExpectedVersion::NoStream, vec![unknown])
+        .await
+        .unwrap();
+    assert!(matches!(
+        repo.load("3").await,
+        Err(Error::UnknownEventType { ref stream, version: 1, ref event_type }) if stream == "account-3" && event_type == "Frozen"
+    ));
+}
+
+async fn snapshots<S: EventStore>(store: Arc<S>) {
+    let repo = Repository::<Account, S>::new(store.clone(), "snap-").snapshot_every(10);
+    repo.execute("a", &C::Open { owner: "bo".into() }, Metadata::default())
+        .await
+        .unwrap();
+    for i in 1..=24 {
+        repo.execute("a", &C::Deposit { amount: i }, Metadata::default())
+            .await
+            .unwrap();
+    }
+    let snap = store
+        .load_snapshot("snap-a")
+        .await
+        .unwrap()
+        .expect("snapshots were taken");
+    assert_eq!(snap.version, 20);
+    let with = repo.load("a").await.unwrap();
+    let without = repo.load_from_events("a").await.unwrap();
+    assert_eq!(with, without);
+    assert_eq!(with.state.balance, (1..=24).sum::<u64>());
+
+    // A snapshot of another shape version is ignored, not trusted.
+    store
+        .save_snapshot(
+            "snap-a",
+            Snapshot {
+                version: 25,
+                snapshot_version: 99,
+                state: serde_json::value::to_raw_value(
+                    &json!({ "owner": "mallory", "balance": 1, "transactions": 1 }),
+                )
+                .unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.load("a").await.unwrap(), without);
+}
+
+async fn commands_as_a_service<S: EventStore>(store: Arc<S>) {
+    let repo = Repository::<Account, S>::new(store, "svc-").max_retries(100);
+    let svc = CommandService::new(repo.clone());
+    svc.clone()
+        .oneshot(Command::new("x", C::Open { owner: "cy".into() }))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(
+                svc.clone()
+                    .oneshot(Command::new("x", C::Deposit { amount: 1 })),
+            )
+        })
+        .collect();
+    let mut retries = 0;
+    for t in tasks {
+        retries += t.await.unwrap().unwrap().retries;
+    }
+    let state = repo.load("x").await.unwrap();
+    assert_eq!(
+        (state.state.balance, state.version),
+        (20, 21),
+        "no deposit lost ({retries} retries)"
+    );
+    // A domain refusal comes back through the service, typed.
+    let err = svc
+        .oneshot(Command::new("x", C::Withdraw { amount: 21 }))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RepositoryError::Domain(AccountError::InsufficientFunds { .. })
+    ));
+}
+
+fn clock() -> (
+    Arc<AtomicU64>,
+    impl Fn() -> SystemTime + Send + Sync + 'static,
+) {
+    let c = Arc::new(AtomicU64::new(0));
+    let c2 = c.clone();
+    (c, move || {
+        UNIX_EPOCH + Duration::from_micros(c2.load(Ordering::SeqCst))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory() {
+    let (c, f) = clock();
+    bank_account(Arc::new(InMemoryStore::new().with_clock(f)), c).await;
+    snapshots(Arc::new(InMemoryStore::new())).await;
+    commands_as_a_service(Arc::new(InMemoryStore::new())).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    use tower_patterns_eventstore::sqlite::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (c, f) = clock();
+    bank_account(
+        Arc::new(
+            SqliteStore::open(dir.path().join("a.db"))
+                .unwrap()
+                .with_clock(f),
+        ),
+        c,
+    )
+    .await;
+    snapshots(Arc::new(
+        SqliteStore::open(dir.path().join("b.db")).unwrap(),
+    ))
+    .await;
+    commands_as_a_service(Arc::new(
+        SqliteStore::open(dir.path().join("c.db")).unwrap(),
+    ))
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    use tower_patterns_eventstore::postgres::PostgresStore;
+    let Some(url) = common::fresh_postgres("agg").await else {
+        return;
+    };
+    let (c, f) = clock();
+    bank_account(
+        Arc::new(PostgresStore::connect(&url, 8).await.unwrap().with_clock(f)),
+        c,
+    )
+    .await;
+    let Some(url) = common::fresh_postgres("agg").await else {
+        return;
+    };
+    snapshots(Arc::new(PostgresStore::connect(&url, 8).await.unwrap())).await;
+    let Some(url) = common::fresh_postgres("agg").await else {
+        return;
+    };
+    commands_as_a_service(Arc::new(PostgresStore::connect(&url, 8).await.unwrap())).await;
+}
+
+fn command() -> impl Strategy<Value = C> {
+    prop_oneof![
+        Just(C::Open { owner: "p".into() }),
+        (0u64..50).prop_map(|amount| C::Deposit { amount }),
+        (0u64..80).prop_map(|amount| C::Withdraw { amount }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn snapshot_and_event_loads_agree(commands in proptest::collection::vec(command(), 1..60), every in 1u64..7) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let store = Arc::new(InMemoryStore::new());
+            let repo = Repository::<Account, _>::new(store, "p-").snapshot_every(every);
+            // The model: the same commands folded in memory.
+            let mut model = Account::default();
+            for c in &commands {
+                match (repo.execute("1", c, Metadata::default()).await, model.handle(c)) {
+                    (Ok(_), Ok(events)) => events.iter().for_each(|e| model.apply(e)),
+                    (Err(RepositoryError::Domain(a)), Err(b)) => prop_assert_eq!(a, b),
+                    (a, b) => prop_assert!(false, "store {:?} vs model {:?}", a.map(|_| ()), b.map(|_| ())),
+                }
+            }
+            let with = repo.load("1").await.unwrap();
+            let without = repo.load_from_events("1").await.unwrap();
+            prop_assert_eq!(&with, &without);
+            prop_assert_eq!(with.state, model);
+            Ok(())
+        })?;
+    }
+}
