@@ -409,6 +409,29 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 
+    /// Takes a snapshot of aggregate `id` now (for example after a migration, or for an
+    /// aggregate that grew long before snapshots were turned on). Returns its version.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), or when the state does not serialise.
+    pub async fn take_snapshot(&self, id: &str) -> Result<u64, Error> {
+        let loaded = self.load(id).await?;
+        let state = serde_json::value::to_raw_value(&loaded.state)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        self.store
+            .save_snapshot(
+                &self.stream(id),
+                Snapshot {
+                    version: loaded.version,
+                    snapshot_version: A::SNAPSHOT_VERSION,
+                    state,
+                },
+            )
+            .await?;
+        Ok(loaded.version)
+    }
+
     async fn maybe_snapshot(
         &self,
         stream: &str,

@@ -203,7 +203,7 @@ impl EventStore for InMemoryStore {
         let slot = &mut state.streams.entry(stream.to_owned()).or_default().snapshot;
         if slot
             .as_ref()
-            .is_none_or(|old| old.version < snapshot.version)
+            .is_none_or(|old| old.version <= snapshot.version)
         {
             *slot = Some(snapshot);
         }

@@ -74,7 +74,44 @@ CREATE TABLE IF NOT EXISTS tp_snapshots (
     snapshot_version int    NOT NULL,
     state            json   NOT NULL
 );
+-- One round trip per append. p_expected: -1 any, -2 no stream, -3 stream exists, >= 0 exact.
+-- Rows: ('dup', stream, id, version, tx, seq) for ids already stored (nothing written);
+-- ('conflict', NULL, NULL, current version, NULL, NULL); or ('ok', ...) per appended event.
+CREATE OR REPLACE FUNCTION tp_append(
+    p_stream text, p_expected bigint, p_ids uuid[], p_types text[], p_schema int[],
+    p_payloads text[], p_metadata text[], p_recorded bigint)
+RETURNS TABLE (r_status text, r_stream text, r_id uuid, r_version bigint, r_tx text, r_seq bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    cur bigint;
+BEGIN
+    IF EXISTS (SELECT 1 FROM tp_events e WHERE e.event_id = ANY (p_ids)) THEN
+        RETURN QUERY SELECT 'dup'::text, e.stream_id, e.event_id, e.version, e.tx_id::text, e.seq
+            FROM tp_events e WHERE e.event_id = ANY (p_ids);
+        RETURN;
+    END IF;
+    INSERT INTO tp_streams (stream_id, version) VALUES (p_stream, 0) ON CONFLICT DO NOTHING;
+    SELECT s.version INTO cur FROM tp_streams s WHERE s.stream_id = p_stream FOR UPDATE;
+    IF NOT (p_expected = -1 OR (p_expected = -2 AND cur = 0) OR (p_expected = -3 AND cur > 0)
+            OR p_expected = cur) THEN
+        RETURN QUERY SELECT 'conflict'::text, NULL::text, NULL::uuid, cur, NULL::text, NULL::bigint;
+        RETURN;
+    END IF;
+    RETURN QUERY
+        INSERT INTO tp_events AS e (stream_id, version, event_id, event_type, schema_version,
+                                    payload, metadata, recorded_at)
+        SELECT p_stream, cur + u.ord, u.id, u.t, u.sv, u.p::json, u.m::json, p_recorded
+        FROM UNNEST(p_ids, p_types, p_schema, p_payloads, p_metadata)
+             WITH ORDINALITY AS u(id, t, sv, p, m, ord)
+        RETURNING 'ok'::text, e.stream_id, e.event_id, e.version, e.tx_id::text, e.seq;
+    UPDATE tp_streams SET version = cur + cardinality(p_ids) WHERE stream_id = p_stream;
+    PERFORM pg_notify('tp_events', '');
+END;
+$$;
 ";
+
+const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_tx, r_seq \
+                      FROM tp_append($1, $2, $3, $4, $5, $6, $7, $8)";
 
 const COLUMNS: &str = "tx_id::text, seq, stream_id, version, event_id, event_type, schema_version, \
                        payload::text, metadata::text";
@@ -203,7 +240,16 @@ impl PostgresStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult, Error> {
         validate(stream, &events)?;
-        append_tx(tx, stream, expected, &events, micros((self.inner.clock)())).await
+        let stmt = tx.prepare(APPEND).await.map_err(Error::backend)?;
+        append_tx(
+            tx,
+            &stmt,
+            stream,
+            expected,
+            &events,
+            micros((self.inner.clock)()),
+        )
+        .await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
@@ -276,63 +322,16 @@ fn row_to_event(r: &Row) -> Result<RecordedEvent, Error> {
     })
 }
 
-async fn append_tx(
-    tx: &tokio_postgres::Transaction<'_>,
+/// Runs one append through `tp_append` on `client` (a pooled connection or a transaction).
+async fn append_tx<C: tokio_postgres::GenericClient + Sync>(
+    client: &C,
+    stmt: &tokio_postgres::Statement,
     stream: &str,
     expected: ExpectedVersion,
     events: &[EventData],
     recorded_at: u64,
 ) -> Result<AppendResult, Error> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let rows = tx
-        .query(
-            "SELECT event_id, stream_id, version, tx_id::text, seq FROM tp_events \
-             WHERE event_id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .map_err(Error::backend)?;
-    if !rows.is_empty() {
-        let found: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                rows.iter().find(|r| r.get::<_, Uuid>(0) == *id).map(|r| {
-                    (
-                        r.get::<_, String>(1),
-                        to_u64(r.get(2)),
-                        position(&r.get::<_, String>(3), r.get(4)),
-                    )
-                })
-            })
-            .collect();
-        if let Seen::All(done) = seen(stream, events, &found)? {
-            return Ok(done);
-        }
-    }
-    tx.execute(
-        "INSERT INTO tp_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT DO NOTHING",
-        &[&stream],
-    )
-    .await
-    .map_err(Error::backend)?;
-    let current = to_u64(
-        tx.query_one(
-            "SELECT version FROM tp_streams WHERE stream_id = $1 FOR UPDATE",
-            &[&stream],
-        )
-        .await
-        .map_err(Error::backend)?
-        .get(0),
-    );
-    if !expected.admits(current) {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.to_owned(),
-            expected,
-            actual: current,
-        });
-    }
-    let n = events.len() as u64;
-    let versions: Vec<i64> = (1..=n).map(|i| to_i64(current + i)).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let schema: Vec<i32> = events
         .iter()
@@ -347,17 +346,18 @@ async fn append_tx(
             serde_json::to_string(&m).map_err(|e| Error::Encode(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let mut inserted = tx
+    let expected_code: i64 = match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => -2,
+        ExpectedVersion::StreamExists => -3,
+        ExpectedVersion::Exact(v) => to_i64(v),
+    };
+    let mut rows = client
         .query(
-            "INSERT INTO tp_events (stream_id, version, event_id, event_type, schema_version, \
-             payload, metadata, recorded_at) \
-             SELECT $1, v, id, t, sv, p::json, m::json, $8 \
-             FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[]) \
-             AS u(v, id, t, sv, p, m) \
-             RETURNING version, tx_id::text, seq",
+            stmt,
             &[
                 &stream,
-                &versions,
+                &expected_code,
                 &ids,
                 &types,
                 &schema,
@@ -376,25 +376,46 @@ async fn append_tx(
                 Error::backend(e)
             }
         })?;
-    inserted.sort_by_key(|r| r.get::<_, i64>(0));
-    let version = current + n;
-    tx.execute(
-        "UPDATE tp_streams SET version = $2 WHERE stream_id = $1",
-        &[&stream, &to_i64(version)],
-    )
-    .await
-    .map_err(Error::backend)?;
-    tx.batch_execute("NOTIFY tp_events")
-        .await
-        .map_err(Error::backend)?;
-    Ok(AppendResult {
-        version,
-        positions: inserted
-            .iter()
-            .map(|r| position(&r.get::<_, String>(1), r.get(2)))
-            .collect(),
-        duplicate: false,
-    })
+    let status: &str = rows.first().map_or("", |r| r.get(0));
+    match status {
+        "dup" => {
+            let found: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    rows.iter().find(|r| r.get::<_, Uuid>(2) == *id).map(|r| {
+                        (
+                            r.get::<_, String>(1),
+                            to_u64(r.get(3)),
+                            position(&r.get::<_, String>(4), r.get(5)),
+                        )
+                    })
+                })
+                .collect();
+            match seen(stream, events, &found)? {
+                Seen::All(done) => Ok(done),
+                Seen::New => Err(Error::backend(
+                    "tp_append reported duplicates it did not name",
+                )),
+            }
+        }
+        "conflict" => Err(Error::WrongExpectedVersion {
+            stream: stream.to_owned(),
+            expected,
+            actual: to_u64(rows[0].get(3)),
+        }),
+        "ok" => {
+            rows.sort_by_key(|r| r.get::<_, i64>(3));
+            Ok(AppendResult {
+                version: rows.last().map_or(0, |r| to_u64(r.get(3))),
+                positions: rows
+                    .iter()
+                    .map(|r| position(&r.get::<_, String>(4), r.get(5)))
+                    .collect(),
+                duplicate: false,
+            })
+        }
+        other => Err(Error::backend(format!("tp_append answered {other:?}"))),
+    }
 }
 
 /// Two appends of the same event id raced; the loser retries.
@@ -425,16 +446,15 @@ impl EventStore for PostgresStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(Error::backend)?;
-            match append_tx(&tx, stream, expected, &events, recorded_at).await {
-                Ok(done) if done.duplicate => return Ok(done),
-                Ok(done) => {
-                    tx.commit().await.map_err(Error::backend)?;
-                    return Ok(done);
-                }
+            // One statement, so one implicit transaction: no BEGIN/COMMIT round trips.
+            let client = self.client().await?;
+            let stmt = client
+                .prepare_cached(APPEND)
+                .await
+                .map_err(Error::backend)?;
+            match append_tx(&**client, &stmt, stream, expected, &events, recorded_at).await {
                 Err(e) if is_race(&e) && attempt < 3 => {}
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
@@ -577,7 +597,7 @@ impl EventStore for PostgresStore {
                 "INSERT INTO tp_snapshots (stream_id, version, snapshot_version, state) \
                  VALUES ($1, $2, $3, $4::text::json) ON CONFLICT (stream_id) DO UPDATE SET \
                  version = excluded.version, snapshot_version = excluded.snapshot_version, \
-                 state = excluded.state WHERE excluded.version > tp_snapshots.version",
+                 state = excluded.state WHERE excluded.version >= tp_snapshots.version",
                 &[
                     &stream,
                     &to_i64(snapshot.version),

@@ -536,7 +536,7 @@ impl EventStore for SqliteStore {
                 "INSERT INTO tp_snapshots (stream_id, version, snapshot_version, state) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (stream_id) DO UPDATE SET \
                  version = excluded.version, snapshot_version = excluded.snapshot_version, \
-                 state = excluded.state WHERE excluded.version > tp_snapshots.version",
+                 state = excluded.state WHERE excluded.version >= tp_snapshots.version",
                 params![
                     stream,
                     to_i64(snapshot.version),

@@ -83,7 +83,8 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &str,
     ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send;
 
-    /// Stores a snapshot, replacing an older one.
+    /// Stores a snapshot, replacing one of the same or an older version (a snapshot of an
+    /// older version than the stored one is ignored).
     fn save_snapshot(
         &self,
         stream: &str,

@@ -165,6 +165,12 @@ async fn snapshots<S: EventStore>(store: Arc<S>) {
         .await
         .unwrap();
     assert_eq!(repo.load("a").await.unwrap(), without);
+
+    // A snapshot taken on demand is used, and agrees.
+    assert_eq!(repo.take_snapshot("a").await.unwrap(), 25);
+    let snap = store.load_snapshot("snap-a").await.unwrap().unwrap();
+    assert_eq!((snap.version, snap.snapshot_version), (25, 1));
+    assert_eq!(repo.load("a").await.unwrap(), without);
 }
 
 async fn commands_as_a_service<S: EventStore>(store: Arc<S>) {
