@@ -81,13 +81,16 @@ CREATE OR REPLACE FUNCTION tp_append(
     p_stream text, p_expected bigint, p_ids uuid[], p_types text[], p_schema int[],
     p_payloads text[], p_metadata text[], p_recorded bigint)
 RETURNS TABLE (r_status text, r_stream text, r_id uuid, r_version bigint, r_tx text, r_seq bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plans made while the tables were empty (sequential scans) must not be kept as they grow.
+SET plan_cache_mode = force_custom_plan
+AS $$
 DECLARE
     cur bigint;
 BEGIN
-    IF EXISTS (SELECT 1 FROM tp_events e WHERE e.event_id = ANY (p_ids)) THEN
+    IF EXISTS (SELECT 1 FROM unnest(p_ids) AS i(id) JOIN tp_events e ON e.event_id = i.id) THEN
         RETURN QUERY SELECT 'dup'::text, e.stream_id, e.event_id, e.version, e.tx_id::text, e.seq
-            FROM tp_events e WHERE e.event_id = ANY (p_ids);
+            FROM unnest(p_ids) AS i(id) JOIN tp_events e ON e.event_id = i.id;
         RETURN;
     END IF;
     INSERT INTO tp_streams (stream_id, version) VALUES (p_stream, 0) ON CONFLICT DO NOTHING;
