@@ -9,7 +9,7 @@
 //! reads only events of transactions older than the oldest transaction still running
 //! (`pg_snapshot_xmin(pg_current_snapshot())`). Every such transaction has ended, and every
 //! later one gets a larger id, so nothing can ever appear behind a reader. The price: while any
-//! transaction that has written something is open (in any table of the database), readers of
+//! transaction that has written something is open (in any database of the cluster), readers of
 //! the global log wait for it. Keep transactions short. Appenders do not wait for each other
 //! (except on the same stream).
 //!
@@ -116,8 +116,10 @@ $$;
 const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_tx, r_seq \
                       FROM tp_append($1, $2, $3, $4, $5, $6, $7, $8)";
 
-const COLUMNS: &str = "tx_id::text, seq, stream_id, version, event_id, event_type, schema_version, \
-                       payload::text, metadata::text";
+// The transaction id goes out as text under another name: an output column named `tx_id`
+// would capture `ORDER BY tx_id` and sort as text ("1000" before "999").
+const COLUMNS: &str = "tx_id::text AS tx_text, seq, stream_id, version, event_id, event_type, \
+                       schema_version, payload::text AS payload_text, metadata::text AS metadata_text";
 
 const POLL: Duration = Duration::from_millis(250);
 
@@ -473,11 +475,11 @@ impl EventStore for PostgresStore {
         let sql = match direction {
             Direction::Forward => format!(
                 "SELECT {COLUMNS} FROM tp_events WHERE stream_id = $1 AND version >= $2 \
-                 ORDER BY version LIMIT $3"
+                 ORDER BY tp_events.version LIMIT $3"
             ),
             Direction::Backward => format!(
                 "SELECT {COLUMNS} FROM tp_events WHERE stream_id = $1 AND version <= $2 \
-                 ORDER BY version DESC LIMIT $3"
+                 ORDER BY tp_events.version DESC LIMIT $3"
             ),
         };
         let stmt = client.prepare_cached(&sql).await.map_err(Error::backend)?;
@@ -506,7 +508,7 @@ impl EventStore for PostgresStore {
                 "SELECT {COLUMNS} FROM tp_events \
                  WHERE (tx_id, seq) > ($1::text::xid8, $2) \
                    AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tx_id, seq LIMIT $3"
+                 ORDER BY tp_events.tx_id, tp_events.seq LIMIT $3"
             ))
             .await
             .map_err(Error::backend)?;
