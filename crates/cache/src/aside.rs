@@ -42,16 +42,7 @@ pub(crate) struct Shared<K, V, St> {
     pub(crate) flights: Flights<K, V>,
     pub(crate) epochs: Epochs,
     pub(crate) counters: Counters,
-    ttl: Duration,
-    jitter: f64,
-    swr: Duration,
-    sie: Duration,
-    beta: f64,
-    negative: Option<(Pred<V>, Duration)>,
-    cacheable: Option<Pred<V>>,
-    tags: Option<Tagger<K, V>>,
-    require_tenant: bool,
-    seed: u64,
+    settings: Settings<K, V>,
     draws: AtomicU64,
     /// Writes queued by a write-behind, which loads must see before the source has them.
     pub(crate) queued: std::sync::OnceLock<Queued<K, V>>,
@@ -60,12 +51,12 @@ pub(crate) struct Shared<K, V, St> {
 impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>> Shared<K, V, St> {
     fn draw(&self) -> f64 {
         let n = self.draws.fetch_add(1, Ordering::Relaxed);
-        unit(mix(self.seed ^ n.wrapping_mul(GOLDEN_GAMMA)))
+        unit(mix(self.settings.seed ^ n.wrapping_mul(GOLDEN_GAMMA)))
     }
 
     /// The longest an entry may be served past its TTL.
     fn grace(&self) -> Duration {
-        self.swr.max(self.sie)
+        self.settings.swr.max(self.settings.sie)
     }
 
     /// Builds the entry for a freshly loaded `value`, or `None` when it is not to be cached.
@@ -76,20 +67,21 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>> Shared<K, V
         now: Instant,
         load_time: Duration,
     ) -> Option<Entry<V>> {
-        if self.cacheable.as_ref().is_some_and(|c| !c(value)) {
+        if self.settings.cacheable.as_ref().is_some_and(|c| !c(value)) {
             return None;
         }
-        let (ttl, negative) = match &self.negative {
+        let (ttl, negative) = match &self.settings.negative {
             Some((is_negative, ttl)) if is_negative(value) => (*ttl, true),
-            _ => (self.ttl, false),
+            _ => (self.settings.ttl, false),
         };
         // Jitter only shortens: no entry lives past its configured TTL.
-        let ttl = if self.jitter > 0.0 {
-            ttl.mul_f64(1.0 - self.jitter * self.draw())
+        let ttl = if self.settings.jitter > 0.0 {
+            ttl.mul_f64(1.0 - self.settings.jitter * self.draw())
         } else {
             ttl
         };
         let tags = self
+            .settings
             .tags
             .as_ref()
             .map(|t| t(key, value))
@@ -200,7 +192,7 @@ impl<X, Sc, K, V, St> fmt::Debug for CacheLayer<X, Sc, K, V, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheLayer")
             .field("name", &self.shared.name)
-            .field("ttl", &self.shared.ttl)
+            .field("ttl", &self.shared.settings.ttl)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +203,11 @@ pub struct CacheLayerBuilder<X, Sc, K, V, St> {
     store: St,
     key: X,
     scope: Sc,
+    settings: Settings<K, V>,
+}
+
+/// What a [`CacheLayerBuilder`] sets and every service of the layer reads.
+struct Settings<K, V> {
     ttl: Duration,
     jitter: f64,
     swr: Duration,
@@ -227,12 +224,12 @@ impl<X, Sc, K, V, St> fmt::Debug for CacheLayerBuilder<X, Sc, K, V, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheLayerBuilder")
             .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("jitter", &self.jitter)
-            .field("stale_while_revalidate", &self.swr)
-            .field("stale_if_error", &self.sie)
-            .field("early_refresh", &self.beta)
-            .field("require_tenant", &self.require_tenant)
+            .field("ttl", &self.settings.ttl)
+            .field("jitter", &self.settings.jitter)
+            .field("stale_while_revalidate", &self.settings.swr)
+            .field("stale_if_error", &self.settings.sie)
+            .field("early_refresh", &self.settings.beta)
+            .field("require_tenant", &self.settings.require_tenant)
             .finish_non_exhaustive()
     }
 }
@@ -258,16 +255,18 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
             store,
             key: NoKey,
             scope: FromExtensions,
-            ttl: Duration::from_secs(60),
-            jitter: 0.1,
-            swr: Duration::ZERO,
-            sie: Duration::ZERO,
-            beta: 0.0,
-            negative: None,
-            cacheable: None,
-            tags: None,
-            require_tenant: false,
-            seed: 0x5eed_cace,
+            settings: Settings {
+                ttl: Duration::from_secs(60),
+                jitter: 0.1,
+                swr: Duration::ZERO,
+                sie: Duration::ZERO,
+                beta: 0.0,
+                negative: None,
+                cacheable: None,
+                tags: None,
+                require_tenant: false,
+                seed: 0x5eed_cace,
+            },
         }
     }
 }
@@ -282,16 +281,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
             store: self.store,
             key,
             scope: self.scope,
-            ttl: self.ttl,
-            jitter: self.jitter,
-            swr: self.swr,
-            sie: self.sie,
-            beta: self.beta,
-            negative: self.negative,
-            cacheable: self.cacheable,
-            tags: self.tags,
-            require_tenant: self.require_tenant,
-            seed: self.seed,
+            settings: self.settings,
         }
     }
 
@@ -302,16 +292,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
             store: self.store,
             key: self.key,
             scope,
-            ttl: self.ttl,
-            jitter: self.jitter,
-            swr: self.swr,
-            sie: self.sie,
-            beta: self.beta,
-            negative: self.negative,
-            cacheable: self.cacheable,
-            tags: self.tags,
-            require_tenant: self.require_tenant,
-            seed: self.seed,
+            settings: self.settings,
         }
     }
 
@@ -331,7 +312,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// How long a value is fresh (default 60 s).
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.settings.ttl = ttl;
         self
     }
 
@@ -339,7 +320,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// together do not expire together. In `[0, 1)`.
     #[must_use]
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
+        self.settings.jitter = jitter;
         self
     }
 
@@ -347,7 +328,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// refreshes it (default off).
     #[must_use]
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.swr = window;
+        self.settings.swr = window;
         self
     }
 
@@ -355,7 +336,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// service errs or a breaker in front of it rejects (default off).
     #[must_use]
     pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.sie = window;
+        self.settings.sie = window;
         self
     }
 
@@ -364,7 +345,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// default; 0 (the default) turns it off.
     #[must_use]
     pub fn early_refresh(mut self, beta: f64) -> Self {
-        self.beta = beta;
+        self.settings.beta = beta;
         self
     }
 
@@ -376,7 +357,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
         is_not_found: impl Fn(&V) -> bool + Send + Sync + 'static,
         ttl: Duration,
     ) -> Self {
-        self.negative = Some((Arc::new(is_not_found), ttl));
+        self.settings.negative = Some((Arc::new(is_not_found), ttl));
         self
     }
 
@@ -384,14 +365,14 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// error, for one, should not be cached).
     #[must_use]
     pub fn cacheable(mut self, cacheable: impl Fn(&V) -> bool + Send + Sync + 'static) -> Self {
-        self.cacheable = Some(Arc::new(cacheable));
+        self.settings.cacheable = Some(Arc::new(cacheable));
         self
     }
 
     /// Tags each stored entry, for [`CacheHandle::invalidate_tag`].
     #[must_use]
     pub fn tags(mut self, tags: impl Fn(&K, &V) -> Vec<Box<str>> + Send + Sync + 'static) -> Self {
-        self.tags = Some(Arc::new(tags));
+        self.settings.tags = Some(Arc::new(tags));
         self
     }
 
@@ -400,14 +381,14 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
     /// only be a mistake in the stack.
     #[must_use]
     pub fn require_tenant(mut self) -> Self {
-        self.require_tenant = true;
+        self.settings.require_tenant = true;
         self
     }
 
     /// Seeds the jitter and early-refresh draws (tests).
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.settings.seed = seed;
         self
     }
 
@@ -421,19 +402,24 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
-        if self.ttl.is_zero() {
+        if self.settings.ttl.is_zero() {
             return Err(ConfigError::new("ttl", "must be more than zero"));
         }
-        if !(0.0..1.0).contains(&self.jitter) {
+        if !(0.0..1.0).contains(&self.settings.jitter) {
             return Err(ConfigError::new("jitter", "must be in [0, 1)"));
         }
-        if !self.beta.is_finite() || self.beta < 0.0 {
+        if !self.settings.beta.is_finite() || self.settings.beta < 0.0 {
             return Err(ConfigError::new(
                 "early_refresh",
                 "must be a finite number >= 0",
             ));
         }
-        if self.negative.as_ref().is_some_and(|(_, ttl)| ttl.is_zero()) {
+        if self
+            .settings
+            .negative
+            .as_ref()
+            .is_some_and(|(_, ttl)| ttl.is_zero())
+        {
             return Err(ConfigError::new(
                 "negative",
                 "the TTL must be more than zero",
@@ -445,16 +431,7 @@ impl<X, Sc, K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>>
             flights: Flights::new(),
             epochs: Epochs::new(),
             counters: Counters::new(),
-            ttl: self.ttl,
-            jitter: self.jitter,
-            swr: self.swr,
-            sie: self.sie,
-            beta: self.beta,
-            negative: self.negative,
-            cacheable: self.cacheable,
-            tags: self.tags,
-            require_tenant: self.require_tenant,
-            seed: self.seed,
+            settings: self.settings,
             draws: AtomicU64::new(0),
             queued: std::sync::OnceLock::new(),
         });
@@ -682,7 +659,9 @@ where
         let shared = &self.shared;
         let tenant = self.scope.tenant(&req);
         let key = match self.key.extract(&req) {
-            Ok(k) if tenant.is_some() || !shared.require_tenant => ScopedKey::new(tenant, k),
+            Ok(k) if tenant.is_some() || !shared.settings.require_tenant => {
+                ScopedKey::new(tenant, k)
+            }
             _ => {
                 shared.counters.add(Count::Bypass);
                 let inner = self.inner.clone();
@@ -699,8 +678,8 @@ where
             match entry.freshness(now) {
                 Freshness::Fresh => {
                     shared.counters.add(Count::Hit);
-                    if entry.xfetch_possible(now, shared.beta)
-                        && entry.xfetch(now, shared.beta, shared.draw())
+                    if entry.xfetch_possible(now, shared.settings.beta)
+                        && entry.xfetch(now, shared.settings.beta, shared.draw())
                     {
                         self.refresh(&key, req);
                     }
@@ -708,7 +687,7 @@ where
                         kind: Kind::Ready(Some(entry.into_value())),
                     };
                 }
-                Freshness::Stale if now < entry.fresh_until() + shared.swr => {
+                Freshness::Stale if now < entry.fresh_until() + shared.settings.swr => {
                     shared.counters.add(Count::Stale);
                     self.refresh(&key, req);
                     return CacheFuture {
@@ -739,7 +718,9 @@ where
                                         shared.counters.add(Count::Hit);
                                         return Ok(entry.into_value());
                                     }
-                                    Freshness::Stale if now < entry.fresh_until() + shared.swr => {
+                                    Freshness::Stale
+                                        if now < entry.fresh_until() + shared.settings.swr =>
+                                    {
                                         shared.counters.add(Count::Stale);
                                         this.refresh(&key, req);
                                         return Ok(entry.into_value());
@@ -765,7 +746,7 @@ where
                         Err(err) => {
                             let now = Instant::now();
                             match stale {
-                                Some(e) if now < e.fresh_until() + shared.sie => {
+                                Some(e) if now < e.fresh_until() + shared.settings.sie => {
                                     shared.counters.add(Count::StaleIfError);
                                     tracing::debug!(
                                         target: "tower_patterns::cache",

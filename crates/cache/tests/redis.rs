@@ -38,6 +38,22 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(0u8) % 1_000_000
 }
 
+/// Two instances' tiered stores over one Redis, both subscribed.
+async fn two_instances(
+    url: &str,
+    name: &str,
+) -> (TieredStore<u64, String>, TieredStore<u64, String>) {
+    let make = || TieredStore::new(RedisStore::builder(url, name).build().unwrap(), 1000);
+    let (a, b) = (make(), make());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        a.wait_until_subscribed().await;
+        b.wait_until_subscribed().await;
+    })
+    .await
+    .expect("both instances subscribe");
+    (a, b)
+}
+
 /// Waits up to 5 s (real time: a real server is on the other end) for `f` to hold.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..500 {
@@ -54,25 +70,7 @@ async fn two_instances_share_l2_and_invalidate_each_others_l1() {
     let Some(url) = server_url(Server::Redis) else {
         return;
     };
-    let name = unique("two-tier");
-    let a = TieredStore::new(
-        RedisStore::<u64, String>::builder(&url, &name)
-            .build()
-            .unwrap(),
-        1000,
-    );
-    let b = TieredStore::new(
-        RedisStore::<u64, String>::builder(&url, &name)
-            .build()
-            .unwrap(),
-        1000,
-    );
-    tokio::time::timeout(Duration::from_secs(5), async {
-        a.wait_until_subscribed().await;
-        b.wait_until_subscribed().await;
-    })
-    .await
-    .expect("both instances subscribe");
+    let (a, b) = two_instances(&url, &unique("two-tier")).await;
 
     let loads = Arc::new(AtomicUsize::new(0));
     let make = |store: TieredStore<u64, String>, loads: Arc<AtomicUsize>| {
@@ -299,24 +297,7 @@ async fn a_load_in_flight_on_one_instance_does_not_undo_another_instances_write(
         return;
     };
     let name = unique("race");
-    let a = TieredStore::new(
-        RedisStore::<u64, String>::builder(&url, &name)
-            .build()
-            .unwrap(),
-        100,
-    );
-    let b = TieredStore::new(
-        RedisStore::<u64, String>::builder(&url, &name)
-            .build()
-            .unwrap(),
-        100,
-    );
-    tokio::time::timeout(Duration::from_secs(5), async {
-        a.wait_until_subscribed().await;
-        b.wait_until_subscribed().await;
-    })
-    .await
-    .unwrap();
+    let (a, b) = two_instances(&url, &name).await;
     // A's source reads "old", then waits for the gate before answering.
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();

@@ -249,6 +249,48 @@ impl RecordedEvent {
     }
 }
 
+/// An event's columns as a database returns them, before checking.
+pub(crate) struct RawEvent {
+    pub(crate) stream_id: String,
+    pub(crate) version: u64,
+    pub(crate) position: GlobalPosition,
+    pub(crate) id: Result<Uuid, String>,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i64,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+}
+
+impl RawEvent {
+    /// Checks the columns: a bad id, payload, metadata or schema version is
+    /// [`Error::Corrupt`] naming the stream, version and position.
+    pub(crate) fn check(self) -> Result<RecordedEvent, Error> {
+        let corrupt = |reason: String| Error::Corrupt {
+            stream: self.stream_id.clone(),
+            version: self.version,
+            position: self.position,
+            reason,
+        };
+        let id = self.id.map_err(|e| corrupt(format!("event id: {e}")))?;
+        let payload = RawValue::from_string(self.payload)
+            .map_err(|e| corrupt(format!("payload is not JSON: {e}")))?;
+        let metadata: Metadata =
+            serde_json::from_str(&self.metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        let schema_version = u32::try_from(self.schema_version)
+            .map_err(|_| corrupt(format!("schema version {}", self.schema_version)))?;
+        Ok(RecordedEvent {
+            stream_id: self.stream_id,
+            version: self.version,
+            position: self.position,
+            id,
+            event_type: self.event_type,
+            schema_version,
+            payload,
+            metadata,
+        })
+    }
+}
+
 /// What an append did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendResult {

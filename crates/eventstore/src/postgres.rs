@@ -42,10 +42,9 @@ use tokio_postgres::{NoTls, Row, error::SqlState};
 use uuid::Uuid;
 
 use crate::{
-    AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, Metadata, RecordedEvent,
-    Snapshot,
-    event::micros,
-    store::{Direction, EventStore, Seen, seen, validate},
+    AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
+    event::{RawEvent, micros},
+    store::{Direction, EventStore, Seen, parse_stream_metadata, seen, validate},
 };
 
 const SCHEMA: &str = "
@@ -292,39 +291,19 @@ async fn listen(config: tokio_postgres::Config, head: watch::Sender<u64>) {
 }
 
 fn row_to_event(r: &Row) -> Result<RecordedEvent, Error> {
-    let get = |e: tokio_postgres::Error| Error::backend(e);
-    let tx: String = r.try_get(0).map_err(get)?;
-    let seq: i64 = r.try_get(1).map_err(get)?;
-    let position = position(&tx, seq);
-    let stream_id: String = r.try_get(2).map_err(get)?;
-    let version = to_u64(r.try_get(3).map_err(get)?);
-    let corrupt = |reason: String| Error::Corrupt {
-        stream: stream_id.clone(),
-        version,
-        position,
-        reason,
-    };
-    let id: Uuid = r.try_get(4).map_err(get)?;
-    let event_type: String = r.try_get(5).map_err(get)?;
-    let schema_version: i32 = r.try_get(6).map_err(get)?;
-    let payload: String = r.try_get(7).map_err(get)?;
-    let metadata: String = r.try_get(8).map_err(get)?;
-    let payload =
-        RawValue::from_string(payload).map_err(|e| corrupt(format!("payload is not JSON: {e}")))?;
-    let metadata: Metadata =
-        serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
-    let schema_version = u32::try_from(schema_version)
-        .map_err(|_| corrupt(format!("schema version {schema_version}")))?;
-    Ok(RecordedEvent {
-        stream_id,
-        version,
-        position,
-        id,
-        event_type,
-        schema_version,
-        payload,
-        metadata,
-    })
+    let tx: String = r.try_get(0).map_err(Error::backend)?;
+    let seq: i64 = r.try_get(1).map_err(Error::backend)?;
+    RawEvent {
+        position: position(&tx, seq),
+        stream_id: r.try_get(2).map_err(Error::backend)?,
+        version: to_u64(r.try_get(3).map_err(Error::backend)?),
+        id: Ok(r.try_get(4).map_err(Error::backend)?),
+        event_type: r.try_get(5).map_err(Error::backend)?,
+        schema_version: i64::from(r.try_get::<_, i32>(6).map_err(Error::backend)?),
+        payload: r.try_get(7).map_err(Error::backend)?,
+        metadata: r.try_get(8).map_err(Error::backend)?,
+    }
+    .check()
 }
 
 /// Runs one append through `tp_append` on `client` (a pooled connection or a transaction).
@@ -547,16 +526,7 @@ impl EventStore for PostgresStore {
             )
             .await
             .map_err(Error::backend)?;
-        row.and_then(|r| r.get::<_, Option<String>>(0))
-            .map(|m| {
-                serde_json::from_str(&m).map_err(|e| Error::Corrupt {
-                    stream: stream.to_owned(),
-                    version: 0,
-                    position: GlobalPosition::START,
-                    reason: format!("stream metadata: {e}"),
-                })
-            })
-            .transpose()
+        parse_stream_metadata(stream, row.and_then(|r| r.get::<_, Option<String>>(0)))
     }
 
     async fn set_stream_metadata(

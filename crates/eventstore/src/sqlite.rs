@@ -37,10 +37,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
-    AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, Metadata, RecordedEvent,
-    Snapshot,
-    event::micros,
-    store::{Direction, EventStore, Seen, seen, validate},
+    AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
+    event::{RawEvent, micros},
+    store::{Direction, EventStore, Seen, parse_stream_metadata, seen, validate},
 };
 
 /// How hard a commit waits for the disk.
@@ -229,45 +228,18 @@ const SELECT: &str = "SELECT position, stream_id, version, event_id, event_type,
                       payload, metadata FROM tp_events";
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RecordedEvent, Error>> {
-    let position = GlobalPosition::new(0, to_u64(r.get(0)?));
-    let stream_id: String = r.get(1)?;
-    let version = to_u64(r.get(2)?);
     let id: Vec<u8> = r.get(3)?;
-    let event_type: String = r.get(4)?;
-    let schema_version: i64 = r.get(5)?;
-    let payload: String = r.get(6)?;
-    let metadata: String = r.get(7)?;
-    let corrupt = |reason: String| Error::Corrupt {
-        stream: stream_id.clone(),
-        version,
-        position,
-        reason,
-    };
-    let id = match Uuid::from_slice(&id) {
-        Ok(id) => id,
-        Err(e) => return Ok(Err(corrupt(format!("event id: {e}")))),
-    };
-    let payload = match RawValue::from_string(payload) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(corrupt(format!("payload is not JSON: {e}")))),
-    };
-    let metadata: Metadata = match serde_json::from_str(&metadata) {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(corrupt(format!("metadata: {e}")))),
-    };
-    let Ok(schema_version) = u32::try_from(schema_version) else {
-        return Ok(Err(corrupt(format!("schema version {schema_version}"))));
-    };
-    Ok(Ok(RecordedEvent {
-        stream_id,
-        version,
-        position,
-        id,
-        event_type,
-        schema_version,
-        payload,
-        metadata,
-    }))
+    Ok(RawEvent {
+        position: GlobalPosition::new(0, to_u64(r.get(0)?)),
+        stream_id: r.get(1)?,
+        version: to_u64(r.get(2)?),
+        id: Uuid::from_slice(&id).map_err(|e| e.to_string()),
+        event_type: r.get(4)?,
+        schema_version: r.get(5)?,
+        payload: r.get(6)?,
+        metadata: r.get(7)?,
+    }
+    .check())
 }
 
 fn collect(
@@ -470,16 +442,7 @@ impl EventStore for SqliteStore {
                 )
                 .optional()
                 .map_err(Error::backend)?;
-            raw.flatten()
-                .map(|m| {
-                    serde_json::from_str(&m).map_err(|e| Error::Corrupt {
-                        stream: stream.clone(),
-                        version: 0,
-                        position: GlobalPosition::START,
-                        reason: format!("stream metadata: {e}"),
-                    })
-                })
-                .transpose()
+            parse_stream_metadata(&stream, raw.flatten())
         })
         .await
     }

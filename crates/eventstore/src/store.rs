@@ -124,6 +124,22 @@ pub fn subscribe<S: EventStore>(
     )
 }
 
+/// Parses stored stream metadata; bad JSON is [`Error::Corrupt`] naming the stream.
+pub(crate) fn parse_stream_metadata(
+    stream: &str,
+    raw: Option<String>,
+) -> Result<Option<serde_json::Value>, Error> {
+    raw.map(|m| {
+        serde_json::from_str(&m).map_err(|e| Error::Corrupt {
+            stream: stream.to_owned(),
+            version: 0,
+            position: GlobalPosition::START,
+            reason: format!("stream metadata: {e}"),
+        })
+    })
+    .transpose()
+}
+
 pub(crate) fn validate(stream: &str, events: &[EventData]) -> Result<(), Error> {
     if stream.is_empty() {
         return Err(Error::Invalid("empty stream id".into()));
