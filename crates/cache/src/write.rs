@@ -11,7 +11,8 @@
 //! source later, in batches, from a bounded queue. Writes to a key that is already queued
 //! replace the queued value (coalescing). A full queue makes the service not ready
 //! (backpressure). [`WriteBehindHandle::flush`] writes everything queued and
-//! [`WriteBehindHandle::shutdown`] does so and stops. **The loss window**: a write acknowledged
+//! [`WriteBehindHandle::shutdown`] does so and stops (dropping every service and handle without
+//! it makes the writer flush and stop within a second). **The loss window**: a write acknowledged
 //! but not yet flushed is lost if the process dies; at most `max_pending` keys and, under
 //! steady load, about `max_delay` of writes.
 //!
@@ -516,12 +517,17 @@ where
         let closed = loop {
             let notified = shared.wake.notified();
             {
-                let p = lock(&shared);
+                let mut p = lock(&shared);
+                // Every service and handle dropped without a shutdown: write what is queued
+                // and stop, rather than wait forever.
+                if Arc::strong_count(&shared) == 1 {
+                    p.closed = true;
+                }
                 if !p.order.is_empty() || p.closed {
                     break p.closed;
                 }
             }
-            notified.await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         };
         if !closed {
             let deadline = tokio::time::Instant::now() + shared.max_delay;

@@ -187,3 +187,17 @@ async fn bad_settings_are_refused() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_everything_flushes_and_stops_the_writer() {
+    let batches = Batches::default();
+    let (wb, handle) = WriteBehind::builder()
+        .max_delay(Duration::from_secs(60))
+        .build(cache().handle(), writer(batches.clone(), 0))
+        .unwrap();
+    wb.clone().oneshot((None, 1, "a".to_owned())).await.unwrap();
+    drop((wb, handle));
+    // Well within max_delay (60 s): the writer noticed it is alone and flushed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(batches.lock().unwrap().concat(), vec![(1, "a".to_owned())]);
+}

@@ -12,6 +12,7 @@ use std::{
 use futures_util::{FutureExt as _, future::BoxFuture};
 use serde::{Serialize, de::DeserializeOwned};
 use tower_service::Service;
+use uuid::Uuid;
 
 use crate::{
     Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition, Metadata,
@@ -360,7 +361,40 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command: &A::Command,
         metadata: Metadata,
     ) -> Result<Committed, RepositoryError<A::Error>> {
+        self.execute_keyed(id, command, metadata, None).await
+    }
+
+    /// Like [`execute`](Self::execute), with an idempotency key: the events get ids derived
+    /// from it, so running the same command again with the same key (a client's retry after a
+    /// lost answer) stores nothing twice and answers the first run's versions.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); [`Error::PartialDuplicate`] if the retried command now
+    /// decides more events than the first run stored.
+    pub async fn execute_idempotent(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+        key: Uuid,
+    ) -> Result<Committed, RepositoryError<A::Error>> {
+        self.execute_keyed(id, command, metadata, Some(key)).await
+    }
+
+    async fn execute_keyed(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+        key: Option<Uuid>,
+    ) -> Result<Committed, RepositoryError<A::Error>> {
         let stream = self.stream(id);
+        if let Some(key) = key
+            && let Some(done) = self.already_committed(&stream, key).await?
+        {
+            return Ok(done);
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -378,10 +412,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let data = events
                 .iter()
-                .map(|e| {
+                .enumerate()
+                .map(|(i, e)| {
                     EventData::json(e.event_type(), e).map(|d| {
-                        d.with_schema_version(e.schema_version())
-                            .with_metadata(metadata.clone())
+                        let d = d
+                            .with_schema_version(e.schema_version())
+                            .with_metadata(metadata.clone());
+                        match key {
+                            Some(key) => d.with_id(derived_id(key, i)),
+                            None => d,
+                        }
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -432,6 +472,37 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Ok(loaded.version)
     }
 
+    /// What the command with idempotency `key` committed, if it ran already: its events are
+    /// found by their derived ids.
+    async fn already_committed(&self, stream: &str, key: Uuid) -> Result<Option<Committed>, Error> {
+        let mut positions = Vec::new();
+        let mut version = 0;
+        loop {
+            match self
+                .store
+                .find_event(derived_id(key, positions.len()))
+                .await?
+            {
+                Some(e) if e.stream_id == stream => {
+                    version = e.version;
+                    positions.push(e.position);
+                }
+                Some(e) => {
+                    return Err(Error::DuplicateElsewhere {
+                        id: e.id,
+                        stream: e.stream_id,
+                    });
+                }
+                None => break,
+            }
+        }
+        Ok((!positions.is_empty()).then_some(Committed {
+            version,
+            positions,
+            retries: 0,
+        }))
+    }
+
     async fn maybe_snapshot(
         &self,
         stream: &str,
@@ -465,6 +536,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 }
 
+/// The id of the `index`-th event of the command with idempotency `key`: a UUID v8 made of
+/// the key with the index folded into its last eight bytes.
+fn derived_id(key: Uuid, index: usize) -> Uuid {
+    let mut bytes = *key.as_bytes();
+    let tail = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default())
+        ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    bytes[8..].copy_from_slice(&tail.to_be_bytes());
+    Uuid::new_v8(bytes)
+}
+
 /// A command for aggregate `id`, with the metadata its events will carry.
 #[derive(Clone, Debug)]
 pub struct Command<C> {
@@ -474,6 +555,9 @@ pub struct Command<C> {
     pub command: C,
     /// Correlation, causation and tenant for the resulting events.
     pub metadata: Metadata,
+    /// An idempotency key: with one, a retry of the same command (a retry layer in front of the
+    /// service, or a client) appends nothing twice. See [`Repository::execute_idempotent`].
+    pub idempotency_key: Option<Uuid>,
 }
 
 impl<C> Command<C> {
@@ -483,7 +567,15 @@ impl<C> Command<C> {
             id: id.into(),
             command,
             metadata: Metadata::default(),
+            idempotency_key: None,
         }
+    }
+
+    /// Sets the idempotency key.
+    #[must_use]
+    pub fn idempotent(mut self, key: Uuid) -> Self {
+        self.idempotency_key = Some(key);
+        self
     }
 
     /// Sets the metadata.
@@ -536,7 +628,7 @@ impl<A: Aggregate, S: EventStore> Service<Command<A::Command>> for CommandServic
         let repository = self.repository.clone();
         async move {
             repository
-                .execute(&req.id, &req.command, req.metadata)
+                .execute_keyed(&req.id, &req.command, req.metadata, req.idempotency_key)
                 .await
         }
         .boxed()

@@ -170,6 +170,11 @@ impl EventStore for InMemoryStore {
         Ok(state.events.iter().skip(start).take(max).cloned().collect())
     }
 
+    async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(state.ids.get(&id).map(|&i| state.events[i].clone()))
+    }
+
     async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         Ok(state

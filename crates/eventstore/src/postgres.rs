@@ -505,6 +505,18 @@ impl EventStore for PostgresStore {
         rows.iter().map(row_to_event).collect()
     }
 
+    async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM tp_events WHERE event_id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(Error::backend)?;
+        row.as_ref().map(row_to_event).transpose()
+    }
+
     async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
         let client = self.client().await?;
         let row = client

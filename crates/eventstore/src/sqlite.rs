@@ -415,6 +415,17 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
+        self.blocking(move |inner| {
+            let conn = inner.read();
+            let mut stmt = conn
+                .prepare_cached(&format!("{SELECT} WHERE event_id = ?1"))
+                .map_err(Error::backend)?;
+            Ok(collect(&mut stmt, params![id.as_bytes().as_slice()])?.pop())
+        })
+        .await
+    }
+
     async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
         let stream = stream.to_owned();
         self.blocking(move |inner| {

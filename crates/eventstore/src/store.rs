@@ -61,6 +61,12 @@ pub trait EventStore: Send + Sync + 'static {
         max: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send;
 
+    /// The event with id `id`, wherever it is stored.
+    fn find_event(
+        &self,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, Error>> + Send;
+
     /// The stream's version: its last event's version, 0 when it has none.
     fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64, Error>> + Send;
 

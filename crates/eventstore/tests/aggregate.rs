@@ -198,6 +198,39 @@ async fn commands_as_a_service<S: EventStore>(store: Arc<S>) {
         (20, 21),
         "no deposit lost ({retries} retries)"
     );
+    // An idempotent command: the retry after a lost answer stores nothing twice and answers
+    // the first run, even though deciding again would now be refused (the balance is gone).
+    let key = uuid::Uuid::now_v7();
+    let withdraw_all = || Command::new("x", C::Withdraw { amount: 20 }).idempotent(key);
+    let first = svc.clone().oneshot(withdraw_all()).await.unwrap();
+    let retry = svc.clone().oneshot(withdraw_all()).await.unwrap();
+    assert_eq!(
+        (retry.version, &retry.positions),
+        (first.version, &first.positions)
+    );
+    let state = repo.load("x").await.unwrap();
+    assert_eq!((state.state.balance, state.version), (0, 22));
+    // The same key on another aggregate is refused, not silently reused.
+    let other = svc
+        .clone()
+        .oneshot(
+            Command::new(
+                "y",
+                C::Open {
+                    owner: "dee".into(),
+                },
+            )
+            .idempotent(key),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            other,
+            RepositoryError::Store(Error::DuplicateElsewhere { .. })
+        ),
+        "{other}"
+    );
     // A domain refusal comes back through the service, typed.
     let err = svc
         .oneshot(Command::new("x", C::Withdraw { amount: 21 }))

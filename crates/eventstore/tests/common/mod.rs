@@ -197,6 +197,18 @@ pub async fn appends_and_reads<S: EventStore>(store: &S) {
             .unwrap()
             .is_empty()
     );
+    let found = store.find_event(fwd[1].id).await.unwrap().unwrap();
+    assert_eq!(
+        (found.stream_id.as_str(), found.version, found.position),
+        (s, 2, fwd[1].position)
+    );
+    assert!(
+        store
+            .find_event(uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.stream_version(s).await.unwrap(), 3);
     assert_eq!(store.stream_version("nothing").await.unwrap(), 0);
 }
