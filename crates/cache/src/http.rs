@@ -816,8 +816,11 @@ where
                     shared.counters.add(Count::Hit);
                     return Ok(answer(entry, Verdict::Hit, &conditional, head, now));
                 }
+                // HEAD is answered from a fresh GET entry only; anything else goes to the
+                // origin below, unstored (a HEAD response has no body to store).
                 let stale_for = now.saturating_duration_since(entry.fresh_until());
-                if usable_fresh
+                if !head
+                    && usable_fresh
                     && !entry.value().must_revalidate
                     && stale_for < entry.value().swr
                     && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -833,7 +836,7 @@ where
                 // Revalidate (or refetch) in the foreground.
                 let has_validator =
                     entry.value().etag().is_some() || entry.value().last_modified().is_some();
-                if has_validator {
+                if has_validator && !head {
                     shared.counters.add(Count::Miss);
                     let sie = entry.value().sie;
                     return match revalidate(shared.clone(), inner, key.clone(), req, entry.clone())

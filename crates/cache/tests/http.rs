@@ -100,6 +100,12 @@ async fn max_age_hits_count_age_and_expire() {
     // HEAD is answered from the stored GET, without a body.
     let (s, h, body) = send(&svc, Request::head("http://shop.test/a").body(()).unwrap()).await;
     assert_eq!((s, x(&h), body.as_str()), (StatusCode::OK, "HIT", ""));
+    // A HEAD once the entry is stale goes to the origin and does not replace the entry.
+    advance(Duration::from_secs(11)).await;
+    let (_, h, _) = send(&svc, Request::head("http://shop.test/a").body(()).unwrap()).await;
+    assert_eq!(x(&h), "MISS");
+    let (_, _, body) = send(&svc, get("/a").body(()).unwrap()).await;
+    assert!(body.starts_with('v'), "the GET still has a body: {body:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -265,6 +271,12 @@ async fn etag_revalidation_and_conditional_requests() {
     )
     .await;
     assert_eq!(o.calls.load(Ordering::SeqCst), 3);
+    // A HEAD on the stale entry goes to the origin and leaves the stored GET (and its body) be.
+    advance(Duration::from_secs(6)).await;
+    let (_, h, _) = send(&svc, Request::head("http://shop.test/e").body(()).unwrap()).await;
+    assert_eq!(x(&h), "MISS");
+    let (s, _, body) = send(&svc, get("/e").body(()).unwrap()).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "body v1"));
 }
 
 #[tokio::test(start_paused = true)]
