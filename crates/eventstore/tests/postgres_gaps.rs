@@ -160,7 +160,7 @@ async fn a_follower_sees_every_event_once_under_concurrent_writers() {
     );
 }
 
-/// Transaction ids compare as numbers, not text: "999" comes before "1000". (Found by the
+/// Transaction ids compare as numbers, not text: 9 comes before 10 and 100. (Found by the
 /// follower test on a fresh cluster, whose transaction ids cross 1,000 during the suite: the
 /// read sorted by the text form of the id and a follower went backwards.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,9 +173,10 @@ async fn positions_order_numerically_across_digit_boundaries() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    // Rows as transactions 999, 1000 and 99 would have written them (ids below any running
-    // transaction, so all are readable), inserted out of order.
-    for (tx, n) in [("1000", 2), ("999", 1), ("99", 0)] {
+    // Rows as transactions 9, 10 and 100 would have written them, inserted out of order. Ids
+    // this small are below any running transaction (initdb alone uses hundreds), so all are
+    // readable; as text they sort "10" < "100" < "9".
+    for (tx, n) in [("100", 2), ("9", 0), ("10", 1)] {
         raw.execute(
             "INSERT INTO tp_events (tx_id, stream_id, version, event_id, event_type, \
              schema_version, payload, metadata, recorded_at) \
@@ -187,7 +188,7 @@ async fn positions_order_numerically_across_digit_boundaries() {
     }
     let all = store.read_all(GlobalPosition::START, 10).await.unwrap();
     let commits: Vec<u64> = all.iter().map(|e| e.position.commit).collect();
-    assert_eq!(commits, [99, 999, 1000]);
+    assert_eq!(commits, [9, 10, 100]);
     let after_first = store.read_all(all[0].position, 10).await.unwrap();
     assert_eq!(after_first.len(), 2);
     let back = store
