@@ -90,7 +90,7 @@ fn main() -> Result<(), BoxError> {
                     .build();
                 let stack = tower::layer::layer_fn(move |route: Route| {
                     let svc = cb.layer(pool.layer(limit.layer(route)));
-                    ServiceExt::<axum::extract::Request>::map_err(svc, |e| BoxError::from(e))
+                    ServiceExt::<axum::extract::Request>::map_err(svc, BoxError::from)
                 });
                 routes.layer(
                     ServiceBuilder::new()
