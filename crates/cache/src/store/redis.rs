@@ -2,7 +2,7 @@
 //! [`TieredStore`], moka L1 in front of Redis L2 with invalidations broadcast over Redis
 //! pub/sub to every instance's L1.
 //!
-//! Values are JSON (serde). Keys are `<prefix>:k:<tenant>:<key>` (`-` for no tenant); a tag is a
+//! Needs Redis 7 or later (tag sets use `PEXPIRE ... GT`/`NX`). Values are JSON (serde). Keys are `<prefix>:k:<tenant>:<key>` (`-` for no tenant); a tag is a
 //! set `<prefix>:t:<tag>` of the keys it names. Every Redis call has a deadline (250 ms by
 //! default), so a Redis that is gone costs a request at most that long, once per connection
 //! attempt, and never fails it: the cache answers from the inner service and reports.
