@@ -115,10 +115,21 @@ fn layer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_make_one_call() {
-    let source = Source::with(Duration::from_millis(50));
-    source.set(1, "one");
+    // The source holds its answer until the test opens a gate, so every caller misses while
+    // the load is in flight: no timing involved.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let (g, r) = (gate.clone(), reads.clone());
+    let source = service_fn(move |_k: u64| {
+        let (g, r) = (g.clone(), r.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            let _open = g.acquire().await;
+            Ok::<_, Infallible>("one".to_owned())
+        }
+    });
     let layer = layer(|b| b);
-    let svc = layer.layer(source.clone());
+    let svc = layer.layer(source);
     let barrier = Arc::new(tokio::sync::Barrier::new(1000));
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -130,13 +141,20 @@ async fn a_thousand_concurrent_misses_make_one_call() {
             })
         })
         .collect();
+    // Wait (without sleeping) until all 1,000 are waiting on the one load, then open.
+    while {
+        let s = layer.handle().stats();
+        s.misses + s.coalesced < 1000
+    } {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(1_000); // enough for every caller, should single flight fail
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), "one");
     }
-    assert_eq!(source.reads(), 1);
+    assert_eq!(reads.load(Ordering::SeqCst), 1);
     let s = layer.handle().stats();
-    assert_eq!(s.misses + s.coalesced + s.hits, 1000, "{s:?}");
-    assert_eq!(s.misses, 1);
+    assert_eq!((s.misses, s.coalesced, s.hits), (1, 999, 0), "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
