@@ -1,7 +1,9 @@
 //! The server `scripts/bench-http` loads: axum's hello world, bare or behind a resilience
 //! stack. Not a benchmark by itself.
 //!
-//! `cargo run --release --example http_bench_server --features full -- <mode> <port>`, with
+//! `cargo run --release --example http_bench_server --features full -- <mode> <port> [requests]`
+//! (with `requests`, the server exits after answering that many: for counting instructions per
+//! request under callgrind), with
 //! `<mode>` one of:
 //! - `plain`: axum, one route answering "hello";
 //! - `tower_patterns`: the same route behind this crate's stack, outermost first: error
@@ -16,7 +18,13 @@
 //! load generator to the other.
 #![allow(clippy::print_stdout, reason = "the example reports where it listens")]
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -40,6 +48,7 @@ fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "plain".into());
     let port: u16 = args.next().unwrap_or_else(|| "3000".into()).parse()?;
+    let exit_after: Option<u64> = args.next().map(|n| n.parse()).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -102,7 +111,27 @@ fn main() -> Result<(), BoxError> {
         };
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         println!("listening on 127.0.0.1:{port} ({mode})");
-        axum::serve(listener, app).await?;
+        let Some(n) = exit_after else {
+            axum::serve(listener, app).await?;
+            return Ok(());
+        };
+        // Count requests outside everything else, and stop after the n-th answer.
+        let done = Arc::new(tokio::sync::Notify::new());
+        let (answered, d) = (Arc::new(AtomicU64::new(0)), done.clone());
+        let app = app.layer(axum::middleware::map_response(
+            move |res: axum::response::Response| {
+                let (answered, d) = (answered.clone(), d.clone());
+                async move {
+                    if answered.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                        d.notify_one();
+                    }
+                    res
+                }
+            },
+        ));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { done.notified().await })
+            .await?;
         Ok::<_, BoxError>(())
     })?;
     Ok(())
