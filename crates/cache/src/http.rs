@@ -592,8 +592,7 @@ impl HttpShared {
             .max()
             .unwrap_or_default();
         let holder = Entry::new(Arc::new(variants), now, longest, Duration::ZERO);
-        // A moka insert: the future is ready at once.
-        let _ = self.store.put(key.clone(), holder).now_or_never();
+        self.store.insert(key.clone(), holder);
     }
 
     fn remove_flight(&self, key: &ScopedKey<String>) {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
     event::micros,
-    store::{Direction, EventStore, Seen, seen, validate},
+    store::{Direction, EventStore, Seen, check_expected, seen, validate},
 };
 
 #[derive(Default)]
@@ -96,13 +96,7 @@ impl EventStore for InMemoryStore {
             .streams
             .get(stream)
             .map_or(0, |s| s.events.len() as u64);
-        if !expected.admits(current) {
-            return Err(Error::WrongExpectedVersion {
-                stream: stream.to_owned(),
-                expected,
-                actual: current,
-            });
-        }
+        check_expected(stream, expected, current)?;
         let recorded_at = micros((self.clock)());
         let mut positions = Vec::with_capacity(events.len());
         let mut version = current;

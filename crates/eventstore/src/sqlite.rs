@@ -39,7 +39,7 @@ use uuid::Uuid;
 use crate::{
     AppendResult, Error, EventData, ExpectedVersion, GlobalPosition, RecordedEvent, Snapshot,
     event::{RawEvent, micros},
-    store::{Direction, EventStore, Seen, parse_stream_metadata, seen, validate},
+    store::{Direction, EventStore, Seen, check_expected, parse_stream_metadata, seen, validate},
 };
 
 /// How hard a commit waits for the disk.
@@ -298,13 +298,7 @@ fn append_blocking(
         })
         .map_err(Error::backend)?
         .map_or(0, to_u64);
-    if !expected.admits(current) {
-        return Err(Error::WrongExpectedVersion {
-            stream: stream.to_owned(),
-            expected,
-            actual: current,
-        });
-    }
+    check_expected(stream, expected, current)?;
     let recorded_at = micros((inner.clock)());
     let mut positions = Vec::with_capacity(events.len());
     let mut version = current;

@@ -146,6 +146,23 @@ pub(crate) fn parse_stream_metadata(
     .transpose()
 }
 
+/// Refuses an append whose expectation a stream at `current` does not meet.
+pub(crate) fn check_expected(
+    stream: &str,
+    expected: ExpectedVersion,
+    current: u64,
+) -> Result<(), Error> {
+    if expected.admits(current) {
+        Ok(())
+    } else {
+        Err(Error::WrongExpectedVersion {
+            stream: stream.to_owned(),
+            expected,
+            actual: current,
+        })
+    }
+}
+
 pub(crate) fn validate(stream: &str, events: &[EventData]) -> Result<(), Error> {
     if stream.is_empty() {
         return Err(Error::Invalid("empty stream id".into()));

@@ -80,6 +80,20 @@ fn get() -> Request<String> {
     Request::get("/").body(String::new()).unwrap()
 }
 
+/// How many attempts one GET makes through the default test policy against `script`.
+async fn attempts(script: Vec<Step>) -> usize {
+    let inner = Scripted::new(script);
+    policy()
+        .build()
+        .unwrap()
+        .layer()
+        .layer(inner.clone())
+        .oneshot(get())
+        .await
+        .unwrap();
+    inner.calls()
+}
+
 fn policy() -> tower_patterns_retry::RetryBuilder<HttpRetry> {
     RetryPolicy::http("test").backoff(Backoff::Constant(Duration::from_millis(100)))
 }
@@ -191,27 +205,17 @@ async fn grpc_statuses_and_pushback() {
         "after the pushback"
     );
 
-    let inner = Scripted::new(vec![grpc("14", Some("-1")), grpc("0", None)]);
-    policy()
-        .build()
-        .unwrap()
-        .layer()
-        .layer(inner.clone())
-        .oneshot(get())
-        .await
-        .unwrap();
-    assert_eq!(inner.calls(), 1, "a negative pushback stops retries");
+    assert_eq!(
+        attempts(vec![grpc("14", Some("-1")), grpc("0", None)]).await,
+        1,
+        "a negative pushback stops retries"
+    );
 
-    let inner = Scripted::new(vec![grpc("3", None), grpc("0", None)]);
-    policy()
-        .build()
-        .unwrap()
-        .layer()
-        .layer(inner.clone())
-        .oneshot(get())
-        .await
-        .unwrap();
-    assert_eq!(inner.calls(), 1, "INVALID_ARGUMENT is not retried");
+    assert_eq!(
+        attempts(vec![grpc("3", None), grpc("0", None)]).await,
+        1,
+        "INVALID_ARGUMENT is not retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -79,6 +79,11 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> MokaStore<K, V> {
         }
     }
 
+    /// Stores `entry` in this process only (no other tier is told).
+    pub fn insert(&self, key: ScopedKey<K>, entry: Entry<V>) {
+        self.cache.insert(key, entry);
+    }
+
     /// Removes `key` from this process only (what a broadcast invalidation does on receipt).
     pub fn evict(&self, key: &ScopedKey<K>) {
         self.cache.invalidate(key);
@@ -183,7 +188,7 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Store<K, V> for MokaStore<K,
     }
 
     async fn put(&self, key: ScopedKey<K>, entry: Entry<V>) -> Result<(), StoreError> {
-        self.cache.insert(key, entry);
+        self.insert(key, entry);
         Ok(())
     }
 
