@@ -601,35 +601,33 @@ where
     .boxed()
 }
 
-impl<S, X, Sc, K, V, St> Cache<S, X, Sc, K, V, St>
-where
+/// Reloads `key` in the background unless a load is already in flight (the inner service is
+/// cloned only when a load starts).
+fn refresh<S, Req, K, V, St>(
+    shared: &Arc<Shared<K, V, St>>,
+    inner: &S,
+    key: &ScopedKey<K>,
+    req: Req,
+) where
+    S: Service<Req, Response = V> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    Req: Send + 'static,
     K: CacheKey,
     V: Clone + Send + Sync + 'static,
     St: Store<K, V>,
 {
-    /// Reloads `key` in the background unless a load is already in flight.
-    fn refresh<Req>(&self, key: &ScopedKey<K>, req: Req)
-    where
-        S: Service<Req, Response = V> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError>,
-        Req: Send + 'static,
-    {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let shared = self.shared.clone();
-        let inner = self.inner.clone();
-        let (load, started) = self
-            .shared
-            .flights
-            .join_or_start(key, |id| start_load(shared, inner, key.clone(), req, id));
-        if started {
-            self.shared.counters.add(Count::Refresh);
-            rt.spawn(async move {
-                let _ = load.await;
-            });
-        }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (load, started) = shared.flights.join_or_start(key, |id| {
+        start_load(shared.clone(), inner.clone(), key.clone(), req, id)
+    });
+    if started {
+        shared.counters.add(Count::Refresh);
+        rt.spawn(async move {
+            let _ = load.await;
+        });
     }
 }
 
@@ -681,7 +679,7 @@ where
                     if entry.xfetch_possible(now, shared.settings.beta)
                         && entry.xfetch(now, shared.settings.beta, shared.draw())
                     {
-                        self.refresh(&key, req);
+                        refresh(shared, &self.inner, &key, req);
                     }
                     return CacheFuture {
                         kind: Kind::Ready(Some(entry.into_value())),
@@ -689,7 +687,7 @@ where
                 }
                 Freshness::Stale if now < entry.fresh_until() + shared.settings.swr => {
                     shared.counters.add(Count::Stale);
-                    self.refresh(&key, req);
+                    refresh(shared, &self.inner, &key, req);
                     return CacheFuture {
                         kind: Kind::Ready(Some(entry.into_value())),
                     };
@@ -700,12 +698,6 @@ where
         }
         let shared = shared.clone();
         let inner = self.inner.clone();
-        let this = Cache {
-            inner: self.inner.clone(),
-            shared: shared.clone(),
-            key: (),
-            scope: (),
-        };
         CacheFuture {
             kind: Kind::Load(
                 async move {
@@ -722,7 +714,7 @@ where
                                         if now < entry.fresh_until() + shared.settings.swr =>
                                     {
                                         shared.counters.add(Count::Stale);
-                                        this.refresh(&key, req);
+                                        refresh(&shared, &inner, &key, req);
                                         return Ok(entry.into_value());
                                     }
                                     Freshness::Stale => stale = Some(entry),
