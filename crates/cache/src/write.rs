@@ -291,7 +291,6 @@ struct Pending<K, V> {
     order: VecDeque<ScopedKey<K>>,
     /// The batch being written: still what reads must see until the source has it.
     writing: HashMap<ScopedKey<K>, V>,
-    in_flight: usize,
     closed: bool,
 }
 
@@ -455,7 +454,6 @@ impl WriteBehindBuilder {
                 values: HashMap::new(),
                 order: VecDeque::new(),
                 writing: HashMap::new(),
-                in_flight: 0,
                 closed: false,
             }),
             permits: permits.clone(),
@@ -553,7 +551,6 @@ where
                 .filter_map(|k| p.values.remove(&k).map(|v| (k, v)))
                 .collect();
             p.writing = batch.iter().cloned().collect();
-            p.in_flight = batch.len();
             batch
         };
         if batch.is_empty() {
@@ -602,7 +599,6 @@ where
         }
         {
             let mut p = lock(&shared);
-            p.in_flight = 0;
             p.writing.clear();
         }
         shared.permits.add_permits(n);
@@ -640,7 +636,7 @@ where
             let flushed = self.shared.flushed.notified();
             {
                 let p = lock(&self.shared);
-                if p.order.is_empty() && p.in_flight == 0 {
+                if p.order.is_empty() && p.writing.is_empty() {
                     return;
                 }
             }
