@@ -508,7 +508,6 @@ fn storable<B: Body>(
     shared: &HttpShared,
     req_headers: &HeaderMap,
     res: &Response<B>,
-    now: Instant,
 ) -> Option<(CacheControl, Duration, VaryValues)> {
     let cc = CacheControl::parse(res.headers());
     if cc.no_store || cc.private || res.headers().contains_key(header::SET_COOKIE) {
@@ -562,7 +561,6 @@ fn storable<B: Body>(
     if lifetime.is_zero() && !has_validator && !cc.no_cache {
         return None;
     }
-    let _ = now;
     Some((cc, lifetime, vary))
 }
 
@@ -616,7 +614,7 @@ where
     ResB::Error: Into<BoxError>,
 {
     let now = Instant::now();
-    let Some((cc, lifetime, vary)) = storable(shared, req_headers, &res, now) else {
+    let Some((cc, lifetime, vary)) = storable(shared, req_headers, &res) else {
         let mut res = res.map(Either::Right);
         res.headers_mut().insert(X_CACHE, Verdict::Miss.header());
         return Ok((res, None));
