@@ -18,8 +18,10 @@
 //! | `retry`     | [`retry`]: retry policies with backoff families, budgets, `Retry-After`, idempotency | landed |
 //! | `cache`     | [`cache`]: cache-aside (single flight, SWR, stale-if-error, XFetch, negative caching, tenant-scoped keys), write-through, write-behind, RFC 9111 HTTP caching, on moka | landed |
 //! | `cache-redis` | the cache's Redis store and two-tier store (moka L1 + Redis L2, invalidation broadcast) | landed |
-//! | `tenant`    | tenant resolution, the `Tenant` extractor, data isolation            | planned |
-//! | `ratelimit` | keyed GCRA rate limits and quotas, in process and over Redis         | planned |
+//! | `tenant`    | [`tenant_resolution`]: tenant resolution (header, host, path, verified JWT, API key; trusted proxies), the registry, the `Tenant` extractor, data isolation on PostgreSQL and SQLite | landed |
+//! | `tenant-postgres` | the PostgreSQL tenant registry and isolation helpers (database, schema or row-level security per tenant) | landed |
+//! | `ratelimit` | [`ratelimit`]: keyed GCRA with a rate per key, long-period quotas, `RateLimit-*` headers | landed |
+//! | `ratelimit-redis` | the distributed GCRA limiter over Redis, fail open or closed | landed |
 //! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
 //! | `eventstore`| [`eventstore`]: event store on SQLite (and in memory), aggregates, snapshots, upcasting, time travel, commands as a `Service` | landed |
 //! | `eventstore-postgres` | the event store on PostgreSQL, with gap-safe global reads | landed |
@@ -87,6 +89,14 @@ pub use tower_patterns_cache as cache;
 #[cfg(feature = "eventstore")]
 #[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
 pub use tower_patterns_eventstore as eventstore;
+
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+pub use tower_patterns_ratelimit as ratelimit;
+
+#[cfg(feature = "tenant")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
+pub use tower_patterns_tenant as tenant_resolution;
 
 #[cfg(feature = "shard")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shard")))]

@@ -91,6 +91,36 @@ pub struct Rejected {
     kind: RejectionKind,
     retry_after: Option<Duration>,
     name: Option<Arc<str>>,
+    limit: Option<RateLimitInfo>,
+}
+
+/// The state of a rate limit or quota, as the `RateLimit-Limit`, `RateLimit-Remaining` and
+/// `RateLimit-Reset` response headers report it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_patterns_core::error::RateLimitInfo;
+///
+/// let info = RateLimitInfo { limit: 100, remaining: 0, reset: Duration::from_millis(1500) };
+/// assert_eq!(info.reset_secs(), 2); // rounded up, as `Retry-After` is
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimitInfo {
+    /// The requests allowed in a full window (the burst of a GCRA limit).
+    pub limit: u64,
+    /// The requests still allowed now.
+    pub remaining: u64,
+    /// How long until the limit is whole again (GCRA) or the window resets (quotas).
+    pub reset: Duration,
+}
+
+impl RateLimitInfo {
+    /// [`reset`](Self::reset) in whole seconds, rounded up.
+    pub const fn reset_secs(&self) -> u64 {
+        self.reset
+            .as_secs()
+            .saturating_add((self.reset.subsec_nanos() > 0) as u64)
+    }
 }
 
 impl Rejected {
@@ -100,6 +130,7 @@ impl Rejected {
             kind,
             retry_after: None,
             name: None,
+            limit: None,
         }
     }
 
@@ -117,6 +148,18 @@ impl Rejected {
     pub const fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after);
         self
+    }
+
+    /// Attaches the state of the limit that refused (for the `RateLimit-*` headers).
+    #[must_use]
+    pub const fn with_limit(mut self, limit: RateLimitInfo) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The state of the limit that refused, when a rate limiter or quota attached it.
+    pub const fn limit(&self) -> Option<RateLimitInfo> {
+        self.limit
     }
 
     /// What kind of rejection this is.

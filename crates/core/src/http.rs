@@ -7,7 +7,14 @@
 //! | tower's `Overloaded` (from `LoadShed`)              | 503    |               |
 //! | tower's `Elapsed` (from `Timeout`)                  | 504    |               |
 //! | [`KeyError`] (a missing or malformed request key)   | 400    |               |
+//! | [`TenantError`] malformed                           | 400    |               |
+//! | [`TenantError`] missing or invalid credentials      | 401    | `WWW-Authenticate: Bearer` |
+//! | [`TenantError`] conflict, unknown, suspended        | 403    |               |
+//! | [`TenantError`] registry unavailable                | 503    |               |
 //! | anything else                                       | 500    |               |
+//!
+//! A [`Rejected`] that carries a [`RateLimitInfo`](crate::error::RateLimitInfo) also gets
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 //!
 //! `Retry-After` is given in whole seconds, rounded up, so a client that honours it never
 //! comes back early. Bodies are short plain-text phrases; instance names and error messages
@@ -72,7 +79,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{BoxError, KeyError, Rejected, error::find_in_chain};
+use crate::{
+    BoxError, KeyError, Rejected,
+    error::{RateLimitInfo, find_in_chain},
+    tenant::TenantError,
+};
 
 /// What an error maps to: the status, the `Retry-After` hint and a short public message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +94,8 @@ pub struct ErrorMapping {
     pub retry_after: Option<Duration>,
     /// A short phrase that is safe to show to clients.
     pub message: &'static str,
+    /// The state of the limit that refused, for the `RateLimit-*` headers.
+    pub limit: Option<RateLimitInfo>,
 }
 
 /// Decides how an error maps to HTTP (see the table in the [module docs](self)).
@@ -98,6 +111,7 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> ErrorMapping {
             status,
             retry_after: rejected.retry_after(),
             message: kind.as_str(),
+            limit: rejected.limit(),
         };
     }
     let (status, message) = if find_in_chain::<tower::timeout::error::Elapsed>(err).is_some() {
@@ -106,6 +120,8 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> ErrorMapping {
         (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
     } else if let Some(key) = find_in_chain::<KeyError>(err) {
         (StatusCode::BAD_REQUEST, key.kind().public_message())
+    } else if let Some(tenant) = find_in_chain::<TenantError>(err) {
+        (tenant.kind().status(), tenant.kind().public_message())
     } else {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     };
@@ -113,6 +129,7 @@ pub fn classify_error(err: &(dyn Error + 'static)) -> ErrorMapping {
         status,
         retry_after: None,
         message,
+        limit: None,
     }
 }
 
@@ -149,7 +166,52 @@ where
             HeaderValue::from(retry_after_secs(after)),
         );
     }
+    if let Some(limit) = mapping.limit {
+        insert_rate_limit_headers(res.headers_mut(), limit);
+    }
+    if mapping.status == StatusCode::UNAUTHORIZED {
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     res
+}
+
+/// Writes `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (whole seconds,
+/// rounded up) into `headers`, replacing any already there.
+pub fn insert_rate_limit_headers(headers: &mut http::HeaderMap, limit: RateLimitInfo) {
+    headers.insert(
+        http::HeaderName::from_static("ratelimit-limit"),
+        number(limit.limit),
+    );
+    headers.insert(
+        http::HeaderName::from_static("ratelimit-remaining"),
+        number(limit.remaining),
+    );
+    headers.insert(
+        http::HeaderName::from_static("ratelimit-reset"),
+        number(limit.reset_secs()),
+    );
+}
+
+/// A header value for `n`; the numbers below 4,096 (most limits, remainders and resets) come
+/// from a table made once, so writing them is a reference-count increment, not an allocation.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Box<[HeaderValue]>> = std::sync::LazyLock::new(|| {
+        (0..4096u64)
+            .map(|n| {
+                let value = HeaderValue::from(n);
+                // The first clone of a value's bytes moves them to shared storage (one
+                // allocation); do it here so no request pays it.
+                drop(value.clone());
+                value
+            })
+            .collect()
+    });
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| SMALL.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 /// An error handler for axum's `HandleErrorLayer`: `HandleErrorLayer::new(handle_error)`.
@@ -410,5 +472,52 @@ mod tests {
         let res: Response<String> = error_response(&other);
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!res.body().contains("hunter2"), "internals never leak");
+    }
+
+    #[test]
+    fn tenant_errors_map_to_400_401_403_503_and_leak_no_detail() {
+        use crate::tenant::{TenantError, TenantErrorKind as K};
+        for (kind, status) in [
+            (K::Malformed, 400),
+            (K::MissingCredentials, 401),
+            (K::InvalidCredentials, 401),
+            (K::Conflict, 403),
+            (K::Unknown, 403),
+            (K::Suspended, 403),
+            (K::Unavailable, 503),
+        ] {
+            let err: BoxError = TenantError::new(kind, "tenant acme-secret, key kid-7").into();
+            let res: Response<String> = error_response(&*err);
+            assert_eq!(res.status().as_u16(), status, "{kind:?}");
+            assert_eq!(res.body(), kind.public_message());
+            assert!(!res.body().contains("acme-secret"));
+            assert_eq!(
+                res.headers().contains_key(header::WWW_AUTHENTICATE),
+                status == 401
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejection_with_limit_state_sets_the_ratelimit_headers() {
+        let info = RateLimitInfo {
+            limit: 10,
+            remaining: 0,
+            reset: Duration::from_millis(2500),
+        };
+        let rejected = Rejected::new(RejectionKind::RateLimited)
+            .with_retry_after(Duration::from_millis(200))
+            .with_limit(info);
+        let res: Response<String> = error_response(&rejected);
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["ratelimit-limit"], "10");
+        assert_eq!(res.headers()["ratelimit-remaining"], "0");
+        assert_eq!(res.headers()["ratelimit-reset"], "3");
+        let huge = RateLimitInfo {
+            reset: Duration::MAX,
+            ..info
+        };
+        assert_eq!(huge.reset_secs(), u64::MAX);
     }
 }

@@ -25,7 +25,7 @@
 //! assert!(TenantId::new("-acme").is_err());
 //! ```
 
-use std::{borrow::Borrow, fmt, sync::Arc};
+use std::{borrow::Borrow, borrow::Cow, error::Error, fmt, sync::Arc};
 
 use crate::KeyError;
 
@@ -120,6 +120,112 @@ impl std::str::FromStr for TenantId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
+    }
+}
+
+/// Why a request's tenant could not be established; see [`TenantError`].
+///
+/// New kinds may be added in minor releases, so match with a wildcard arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TenantErrorKind {
+    /// A source was present but unreadable: a bad header, a malformed id or token (400).
+    Malformed,
+    /// No source named a tenant, or a required credential is absent (401).
+    MissingCredentials,
+    /// A token or API key failed verification: bad signature, expired, wrong audience,
+    /// unknown key (401).
+    InvalidCredentials,
+    /// Two sources named different tenants, or a forwarded header from an untrusted peer
+    /// disagreed with the connection (403).
+    Conflict,
+    /// The tenant is not in the registry (403: the caller must not learn which ids exist).
+    Unknown,
+    /// The tenant exists but is suspended (403).
+    Suspended,
+    /// The registry could not be reached (503).
+    Unavailable,
+}
+
+impl TenantErrorKind {
+    /// The HTTP status this kind maps to.
+    pub const fn status(self) -> http::StatusCode {
+        match self {
+            Self::Malformed => http::StatusCode::BAD_REQUEST,
+            Self::MissingCredentials | Self::InvalidCredentials => http::StatusCode::UNAUTHORIZED,
+            Self::Conflict | Self::Unknown | Self::Suspended => http::StatusCode::FORBIDDEN,
+            Self::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short phrase safe to show to clients (it names no tenant and no key).
+    pub const fn public_message(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed tenant or credentials",
+            Self::MissingCredentials => "missing tenant or credentials",
+            Self::InvalidCredentials => "invalid credentials",
+            Self::Conflict => "conflicting tenant sources",
+            Self::Unknown => "unknown tenant",
+            Self::Suspended => "tenant suspended",
+            Self::Unavailable => "tenant registry unavailable",
+        }
+    }
+}
+
+/// A request's tenant could not be established.
+///
+/// The HTTP mapping in [`crate::http`] turns it into the status of its
+/// [`kind`](Self::kind) with the kind's public message; the [`detail`](Self::detail) (which
+/// check failed, and on what) goes to logs only.
+///
+/// ```
+/// use tower_patterns_core::tenant::{TenantError, TenantErrorKind};
+///
+/// let err = TenantError::new(TenantErrorKind::InvalidCredentials, "token expired");
+/// assert_eq!(err.kind().status(), http::StatusCode::UNAUTHORIZED);
+/// assert_eq!(err.to_string(), "invalid credentials: token expired");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantError {
+    kind: TenantErrorKind,
+    detail: Cow<'static, str>,
+}
+
+impl TenantError {
+    /// An error of `kind`, with a detail for logs.
+    pub fn new(kind: TenantErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// What went wrong, in the terms of the HTTP mapping.
+    pub const fn kind(&self) -> TenantErrorKind {
+        self.kind
+    }
+
+    /// Which check failed, and on what; for logs, never for clients.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for TenantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.public_message(), self.detail)
+    }
+}
+
+impl Error for TenantError {}
+
+impl From<KeyError> for TenantError {
+    fn from(err: KeyError) -> Self {
+        let kind = match err.kind() {
+            crate::key::KeyErrorKind::Missing => TenantErrorKind::MissingCredentials,
+            _ => TenantErrorKind::Malformed,
+        };
+        Self::new(kind, err.to_string())
     }
 }
 

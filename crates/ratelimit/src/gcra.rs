@@ -1,0 +1,385 @@
+//! In-process GCRA with a rate per key, on `governor`.
+
+use std::{fmt, future::Pending, hash::Hash, num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{
+    clock::Clock,
+    middleware::StateInformationMiddleware,
+    nanos::Nanos,
+    state::{InMemoryState, NotKeyed},
+};
+use tower_patterns_core::{
+    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind, error::RateLimitInfo,
+    keyed::KeyedMap,
+};
+
+use crate::{Decision, Limiter};
+
+/// A GCRA rate: a burst of `burst` requests, refilled one every `interval`.
+///
+/// `Rate::per_second(10)` allows 10 at once and then one every 100 ms; `.burst(1)` makes it
+/// smooth (no two requests closer than 100 ms).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_patterns_ratelimit::Rate;
+///
+/// let rate = Rate::per_minute(60).burst(5);
+/// assert_eq!(rate.interval(), Duration::from_secs(1));
+/// assert_eq!(rate.burst_size(), 5);
+/// assert!(Rate::per_second(0).validate().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rate {
+    burst: u32,
+    interval: Duration,
+}
+
+impl Rate {
+    /// `n` per `period`, with a burst of `n`.
+    pub const fn new(n: u32, period: Duration) -> Self {
+        let interval = if n == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((period.as_nanos() / n as u128) as u64)
+        };
+        Self { burst: n, interval }
+    }
+
+    /// `n` per second, with a burst of `n`.
+    pub const fn per_second(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(1))
+    }
+
+    /// `n` per minute, with a burst of `n`.
+    pub const fn per_minute(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(60))
+    }
+
+    /// `n` per hour, with a burst of `n`.
+    pub const fn per_hour(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(3600))
+    }
+
+    /// `n` per day as a GCRA (refilled evenly; for a calendar-day allowance that resets at
+    /// midnight, see [`Quota`](crate::Quota)).
+    pub const fn per_day(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(86_400))
+    }
+
+    /// Sets the burst: how many requests may arrive at once after a quiet spell.
+    #[must_use]
+    pub const fn burst(mut self, burst: u32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// The time one request's allowance takes to come back.
+    pub const fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The largest burst.
+    pub const fn burst_size(&self) -> u32 {
+        self.burst
+    }
+
+    /// The time an emptied limit takes to refill completely.
+    pub fn refill(&self) -> Duration {
+        self.interval.saturating_mul(self.burst)
+    }
+
+    /// Checks the rate: a burst of at least 1 and an interval of at least 1 ns.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.burst == 0 {
+            return Err(ConfigError::new("rate", "must allow at least 1 request"));
+        }
+        if self.interval.is_zero() {
+            return Err(ConfigError::new(
+                "rate",
+                "allows more than one request per nanosecond",
+            ));
+        }
+        Ok(())
+    }
+
+    fn quota(&self) -> governor::Quota {
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        governor::Quota::with_period(self.interval)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst)
+    }
+}
+
+/// Governor's clock on Tokio's: paused test time drives the limiter.
+#[derive(Clone, Copy, Debug)]
+struct TokioClock {
+    base: tokio::time::Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(tokio::time::Instant::now().saturating_duration_since(self.base))
+    }
+}
+
+type Governor =
+    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+struct Cell {
+    rate: Rate,
+    limiter: Governor,
+}
+
+/// Chooses the rate of a request's key (from the tenant's plan, say); `None` takes the
+/// limiter's default. See [`GcraLimiterBuilder::rate_for`].
+pub trait RateFor<Req> {
+    /// The rate for `req`, or `None` for the default.
+    fn rate_for(&self, req: &Req) -> Option<Rate>;
+}
+
+/// Every key gets the default rate.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultRate;
+
+impl<Req> RateFor<Req> for DefaultRate {
+    fn rate_for(&self, _: &Req) -> Option<Rate> {
+        None
+    }
+}
+
+impl<Req, F> RateFor<Req> for F
+where
+    F: Fn(&Req) -> Option<Rate>,
+{
+    fn rate_for(&self, req: &Req) -> Option<Rate> {
+        self(req)
+    }
+}
+
+/// A keyed GCRA limiter in process, with a rate per key; build it with
+/// [`GcraLimiter::builder`] and apply it with [`RateLimitLayer`](crate::RateLimitLayer).
+///
+/// Each key has its own `governor` limiter (one atomic word of state, lock-free), held in a
+/// bounded map ([`KeyedMap`]: at most `max_keys`, TinyLFU admission, idle keys dropped). That
+/// is what closes governor's gap of one quota for all keys: the rate is chosen per request
+/// (`rate_for`), and a key whose rate changes (a plan upgrade) gets a fresh limiter at the new
+/// rate at once.
+///
+/// A key dropped for idleness (when an idle timeout is set) comes back full, which is what it
+/// would have been anyway: the idle timeout is never shorter than the refill time. A key
+/// evicted for room also comes back full: key on validated identities (tenants from the
+/// registry, verified API keys), not on strings clients invent.
+pub struct GcraLimiter<X, Key, P = DefaultRate> {
+    name: Arc<str>,
+    extractor: X,
+    rate_for: P,
+    default: Rate,
+    cells: KeyedMap<Key, Arc<Cell>>,
+    clock: TokioClock,
+}
+
+impl<X, Key, P> fmt::Debug for GcraLimiter<X, Key, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcraLimiter")
+            .field("name", &self.name)
+            .field("default", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X> GcraLimiter<X, (), DefaultRate> {
+    /// A builder named `name` (for errors and logs) that keys requests with `extractor`.
+    ///
+    /// Defaults: 10 requests per second, at most 100,000 keys, no idle timeout.
+    pub fn builder(name: impl Into<Arc<str>>, extractor: X) -> GcraLimiterBuilder<X, DefaultRate> {
+        GcraLimiterBuilder {
+            name: name.into(),
+            extractor,
+            rate_for: DefaultRate,
+            default: Rate::per_second(10),
+            max_keys: 100_000,
+            idle_timeout: None,
+            slowest: None,
+        }
+    }
+}
+
+impl<X, Key, P> GcraLimiter<X, Key, P>
+where
+    Key: Hash + Eq + Send + Sync + 'static,
+{
+    /// Takes one request from `key`'s limit at `rate`.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejected`] of kind `RateLimited`, with the wait and the limit's state.
+    pub fn check_key(&self, key: Key, rate: Rate) -> Result<RateLimitInfo, Rejected> {
+        let cell = match self.cells.get(&key) {
+            Some(cell) if cell.rate == rate => cell,
+            _ => {
+                let cell = Arc::new(Cell {
+                    rate,
+                    limiter: Governor::new(rate.quota(), InMemoryState::default(), self.clock),
+                });
+                self.cells.insert(key, cell.clone());
+                cell
+            }
+        };
+        let limit = u64::from(rate.burst);
+        match cell.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = u64::from(snapshot.remaining_burst_capacity());
+                Ok(RateLimitInfo {
+                    limit,
+                    remaining,
+                    // An upper bound: the spent allowance comes back one interval at a time.
+                    reset: rate
+                        .interval
+                        .saturating_mul((limit - remaining.min(limit)) as u32),
+                })
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err(Rejected::new(RejectionKind::RateLimited)
+                    .with_name(self.name.clone())
+                    .with_retry_after(wait)
+                    .with_limit(RateLimitInfo {
+                        limit,
+                        remaining: 0,
+                        reset: wait + rate.interval.saturating_mul(rate.burst - 1),
+                    }))
+            }
+        }
+    }
+
+    /// The number of keys held, after pending maintenance.
+    pub fn keys(&self) -> u64 {
+        self.cells.sync();
+        self.cells.len()
+    }
+
+    /// Forgets `key`'s state: its next request starts with a full burst.
+    pub fn reset<Q>(&self, key: &Q)
+    where
+        Key: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cells.remove(key);
+    }
+
+    /// The limiter's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<Req, X, P> Limiter<Req> for GcraLimiter<X, X::Key, P>
+where
+    X: KeyExtractor<Req>,
+    X::Key: Hash + Eq + Send + Sync + 'static,
+    P: RateFor<Req>,
+{
+    type Future = Pending<Result<Option<RateLimitInfo>, BoxError>>;
+
+    fn check(&self, req: &Req) -> Decision<Self::Future> {
+        let key = match self.extractor.extract(req) {
+            Ok(key) => key,
+            Err(err) => return Decision::Now(Err(err.into())),
+        };
+        let rate = self.rate_for.rate_for(req).unwrap_or(self.default);
+        Decision::Now(self.check_key(key, rate).map(Some).map_err(BoxError::from))
+    }
+}
+
+/// Builds a [`GcraLimiter`].
+#[derive(Debug)]
+pub struct GcraLimiterBuilder<X, P> {
+    name: Arc<str>,
+    extractor: X,
+    rate_for: P,
+    default: Rate,
+    max_keys: u64,
+    idle_timeout: Option<Duration>,
+    slowest: Option<Duration>,
+}
+
+impl<X, P> GcraLimiterBuilder<X, P> {
+    /// The rate of keys `rate_for` says nothing about (default 10 per second).
+    #[must_use]
+    pub const fn rate(mut self, rate: Rate) -> Self {
+        self.default = rate;
+        self
+    }
+
+    /// Chooses the rate per request, for example from the tenant's plan in the request
+    /// extensions; `None` takes the default.
+    ///
+    /// `slowest_refill` is the longest refill time of any rate it returns; idle keys are kept
+    /// at least that long, so dropping them never hands out an early burst.
+    pub fn rate_for<F>(self, rate_for: F, slowest_refill: Duration) -> GcraLimiterBuilder<X, F> {
+        GcraLimiterBuilder {
+            name: self.name,
+            extractor: self.extractor,
+            rate_for,
+            default: self.default,
+            max_keys: self.max_keys,
+            idle_timeout: self.idle_timeout,
+            slowest: Some(slowest_refill),
+        }
+    }
+
+    /// The most keys held at once (default 100,000).
+    #[must_use]
+    pub const fn max_keys(mut self, max_keys: u64) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Drops keys unused for this long (never less than the refill time of the slowest rate,
+    /// so a dropped key comes back as full as it would have been).
+    ///
+    /// Off by default: `max_keys` bounds the memory either way, and moka's idle bookkeeping
+    /// allocates about once per 60 checks, where without it an admitted request allocates
+    /// nothing.
+    #[must_use]
+    pub const fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Builds the limiter.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid rate or a zero `max_keys`.
+    pub fn build<Key>(self) -> Result<GcraLimiter<X, Key, P>, ConfigError>
+    where
+        Key: Hash + Eq + Send + Sync + 'static,
+    {
+        self.default.validate()?;
+        let floor = self.default.refill().max(self.slowest.unwrap_or_default());
+        let cells = KeyedMap::builder().max_entries(self.max_keys);
+        let cells = match self.idle_timeout {
+            Some(idle) => cells.idle_timeout(idle.max(floor)),
+            None => cells.no_idle_timeout(),
+        }
+        .build()?;
+        Ok(GcraLimiter {
+            name: self.name,
+            extractor: self.extractor,
+            rate_for: self.rate_for,
+            default: self.default,
+            cells,
+            clock: TokioClock {
+                base: tokio::time::Instant::now(),
+            },
+        })
+    }
+}

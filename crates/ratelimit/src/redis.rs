@@ -1,0 +1,352 @@
+//! A GCRA limiter over Redis, so many instances share one budget per key.
+//!
+//! One Lua script does the whole check atomically on the Redis server, with the server's clock
+//! (`TIME`), so instances with skewed clocks still agree: it reads the key's theoretical
+//! arrival time, refuses if the request would come before `tat - burst * interval`, and
+//! otherwise stores the new arrival time with an expiry of exactly the time the limit needs to
+//! refill (idle keys cost nothing). One round trip per request.
+//!
+//! When Redis cannot be reached within the timeout, the limiter does what it was built to do:
+//! [`Unavailable::FailOpen`] admits the request (availability first; the default), and
+//! [`Unavailable::FailClosed`] refuses it with a `Rejected` of kind `LoadShed` (HTTP 503).
+//! Either way it logs a warning, counts the failure and reports [`Health::Degraded`] until
+//! Redis answers again. After a failure it does not call Redis for a short pause
+//! (`fail_fast_for`), so a dead Redis does not add its timeout to every request.
+//!
+//! ```no_run
+//! use tower_patterns_core::{key::ExtensionKey, tenant::TenantId};
+//! use tower_patterns_ratelimit::{Rate, RateLimitLayer, redis::{RedisLimiter, Unavailable}};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = RedisLimiter::builder("api", ExtensionKey::<TenantId>::new())
+//!     .rate(Rate::per_second(100))
+//!     .on_unavailable(Unavailable::FailClosed)
+//!     .connect("redis://127.0.0.1:6379")?;
+//! let layer = RateLimitLayer::new(limiter);
+//! # let _ = layer; Ok(()) }
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::aio::ConnectionManager;
+use tower_patterns_core::{
+    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind, error::RateLimitInfo,
+    observe::Health,
+};
+
+use crate::{Decision, Limiter, Rate, RateFor, gcra::DefaultRate};
+
+/// GCRA in one step. KEYS[1]: the key. ARGV: burst, interval in microseconds.
+/// Returns {allowed (0/1), remaining, retry after µs, reset µs}.
+const GCRA: &str = r"
+local burst = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tau = burst * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tau
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((now + tau - new_tat) / interval), 0, new_tat - now}
+";
+
+/// The script's answer: allowed (0/1), remaining, retry after µs, reset µs.
+type Reply = (u8, u64, u64, u64);
+
+/// What the limiter does when Redis cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unavailable {
+    /// Admit the request, unlimited (the default): an outage of the limiter is not an outage
+    /// of the API.
+    FailOpen,
+    /// Refuse the request with a `Rejected` of kind `LoadShed` (HTTP 503): for limits that
+    /// protect something more fragile than the API's availability (a paid upstream).
+    FailClosed,
+}
+
+struct Shared {
+    name: Arc<str>,
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    on_unavailable: Unavailable,
+    fail_fast_for: Duration,
+    /// Tokio-clock milliseconds (since `epoch`) until which Redis is not called.
+    paused_until: AtomicU64,
+    epoch: tokio::time::Instant,
+    degraded: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn unavailable(&self, why: &dyn fmt::Display) -> Result<Option<RateLimitInfo>, BoxError> {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "tower_patterns::ratelimit", limiter = %self.name, error = %why,
+                on_unavailable = ?self.on_unavailable, "Redis unreachable");
+        }
+        match self.on_unavailable {
+            Unavailable::FailOpen => Ok(None),
+            Unavailable::FailClosed => Err(Rejected::new(RejectionKind::LoadShed)
+                .with_name(self.name.clone())
+                .with_retry_after(self.fail_fast_for)
+                .into()),
+        }
+    }
+
+    async fn check(
+        self: Arc<Self>,
+        key: String,
+        rate: Rate,
+    ) -> Result<Option<RateLimitInfo>, BoxError> {
+        if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
+            return self.unavailable(&"in the pause after a failure");
+        }
+        let mut conn = self.conn.clone();
+        let interval_us = (rate.interval().as_micros() as u64).max(1);
+        let mut invocation = self.script.key(&key);
+        invocation.arg(rate.burst_size()).arg(interval_us);
+        let reply: Result<redis::RedisResult<Reply>, _> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
+        let (allowed, remaining, retry_us, reset_us) = match reply {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(err)) => {
+                self.paused_until.store(
+                    self.now_ms() + self.fail_fast_for.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                return self.unavailable(&err);
+            }
+            Err(_) => {
+                self.paused_until.store(
+                    self.now_ms() + self.fail_fast_for.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                return self.unavailable(&"timed out");
+            }
+        };
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(target: "tower_patterns::ratelimit", limiter = %self.name, "Redis reachable again");
+        }
+        let limit = u64::from(rate.burst_size());
+        let reset = Duration::from_micros(reset_us);
+        if allowed == 1 {
+            Ok(Some(RateLimitInfo {
+                limit,
+                remaining,
+                reset,
+            }))
+        } else {
+            let wait = Duration::from_micros(retry_us);
+            Err(Rejected::new(RejectionKind::RateLimited)
+                .with_name(self.name.clone())
+                .with_retry_after(wait)
+                .with_limit(RateLimitInfo {
+                    limit,
+                    remaining: 0,
+                    reset: reset.max(wait),
+                })
+                .into())
+        }
+    }
+}
+
+/// A GCRA limiter over Redis; see the [module docs](self).
+pub struct RedisLimiter<X, P = DefaultRate> {
+    shared: Arc<Shared>,
+    extractor: X,
+    rate_for: P,
+    default: Rate,
+}
+
+impl<X, P> fmt::Debug for RedisLimiter<X, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("name", &self.shared.name)
+            .field("default", &self.default)
+            .field("on_unavailable", &self.shared.on_unavailable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<X> RedisLimiter<X, DefaultRate> {
+    /// A builder named `name` (also the Redis key prefix `tp:rl:{name}:`) keying with
+    /// `extractor`. Defaults: 10 per second, fail open, 100 ms timeout, 1 s pause after a
+    /// failure.
+    pub fn builder(name: &str, extractor: X) -> RedisLimiterBuilder<X, DefaultRate> {
+        RedisLimiterBuilder {
+            name: name.into(),
+            extractor,
+            rate_for: DefaultRate,
+            default: Rate::per_second(10),
+            on_unavailable: Unavailable::FailOpen,
+            timeout: Duration::from_millis(100),
+            fail_fast_for: Duration::from_secs(1),
+        }
+    }
+}
+
+impl<X, P> RedisLimiter<X, P> {
+    /// `Degraded` after a failure to reach Redis, until it answers again; `Ready` otherwise.
+    pub fn health(&self) -> Health {
+        if self.shared.degraded.load(Ordering::Relaxed) {
+            Health::Degraded
+        } else {
+            Health::Ready
+        }
+    }
+
+    /// How many checks could not reach Redis.
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// Takes one request from `key`'s limit at `rate`.
+    ///
+    /// # Errors
+    ///
+    /// A `Rejected` of kind `RateLimited` when the limit is used up, or `LoadShed` when Redis
+    /// is unreachable and the limiter fails closed.
+    pub async fn check_key(
+        &self,
+        key: &str,
+        rate: Rate,
+    ) -> Result<Option<RateLimitInfo>, BoxError> {
+        let key = format!("{}{key}", self.shared.prefix);
+        self.shared.clone().check(key, rate).await
+    }
+}
+
+/// The future of a Redis check.
+pub type CheckFuture =
+    Pin<Box<dyn Future<Output = Result<Option<RateLimitInfo>, BoxError>> + Send>>;
+
+impl<Req, X, P> Limiter<Req> for RedisLimiter<X, P>
+where
+    X: KeyExtractor<Req>,
+    X::Key: fmt::Display,
+    P: RateFor<Req>,
+{
+    type Future = CheckFuture;
+
+    fn check(&self, req: &Req) -> Decision<Self::Future> {
+        let key = match self.extractor.extract(req) {
+            Ok(key) => key,
+            Err(err) => return Decision::Now(Err(err.into())),
+        };
+        let rate = self.rate_for.rate_for(req).unwrap_or(self.default);
+        let key = format!("{}{key}", self.shared.prefix);
+        Decision::Later(Box::pin(self.shared.clone().check(key, rate)))
+    }
+}
+
+/// Builds a [`RedisLimiter`].
+#[derive(Debug)]
+pub struct RedisLimiterBuilder<X, P> {
+    name: Arc<str>,
+    extractor: X,
+    rate_for: P,
+    default: Rate,
+    on_unavailable: Unavailable,
+    timeout: Duration,
+    fail_fast_for: Duration,
+}
+
+impl<X, P> RedisLimiterBuilder<X, P> {
+    /// The rate of keys `rate_for` says nothing about (default 10 per second).
+    #[must_use]
+    pub const fn rate(mut self, rate: Rate) -> Self {
+        self.default = rate;
+        self
+    }
+
+    /// Chooses the rate per request; `None` takes the default.
+    pub fn rate_for<F>(self, rate_for: F) -> RedisLimiterBuilder<X, F> {
+        RedisLimiterBuilder {
+            name: self.name,
+            extractor: self.extractor,
+            rate_for,
+            default: self.default,
+            on_unavailable: self.on_unavailable,
+            timeout: self.timeout,
+            fail_fast_for: self.fail_fast_for,
+        }
+    }
+
+    /// What to do when Redis cannot be reached (default [`Unavailable::FailOpen`]).
+    #[must_use]
+    pub const fn on_unavailable(mut self, on: Unavailable) -> Self {
+        self.on_unavailable = on;
+        self
+    }
+
+    /// How long a check waits for Redis (default 100 ms).
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long Redis is left alone after a failure (default 1 s).
+    #[must_use]
+    pub const fn fail_fast_for(mut self, pause: Duration) -> Self {
+        self.fail_fast_for = pause;
+        self
+    }
+
+    /// Builds the limiter over the Redis at `url`; the connection is made on first use and
+    /// re-made after failures.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid rate or URL.
+    pub fn connect(self, url: &str) -> Result<RedisLimiter<X, P>, ConfigError> {
+        self.default.validate()?;
+        let client = redis::Client::open(url)
+            .map_err(|e| ConfigError::new("url", format!("not a Redis URL: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(0);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| ConfigError::new("url", e.to_string()))?;
+        let prefix = format!("tp:rl:{}:", self.name);
+        Ok(RedisLimiter {
+            shared: Arc::new(Shared {
+                name: self.name,
+                conn,
+                script: redis::Script::new(GCRA),
+                prefix,
+                timeout: self.timeout,
+                on_unavailable: self.on_unavailable,
+                fail_fast_for: self.fail_fast_for,
+                paused_until: AtomicU64::new(0),
+                epoch: tokio::time::Instant::now(),
+                degraded: AtomicBool::new(false),
+                failures: AtomicU64::new(0),
+            }),
+            extractor: self.extractor,
+            rate_for: self.rate_for,
+            default: self.default,
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! Rate limits and quotas behind the HTTP mapping, on paused time.
+
+use std::{
+    convert::Infallible,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+use tower_patterns_core::{
+    BoxError,
+    http::ErrorResponseLayer,
+    key::{ExtensionKey, HeaderKey},
+    tenant::TenantId,
+};
+use tower_patterns_ratelimit::{
+    GcraLimiter, Limiter, Period, Quota, QuotaLimiter, Rate, RateLimitLayer,
+};
+
+type Svc = BoxCloneService<Request<()>, Response<String>, Infallible>;
+
+fn ok() -> impl tower::Service<
+    Request<()>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<String>, Infallible>>,
+> + Clone {
+    service_fn(|_: Request<()>| std::future::ready(Ok(Response::new("ok".to_owned()))))
+}
+
+fn serve<L>(limiter: L) -> Svc
+where
+    L: Limiter<Request<()>> + Send + Sync + 'static,
+    L::Future: Send + 'static,
+{
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(RateLimitLayer::new(limiter))
+            .service(ok()),
+    )
+}
+
+fn tenant_req(tenant: &str) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(TenantId::new(tenant).unwrap());
+    req
+}
+
+async fn status(svc: &Svc, tenant: &str) -> StatusCode {
+    svc.clone()
+        .oneshot(tenant_req(tenant))
+        .await
+        .unwrap()
+        .status()
+}
+
+fn plans(req: &Request<()>) -> Option<Rate> {
+    match TenantId::of(req)?.as_str() {
+        t if t.starts_with("gold") => Some(Rate::per_second(50)),
+        _ => None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gold_tenant_gets_its_rate_while_a_free_tenant_is_limited() {
+    let limiter = GcraLimiter::builder("api", ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_second(5))
+        .rate_for(plans, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let svc = serve(limiter);
+    let (mut gold, mut free) = (0, 0);
+    // One simulated second, a request from each every 10 ms.
+    for _ in 0..100 {
+        gold += u32::from(status(&svc, "gold-co").await == StatusCode::OK);
+        free += u32::from(status(&svc, "free-co").await == StatusCode::OK);
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    // Burst + refill over the second: gold 50 + ~50, free 5 + ~5.
+    assert!((99..=101).contains(&gold), "gold admitted {gold}");
+    assert!((9..=11).contains(&free), "free admitted {free}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_carry_retry_after_and_the_ratelimit_headers() {
+    let limiter = GcraLimiter::builder(
+        "api",
+        HeaderKey::new(http::HeaderName::from_static("x-api-key")),
+    )
+    .rate(Rate::per_minute(3))
+    .build()
+    .unwrap();
+    let svc = serve(limiter);
+    let req = || {
+        Request::builder()
+            .header("x-api-key", "key-1")
+            .body(())
+            .unwrap()
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["ratelimit-limit"], "3");
+        remaining.push(
+            res.headers()["ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let refused = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "20");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    assert_eq!(refused.headers()["ratelimit-reset"], "60");
+    assert_eq!(refused.body(), "rate limited");
+
+    // The wait it gave is exact: 1 ms early is still refused, on time is served.
+    tokio::time::advance(Duration::from_millis(19_999)).await;
+    assert_eq!(svc.clone().oneshot(req()).await.unwrap().status(), 429);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(svc.clone().oneshot(req()).await.unwrap().status(), 200);
+
+    // A missing key is the client's fault, not a limit.
+    let no_key = svc.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(no_key.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_change_takes_effect_at_once() {
+    let upgraded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = upgraded.clone();
+    let limiter = GcraLimiter::builder("api", ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_hour(2))
+        .rate_for(
+            move |_: &Request<()>| {
+                flag.load(std::sync::atomic::Ordering::Relaxed)
+                    .then_some(Rate::per_hour(10))
+            },
+            Duration::from_secs(3600),
+        )
+        .build()
+        .unwrap();
+    let svc = serve(limiter);
+    assert_eq!(status(&svc, "t").await, 200);
+    assert_eq!(status(&svc, "t").await, 200);
+    assert_eq!(status(&svc, "t").await, 429);
+    upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(status(&svc, "t").await, 200);
+    }
+    assert_eq!(status(&svc, "t").await, 429);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stacked_limits_report_the_nearer_one_and_a_quota_resets_at_the_month_end() {
+    // 2028-02-29 23:59:00 UTC: a minute before the month ends.
+    let start = UNIX_EPOCH + Duration::from_secs(1_835_481_540);
+    let quota = QuotaLimiter::builder(
+        "monthly",
+        ExtensionKey::<TenantId>::new(),
+        Quota::new(3, Period::Month),
+    )
+    .starting_at(start)
+    .build()
+    .unwrap();
+    let burst = GcraLimiter::builder("burst", ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_second(10))
+        .build()
+        .unwrap();
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(RateLimitLayer::new(burst))
+            .layer(RateLimitLayer::new(quota))
+            .service(ok()),
+    );
+    let first = svc.clone().oneshot(tenant_req("acme")).await.unwrap();
+    // The quota (2 left) is nearer to refusing than the burst (9 left).
+    assert_eq!(first.headers()["ratelimit-limit"], "3");
+    assert_eq!(first.headers()["ratelimit-remaining"], "2");
+    assert_eq!(first.headers()["ratelimit-reset"], "60");
+    assert_eq!(status(&svc, "acme").await, 200);
+    assert_eq!(status(&svc, "acme").await, 200);
+    let refused = svc.clone().oneshot(tenant_req("acme")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.body(), "quota exceeded");
+    assert_eq!(refused.headers()["retry-after"], "60");
+    // Another tenant has its own quota.
+    assert_eq!(status(&svc, "other").await, 200);
+
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(status(&svc, "acme").await, 429, "still February");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let march = svc.clone().oneshot(tenant_req("acme")).await.unwrap();
+    assert_eq!(march.status(), 200, "March 1st: a new month");
+    assert_eq!(march.headers()["ratelimit-remaining"], "2");
+    // 31 days of March.
+    assert_eq!(
+        march.headers()["ratelimit-reset"],
+        (31 * 86_400).to_string()
+    );
+    let _ = SystemTime::now();
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_quota_checks_never_overspend() {
+    let quota = std::sync::Arc::new(
+        QuotaLimiter::builder(
+            "q",
+            ExtensionKey::<TenantId>::new(),
+            Quota::new(1000, Period::Day),
+        )
+        .build::<TenantId>()
+        .unwrap(),
+    );
+    let tenant = TenantId::new("acme").unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let quota = quota.clone();
+            let tenant = tenant.clone();
+            std::thread::spawn(move || {
+                (0..1000)
+                    .filter(|_| {
+                        quota
+                            .check_key(tenant.clone(), Quota::new(1000, Period::Day))
+                            .is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(admitted, 1000);
+    assert_eq!(quota.used("acme", Period::Day), 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_thousand_keys_leave_memory_bounded() {
+    let limiter = GcraLimiter::builder(
+        "ip",
+        HeaderKey::new(http::HeaderName::from_static("x-client")),
+    )
+    .rate(Rate::per_second(1))
+    .max_keys(1000)
+    .build()
+    .unwrap();
+    // Ten keys in steady use survive a flood of one-off keys.
+    for round in 0..100_000u32 {
+        let key = if round % 10 == 0 {
+            format!("steady-{}", round / 10 % 10)
+        } else {
+            format!("flood-{round}")
+        };
+        let req = Request::builder().header("x-client", key).body(()).unwrap();
+        let _ = Limiter::check(&limiter, &req);
+    }
+    let held = limiter.keys();
+    assert!(held <= 1000, "{held} keys held");
+    // The steady keys kept their state: each is refused (1 per second, no time passed).
+    let req = Request::builder()
+        .header("x-client", "steady-3")
+        .body(())
+        .unwrap();
+    let refused = match Limiter::check(&limiter, &req) {
+        tower_patterns_ratelimit::Decision::Now(res) => res.is_err(),
+        tower_patterns_ratelimit::Decision::Later(_) => unreachable!(),
+    };
+    assert!(refused, "a steady key was evicted by the flood");
+    let _: Option<BoxError> = None;
+}

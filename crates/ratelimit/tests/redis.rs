@@ -1,0 +1,135 @@
+//! The distributed limiter against a real Redis (provided by `scripts/test`).
+#![cfg(feature = "redis")]
+
+use std::{convert::Infallible, net::TcpListener, time::Duration};
+
+use http::{Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_patterns_core::{
+    Rejected, RejectionKind,
+    http::ErrorResponseLayer,
+    key::ExtensionKey,
+    observe::Health,
+    tenant::TenantId,
+    test_util::{Server, server_url},
+};
+use tower_patterns_ratelimit::{
+    Rate, RateLimitLayer,
+    redis::{RedisLimiter, Unavailable},
+};
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn tenant_req(tenant: &str) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(TenantId::new(tenant).unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_budget() {
+    let Some(url) = server_url(Server::Redis) else {
+        return;
+    };
+    let name = unique("shared");
+    // 10 per minute: no allowance comes back while the test runs.
+    let instance = || {
+        let limiter = RedisLimiter::builder(&name, ExtensionKey::<TenantId>::new())
+            .rate(Rate::per_minute(10))
+            .timeout(Duration::from_secs(2))
+            .connect(&url)
+            .unwrap();
+        ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(RateLimitLayer::new(limiter))
+            .service(service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }))
+    };
+    let (a, b) = (instance(), instance());
+    let mut admitted = 0;
+    let mut remaining = Vec::new();
+    for i in 0..16 {
+        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let res = svc.oneshot(tenant_req("acme")).await.unwrap();
+        if res.status() == StatusCode::OK {
+            admitted += 1;
+            remaining.push(
+                res.headers()["ratelimit-remaining"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        } else {
+            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+            let wait: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=6).contains(&wait), "retry after {wait}");
+        }
+    }
+    assert_eq!(admitted, 10, "both instances drew on one budget of 10");
+    assert_eq!(
+        remaining,
+        ["9", "8", "7", "6", "5", "4", "3", "2", "1", "0"]
+    );
+    // Another key has its own budget, on either instance.
+    let other = b.clone().oneshot(tenant_req("globex")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_fails_open_or_closed_as_configured_and_is_reported() {
+    // A loopback port with nothing listening.
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let open = RedisLimiter::builder("open", ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_minute(1))
+        .on_unavailable(Unavailable::FailOpen)
+        .connect(&url)
+        .unwrap();
+    let closed = RedisLimiter::builder("closed", ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_minute(1))
+        .on_unavailable(Unavailable::FailClosed)
+        .connect(&url)
+        .unwrap();
+    assert_eq!(open.health(), Health::Ready);
+
+    // Fail open: every request passes (the limit of 1 would have refused the second).
+    for _ in 0..3 {
+        let got = open.check_key("acme", Rate::per_minute(1)).await;
+        assert!(matches!(got, Ok(None)), "{got:?}");
+    }
+    assert_eq!(open.health(), Health::Degraded);
+    assert_eq!(open.failures(), 3);
+
+    // Fail closed: refused as unavailable (503), not as rate limited (429).
+    let err = closed
+        .check_key("acme", Rate::per_minute(1))
+        .await
+        .unwrap_err();
+    let rejected = Rejected::find(&*err).unwrap();
+    assert_eq!(rejected.kind(), RejectionKind::LoadShed);
+    assert_eq!(closed.health(), Health::Degraded);
+
+    // Through the layer, the failure maps to 503.
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(RateLimitLayer::new(closed))
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let res = svc.oneshot(tenant_req("acme")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
