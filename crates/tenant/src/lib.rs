@@ -1,0 +1,81 @@
+//! Multi-tenancy for tower (the seed's pattern 11): who the tenant of a request is, verified;
+//! what the tenant may do; and data that tenants never share.
+//!
+//! - [`TenantLayer`]: resolves the tenant from a header, the subdomain, a path prefix, a claim
+//!   of a **verified** JWT (HS256, RS256, EdDSA; keys from config or JWKS) or an API key; all
+//!   sources present must agree. Forwarded headers count only from trusted proxies. The
+//!   request then carries a [`TenantId`](tower_patterns_core::tenant::TenantId) and a
+//!   [`TenantContext`] (plan, record).
+//! - [`Registry`] over a [`TenantStore`] ([`StaticTenants`] from TOML, `PostgresTenants` with
+//!   feature `postgres`): cached, unknown tenants cached too.
+//! - Errors are [`TenantError`](tower_patterns_core::tenant::TenantError)s: 400 malformed, 401
+//!   missing or invalid credentials, 403 conflict, unknown or suspended, 503 registry down.
+//! - The `Tenant` extractor for axum (feature `axum`).
+//! - Data isolation: [`postgres`] (database, schema or row-level security per tenant; feature
+//!   `postgres`) and [`sqlite`] (a table API that cannot be called without the tenant filter;
+//!   feature `sqlite`).
+//!
+//! Per-tenant rate limits key on the tenant (`ExtensionKey::<TenantId>`) and choose their
+//! rate from [`TenantContext::plan`]; per-tenant bulkheads key the same way (see
+//! `docs/patterns/multi-tenancy.md`).
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_patterns_core::http::ErrorResponseLayer;
+//! use tower_patterns_tenant::{StaticTenants, TenantLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let tenants = StaticTenants::from_toml(r#"
+//!     [[tenants]]
+//!     id = "acme"
+//!     [[tenants]]
+//!     id = "initech"
+//!     status = "suspended"
+//! "#).unwrap();
+//! let svc = ServiceBuilder::new()
+//!     .layer(ErrorResponseLayer::new())
+//!     .layer(TenantLayer::builder(tenants).header("x-tenant-id").build().unwrap())
+//!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) }));
+//!
+//! let status = |tenant: Option<&str>| {
+//!     let mut req = Request::builder();
+//!     if let Some(t) = tenant { req = req.header("x-tenant-id", t); }
+//!     let svc = svc.clone();
+//!     async move { svc.oneshot(req.body(()).unwrap()).await.unwrap().status() }
+//! };
+//! assert_eq!(status(Some("acme")).await, StatusCode::OK);
+//! assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+//! assert_eq!(status(Some("acme corp")).await, StatusCode::BAD_REQUEST);
+//! assert_eq!(status(Some("umbrella")).await, StatusCode::FORBIDDEN);
+//! assert_eq!(status(Some("initech")).await, StatusCode::FORBIDDEN);
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "axum")]
+mod extract;
+mod jwt;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+mod registry;
+mod resolve;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use extract::{Tenant, TenantRejection};
+pub use jwt::{JwtVerifier, JwtVerifierBuilder};
+pub use registry::{
+    ApiKeyHash, Registry, StaticTenants, StoreError, TenantRecord, TenantStatus, TenantStore,
+    hash_api_key,
+};
+pub use resolve::{
+    ClientIp, PeerAddr, ResponseFuture, Tenancy, TenantContext, TenantLayer, TenantLayerBuilder,
+};

@@ -1,0 +1,562 @@
+//! Tenant resolution: every source, forged tokens, spoofed forwarded headers, conflicts.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use http::{Request, Response, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use proptest::prelude::*;
+use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+use tower_patterns_core::{http::ErrorResponseLayer, tenant::TenantId};
+use tower_patterns_tenant::{
+    ApiKeyHash, ClientIp, JwtVerifier, PeerAddr, Registry, StaticTenants, StoreError,
+    TenantContext, TenantLayer, TenantRecord, TenantStatus, TenantStore,
+};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-hs";
+const RSA_PRIVATE: &[u8] = include_bytes!("keys/rsa_private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("keys/rsa_public.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("keys/ed25519_private.pem");
+const ATTACKER_RSA: &[u8] = include_bytes!("keys/attacker_rsa_private.pem");
+const JWKS: &str = include_str!("keys/jwks.json");
+
+type Svc = BoxCloneService<Request<()>, Response<String>, Infallible>;
+
+fn tenants() -> StaticTenants {
+    StaticTenants::from_toml(
+        r#"
+        [[tenants]]
+        id = "acme"
+        plan = "gold"
+        [[tenants]]
+        id = "globex"
+        [[tenants]]
+        id = "initech"
+        status = "suspended"
+        "#,
+    )
+    .unwrap()
+    .with(
+        TenantRecord {
+            id: TenantId::new("keyed").unwrap(),
+            plan: "free".into(),
+            status: TenantStatus::Active,
+        },
+        &["sk_live_keyed"],
+    )
+}
+
+fn verifier() -> JwtVerifier {
+    JwtVerifier::builder()
+        .hs256("hs-1", SECRET)
+        .jwks(JWKS)
+        .audience("storefront")
+        .issuer("https://auth.example")
+        .build()
+        .unwrap()
+}
+
+fn serve(layer: TenantLayer<impl TenantStore>) -> Svc {
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(ErrorResponseLayer::new())
+            .layer(layer)
+            .service(service_fn(|req: Request<()>| async move {
+                let ctx = TenantContext::of(&req).expect("context");
+                assert_eq!(TenantId::of(&req), Some(ctx.id()));
+                let ip = req
+                    .extensions()
+                    .get::<ClientIp>()
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                Ok::<_, Infallible>(Response::new(format!("{} {} {ip}", ctx.id(), ctx.plan())))
+            })),
+    )
+}
+
+fn full() -> Svc {
+    serve(
+        TenantLayer::builder(tenants())
+            .header("x-tenant-id")
+            .subdomain("shop.example")
+            .path_prefix("/t/")
+            .jwt(verifier())
+            .api_key("x-api-key")
+            .trusted_proxies(["10.0.0.0/8"])
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn send(svc: &Svc, req: Request<()>) -> (StatusCode, String) {
+    let res = svc.clone().oneshot(req).await.unwrap();
+    (res.status(), res.into_body())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(tenant: &str) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": tenant, "aud": "storefront", "iss": "https://auth.example",
+        "exp": now() + 600, "nbf": now() - 10, "sub": "user-1",
+    })
+}
+
+fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    encode(&header, claims, key).unwrap()
+}
+
+fn bearer(token: &str) -> Request<()> {
+    Request::builder()
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_source_resolves_and_agreeing_sources_pass() {
+    let svc = full();
+    let header = Request::builder()
+        .header("x-tenant-id", "acme")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        send(&svc, header).await,
+        (StatusCode::OK, "acme gold ".into())
+    );
+    let host = Request::builder()
+        .header("host", "globex.shop.example:443")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, host).await.0, StatusCode::OK);
+    let path = Request::builder().uri("/t/acme/orders").body(()).unwrap();
+    assert_eq!(send(&svc, path).await.1, "acme gold ");
+    let key = Request::builder()
+        .header("x-api-key", "sk_live_keyed")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, key).await.1, "keyed free ");
+
+    let hs = EncodingKey::from_secret(SECRET).unwrap();
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    for (alg, kid, key) in [
+        (Algorithm::HS256, "hs-1", &hs),
+        (Algorithm::RS256, "rsa-1", &rsa),
+        (Algorithm::EdDSA, "ed-1", &ed),
+    ] {
+        let (status, body) = send(&svc, bearer(&token(alg, kid, key, &claims("acme")))).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "acme gold "),
+            "{alg:?}"
+        );
+    }
+    // All sources at once, agreeing.
+    let all = Request::builder()
+        .uri("/t/acme/x")
+        .header("host", "acme.shop.example")
+        .header("x-tenant-id", "acme")
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                token(Algorithm::EdDSA, "ed-1", &ed, &claims("acme"))
+            ),
+        )
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, all).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forged_tokens_are_refused_with_401() {
+    let svc = full();
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
+    let b64 = |s: &str| {
+        use std::fmt::Write;
+        // base64url without padding, by hand to keep the test free of another crate.
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let bytes = s.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char)
+                    .unwrap();
+            }
+        }
+        out
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims("acme").to_string())
+    );
+    let attacker = EncodingKey::from_rsa_pem(ATTACKER_RSA).unwrap();
+    let mut expired = claims("acme");
+    expired["exp"] = (now() - 3600).into();
+    let mut early = claims("acme");
+    early["nbf"] = (now() + 3600).into();
+    let mut other_aud = claims("acme");
+    other_aud["aud"] = "billing".into();
+    let mut other_iss = claims("acme");
+    other_iss["iss"] = "https://evil.example".into();
+    let mut no_exp = claims("acme");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    // Algorithm confusion: HS256 "signed" with the RSA public key, naming the RSA key.
+    let confused = token(
+        Algorithm::HS256,
+        "rsa-1",
+        &EncodingKey::from_secret(RSA_PUBLIC).unwrap(),
+        &claims("acme"),
+    );
+    let cases = [
+        ("alg none", none),
+        (
+            "wrong key",
+            token(Algorithm::RS256, "rsa-1", &attacker, &claims("acme")),
+        ),
+        ("expired", token(Algorithm::RS256, "rsa-1", &rsa, &expired)),
+        (
+            "not yet valid",
+            token(Algorithm::RS256, "rsa-1", &rsa, &early),
+        ),
+        (
+            "wrong audience",
+            token(Algorithm::RS256, "rsa-1", &rsa, &other_aud),
+        ),
+        (
+            "wrong issuer",
+            token(Algorithm::RS256, "rsa-1", &rsa, &other_iss),
+        ),
+        ("no exp", token(Algorithm::RS256, "rsa-1", &rsa, &no_exp)),
+        (
+            "unknown kid",
+            token(Algorithm::RS256, "rsa-9", &rsa, &claims("acme")),
+        ),
+        ("algorithm confusion", confused),
+        ("garbage", "a.b.c".to_owned()),
+    ];
+    for (what, token) in cases {
+        let res = full().oneshot(bearer(&token)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer", "{what}");
+    }
+    // A tampered payload with the original signature.
+    let good = token(Algorithm::RS256, "rsa-1", &rsa, &claims("acme"));
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let forged_payload = b64(&claims("globex").to_string());
+    parts[1] = &forged_payload;
+    let res = svc.clone().oneshot(bearer(&parts.join("."))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // A basic credential where a bearer is expected.
+    let basic = Request::builder()
+        .header("authorization", "Basic YTpi")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, basic).await.0, StatusCode::UNAUTHORIZED);
+    // A bad API key.
+    let key = Request::builder()
+        .header("x-api-key", "sk_guess")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, key).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn conflicts_unknown_suspended_missing_and_malformed() {
+    let svc = full();
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    let cases = [
+        // The token says acme, the header says globex.
+        (
+            Request::builder()
+                .header("x-tenant-id", "globex")
+                .header(
+                    "authorization",
+                    format!(
+                        "Bearer {}",
+                        token(Algorithm::EdDSA, "ed-1", &ed, &claims("acme"))
+                    ),
+                )
+                .body(())
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
+        // The API key belongs to `keyed`, the path says acme.
+        (
+            Request::builder()
+                .uri("/t/acme/")
+                .header("x-api-key", "sk_live_keyed")
+                .body(())
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Request::builder()
+                .header("x-tenant-id", "umbrella")
+                .body(())
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Request::builder()
+                .header("x-tenant-id", "initech")
+                .body(())
+                .unwrap(),
+            StatusCode::FORBIDDEN,
+        ),
+        (Request::new(()), StatusCode::UNAUTHORIZED),
+        (
+            Request::builder()
+                .header("x-tenant-id", "acme corp")
+                .body(())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Request::builder()
+                .header("x-tenant-id", "acme")
+                .header("x-tenant-id", "globex")
+                .body(())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Request::builder()
+                .header("x-tenant-id", &[0xffu8, 0xfe][..])
+                .body(())
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (i, (req, expected)) in cases.into_iter().enumerate() {
+        let (status, body) = send(&svc, req).await;
+        assert_eq!(status, expected, "case {i}: {body}");
+        assert!(
+            !body.contains("acme") && !body.contains("globex"),
+            "no ids in bodies"
+        );
+    }
+}
+
+fn from_peer(peer: &str, req: http::request::Builder) -> Request<()> {
+    let mut req = req.body(()).unwrap();
+    req.extensions_mut()
+        .insert(PeerAddr(peer.parse::<SocketAddr>().unwrap()));
+    req
+}
+
+#[tokio::test]
+async fn forwarded_headers_count_only_from_trusted_proxies() {
+    let svc = full();
+    // Through the proxy at 10.0.0.5: its forwarded host and client address are believed.
+    let proxied = from_peer(
+        "10.0.0.5:4000",
+        Request::builder()
+            .header("host", "internal-lb")
+            .header("x-forwarded-host", "acme.shop.example")
+            .header("x-forwarded-for", "203.0.113.9, 10.0.0.7"),
+    );
+    assert_eq!(
+        send(&svc, proxied).await,
+        (StatusCode::OK, "acme gold 203.0.113.9".into())
+    );
+    let forwarded = from_peer(
+        "10.1.1.1:4000",
+        Request::builder().header("host", "internal-lb").header(
+            "forwarded",
+            "for=198.51.100.1;host=\"globex.shop.example\";proto=https",
+        ),
+    );
+    assert_eq!(send(&svc, forwarded).await.1, "globex free 10.1.1.1");
+
+    // From an untrusted peer, a forwarded host that differs from Host is a spoof: 403.
+    let spoof = from_peer(
+        "198.51.100.7:5000",
+        Request::builder()
+            .header("host", "globex.shop.example")
+            .header("x-forwarded-host", "acme.shop.example"),
+    );
+    assert_eq!(send(&svc, spoof).await.0, StatusCode::FORBIDDEN);
+    // ...and X-Forwarded-For from it is ignored: the client is the peer.
+    let xff = from_peer(
+        "198.51.100.7:5000",
+        Request::builder()
+            .header("host", "globex.shop.example")
+            .header("x-forwarded-for", "10.0.0.1"),
+    );
+    assert_eq!(send(&svc, xff).await.1, "globex free 198.51.100.7");
+    // With no peer address known, nothing is trusted either.
+    let unknown_peer = Request::builder()
+        .header("host", "globex.shop.example")
+        .header("x-forwarded-host", "acme.shop.example")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, unknown_peer).await.0, StatusCode::FORBIDDEN);
+}
+
+/// A store that counts its lookups and can be made to fail.
+#[derive(Clone, Default)]
+struct Counting {
+    lookups: Arc<AtomicUsize>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TenantStore for Counting {
+    async fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError("connection refused".into()));
+        }
+        Ok((id.as_str() == "acme").then(|| TenantRecord {
+            id: id.clone(),
+            plan: "gold".into(),
+            status: TenantStatus::Active,
+        }))
+    }
+
+    async fn tenant_by_api_key(&self, _: &ApiKeyHash) -> Result<Option<TenantId>, StoreError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
+    let store = Counting::default();
+    let layer = TenantLayer::builder_with(Registry::new(store.clone()))
+        .header("x-tenant-id")
+        .build()
+        .unwrap();
+    let svc = serve(layer);
+    let req = |t: &str| {
+        Request::builder()
+            .header("x-tenant-id", t)
+            .body(())
+            .unwrap()
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&svc, req("acme")).await.0, StatusCode::OK);
+        assert_eq!(send(&svc, req("nobody")).await.0, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        2,
+        "one lookup per id, unknowns included"
+    );
+
+    store.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        send(&svc, req("acme")).await.0,
+        StatusCode::OK,
+        "served from the cache"
+    );
+    assert_eq!(
+        send(&svc, req("new-co")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        send(&svc, req("new-co")).await.0,
+        StatusCode::FORBIDDEN,
+        "failures are not cached"
+    );
+}
+
+#[test]
+fn corrupt_registry_files_and_bad_configs_are_typed_errors() {
+    for bad in [
+        "[[tenants]]\nid = \"acme\"\n[[tenants]]\nid = \"acme\"",
+        "[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"zz\"]",
+        "[[tenants]]\nid = \"a\"\nstatus = \"deleted\"",
+        "[[tenants]]\nid = \"a\"\ncolour = \"red\"",
+        "not toml at all [",
+    ] {
+        assert!(StaticTenants::from_toml(bad).is_err(), "{bad}");
+    }
+    assert!(
+        JwtVerifier::builder()
+            .hs256("k", b"short")
+            .audience("a")
+            .build()
+            .is_err()
+    );
+    assert!(
+        JwtVerifier::builder()
+            .jwks("{")
+            .audience("a")
+            .build()
+            .is_err()
+    );
+    assert!(
+        JwtVerifier::builder()
+            .rs256_pem("k", b"not a pem")
+            .audience("a")
+            .build()
+            .is_err()
+    );
+    assert!(
+        JwtVerifier::builder().hs256("k", SECRET).build().is_err(),
+        "no audience"
+    );
+    assert!(
+        TenantLayer::builder(tenants())
+            .trusted_proxies(["10.0.0.0/99"])
+            .header("x")
+            .build()
+            .is_err()
+    );
+    assert!(
+        TenantLayer::builder(tenants()).build().is_err(),
+        "no source"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
+
+    #[test]
+    fn resolvers_never_panic_on_arbitrary_bytes(
+        tenant in proptest::collection::vec(any::<u8>(), 0..80),
+        host in proptest::collection::vec(any::<u8>(), 0..80),
+        fwd in proptest::collection::vec(any::<u8>(), 0..80),
+        token in ".{0,200}",
+        dots in "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}",
+        path in "/[a-z/]{0,20}",
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let svc = full();
+        for auth in [token.as_str(), dots.as_str()] {
+            let mut req = Request::builder().uri(path.as_str());
+            for (name, value) in [("x-tenant-id", &tenant), ("host", &host), ("x-forwarded-host", &fwd), ("forwarded", &fwd), ("x-api-key", &tenant)] {
+                if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                    req = req.header(name, v);
+                }
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {auth}")) {
+                req = req.header("authorization", v);
+            }
+            let req = from_peer("10.0.0.1:1", req);
+            let status = rt.block_on(svc.clone().oneshot(req)).unwrap().status();
+            prop_assert!(status.is_client_error() || status == StatusCode::OK, "{status}");
+        }
+    }
+}
