@@ -13,7 +13,7 @@
 //! | [`TenantError`] registry unavailable                | 503    |               |
 //! | anything else                                       | 500    |               |
 //!
-//! A [`Rejected`] that carries a [`RateLimitInfo`](crate::error::RateLimitInfo) also gets
+//! A [`Rejected`] that carries a [`RateLimitInfo`] also gets
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
 //!
 //! `Retry-After` is given in whole seconds, rounded up, so a client that honours it never
