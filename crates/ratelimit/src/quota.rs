@@ -146,6 +146,15 @@ impl WallClock {
 /// check is one compare-and-swap and a new window resets the count in the same step.
 struct Usage(AtomicU64);
 
+/// The count a packed usage word holds for `window` (0 when it is from another window).
+const fn used_in(word: u64, window: u64) -> u64 {
+    if word >> 32 == window & (u32::MAX as u64) {
+        word & (u32::MAX as u64)
+    } else {
+        0
+    }
+}
+
 /// Chooses the quota of a request's key; `None` takes the default. See
 /// [`QuotaLimiterBuilder::quota_for`].
 pub trait QuotaFor<Req> {
@@ -242,11 +251,7 @@ where
         let limit = u64::from(quota.limit);
         let mut current = usage.0.load(Ordering::Acquire);
         loop {
-            let used = if current >> 32 == window {
-                current & u64::from(u32::MAX)
-            } else {
-                0
-            };
+            let used = used_in(current, window);
             if used >= limit {
                 return Err(Rejected::new(RejectionKind::QuotaExceeded)
                     .with_name(self.name.clone())
@@ -281,14 +286,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let (window, _) = period.window(self.clock.unix_secs().0);
-        self.usage.get(key).map_or(0, |usage| {
-            let current = usage.0.load(Ordering::Acquire);
-            if current >> 32 == window & u64::from(u32::MAX) {
-                current & u64::from(u32::MAX)
-            } else {
-                0
-            }
-        })
+        self.usage
+            .get(key)
+            .map_or(0, |usage| used_in(usage.0.load(Ordering::Acquire), window))
     }
 }
 

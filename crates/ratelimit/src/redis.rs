@@ -113,6 +113,15 @@ impl Shared {
         }
     }
 
+    /// A call to Redis failed: leave it alone for `fail_fast_for`, then answer as configured.
+    fn failed(&self, why: &dyn fmt::Display) -> Result<Option<RateLimitInfo>, BoxError> {
+        self.paused_until.store(
+            self.now_ms() + self.fail_fast_for.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.unavailable(why)
+    }
+
     async fn check(
         self: Arc<Self>,
         key: String,
@@ -129,20 +138,8 @@ impl Shared {
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await;
         let (allowed, remaining, retry_us, reset_us) = match reply {
             Ok(Ok(reply)) => reply,
-            Ok(Err(err)) => {
-                self.paused_until.store(
-                    self.now_ms() + self.fail_fast_for.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                return self.unavailable(&err);
-            }
-            Err(_) => {
-                self.paused_until.store(
-                    self.now_ms() + self.fail_fast_for.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
-                return self.unavailable(&"timed out");
-            }
+            Ok(Err(err)) => return self.failed(&err),
+            Err(_) => return self.failed(&"timed out"),
         };
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!(target: "tower_patterns::ratelimit", limiter = %self.name, "Redis reachable again");

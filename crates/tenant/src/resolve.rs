@@ -223,8 +223,7 @@ impl<S: TenantStore> Resolver<S> {
         }
     }
 
-    fn resolve<B>(&self, req: &Request<B>) -> Result<Found, TenantError> {
-        let peer = Self::peer(req);
+    fn resolve<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Result<Found, TenantError> {
         let trusted_peer = self.trusted(peer);
         let mut found: Option<(TenantId, &'static str)> = None;
         let mut key: Option<ApiKeyHash> = None;
@@ -644,7 +643,7 @@ where
                 err: Some(err.into()),
             },
         };
-        let lookup: Lookup = match self.resolver.resolve(&req) {
+        let lookup: Lookup = match self.resolver.resolve(&req, peer) {
             Err(err) => return failed(err),
             Ok(Found::Tenant(id)) => match self.resolver.registry.cached(&id) {
                 Some(record) => {
