@@ -89,6 +89,35 @@ where
         self.cache.get(key)
     }
 
+    /// The instance for `key` when `keep` accepts it; otherwise (none, or one `keep` rejects)
+    /// a new one from `init`, stored in its place.
+    ///
+    /// Callers racing on one key are served one at a time, so they all end with the same
+    /// instance: none of them keeps state in an instance that another has just replaced.
+    ///
+    /// ```
+    /// use tower_patterns_core::keyed::KeyedMap;
+    ///
+    /// let limits: KeyedMap<&'static str, u32> = KeyedMap::builder().build().unwrap();
+    /// assert_eq!(limits.get_or_replace_with("acme", |_| true, || 10), 10);
+    /// assert_eq!(limits.get_or_replace_with("acme", |&v| v == 10, || 20), 10);
+    /// assert_eq!(limits.get_or_replace_with("acme", |&v| v == 20, || 20), 20);
+    /// ```
+    pub fn get_or_replace_with(
+        &self,
+        key: K,
+        keep: impl FnOnce(&V) -> bool,
+        init: impl FnOnce() -> V,
+    ) -> V {
+        self.cache
+            .entry(key)
+            .and_upsert_with(|current| match current {
+                Some(entry) if keep(entry.value()) => entry.into_value(),
+                _ => init(),
+            })
+            .into_value()
+    }
+
     /// Inserts or replaces the instance for `key`.
     pub fn insert(&self, key: K, value: V) {
         self.cache.insert(key, value);

@@ -269,3 +269,31 @@ async fn a_hundred_thousand_keys_leave_memory_bounded() {
     };
     assert!(refused, "a steady key was evicted by the flood");
 }
+
+#[test]
+fn racing_first_requests_share_one_limit() {
+    // Four threads meet every key for the first time together: each key's burst of 3 is
+    // spent once, not once per thread that created a limiter for it.
+    let limiter = std::sync::Arc::new(
+        GcraLimiter::builder("race", ())
+            .rate(Rate::per_hour(3))
+            .build::<u32>()
+            .unwrap(),
+    );
+    let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = limiter.clone();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                (0..2_000u32)
+                    .flat_map(|key| [key; 2])
+                    .filter(|&key| limiter.check_key(key, Rate::per_hour(3)).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(admitted, 2_000 * 3);
+}
