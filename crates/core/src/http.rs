@@ -176,21 +176,24 @@ where
     res
 }
 
+/// `RateLimit-Limit`: the requests the limit allows (draft IETF `RateLimit` header fields).
+pub const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`: the requests left before the limit refuses.
+pub const RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: whole seconds until the limit is full again.
+pub const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
+
 /// Writes `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (whole seconds,
 /// rounded up) into `headers`, replacing any already there.
+///
+/// The names are constants and numbers below 4,096 come from a table: on a map with room for
+/// three more headers this allocates nothing.
 pub fn insert_rate_limit_headers(headers: &mut http::HeaderMap, limit: RateLimitInfo) {
-    headers.insert(
-        http::HeaderName::from_static("ratelimit-limit"),
-        number(limit.limit),
-    );
-    headers.insert(
-        http::HeaderName::from_static("ratelimit-remaining"),
-        number(limit.remaining),
-    );
-    headers.insert(
-        http::HeaderName::from_static("ratelimit-reset"),
-        number(limit.reset_secs()),
-    );
+    headers.reserve(3);
+    headers.insert(RATELIMIT_LIMIT, number(limit.limit));
+    headers.insert(RATELIMIT_REMAINING, number(limit.remaining));
+    headers.insert(RATELIMIT_RESET, number(limit.reset_secs()));
 }
 
 /// A header value for `n`; the numbers below 4,096 (most limits, remainders and resets) come

@@ -11,7 +11,11 @@ use std::{
 use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_patterns_core::{BoxError, error::RateLimitInfo, http::insert_rate_limit_headers};
+use tower_patterns_core::{
+    BoxError,
+    error::RateLimitInfo,
+    http::{RATELIMIT_REMAINING, insert_rate_limit_headers},
+};
 use tower_service::Service;
 
 /// What a limiter decided about one request.
@@ -296,7 +300,7 @@ where
 /// already wrote its own: clients see the limit that will refuse them first.
 fn annotate(headers: &mut HeaderMap, info: RateLimitInfo) {
     let inner_remaining = headers
-        .get("ratelimit-remaining")
+        .get(RATELIMIT_REMAINING)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if inner_remaining.is_none_or(|inner| info.remaining < inner) {
