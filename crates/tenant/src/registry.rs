@@ -282,7 +282,11 @@ impl<S: TenantStore> Registry<S> {
     }
 
     /// The cached answer for `id`, if there is one: `Some(None)` for a cached unknown.
-    pub fn cached(&self, id: &TenantId) -> Option<Option<Arc<TenantRecord>>> {
+    pub fn cached<Q>(&self, id: &Q) -> Option<Option<Arc<TenantRecord>>>
+    where
+        TenantId: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         if let Some(record) = self.tenants.get(id) {
             return Some(Some(record));
         }

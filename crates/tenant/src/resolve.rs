@@ -14,7 +14,6 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_patterns_core::{
     BoxError, ConfigError,
-    key::AsciiKey,
     tenant::{TenantError, TenantErrorKind, TenantId},
 };
 use tower_service::Service;
@@ -149,10 +148,40 @@ struct Resolver<S> {
 }
 
 /// What the synchronous part of resolution found.
-enum Found {
-    Tenant(TenantId),
+enum Found<'r> {
+    Tenant(Named<'r>),
     /// An API key whose owner is not cached: the lookup must wait for the registry.
-    Key(ApiKeyHash, Option<TenantId>),
+    Key(ApiKeyHash, Option<Named<'r>>),
+}
+
+/// A tenant id a source names, validated: borrowed from the request where it is written there
+/// (a header, the host, the path), so a registry hit allocates nothing; owned where it was
+/// decoded (a token's claim, a cached API key's owner).
+enum Named<'r> {
+    Borrowed(&'r str),
+    Owned(TenantId),
+}
+
+impl<'r> Named<'r> {
+    /// Validates `id` as a tenant id, without copying it.
+    fn borrowed(id: &'r str) -> Result<Self, TenantError> {
+        TenantId::validate(id)?;
+        Ok(Self::Borrowed(id))
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Borrowed(id) => id,
+            Self::Owned(id) => id.as_str(),
+        }
+    }
+
+    fn into_owned(self) -> Result<TenantId, TenantError> {
+        match self {
+            Self::Borrowed(id) => Ok(TenantId::new(id)?),
+            Self::Owned(id) => Ok(id),
+        }
+    }
 }
 
 impl<S: TenantStore> Resolver<S> {
@@ -223,15 +252,23 @@ impl<S: TenantStore> Resolver<S> {
         }
     }
 
-    fn resolve<B>(&self, req: &Request<B>, peer: Option<IpAddr>) -> Result<Found, TenantError> {
+    fn resolve<'r, B>(
+        &self,
+        req: &'r Request<B>,
+        peer: Option<IpAddr>,
+    ) -> Result<Found<'r>, TenantError> {
         let trusted_peer = self.trusted(peer);
-        let mut found: Option<(TenantId, &'static str)> = None;
+        let mut found: Option<(Named<'r>, &'static str)> = None;
         let mut key: Option<ApiKeyHash> = None;
-        let mut agree = |id: TenantId, source: &'static str| -> Result<(), TenantError> {
+        let mut agree = |id: Named<'r>, source: &'static str| -> Result<(), TenantError> {
             match &found {
-                Some((seen, first)) if *seen != id => Err(TenantError::new(
+                Some((seen, first)) if seen.as_str() != id.as_str() => Err(TenantError::new(
                     TenantErrorKind::Conflict,
-                    format!("{first} names {seen}, {source} names {id}"),
+                    format!(
+                        "{first} names {}, {source} names {}",
+                        seen.as_str(),
+                        id.as_str()
+                    ),
                 )),
                 Some(_) => Ok(()),
                 None => {
@@ -244,24 +281,26 @@ impl<S: TenantStore> Resolver<S> {
             match source {
                 Source::Header(name) => {
                     if let Some(value) = single(req.headers(), name)? {
-                        let value =
-                            AsciiKey::from_bytes(value.as_bytes(), 64).map_err(|reason| {
-                                TenantError::new(TenantErrorKind::Malformed, reason)
-                            })?;
-                        agree(TenantId::new(value.as_str())?, source.name())?;
+                        if value.is_empty() {
+                            return Err(TenantError::new(TenantErrorKind::Malformed, "empty"));
+                        }
+                        let value = value.to_str().map_err(|_| {
+                            TenantError::new(TenantErrorKind::Malformed, "not visible ASCII")
+                        })?;
+                        agree(Named::borrowed(value)?, source.name())?;
                     }
                 }
                 Source::Subdomain(base) => {
                     if let Some(host) = self.host(req, trusted_peer)?
                         && let Some(label) = subdomain(host, base)
                     {
-                        agree(TenantId::new(label)?, source.name())?;
+                        agree(Named::borrowed(label)?, source.name())?;
                     }
                 }
                 Source::PathPrefix(prefix) => {
                     if let Some(rest) = req.uri().path().strip_prefix(prefix.as_str()) {
                         let segment = rest.split('/').next().unwrap_or_default();
-                        agree(TenantId::new(segment)?, source.name())?;
+                        agree(Named::borrowed(segment)?, source.name())?;
                     }
                 }
                 Source::Jwt(verifier) => {
@@ -276,7 +315,7 @@ impl<S: TenantStore> Resolver<S> {
                                     "Authorization is not a bearer token",
                                 )
                             })?;
-                        agree(verifier.verify(token.trim())?, source.name())?;
+                        agree(Named::Owned(verifier.verify(token.trim())?), source.name())?;
                     }
                 }
                 Source::ApiKey(name) => {
@@ -284,7 +323,7 @@ impl<S: TenantStore> Resolver<S> {
                         let value = value.to_str().map_err(|_| malformed("API key"))?;
                         let hash = hash_api_key(value);
                         match self.registry.cached_key(&hash) {
-                            Some(Some(id)) => agree(id, source.name())?,
+                            Some(Some(id)) => agree(Named::Owned(id), source.name())?,
                             Some(None) => return Err(unknown_key()),
                             None => key = Some(hash),
                         }
@@ -645,7 +684,7 @@ where
         };
         let lookup: Lookup = match self.resolver.resolve(&req, peer) {
             Err(err) => return failed(err),
-            Ok(Found::Tenant(id)) => match self.resolver.registry.cached(&id) {
+            Ok(Found::Tenant(id)) => match self.resolver.registry.cached(id.as_str()) {
                 Some(record) => {
                     if let Err(err) = admit(&mut req, record) {
                         return failed(err);
@@ -657,11 +696,19 @@ where
                     };
                 }
                 None => {
+                    let id = match id.into_owned() {
+                        Ok(id) => id,
+                        Err(err) => return failed(err),
+                    };
                     let registry = self.resolver.registry.clone();
                     Box::pin(async move { registry.get(&id).await })
                 }
             },
             Ok(Found::Key(hash, named)) => {
+                let named = match named.map(Named::into_owned).transpose() {
+                    Ok(named) => named,
+                    Err(err) => return failed(err),
+                };
                 let registry = self.resolver.registry.clone();
                 Box::pin(async move {
                     let owner = registry.by_api_key(&hash).await?.ok_or_else(unknown_key)?;
