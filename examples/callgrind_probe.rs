@@ -3,7 +3,13 @@
 //!
 //! `cargo run --release --example callgrind_probe --features full -- <layer> <calls>`
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
-//! bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit.
+//! bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit; and over HTTP
+//! (`GET /catalog` from one of 16 tenants, as in `benches/tenant.rs`): bare_http,
+//! tower_governor, ratelimit, ratelimit_no_headers, tenant, tenant_ratelimit, bare_page,
+//! tower_governor_tower_resilience_cache, tower_resilience_stack, tower_patterns_stack.
+
+#[path = "../benches/support/http.rs"]
+mod web;
 
 use std::{
     convert::Infallible,
@@ -21,6 +27,10 @@ use tower_patterns::{
     retry::{RetryIf, RetryPolicy, Verdict},
     shard::{Jump, ShardRouter},
     test_util::call_now,
+};
+use web::{
+    Ok200, Page, governor, http, ours_cache_layer, ours_limit_only, ours_tenant_limit_layer,
+    tenant_layer, to_axum, tower_resilience_cache, tower_resilience_ratelimiter, warmed,
 };
 
 #[derive(Clone, Copy)]
@@ -53,13 +63,47 @@ impl tower::retry::Policy<u64, u64, Infallible> for Trivial {
     }
 }
 
+/// Warms `svc` up with 1,024 calls (one-off work: clock calibration, loading cache entries),
+/// then makes the `calls` that count.
 fn run<S>(mut svc: S, calls: u64)
 where
     S: Service<u64>,
     S::Error: std::fmt::Debug,
 {
-    for i in 0..calls {
+    for i in 0..1024 {
         std::hint::black_box(call_now(&mut svc, std::hint::black_box(i)).unwrap());
+    }
+    measured(&mut svc, calls);
+}
+
+/// The calls that count: `scripts/bench-callgrind` collects instructions inside this function
+/// only.
+#[inline(never)]
+fn measured<S>(svc: &mut S, calls: u64)
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..calls {
+        std::hint::black_box(call_now(svc, std::hint::black_box(i)).unwrap());
+    }
+}
+
+/// Raw moka gets, measured as a service would be.
+#[derive(Clone)]
+struct MokaGet(moka::sync::Cache<u64, u64>);
+
+impl Service<u64> for MokaGet {
+    type Response = Option<u64>;
+    type Error = Infallible;
+    type Future = Ready<Result<Option<u64>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        ready(Ok(self.0.get(&(k % 1024))))
     }
 }
 
@@ -75,6 +119,11 @@ fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let layer = args.next().unwrap_or_else(|| "bare".into());
     let calls: u64 = args.next().unwrap_or_else(|| "1000".into()).parse()?;
+    // A runtime context for layers that create timers; calls are still polled directly.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _context = rt.enter();
     let retry_kind = RetryIf(verdict as fn(&Result<u64, Infallible>) -> Verdict);
     match layer.as_str() {
         "bare" => run(Bare, calls),
@@ -120,19 +169,44 @@ fn main() -> Result<(), BoxError> {
             for k in 0..1024 {
                 cache.insert(k, k);
             }
-            for i in 0..calls {
-                std::hint::black_box(cache.get(&std::hint::black_box(i % 1024)));
-            }
+            run(MokaGet(cache), calls);
         }
-        "cache_hit" => {
-            let mut svc = CacheLayer::builder("probe", MokaStore::builder().build())
+        "cache_hit" => run(
+            CacheLayer::builder("probe", MokaStore::builder().build())
                 .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k % 1024)))
                 .unscoped()
                 .build()?
-                .layer(Bare);
-            run(&mut svc, 1024); // loads every key: the measured calls hit
-            run(&mut svc, calls);
-        }
+                .layer(Bare),
+            calls,
+        ),
+        "bare_http" => run(http(Ok200), calls),
+        "tower_governor" => run(http(governor(Ok200)), calls),
+        "ratelimit" => run(http(ours_limit_only(true, Ok200)), calls),
+        "ratelimit_no_headers" => run(http(ours_limit_only(false, Ok200)), calls),
+        "tenant" => run(http(tenant_layer().layer(Ok200)), calls),
+        "tenant_ratelimit" => run(
+            http(tenant_layer().layer(ours_tenant_limit_layer().layer(Ok200))),
+            calls,
+        ),
+        "bare_page" => run(http(to_axum().layer(Page)), calls),
+        "tower_governor_tower_resilience_cache" => run(
+            warmed(http(governor(
+                to_axum().layer(tower_resilience_cache(Page)),
+            ))),
+            calls,
+        ),
+        "tower_resilience_stack" => run(
+            warmed(http(
+                tower_resilience_ratelimiter().layer(to_axum().layer(tower_resilience_cache(Page))),
+            )),
+            calls,
+        ),
+        "tower_patterns_stack" => run(
+            warmed(http(tenant_layer().layer(
+                ours_tenant_limit_layer().layer(to_axum().layer(ours_cache_layer().layer(Page))),
+            ))),
+            calls,
+        ),
         other => return Err(format!("unknown layer {other}").into()),
     }
     Ok(())
