@@ -605,6 +605,10 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    async fn code(shop: &Shop, method: Method, uri: &str, tenant: Option<&str>) -> u16 {
+        send(shop, method, uri, tenant).await.0
+    }
+
     #[tokio::test(start_paused = true)]
     async fn each_tenant_sees_its_own_catalog_loaded_once() {
         let shop = shop("catalog");
@@ -625,24 +629,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn who_may_call() {
         let shop = shop("who");
-        assert_eq!(send(&shop, Method::GET, "/products", None).await.0, 401);
+        assert_eq!(code(&shop, Method::GET, "/products", None).await, 401);
         assert_eq!(
-            send(&shop, Method::GET, "/products", Some("ac me")).await.0,
+            code(&shop, Method::GET, "/products", Some("ac me")).await,
             400
         );
         assert_eq!(
-            send(&shop, Method::GET, "/products", Some("umbrella"))
-                .await
-                .0,
+            code(&shop, Method::GET, "/products", Some("umbrella")).await,
             403
         );
         assert_eq!(
-            send(&shop, Method::GET, "/products", Some("initech"))
-                .await
-                .0,
+            code(&shop, Method::GET, "/products", Some("initech")).await,
             403
         );
-        assert_eq!(send(&shop, Method::GET, "/health", None).await.0, 200);
+        assert_eq!(code(&shop, Method::GET, "/health", None).await, 200);
     }
 
     #[tokio::test(start_paused = true)]
@@ -658,21 +658,15 @@ mod tests {
         assert_eq!(status, 404);
         // A product of another tenant is not for sale here.
         assert_eq!(
-            send(&shop, Method::POST, "/orders/widget/1", Some("acme"))
-                .await
-                .0,
+            code(&shop, Method::POST, "/orders/widget/1", Some("acme")).await,
             404
         );
         assert_eq!(
-            send(&shop, Method::POST, "/orders/tea/0", Some("acme"))
-                .await
-                .0,
+            code(&shop, Method::POST, "/orders/tea/0", Some("acme")).await,
             422
         );
         assert_eq!(
-            send(&shop, Method::GET, "/orders/..%2F", Some("acme"))
-                .await
-                .0,
+            code(&shop, Method::GET, "/orders/..%2F", Some("acme")).await,
             400
         );
     }
@@ -705,24 +699,18 @@ mod tests {
         let shop = shop("limits");
         let mut statuses = Vec::new();
         for _ in 0..7 {
-            statuses.push(
-                send(&shop, Method::GET, "/products", Some("globex"))
-                    .await
-                    .0,
-            );
+            statuses.push(code(&shop, Method::GET, "/products", Some("globex")).await);
         }
         assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
         // acme (gold) is not held back by globex's limit.
         assert_eq!(
-            send(&shop, Method::GET, "/products", Some("acme")).await.0,
+            code(&shop, Method::GET, "/products", Some("acme")).await,
             200
         );
         // After a refill interval globex may call again.
         tokio::time::advance(Duration::from_millis(200)).await;
         assert_eq!(
-            send(&shop, Method::GET, "/products", Some("globex"))
-                .await
-                .0,
+            code(&shop, Method::GET, "/products", Some("globex")).await,
             200
         );
     }

@@ -452,24 +452,26 @@ mod tests {
         }
     }
 
-    fn limiter(
-        clock: &Script,
-    ) -> governor::RateLimiter<NotKeyed, InMemoryState, Script, StateInformationMiddleware> {
+    type Limiter =
+        governor::RateLimiter<NotKeyed, InMemoryState, Script, StateInformationMiddleware>;
+
+    /// A limiter of 2 per 2 µs whose burst two requests at 10 µs have spent (1 µs apart).
+    fn spent() -> (Script, Limiter) {
+        let clock = Script(Arc::default());
+        clock.then(&[0]);
         let rate = Rate::new(2, Duration::from_micros(2));
-        governor::RateLimiter::new(rate.quota(), InMemoryState::default(), clock.clone())
+        let limiter = Limiter::new(rate.quota(), InMemoryState::default(), clock.clone());
+        clock.then(&[10_000]);
+        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
+        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
+        (clock, limiter)
     }
 
     const INTERVAL: Duration = Duration::from_micros(1);
 
     #[test]
     fn a_request_judged_on_a_stale_reading_is_checked_again() {
-        let clock = Script(Arc::default());
-        clock.then(&[0]);
-        let limiter = limiter(&clock);
-        // Two requests at 10 µs spend the burst of 2 (1 µs apart).
-        clock.then(&[10_000]);
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
+        let (clock, limiter) = spent();
         // A thread that read 5 µs, then was paused until 50 µs before its compare-and-swap:
         // governor refuses it, yet the allowance is back by now.
         clock.then(&[5_000, 50_000]);
@@ -480,12 +482,7 @@ mod tests {
 
     #[test]
     fn a_spent_limit_still_refuses_with_the_wait_from_now() {
-        let clock = Script(Arc::default());
-        clock.then(&[0]);
-        let limiter = limiter(&clock);
-        clock.then(&[10_000]);
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
+        let (clock, limiter) = spent();
         // Read at 10 µs, checked at 10.4 µs: the next allowance comes at 11 µs.
         clock.then(&[10_000, 10_400]);
         assert_eq!(
@@ -496,12 +493,7 @@ mod tests {
 
     #[test]
     fn a_reading_stale_every_time_ends_in_a_refusal() {
-        let clock = Script(Arc::default());
-        clock.then(&[0]);
-        let limiter = limiter(&clock);
-        clock.then(&[10_000]);
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
-        assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
+        let (clock, limiter) = spent();
         let mut script = Vec::new();
         for _ in 0..STALE_RETRIES {
             script.extend([5_000, 50_000]);
