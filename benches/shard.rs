@@ -1,5 +1,6 @@
 //! Shard routing: the cost of placing a key per strategy (ns per key), the router's cost per
-//! request beside tower's `Steer` with a picker, and scatter-gather over 16 shards.
+//! request beside tower's `Steer` with a picker (one task, and 1, 2 and 64 tasks on 2 workers), and
+//! scatter-gather over 16 shards.
 //!
 //! `cargo bench --features shard --bench shard`
 
@@ -95,6 +96,36 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// Routing under contention: 1, 2 and 64 tasks on a 2-worker runtime, beside `Steer`.
+fn routing_contended(c: &mut Criterion) {
+    let rt = support::two_workers();
+    let mut group = c.benchmark_group("shard_contended");
+    group.throughput(criterion::Throughput::Elements(1));
+    group.sample_size(20);
+    let steer = Steer::new(vec![Bare; 16], |req: &u64, svcs: &[Bare]| {
+        Jump::new(svcs.len()).route(req).shard()
+    });
+    let router = ShardRouter::new(
+        vec![Bare; 16],
+        Jump::new(16),
+        key_fn(|u: &u64| Ok::<_, KeyError>(*u)),
+    )
+    .unwrap();
+    for tasks in [1u64, 2, 64] {
+        let id = |name| criterion::BenchmarkId::new(name, format!("{tasks}_tasks_2_workers"));
+        group.bench_function(id("bare"), |b| {
+            b.iter_custom(|iters| support::contended_run_with(&rt, &Bare, iters, tasks))
+        });
+        group.bench_function(id("tower_steer_jump"), |b| {
+            b.iter_custom(|iters| support::contended_run_with(&rt, &steer, iters, tasks))
+        });
+        group.bench_function(id("tower_patterns_router_jump"), |b| {
+            b.iter_custom(|iters| support::contended_run_with(&rt, &router, iters, tasks))
+        });
+    }
+    group.finish();
+}
+
 /// A shard answering a list, for the scatter-gather overhead.
 #[derive(Clone, Copy)]
 struct ListShard;
@@ -143,6 +174,6 @@ fn scatter(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = placement, routing, scatter
+    targets = placement, routing, routing_contended, scatter
 }
 criterion_main!(benches);
