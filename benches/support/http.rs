@@ -152,11 +152,8 @@ where
     Http<S>: Service<u64>,
     <Http<S> as Service<u64>>::Error: std::fmt::Debug,
 {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
     for i in 0..TENANTS as u64 {
-        while svc.poll_ready(&mut cx).is_pending() {}
-        let mut fut = std::pin::pin!(svc.call(i));
-        while fut.as_mut().poll(&mut cx).is_pending() {}
+        tower_patterns_core::test_util::call_now(&mut svc, i).expect("a warm-up call");
     }
     svc
 }

@@ -80,9 +80,8 @@ fn get() -> Request<String> {
     Request::get("/").body(String::new()).unwrap()
 }
 
-/// How many attempts one GET makes through the default test policy against `script`.
-async fn attempts(script: Vec<Step>) -> usize {
-    let inner = Scripted::new(script);
+/// One GET through the default test policy to `inner`.
+async fn through_policy(inner: &Scripted) -> Res {
     policy()
         .build()
         .unwrap()
@@ -90,7 +89,13 @@ async fn attempts(script: Vec<Step>) -> usize {
         .layer(inner.clone())
         .oneshot(get())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// How many attempts one GET makes through the default test policy against `script`.
+async fn attempts(script: Vec<Step>) -> usize {
+    let inner = Scripted::new(script);
+    through_policy(&inner).await;
     inner.calls()
 }
 
@@ -121,14 +126,7 @@ async fn retryable_statuses_are_retried_with_the_attempt_visible() {
 async fn other_statuses_are_not_retried() {
     for code in [400, 401, 404, 409, 500, 501] {
         let inner = Scripted::statuses(&[code, 200]);
-        let res = policy()
-            .build()
-            .unwrap()
-            .layer()
-            .layer(inner.clone())
-            .oneshot(get())
-            .await
-            .unwrap();
+        let res = through_policy(&inner).await;
         assert_eq!(res.status().as_u16(), code);
         assert_eq!(inner.calls(), 1, "{code} is sent once");
     }

@@ -120,35 +120,28 @@ fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &serde_json::Valu
     encode(&header, claims, key).unwrap()
 }
 
+/// A request carrying one header.
+fn with_header(name: &str, value: &str) -> Request<()> {
+    Request::builder().header(name, value).body(()).unwrap()
+}
+
 fn bearer(token: &str) -> Request<()> {
-    Request::builder()
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .unwrap()
+    with_header("authorization", &format!("Bearer {token}"))
 }
 
 #[tokio::test]
 async fn every_source_resolves_and_agreeing_sources_pass() {
     let svc = full();
-    let header = Request::builder()
-        .header("x-tenant-id", "acme")
-        .body(())
-        .unwrap();
+    let header = with_header("x-tenant-id", "acme");
     assert_eq!(
         send(&svc, header).await,
         (StatusCode::OK, "acme gold ".into())
     );
-    let host = Request::builder()
-        .header("host", "globex.shop.example:443")
-        .body(())
-        .unwrap();
+    let host = with_header("host", "globex.shop.example:443");
     assert_eq!(send(&svc, host).await.0, StatusCode::OK);
     let path = Request::builder().uri("/t/acme/orders").body(()).unwrap();
     assert_eq!(send(&svc, path).await.1, "acme gold ");
-    let key = Request::builder()
-        .header("x-api-key", "sk_live_keyed")
-        .body(())
-        .unwrap();
+    let key = with_header("x-api-key", "sk_live_keyed");
     assert_eq!(send(&svc, key).await.1, "keyed free ");
 
     let hs = EncodingKey::from_secret(SECRET).unwrap();
@@ -268,16 +261,10 @@ async fn forged_tokens_are_refused_with_401() {
     let res = svc.clone().oneshot(bearer(&parts.join("."))).await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     // A basic credential where a bearer is expected.
-    let basic = Request::builder()
-        .header("authorization", "Basic YTpi")
-        .body(())
-        .unwrap();
+    let basic = with_header("authorization", "Basic YTpi");
     assert_eq!(send(&svc, basic).await.0, StatusCode::UNAUTHORIZED);
     // A bad API key.
-    let key = Request::builder()
-        .header("x-api-key", "sk_guess")
-        .body(())
-        .unwrap();
+    let key = with_header("x-api-key", "sk_guess");
     assert_eq!(send(&svc, key).await.0, StatusCode::UNAUTHORIZED);
 }
 
@@ -311,25 +298,13 @@ async fn conflicts_unknown_suspended_missing_and_malformed() {
             StatusCode::FORBIDDEN,
         ),
         (
-            Request::builder()
-                .header("x-tenant-id", "umbrella")
-                .body(())
-                .unwrap(),
+            with_header("x-tenant-id", "umbrella"),
             StatusCode::FORBIDDEN,
         ),
-        (
-            Request::builder()
-                .header("x-tenant-id", "initech")
-                .body(())
-                .unwrap(),
-            StatusCode::FORBIDDEN,
-        ),
+        (with_header("x-tenant-id", "initech"), StatusCode::FORBIDDEN),
         (Request::new(()), StatusCode::UNAUTHORIZED),
         (
-            Request::builder()
-                .header("x-tenant-id", "acme corp")
-                .body(())
-                .unwrap(),
+            with_header("x-tenant-id", "acme corp"),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -447,12 +422,7 @@ async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
         .build()
         .unwrap();
     let svc = serve(layer);
-    let req = |t: &str| {
-        Request::builder()
-            .header("x-tenant-id", t)
-            .body(())
-            .unwrap()
-    };
+    let req = |t: &str| with_header("x-tenant-id", t);
     for _ in 0..5 {
         assert_eq!(send(&svc, req("acme")).await.0, StatusCode::OK);
         assert_eq!(send(&svc, req("nobody")).await.0, StatusCode::FORBIDDEN);
