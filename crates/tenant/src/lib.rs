@@ -3,13 +3,17 @@
 //!
 //! - [`TenantLayer`]: resolves the tenant from a header, the subdomain, a path prefix, a claim
 //!   of a **verified** JWT (HS256, RS256, EdDSA; keys from config or JWKS) or an API key; all
-//!   sources present must agree. Forwarded headers count only from trusted proxies. The
+//!   sources present must agree. Closed by default: the header, host and path are
+//!   unverified, so a token or API key is required and they may only agree with it, unless
+//!   the builder opts in with `allow_unverified()` (trusted internal callers). Forwarded
+//!   headers count only from trusted proxies. The
 //!   request then carries a [`TenantId`](tower_patterns_core::tenant::TenantId) and a
 //!   [`TenantContext`] (plan, record).
 //! - [`Registry`] over a [`TenantStore`] ([`StaticTenants`] from TOML, `PostgresTenants` with
 //!   feature `postgres`): cached, unknown tenants cached too.
 //! - Errors are [`TenantError`](tower_patterns_core::tenant::TenantError)s: 400 malformed, 401
-//!   missing or invalid credentials, 403 conflict, unknown or suspended, 503 registry down.
+//!   missing or invalid credentials, 403 conflict, 403 for unknown and suspended tenants alike
+//!   (one answer, so callers cannot probe which ids exist), 503 registry down.
 //! - The `Tenant` extractor for axum (feature `axum`).
 //! - Data isolation: [`postgres`] (database, schema or row-level security per tenant; feature
 //!   `postgres`) and [`sqlite`] (a table API that cannot be called without the tenant filter;
@@ -37,7 +41,8 @@
 //! "#).unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(ErrorResponseLayer::new())
-//!     .layer(TenantLayer::builder(tenants).header("x-tenant-id").build().unwrap())
+//!     // Header-only tenancy: for trusted internal callers, hence the explicit opt-in.
+//!     .layer(TenantLayer::builder(tenants).header("x-tenant-id").allow_unverified().build().unwrap())
 //!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) }));
 //!
 //! let status = |tenant: Option<&str>| {

@@ -130,6 +130,12 @@ enum Source {
 }
 
 impl Source {
+    /// Whether the source proves the tenant (a signed token, a registered key) rather than
+    /// merely naming it.
+    const fn is_verified(&self) -> bool {
+        matches!(self, Self::Jwt(_) | Self::ApiKey(_))
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Self::Header(_) => "header",
@@ -145,6 +151,9 @@ struct Resolver<S> {
     sources: Vec<Source>,
     registry: Registry<S>,
     trusted: Vec<Net>,
+    /// Whether a request that carries no verified credential may be resolved by its
+    /// unverified sources alone ([`TenantLayerBuilder::allow_unverified`]).
+    allow_unverified: bool,
 }
 
 /// What the synchronous part of resolution found.
@@ -260,6 +269,8 @@ impl<S: TenantStore> Resolver<S> {
         let trusted_peer = self.trusted(peer);
         let mut found: Option<(Named<'r>, &'static str)> = None;
         let mut key: Option<ApiKeyHash> = None;
+        // Whether a verified source (a token, an API key) named the tenant.
+        let mut verified = false;
         let mut agree = |id: Named<'r>, source: &'static str| -> Result<(), TenantError> {
             match &found {
                 Some((seen, first)) if seen.as_str() != id.as_str() => Err(TenantError::new(
@@ -316,6 +327,7 @@ impl<S: TenantStore> Resolver<S> {
                                 )
                             })?;
                         agree(Named::Owned(verifier.verify(token.trim())?), source.name())?;
+                        verified = true;
                     }
                 }
                 Source::ApiKey(name) => {
@@ -327,13 +339,22 @@ impl<S: TenantStore> Resolver<S> {
                             Some(None) => return Err(unknown_key()),
                             None => key = Some(hash),
                         }
+                        verified = true;
                     }
                 }
             }
         }
         match (found, key) {
             (found, Some(hash)) => Ok(Found::Key(hash, found.map(|(id, _)| id))),
-            (Some((id, _)), None) => Ok(Found::Tenant(id)),
+            (Some((id, _)), None) if verified || self.allow_unverified => Ok(Found::Tenant(id)),
+            // A header, host or path alone proves nothing: without the opt-in, a verified
+            // credential is required and the others may only agree with it.
+            (Some((_, source)), None) => Err(TenantError::new(
+                TenantErrorKind::MissingCredentials,
+                format!(
+                    "only the unverified {source} names a tenant; a token or API key is required"
+                ),
+            )),
             (None, None) => Err(TenantError::new(
                 TenantErrorKind::MissingCredentials,
                 "no source names a tenant",
@@ -408,7 +429,11 @@ fn subdomain<'h>(host: &'h str, base: &str) -> Option<&'h str> {
 ///
 /// Sources are tried in the order they were added; every source present must name the same
 /// tenant (else 403), at least one must be present (else 401), the tenant must be in the
-/// registry (else 403) and active (else 403). The request then carries a [`TenantId`], a
+/// registry and active (else 403, the same answer for both). A header, the host and the path
+/// are unverified: unless the builder was told
+/// [`allow_unverified`](TenantLayerBuilder::allow_unverified), a verified token or API key
+/// must be present (else 401) and they may only agree with it. The request then carries a
+/// [`TenantId`], a
 /// [`TenantContext`] and, when the peer is known, a [`ClientIp`]. Failures are
 /// [`TenantError`]s, which the HTTP mapping of `tower-patterns-core` answers with the right
 /// status.
@@ -423,7 +448,14 @@ fn subdomain<'h>(host: &'h str, base: &str) -> Option<&'h str> {
 /// # async fn main() {
 /// let tenants = StaticTenants::from_toml("[[tenants]]\nid = \"acme\"\nplan = \"gold\"").unwrap();
 /// let svc = ServiceBuilder::new()
-///     .layer(TenantLayer::builder(tenants).header("x-tenant-id").subdomain("shop.example").build().unwrap())
+///     .layer(
+///         TenantLayer::builder(tenants)
+///             .header("x-tenant-id")
+///             .subdomain("shop.example")
+///             .allow_unverified() // trusted internal callers only: anyone can send these
+///             .build()
+///             .unwrap(),
+///     )
 ///     .service(service_fn(|req: Request<()>| async move {
 ///         let plan = TenantContext::of(&req).unwrap().plan().to_owned();
 ///         Ok::<_, Infallible>(Response::new(plan))
@@ -457,6 +489,7 @@ impl<S> fmt::Debug for TenantLayer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TenantLayer")
             .field("sources", &self.resolver.sources)
+            .field("allow_unverified", &self.resolver.allow_unverified)
             .finish_non_exhaustive()
     }
 }
@@ -473,6 +506,7 @@ impl<S: TenantStore> TenantLayer<S> {
             sources: Vec::new(),
             registry,
             trusted: Vec::new(),
+            allow_unverified: false,
             error: None,
         }
     }
@@ -488,6 +522,7 @@ pub struct TenantLayerBuilder<S> {
     sources: Vec<Source>,
     registry: Registry<S>,
     trusted: Vec<Net>,
+    allow_unverified: bool,
     error: Option<ConfigError>,
 }
 
@@ -495,6 +530,7 @@ impl<S> fmt::Debug for TenantLayerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TenantLayerBuilder")
             .field("sources", &self.sources)
+            .field("allow_unverified", &self.allow_unverified)
             .finish_non_exhaustive()
     }
 }
@@ -512,8 +548,9 @@ impl<S: TenantStore> TenantLayerBuilder<S> {
         }
     }
 
-    /// The tenant id in a header (`x-tenant-id`, say). Unauthenticated: pair it with a token
-    /// or an API key, which must then agree.
+    /// The tenant id in a header (`x-tenant-id`, say). Unverified: anyone can send it, so
+    /// pair it with a token or an API key, which it must then agree with, or opt in with
+    /// [`allow_unverified`](Self::allow_unverified).
     #[must_use]
     pub fn header(mut self, name: &str) -> Self {
         if let Some(name) = self.header_name(name) {
@@ -523,6 +560,7 @@ impl<S: TenantStore> TenantLayerBuilder<S> {
     }
 
     /// The tenant as the one label of the host under `base` (`acme.shop.example`).
+    /// Unverified, like [`header`](Self::header).
     #[must_use]
     pub fn subdomain(mut self, base: &str) -> Self {
         self.sources.push(Source::Subdomain(
@@ -532,6 +570,7 @@ impl<S: TenantStore> TenantLayerBuilder<S> {
     }
 
     /// The tenant as the path segment after `prefix` (`/t/` gives `acme` for `/t/acme/orders`).
+    /// Unverified, like [`header`](Self::header).
     #[must_use]
     pub fn path_prefix(mut self, prefix: &str) -> Self {
         self.sources.push(Source::PathPrefix(prefix.to_owned()));
@@ -569,11 +608,28 @@ impl<S: TenantStore> TenantLayerBuilder<S> {
         self
     }
 
+    /// Lets a request that carries no token and no API key be resolved by its unverified
+    /// sources (header, subdomain, path) alone: any caller can then choose any tenant, so
+    /// use it only behind a gateway that authenticates, or for trusted internal callers.
+    ///
+    /// Without it the layer is closed: a layer with only unverified sources does not build,
+    /// and one with a [`jwt`](Self::jwt) or [`api_key`](Self::api_key) source refuses a
+    /// request that lacks such a credential with 401, whatever its header says. With it or
+    /// without it, a credential that is present must verify (else 401) and every other
+    /// source present must name the same tenant (else 403): an unverified source never
+    /// outranks a verified one.
+    #[must_use]
+    pub const fn allow_unverified(mut self) -> Self {
+        self.allow_unverified = true;
+        self
+    }
+
     /// Builds the layer.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for a bad header name or proxy address, or no source at all.
+    /// A [`ConfigError`] for a bad header name or proxy address, no source at all, or only
+    /// unverified sources without [`allow_unverified`](Self::allow_unverified).
     pub fn build(self) -> Result<TenantLayer<S>, ConfigError> {
         if let Some(err) = self.error {
             return Err(err);
@@ -581,11 +637,19 @@ impl<S: TenantStore> TenantLayerBuilder<S> {
         if self.sources.is_empty() {
             return Err(ConfigError::new("sources", "no tenant source"));
         }
+        if !self.allow_unverified && !self.sources.iter().any(Source::is_verified) {
+            return Err(ConfigError::new(
+                "sources",
+                "only unverified tenant sources (header, subdomain, path): add a token or an API \
+                 key, or call allow_unverified() for trusted internal callers",
+            ));
+        }
         Ok(TenantLayer {
             resolver: Arc::new(Resolver {
                 sources: self.sources,
                 registry: self.registry,
                 trusted: self.trusted,
+                allow_unverified: self.allow_unverified,
             }),
         })
     }

@@ -23,6 +23,7 @@ async fn the_extractor_sees_the_resolved_tenant_and_rejects_without_one() {
                 .layer(
                     TenantLayer::builder(tenants)
                         .header("x-tenant-id")
+                        .allow_unverified()
                         .build()
                         .unwrap(),
                 ),

@@ -81,18 +81,31 @@ fn serve(layer: TenantLayer<impl TenantStore>) -> Svc {
     )
 }
 
+/// Every source, verified and not; `open` opts in to tenancy by unverified sources alone.
+fn every_source(open: bool) -> Svc {
+    let builder = TenantLayer::builder(tenants())
+        .header("x-tenant-id")
+        .subdomain("shop.example")
+        .path_prefix("/t/")
+        .jwt(verifier())
+        .api_key("x-api-key")
+        .trusted_proxies(["10.0.0.0/8"]);
+    let builder = if open {
+        builder.allow_unverified()
+    } else {
+        builder
+    };
+    serve(builder.build().unwrap())
+}
+
+/// Every source, with `allow_unverified`: what each source resolves on its own.
 fn full() -> Svc {
-    serve(
-        TenantLayer::builder(tenants())
-            .header("x-tenant-id")
-            .subdomain("shop.example")
-            .path_prefix("/t/")
-            .jwt(verifier())
-            .api_key("x-api-key")
-            .trusted_proxies(["10.0.0.0/8"])
-            .build()
-            .unwrap(),
-    )
+    every_source(true)
+}
+
+/// Every source, closed (the default): a token or API key is required.
+fn closed() -> Svc {
+    every_source(false)
 }
 
 async fn send(svc: &Svc, req: Request<()>) -> (StatusCode, String) {
@@ -333,6 +346,128 @@ async fn conflicts_unknown_suspended_missing_and_malformed() {
     }
 }
 
+#[tokio::test]
+async fn unverified_sources_alone_choose_no_tenant_unless_allowed() {
+    let svc = closed();
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    let jwt = |tenant: &str| {
+        format!(
+            "Bearer {}",
+            token(Algorithm::EdDSA, "ed-1", &ed, &claims(tenant))
+        )
+    };
+    // A header, a host or a path alone: any client could send them, so 401.
+    for req in [
+        with_header("x-tenant-id", "acme"),
+        with_header("host", "acme.shop.example"),
+        Request::builder().uri("/t/acme/orders").body(()).unwrap(),
+        Request::builder()
+            .uri("/t/acme/orders")
+            .header("host", "acme.shop.example")
+            .header("x-tenant-id", "acme")
+            .body(())
+            .unwrap(),
+    ] {
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        assert_eq!(res.into_body(), "missing tenant or credentials");
+    }
+    // A verified credential alone, or with unverified sources that agree: served.
+    assert_eq!(
+        send(&svc, with_header("authorization", &jwt("acme"))).await,
+        (StatusCode::OK, "acme gold ".into())
+    );
+    let agreeing = Request::builder()
+        .uri("/t/acme/orders")
+        .header("host", "acme.shop.example")
+        .header("x-tenant-id", "acme")
+        .header("authorization", jwt("acme"))
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, agreeing).await.0, StatusCode::OK);
+    // The key's owner is looked up in the registry (first request), then cached (second).
+    for _ in 0..2 {
+        assert_eq!(
+            send(&svc, with_header("x-api-key", "sk_live_keyed")).await,
+            (StatusCode::OK, "keyed free ".into())
+        );
+        let agreeing = Request::builder()
+            .header("x-tenant-id", "keyed")
+            .header("x-api-key", "sk_live_keyed")
+            .body(())
+            .unwrap();
+        assert_eq!(send(&svc, agreeing).await.0, StatusCode::OK);
+        // An unverified source that disagrees with the verified one: 403, never its tenant.
+        let header_disagrees = Request::builder()
+            .header("x-tenant-id", "acme")
+            .header("x-api-key", "sk_live_keyed")
+            .body(())
+            .unwrap();
+        assert_eq!(send(&svc, header_disagrees).await.0, StatusCode::FORBIDDEN);
+    }
+    for (name, value) in [("x-tenant-id", "globex"), ("host", "globex.shop.example")] {
+        let disagrees = Request::builder()
+            .header(name, value)
+            .header("authorization", jwt("acme"))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            send(&svc, disagrees).await.0,
+            StatusCode::FORBIDDEN,
+            "{name}"
+        );
+    }
+    // A credential that fails verification does not fall back to the header: 401.
+    let bad_key = Request::builder()
+        .header("x-tenant-id", "acme")
+        .header("x-api-key", "sk_guess")
+        .body(())
+        .unwrap();
+    assert_eq!(send(&svc, bad_key).await.0, StatusCode::UNAUTHORIZED);
+
+    // With the opt-in, the header alone is believed; a present credential still wins.
+    let open = full();
+    assert_eq!(
+        send(&open, with_header("x-tenant-id", "acme")).await.0,
+        StatusCode::OK
+    );
+    let disagrees = Request::builder()
+        .header("x-tenant-id", "globex")
+        .header("authorization", jwt("acme"))
+        .body(())
+        .unwrap();
+    assert_eq!(send(&open, disagrees).await.0, StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn a_layer_of_unverified_sources_needs_the_explicit_opt_in() {
+    for builder in [
+        TenantLayer::builder(tenants()).header("x-tenant-id"),
+        TenantLayer::builder(tenants()).subdomain("shop.example"),
+        TenantLayer::builder(tenants())
+            .path_prefix("/t/")
+            .header("x-tenant-id"),
+    ] {
+        let err = builder.build().unwrap_err();
+        assert!(err.to_string().contains("allow_unverified"), "{err}");
+    }
+    let open = TenantLayer::builder(tenants())
+        .header("x-tenant-id")
+        .allow_unverified()
+        .build();
+    assert!(open.is_ok());
+    assert!(format!("{:?}", open.unwrap()).contains("allow_unverified: true"));
+    for verified in [
+        TenantLayer::builder(tenants()).api_key("x-api-key"),
+        TenantLayer::builder(tenants())
+            .header("x-tenant-id")
+            .jwt(verifier()),
+    ] {
+        assert!(verified.build().is_ok());
+    }
+}
+
 fn from_peer(peer: &str, req: http::request::Builder) -> Request<()> {
     let mut req = req.body(()).unwrap();
     req.extensions_mut()
@@ -419,6 +554,7 @@ async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
     let store = Counting::default();
     let layer = TenantLayer::builder_with(Registry::new(store.clone()))
         .header("x-tenant-id")
+        .allow_unverified()
         .build()
         .unwrap();
     let svc = serve(layer);
@@ -502,6 +638,29 @@ fn corrupt_registry_files_and_bad_configs_are_typed_errors() {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
+
+    /// Closed (the default), no combination of unverified sources, from any peer, selects a
+    /// tenant, even one that exists and is active.
+    #[test]
+    fn without_a_credential_no_unverified_source_selects_a_tenant(
+        tenant in prop::sample::select(vec!["acme", "globex", "keyed", "initech", "nobody"]),
+        header in any::<bool>(),
+        host in any::<bool>(),
+        forwarded in any::<bool>(),
+        path in any::<bool>(),
+        proxy in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut req = Request::builder();
+        if header { req = req.header("x-tenant-id", tenant); }
+        if host { req = req.header("host", format!("{tenant}.shop.example")); }
+        if forwarded { req = req.header("x-forwarded-host", format!("{tenant}.shop.example")); }
+        if path { req = req.uri(format!("/t/{tenant}/orders")); }
+        let req = from_peer(if proxy { "10.0.0.1:1" } else { "198.51.100.1:1" }, req);
+        let status = rt.block_on(closed().oneshot(req)).unwrap().status();
+        prop_assert_ne!(status, StatusCode::OK);
+        prop_assert!(status.is_client_error(), "{status}");
+    }
 
     #[test]
     fn resolvers_never_panic_on_arbitrary_bytes(
