@@ -499,6 +499,12 @@ mod tests {
                 status == 401
             );
         }
+        // One answer for an unknown and a suspended tenant: no probing which ids exist.
+        let answer = |kind| {
+            let res: Response<String> = error_response(&TenantError::new(kind, "detail"));
+            (res.status(), res.into_body())
+        };
+        assert_eq!(answer(K::Unknown), answer(K::Suspended));
     }
 
     #[test]

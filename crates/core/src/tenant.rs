@@ -139,9 +139,10 @@ pub enum TenantErrorKind {
     /// Two sources named different tenants, or a forwarded header from an untrusted peer
     /// disagreed with the connection (403).
     Conflict,
-    /// The tenant is not in the registry (403: the caller must not learn which ids exist).
+    /// The tenant is not in the registry (403, answered exactly as [`Self::Suspended`]: the
+    /// caller must not learn which ids exist).
     Unknown,
-    /// The tenant exists but is suspended (403).
+    /// The tenant exists but is suspended (403, answered exactly as [`Self::Unknown`]).
     Suspended,
     /// The registry could not be reached (503).
     Unavailable,
@@ -158,15 +159,15 @@ impl TenantErrorKind {
         }
     }
 
-    /// A short phrase safe to show to clients (it names no tenant and no key).
+    /// A short phrase safe to show to clients (it names no tenant and no key). Unknown and
+    /// suspended tenants share one phrase, so the answer does not tell which ids exist.
     pub const fn public_message(self) -> &'static str {
         match self {
             Self::Malformed => "malformed tenant or credentials",
             Self::MissingCredentials => "missing tenant or credentials",
             Self::InvalidCredentials => "invalid credentials",
             Self::Conflict => "conflicting tenant sources",
-            Self::Unknown => "unknown tenant",
-            Self::Suspended => "tenant suspended",
+            Self::Unknown | Self::Suspended => "unknown or suspended tenant",
             Self::Unavailable => "tenant registry unavailable",
         }
     }

@@ -468,6 +468,31 @@ fn a_layer_of_unverified_sources_needs_the_explicit_opt_in() {
     }
 }
 
+#[tokio::test]
+async fn unknown_and_suspended_tenants_get_one_answer() {
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    let answer = |svc: Svc, req: Request<()>| async move {
+        let res = svc.oneshot(req).await.unwrap();
+        let headers = format!("{:?}", res.headers());
+        (res.status(), headers, res.into_body())
+    };
+    // By header (opted in) and by a valid token naming the tenant (closed); first from the
+    // store, then from the registry's cache.
+    for round in 0..2 {
+        let (open, closed) = (full(), closed());
+        let by_header = |t: &str| with_header("x-tenant-id", t);
+        let by_token = |t: &str| bearer(&token(Algorithm::EdDSA, "ed-1", &ed, &claims(t)));
+        let unknown = answer(open.clone(), by_header("umbrella")).await;
+        let suspended = answer(open, by_header("initech")).await;
+        assert_eq!(unknown.0, StatusCode::FORBIDDEN);
+        assert_eq!(unknown, suspended, "header, round {round}");
+        let unknown = answer(closed.clone(), by_token("umbrella")).await;
+        let suspended = answer(closed, by_token("initech")).await;
+        assert_eq!(unknown.0, StatusCode::FORBIDDEN);
+        assert_eq!(unknown, suspended, "token, round {round}");
+    }
+}
+
 fn from_peer(peer: &str, req: http::request::Builder) -> Request<()> {
     let mut req = req.body(()).unwrap();
     req.extensions_mut()
