@@ -20,6 +20,12 @@ use crate::{
 };
 
 /// An event of an aggregate: serialised as JSON, with a type name and a schema version.
+///
+/// Events are read back by their stored type, not by the payload's shape (see
+/// [`RecordedEvent::decode_event`]): make the event a serde enum in its default representation
+/// whose variant names are the type names `event_type` returns, and bump `schema_version`
+/// (with an upcaster for the old one) when a variant's fields change. An event whose payload
+/// disagrees with its stored type or schema version is an error, never applied.
 pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The type name stored with the event (`"Deposited"`).
     fn event_type(&self) -> &'static str;
@@ -218,17 +224,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     fn decode(&self, event: RecordedEvent) -> Result<(RecordedEvent, A::Event), Error> {
         let event = self.upcasters.apply(event)?;
-        let decoded: A::Event = serde_json::from_str(event.payload.get()).map_err(|e| {
-            if e.to_string().starts_with("unknown variant") {
-                Error::UnknownEventType {
-                    stream: event.stream_id.clone(),
-                    version: event.version,
-                    event_type: event.event_type.clone(),
-                }
-            } else {
-                event.corrupt(e.to_string())
-            }
-        })?;
+        let decoded = event.decode_event()?;
         Ok((event, decoded))
     }
 

@@ -43,14 +43,33 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// An event's type is not one the reader knows.
+    /// An event's stored type is not one the reader knows.
     UnknownEventType {
         /// Its stream.
         stream: String,
         /// Its version.
         version: u64,
+        /// Its global position.
+        position: GlobalPosition,
         /// The type.
         event_type: String,
+    },
+    /// An event's payload is not of the type, or not at the schema version, stored with it
+    /// (an event stored as `Frozen` whose payload is a withdrawal). It is not applied.
+    Mismatch {
+        /// Its stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+        /// Its global position.
+        position: GlobalPosition,
+        /// The type stored with it.
+        event_type: String,
+        /// The schema version stored with it (after upcasting).
+        schema_version: u32,
+        /// What the reader found instead (`a payload tagged "Withdrew"`, `the reader's
+        /// schema version 2`).
+        found: String,
     },
     /// An argument was refused (an empty stream id, an empty batch, ...).
     Invalid(String),
@@ -101,10 +120,22 @@ impl fmt::Display for Error {
             Self::UnknownEventType {
                 stream,
                 version,
+                position,
                 event_type,
             } => write!(
                 f,
-                "unknown event type {event_type:?} in stream {stream:?} at version {version}"
+                "unknown event type {event_type:?} in stream {stream:?} at version {version} (position {position})"
+            ),
+            Self::Mismatch {
+                stream,
+                version,
+                position,
+                event_type,
+                schema_version,
+                found,
+            } => write!(
+                f,
+                "event in stream {stream:?} at version {version} (position {position}) is stored as {event_type:?} schema version {schema_version}, but is {found}"
             ),
             Self::Invalid(why) => write!(f, "invalid argument: {why}"),
             Self::Encode(why) => write!(f, "could not encode: {why}"),

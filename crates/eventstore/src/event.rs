@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::Error;
+use crate::{DomainEvent, Error};
 
 /// What the writer says about a stream's version before appending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,6 +236,26 @@ impl RecordedEvent {
     /// `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_str(self.payload.get()).map_err(|e| self.corrupt(e.to_string()))
+    }
+
+    /// Decodes the event as an `E` of its stored type and schema version: the type stored
+    /// with the event chooses the variant of `E`, whatever the payload looks like. Upcast it
+    /// first ([`Upcasters::apply`](crate::Upcasters::apply)) if it may be of an older schema.
+    ///
+    /// `E` is normally a serde enum in its default representation, whose variant names are
+    /// the stored types and whose payload is `{"Type": {...}}` (what [`Repository`] stores).
+    /// Another representation is decoded by its shape, then checked the same way.
+    ///
+    /// # Errors
+    ///
+    /// Each naming the stream, version and position: [`Error::UnknownEventType`] when `E`
+    /// has no variant of the stored type, [`Error::Mismatch`] when the payload is of another
+    /// type or schema version than the one stored with it, and [`Error::Corrupt`] when it is
+    /// not a valid `E`.
+    ///
+    /// [`Repository`]: crate::Repository
+    pub fn decode_event<E: DomainEvent>(&self) -> Result<E, Error> {
+        crate::decode::decode_event(self)
     }
 
     /// An [`Error::Corrupt`] about this event.

@@ -37,6 +37,7 @@
 //! ```
 
 mod aggregate;
+mod decode;
 mod error;
 mod event;
 mod memory;

@@ -124,8 +124,175 @@ async fn bank_account<S: EventStore>(store: Arc<S>, clock: Arc<AtomicU64>) {
         .unwrap();
     assert!(matches!(
         repo.load("3").await,
-        Err(Error::UnknownEventType { ref stream, version: 1, ref event_type }) if stream == "account-3" && event_type == "Frozen"
+        Err(Error::UnknownEventType { ref stream, version: 1, ref event_type, .. }) if stream == "account-3" && event_type == "Frozen"
     ));
+}
+
+/// Events are decoded by the type and schema version stored with them, never by the shape of
+/// their payload: a disagreement is a typed error naming the event, and nothing is applied.
+async fn decoding_by_stored_type<S: EventStore>(store: Arc<S>) {
+    let repo =
+        Repository::<Account, S>::new(store.clone(), "typed-").upcasters(common::upcasters());
+    // An open account with 100, then one stored event `(type, schema version, payload)`:
+    // returns the load's answer and the event's position.
+    let after = |id: &'static str, event_type: &'static str, schema: u32, payload| {
+        let (repo, store) = (repo.clone(), store.clone());
+        async move {
+            repo.execute(id, &C::Open { owner: "ed".into() }, Metadata::default())
+                .await
+                .unwrap();
+            repo.execute(id, &C::Deposit { amount: 100 }, Metadata::default())
+                .await
+                .unwrap();
+            let odd = EventData::json(event_type, &payload)
+                .unwrap()
+                .with_schema_version(schema);
+            let done = store
+                .append(&repo.stream(id), ExpectedVersion::Exact(2), vec![odd])
+                .await
+                .unwrap();
+            (repo.load(id).await, done.positions[0])
+        }
+    };
+
+    // Stored as `Frozen`, shaped like a withdrawal: an unknown type, not a withdrawal.
+    let (got, at) = after(
+        "frozen",
+        "Frozen",
+        1,
+        json!({ "Withdrew": { "amount": 30 } }),
+    )
+    .await;
+    match got {
+        Err(Error::UnknownEventType {
+            stream,
+            version: 3,
+            position,
+            event_type,
+        }) => {
+            assert_eq!(
+                (stream.as_str(), position, event_type.as_str()),
+                ("typed-frozen", at, "Frozen")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        repo.history("frozen").await,
+        Err(Error::UnknownEventType { .. })
+    ));
+    assert!(matches!(
+        repo.state_at("frozen", SystemTime::now() + Duration::from_secs(3_600))
+            .await,
+        Err(Error::UnknownEventType { .. })
+    ));
+    // Stored as `Frozen` with a payload of no known shape: still the stored type that is unknown.
+    let (got, _) = after("frozen-2", "Frozen", 1, json!({ "reason": "fraud" })).await;
+    assert!(
+        matches!(got, Err(Error::UnknownEventType { ref event_type, .. }) if event_type == "Frozen"),
+        "{got:?}"
+    );
+
+    // Stored as a known type, with another type's payload: a mismatch, naming the event.
+    let (got, at) = after(
+        "swapped",
+        "Deposited",
+        2,
+        json!({ "Withdrew": { "amount": 30 } }),
+    )
+    .await;
+    match got {
+        Err(Error::Mismatch {
+            stream,
+            version: 3,
+            position,
+            event_type,
+            schema_version: 2,
+            found,
+        }) => {
+            assert_eq!(
+                (stream.as_str(), position, event_type.as_str()),
+                ("typed-swapped", at, "Deposited")
+            );
+            assert!(found.contains("Withdrew"), "{found}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (got, _) = after(
+        "swapped-2",
+        "Withdrew",
+        1,
+        json!({ "Deposited": { "amount": 30 } }),
+    )
+    .await;
+    assert!(
+        matches!(got, Err(Error::Mismatch { version: 3, .. })),
+        "{got:?}"
+    );
+    // A misspelt tag on a known type is a mismatch, not an unknown type (whatever serde says).
+    let (got, _) = after(
+        "typo",
+        "Deposited",
+        2,
+        json!({ "Depositd": { "amount": 30 } }),
+    )
+    .await;
+    assert!(
+        matches!(got, Err(Error::Mismatch { ref found, .. }) if found.contains("Depositd")),
+        "{got:?}"
+    );
+
+    // A schema version the reader does not have (a newer writer's `Withdrew` v3): refused.
+    let (got, at) = after(
+        "newer",
+        "Withdrew",
+        3,
+        json!({ "Withdrew": { "amount": 30 } }),
+    )
+    .await;
+    match got {
+        Err(Error::Mismatch {
+            version: 3,
+            position,
+            schema_version: 3,
+            found,
+            ..
+        }) => {
+            assert_eq!(position, at);
+            assert!(found.contains("schema version 1"), "{found}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // An old `Deposited` v1 shaped like v2 is not read as v2: the upcaster runs, and refuses it.
+    let (got, _) = after(
+        "old",
+        "Deposited",
+        1,
+        json!({ "Deposited": { "amount": 30 } }),
+    )
+    .await;
+    assert!(
+        matches!(got, Err(Error::Corrupt { version: 3, .. })),
+        "{got:?}"
+    );
+    let bare = Repository::<Account, S>::new(store.clone(), "typed-");
+    assert!(
+        matches!(
+            bare.load("old").await,
+            Err(Error::Mismatch {
+                schema_version: 1,
+                ..
+            })
+        ),
+        "without the upcaster, v1 is not taken for v2"
+    );
+
+    // The error names the event in its message too.
+    let err = repo.load("swapped").await.unwrap_err().to_string();
+    assert!(
+        err.contains("typed-swapped") && err.contains("version 3"),
+        "{err}"
+    );
 }
 
 async fn snapshots<S: EventStore>(store: Arc<S>) {
@@ -257,6 +424,7 @@ fn clock() -> (
 async fn in_memory() {
     let (c, f) = clock();
     bank_account(Arc::new(InMemoryStore::new().with_clock(f)), c).await;
+    decoding_by_stored_type(Arc::new(InMemoryStore::new())).await;
     snapshots(Arc::new(InMemoryStore::new())).await;
     commands_as_a_service(Arc::new(InMemoryStore::new())).await;
 }
@@ -278,6 +446,10 @@ async fn sqlite() {
     .await;
     snapshots(Arc::new(
         SqliteStore::open(dir.path().join("b.db")).unwrap(),
+    ))
+    .await;
+    decoding_by_stored_type(Arc::new(
+        SqliteStore::open(dir.path().join("d.db")).unwrap(),
     ))
     .await;
     commands_as_a_service(Arc::new(
@@ -303,6 +475,10 @@ async fn postgres() {
         return;
     };
     snapshots(Arc::new(PostgresStore::connect(&url, 8).await.unwrap())).await;
+    let Some(url) = common::fresh_postgres("agg").await else {
+        return;
+    };
+    decoding_by_stored_type(Arc::new(PostgresStore::connect(&url, 8).await.unwrap())).await;
     let Some(url) = common::fresh_postgres("agg").await else {
         return;
     };
