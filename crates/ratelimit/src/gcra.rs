@@ -20,6 +20,11 @@ use crate::{Decision, Limiter};
 /// `Rate::per_second(10)` allows 10 at once and then one every 100 ms; `.burst(1)` makes it
 /// smooth (no two requests closer than 100 ms).
 ///
+/// A rate is a plain value and may be invalid (a burst of 0, an interval below 1 ns, a refill
+/// longer than [`Rate::MAX_REFILL`]): [`Rate::validate`] says so, builders refuse an invalid
+/// default, and a limiter given an invalid rate for a request (by `rate_for`) refuses that
+/// request with the [`ConfigError`] instead of admitting it.
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_patterns_ratelimit::Rate;
@@ -36,12 +41,24 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// The longest refill time (burst × interval) a valid rate may have: 100 years of 365
+    /// days. Longer ones would overflow the limiters' nanosecond and microsecond clocks.
+    pub const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
     /// `n` per `period`, with a burst of `n`.
+    ///
+    /// The interval is `period / n`, rounded down to the nanosecond: `n = 0`, or a period
+    /// shorter than `n` nanoseconds, gives an interval of zero, which is not a valid rate.
     pub const fn new(n: u32, period: Duration) -> Self {
         let interval = if n == 0 {
             Duration::ZERO
         } else {
-            Duration::from_nanos((period.as_nanos() / n as u128) as u64)
+            let nanos = period.as_nanos() / n as u128;
+            Duration::from_nanos(if nanos > u64::MAX as u128 {
+                u64::MAX
+            } else {
+                nanos as u64
+            })
         };
         Self { burst: n, interval }
     }
@@ -89,7 +106,8 @@ impl Rate {
         self.interval.saturating_mul(self.burst)
     }
 
-    /// Checks the rate: a burst of at least 1 and an interval of at least 1 ns.
+    /// Checks the rate: a burst of at least 1, an interval of at least 1 ns, and a refill time
+    /// of at most [`Rate::MAX_REFILL`].
     ///
     /// # Errors
     ///
@@ -104,14 +122,26 @@ impl Rate {
                 "allows more than one request per nanosecond",
             ));
         }
+        if self.interval.as_nanos() * u128::from(self.burst) > Self::MAX_REFILL.as_nanos() {
+            return Err(ConfigError::new(
+                "rate",
+                "takes more than 100 years to refill",
+            ));
+        }
         Ok(())
     }
 
-    fn quota(&self) -> governor::Quota {
-        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
-        governor::Quota::with_period(self.interval)
-            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MAX))
-            .allow_burst(burst)
+    /// governor's quota for a rate, or the reason it has none.
+    fn quota(&self) -> Result<governor::Quota, ConfigError> {
+        self.validate()?;
+        match (
+            NonZeroU32::new(self.burst),
+            governor::Quota::with_period(self.interval),
+        ) {
+            (Some(burst), Some(quota)) => Ok(quota.allow_burst(burst)),
+            // Not reached: `validate` refuses a zero burst and a zero interval.
+            _ => Err(ConfigError::new("rate", "is not valid")),
+        }
     }
 }
 
@@ -254,22 +284,28 @@ where
     ///
     /// # Errors
     ///
-    /// A [`Rejected`] of kind `RateLimited`, with the wait and the limit's state.
-    pub fn check_key(&self, key: Key, rate: Rate) -> Result<RateLimitInfo, Rejected> {
+    /// A [`Rejected`] of kind `RateLimited`, with the wait and the limit's state; or, when
+    /// `rate` is not valid (see [`Rate::validate`]), the [`ConfigError`]: an invalid rate
+    /// refuses every request (the HTTP mapping answers 500), it never admits one.
+    pub fn check_key(&self, key: Key, rate: Rate) -> Result<RateLimitInfo, BoxError> {
         // `get` borrows the key; the replacing path (first contact, or a changed rate) is
-        // serialized per key, so two first requests never count in two different cells.
+        // serialized per key, so two first requests never count in two different cells. A
+        // cell only ever holds a rate that was validated when the cell was made.
         let cell = match self.cells.get(&key) {
             Some(cell) if cell.rate == rate => cell,
-            _ => self.cells.get_or_replace_with(
-                key,
-                |cell| cell.rate == rate,
-                || {
-                    Arc::new(Cell {
-                        rate,
-                        limiter: Governor::new(rate.quota(), InMemoryState::default(), self.clock),
-                    })
-                },
-            ),
+            _ => {
+                let quota = rate.quota()?;
+                self.cells.get_or_replace_with(
+                    key,
+                    |cell| cell.rate == rate,
+                    || {
+                        Arc::new(Cell {
+                            rate,
+                            limiter: Governor::new(quota, InMemoryState::default(), self.clock),
+                        })
+                    },
+                )
+            }
         };
         let limit = u64::from(rate.burst);
         match check_fresh(&cell.limiter, &self.clock, rate.interval) {
@@ -291,7 +327,8 @@ where
                     limit,
                     remaining: 0,
                     reset: wait + rate.interval.saturating_mul(rate.burst - 1),
-                })),
+                })
+                .into()),
         }
     }
 
@@ -330,7 +367,7 @@ where
             Err(err) => return Decision::Now(Err(err.into())),
         };
         let rate = self.rate_for.rate_for(req).unwrap_or(self.default);
-        Decision::Now(self.check_key(key, rate).map(Some).map_err(BoxError::from))
+        Decision::Now(self.check_key(key, rate).map(Some))
     }
 }
 
@@ -460,7 +497,11 @@ mod tests {
         let clock = Script(Arc::default());
         clock.then(&[0]);
         let rate = Rate::new(2, Duration::from_micros(2));
-        let limiter = Limiter::new(rate.quota(), InMemoryState::default(), clock.clone());
+        let limiter = Limiter::new(
+            rate.quota().unwrap(),
+            InMemoryState::default(),
+            clock.clone(),
+        );
         clock.then(&[10_000]);
         assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());
         assert!(check_fresh(&limiter, &clock, INTERVAL).is_ok());

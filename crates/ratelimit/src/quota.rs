@@ -80,6 +80,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// An allowance of `limit` requests per [`Period`].
 ///
+/// A quota is a plain value and may be invalid (a limit of 0, a window under a second):
+/// [`Quota::validate`] says so, the builder refuses an invalid default, and a limiter given an
+/// invalid quota for a request (by `quota_for`) refuses that request with the
+/// [`ConfigError`] instead of admitting it.
+///
 /// ```
 /// use tower_patterns_ratelimit::{Period, Quota};
 ///
@@ -235,8 +240,11 @@ where
     ///
     /// # Errors
     ///
-    /// A [`Rejected`] of kind `QuotaExceeded` with the time to the window's end.
-    pub fn check_key(&self, key: Key, quota: Quota) -> Result<RateLimitInfo, Rejected> {
+    /// A [`Rejected`] of kind `QuotaExceeded` with the time to the window's end; or, when
+    /// `quota` is not valid (see [`Quota::validate`]), the [`ConfigError`]: an invalid quota
+    /// refuses every request (the HTTP mapping answers 500), it never admits one.
+    pub fn check_key(&self, key: Key, quota: Quota) -> Result<RateLimitInfo, BoxError> {
+        quota.validate()?;
         let (secs, now) = self.clock.unix_secs();
         let (window, end) = quota.period.window(secs);
         let window = window & u64::from(u32::MAX);
@@ -260,7 +268,8 @@ where
                         limit,
                         remaining: 0,
                         reset,
-                    }));
+                    })
+                    .into());
             }
             let next = (window << 32) | (used + 1);
             match usage
@@ -306,7 +315,7 @@ where
             Err(err) => return Decision::Now(Err(err.into())),
         };
         let quota = self.quota_for.quota_for(req).unwrap_or(self.default);
-        Decision::Now(self.check_key(key, quota).map(Some).map_err(BoxError::from))
+        Decision::Now(self.check_key(key, quota).map(Some))
     }
 }
 

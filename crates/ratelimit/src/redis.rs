@@ -6,6 +6,10 @@
 //! otherwise stores the new arrival time with an expiry of exactly the time the limit needs to
 //! refill (idle keys cost nothing). One round trip per request.
 //!
+//! Intervals are sent to Redis in whole microseconds, rounded up: a rate whose interval is not
+//! a whole number of microseconds is enforced slightly stricter, never looser. An invalid rate
+//! ([`Rate::validate`]) is refused before Redis is asked.
+//!
 //! When Redis cannot be reached within the timeout, the limiter does what it was built to do:
 //! [`Unavailable::FailOpen`] admits the request (availability first; the default), and
 //! [`Unavailable::FailClosed`] refuses it with a `Rejected` of kind `LoadShed` (HTTP 503).
@@ -127,11 +131,17 @@ impl Shared {
         key: String,
         rate: Rate,
     ) -> Result<Option<RateLimitInfo>, BoxError> {
+        // Before Redis, and never through `failed`: an invalid rate is refused, whether Redis
+        // answers or not (a zero interval would otherwise admit every request, and a refill
+        // beyond the script's exact range would make Redis fail and the limiter fail open).
+        rate.validate()?;
         if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
             return self.unavailable(&"in the pause after a failure");
         }
         let mut conn = self.conn.clone();
-        let interval_us = (rate.interval().as_micros() as u64).max(1);
+        // Rounded up (stricter); `validate` bounds the refill far below 2^53 µs, where the
+        // script's numbers (Lua doubles) stop being exact.
+        let interval_us = rate.interval().as_nanos().div_ceil(1000) as u64;
         let mut invocation = self.script.key(&key);
         invocation.arg(rate.burst_size()).arg(interval_us);
         let reply: Result<redis::RedisResult<Reply>, _> =
@@ -222,7 +232,8 @@ impl<X, P> RedisLimiter<X, P> {
     /// # Errors
     ///
     /// A `Rejected` of kind `RateLimited` when the limit is used up, or `LoadShed` when Redis
-    /// is unreachable and the limiter fails closed.
+    /// is unreachable and the limiter fails closed; a [`ConfigError`] when `rate` is not valid
+    /// (see [`Rate::validate`]): an invalid rate refuses every request, it never admits one.
     pub async fn check_key(
         &self,
         key: &str,
@@ -251,6 +262,9 @@ where
             Err(err) => return Decision::Now(Err(err.into())),
         };
         let rate = self.rate_for.rate_for(req).unwrap_or(self.default);
+        if let Err(err) = rate.validate() {
+            return Decision::Now(Err(err.into()));
+        }
         let key = format!("{}{key}", self.shared.prefix);
         Decision::Later(Box::pin(self.shared.clone().check(key, rate)))
     }

@@ -1,6 +1,8 @@
 //! The distributed limiter against a real Redis (provided by `scripts/test`).
 #![cfg(feature = "redis")]
 
+mod rates;
+
 use std::{convert::Infallible, net::TcpListener, time::Duration};
 
 use http::{Request, Response, StatusCode};
@@ -132,4 +134,95 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured_and_is_reported
         }));
     let res = svc.oneshot(tenant_req("acme")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Against the real Redis, over the same rates as the in-process limiter's property test: an
+/// invalid rate is refused with its `ConfigError` before Redis is asked (it never fails open
+/// either); a valid one admits its whole burst at first, and never more than the burst plus
+/// what came back while the checks ran.
+#[test]
+fn the_redis_limiter_admits_no_more_than_a_valid_rate_allows_and_refuses_invalid_ones() {
+    use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+    use tower_patterns_core::ConfigError;
+
+    let Some(url) = server_url(Server::Redis) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let limiter = RedisLimiter::builder(&unique("prop"), ())
+        .timeout(Duration::from_secs(2))
+        .on_unavailable(Unavailable::FailOpen)
+        .connect(&url)
+        .unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        rng_seed: RngSeed::Fixed(15),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::cell::Cell::new(0u32);
+    let valid = std::cell::Cell::new(0u32);
+    runner
+        .run(&rates::any_rate(), |rate| {
+            case.set(case.get() + 1);
+            let key = format!("case-{}", case.get());
+            rt.block_on(async {
+                let burst = u64::from(rate.burst_size());
+                let tries = burst.min(8) + 2;
+                if rate.validate().is_err() {
+                    for _ in 0..tries {
+                        let err = limiter.check_key(&key, rate).await.unwrap_err();
+                        if err.downcast_ref::<ConfigError>().is_none() {
+                            return Err(TestCaseError::fail(format!("{rate:?}: {err}")));
+                        }
+                    }
+                    return Ok(());
+                }
+                valid.set(valid.get() + 1);
+                let interval_us = rate.interval().as_nanos().div_ceil(1000) as u64;
+                let start = std::time::Instant::now();
+                let mut admitted = 0u64;
+                for i in 0..tries {
+                    match limiter.check_key(&key, rate).await {
+                        Ok(Some(info)) => {
+                            admitted += 1;
+                            proptest::prop_assert_eq!(info.limit, burst);
+                        }
+                        Ok(None) => {
+                            return Err(TestCaseError::fail(format!(
+                                "{rate:?}: failed open, Redis refused the check"
+                            )));
+                        }
+                        Err(err) => {
+                            proptest::prop_assert!(i >= burst, "refused within the burst: {err}");
+                            let rejected = Rejected::find(&*err).unwrap();
+                            proptest::prop_assert_eq!(rejected.kind(), RejectionKind::RateLimited);
+                            let wait = rejected.retry_after().unwrap();
+                            proptest::prop_assert!(
+                                !wait.is_zero() && wait <= Duration::from_micros(interval_us),
+                                "wait {wait:?} for an interval of {interval_us} µs"
+                            );
+                        }
+                    }
+                }
+                let came_back = start.elapsed().as_micros() as u64 / interval_us + 1;
+                proptest::prop_assert!(
+                    admitted <= burst + came_back,
+                    "{rate:?}: {admitted} admitted"
+                );
+                Ok(())
+            })
+        })
+        .unwrap();
+    assert_eq!(limiter.failures(), 0, "Redis answered every valid check");
+    // Both kinds were drawn.
+    assert!(
+        (20..=76).contains(&valid.get()),
+        "{} valid rates",
+        valid.get()
+    );
 }
