@@ -1,4 +1,4 @@
-//! The seed's worked design Q3: a payment gateway client with a circuit breaker and
+//! A payment gateway client with a circuit breaker and
 //! fallbacks, served over HTTP with axum.
 //!
 //! - The breaker opens after 5 gateway failures in a row and stays open 60 s.
