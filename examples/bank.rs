@@ -1,4 +1,4 @@
-//! The seed's bank account (pattern 2): every change is an event, the balance is their sum,
+//! A bank account, event-sourced: every change is an event, the balance is their sum,
 //! and the past can be asked about. A small CLI over a SQLite file.
 //!
 //! ```text
@@ -11,7 +11,10 @@
 //! cargo run --example bank --features eventstore -- history acc-1
 //! ```
 //!
-//! `--db <file>` picks the database (default `bank.db` in the current directory).
+//! `--db <file>` picks the database (default `bank.db` in the current directory). Amounts are
+//! whole numbers from 1 to 18446744073709551615 (`u64::MAX`), added with checked arithmetic: a
+//! deposit that would take the balance past that is refused, and stores nothing. A command line
+//! that is not one of the above prints the usage and touches no file.
 #![allow(
     clippy::print_stdout,
     reason = "a command-line example prints its answers"
@@ -59,7 +62,15 @@ enum AccountError {
     AlreadyOpen,
     NotOpen,
     ZeroAmount,
-    InsufficientFunds { balance: u64, wanted: u64 },
+    InsufficientFunds {
+        balance: u64,
+        wanted: u64,
+    },
+    /// The deposit would take the balance past the largest amount an account can hold.
+    Overflow {
+        balance: u64,
+        deposit: u64,
+    },
 }
 
 impl std::fmt::Display for AccountError {
@@ -71,6 +82,11 @@ impl std::fmt::Display for AccountError {
             Self::InsufficientFunds { balance, wanted } => {
                 write!(f, "insufficient funds: balance {balance}, asked {wanted}")
             }
+            Self::Overflow { balance, deposit } => write!(
+                f,
+                "the balance cannot exceed {}: balance {balance}, deposit {deposit}",
+                u64::MAX
+            ),
         }
     }
 }
@@ -97,6 +113,14 @@ impl Aggregate for Account {
             }]),
             _ if self.owner.is_none() => Err(AccountError::NotOpen),
             C::Deposit { amount: 0 } | C::Withdraw { amount: 0 } => Err(AccountError::ZeroAmount),
+            // Checked: a deposit the balance cannot hold is refused before it is stored, so
+            // every stored deposit fits and every later load folds without overflow.
+            C::Deposit { amount } if self.balance.checked_add(*amount).is_none() => {
+                Err(AccountError::Overflow {
+                    balance: self.balance,
+                    deposit: *amount,
+                })
+            }
             C::Deposit { amount } => Ok(vec![AccountEvent::Deposited { amount: *amount }]),
             C::Withdraw { amount } if *amount > self.balance => {
                 Err(AccountError::InsufficientFunds {
@@ -111,8 +135,14 @@ impl Aggregate for Account {
     fn apply(&mut self, event: &AccountEvent) {
         match event {
             AccountEvent::Opened { owner } => self.owner = Some(owner.clone()),
-            AccountEvent::Deposited { amount } => self.balance += amount,
-            AccountEvent::Withdrew { amount } => self.balance -= amount,
+            // `handle` refuses what would not fit, so these never saturate for events it
+            // decided; an event written some other way must not make every load panic.
+            AccountEvent::Deposited { amount } => {
+                self.balance = self.balance.saturating_add(*amount);
+            }
+            AccountEvent::Withdrew { amount } => {
+                self.balance = self.balance.saturating_sub(*amount);
+            }
         }
     }
 }
@@ -139,25 +169,72 @@ fn parse_when(s: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(end_of_day))
 }
 
-fn usage() -> ExitCode {
-    println!(
-        "usage: bank [--db FILE] open ID OWNER | deposit ID AMOUNT | withdraw ID AMOUNT | \
-         balance ID [--at YYYY-MM-DD|UNIX_SECS] | history ID"
-    );
-    ExitCode::from(2)
+const USAGE: &str = "usage: bank [--db FILE] open ID OWNER | deposit ID AMOUNT | \
+     withdraw ID AMOUNT | balance ID [--at YYYY-MM-DD|UNIX_SECS] | history ID";
+
+/// What the command line asks for.
+enum Action {
+    Command(String, AccountCommand),
+    Balance(String),
+    BalanceAt(String, SystemTime, String),
+    History(String),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+/// Reads the command line: the database and the action, or the reason it is not one (then
+/// nothing is opened).
+fn parse(mut args: Vec<String>) -> Result<(String, Action), String> {
     let mut db = "bank.db".to_owned();
     if let Some(i) = args.iter().position(|a| a == "--db") {
         if i + 1 >= args.len() {
-            return usage();
+            return Err(USAGE.to_owned());
         }
         db = args.remove(i + 1);
         args.remove(i);
     }
+    let amount = |s: &str| {
+        s.parse::<u64>().map_err(|_| {
+            format!(
+                "invalid amount {s:?}: a whole number from 1 to {}",
+                u64::MAX
+            )
+        })
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let action = match args.as_slice() {
+        ["open", id, owner] => Action::Command(
+            id.to_string(),
+            AccountCommand::Open {
+                owner: owner.to_string(),
+            },
+        ),
+        ["deposit", id, a] => Action::Command(
+            id.to_string(),
+            AccountCommand::Deposit { amount: amount(a)? },
+        ),
+        ["withdraw", id, a] => Action::Command(
+            id.to_string(),
+            AccountCommand::Withdraw { amount: amount(a)? },
+        ),
+        ["balance", id] => Action::Balance(id.to_string()),
+        ["balance", id, "--at", when] => {
+            let at = parse_when(when).ok_or_else(|| USAGE.to_owned())?;
+            Action::BalanceAt(id.to_string(), at, when.to_string())
+        }
+        ["history", id] => Action::History(id.to_string()),
+        _ => return Err(USAGE.to_owned()),
+    };
+    Ok((db, action))
+}
+
+/// Runs the command line `args` (without the program name).
+pub(crate) async fn run(args: Vec<String>) -> ExitCode {
+    let (db, action) = match parse(args) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            println!("{why}");
+            return ExitCode::from(2);
+        }
+    };
     let store = match SqliteStore::open(&db) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -166,27 +243,10 @@ async fn main() -> ExitCode {
         }
     };
     let repo = Repository::<Account, _>::new(store, "account-").snapshot_every(100);
-    let amount = |s: &str| s.parse::<u64>().ok();
-    let command = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["open", id, owner] => Some((
-            id.to_string(),
-            AccountCommand::Open {
-                owner: owner.to_string(),
-            },
-        )),
-        ["deposit", id, a] => {
-            amount(a).map(|amount| (id.to_string(), AccountCommand::Deposit { amount }))
-        }
-        ["withdraw", id, a] => {
-            amount(a).map(|amount| (id.to_string(), AccountCommand::Withdraw { amount }))
-        }
-        ["balance", id] => {
-            return match repo.load(id).await {
+    let (id, command) = match action {
+        Action::Command(id, command) => (id, command),
+        Action::Balance(id) => {
+            return match repo.load(&id).await {
                 Ok(a) if a.state.owner.is_some() => {
                     println!(
                         "{id}: balance {} after {} events",
@@ -204,11 +264,8 @@ async fn main() -> ExitCode {
                 }
             };
         }
-        ["balance", id, "--at", when] => {
-            let Some(at) = parse_when(when) else {
-                return usage();
-            };
-            return match repo.state_at(id, at).await {
+        Action::BalanceAt(id, at, when) => {
+            return match repo.state_at(&id, at).await {
                 Ok(a) => {
                     println!(
                         "{id}: balance {} on {when} ({} events by then)",
@@ -222,8 +279,8 @@ async fn main() -> ExitCode {
                 }
             };
         }
-        ["history", id] => {
-            return match repo.history(id).await {
+        Action::History(id) => {
+            return match repo.history(&id).await {
                 Ok(h) => {
                     for e in h {
                         let secs = e
@@ -241,10 +298,6 @@ async fn main() -> ExitCode {
                 }
             };
         }
-        _ => None,
-    };
-    let Some((id, command)) = command else {
-        return usage();
     };
     // Commands go through a tower Service: breakers, timeouts and retries would stack here.
     let svc = CommandService::new(repo);
@@ -265,4 +318,9 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    run(std::env::args().skip(1).collect()).await
 }
