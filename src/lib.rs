@@ -1,7 +1,7 @@
 //! System-design patterns as [tower] middleware: circuit breaker, bulkhead, retry with
-//! backoff, caching, rate limiting, multi-tenancy, sharding, event sourcing, CQRS, sagas, API
-//! gateway and strangler fig, composable with `ServiceBuilder` in axum, hyper and tonic
-//! services.
+//! backoff, caching, rate limiting, multi-tenancy, sharding and event sourcing, composable with
+//! `ServiceBuilder` in axum, hyper and tonic services. CQRS, sagas, the rest of the API gateway
+//! and the strangler fig are planned and not in this release.
 //!
 //! This crate is the facade: it re-exports each pattern crate behind a feature of the same
 //! name, and the shared vocabulary of `tower-patterns-core` at its root. With no feature it
@@ -56,6 +56,48 @@
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Without its feature a module of the table above is not here: link to its crate instead.
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "[`test_util`]: https://docs.rs/tower-patterns-core/latest/tower_patterns_core/test_util/"
+)]
+#![cfg_attr(
+    not(feature = "breaker"),
+    doc = "[`breaker`]: https://docs.rs/tower-patterns-breaker"
+)]
+#![cfg_attr(
+    not(feature = "bulkhead"),
+    doc = "[`bulkhead`]: https://docs.rs/tower-patterns-bulkhead"
+)]
+#![cfg_attr(
+    not(feature = "retry"),
+    doc = "[`retry`]: https://docs.rs/tower-patterns-retry"
+)]
+#![cfg_attr(
+    not(feature = "cache"),
+    doc = "[`cache`]: https://docs.rs/tower-patterns-cache"
+)]
+#![cfg_attr(
+    not(feature = "tenant"),
+    doc = "[`tenant_resolution`]: https://docs.rs/tower-patterns-tenant"
+)]
+#![cfg_attr(
+    not(feature = "ratelimit"),
+    doc = "[`ratelimit`]: https://docs.rs/tower-patterns-ratelimit"
+)]
+#![cfg_attr(
+    not(feature = "shard"),
+    doc = "[`shard`]: https://docs.rs/tower-patterns-shard"
+)]
+#![cfg_attr(
+    not(feature = "eventstore"),
+    doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
+)]
+
+// The README's Rust snippet, compiled and run by `cargo test --doc` (it needs these features).
+#[cfg(all(doctest, feature = "breaker", feature = "retry"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use tower_patterns_core::{
     BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
