@@ -1,14 +1,23 @@
-//! Tenants on PostgreSQL: the registry, and the seed's three isolation levels.
+//! Tenants on PostgreSQL: the registry (kept fresh by [`listen`]), and the seed's three
+//! isolation levels, each enforced by PostgreSQL's own privileges rather than by the names a
+//! query happens to use.
 //!
-//! | level | here | a tenant's query runs... |
+//! | level | provision with | a tenant's query runs... |
 //! |---|---|---|
-//! | database per tenant | [`TenantPools`] | on a pool of the tenant's own database (a bounded number of pools) |
-//! | schema per tenant | [`TenantSchema`] + [`begin_in_schema`] | in a transaction whose `search_path` is the tenant's schema (`SET LOCAL`) |
-//! | shared schema | [`begin_for_tenant`] + [`rls_sql`] | in a transaction with `app.tenant_id` set locally, under a row-level security policy |
+//! | database per tenant | [`database_sql`], then [`TenantPools`] | on a pool of the tenant's own database, logged in as the tenant's own role; `CONNECT` is revoked from `PUBLIC`, so no other tenant's role can open it |
+//! | schema per tenant | [`TenantSchema::provision_sql`], then [`begin_in_schema`] | in a transaction under `SET LOCAL ROLE` to the tenant's role, which owns its schema (revoked from `PUBLIC`), with `search_path` that schema only |
+//! | shared schema | [`rls_sql`], then [`begin_for_tenant`] | in a transaction with `app.tenant_id` set locally, under a forced row-level security policy |
 //!
 //! Settings are always transaction-local (`set_config(..., true)`), so a pooled connection
 //! handed to the next tenant carries nothing over; a query outside such a transaction sees
 //! no tenant's rows (the policy compares with an unset setting, which is never equal).
+//!
+//! What holds, and is tested against a real PostgreSQL: inside the library's transaction or
+//! pool for tenant A, no query reads or writes tenant B's rows, whatever name it uses
+//! (qualified, `search_path` changed, another database). What does not: SQL that itself
+//! changes the role or the setting (`RESET ROLE`, `SET ROLE`, `set_config('app.tenant_id',
+//! ...)`) leaves the tenant, so never build SQL from client input; only database per tenant,
+//! where the connection itself logs in as the tenant, survives that.
 //!
 //! ```no_run
 //! use tower_patterns_core::tenant::TenantId;
@@ -22,19 +31,36 @@
 //! # let _ = rows; Ok(()) }
 //! ```
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::Duration,
+};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{
+    AsyncMessage, Client, Connection, NoTls, Socket, Transaction, tls::NoTlsStream,
+};
 use tower_patterns_core::{
     ConfigError,
     tenant::{TenantError, TenantErrorKind, TenantId},
 };
 
-use crate::{ApiKeyHash, StoreError, TenantRecord, TenantStatus, TenantStore};
+use crate::{
+    ApiKeyHash, Registry, StoreError, TenantRecord, TenantStatus, TenantStore, registry::parse_hash,
+};
+
+/// The channel on which the registry's tables announce their changes.
+pub const CHANGES_CHANNEL: &str = "tp_tenant_changes";
 
 /// The registry in PostgreSQL: tables `tp_tenants (id, plan, status)` and
-/// `tp_tenant_api_keys (sha256, tenant_id)`; [`PostgresTenants::migrate`] creates them.
+/// `tp_tenant_api_keys (sha256, tenant_id)`; [`PostgresTenants::migrate`] creates them, with
+/// triggers that announce every change on [`CHANGES_CHANNEL`] for [`listen`].
 #[derive(Clone)]
 pub struct PostgresTenants {
     pool: Pool,
@@ -56,7 +82,9 @@ impl PostgresTenants {
         Self { pool }
     }
 
-    /// Creates the registry's tables if they are missing.
+    /// Creates the registry's tables if they are missing, and (re)creates the triggers that
+    /// announce their changes: `tenant:<id>` for a row of `tp_tenants` (its old and new id),
+    /// `key:<hex sha256>` for a row of `tp_tenant_api_keys`, `all` for a `TRUNCATE`.
     ///
     /// # Errors
     ///
@@ -71,7 +99,41 @@ impl PostgresTenants {
                     status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')));
                  CREATE TABLE IF NOT EXISTS tp_tenant_api_keys (
                     sha256 bytea PRIMARY KEY CHECK (length(sha256) = 32),
-                    tenant_id text NOT NULL REFERENCES tp_tenants (id) ON DELETE CASCADE);",
+                    tenant_id text NOT NULL REFERENCES tp_tenants (id) ON DELETE CASCADE);
+                 CREATE OR REPLACE FUNCTION tp_tenants_notify() RETURNS trigger
+                 LANGUAGE plpgsql AS $$
+                 BEGIN
+                    IF TG_OP = 'TRUNCATE' THEN
+                        PERFORM pg_notify('tp_tenant_changes', 'all');
+                    ELSIF TG_TABLE_NAME = 'tp_tenants' THEN
+                        IF TG_OP <> 'INSERT' THEN
+                            PERFORM pg_notify('tp_tenant_changes', 'tenant:' || OLD.id);
+                        END IF;
+                        IF TG_OP <> 'DELETE' THEN
+                            PERFORM pg_notify('tp_tenant_changes', 'tenant:' || NEW.id);
+                        END IF;
+                    ELSE
+                        IF TG_OP <> 'INSERT' THEN
+                            PERFORM pg_notify('tp_tenant_changes', 'key:' || encode(OLD.sha256, 'hex'));
+                        END IF;
+                        IF TG_OP <> 'DELETE' THEN
+                            PERFORM pg_notify('tp_tenant_changes', 'key:' || encode(NEW.sha256, 'hex'));
+                        END IF;
+                    END IF;
+                    RETURN NULL;
+                 END $$;
+                 DROP TRIGGER IF EXISTS tp_tenants_notify ON tp_tenants;
+                 CREATE TRIGGER tp_tenants_notify AFTER INSERT OR UPDATE OR DELETE ON tp_tenants
+                    FOR EACH ROW EXECUTE FUNCTION tp_tenants_notify();
+                 DROP TRIGGER IF EXISTS tp_tenants_notify_truncate ON tp_tenants;
+                 CREATE TRIGGER tp_tenants_notify_truncate AFTER TRUNCATE ON tp_tenants
+                    FOR EACH STATEMENT EXECUTE FUNCTION tp_tenants_notify();
+                 DROP TRIGGER IF EXISTS tp_tenants_notify ON tp_tenant_api_keys;
+                 CREATE TRIGGER tp_tenants_notify AFTER INSERT OR UPDATE OR DELETE ON tp_tenant_api_keys
+                    FOR EACH ROW EXECUTE FUNCTION tp_tenants_notify();
+                 DROP TRIGGER IF EXISTS tp_tenants_notify_truncate ON tp_tenant_api_keys;
+                 CREATE TRIGGER tp_tenants_notify_truncate AFTER TRUNCATE ON tp_tenant_api_keys
+                    FOR EACH STATEMENT EXECUTE FUNCTION tp_tenants_notify();",
             )
             .await
             .map_err(store_err)
@@ -110,6 +172,137 @@ impl TenantStore for PostgresTenants {
             .map_err(store_err)?;
         row.map(|row| TenantId::new(row.get::<_, &str>(0)).map_err(store_err))
             .transpose()
+    }
+}
+
+/// Keeps a [`Registry`] over [`PostgresTenants`] in step with its tables, returned by
+/// [`listen`]: a task on its own connection (not one of the pool's) that `LISTEN`s on
+/// [`CHANGES_CHANNEL`] and invalidates each changed tenant or key at once, so a revoked key
+/// or a suspension applies to the next request rather than when the cache entry expires.
+///
+/// When the connection drops, everything cached is invalidated (changes may be missed while
+/// it is down), and the task reconnects, backing off from 100 ms to 30 s, and invalidates
+/// everything again once it listens. Dropping the handle stops the task.
+#[derive(Debug)]
+pub struct RegistryListener {
+    task: tokio::task::JoinHandle<()>,
+    notifications: Arc<AtomicU64>,
+}
+
+impl RegistryListener {
+    /// How many notifications the task has applied so far.
+    pub fn notifications(&self) -> u64 {
+        self.notifications.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RegistryListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts keeping `registry` in step with the registry tables of the database `config`
+/// names (see [`RegistryListener`]). Returns once the first connection listens, so a change
+/// committed after this returns is seen. Call [`PostgresTenants::migrate`] first: it installs
+/// the triggers that send the notifications.
+///
+/// # Errors
+///
+/// When the first connection or its `LISTEN` fails.
+pub async fn listen(
+    registry: Registry<PostgresTenants>,
+    config: tokio_postgres::Config,
+) -> Result<RegistryListener, StoreError> {
+    let first = connect_listening(&config).await.map_err(store_err)?;
+    let notifications = Arc::new(AtomicU64::new(0));
+    let count = notifications.clone();
+    let task = tokio::spawn(async move {
+        let mut listening = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if let Some((client, mut connection, early)) = listening.take() {
+                backoff = Duration::from_millis(100);
+                for payload in early {
+                    apply(&registry, &payload);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx))
+                    .await
+                    .and_then(Result::ok)
+                {
+                    if let AsyncMessage::Notification(note) = message {
+                        apply(&registry, note.payload());
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                drop(client);
+                tracing::warn!(
+                    target: "tower_patterns::tenant",
+                    "tenant registry notifications lost; the cache is cleared until they resume"
+                );
+                registry.invalidate_all();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            if let Ok(again) = connect_listening(&config).await {
+                // Changes made while no one listened were not announced.
+                registry.invalidate_all();
+                listening = Some(again);
+            }
+        }
+    });
+    Ok(RegistryListener {
+        task,
+        notifications,
+    })
+}
+
+/// A listening connection, and the notifications read while its `LISTEN` completed.
+type Listening = (Client, Connection<Socket, NoTlsStream>, Vec<String>);
+
+/// A connection that listens on [`CHANGES_CHANNEL`]: the `LISTEN` is sent while the
+/// connection is driven by hand, which must go on doing so to receive the notifications.
+/// Those that arrive with the `LISTEN`'s answer are kept for the caller to apply.
+async fn connect_listening(
+    config: &tokio_postgres::Config,
+) -> Result<Listening, tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut closed = false;
+    let mut early = Vec::new();
+    {
+        let mut statement = std::pin::pin!(client.batch_execute("LISTEN tp_tenant_changes"));
+        std::future::poll_fn(|cx| {
+            while !closed {
+                match connection.poll_message(cx) {
+                    Poll::Ready(Some(Ok(AsyncMessage::Notification(note)))) => {
+                        early.push(note.payload().to_owned());
+                    }
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => closed = true,
+                    Poll::Pending => break,
+                }
+            }
+            statement.as_mut().poll(cx)
+        })
+        .await?;
+    }
+    Ok((client, connection, early))
+}
+
+/// Applies one notification: `tenant:<id>`, `key:<hex sha256>`, or anything else (`all`)
+/// which clears the whole cache.
+fn apply(registry: &Registry<PostgresTenants>, payload: &str) {
+    if let Some(id) = payload.strip_prefix("tenant:") {
+        // An id that is not a valid tenant id was never cached.
+        if let Ok(id) = TenantId::new(id) {
+            registry.invalidate(&id);
+        }
+    } else if let Some(hash) = payload.strip_prefix("key:").and_then(parse_hash) {
+        registry.invalidate_api_key(&hash);
+    } else {
+        registry.invalidate_all();
     }
 }
 
@@ -181,29 +374,70 @@ pub fn rls_sql(table: &str, role: &str) -> Result<String, ConfigError> {
     ))
 }
 
-/// The schema of one tenant: `t_` and its id, quoted (ids keep their case and punctuation),
-/// checked against PostgreSQL's 63-byte limit, which would otherwise truncate two ids to one
-/// schema.
+/// A quoted identifier for a name of `[A-Za-z0-9._-]`, 1 to 63 bytes (nothing to escape;
+/// PostgreSQL would silently truncate a longer one, merging two tenants' names).
+fn quoted(what: &'static str, name: &str) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(ConfigError::new(
+            what,
+            format!("{name:?} is not 1 to 63 bytes of letters, digits, '.', '_' and '-'"),
+        ))
+    }
+}
+
+/// The schema of one tenant, and the role of the same name that owns it: `t_` and the id
+/// (or a prefix of your own, [`TenantSchema::with_prefix`]), quoted (ids keep their case and
+/// punctuation), checked against PostgreSQL's 63-byte limit, which would otherwise truncate
+/// two ids to one schema.
+///
+/// Roles are shared by every database of the server: give each application its own prefix,
+/// or two applications' tenants of one id would share a role.
 ///
 /// ```
 /// use tower_patterns_core::tenant::TenantId;
 /// use tower_patterns_tenant::postgres::TenantSchema;
 ///
-/// let schema = TenantSchema::new(&TenantId::new("acme").unwrap()).unwrap();
+/// let acme = TenantId::new("acme").unwrap();
+/// let schema = TenantSchema::new(&acme).unwrap();
 /// assert_eq!(schema.quoted(), "\"t_acme\"");
+/// assert_eq!(TenantSchema::with_prefix("shop", &acme).unwrap().name(), "shop_acme");
 /// assert!(TenantSchema::new(&TenantId::new(&"a".repeat(62)).unwrap()).is_err());
+/// let ddl = schema.provision_sql("app").unwrap();
+/// assert!(ddl.contains("REVOKE ALL ON SCHEMA \"t_acme\" FROM PUBLIC"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantSchema(String);
 
 impl TenantSchema {
-    /// The schema of `tenant`.
+    /// The schema (and role) `t_<tenant>`.
     ///
     /// # Errors
     ///
     /// A [`TenantError`] (malformed) when the name would be longer than 63 bytes.
     pub fn new(tenant: &TenantId) -> Result<Self, TenantError> {
-        let name = format!("t_{tenant}");
+        Self::named(format!("t_{tenant}"))
+    }
+
+    /// The schema (and role) `<prefix>_<tenant>`.
+    ///
+    /// # Errors
+    ///
+    /// A [`TenantError`] (malformed) when the prefix is not a lower-case SQL identifier or
+    /// the name would be longer than 63 bytes.
+    pub fn with_prefix(prefix: &str, tenant: &TenantId) -> Result<Self, TenantError> {
+        identifier("prefix", prefix)
+            .map_err(|e| TenantError::new(TenantErrorKind::Malformed, e.to_string()))?;
+        Self::named(format!("{prefix}_{tenant}"))
+    }
+
+    fn named(name: String) -> Result<Self, TenantError> {
         if name.len() > 63 {
             return Err(TenantError::new(
                 TenantErrorKind::Malformed,
@@ -222,32 +456,100 @@ impl TenantSchema {
     pub fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
     }
+
+    /// The DDL, run once by an administrator, that makes the schema the tenant's alone: a
+    /// role of the schema's name (`NOLOGIN`: it is only ever entered with `SET LOCAL ROLE`)
+    /// that owns the schema, `ALL` on the schema revoked from `PUBLIC`, and membership of
+    /// that role for `app_role`, the role the application logs in as, so that
+    /// [`begin_in_schema`] may switch to it. Idempotent.
+    ///
+    /// Create the tenant's tables through [`begin_in_schema`] (its role then owns them), and
+    /// make `app_role` `NOINHERIT`, so that outside a tenant's transaction it holds no
+    /// tenant's privileges.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `app_role` is not a lower-case SQL identifier.
+    pub fn provision_sql(&self, app_role: &str) -> Result<String, ConfigError> {
+        identifier("role", app_role)?;
+        let name = self.quoted();
+        Ok(format!(
+            "DO $$ BEGIN
+                 CREATE ROLE {name} NOLOGIN NOINHERIT;
+             EXCEPTION WHEN duplicate_object THEN NULL;
+             END $$;
+             CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name};
+             ALTER SCHEMA {name} OWNER TO {name};
+             REVOKE ALL ON SCHEMA {name} FROM PUBLIC;
+             GRANT {name} TO {app_role};"
+        ))
+    }
 }
 
-/// Schema per tenant: begins a transaction whose `search_path` is the tenant's schema only.
-/// Unqualified names then resolve in that schema; the setting ends with the transaction.
+/// Schema per tenant: begins a transaction that runs as the tenant's role
+/// (`SET LOCAL ROLE`, see [`TenantSchema::provision_sql`]) with `search_path` the tenant's
+/// schema only. Unqualified names then resolve in that schema, and PostgreSQL refuses any
+/// other tenant's schema whatever name a query uses; both settings end with the
+/// transaction.
 ///
 /// # Errors
 ///
-/// When PostgreSQL fails.
+/// When PostgreSQL fails, or the connection's role may not become the tenant's (it is not a
+/// member: the schema was not provisioned for it).
 pub async fn begin_in_schema<'c>(
     client: &'c mut Client,
     schema: &TenantSchema,
 ) -> Result<Transaction<'c>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute(
-        "SELECT set_config('search_path', $1, true)",
-        &[&schema.quoted()],
+        "SELECT set_config('role', $1, true), set_config('search_path', $2, true)",
+        &[&schema.name(), &schema.quoted()],
     )
     .await?;
     Ok(tx)
 }
 
-/// Database per tenant: one pool per tenant database, created on first use, at most
-/// `max_pools` at once (the least used are closed), `pool_size` connections each.
+/// Database per tenant: the statements, run one at a time by an administrator (`CREATE
+/// DATABASE` cannot share a transaction), that create the login role `database` (the name
+/// [`TenantPools`] logs in with) and the database it owns, with `CONNECT` and `TEMPORARY`
+/// revoked from `PUBLIC`: no other tenant's role can open it. Create the tenant's tables
+/// through its pool, so its role owns them.
+///
+/// ```
+/// let ddl = tower_patterns_tenant::postgres::database_sql("shop_acme", Some("s3cret")).unwrap();
+/// assert_eq!(ddl.len(), 3);
+/// assert!(ddl[2].contains("REVOKE ALL ON DATABASE \"shop_acme\" FROM PUBLIC"));
+/// ```
+///
+/// # Errors
+///
+/// A [`ConfigError`] when `database` is not 1 to 63 bytes of `[A-Za-z0-9._-]`.
+pub fn database_sql(database: &str, password: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let name = quoted("database", database)?;
+    let password = password.map_or_else(String::new, |p| {
+        format!(" PASSWORD '{}'", p.replace('\'', "''"))
+    });
+    Ok(vec![
+        format!(
+            "CREATE ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS{password}"
+        ),
+        format!("CREATE DATABASE {name} OWNER {name}"),
+        format!("REVOKE ALL ON DATABASE {name} FROM PUBLIC"),
+    ])
+}
+
+/// Sets the user and password a tenant's pool logs in with (see [`TenantPools::credentials`]).
+type Credentials = Arc<dyn Fn(&TenantId, &mut tokio_postgres::Config) + Send + Sync>;
+
+/// Database per tenant: one pool per tenant database, created on first use (once, however
+/// many requests race for it), at most `max_pools` at once (the least used are closed),
+/// `pool_size` connections each. Each pool logs in as the role named after the database
+/// ([`database_sql`] creates both), with the base configuration's password, unless
+/// [`credentials`](Self::credentials) says otherwise.
 pub struct TenantPools {
     base: tokio_postgres::Config,
     database: fn(&TenantId) -> String,
+    credentials: Credentials,
     pool_size: usize,
     pools: moka::sync::Cache<TenantId, Pool>,
 }
@@ -262,7 +564,8 @@ impl fmt::Debug for TenantPools {
 }
 
 impl TenantPools {
-    /// Pools made from `base` (host, user, password) with the database `database(tenant)`.
+    /// Pools made from `base` (host, port, password) with the database `database(tenant)`,
+    /// logged in as the role of the same name.
     ///
     /// # Errors
     ///
@@ -282,6 +585,7 @@ impl TenantPools {
         Ok(Self {
             base,
             database,
+            credentials: Arc::new(|_, _| {}),
             pool_size,
             pools: moka::sync::Cache::builder()
                 .max_capacity(max_pools)
@@ -290,17 +594,35 @@ impl TenantPools {
         })
     }
 
-    /// The pool of `tenant`'s database.
+    /// Sets each tenant's login (user, password...) on the configuration of its pool, after
+    /// the database and the default user are set: a per-tenant password from a secret store,
+    /// say. Called once per pool built.
+    #[must_use]
+    pub fn credentials(
+        mut self,
+        set: impl Fn(&TenantId, &mut tokio_postgres::Config) + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials = Arc::new(set);
+        self
+    }
+
+    /// The pool of `tenant`'s database. Concurrent first calls for one tenant build one
+    /// pool, which they all get.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] when the pool cannot be built.
     pub fn pool(&self, tenant: &TenantId) -> Result<Pool, ConfigError> {
-        if let Some(pool) = self.pools.get(tenant) {
-            return Ok(pool);
-        }
+        self.pools
+            .try_get_with_by_ref(tenant, || self.build(tenant))
+            .map_err(|e| (*e).clone())
+    }
+
+    fn build(&self, tenant: &TenantId) -> Result<Pool, ConfigError> {
         let mut config = self.base.clone();
-        config.dbname((self.database)(tenant));
+        let database = (self.database)(tenant);
+        config.dbname(&database).user(&database);
+        (self.credentials)(tenant, &mut config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -308,12 +630,10 @@ impl TenantPools {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        Pool::builder(manager)
             .max_size(self.pool_size)
             .build()
-            .map_err(|e| ConfigError::new("pool", e.to_string()))?;
-        self.pools.insert(tenant.clone(), pool.clone());
-        Ok(pool)
+            .map_err(|e| ConfigError::new("pool", e.to_string()))
     }
 
     /// The number of open pools, after pending maintenance.

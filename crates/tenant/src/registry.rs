@@ -1,6 +1,16 @@
 //! The tenant registry: who the tenants are, their plan and status, their API keys.
 
-use std::{collections::HashMap, fmt, future::Future, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -200,7 +210,7 @@ impl StaticTenants {
     }
 }
 
-fn parse_hash(hex: &str) -> Option<ApiKeyHash> {
+pub(crate) fn parse_hash(hex: &str) -> Option<ApiKeyHash> {
     let bytes = hex.as_bytes();
     if bytes.len() != 64 {
         return None;
@@ -226,12 +236,22 @@ impl TenantStore for StaticTenants {
 /// A store in front of which every answer is cached: tenants for `ttl`, unknown ids and keys
 /// for `negative_ttl` (so a flood of made-up ids costs one lookup each per `negative_ttl`,
 /// not one per request). Store failures are not cached.
+///
+/// A change in the store (a plan, a suspension, a revoked key) shows once its entry is
+/// invalidated: [`invalidate`](Self::invalidate), [`invalidate_api_key`](Self::invalidate_api_key)
+/// or [`invalidate_all`](Self::invalidate_all) take effect for the next request, on every
+/// clone of the registry, and a lookup that was under way when they ran does not put its
+/// (possibly older) answer back in the cache. `postgres::listen` calls them on the
+/// database's notifications. Otherwise a change shows when the entry expires.
 pub struct Registry<S> {
     store: Arc<S>,
     tenants: moka::sync::Cache<TenantId, Arc<TenantRecord>>,
     unknown: moka::sync::Cache<TenantId, ()>,
     keys: moka::sync::Cache<ApiKeyHash, TenantId>,
     unknown_keys: moka::sync::Cache<ApiKeyHash, ()>,
+    /// Bumped by every invalidation: a lookup caches its answer only if no invalidation ran
+    /// while it was reading the store.
+    epoch: Arc<AtomicU64>,
 }
 
 impl<S> Clone for Registry<S> {
@@ -242,6 +262,7 @@ impl<S> Clone for Registry<S> {
             unknown: self.unknown.clone(),
             keys: self.keys.clone(),
             unknown_keys: self.unknown_keys.clone(),
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -273,6 +294,7 @@ impl<S: TenantStore> Registry<S> {
             unknown: cache(negative_ttl, max),
             keys: cache(ttl, max),
             unknown_keys: cache(negative_ttl, max),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -310,14 +332,15 @@ impl<S: TenantStore> Registry<S> {
         if let Some(hit) = self.cached(id) {
             return Ok(hit);
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         match self.store.tenant(id).await {
             Ok(Some(record)) => {
                 let record = Arc::new(record);
-                self.tenants.insert(id.clone(), record.clone());
+                self.cache_since(epoch, &self.tenants, id, record.clone());
                 Ok(Some(record))
             }
             Ok(None) => {
-                self.unknown.insert(id.clone(), ());
+                self.cache_since(epoch, &self.unknown, id, ());
                 Ok(None)
             }
             Err(err) => Err(unavailable(&err)),
@@ -333,23 +356,62 @@ impl<S: TenantStore> Registry<S> {
         if let Some(hit) = self.cached_key(hash) {
             return Ok(hit);
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         match self.store.tenant_by_api_key(hash).await {
             Ok(Some(id)) => {
-                self.keys.insert(*hash, id.clone());
+                self.cache_since(epoch, &self.keys, hash, id.clone());
                 Ok(Some(id))
             }
             Ok(None) => {
-                self.unknown_keys.insert(*hash, ());
+                self.cache_since(epoch, &self.unknown_keys, hash, ());
                 Ok(None)
             }
             Err(err) => Err(unavailable(&err)),
         }
     }
 
-    /// Forgets what is cached about `id` (after a plan change or a suspension).
+    /// Caches an answer read from the store after `epoch`, unless an invalidation ran since
+    /// (the answer may predate the change it announced). Checked after the insert too, so an
+    /// invalidation between the check and the insert cannot leave the answer behind: either
+    /// it removes the entry, or the second check sees it and does.
+    fn cache_since<K, V>(&self, epoch: u64, cache: &moka::sync::Cache<K, V>, key: &K, value: V)
+    where
+        K: Clone + std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        cache.insert(key.clone(), value);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            cache.invalidate(key);
+        }
+    }
+
+    /// Forgets what is cached about `id` (after a plan change or a suspension): the next
+    /// request for it asks the store.
     pub fn invalidate(&self, id: &TenantId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.tenants.invalidate(id);
         self.unknown.invalidate(id);
+    }
+
+    /// Forgets what is cached about the API key hashed to `hash` (after it was revoked,
+    /// created or moved to another tenant): the next request with it asks the store.
+    pub fn invalidate_api_key(&self, hash: &ApiKeyHash) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.keys.invalidate(hash);
+        self.unknown_keys.invalidate(hash);
+    }
+
+    /// Forgets everything cached (after changes that were not announced one by one, such as
+    /// a lost connection to the store's notifications).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.tenants.invalidate_all();
+        self.unknown.invalidate_all();
+        self.keys.invalidate_all();
+        self.unknown_keys.invalidate_all();
     }
 }
 

@@ -3,7 +3,13 @@
 //! reused across tenants.
 #![cfg(feature = "postgres")]
 
-use std::str::FromStr;
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use tokio_postgres::{Client, NoTls};
 use tower_patterns_core::{
@@ -13,7 +19,8 @@ use tower_patterns_core::{
 use tower_patterns_tenant::{
     Registry, TenantStatus,
     postgres::{
-        PostgresTenants, TenantPools, TenantSchema, begin_for_tenant, begin_in_schema, rls_sql,
+        PostgresTenants, TenantPools, TenantSchema, begin_for_tenant, begin_in_schema,
+        database_sql, listen, rls_sql,
     },
 };
 
@@ -117,6 +124,33 @@ async fn shared_schema_with_forced_rls_isolates_tenants_on_one_connection() {
     assert!(message.contains("row-level security"), "{forged:?}");
     drop(tx); // rolled back
 
+    // By any name: schema-qualified, ONLY, TABLE, a CTE; reads see acme's rows only and
+    // writes of globex's rows touch nothing.
+    let tx = begin_for_tenant(&mut app, &acme).await.unwrap();
+    for sql in [
+        "SELECT count(*) FROM public.orders",
+        "SELECT count(*) FROM ONLY public.orders",
+        "SELECT count(*) FROM (TABLE orders) t",
+        "WITH o AS (SELECT * FROM public.orders) SELECT count(*) FROM o",
+    ] {
+        let n: i64 = tx.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 2, "{sql}");
+    }
+    for sql in [
+        "UPDATE public.orders SET total = 0 WHERE tenant_id = 'globex'",
+        "DELETE FROM ONLY public.orders WHERE id = 3",
+        "UPDATE orders SET tenant_id = 'acme' WHERE id = 3",
+    ] {
+        assert_eq!(tx.execute(sql, &[]).await.unwrap(), 0, "{sql}");
+    }
+    // Moving its own row to globex fails the policy's WITH CHECK.
+    assert!(
+        tx.execute("UPDATE orders SET tenant_id = 'globex' WHERE id = 1", &[])
+            .await
+            .is_err()
+    );
+    drop(tx);
+
     let tx = begin_for_tenant(&mut app, &globex).await.unwrap();
     let rows = tx.query("SELECT id, total FROM orders", &[]).await.unwrap();
     assert_eq!(rows.len(), 1);
@@ -164,103 +198,287 @@ async fn shared_schema_with_forced_rls_isolates_tenants_on_one_connection() {
         .unwrap();
 }
 
+/// The SQLSTATE of `result`'s error, or `None` when it succeeded.
+fn state<T>(result: Result<T, tokio_postgres::Error>) -> Option<String> {
+    result.err().map(|e| {
+        e.code()
+            .map_or_else(|| format!("{e:?}"), |c| c.code().to_owned())
+    })
+}
+
+const DENIED: &str = "42501"; // insufficient_privilege
+const NO_SUCH_TABLE: &str = "42P01"; // undefined_table
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_per_tenant_sets_the_search_path_per_transaction() {
+async fn schema_per_tenant_denies_other_schemas_by_any_name_under_the_tenants_role() {
     let Some(url) = server_url(Server::Postgres) else {
         return;
     };
-    let (_, mut client) = fresh(&url, "schema").await;
+    let (db_url, admin) = fresh(&url, "schema").await;
+    let db = db_url.rsplit_once('/').unwrap().1.to_owned();
+    let prefix = unique("s");
+    let app_role = format!("{prefix}_app");
+    // The application's login: no superuser, and NOINHERIT, so that outside a tenant's
+    // transaction it holds no tenant's privileges.
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {app_role} LOGIN PASSWORD 'app' NOSUPERUSER NOBYPASSRLS NOINHERIT"
+        ))
+        .await
+        .unwrap();
     let (acme, globex) = ids();
+    let schema = |t: &TenantId| TenantSchema::with_prefix(&prefix, t).unwrap();
     for t in [&acme, &globex] {
-        let schema = TenantSchema::new(t).unwrap();
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA {s}; CREATE TABLE {s}.orders (id int, note text); INSERT INTO {s}.orders VALUES (1, '{t}');",
-                s = schema.quoted()
-            ))
-            .await
-            .unwrap();
+        // Twice: provisioning is idempotent.
+        for _ in 0..2 {
+            admin
+                .batch_execute(&schema(t).provision_sql(&app_role).unwrap())
+                .await
+                .unwrap();
+        }
     }
-    // One connection, alternating tenants.
-    for t in [&acme, &globex, &acme] {
-        let tx = begin_in_schema(&mut client, &TenantSchema::new(t).unwrap())
+    let mut app = connect(&with_user(&db_url, &app_role, "app")).await;
+    // Each tenant's migration and data, through the library: its role owns its table.
+    for t in [&acme, &globex] {
+        let tx = begin_in_schema(&mut app, &schema(t)).await.unwrap();
+        tx.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text NOT NULL)")
             .await
             .unwrap();
+        tx.execute("INSERT INTO orders VALUES (1, $1)", &[&t.as_str()])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    // One connection, alternating tenants: each sees its own rows under the plain name.
+    for t in [&acme, &globex, &acme] {
+        let tx = begin_in_schema(&mut app, &schema(t)).await.unwrap();
         let note: String = tx
             .query_one("SELECT note FROM orders WHERE id = 1", &[])
             .await
             .unwrap()
             .get(0);
         assert_eq!(note, t.as_str());
-        tx.execute("INSERT INTO orders VALUES (2, $1)", &[&t.as_str()])
+        let user: String = tx
+            .query_one("SELECT current_user::text", &[])
             .await
-            .unwrap();
+            .unwrap()
+            .get(0);
+        assert_eq!(user, schema(t).name());
         tx.commit().await.unwrap();
     }
-    // Outside a tenant transaction, unqualified names do not resolve to any tenant.
-    let err = client
-        .query("SELECT note FROM orders", &[])
-        .await
-        .unwrap_err();
-    let message = err
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_default();
-    assert!(message.contains("does not exist"), "{err:?}");
-    let globex_notes = client
-        .query("SELECT note FROM \"t_globex\".orders", &[])
+
+    // As acme, every way of naming globex's table is refused, reads and writes alike.
+    let other = schema(&globex).quoted();
+    let attempts = [
+        (format!("SELECT note FROM {other}.orders"), DENIED),
+        (format!("SELECT note FROM \"{db}\".{other}.orders"), DENIED),
+        (
+            format!("INSERT INTO {other}.orders VALUES (2, 'acme')"),
+            DENIED,
+        ),
+        (format!("UPDATE {other}.orders SET note = 'acme'"), DENIED),
+        (format!("DELETE FROM {other}.orders"), DENIED),
+        (format!("TRUNCATE {other}.orders"), DENIED),
+        (format!("DROP TABLE {other}.orders"), DENIED),
+        (format!("CREATE TABLE {other}.planted (x int)"), DENIED),
+        (format!("GRANT USAGE ON SCHEMA {other} TO PUBLIC"), DENIED),
+        // A search_path changed inside the transaction does not reach it either.
+        (
+            format!("SELECT set_config('search_path', '{other}', true); SELECT note FROM orders"),
+            NO_SUCH_TABLE,
+        ),
+    ];
+    for (sql, expected) in &attempts {
+        let tx = begin_in_schema(&mut app, &schema(&acme)).await.unwrap();
+        assert_eq!(
+            state(tx.batch_execute(sql).await).as_deref(),
+            Some(*expected),
+            "{sql}"
+        );
+    }
+    // What the guarantee does not cover, as the guide says: SQL that changes the role itself
+    // (PostgreSQL checks SET ROLE against the login, a member of every tenant's role).
+    let tx = begin_in_schema(&mut app, &schema(&acme)).await.unwrap();
+    let sql = format!("SET LOCAL ROLE {other}; SELECT note FROM {other}.orders");
+    assert_eq!(state(tx.batch_execute(&sql).await), None, "{sql}");
+    drop(tx);
+    // Outside a tenant's transaction the application's own role reaches no tenant's table.
+    for t in [&acme, &globex] {
+        let sql = format!("SELECT note FROM {}.orders", schema(t).quoted());
+        assert_eq!(
+            state(app.query(&sql, &[]).await).as_deref(),
+            Some(DENIED),
+            "{sql}"
+        );
+    }
+    let err = app.query("SELECT note FROM orders", &[]).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some(NO_SUCH_TABLE));
+
+    // globex's rows are as globex wrote them.
+    let tx = begin_in_schema(&mut app, &schema(&globex)).await.unwrap();
+    let notes = tx.query("SELECT note FROM orders", &[]).await.unwrap();
+    assert_eq!(
+        notes
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>(),
+        ["globex"]
+    );
+    tx.commit().await.unwrap();
+    // The tenants' roles cannot log in and are nobody's superusers.
+    let logins = admin
+        .query_one(
+            "SELECT bool_or(rolcanlogin OR rolsuper OR rolbypassrls) FROM pg_roles WHERE rolname = ANY($1)",
+            &[&vec![schema(&acme).name().to_owned(), schema(&globex).name().to_owned()]],
+        )
         .await
         .unwrap();
-    assert!(
-        globex_notes
-            .iter()
-            .all(|r| r.get::<_, String>(0) == "globex")
-    );
-    assert_eq!(
-        globex_notes.len(),
-        2,
-        "one seeded row, one written as globex"
-    );
+    assert!(!logins.get::<_, bool>(0));
     assert!(TenantSchema::new(&TenantId::new(&"x".repeat(64)).unwrap()).is_err());
+    assert!(TenantSchema::with_prefix("Bad prefix", &acme).is_err());
+    assert!(schema(&acme).provision_sql("app; DROP TABLE x").is_err());
+
+    drop(app);
+    for t in [&acme, &globex] {
+        let name = schema(t).quoted();
+        admin
+            .batch_execute(&format!("DROP SCHEMA {name} CASCADE; DROP ROLE {name};"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute(&format!("DROP ROLE {app_role}"))
+        .await
+        .unwrap();
+}
+
+static DB_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn tenant_database(t: &TenantId) -> String {
+    format!("{}_{t}", DB_PREFIX.get().expect("set by the test"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_per_tenant_routes_to_bounded_pools() {
+async fn database_per_tenant_logs_in_as_the_tenant_and_cannot_open_another() {
     let Some(url) = server_url(Server::Postgres) else {
         return;
     };
     let admin = connect(&url).await;
-    let prefix = unique("dbt");
+    DB_PREFIX.set(unique("dbt")).unwrap();
     let (acme, globex) = ids();
     for t in [&acme, &globex] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {prefix}_{t}"))
+        for statement in database_sql(&tenant_database(t), Some("it's secret")).unwrap() {
+            admin.batch_execute(&statement).await.unwrap();
+        }
+    }
+    let base = tokio_postgres::Config::from_str(&url).unwrap();
+    let pools = TenantPools::new(base.clone(), tenant_database, 1, 2)
+        .unwrap()
+        .credentials(|_, config| {
+            config.password("it's secret");
+        });
+    // Each tenant's migration and data, through its own pool: its role owns its table.
+    for t in [&acme, &globex] {
+        let client = pools.pool(t).unwrap().get().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE orders (note text); INSERT INTO orders VALUES ('{t}');"
+            ))
             .await
             .unwrap();
-        let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
-        let c = connect(&format!("{base}/{prefix}_{t}")).await;
-        c.batch_execute(&format!(
-            "CREATE TABLE orders (note text); INSERT INTO orders VALUES ('{t}');"
-        ))
-        .await
-        .unwrap();
     }
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.set(prefix.clone()).unwrap();
-    let pools = TenantPools::new(
-        tokio_postgres::Config::from_str(&url).unwrap(),
-        |t| format!("{}_{t}", PREFIX.get().unwrap()),
-        1,
-        2,
-    )
-    .unwrap();
     for t in [&acme, &globex, &acme] {
         let client = pools.pool(t).unwrap().get().await.unwrap();
         let notes = client.query("SELECT note FROM orders", &[]).await.unwrap();
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].get::<_, String>(0), t.as_str());
+        // Logged in as the tenant's own role, which is no superuser.
+        let who = client
+            .query_one(
+                "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(who.get::<_, String>(0), tenant_database(t));
+        assert!(!who.get::<_, bool>(1));
+        // Another database cannot be named from here.
+        let sql = format!(
+            "SELECT note FROM \"{}\".public.orders",
+            tenant_database(&globex)
+        );
+        if t == &acme {
+            assert_eq!(
+                state(client.query(&sql, &[]).await).as_deref(),
+                Some("0A000"), // feature_not_supported: cross-database references
+            );
+        }
     }
     assert!(pools.len() <= 1, "at most one pool is kept");
+
+    // A pool of globex's database that logs in as acme (a mix-up in the configuration) is
+    // refused at the door: CONNECT is revoked from everyone but the database's own role.
+    let acme_role = tenant_database(&acme);
+    let mixed_up = TenantPools::new(base, tenant_database, 1, 1)
+        .unwrap()
+        .credentials(move |_, config| {
+            config.user(&acme_role).password("it's secret");
+        });
+    let err = mixed_up.pool(&globex).unwrap().get().await.unwrap_err();
+    let deadpool_postgres::PoolError::Backend(err) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some(DENIED), "{err:?}");
+    assert!(database_sql("bad\"name", None).is_err());
+    assert!(database_sql(&"x".repeat(64), None).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_requests_for_a_tenant_build_one_pool() {
+    let Some(url) = server_url(Server::Postgres) else {
+        return;
+    };
+    let built = Arc::new(AtomicUsize::new(0));
+    let pools = Arc::new(
+        TenantPools::new(
+            tokio_postgres::Config::from_str(&url).unwrap(),
+            |_| "postgres".to_owned(),
+            8,
+            1,
+        )
+        .unwrap()
+        .credentials({
+            let built = built.clone();
+            move |_, config| {
+                built.fetch_add(1, Ordering::SeqCst);
+                config.user("postgres");
+            }
+        }),
+    );
+    let acme = TenantId::new("acme").unwrap();
+    const RACERS: usize = 64;
+    let barrier = Arc::new(std::sync::Barrier::new(RACERS));
+    let racers: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (pools, barrier, acme) = (pools.clone(), barrier.clone(), acme.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                pools.pool(&acme).unwrap()
+            })
+        })
+        .collect();
+    let got: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(built.load(Ordering::SeqCst), 1, "one pool built");
+    // And every racer holds that one pool: its single connection, taken through the first
+    // racer's handle, is the one every handle reports.
+    let held = got[0].get().await.unwrap();
+    for pool in &got {
+        let status = pool.status();
+        assert_eq!((status.size, status.available), (1, 0));
+    }
+    drop(held);
+    assert_eq!(pools.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,4 +541,170 @@ async fn the_postgres_registry_answers_through_the_cache() {
         &*registry.get(&acme).await.unwrap().unwrap().plan,
         "platinum"
     );
+}
+
+/// Waits until `listener` has applied `count` notifications: a bounded loop of short waits
+/// on its counter, not a fixed sleep.
+async fn applied(listener: &tower_patterns_tenant::postgres::RegistryListener, count: u64) {
+    for _ in 0..2_000 {
+        if listener.notifications() >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!(
+        "{} notifications applied, {count} expected",
+        listener.notifications()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_registry_drops_changed_entries_when_notified() {
+    use http::{Request, Response, StatusCode};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+    use tower_patterns_core::http::ErrorResponseLayer;
+    use tower_patterns_tenant::{TenantContext, TenantLayer, hash_api_key};
+
+    let Some(url) = server_url(Server::Postgres) else {
+        return;
+    };
+    let (db_url, client) = fresh(&url, "notify").await;
+    let config = tokio_postgres::Config::from_str(&db_url).unwrap();
+    let pool =
+        deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(config.clone(), NoTls))
+            .max_size(2)
+            .build()
+            .unwrap();
+    let store = PostgresTenants::new(pool.clone());
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap(); // idempotent, triggers included
+    client
+        .batch_execute(
+            "INSERT INTO tp_tenants VALUES ('acme', 'gold', 'active'), ('globex', 'free', 'active');",
+        )
+        .await
+        .unwrap();
+    let add_key = |key: &'static str, tenant: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO tp_tenant_api_keys VALUES ($1, $2)",
+                    &[&hash_api_key(key).as_slice(), &tenant],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    add_key("sk_acme", "acme").await;
+    // An hour's cache: whatever shows below within the test came from a notification.
+    let hour = std::time::Duration::from_secs(3600);
+    let registry = Registry::with_ttls(store, hour, hour, 1_000);
+    let listener = listen(registry.clone(), config).await.unwrap();
+    // A second registry on the same tables that nobody notifies: what the cache alone does.
+    let deaf = Registry::with_ttls(PostgresTenants::new(pool), hour, hour, 1_000);
+
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(
+            TenantLayer::builder_with(registry.clone())
+                .api_key("x-api-key")
+                .build()
+                .unwrap(),
+        )
+        .service(service_fn(|req: Request<()>| async move {
+            let ctx = TenantContext::of(&req).unwrap();
+            Ok::<_, std::convert::Infallible>(Response::new(format!("{} {}", ctx.id(), ctx.plan())))
+        }));
+    let call = |key: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::builder()
+                .header("x-api-key", key)
+                .body(())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            (res.status(), res.into_body())
+        }
+    };
+    let (acme, _) = ids();
+    let sk_acme = hash_api_key("sk_acme");
+    assert_eq!(call("sk_acme").await, (StatusCode::OK, "acme gold".into()));
+    assert_eq!(deaf.by_api_key(&sk_acme).await.unwrap(), Some(acme.clone()));
+    assert_eq!(&*deaf.get(&acme).await.unwrap().unwrap().plan, "gold");
+    // Ask for a key before it exists: the unknown answer is cached too.
+    assert_eq!(call("sk_late").await.0, StatusCode::UNAUTHORIZED);
+
+    let expected = std::cell::Cell::new(listener.notifications());
+    let change = async |sql: &str, notifications: u64| {
+        client.batch_execute(sql).await.unwrap();
+        expected.set(expected.get() + notifications);
+        applied(&listener, expected.get()).await;
+    };
+    // A plan change, then a suspension: the next request sees each.
+    change(
+        "UPDATE tp_tenants SET plan = 'platinum' WHERE id = 'acme'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        call("sk_acme").await,
+        (StatusCode::OK, "acme platinum".into())
+    );
+    change(
+        "UPDATE tp_tenants SET status = 'suspended' WHERE id = 'acme'",
+        1,
+    )
+    .await;
+    assert_eq!(call("sk_acme").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        &*deaf.get(&acme).await.unwrap().unwrap().plan,
+        "gold",
+        "without the notification the cache would have served the old record for an hour"
+    );
+    change(
+        "UPDATE tp_tenants SET status = 'active' WHERE id = 'acme'",
+        1,
+    )
+    .await;
+    assert_eq!(call("sk_acme").await.0, StatusCode::OK);
+    // A key moved to another tenant, then revoked.
+    change("UPDATE tp_tenant_api_keys SET tenant_id = 'globex'", 1).await;
+    assert_eq!(
+        call("sk_acme").await,
+        (StatusCode::OK, "globex free".into())
+    );
+    change("DELETE FROM tp_tenant_api_keys", 1).await;
+    assert_eq!(call("sk_acme").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        deaf.by_api_key(&sk_acme).await.unwrap(),
+        Some(acme.clone()),
+        "without the notification the revoked key would have worked for an hour"
+    );
+    // A key issued after it was asked for (the unknown answer was cached).
+    change(
+        &format!(
+            "INSERT INTO tp_tenant_api_keys VALUES ('\\x{}', 'acme')",
+            hash_api_key("sk_late")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(
+        call("sk_late").await,
+        (StatusCode::OK, "acme platinum".into())
+    );
+    // A TRUNCATE announces everything: the keys of both tenants go at once.
+    change("TRUNCATE tp_tenant_api_keys", 1).await;
+    assert_eq!(call("sk_late").await.0, StatusCode::UNAUTHORIZED);
+    // Deleting a tenant deletes its keys (cascade) and announces both.
+    add_key("sk_globex", "globex").await;
+    expected.set(expected.get() + 1);
+    applied(&listener, expected.get()).await;
+    assert_eq!(call("sk_globex").await.0, StatusCode::OK);
+    change("DELETE FROM tp_tenants WHERE id = 'globex'", 2).await;
+    assert_eq!(call("sk_globex").await.0, StatusCode::UNAUTHORIZED);
 }

@@ -612,6 +612,116 @@ async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
     );
 }
 
+/// A store whose keys can be revoked and whose tenants can change; its tenant lookups can be
+/// held at a gate, to invalidate while one is under way.
+#[derive(Clone, Default)]
+struct Changing {
+    keys: Arc<std::sync::Mutex<std::collections::HashMap<ApiKeyHash, TenantId>>>,
+    plan: Arc<std::sync::Mutex<&'static str>>,
+    lookups: Arc<AtomicUsize>,
+    gate: Option<Arc<(tokio::sync::Notify, tokio::sync::Semaphore)>>,
+}
+
+impl TenantStore for Changing {
+    async fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let plan = *self.plan.lock().unwrap();
+        if let Some(gate) = &self.gate {
+            gate.0.notify_one(); // entered, with the answer read
+            gate.1.acquire().await.unwrap().forget();
+        }
+        Ok(Some(TenantRecord {
+            id: id.clone(),
+            plan: plan.into(),
+            status: TenantStatus::Active,
+        }))
+    }
+
+    async fn tenant_by_api_key(&self, hash: &ApiKeyHash) -> Result<Option<TenantId>, StoreError> {
+        Ok(self.keys.lock().unwrap().get(hash).cloned())
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_once_the_registry_handle_invalidates_it() {
+    let store = Changing::default();
+    *store.plan.lock().unwrap() = "gold";
+    let key = tower_patterns_tenant::hash_api_key("sk_acme");
+    let acme = TenantId::new("acme").unwrap();
+    store.keys.lock().unwrap().insert(key, acme.clone());
+    let layer = TenantLayer::builder_with(Registry::new(store.clone()))
+        .api_key("x-api-key")
+        .build()
+        .unwrap();
+    let registry = layer.registry().clone();
+    let svc = serve(layer);
+    let req = || with_header("x-api-key", "sk_acme");
+    assert_eq!(
+        send(&svc, req()).await,
+        (StatusCode::OK, "acme gold ".into())
+    );
+
+    // Revoked in the store: the cache still answers, for up to its lifetime...
+    store.keys.lock().unwrap().clear();
+    assert_eq!(send(&svc, req()).await.0, StatusCode::OK);
+    // ...until the registry handle (any clone of it) invalidates the key: at once.
+    registry.invalidate_api_key(&key);
+    assert_eq!(send(&svc, req()).await.0, StatusCode::UNAUTHORIZED);
+    // The unknown key is cached too; a key issued again shows once invalidated.
+    store.keys.lock().unwrap().insert(key, acme.clone());
+    assert_eq!(send(&svc, req()).await.0, StatusCode::UNAUTHORIZED);
+    registry.invalidate_api_key(&key);
+    assert_eq!(send(&svc, req()).await.0, StatusCode::OK);
+
+    // A plan change shows once the tenant is invalidated; invalidate_all drops everything.
+    *store.plan.lock().unwrap() = "platinum";
+    assert_eq!(send(&svc, req()).await.1, "acme gold ");
+    registry.invalidate(&acme);
+    assert_eq!(send(&svc, req()).await.1, "acme platinum ");
+    store.keys.lock().unwrap().clear();
+    *store.plan.lock().unwrap() = "free";
+    registry.invalidate_all();
+    assert_eq!(send(&svc, req()).await.0, StatusCode::UNAUTHORIZED);
+    store.keys.lock().unwrap().insert(key, acme);
+    registry.invalidate_all();
+    assert_eq!(send(&svc, req()).await.1, "acme free ");
+}
+
+#[tokio::test]
+async fn a_lookup_under_way_during_an_invalidation_does_not_cache_its_older_answer() {
+    let gate = Arc::new((tokio::sync::Notify::new(), tokio::sync::Semaphore::new(0)));
+    let store = Changing {
+        gate: Some(gate.clone()),
+        ..Changing::default()
+    };
+    *store.plan.lock().unwrap() = "gold";
+    let registry = Registry::new(store.clone());
+    let acme = TenantId::new("acme").unwrap();
+    let lookup = tokio::spawn({
+        let (registry, acme) = (registry.clone(), acme.clone());
+        async move { registry.get(&acme).await }
+    });
+    gate.0.notified().await; // the lookup has read "gold" and waits at the gate
+    *store.plan.lock().unwrap() = "platinum";
+    registry.invalidate(&acme); // announced while the older answer is in flight
+    gate.1.add_permits(1);
+    let old = lookup.await.unwrap().unwrap().unwrap();
+    assert_eq!(&*old.plan, "gold", "the lookup answers what it read");
+    assert!(registry.cached(&acme).is_none(), "but does not cache it");
+    gate.1.add_permits(1);
+    assert_eq!(
+        &*registry.get(&acme).await.unwrap().unwrap().plan,
+        "platinum"
+    );
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
+    // Without an invalidation the answer is cached: no third lookup.
+    assert_eq!(
+        &*registry.get(&acme).await.unwrap().unwrap().plan,
+        "platinum"
+    );
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn corrupt_registry_files_and_bad_configs_are_typed_errors() {
     for bad in [
