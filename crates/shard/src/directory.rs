@@ -7,6 +7,22 @@
 //! unreadable during the move; once its keys are copied, [`Directory::complete`] makes the new
 //! shard the only owner.
 //!
+//! # Concurrent changes
+//!
+//! Changes are read-copy-update with a compare-and-swap: a writer copies the table it loaded,
+//! checks its moves against that copy, and publishes the result only if the table is still the
+//! one it loaded (compared by `Arc` pointer); otherwise it starts again from the newer table.
+//! So concurrent [`begin`](Directory::begin) and [`complete`](Directory::complete) calls lose
+//! no update, each is checked against the table it replaces (two writers cannot both begin
+//! the same move), and every published change bumps the version by exactly one. The pointer
+//! comparison cannot be fooled by a freed and reused allocation (ABA): the writer holds the
+//! `Arc` it compares against, so that table stays alive until the swap is decided.
+//!
+//! Why not a mutex for writers: it would be as correct, but the compare-and-swap keeps the
+//! whole directory free of locks, so a writer descheduled in the middle of a change (a table
+//! copy is 16,384 slots) holds back no other writer. The cost is a repeated copy when two
+//! writers collide, which is cheap for the rare operator-driven changes this table sees.
+//!
 //! ```
 //! use tower_patterns_shard::{Directory, Route, Strategy, ShardKey};
 //!
@@ -23,7 +39,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use tower_patterns_core::ConfigError;
 
 use crate::{Route, ShardKey, Strategy, key::SLOTS};
@@ -131,20 +147,28 @@ impl Directory {
         moves
     }
 
+    /// Publishes `f` applied to a copy of the current table, retrying from the newer table
+    /// when another change was published in between (see the [module docs](self)). `f`
+    /// returns the new number of shards, or an error that leaves the table as it is.
     fn update(
         &self,
-        f: impl Fn(&mut Vec<Slot>) -> Result<(), ConfigError>,
-        shards: Option<usize>,
+        f: impl Fn(usize, &mut [Slot]) -> Result<usize, ConfigError>,
     ) -> Result<(), ConfigError> {
-        let current = self.table.load();
-        let mut slots = current.slots.to_vec();
-        f(&mut slots)?;
-        self.table.store(Arc::new(Table {
-            version: current.version + 1,
-            shards: shards.unwrap_or(current.shards),
-            slots: slots.into_boxed_slice(),
-        }));
-        Ok(())
+        let mut current = self.table.load_full();
+        loop {
+            let mut slots = current.slots.to_vec();
+            let shards = f(current.shards, &mut slots)?;
+            let next = Arc::new(Table {
+                version: current.version + 1,
+                shards,
+                slots: slots.into_boxed_slice(),
+            });
+            let previous = self.table.compare_and_swap(&current, next);
+            if Arc::ptr_eq(&current, &previous) {
+                return Ok(());
+            }
+            current = Guard::into_inner(previous);
+        }
     }
 
     /// Starts moving slots: reads go to the new shard first, the old one as fallback.
@@ -153,33 +177,25 @@ impl Directory {
     ///
     /// When a move does not start from the slot's current owner.
     pub fn begin(&self, moves: &[SlotMove]) -> Result<(), ConfigError> {
-        let shards = moves
-            .iter()
-            .map(|m| m.to + 1)
-            .chain([self.table.load().shards])
-            .max();
-        self.update(
-            |slots| {
-                for m in moves {
-                    match slots[m.slot as usize] {
-                        Slot::Stable(o) if o as usize == m.from => {
-                            slots[m.slot as usize] = Slot::Migrating {
-                                from: m.from as u16,
-                                to: m.to as u16,
-                            };
-                        }
-                        _ => {
-                            return Err(ConfigError::new(
-                                "migration",
-                                format!("slot {} is not owned by shard {}", m.slot, m.from),
-                            ));
-                        }
+        self.update(|shards, slots| {
+            for m in moves {
+                match slots[m.slot as usize] {
+                    Slot::Stable(o) if o as usize == m.from => {
+                        slots[m.slot as usize] = Slot::Migrating {
+                            from: m.from as u16,
+                            to: m.to as u16,
+                        };
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            "migration",
+                            format!("slot {} is not owned by shard {}", m.slot, m.from),
+                        ));
                     }
                 }
-                Ok(())
-            },
-            shards,
-        )
+            }
+            Ok(moves.iter().map(|m| m.to + 1).fold(shards, usize::max))
+        })
     }
 
     /// Finishes moving slots: the new shard is the only owner.
@@ -188,25 +204,22 @@ impl Directory {
     ///
     /// When a slot is not migrating as described.
     pub fn complete(&self, moves: &[SlotMove]) -> Result<(), ConfigError> {
-        self.update(
-            |slots| {
-                for m in moves {
-                    let expected = Slot::Migrating {
-                        from: m.from as u16,
-                        to: m.to as u16,
-                    };
-                    if slots[m.slot as usize] != expected {
-                        return Err(ConfigError::new(
-                            "migration",
-                            format!("slot {} is not migrating {} → {}", m.slot, m.from, m.to),
-                        ));
-                    }
-                    slots[m.slot as usize] = Slot::Stable(m.to as u16);
+        self.update(|shards, slots| {
+            for m in moves {
+                let expected = Slot::Migrating {
+                    from: m.from as u16,
+                    to: m.to as u16,
+                };
+                if slots[m.slot as usize] != expected {
+                    return Err(ConfigError::new(
+                        "migration",
+                        format!("slot {} is not migrating {} → {}", m.slot, m.from, m.to),
+                    ));
                 }
-                Ok(())
-            },
-            None,
-        )
+                slots[m.slot as usize] = Slot::Stable(m.to as u16);
+            }
+            Ok(shards)
+        })
     }
 }
 

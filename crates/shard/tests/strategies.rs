@@ -1,11 +1,17 @@
 //! Placement properties over 100,000 keys on 16 shards: balance, keys moved by a 17th shard,
 //! and identical placement in another process.
 
-use std::{collections::HashSet, process::Command};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    process::Command,
+    sync::{Barrier, Mutex},
+};
 
 use proptest::prelude::*;
 use tower_patterns_shard::{
-    Directory, Geo, GeoKey, Jump, Modulo, Range, Rendezvous, Ring, Strategy, plan_moves,
+    Directory, Geo, GeoKey, Jump, Modulo, Range, Rendezvous, Ring, Route, ShardKey, SlotMove,
+    Strategy, plan_moves,
 };
 
 const KEYS: u64 = 100_000;
@@ -117,6 +123,112 @@ fn the_directory_moves_exactly_the_planned_slots() {
         dir.complete(&moves).is_err(),
         "a finished move cannot finish twice"
     );
+}
+
+/// A key that lives in a given directory slot.
+struct InSlot(u16);
+
+impl ShardKey for InSlot {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.0.to_le_bytes().to_vec())
+    }
+    fn slot(&self) -> u16 {
+        self.0
+    }
+}
+
+const THREADS: usize = 8;
+
+#[test]
+fn concurrent_migrations_of_distinct_slots_lose_no_update() {
+    // Each thread moves its own 256 slots (all owned by shard 0 at first), one begin and one
+    // complete per slot: 4,096 changes racing on one table.
+    const PER_THREAD: usize = 256;
+    let dir = Directory::new(4).unwrap();
+    let start = Barrier::new(THREADS);
+    let plan = |t: usize| {
+        (0..PER_THREAD).map(move |i| SlotMove {
+            slot: (t * PER_THREAD + i) as u16,
+            from: 0,
+            to: 1 + t % 3,
+        })
+    };
+    let failures = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (dir, start) = (&dir, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let mut failures = 0;
+                    for m in plan(t) {
+                        failures += usize::from(dir.begin(&[m]).is_err());
+                        failures += usize::from(dir.complete(&[m]).is_err());
+                    }
+                    failures
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .sum::<usize>()
+    });
+    assert_eq!(failures, 0, "a begin lost before its complete");
+    for m in (0..THREADS).flat_map(plan) {
+        assert_eq!(dir.route(&InSlot(m.slot)), Route::To(m.to), "{m:?}");
+    }
+    assert_eq!(
+        dir.version(),
+        (2 * THREADS * PER_THREAD) as u64,
+        "one version per change"
+    );
+    let moved = (THREADS * PER_THREAD) as u16;
+    assert_eq!(
+        dir.route(&InSlot(moved)),
+        Route::To(0),
+        "other slots stay put"
+    );
+}
+
+#[test]
+fn concurrent_migrations_of_the_same_slots_start_each_move_once() {
+    // Every thread tries to move the same 2,048 slots, each to its own target: for each slot
+    // exactly one begin wins, and its complete makes its target the owner.
+    const SLOTS: u16 = 2048;
+    let dir = Directory::new(4).unwrap();
+    let start = Barrier::new(THREADS);
+    let winners = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (dir, start, winners) = (&dir, &start, &winners);
+            s.spawn(move || {
+                start.wait();
+                for slot in 0..SLOTS {
+                    let m = SlotMove {
+                        slot,
+                        from: 0,
+                        to: 1 + t % 3,
+                    };
+                    if dir.begin(&[m]).is_ok() {
+                        winners.lock().unwrap().push(m);
+                        dir.complete(&[m]).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let mut winners = winners.into_inner().unwrap();
+    winners.sort_unstable_by_key(|m| m.slot);
+    let slots: Vec<u16> = winners.iter().map(|m| m.slot).collect();
+    assert_eq!(
+        slots,
+        (0..SLOTS).collect::<Vec<_>>(),
+        "each slot's move began exactly once"
+    );
+    for m in &winners {
+        assert_eq!(dir.route(&InSlot(m.slot)), Route::To(m.to), "{m:?}");
+    }
+    assert_eq!(dir.version(), 2 * u64::from(SLOTS));
 }
 
 #[test]
