@@ -173,15 +173,41 @@ mod tests {
 
     #[test]
     fn redis_slots_match_redis() {
-        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        // CRC16-XMODEM's check value (the Redis Cluster specification's test vector: 0x31C3).
+        assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);
+        assert_eq!(usize::from(redis_slot(b"123456789")), 0x31C3 % SLOTS);
         assert_eq!(redis_slot(b"123456789"), 12_739);
+        // `CLUSTER KEYSLOT` values, as given by the Redis documentation or computed with a
+        // reference CRC16-XMODEM checked against the test vector above.
         assert_eq!(redis_slot(b"foo"), 12_182);
-        assert_eq!(redis_slot(b"{user1000}.following"), redis_slot(b"user1000"));
+        assert_eq!(redis_slot(b"bar"), 5_061);
+        assert_eq!(redis_slot(b""), 0);
+        assert_eq!(redis_slot(b"user1000"), 3_443);
+        // A hash tag: only the part between the first `{` and the next `}` is hashed.
+        assert_eq!(redis_slot(b"{user1000}.following"), 3_443);
+        assert_eq!(redis_slot(b"{user1000}.followers"), 3_443);
+        assert_eq!(redis_slot(b"foo{bar}{zap}"), 5_061, "the first tag: bar");
         assert_eq!(
-            redis_slot(b"foo{}{bar}"),
-            redis_slot(b"foo{}{bar}"),
-            "empty tag: whole key"
+            redis_slot(b"}{x}"),
+            redis_slot(b"x"),
+            "a closing brace before the opening one is no tag"
         );
+        assert_eq!(redis_slot(b"x"), 16_287);
+        // The specification's edge cases: an empty tag hashes the whole key; a tag may contain
+        // a `{`; an unclosed `{` is no tag.
+        assert_eq!(redis_slot(b"foo{}{bar}"), 8_363, "empty tag: whole key");
+        assert_ne!(redis_slot(b"foo{}{bar}"), redis_slot(b"bar"));
+        assert_eq!(
+            redis_slot(b"foo{{bar}}zap"),
+            4_015,
+            "the tag is the opening brace and bar"
+        );
+        assert_eq!(redis_slot(b"{bar"), 4_015);
+        assert_eq!(redis_slot(b"a{b"), 13_340, "unclosed: whole key");
+        assert_eq!(redis_slot(b"{"), 4_092);
+        assert_eq!(redis_slot(b"{}"), 15_257);
+        // Numbers are hashed from their little-endian bytes.
+        assert_eq!(7u64.slot(), redis_slot(&7u64.to_le_bytes()));
     }
 
     #[test]
