@@ -1,6 +1,13 @@
 //! The router and scatter-gather, on paused time.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, service_fn, steer::Steer};
@@ -14,22 +21,68 @@ fn by_user() -> impl tower_patterns_core::KeyExtractor<u64, Key = u64> + Clone {
     key_fn(|u: &u64| Ok::<_, KeyError>(*u))
 }
 
+/// A shard that answers every request with its user id, or, when stuck, is never ready: its
+/// `poll_ready` stays `Pending` for ever (as tower-test's mock after `handle.allow(0)`). It
+/// counts the readiness polls and the calls it gets.
+#[derive(Clone)]
+struct Shard {
+    stuck: bool,
+    polled: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Shard {
+    fn new(stuck: bool) -> Self {
+        Self {
+            stuck,
+            polled: Arc::new(AtomicUsize::new(0)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Service<u64> for Shard {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.polled.fetch_add(1, SeqCst);
+        if self.stuck {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, user: u64) -> Self::Future {
+        self.calls.fetch_add(1, SeqCst);
+        std::future::ready(Ok(user))
+    }
+}
+
+/// Four shards by jump hash, the one of user 0 stuck.
+fn shards_with_one_stuck() -> (Vec<Shard>, usize) {
+    let stuck = Jump::new(4).route(&0u64).shard();
+    ((0..4).map(|i| Shard::new(i == stuck)).collect(), stuck)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_stuck_shard_does_not_delay_the_others() {
-    let strategy = Jump::new(4);
-    let stuck_shard = strategy.route(&0u64).shard();
-    let shards: Vec<TestService> = (0..4)
-        .map(|i| {
-            if i == stuck_shard {
-                TestService::new().never_respond()
-            } else {
-                TestService::new()
-            }
-        })
-        .collect();
-    let router = ShardRouter::new(shards.clone(), strategy, by_user()).unwrap();
+async fn a_shard_that_is_never_ready_holds_back_only_its_own_requests() {
+    let (shards, stuck_shard) = shards_with_one_stuck();
+    let router = ShardRouter::new(shards.clone(), Jump::new(4), by_user()).unwrap();
+    let mut probe = router.clone();
+    let ready = tokio::time::timeout(Duration::from_secs(1), probe.ready()).await;
+    assert!(
+        ready.is_ok_and(|r| r.is_ok()),
+        "the router is ready though one shard is not"
+    );
     let stuck = tokio::spawn(router.clone().oneshot(0));
     tokio::task::yield_now().await;
+    assert!(
+        shards[stuck_shard].polled.load(SeqCst) > 0,
+        "user 0's request waits on its shard's readiness"
+    );
 
     let start = Instant::now();
     let mut served = 0;
@@ -45,37 +98,37 @@ async fn a_stuck_shard_does_not_delay_the_others() {
         Duration::ZERO,
         "no request waited for the stuck shard"
     );
-    assert_eq!(shards[stuck_shard].in_flight(), 1);
+    let calls: usize = shards.iter().map(|s| s.calls.load(SeqCst)).sum();
+    assert_eq!(
+        calls, served,
+        "every other request was answered by its shard"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!stuck.is_finished(), "user 0's request still waits");
+    assert_eq!(
+        shards[stuck_shard].calls.load(SeqCst),
+        0,
+        "a shard that is not ready is never called"
+    );
     stuck.abort();
 }
 
 #[tokio::test(start_paused = true)]
-async fn tower_steer_waits_for_every_shard() {
-    // The comparison the router is built against: Steer polls every service ready first.
-    #[derive(Clone)]
-    struct NeverReady;
-    impl Service<u64> for NeverReady {
-        type Response = u64;
-        type Error = BoxError;
-        type Future = std::future::Ready<Result<u64, BoxError>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), BoxError>> {
-            std::task::Poll::Pending
-        }
-        fn call(&mut self, u: u64) -> Self::Future {
-            std::future::ready(Ok(u))
-        }
-    }
-    let ready = tower::util::BoxService::new(TestService::new());
-    let not_ready = tower::util::BoxService::new(NeverReady);
-    let mut steer = Steer::new(vec![ready, not_ready], |_: &u64, _: &[_]| 0);
+async fn tower_steer_is_not_ready_while_one_shard_is_not() {
+    // The comparison the router is built against, on the same shards: Steer polls every
+    // service ready before it routes, so the one stuck shard stops requests for all of them.
+    let (shards, stuck_shard) = shards_with_one_stuck();
+    let mut steer = Steer::new(shards.clone(), |user: &u64, _: &[Shard]| {
+        Jump::new(4).route(user).shard()
+    });
     let polled = tokio::time::timeout(Duration::from_secs(1), steer.ready()).await;
     assert!(
         polled.is_err(),
         "Steer is held back by the one shard that is not ready"
     );
+    assert!(shards[stuck_shard].polled.load(SeqCst) > 0);
+    let calls: usize = shards.iter().map(|s| s.calls.load(SeqCst)).sum();
+    assert_eq!(calls, 0);
 }
 
 #[tokio::test]
