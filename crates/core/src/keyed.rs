@@ -10,9 +10,11 @@
 //! it at the same moment (`get_with`).
 //!
 //! What to know:
-//! - The bound is enforced by moka's maintenance, which runs as entries are touched, so the
-//!   count can briefly pass `max_entries` before it is brought back; [`KeyedMap::sync`] runs it
-//!   at once.
+//! - The bound holds as [`KeyedMap::len`] and [`KeyedMap::entries`] see it. moka applies
+//!   insertions and evictions in batches (its maintenance), so on its own it can hold a few
+//!   dozen entries past its bound until the next batch; the map counts the entries it added
+//!   since it last ran that maintenance and runs it as soon as they could pass the bound. Lookups
+//!   of existing keys do none of this.
 //! - An evicted key (or a new key that the admission policy did not keep) starts fresh the
 //!   next time it is seen. Where fresh state would be a hole (a rate limit per client-chosen
 //!   key), validate keys first, for example against the tenant registry.
@@ -36,19 +38,34 @@
 //! assert_eq!(again.load(Ordering::Relaxed), 1);
 //! ```
 
-use std::{fmt, hash::Hash, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    hash::Hash,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::ConfigError;
 
 /// A bounded map of per-key instances; see the [module docs](self).
 pub struct KeyedMap<K, V> {
     cache: moka::sync::Cache<K, V>,
+    /// Entries added since this map last ran moka's maintenance: what moka's count may lack.
+    /// Shared by clones, as the cache is.
+    unsynced: Arc<AtomicU64>,
+    max_entries: u64,
 }
 
 impl<K, V> Clone for KeyedMap<K, V> {
     fn clone(&self) -> Self {
         Self {
             cache: self.cache.clone(),
+            unsynced: self.unsynced.clone(),
+            max_entries: self.max_entries,
         }
     }
 }
@@ -77,7 +94,15 @@ where
     ///
     /// When several callers miss the same key at once, `init` runs once and all get its value.
     pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
-        self.cache.get_with(key, init)
+        let mut added = false;
+        let value = self.cache.get_with(key, || {
+            added = true;
+            init()
+        });
+        if added {
+            self.added();
+        }
+        value
     }
 
     /// The instance for `key`, if there is one.
@@ -109,18 +134,33 @@ where
         keep: impl FnOnce(&V) -> bool,
         init: impl FnOnce() -> V,
     ) -> V {
-        self.cache
+        let entry = self
+            .cache
             .entry(key)
             .and_upsert_with(|current| match current {
                 Some(entry) if keep(entry.value()) => entry.into_value(),
                 _ => init(),
-            })
-            .into_value()
+            });
+        if entry.is_fresh() && !entry.is_old_value_replaced() {
+            self.added();
+        }
+        entry.into_value()
     }
 
     /// Inserts or replaces the instance for `key`.
     pub fn insert(&self, key: K, value: V) {
         self.cache.insert(key, value);
+        self.added();
+    }
+
+    /// One entry was (or may have been) added: once the entries added since the last
+    /// maintenance could take the map past its bound, run the maintenance, which evicts (or
+    /// refuses) what does not fit.
+    fn added(&self) {
+        let unsynced = self.unsynced.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.cache.entry_count().saturating_add(unsynced) > self.max_entries {
+            self.sync();
+        }
     }
 
     /// Removes the instance for `key`.
@@ -132,7 +172,8 @@ where
         self.cache.invalidate(key);
     }
 
-    /// The number of entries, as of the last maintenance (see [`Self::sync`]).
+    /// The number of entries, as of the last maintenance (see [`Self::sync`]); never more
+    /// than [`Self::max_entries`].
     pub fn len(&self) -> u64 {
         self.cache.entry_count()
     }
@@ -144,6 +185,9 @@ where
 
     /// Runs the pending maintenance now: evictions and expiries, and the entry count.
     pub fn sync(&self) {
+        // Every entry counted until now was added before this swap, so the maintenance below
+        // applies it; entries added from now on are counted for the next one.
+        self.unsynced.swap(0, Ordering::AcqRel);
         self.cache.run_pending_tasks();
     }
 
@@ -154,7 +198,7 @@ where
 
     /// The bound on the number of entries.
     pub fn max_entries(&self) -> u64 {
-        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
+        self.max_entries
     }
 }
 
@@ -241,6 +285,8 @@ where
         }
         Ok(KeyedMap {
             cache: builder.build(),
+            unsynced: Arc::new(AtomicU64::new(0)),
+            max_entries: self.max_entries,
         })
     }
 }
@@ -266,6 +312,61 @@ mod tests {
         map.sync();
         assert!(map.len() <= 1_000);
         assert!(peak > 0, "entries were kept at all");
+    }
+
+    #[test]
+    fn the_bound_holds_as_len_and_entries_see_it_without_a_sync() {
+        let map: KeyedMap<u64, Arc<()>> = KeyedMap::builder().max_entries(1_000).build().unwrap();
+        for key in 0..100_000u64 {
+            map.get_or_insert_with(key, || Arc::new(()));
+            assert!(map.len() <= 1_000, "{} entries after {key} keys", map.len());
+            if key % 1_000 == 999 {
+                let listed = map.entries().count();
+                assert!(listed <= 1_000, "{listed} entries listed after {key} keys");
+            }
+        }
+        assert!(
+            map.len() >= 900,
+            "the map is kept nearly full: {}",
+            map.len()
+        );
+        // The same through the other ways in.
+        for key in 100_000..200_000u64 {
+            map.insert(key, Arc::new(()));
+            map.get_or_replace_with(key + 1_000_000, |_| true, || Arc::new(()));
+            assert!(map.len() <= 1_000, "{} entries after {key} keys", map.len());
+        }
+        assert!(map.entries().count() <= 1_000);
+    }
+
+    #[test]
+    fn lookups_of_present_keys_run_no_maintenance() {
+        let map: KeyedMap<u64, u64> = KeyedMap::builder().max_entries(10).build().unwrap();
+        for key in 0..10 {
+            map.get_or_insert_with(key, || key);
+        }
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            10,
+            "below the bound: no sync"
+        );
+        for key in 0..10 {
+            map.get_or_insert_with(key, || unreachable!());
+        }
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            10,
+            "hits count nothing"
+        );
+        map.get_or_replace_with(3, |_| false, || 30);
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            10,
+            "a replacement adds nothing"
+        );
+        map.get_or_insert_with(10, || 10);
+        assert_eq!(map.unsynced.load(Ordering::Relaxed), 0, "the 11th synced");
+        assert_eq!(map.len(), 10);
     }
 
     #[test]

@@ -1,0 +1,33 @@
+//! The keyed limiter holds at most `max_keys` keys, whatever number of keys clients send.
+
+use http::Request;
+use tower_patterns_core::key::HeaderKey;
+use tower_patterns_ratelimit::{GcraLimiter, Limiter, Rate};
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_thousand_distinct_keys_stay_within_the_bound() {
+    let limiter = GcraLimiter::builder(
+        "clients",
+        HeaderKey::new(http::HeaderName::from_static("x-client")),
+    )
+    .rate(Rate::per_second(5))
+    .max_keys(1_000)
+    .build()
+    .unwrap();
+    for client in 0..100_000u32 {
+        let req = Request::builder()
+            .header("x-client", client)
+            .body(())
+            .unwrap();
+        let _ = Limiter::check(&limiter, &req);
+        if client % 5_000 == 4_999 {
+            let held = limiter.keys();
+            assert!(held <= 1_000, "{held} keys held after {client} keys");
+        }
+    }
+    let held = limiter.keys();
+    assert!(
+        (900..=1_000).contains(&held),
+        "{held} keys held: bounded, and the map is used"
+    );
+}
