@@ -110,6 +110,7 @@ pub struct Config {
     pub(crate) seed: u64,
     pub(crate) backpressure: bool,
     pub(crate) call_metrics: bool,
+    pub(crate) automatic_transition: bool,
 }
 
 /// The most half-open probes (they are counted in 12 bits of the state word).
@@ -134,6 +135,7 @@ impl Config {
             seed: 0x5eed_b7ea_ce75,
             backpressure: false,
             call_metrics: false,
+            automatic_transition: false,
         }
     }
 
@@ -193,7 +195,18 @@ impl Config {
         self.ramp.len().max(1)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Validates the settings and settles those that depend on each other: a minimum number
+    /// of calls larger than a count window is the window's size (as resilience4j does), so
+    /// the rates are judged once the window is full.
+    pub(crate) fn validated(mut self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        if let SlidingWindow::Count(n) = self.window {
+            self.minimum_calls = self.minimum_calls.min(u64::from(n));
+        }
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         let rate = |field, v: f64| {
             if v > 0.0 && v <= 1.0 {
                 Ok(())
@@ -242,15 +255,6 @@ impl Config {
             SlidingWindow::Count(n) => {
                 if !(1..=1_000_000).contains(&n) {
                     return Err(ConfigError::new("window", "count must be in 1..=1000000"));
-                }
-                if self.minimum_calls > u64::from(n) && self.consecutive_failures.is_none() {
-                    return Err(ConfigError::new(
-                        "minimum_calls",
-                        format!(
-                            "is {} but the window holds only {n} calls: the rate would never be computed",
-                            self.minimum_calls
-                        ),
-                    ));
                 }
                 if let Some(k) = self.failure_count
                     && k > u64::from(n)
@@ -350,7 +354,6 @@ mod tests {
         assert_eq!(bad(|c| c.failure_rate = Some(1.5)), "failure_rate");
         assert_eq!(bad(|c| c.failure_rate = None), "trip conditions");
         assert_eq!(bad(|c| c.minimum_calls = 0), "minimum_calls");
-        assert_eq!(bad(|c| c.minimum_calls = 101), "minimum_calls");
         assert_eq!(bad(|c| c.window = SlidingWindow::Count(0)), "window");
         assert_eq!(
             bad(|c| c.window = SlidingWindow::Time {
@@ -381,6 +384,25 @@ mod tests {
                 }
             }),
             "open_duration"
+        );
+    }
+
+    #[test]
+    fn a_minimum_larger_than_the_count_window_is_the_window() {
+        let mut c = cfg();
+        c.window = SlidingWindow::Count(10);
+        assert_eq!(c.clone().validated().unwrap().minimum_calls, 10);
+        c.minimum_calls = 7;
+        assert_eq!(c.clone().validated().unwrap().minimum_calls, 7);
+        c.window = SlidingWindow::Time {
+            size: Duration::from_secs(10),
+            buckets: 10,
+        };
+        c.minimum_calls = 500;
+        assert_eq!(
+            c.validated().unwrap().minimum_calls,
+            500,
+            "time windows keep it"
         );
     }
 

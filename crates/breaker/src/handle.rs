@@ -55,7 +55,8 @@ pub struct Snapshot {
     pub probe_failures: u64,
     /// Half-open ramp stage (0 outside ramps).
     pub stage: u32,
-    /// Open: how long until half-open.
+    /// Open: how long until half-open (`None` when a half-open circuit has timed out and
+    /// its next open duration is drawn only when the next call comes).
     pub open_for: Option<Duration>,
     /// How long the breaker has been in its state.
     pub in_state_for: Duration,
@@ -71,21 +72,24 @@ impl CircuitBreakerHandle {
         self.machine.observer.name()
     }
 
-    /// The state. An open circuit whose duration has elapsed reports `Open` until the next
-    /// call moves it to half-open.
+    /// The state a call arriving now would find. Timeouts take effect when a call comes
+    /// (or on time, with [`automatic_transition`](crate::Builder::automatic_transition)),
+    /// but this reads them as already made: an open circuit whose duration has elapsed
+    /// reports `HalfOpen`, a half-open one past its maximum wait `Open`. Reading changes
+    /// nothing (no transition, no event, no gauge update).
     pub fn state(&self) -> State {
-        self.machine.word().state()
+        self.machine.state_at(self.machine.now())
     }
 
-    /// How long until the open circuit lets probes through (`None` unless open): the hint
-    /// that rejections carry as `retry_after`.
+    /// How long until the open circuit lets probes through (`None` unless a call now would
+    /// find it open with a known deadline): the hint that rejections carry as `retry_after`.
     pub fn retry_after(&self) -> Option<Duration> {
         self.machine
             .open_remaining(self.machine.now())
             .map(Duration::from_nanos)
     }
 
-    /// The current metrics.
+    /// The current metrics, with the state as [`Self::state`] reads it.
     pub fn snapshot(&self) -> Snapshot {
         let now = self.machine.now();
         let raw = self.machine.snapshot(now);

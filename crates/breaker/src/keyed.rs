@@ -37,7 +37,7 @@ where
     fn machine(&self, key: &Key) -> Arc<Machine> {
         self.map.get_or_insert_with(key.clone(), || {
             let name: Arc<str> = format!("{}/{key}", self.config.name).into();
-            Arc::new(Machine::new(
+            Machine::new_shared(
                 self.config.clone(),
                 Observer::new(
                     name,
@@ -46,7 +46,7 @@ where
                     self.config.call_metrics,
                     self.base,
                 ),
-            ))
+            )
         })
     }
 }
@@ -211,7 +211,19 @@ where
         self.shared.map.get(key).map(CircuitBreakerHandle::new)
     }
 
-    /// Every key with its breaker, for dashboards and health endpoints.
+    /// The number of keys with a breaker; never more than the bound set with
+    /// [`Builder::keys`](crate::Builder::keys).
+    pub fn len(&self) -> u64 {
+        self.shared.map.len()
+    }
+
+    /// Whether no key has a breaker.
+    pub fn is_empty(&self) -> bool {
+        self.shared.map.is_empty()
+    }
+
+    /// Every key with its breaker, for dashboards and health endpoints; at most the bound set
+    /// with [`Builder::keys`](crate::Builder::keys).
     pub fn breakers(&self) -> Vec<(Arc<Key>, CircuitBreakerHandle)> {
         self.shared
             .map

@@ -132,7 +132,8 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Rates are judged only once the window holds `n` calls (default 20).
+    /// Rates are judged only once the window holds `n` calls (default 20). With a count
+    /// window smaller than `n`, once the window is full.
     #[must_use]
     pub fn minimum_calls(mut self, n: u64) -> Self {
         self.config.minimum_calls = n;
@@ -216,6 +217,21 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Makes the open and half-open timeouts take effect on time, without waiting for a call
+    /// (default off): when the circuit opens, a Tokio task sleeps until the open duration
+    /// ends and moves it to half-open; in half-open, until the maximum wait ends. The state
+    /// gauge, subscribers and [`CircuitBreakerHandle::subscribe`] then see those transitions
+    /// as they happen. The task holds the breaker weakly and ends with it. Transitions made
+    /// outside a Tokio runtime schedule nothing.
+    ///
+    /// Off, the handle still reports the state a call would find
+    /// ([`CircuitBreakerHandle::state`]); the gauge and events follow the next call.
+    #[must_use]
+    pub fn automatic_transition(mut self, on: bool) -> Self {
+        self.config.automatic_transition = on;
+        self
+    }
+
     /// For keyed breakers: the most keys held (default 10,000) and how long an unused key's
     /// breaker is kept (default 10 minutes).
     #[must_use]
@@ -242,17 +258,17 @@ impl<C> Builder<C> {
     ///
     /// When a setting is out of range or the settings contradict each other.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
-        self.config.validate()?;
-        let metrics = Metrics::register(&self.config.name);
+        let config = self.config.validated()?;
+        let metrics = Metrics::register(&config.name);
         let observer = Observer::new(
-            self.config.name.clone(),
+            config.name.clone(),
             metrics,
             true,
-            self.config.call_metrics,
+            config.call_metrics,
             tokio::time::Instant::now(),
         );
         Ok(CircuitBreakerLayer {
-            machine: Arc::new(Machine::new(Arc::new(self.config), observer)),
+            machine: Machine::new_shared(Arc::new(config), observer),
             classifier: self.classifier,
         })
     }
@@ -260,15 +276,15 @@ impl<C> Builder<C> {
     /// The bare state machine of this configuration, for the crate's own model tests.
     #[doc(hidden)]
     pub fn build_machine(self) -> Result<Machine, ConfigError> {
-        self.config.validate()?;
+        let config = self.config.validated()?;
         let observer = Observer::new(
-            self.config.name.clone(),
-            Metrics::register(&self.config.name),
+            config.name.clone(),
+            Metrics::register(&config.name),
             true,
-            self.config.call_metrics,
+            config.call_metrics,
             tokio::time::Instant::now(),
         );
-        Ok(Machine::new(Arc::new(self.config), observer))
+        Ok(Machine::new(Arc::new(config), observer))
     }
 
     /// Builds a layer with one breaker per key taken by `extractor` (host, route, tenant).
@@ -287,16 +303,16 @@ impl<C> Builder<C> {
     where
         Key: Clone + Eq + std::hash::Hash + fmt::Display + Send + Sync + 'static,
     {
-        self.config.validate()?;
+        let config = self.config.validated()?;
         let map = KeyedMap::builder()
             .max_entries(self.max_keys)
             .idle_timeout(self.key_idle)
             .build()?;
-        let metrics = Metrics::register(&self.config.name);
+        let metrics = Metrics::register(&config.name);
         Ok(KeyedCircuitBreakerLayer::new(
             Arc::new(KeyedShared {
                 map,
-                config: Arc::new(self.config),
+                config: Arc::new(config),
                 metrics,
                 base: tokio::time::Instant::now(),
             }),

@@ -12,7 +12,10 @@
 //! free of clocks: the service reads `tokio::time`, the loom model and the reference-model
 //! property test pass numbers.
 
-use std::{fmt, sync::Arc as StdArc};
+use std::{
+    fmt,
+    sync::{Arc as StdArc, Weak},
+};
 
 use tower_patterns_core::classify::Outcome;
 
@@ -204,6 +207,8 @@ pub struct Machine {
     metrics_only: AtomicU64,
     rng: AtomicRng,
     transitions: Mutex<TransitionData>,
+    /// This machine, for the automatic transitions' timers (empty when not shared).
+    me: Weak<Machine>,
     /// The slow-call duration in nanoseconds, kept beside the hot fields.
     pub(crate) slow_call: Option<u64>,
     pub(crate) config: StdArc<Config>,
@@ -220,7 +225,16 @@ impl fmt::Debug for Machine {
 }
 
 impl Machine {
+    /// A shared machine, whose automatic transitions (when configured) can find it.
+    pub(crate) fn new_shared(config: StdArc<Config>, observer: Observer) -> StdArc<Self> {
+        StdArc::new_cyclic(|me| Self::with_self(config, observer, me.clone()))
+    }
+
     pub(crate) fn new(config: StdArc<Config>, observer: Observer) -> Self {
+        Self::with_self(config, observer, Weak::new())
+    }
+
+    fn with_self(config: StdArc<Config>, observer: Observer, me: Weak<Self>) -> Self {
         let window = match config.window {
             crate::SlidingWindow::Count(n) => Window::Count(CountWindow::new(n as usize)),
             crate::SlidingWindow::Time { size, buckets } => Window::Time(TimeWindow::new(
@@ -241,6 +255,7 @@ impl Machine {
             metrics_only: AtomicU64::new(0),
             rng: AtomicRng::new(config.seed),
             transitions: Mutex::new(TransitionData::default()),
+            me,
             slow_call: config
                 .slow_call_duration
                 .map(crate::config::saturating_nanos),
@@ -299,6 +314,11 @@ impl Machine {
     #[cold]
     fn acquire_slow(&self, mut word: Word, now: u64, count: bool) -> Admission {
         loop {
+            if let Some((to, reason)) = self.due(word, now) {
+                self.transition(word, to, 0, reason, now);
+                word = self.word();
+                continue;
+            }
             let permit = |kind| {
                 Admission::Permit(Permit {
                     generation: word.generation(),
@@ -311,46 +331,77 @@ impl Machine {
                 State::ForcedOpen => return self.reject(None, false, count),
                 State::Open => {
                     let until = self.open_until.load(Ordering::Acquire);
-                    if now < until {
-                        return self.reject(Some(until - now), true, count);
-                    }
-                    self.transition(word, State::HalfOpen, 0, Reason::OpenElapsed, now);
+                    return self.reject(Some(until.saturating_sub(now)), true, count);
                 }
                 State::HalfOpen => {
-                    let since = self.half_open_since.load(Ordering::Acquire);
-                    let timed_out = self
-                        .config
-                        .max_wait_in_half_open
-                        .is_some_and(|max| now.saturating_sub(since) >= nanos(max));
-                    if timed_out {
-                        self.transition(word, State::Open, 0, Reason::HalfOpenTimeout, now);
-                    } else if !self.config.ramp.is_empty() {
+                    if !self.config.ramp.is_empty() {
                         let stage = word.stage() as usize;
                         let share = self.config.ramp.get(stage).copied().unwrap_or(1.0);
                         if self.rng.next_f64() < share {
                             return permit(PermitKind::RampProbe);
                         }
                         return self.reject(None, true, count);
-                    } else if word.issued() >= u64::from(self.config.probes) {
+                    }
+                    if word.issued() >= u64::from(self.config.probes) {
                         return self.reject(None, true, count);
-                    } else {
-                        let next = Word(word.0 + (1 << ISSUED_SHIFT));
-                        match self.word.compare_exchange_weak(
-                            word.0,
-                            next.0,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
-                        ) {
-                            Ok(_) => return permit(PermitKind::Probe),
-                            Err(actual) => {
-                                word = Word(actual);
-                                continue;
-                            }
-                        }
+                    }
+                    let next = Word(word.0 + (1 << ISSUED_SHIFT));
+                    match self.word.compare_exchange_weak(
+                        word.0,
+                        next.0,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return permit(PermitKind::Probe),
+                        Err(actual) => word = Word(actual),
                     }
                 }
             }
-            word = self.word();
+        }
+    }
+
+    /// The timeout that has run out in the phase of `word` at `now`, if any: the open
+    /// duration (to half-open) or the maximum wait in half-open (back to open).
+    fn due(&self, word: Word, now: u64) -> Option<(State, Reason)> {
+        self.deadline(word)
+            .filter(|&(at, ..)| now >= at)
+            .map(|(_, to, reason)| (to, reason))
+    }
+
+    /// When the phase of `word` times out, and into what.
+    fn deadline(&self, word: Word) -> Option<(u64, State, Reason)> {
+        match word.state() {
+            State::Open => Some((
+                self.open_until.load(Ordering::Acquire),
+                State::HalfOpen,
+                Reason::OpenElapsed,
+            )),
+            State::HalfOpen => self.config.max_wait_in_half_open.map(|max| {
+                let since = self.half_open_since.load(Ordering::Acquire);
+                (
+                    since.saturating_add(nanos(max)),
+                    State::Open,
+                    Reason::HalfOpenTimeout,
+                )
+            }),
+            _ => None,
+        }
+    }
+
+    /// The state a call arriving at `now` would find: an open circuit whose duration has
+    /// run out reads as half-open, a half-open one past its maximum wait as open. Changes
+    /// nothing.
+    pub(crate) fn state_at(&self, now: u64) -> State {
+        let word = self.word();
+        self.due(word, now).map_or(word.state(), |(to, _)| to)
+    }
+
+    /// Makes the transition whose timeout has run out at `now`, as the next call would (the
+    /// automatic transitions' timer calls this).
+    pub(crate) fn expire(&self, now: u64) {
+        let word = self.word();
+        if let Some((to, reason)) = self.due(word, now) {
+            self.transition(word, to, 0, reason, now);
         }
     }
 
@@ -388,7 +439,7 @@ impl Machine {
                 let failed = outcome == Outcome::Failure;
                 let flags = if failed { FAILURE } else { 0 } | if slow { SLOW } else { 0 };
                 let at = if self.window.needs_clock() { now() } else { 0 };
-                self.window.record(flags, at);
+                let changed = self.window.record(flags, at);
                 let consecutive = if failed {
                     self.consecutive.fetch_add(1, Ordering::Relaxed) + 1
                 } else {
@@ -398,7 +449,10 @@ impl Machine {
                     }
                     0
                 };
-                if flags != 0 {
+                // Every outcome is judged once the window holds enough calls: a success can be
+                // the call that brings it to the minimum. One that changed nothing the window
+                // holds (a success over a success) cannot trip what did not trip before.
+                if flags != 0 || changed {
                     self.evaluate_closed(word, consecutive, now);
                 }
             }
@@ -480,19 +534,21 @@ impl Machine {
     }
 
     /// A call has been in flight for longer than the slow-call duration.
-    pub(crate) fn slow_call_started(&self, permit: Permit, now: u64) {
+    pub fn slow_call_started(&self, permit: Permit, now: u64) {
         if permit.kind != PermitKind::Closed {
             return;
         }
         self.slow_in_flight.fetch_add(1, Ordering::Relaxed);
+        // Judged now, whatever the generation the call started in: it counts in the rate
+        // from now until it ends, and a later success over an unchanged window is not judged.
         let word = self.word();
-        if word.state() == State::Closed && word.generation() == permit.generation {
+        if word.is_closed() {
             self.evaluate_closed(word, self.consecutive.load(Ordering::Relaxed), || now);
         }
     }
 
     /// A call that was counted as slow in flight has finished.
-    pub(crate) fn slow_call_ended(&self, permit: Permit) {
+    pub fn slow_call_ended(&self, permit: Permit) {
         if permit.kind == PermitKind::Closed {
             self.slow_in_flight.fetch_sub(1, Ordering::Relaxed);
         }
@@ -542,6 +598,7 @@ impl Machine {
         reason: Reason,
         now: u64,
     ) {
+        let mut deadline = None;
         match to {
             State::Open => {
                 data.consecutive_trips = data.consecutive_trips.saturating_add(1);
@@ -549,10 +606,17 @@ impl Machine {
                     .config
                     .open_duration
                     .nanos(data.consecutive_trips, self.rng.next_f64());
-                self.open_until
-                    .store(now.saturating_add(open_for), Ordering::Release);
+                let until = now.saturating_add(open_for);
+                self.open_until.store(until, Ordering::Release);
+                deadline = Some(until);
             }
-            State::HalfOpen => self.half_open_since.store(now, Ordering::Release),
+            State::HalfOpen => {
+                self.half_open_since.store(now, Ordering::Release);
+                deadline = self
+                    .config
+                    .max_wait_in_half_open
+                    .map(|max| now.saturating_add(nanos(max)));
+            }
             State::Closed => {
                 if reason != Reason::Forced {
                     data.consecutive_trips = 0;
@@ -567,7 +631,36 @@ impl Machine {
         self.word.store(next.0, Ordering::Release);
         self.observer
             .transition(current.state(), to, reason, stage, now);
+        if self.config.automatic_transition
+            && let Some(deadline) = deadline
+        {
+            self.schedule(deadline);
+        }
     }
+
+    /// Starts a timer that makes the transition due at `deadline` (nanoseconds since the
+    /// base instant) without waiting for a call. It holds the machine weakly, so a dropped
+    /// breaker ends it; without a Tokio runtime (or a shared machine) nothing is scheduled.
+    #[cfg(not(loom))]
+    fn schedule(&self, deadline: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.me.strong_count() == 0 {
+            return;
+        }
+        let me = self.me.clone();
+        let at = self.observer.base() + std::time::Duration::from_nanos(deadline);
+        drop(runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Some(machine) = me.upgrade() {
+                machine.expire(machine.now());
+            }
+        }));
+    }
+
+    #[cfg(loom)]
+    fn schedule(&self, _deadline: u64) {}
 
     pub(crate) fn set_metrics_only(&self, on: bool) {
         self.metrics_only.store(u64::from(on), Ordering::Relaxed);
@@ -577,16 +670,22 @@ impl Machine {
         self.metrics_only.load(Ordering::Relaxed) != 0
     }
 
-    /// Nanoseconds the circuit stays open from `now`, when it is open.
+    /// Nanoseconds the circuit stays open from `now`, when a call arriving then would find
+    /// it open with a known deadline.
     pub(crate) fn open_remaining(&self, now: u64) -> Option<u64> {
-        (self.word().state() == State::Open)
-            .then(|| self.open_until.load(Ordering::Acquire).saturating_sub(now))
+        let word = self.word();
+        (word.state() == State::Open)
+            .then(|| self.open_until.load(Ordering::Acquire))
+            .filter(|&until| until > now)
+            .map(|until| until - now)
     }
 
+    /// What the handle shows: the state a call arriving at `now` would find (see
+    /// [`Self::state_at`]), with the data of that phase.
     pub(crate) fn snapshot(&self, now: u64) -> RawSnapshot {
         let word = self.word();
         let stats = self.window.stats(now);
-        RawSnapshot {
+        let mut snapshot = RawSnapshot {
             state: word.state(),
             stage: word.stage(),
             probes_in_flight: word.issued(),
@@ -600,7 +699,18 @@ impl Machine {
             rejected: self.rejected.load(Ordering::Relaxed),
             entered_at: self.entered_at.load(Ordering::Acquire),
             open_remaining: self.open_remaining(now),
+        };
+        if let Some((at, to, _)) = self.deadline(word).filter(|&(at, ..)| now >= at) {
+            // A timed-out phase, as the next call will find it: a fresh half-open stage, or
+            // open again for a duration drawn only when that call comes.
+            snapshot.state = to;
+            snapshot.stage = 0;
+            snapshot.probes_in_flight = 0;
+            snapshot.probe_successes = 0;
+            snapshot.probe_failures = 0;
+            snapshot.entered_at = at;
         }
+        snapshot
     }
 }
 

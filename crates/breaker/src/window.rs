@@ -31,11 +31,16 @@ pub(crate) enum Window {
 }
 
 impl Window {
+    /// Records one outcome; returns whether what the window holds may have changed (false
+    /// only when a success replaced a success, so the rates and counts are as they were).
     #[inline]
-    pub(crate) fn record(&self, flags: u8, now_nanos: u64) {
+    pub(crate) fn record(&self, flags: u8, now_nanos: u64) -> bool {
         match self {
             Self::Count(w) => w.record(flags),
-            Self::Time(w) => w.record(flags, now_nanos),
+            Self::Time(w) => {
+                w.record(flags, now_nanos);
+                true
+            }
         }
     }
 
@@ -81,8 +86,10 @@ impl CountWindow {
         }
     }
 
+    /// Records one outcome; returns false when the window's content is unchanged (a success
+    /// over a success).
     #[inline]
-    pub(crate) fn record(&self, flags: u8) {
+    pub(crate) fn record(&self, flags: u8) -> bool {
         // A success over a full window of successes changes nothing the window holds: every
         // slot stays a success. Skipping the head then keeps "the last N calls" exact (a
         // failure recorded later still leaves after exactly N more calls) and makes the
@@ -92,22 +99,23 @@ impl CountWindow {
             && self.slow.load(Relaxed) == 0
             && self.filled.load(Relaxed) == self.slots.len() as u64
         {
-            return;
+            return false;
         }
         let idx = self.head.fetch_add(1, Relaxed) % self.slots.len();
-        self.replace(idx, FILLED | flags);
+        self.replace(idx, FILLED | flags)
     }
 
+    /// Puts `new` in slot `idx`; returns whether the slot changed.
     #[inline]
-    fn replace(&self, idx: usize, new: u8) {
+    fn replace(&self, idx: usize, new: u8) -> bool {
         let slot = &self.slots[idx];
         // Reading first keeps the common case (success over success) free of writes.
         if slot.load(Relaxed) == new {
-            return;
+            return false;
         }
         let old = slot.swap(new, Relaxed);
         if old == new {
-            return;
+            return false;
         }
         // Every change of a slot goes through `swap`, and each swap accounts for exactly the
         // difference between what it put and what it took: once every thread has finished
@@ -115,6 +123,7 @@ impl CountWindow {
         Self::adjust(&self.filled, old & FILLED, new & FILLED);
         Self::adjust(&self.failures, old & FAILURE, new & FAILURE);
         Self::adjust(&self.slow, old & SLOW, new & SLOW);
+        true
     }
 
     #[inline]
@@ -144,7 +153,7 @@ impl CountWindow {
 
     pub(crate) fn clear(&self) {
         for idx in 0..self.slots.len() {
-            self.replace(idx, 0);
+            let _ = self.replace(idx, 0);
         }
     }
 }

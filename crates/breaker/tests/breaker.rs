@@ -1,6 +1,7 @@
 //! Every knob of the circuit breaker, on paused time.
 
 use std::{
+    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -15,6 +16,7 @@ use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind,
     classify::{Outcome, TowerHttp, predicate},
     key::{HeaderKey, KeyErrorKind},
+    observe::{Health, StateHandle},
     test_util::TestService,
 };
 
@@ -780,6 +782,39 @@ async fn keyed_breakers_isolate_keys() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn keyed_breakers_stay_within_their_bound() {
+    let layer = CircuitBreakerLayer::builder("many-hosts")
+        .keys(1_000, Duration::from_secs(600))
+        .build_keyed(HeaderKey::new(http::HeaderName::from_static("x-host")))
+        .unwrap();
+    let handle = layer.handle();
+    assert!(handle.is_empty());
+    let mut svc = layer.layer(service_fn(|_: Request<()>| async { Ok::<_, BoxError>(()) }));
+    for host in 0..100_000u32 {
+        let req = Request::get("/").header("x-host", host).body(()).unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+        if host % 5_000 == 4_999 {
+            let listed = handle.breakers().len();
+            assert!(
+                listed <= 1_000,
+                "{listed} breakers listed after {host} keys"
+            );
+            assert!(
+                handle.len() <= 1_000,
+                "{} breakers after {host} keys",
+                handle.len()
+            );
+        }
+    }
+    assert!(
+        handle.len() >= 900,
+        "the map is kept nearly full: {}",
+        handle.len()
+    );
+    assert!(!handle.is_empty());
+}
+
 #[test]
 fn bad_configuration_is_a_typed_error() {
     let err = CircuitBreakerLayer::builder("bad")
@@ -788,13 +823,277 @@ fn bad_configuration_is_a_typed_error() {
         .unwrap_err();
     assert_eq!(err.field(), "failure_rate");
     let err = CircuitBreakerLayer::builder("bad")
-        .count_window(10)
-        .minimum_calls(11)
+        .minimum_calls(0)
         .build()
         .unwrap_err();
     assert_eq!(err.field(), "minimum_calls");
     // The defaults are valid.
     let _ = CircuitBreaker::<()>::layer("fine");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minimum_larger_than_the_count_window_is_the_window() {
+    // The default minimum (20) with a window of 10: the rate is judged once 10 calls are in.
+    let (svc, handle) = build(CircuitBreakerLayer::builder("clamped").count_window(10));
+    for _ in 0..5 {
+        let _ = send(&svc, false).await;
+    }
+    for _ in 0..4 {
+        send(&svc, true).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed, "9 calls: below the window");
+    send(&svc, true).await.unwrap();
+    assert_eq!(handle.state(), State::Open, "10 calls, 5 failed: 50%");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_that_reaches_the_minimum_trips() {
+    // Time window 10 s, minimum 4, 50%: failure, failure, success, success within 10 s.
+    let (svc, handle) = build(
+        CircuitBreakerLayer::builder("time-rule")
+            .time_window(Duration::from_secs(10), 10)
+            .minimum_calls(4)
+            .failure_rate(0.5),
+    );
+    for ok in [false, false, true] {
+        let _ = send(&svc, ok).await;
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(handle.state(), State::Closed);
+    }
+    let mut events = handle.subscribe();
+    send(&svc, true).await.unwrap();
+    assert_eq!(handle.state(), State::Open, "4 calls, 2 failed: 50%");
+    assert_eq!(events.try_recv().unwrap().reason, Reason::FailureRate(0.5));
+
+    // The same in a count window.
+    let (svc, handle) = build(
+        CircuitBreakerLayer::builder("count-rule")
+            .count_window(10)
+            .minimum_calls(4)
+            .failure_rate(0.5),
+    );
+    for ok in [false, false, true] {
+        let _ = send(&svc, ok).await;
+    }
+    assert_eq!(handle.state(), State::Closed);
+    send(&svc, true).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_calls_that_reach_the_minimum_trip_on_the_slow_rate() {
+    // Two slow calls one after the other, then two fast ones: 50% slow once 4 are in.
+    let layer = CircuitBreakerLayer::builder("slow-rule")
+        .count_window(10)
+        .minimum_calls(4)
+        .no_failure_rate()
+        .slow_calls(Duration::from_secs(1), 0.5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let fast = layer.layer(TestService::new());
+    let slow = layer.layer(TestService::new().delay(Duration::from_secs(3)));
+    slow.clone().oneshot(()).await.unwrap();
+    slow.clone().oneshot(()).await.unwrap();
+    fast.clone().oneshot(()).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    let mut events = handle.subscribe();
+    fast.clone().oneshot(()).await.unwrap();
+    assert_eq!(handle.state(), State::Open, "2 of 4 slow reaches 50%");
+    assert_eq!(events.try_recv().unwrap().reason, Reason::SlowCallRate(0.5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_reads_timeouts_as_a_call_would() {
+    let layer = CircuitBreakerLayer::builder("lazy")
+        .count_window(2)
+        .minimum_calls(2)
+        .half_open_probes(1)
+        .open_duration(Duration::from_secs(5))
+        .max_wait_in_half_open(Some(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let failing = layer.layer(TestService::new().always_fail());
+    for _ in 0..2 {
+        let _ = failing.clone().oneshot(()).await;
+    }
+    let mut events = handle.subscribe();
+    advance(Duration::from_secs(4)).await;
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(handle.report().health, Health::Unavailable);
+
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), State::HalfOpen, "the open time is over");
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::HalfOpen);
+    assert_eq!(snap.open_for, None);
+    assert_eq!(snap.in_state_for, Duration::ZERO);
+    assert_eq!(handle.retry_after(), None);
+    assert_eq!(handle.report().health, Health::Degraded);
+    advance(Duration::from_secs(2)).await;
+    assert_eq!(handle.snapshot().in_state_for, Duration::from_secs(2));
+    assert!(events.try_recv().is_err(), "reading made no transition");
+
+    // A probe that never answers: past the maximum wait, a call would find it open again.
+    let hanging = layer.layer(TestService::new().never_respond());
+    let probe = tokio::spawn(hanging.clone().oneshot(()));
+    tokio::task::yield_now().await;
+    assert_eq!(events.try_recv().unwrap().to, State::HalfOpen);
+    assert_eq!(handle.snapshot().probes_admitted, 1);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "no verdict within the maximum wait"
+    );
+    let snap = handle.snapshot();
+    assert_eq!((snap.state, snap.probes_admitted), (State::Open, 0));
+    assert_eq!(
+        snap.open_for, None,
+        "the next open duration is not drawn yet"
+    );
+    assert_eq!(snap.in_state_for, Duration::ZERO);
+    assert!(events.try_recv().is_err());
+    probe.abort();
+}
+
+/// The state gauge of a breaker built under `recorder`: the one state set to 1.
+fn gauged_state(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<String> {
+    use metrics_util::debugging::DebugValue;
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let k = key.key();
+            match (k.name(), value) {
+                ("tower_patterns_breaker_state", DebugValue::Gauge(v)) if v.into_inner() == 1.0 => {
+                    Some(k.labels().find(|l| l.key() == "state")?.value().to_owned())
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The next transition, failing (rather than hanging) when none comes within a minute.
+async fn next(events: &mut tokio::sync::broadcast::Receiver<Transition>) -> Transition {
+    tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("a transition within a minute")
+        .expect("the breaker is alive")
+}
+
+#[tokio::test(start_paused = true)]
+async fn automatic_transitions_move_the_gauge_without_traffic() {
+    use metrics_util::debugging::DebuggingRecorder;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        CircuitBreakerLayer::builder("auto")
+            .count_window(2)
+            .minimum_calls(2)
+            .open_duration(Duration::from_secs(5))
+            .max_wait_in_half_open(Some(Duration::from_secs(10)))
+            .automatic_transition(true)
+            .build()
+            .unwrap()
+    });
+    let handle = layer.handle();
+    let mut events = handle.subscribe();
+    let failing = layer.layer(TestService::new().always_fail());
+    for _ in 0..2 {
+        let _ = failing.clone().oneshot(()).await;
+    }
+    let opened = next(&mut events).await;
+    assert_eq!(opened.to, State::Open);
+    assert_eq!(gauged_state(&snapshotter), ["open"]);
+
+    // No call comes: the timer moves it to half-open when the open time is over.
+    let half_open = next(&mut events).await;
+    assert_eq!(
+        (half_open.from, half_open.to, half_open.reason),
+        (State::Open, State::HalfOpen, Reason::OpenElapsed)
+    );
+    assert_eq!(half_open.at - opened.at, Duration::from_secs(5));
+    assert_eq!(gauged_state(&snapshotter), ["half_open"]);
+
+    // Still no call: no verdict within the maximum wait reopens, on time too.
+    let reopened = next(&mut events).await;
+    assert_eq!(
+        (reopened.to, reopened.reason),
+        (State::Open, Reason::HalfOpenTimeout)
+    );
+    assert_eq!(reopened.at - half_open.at, Duration::from_secs(10));
+    assert_eq!(gauged_state(&snapshotter), ["open"]);
+
+    // A probe that passes closes it; a closed breaker schedules nothing.
+    advance(Duration::from_secs(5)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(next(&mut events).await.to, State::HalfOpen);
+    let ok = layer.layer(TestService::new());
+    for _ in 0..5 {
+        ok.clone().oneshot(()).await.unwrap();
+    }
+    assert_eq!(next(&mut events).await.to, State::Closed);
+    assert_eq!(gauged_state(&snapshotter), ["closed"]);
+    advance(Duration::from_secs(60)).await;
+    assert!(events.try_recv().is_err(), "nothing moves a closed circuit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timer_holds_the_breaker_weakly() {
+    let layer = CircuitBreakerLayer::builder("auto-dropped")
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(5))
+        .automatic_transition(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut events = handle.subscribe();
+    let failing = layer.layer(TestService::new().always_fail());
+    for _ in 0..2 {
+        let _ = failing.clone().oneshot(()).await;
+    }
+    assert_eq!(next(&mut events).await.to, State::Open);
+    drop((layer, handle, failing));
+    // Had the timer kept the breaker alive, it would report half-open in 5 s; it is gone.
+    let closed = tokio::time::timeout(Duration::from_secs(60), events.recv()).await;
+    assert_eq!(
+        closed,
+        Ok(Err(tokio::sync::broadcast::error::RecvError::Closed))
+    );
+}
+
+#[test]
+fn a_trip_outside_a_runtime_schedules_nothing() {
+    // The breaker is used without Tokio (polled by hand): tripping it cannot start a timer,
+    // and does not panic; the handle still reads the timeout as a call would.
+    let layer = CircuitBreakerLayer::builder("no-runtime")
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(Duration::from_millis(1))
+        .automatic_transition(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(echo());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..2 {
+        let mut call = std::pin::pin!(svc.clone().oneshot(false));
+        assert!(matches!(
+            call.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Err(_))
+        ));
+    }
+    let mut events = handle.subscribe();
+    std::thread::sleep(Duration::from_millis(2));
+    assert_eq!(handle.state(), State::HalfOpen);
+    assert!(events.try_recv().is_err(), "no timer made the transition");
 }
 
 #[tokio::test(start_paused = true)]
