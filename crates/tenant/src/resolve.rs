@@ -885,4 +885,55 @@ mod tests {
         assert!(Net::parse("10.0.0.0/33").is_err());
         assert!(Net::parse("nonsense").is_err());
     }
+
+    #[test]
+    fn networks_mask_exactly_their_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v4 = Net::parse("10.1.2.0/24").unwrap();
+        for inside in ["10.1.2.0", "10.1.2.1", "10.1.2.255", "::ffff:10.1.2.7"] {
+            assert!(v4.contains(ip(inside)), "{inside}");
+        }
+        for outside in [
+            "10.1.3.0",
+            "10.1.1.255",
+            "11.1.2.1",
+            "10.129.2.1",
+            "::a01:207",
+        ] {
+            assert!(!v4.contains(ip(outside)), "{outside}");
+        }
+        let pair = Net::parse("192.0.2.6/31").unwrap();
+        assert!(pair.contains(ip("192.0.2.7")) && pair.contains(ip("192.0.2.6")));
+        assert!(!pair.contains(ip("192.0.2.5")) && !pair.contains(ip("192.0.2.8")));
+        let one = Net::parse("192.0.2.6").unwrap();
+        assert!(one.contains(ip("192.0.2.6")) && !one.contains(ip("192.0.2.7")));
+        let all = Net::parse("0.0.0.0/0").unwrap();
+        for any in ["8.8.8.8", "8.8.8.9", "255.255.255.255", "0.0.0.1"] {
+            assert!(all.contains(ip(any)), "{any}");
+        }
+        assert!(
+            !all.contains(ip("2001:db8::1")),
+            "an IPv4 net holds no IPv6 address"
+        );
+
+        let v6 = Net::parse("2001:db8::/32").unwrap();
+        for inside in ["2001:db8::", "2001:db8::1", "2001:db8:ffff:ffff::9"] {
+            assert!(v6.contains(ip(inside)), "{inside}");
+        }
+        for outside in ["2001:db9::", "2001:db7:ffff::", "3001:db8::1", "10.0.0.1"] {
+            assert!(!v6.contains(ip(outside)), "{outside}");
+        }
+        let host = Net::parse("2001:db8::7/128").unwrap();
+        assert!(host.contains(ip("2001:db8::7")) && !host.contains(ip("2001:db8::6")));
+        let every6 = Net::parse("::/0").unwrap();
+        for any in ["::1", "::2", "ffff::"] {
+            assert!(every6.contains(ip(any)), "{any}");
+        }
+        assert!(Net::parse("::/129").is_err());
+        assert!(Net::parse("10.0.0.0/x").is_err());
+        assert_eq!(
+            Net::parse("10.0.0.0/32").unwrap(),
+            Net::parse("10.0.0.0").unwrap()
+        );
+    }
 }

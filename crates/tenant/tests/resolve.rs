@@ -540,6 +540,33 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
             .header("x-forwarded-for", "10.0.0.1"),
     );
     assert_eq!(send(&svc, xff).await.1, "globex free 198.51.100.7");
+    // From an untrusted peer, a forwarded host that agrees with Host (in any case) is fine.
+    let agreeing = from_peer(
+        "198.51.100.7:5000",
+        Request::builder()
+            .header("host", "globex.shop.example")
+            .header("x-forwarded-host", "GLOBEX.shop.example"),
+    );
+    assert_eq!(send(&svc, agreeing).await.1, "globex free 198.51.100.7");
+    // Through a trusted proxy, X-Forwarded-For is walked from the right past every trusted
+    // hop; an unparsable hop stops the walk at the last good one.
+    let chain = from_peer(
+        "10.0.0.5:4000",
+        Request::builder()
+            .header("host", "acme.shop.example")
+            .header(
+                "x-forwarded-for",
+                "198.51.100.1, 203.0.113.9, 10.2.0.1, 10.0.0.7",
+            ),
+    );
+    assert_eq!(send(&svc, chain).await.1, "acme gold 203.0.113.9");
+    let garbled = from_peer(
+        "10.0.0.5:4000",
+        Request::builder()
+            .header("host", "acme.shop.example")
+            .header("x-forwarded-for", "198.51.100.1, not-an-ip, 10.0.0.7"),
+    );
+    assert_eq!(send(&svc, garbled).await.1, "acme gold 10.0.0.7");
     // With no peer address known, nothing is trusted either.
     let unknown_peer = Request::builder()
         .header("host", "globex.shop.example")
@@ -547,6 +574,54 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
         .body(())
         .unwrap();
     assert_eq!(send(&svc, unknown_peer).await.0, StatusCode::FORBIDDEN);
+}
+
+/// An inner service that is not ready, then fails its readiness, counting the polls.
+#[derive(Clone, Default)]
+struct Unready {
+    polls: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Request<()>> for Unready {
+    type Response = Response<String>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<String>, std::io::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.polls.fetch_add(1, Ordering::SeqCst) {
+            0 => std::task::Poll::Pending,
+            _ => std::task::Poll::Ready(Err(std::io::Error::other("inner failed"))),
+        }
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(String::new())))
+    }
+}
+
+#[test]
+fn readiness_is_the_inner_services() {
+    use tower::{Layer, Service};
+    let inner = Unready::default();
+    let mut svc = TenantLayer::builder(tenants())
+        .header("x-tenant-id")
+        .allow_unverified()
+        .build()
+        .unwrap()
+        .layer(inner.clone());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    match svc.poll_ready(&mut cx) {
+        std::task::Poll::Ready(Err(err)) => assert_eq!(err.to_string(), "inner failed"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(inner.polls.load(Ordering::SeqCst), 2);
+    assert_eq!(svc.get_ref().polls.load(Ordering::SeqCst), 2);
+    assert_eq!(svc.get_mut().polls.load(Ordering::SeqCst), 2);
+    assert_eq!(svc.into_inner().polls.load(Ordering::SeqCst), 2);
 }
 
 /// A store that counts its lookups and can be made to fail.
