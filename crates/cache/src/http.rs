@@ -16,8 +16,14 @@
 //!   `stale-if-error` (RFC 5861) are honoured, bounded by their values.
 //! - **Answers**: `Age` on every stored response served, `x-cache: HIT | MISS | STALE`, and `304
 //!   Not Modified` to a client whose `If-None-Match` or `If-Modified-Since` matches a fresh
-//!   entry. Concurrent misses for one URL make one origin request when the response can be
-//!   shared; if the request that leads is dropped, the others go to the origin themselves.
+//!   entry. Concurrent misses for one URL make one origin request (the cache-aside layer's
+//!   single flight); if the request that started it is dropped, the origin request goes on for
+//!   the others. The waiting requests share its stored response, or its error (a
+//!   [`LoadError`](crate::LoadError), or a stale copy within stale-if-error); a waiting request
+//!   the stored response does not suit (other `Vary` values, or `Authorization` and a response
+//!   not shared with it), or whose response was not stored, makes its own origin request.
+//! - **Hits** are answered by a future that is ready at once (no allocation for the future;
+//!   the answer's headers are copied from the stored ones).
 //! - **Invalidation**: a successful `POST`, `PUT`, `PATCH` or `DELETE` drops the stored
 //!   variants of its URL (RFC 9111 §4.4).
 //!
@@ -54,18 +60,16 @@
 //! ```
 
 use std::{
-    collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use futures_util::{
-    FutureExt as _,
-    future::{BoxFuture, Shared},
-};
+use futures_util::{FutureExt as _, future::BoxFuture};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
     header::{self, AUTHORIZATION},
@@ -80,7 +84,7 @@ use tower_service::Service;
 
 use crate::{
     Entry, ScopedKey,
-    internal::{Count, Counters},
+    internal::{Count, Counters, Flights, LoadError},
     store::{MokaStore, Store},
 };
 
@@ -216,10 +220,21 @@ struct HttpShared {
     counters: Counters,
     max_body: usize,
     default_ttl: Option<Duration>,
-    flights: Mutex<HashMap<ScopedKey<String>, Flight>>,
+    /// Origin requests in flight, one per URL: the cache-aside layer's single flight.
+    flights: Flights<String, Fetched>,
 }
 
-type Flight = Shared<oneshot::Receiver<Option<Arc<Entry<Stored>>>>>;
+/// What an origin request in flight leaves for the requests that waited on it.
+#[derive(Clone)]
+enum Fetched {
+    /// The response was stored: it answers every waiting request it matches.
+    Stored(Arc<Entry<Stored>>),
+    /// The response was not stored: waiting requests make their own.
+    NotStored,
+    /// The origin answered with a server error while a stale copy could stand in for it
+    /// (stale-if-error): not stored, and each request serves its stale copy if it has one.
+    ServerError,
+}
 
 impl fmt::Debug for HttpCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -355,7 +370,7 @@ impl HttpCacheLayerBuilder {
                 counters: Counters::new(),
                 max_body: self.max_body,
                 default_ttl: self.default_ttl,
-                flights: Mutex::new(HashMap::new()),
+                flights: Flights::new(),
             }),
         })
     }
@@ -592,13 +607,6 @@ impl HttpShared {
         let holder = Entry::new(Arc::new(variants), now, longest, Duration::ZERO);
         self.store.insert(key.clone(), holder);
     }
-
-    fn remove_flight(&self, key: &ScopedKey<String>) {
-        self.flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-    }
 }
 
 /// Buffers a storable response and stores it; returns the answer and the stored entry.
@@ -722,27 +730,105 @@ where
     Ok(Err(res))
 }
 
-/// Removes the flight when the leader finishes or is dropped; waiters then see the sender gone
-/// and go to the origin themselves.
-struct FlightGuard {
+/// The origin request for a miss, shared by every request for the same URL that arrives
+/// while it runs (through the cache-aside layer's single flight: a load lives while anyone
+/// polls it, so the request that started it may be dropped and the others still get its
+/// answer). The starting request's own answer goes to it through `to_leader`.
+///
+/// `serve_stale`: the starting request holds a stale copy within stale-if-error, so a server
+/// error is neither stored nor passed on.
+fn fetch<S, B, ResB>(
     shared: Arc<HttpShared>,
+    inner: S,
     key: ScopedKey<String>,
-    tx: Option<oneshot::Sender<Option<Arc<Entry<Stored>>>>>,
+    id: u64,
+    (req, to_leader): (Request<B>, ToLeader<ResB>),
+    serve_stale: bool,
+) -> BoxFuture<'static, Result<Fetched, LoadError>>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    async move {
+        let req_headers = req.headers().clone();
+        let sent_at = Instant::now();
+        let fetched = async {
+            let res = inner.oneshot(req).await.map_err(Into::into)?;
+            if serve_stale && res.status().is_server_error() {
+                return Ok(Fetched::ServerError);
+            }
+            let (res, entry) = store_response(&shared, &key, &req_headers, res, sent_at).await?;
+            // The starting request may be gone: then its answer is dropped here.
+            let _ = to_leader.send(res);
+            Ok(entry.map_or(Fetched::NotStored, Fetched::Stored))
+        }
+        .await
+        .map_err(|e: BoxError| LoadError(Arc::new(e)));
+        shared.flights.finish(&key, id);
+        fetched
+    }
+    .boxed()
 }
 
-impl FlightGuard {
-    fn done(mut self, entry: Option<Arc<Entry<Stored>>>) {
-        self.shared.remove_flight(&self.key);
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(entry);
+/// Hands the starting request its own answer (which may stream, and so cannot be shared).
+type ToLeader<ResB> = oneshot::Sender<Response<HttpCacheBody<ResB>>>;
+
+/// The response future of [`HttpCache`]: ready at once with a stored answer (a hit, or a
+/// stale answer while the entry revalidates in the background); boxed on the paths that go to
+/// the origin.
+pub struct HttpCacheFuture<ResB> {
+    kind: Kind<ResB>,
+}
+
+/// A response or the error.
+type Answer<ResB> = Result<Response<HttpCacheBody<ResB>>, BoxError>;
+
+enum Kind<ResB> {
+    Ready(Option<Response<HttpCacheBody<ResB>>>),
+    Origin(BoxFuture<'static, Answer<ResB>>),
+}
+
+impl<ResB> HttpCacheFuture<ResB> {
+    fn ready(res: Response<HttpCacheBody<ResB>>) -> Self {
+        Self {
+            kind: Kind::Ready(Some(res)),
+        }
+    }
+
+    fn origin(fut: impl Future<Output = Answer<ResB>> + Send + 'static) -> Self {
+        Self {
+            kind: Kind::Origin(fut.boxed()),
         }
     }
 }
 
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if self.tx.is_some() {
-            self.shared.remove_flight(&self.key);
+impl<ResB> fmt::Debug for HttpCacheFuture<ResB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Ready(_) => "HttpCacheFuture::Stored",
+            Kind::Origin(_) => "HttpCacheFuture::Origin",
+        })
+    }
+}
+
+// The response is only ever moved out of its `Option`, never pinned: the future is `Unpin`
+// whatever the body is.
+impl<ResB> Unpin for HttpCacheFuture<ResB> {}
+
+impl<ResB> Future for HttpCacheFuture<ResB> {
+    type Output = Answer<ResB>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.kind {
+            Kind::Ready(res) => Poll::Ready(
+                res.take()
+                    .ok_or_else(|| "HttpCacheFuture polled after completion".into()),
+            ),
+            Kind::Origin(fut) => fut.as_mut().poll(cx),
         }
     }
 }
@@ -758,7 +844,7 @@ where
 {
     type Response = Response<HttpCacheBody<ResB>>;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+    type Future = HttpCacheFuture<ResB>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Like the cache-aside layer: always ready; origin calls use a clone made ready first.
@@ -766,71 +852,82 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        let inner = self.inner.clone();
         let method = req.method().clone();
         let key = key_of(&req);
 
         if method != Method::GET && method != Method::HEAD {
+            let (shared, inner) = (self.shared.clone(), self.inner.clone());
             shared.counters.add(Count::Bypass);
             let unsafe_method = !method.is_safe();
-            return async move {
+            return HttpCacheFuture::origin(async move {
                 let res = inner.oneshot(req).await.map_err(Into::into)?;
                 if unsafe_method && (res.status().is_success() || res.status().is_redirection()) {
                     shared.store.evict(&key);
                 }
                 Ok(res.map(Either::Right))
-            }
-            .boxed();
+            });
         }
 
         let req_cc = CacheControl::parse(req.headers());
         let has_auth = req.headers().contains_key(AUTHORIZATION);
         if req_cc.no_store {
-            shared.counters.add(Count::Bypass);
-            return async move {
+            self.shared.counters.add(Count::Bypass);
+            let inner = self.inner.clone();
+            return HttpCacheFuture::origin(async move {
                 Ok(inner
                     .oneshot(req)
                     .await
                     .map_err(Into::into)?
                     .map(Either::Right))
-            }
-            .boxed();
+            });
         }
         let head = method == Method::HEAD;
         let conditional = Conditional::take(req.headers_mut());
         let must_revalidate_request = req_cc.no_cache || req_cc.max_age == Some(0);
 
-        async move {
-            let now = Instant::now();
-            let found = shared
-                .lookup(&key, req.headers())
-                .filter(|e| !has_auth || e.value().shareable_with_auth);
+        let shared = &self.shared;
+        let now = Instant::now();
+        let found = shared
+            .lookup(&key, req.headers())
+            .filter(|e| !has_auth || e.value().shareable_with_auth);
+        if let Some(entry) = &found {
+            let usable_fresh = !entry.value().no_cache && !must_revalidate_request;
+            let fresh = now < entry.fresh_until();
+            if usable_fresh && fresh {
+                shared.counters.add(Count::Hit);
+                return HttpCacheFuture::ready(answer(
+                    entry,
+                    Verdict::Hit,
+                    &conditional,
+                    head,
+                    now,
+                ));
+            }
+            // HEAD is answered from a fresh GET entry only; anything else goes to the
+            // origin below, unstored (a HEAD response has no body to store).
+            let stale_for = now.saturating_duration_since(entry.fresh_until());
+            if !head
+                && usable_fresh
+                && !entry.value().must_revalidate
+                && stale_for < entry.value().swr
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                shared.counters.add(Count::Stale);
+                let res = answer(entry, Verdict::Stale, &conditional, head, now);
+                let (shared, inner) = (shared.clone(), self.inner.clone());
+                let (key, entry) = (key, entry.clone());
+                rt.spawn(async move {
+                    let _ = revalidate::<S, B, ResB>(shared, inner, key, req, entry).await;
+                });
+                return HttpCacheFuture::ready(res);
+            }
+        }
+
+        let (shared, inner) = (shared.clone(), self.inner.clone());
+        HttpCacheFuture::origin(async move {
             if let Some(entry) = &found {
-                let usable_fresh = !entry.value().no_cache && !must_revalidate_request;
-                let fresh = now < entry.fresh_until();
-                if usable_fresh && fresh {
-                    shared.counters.add(Count::Hit);
-                    return Ok(answer(entry, Verdict::Hit, &conditional, head, now));
-                }
-                // HEAD is answered from a fresh GET entry only; anything else goes to the
-                // origin below, unstored (a HEAD response has no body to store).
-                let stale_for = now.saturating_duration_since(entry.fresh_until());
-                if !head
-                    && usable_fresh
-                    && !entry.value().must_revalidate
-                    && stale_for < entry.value().swr
-                    && let Ok(rt) = tokio::runtime::Handle::try_current()
-                {
-                    shared.counters.add(Count::Stale);
-                    let res = answer(entry, Verdict::Stale, &conditional, head, now);
-                    let (shared2, key2, entry2) = (shared.clone(), key.clone(), entry.clone());
-                    rt.spawn(async move {
-                        let _ = revalidate::<S, B, ResB>(shared2, inner, key2, req, entry2).await;
-                    });
-                    return Ok(res);
-                }
                 // Revalidate (or refetch) in the foreground.
+                let stale_for = now.saturating_duration_since(entry.fresh_until());
                 let has_validator =
                     entry.value().etag().is_some() || entry.value().last_modified().is_some();
                 if has_validator && !head {
@@ -883,85 +980,70 @@ where
                 res.headers_mut().insert(X_CACHE, Verdict::Miss.header());
                 return Ok(res);
             }
-            // Single flight: wait for a leader's response if one is on its way.
-            let waiting = {
-                let mut flights = shared
-                    .flights
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                match flights.get(&key) {
-                    Some(f) => Err(f.clone()),
-                    None => {
-                        let (tx, rx) = oneshot::channel();
-                        flights.insert(key.clone(), rx.shared());
-                        Ok(FlightGuard {
-                            shared: shared.clone(),
-                            key: key.clone(),
-                            tx: Some(tx),
-                        })
-                    }
-                }
+            // Single flight: one origin request per URL, whoever waits for it.
+            let (to_leader, from_load) = oneshot::channel();
+            let serve_stale = fallback.is_some();
+            let (load, joined) = shared.flights.join_or_start_with(&key, (req, to_leader), {
+                let (shared, inner, key) = (shared.clone(), inner.clone(), key.clone());
+                move |id, input| fetch(shared, inner, key, id, input, serve_stale)
+            });
+            shared.counters.add(if joined.is_some() {
+                Count::Coalesced
+            } else {
+                Count::Miss
+            });
+            let fetched = load.await;
+            let stale_if_error = |stale: &Entry<Stored>| {
+                shared.counters.add(Count::StaleIfError);
+                answer(stale, Verdict::Stale, &conditional, head, Instant::now())
             };
-            let guard = match waiting {
-                Ok(guard) => guard,
-                Err(flight) => {
-                    shared.counters.add(Count::Coalesced);
-                    if let Ok(Some(entry)) = flight.await
-                        && entry.value().matches(req.headers())
-                        && (!has_auth || entry.value().shareable_with_auth)
+            let Some((req, _)) = joined else {
+                // This request started the load: its own answer, or its stale copy when the
+                // origin failed or answered with a server error.
+                if let Ok(mut res) = { from_load }.try_recv() {
+                    if let Ok(Fetched::Stored(entry)) = &fetched
+                        && conditional.matches(entry.value())
                     {
-                        return Ok(answer(
-                            &entry,
-                            Verdict::Hit,
-                            &conditional,
-                            head,
-                            Instant::now(),
-                        ));
+                        res = answer(entry, Verdict::Miss, &conditional, false, Instant::now());
                     }
-                    // Not shareable, or the leader went away: our own request.
-                    let req_headers = req.headers().clone();
-                    let sent_at = Instant::now();
-                    let res = inner.oneshot(req).await.map_err(Into::into)?;
-                    return store_response(&shared, &key, &req_headers, res, sent_at)
-                        .await
-                        .map(|(r, _)| r);
+                    return Ok(res);
                 }
+                return match (fetched, &fallback) {
+                    (_, Some(stale)) => Ok(stale_if_error(stale)),
+                    (Err(e), None) => Err(e.into()),
+                    // `fetch` answers before it returns a response it stored or not.
+                    (Ok(_), None) => Err("the origin's answer was lost".into()),
+                };
             };
-            shared.counters.add(Count::Miss);
-            let req_headers = req.headers().clone();
-            let sent_at = Instant::now();
-            let res = match inner.oneshot(req).await.map_err(Into::into) {
-                Ok(res) if res.status().is_server_error() && fallback.is_some() => {
-                    Err(res.status().to_string().into())
-                }
-                other => other,
-            };
-            let res = match (res, fallback) {
-                (Ok(res), _) => res,
-                (Err(_), Some(stale)) => {
-                    shared.counters.add(Count::StaleIfError);
-                    guard.done(None);
+            // A request that waited: the shared answer, when it suits this request.
+            match (fetched, &fallback) {
+                (Ok(Fetched::Stored(entry)), _)
+                    if entry.value().matches(req.headers())
+                        && (!has_auth || entry.value().shareable_with_auth) =>
+                {
                     return Ok(answer(
-                        &stale,
-                        Verdict::Stale,
+                        &entry,
+                        Verdict::Hit,
                         &conditional,
                         head,
                         Instant::now(),
                     ));
                 }
-                (Err(e), None) => return Err(e),
-            };
-            let (mut res, entry) =
-                store_response(&shared, &key, &req_headers, res, sent_at).await?;
-            guard.done(entry.clone());
-            if let Some(entry) = entry
-                && conditional.matches(entry.value())
-            {
-                res = answer(&entry, Verdict::Miss, &conditional, false, Instant::now());
+                (Ok(Fetched::ServerError) | Err(_), Some(stale)) => {
+                    return Ok(stale_if_error(stale));
+                }
+                (Err(e), None) => return Err(e.into()),
+                _ => {}
             }
-            Ok(res)
-        }
-        .boxed()
+            // Not shared with this request (not stored, stored for other request headers, or a
+            // server error with no stale copy here): a request of its own.
+            let req_headers = req.headers().clone();
+            let sent_at = Instant::now();
+            let res = inner.oneshot(req).await.map_err(Into::into)?;
+            store_response(&shared, &key, &req_headers, res, sent_at)
+                .await
+                .map(|(r, _)| r)
+        })
     }
 }
 

@@ -184,16 +184,29 @@ impl<K: Clone + Eq + Hash, V: Clone> Flights<K, V> {
         key: &ScopedKey<K>,
         start: impl FnOnce(u64) -> BoxFuture<'static, Result<V, LoadError>>,
     ) -> (Load<V>, bool) {
+        let (load, unused) = self.join_or_start_with(key, (), |id, ()| start(id));
+        (load, unused.is_none())
+    }
+
+    /// As [`Self::join_or_start`], handing `input` to `start` only when this caller starts
+    /// the load: a caller that joins one gets its `input` back (to make a request of its own
+    /// later, if the shared result does not suit it).
+    pub(crate) fn join_or_start_with<T>(
+        &self,
+        key: &ScopedKey<K>,
+        input: T,
+        start: impl FnOnce(u64, T) -> BoxFuture<'static, Result<V, LoadError>>,
+    ) -> (Load<V>, Option<T>) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(load) = map.get(key).and_then(|(_, weak)| weak.upgrade()) {
-            return (load, false);
+            return (load, Some(input));
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let load = start(id).shared();
+        let load = start(id, input).shared();
         if let Some(weak) = load.downgrade() {
             map.insert(key.clone(), (id, weak));
         }
-        (load, true)
+        (load, None)
     }
 
     /// The load `id` for `key` is done: later callers start afresh.

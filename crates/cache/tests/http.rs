@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::advance;
-use tower::{Layer, ServiceExt, service_fn, util::BoxCloneService};
-use tower_patterns_cache::http::{HttpCacheBody, HttpCacheLayer};
+use tower::{Layer, Service, ServiceExt, service_fn, util::BoxCloneService};
+use tower_patterns_cache::http::{HttpCacheBody, HttpCacheFuture, HttpCacheLayer};
 use tower_patterns_core::{BoxError, tenant::TenantId};
 
 /// An origin whose answers a test scripts: each call records the request headers and runs
@@ -351,4 +351,97 @@ async fn concurrent_misses_share_one_origin_request() {
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "v1");
     }
     assert_eq!(o.calls.load(Ordering::SeqCst), 1);
+}
+
+/// The cache's answer in these tests.
+type Answer = Response<HttpCacheBody<Full<Bytes>>>;
+
+/// An origin that counts its calls and answers after 10 ms with a response stored for 60 s,
+/// and the layer in front of it (not boxed: the tests look at its futures and its stats).
+fn counted_origin(
+    calls: Arc<AtomicUsize>,
+) -> (
+    HttpCacheLayer,
+    impl Service<
+        Request<()>,
+        Response = Answer,
+        Error = BoxError,
+        Future = HttpCacheFuture<Full<Bytes>>,
+    > + Clone,
+) {
+    let svc = service_fn(move |_: Request<()>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, Infallible>(res(
+                200,
+                &[("cache-control", "max-age=60")],
+                &format!("v{n}"),
+            ))
+        }
+    });
+    let layer = HttpCacheLayer::builder("t").build().unwrap();
+    (layer.clone(), layer.layer(svc))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_leader_hands_its_origin_request_to_the_waiters() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (layer, svc) = counted_origin(calls.clone());
+    let leader = tokio::spawn(svc.clone().oneshot(get("/l").body(()).unwrap()));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the leader's origin request"
+    );
+    let waiters: Vec<_> = (0..1_000)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get("/l").body(()).unwrap())))
+        .collect();
+    while layer.stats().coalesced < 1_000 {
+        tokio::task::yield_now().await;
+    }
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    for w in waiters {
+        let res = w.await.unwrap().unwrap();
+        assert_eq!(x(res.headers()), "HIT");
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "v1");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no further origin request: the leader's went on without it"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.misses, stats.coalesced), (1, 1_000));
+    // Stored: the next request is a hit.
+    let res = svc.oneshot(get("/l").body(()).unwrap()).await.unwrap();
+    assert_eq!(x(res.headers()), "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hits_are_answered_by_a_ready_future_not_a_boxed_one() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_, mut svc) = counted_origin(calls.clone());
+    let miss = svc.call(get("/r").body(()).unwrap());
+    assert_eq!(format!("{miss:?}"), "HttpCacheFuture::Origin");
+    assert_eq!(x(miss.await.unwrap().headers()), "MISS");
+    let mut hit = svc.call(get("/r").body(()).unwrap());
+    assert_eq!(format!("{hit:?}"), "HttpCacheFuture::Stored");
+    // Ready at the first poll, with no waker to be woken.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let std::task::Poll::Ready(res) = std::pin::Pin::new(&mut hit).poll(&mut cx) else {
+        panic!("a hit is ready at once");
+    };
+    let res = res.unwrap();
+    assert_eq!(x(res.headers()), "HIT");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "v1");
+    let again = std::pin::Pin::new(&mut hit).poll(&mut cx);
+    assert!(
+        matches!(again, std::task::Poll::Ready(Err(_))),
+        "polled after completion: an error, not a panic"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
