@@ -651,11 +651,12 @@ async fn health(State(app): State<App>) -> String {
     let r = app.breaker.report();
     let queued = app.queue.lock().map_or(0, |q| q.len());
     format!(
-        "breaker {}: {} ({}); catalog loads {}; queued payments {queued}\n",
+        "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}\n",
         r.name,
         r.state,
         r.health,
         app.catalog_loads.load(Ordering::Relaxed),
+        app.provider_attempts.load(Ordering::Relaxed),
     )
 }
 
