@@ -298,10 +298,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stays_within_its_bound_under_a_million_distinct_keys() {
+    fn stays_within_its_bound_under_a_flood_of_distinct_keys() {
         let map: KeyedMap<u64, Arc<()>> = KeyedMap::builder().max_entries(1_000).build().unwrap();
         let mut peak = 0;
-        for key in 0..1_000_000u64 {
+        for key in 0..300_000u64 {
             map.get_or_insert_with(key, || Arc::new(()));
             if key % 10_000 == 9_999 {
                 map.sync();
@@ -428,5 +428,32 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(forever.cache.policy().time_to_idle(), None);
+
+        // A builder clone keeps the settings; both print them.
+        let builder = KeyedMapBuilder::<u8, u8>::default()
+            .max_entries(9)
+            .idle_timeout(Duration::from_secs(4));
+        let copy = builder.clone();
+        assert_eq!(
+            format!("{copy:?}"),
+            "KeyedMapBuilder { max_entries: 9, idle_timeout: Some(4s) }"
+        );
+        assert_eq!(format!("{builder:?}"), format!("{copy:?}"));
+        let map = copy.build().unwrap();
+        assert_eq!(map.max_entries(), 9);
+        assert!(map.is_empty());
+        map.insert(1, 1);
+        map.sync();
+        assert!(!map.is_empty());
+        assert_eq!(
+            format!("{map:?}"),
+            "KeyedMap { entries: 1, max_entries: Some(9), idle_timeout: Some(4s) }"
+        );
+        // Clones share the entries and the count of what is not yet maintained.
+        let clone = map.clone();
+        clone.insert(2, 2);
+        assert_eq!(map.unsynced.load(Ordering::Relaxed), 1);
+        assert_eq!(map.get(&2), Some(2));
+        assert_eq!(clone.max_entries(), 9);
     }
 }
