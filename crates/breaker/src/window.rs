@@ -292,25 +292,34 @@ mod tests {
     fn skipping_successes_keeps_the_last_n_exact() {
         let w = CountWindow::new(3);
         for _ in 0..3 {
-            w.record(0);
+            assert!(w.record(0), "a slot filled is a change");
         }
         for _ in 0..1_000 {
-            w.record(0); // skipped: nothing changes
+            assert!(!w.record(0)); // skipped: nothing changes
         }
-        w.record(FAILURE);
-        w.record(0);
-        w.record(0);
+        assert!(w.record(FAILURE));
+        assert!(!w.record(0), "a success over a success changes nothing");
+        assert!(!w.record(0));
         assert_eq!(
             w.stats().failures,
             1,
             "the failure is still among the last 3"
         );
-        w.record(0);
+        assert!(w.record(0), "a success over the failure is a change");
         assert_eq!(
             w.stats().failures,
             0,
             "and leaves after exactly 3 more calls"
         );
+        let windows = [
+            Window::Count(CountWindow::new(1)),
+            Window::Time(TimeWindow::new(1, 1)),
+        ];
+        for window in &windows {
+            assert!(window.record(0, 0));
+        }
+        assert!(!windows[0].record(0, 0));
+        assert!(windows[1].record(0, 0), "a time window counts every call");
     }
 
     #[test]
