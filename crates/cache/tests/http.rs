@@ -14,7 +14,10 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt, service_fn, util::BoxCloneService};
-use tower_patterns_cache::http::{HttpCacheBody, HttpCacheFuture, HttpCacheLayer};
+use tower_patterns_cache::{
+    LoadError,
+    http::{HttpCacheBody, HttpCacheFuture, HttpCacheLayer},
+};
 use tower_patterns_core::{BoxError, tenant::TenantId};
 
 /// An origin whose answers a test scripts: each call records the request headers and runs
@@ -444,4 +447,137 @@ async fn hits_are_answered_by_a_ready_future_not_a_boxed_one() {
         "polled after completion: an error, not a panic"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Spawns `reqs` together, the first alone first so that it starts the origin request.
+async fn together(svc: &Svc, reqs: Vec<Request<()>>) -> Vec<Result<Answer, BoxError>> {
+    let mut reqs = reqs.into_iter();
+    let mut tasks = vec![tokio::spawn(svc.clone().oneshot(reqs.next().unwrap()))];
+    tokio::task::yield_now().await;
+    tasks.extend(reqs.map(|r| tokio::spawn(svc.clone().oneshot(r))));
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn body_of(res: Answer) -> String {
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_fetch_for_themselves_what_the_leader_could_not_share() {
+    // Not stored: each waiter makes its own request.
+    let (o, svc) = origin(|_, n| res(200, &[("cache-control", "no-store")], &format!("v{n}")));
+    let reqs = (0..3).map(|_| get("/n").body(()).unwrap()).collect();
+    let mut bodies = Vec::new();
+    for r in together(&svc, reqs).await {
+        let r = r.unwrap();
+        assert_eq!(x(r.headers()), "MISS");
+        bodies.push(body_of(r).await);
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["v1", "v2", "v3"]);
+    assert_eq!(o.calls.load(Ordering::SeqCst), 3);
+
+    // Stored for other Vary values: the waiter that matches shares it, the other fetches.
+    let (o, svc) = origin(|req, n| {
+        let lang = req.headers()["accept-language"].to_str().unwrap();
+        res(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "accept-language")],
+            &format!("{lang} v{n}"),
+        )
+    });
+    let lang = |l: &str| get("/v").header("accept-language", l).body(()).unwrap();
+    let got = together(&svc, vec![lang("en"), lang("en"), lang("fr")]).await;
+    let mut answers = Vec::new();
+    for r in got {
+        let r = r.unwrap();
+        let verdict = x(r.headers()).to_owned();
+        answers.push((verdict, body_of(r).await));
+    }
+    let answers: Vec<(&str, &str)> = answers
+        .iter()
+        .map(|(v, b)| (v.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        answers,
+        [("MISS", "en v1"), ("HIT", "en v1"), ("MISS", "fr v2")]
+    );
+    assert_eq!(o.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_origin_error_reaches_every_waiter_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let down = service_fn(move |_: Request<()>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Err::<Response<Full<Bytes>>, BoxError>("origin down".into())
+        }
+    });
+    let layer = HttpCacheLayer::builder("t").build().unwrap();
+    let svc: Svc = BoxCloneService::new(layer.layer(down));
+    let reqs = (0..5).map(|_| get("/e").body(()).unwrap()).collect();
+    for r in together(&svc, reqs).await {
+        let err = r.unwrap_err();
+        let load = err
+            .downcast_ref::<LoadError>()
+            .expect("a shared load error");
+        assert_eq!(load.inner().to_string(), "origin down");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((layer.stats().misses, layer.stats().coalesced), (1, 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_serve_their_stale_copy_when_the_origin_fails() {
+    let (o, svc) = origin(|req, n| {
+        if n >= 2 {
+            return res(503, &[], "down");
+        }
+        let lang = req.headers()["accept-language"].to_str().unwrap();
+        res(
+            200,
+            &[
+                ("cache-control", "max-age=1, stale-if-error=60"),
+                ("vary", "accept-language"),
+            ],
+            &format!("{lang} v{n}"),
+        )
+    });
+    let lang = |l: &str| get("/s").header("accept-language", l).body(()).unwrap();
+    send(&svc, lang("en")).await;
+    advance(Duration::from_secs(5)).await;
+    // Stale, no validator: a refetch, which fails with a 503; the English requests have a
+    // stale copy, the French one has none and asks the origin itself.
+    let got = together(&svc, vec![lang("en"), lang("en"), lang("en"), lang("fr")]).await;
+    let mut answers = Vec::new();
+    for r in got {
+        let r = r.unwrap();
+        let head = (r.status().as_u16(), x(r.headers()).to_owned());
+        answers.push((head, body_of(r).await));
+    }
+    let stale = ((200, "STALE".to_owned()), "en v1".to_owned());
+    assert_eq!(
+        answers,
+        [
+            stale.clone(),
+            stale.clone(),
+            stale,
+            ((503, "MISS".to_owned()), "down".to_owned())
+        ]
+    );
+    assert_eq!(
+        o.calls.load(Ordering::SeqCst),
+        3,
+        "one shared refetch, one of its own"
+    );
+    // Nothing replaced the stale copy.
+    let (_, h, body) = send(&svc, lang("en")).await;
+    assert_eq!((x(&h), body.as_str()), ("STALE", "en v1"));
 }
