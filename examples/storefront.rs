@@ -23,7 +23,7 @@
 //! costs no tenant anything): the tenant layer (401 without a valid key, 400 malformed, 403
 //! suspended), a GCRA rate limit per tenant chosen by plan (gold 100/s, free 5/s; 429 with
 //! `Retry-After` and `RateLimit-*`), a bulkhead per tenant (at most
-//! [`TENANT_CONCURRENCY`] requests in flight each, then 503), and the HTTP error mapping of
+//! 8 requests (`TENANT_CONCURRENCY`) in flight each, then 503), and the HTTP error mapping of
 //! `tower_patterns::http`. Handlers answer with fixed phrases too: a bad path or quantity is a
 //! 400, a dependency that fails is a 503 (or what the mapping says for its error), never its
 //! error text.
