@@ -10,12 +10,15 @@
 //!   request then carries a [`TenantId`](tower_patterns_core::tenant::TenantId) and a
 //!   [`TenantContext`] (plan, record).
 //! - [`Registry`] over a [`TenantStore`] ([`StaticTenants`] from TOML, `PostgresTenants` with
-//!   feature `postgres`): cached, unknown tenants cached too.
+//!   feature `postgres`): cached, unknown tenants cached too; a change applies to the next
+//!   request once invalidated through the registry handle, or, on PostgreSQL, as soon as
+//!   `postgres::listen` hears the table's notification.
 //! - Errors are [`TenantError`](tower_patterns_core::tenant::TenantError)s: 400 malformed, 401
 //!   missing or invalid credentials, 403 conflict, 403 for unknown and suspended tenants alike
 //!   (one answer, so callers cannot probe which ids exist), 503 registry down.
 //! - The `Tenant` extractor for axum (feature `axum`).
-//! - Data isolation: [`postgres`] (database, schema or row-level security per tenant; feature
+//! - Data isolation: [`postgres`] (database per tenant under the tenant's own login role,
+//!   schema per tenant under the tenant's own role, or forced row-level security; feature
 //!   `postgres`) and [`sqlite`] (a table API that cannot be called without the tenant filter;
 //!   feature `sqlite`).
 //!

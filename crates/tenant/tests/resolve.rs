@@ -797,6 +797,52 @@ async fn a_lookup_under_way_during_an_invalidation_does_not_cache_its_older_answ
     assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
 }
 
+#[tokio::test]
+async fn registry_files_hold_key_hashes_in_hex() {
+    let key = tower_patterns_tenant::hash_api_key("sk_live_file");
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let toml = format!(
+        "[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{hex}\"]\n\
+         [[tenants]]\nid = \"globex\"\napi_key_sha256 = [\"{}\"]",
+        hex.replace(&hex[..2], "00").to_uppercase()
+    );
+    let tenants = StaticTenants::from_toml(&toml).unwrap();
+    assert_eq!(tenants.len(), 2);
+    assert!(!tenants.is_empty());
+    assert!(StaticTenants::default().is_empty());
+    let registry = Registry::new(tenants);
+    let acme = TenantId::new("acme").unwrap();
+    assert_eq!(registry.by_api_key(&key).await.unwrap(), Some(acme.clone()));
+    let mut upper = [0u8; 32];
+    for (i, pair) in hex
+        .replace(&hex[..2], "00")
+        .as_bytes()
+        .chunks(2)
+        .enumerate()
+    {
+        upper[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+    }
+    assert_eq!(
+        registry.by_api_key(&upper).await.unwrap(),
+        Some(TenantId::new("globex").unwrap()),
+        "upper-case hex reads the same"
+    );
+    assert_eq!(registry.cached_key(&key), Some(Some(acme.clone())));
+    assert_eq!(registry.store().len(), 2);
+    assert!(format!("{registry:?}").starts_with("Registry"));
+    for bad in ["0".repeat(63), "g".repeat(64), format!("{hex}00")] {
+        let toml = format!("[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"{bad}\"]");
+        assert!(StaticTenants::from_toml(&toml).is_err(), "{bad}");
+    }
+    // A file on disk reads the same; a missing file is a typed error naming it.
+    let path = std::env::temp_dir().join(format!("tp-tenants-{}.toml", std::process::id()));
+    std::fs::write(&path, &toml).unwrap();
+    assert_eq!(StaticTenants::from_file(&path).unwrap().len(), 2);
+    std::fs::remove_file(&path).unwrap();
+    let err = StaticTenants::from_file(&path).unwrap_err();
+    assert!(err.to_string().contains("tp-tenants-"), "{err}");
+}
+
 #[test]
 fn corrupt_registry_files_and_bad_configs_are_typed_errors() {
     for bad in [
