@@ -23,7 +23,7 @@ pub enum SlidingWindow {
 /// How long the circuit stays open once it trips.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OpenDuration {
-    /// Always the same (default: 30 s, as in the seed).
+    /// Always the same (default: 30 s).
     Fixed(Duration),
     /// Grows across consecutive trips (open, half-open fails, open again) and starts over
     /// once the circuit closes: `min(max, base · multiplier^(trips − 1))`, of which the

@@ -1,5 +1,5 @@
 //! Middleware that stops calling a failing dependency and fails fast until it recovers: the
-//! circuit breaker (the seed's pattern 4), with the fallback layer of its worked design Q3.
+//! circuit breaker, with the fallback layer of the payment client with fallback.
 //!
 //! ```text
 //!            failure rate, failure count, run of failures or slow-call rate reached

@@ -1,12 +1,12 @@
 //! Middleware that isolates resources so one slow dependency cannot take the others down:
-//! the bulkhead (the seed's pattern 5).
+//! the bulkhead.
 //!
 //! - [`BulkheadLayer`]: a pool of permits (max concurrent calls) with an optional FIFO wait,
 //!   a bound on waiters, and rejection as [`Rejected`](tower_patterns_core::Rejected)
 //!   (`BulkheadFull`) from an always-ready service, or a backpressure mode that reserves the
 //!   permit in `poll_ready`. The permit is held until the response future completes, or with
 //!   [`Builder::hold_until_body_end`] until the HTTP response body ends.
-//! - [`PartitionedBulkheadLayer`]: a pool per key (the seed's "service A 40, B 30, C 30"),
+//! - [`PartitionedBulkheadLayer`]: a pool per key ("service A 40, B 30, C 30"),
 //!   fixed sizes plus a default, on-demand pools bounded.
 //! - [`IsolatedLayer`]: runs the inner service's futures on a dedicated runtime with a bounded
 //!   queue (resilience4j's thread-pool bulkhead).

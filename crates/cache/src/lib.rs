@@ -1,5 +1,5 @@
-//! Cache-aside and write-through for tower services: the seed's patterns 9 and 10, and the
-//! caches of the CQRS read side.
+//! Cache-aside and write-through for tower services, and the caches of the CQRS read
+//! side.
 //!
 //! - [`CacheLayer`]: **cache-aside** in front of any service whose response is `Clone`. Keys are
 //!   scoped by tenant ([`ScopedKey`]), so one tenant never reads another's entry. Hits are

@@ -300,8 +300,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .await
     }
 
-    /// The state as it was at `at`: every event recorded at or before it (the seed's
-    /// `get_balance_on_date`).
+    /// The state as it was at `at`: every event recorded at or before it (the bank
+    /// account's balance on a date).
     ///
     /// # Errors
     ///

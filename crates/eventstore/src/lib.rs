@@ -1,4 +1,4 @@
-//! Event sourcing for tower services: the seed's pattern 2 (the bank account whose balance is
+//! Event sourcing for tower services (the bank account whose balance is
 //! the sum of its history), as the base of CQRS and sagas.
 //!
 //! - [`EventStore`]: streams with optimistic concurrency ([`ExpectedVersion`]), idempotent

@@ -1,4 +1,4 @@
-//! Rate limiting for tower: the API gateway's rate limits and quotas (the seed's pattern 12),
+//! Rate limiting for tower: the API gateway's rate limits and quotas,
 //! keyed per tenant, API key or client.
 //!
 //! - [`GcraLimiter`]: GCRA in process on `governor` (one atomic word per key, lock-free), with

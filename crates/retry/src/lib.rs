@@ -1,4 +1,4 @@
-//! Retry with backoff, budgets, server pushback and idempotency (the seed's pattern 6), as a
+//! Retry with backoff, budgets, server pushback and idempotency, as a
 //! [`tower::retry::Policy`]: tower's own retry loop runs it.
 //!
 //! - [`Backoff`]: constant, linear, exponential, full, equal and decorrelated jitter, Polly's

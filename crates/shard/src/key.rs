@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use crc::{CRC_16_XMODEM, Crc};
 use tower_patterns_core::key::AsciiKey;
 
-/// The seed of the placement hash: fixed forever (changing it moves every key).
+/// The placement hash's seed: fixed forever (changing it moves every key).
 pub const SEED: u64 = 0x7e72_5348_4152_4453;
 
 /// The number of directory slots, as in Redis Cluster.
@@ -139,8 +139,8 @@ impl<K: ShardKey + ?Sized> ShardKey for &K {
     }
 }
 
-/// A key with its region, for [`Geo`](crate::Geo) sharding (the seed's Q4: by region, then by
-/// user within the region).
+/// A key with its region, for [`Geo`](crate::Geo) sharding (sharding for a billion users: by region,
+/// then by user within the region).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GeoKey<K> {
     /// The region (`eu`, `us`, ...).

@@ -1,4 +1,4 @@
-//! Sharding (the seed's pattern 8 and its worked design Q4): a router that sends each request
+//! Sharding (and sharding for a billion users): a router that sends each request
 //! to one of N shards by key, the placement strategies, scatter-gather for cross-shard
 //! queries, and rebalancing with live slot migration.
 //!

@@ -2,13 +2,13 @@
 //!
 //! | strategy | placement | keys moved from N to N + 1 shards | notes |
 //! |---|---|---|---|
-//! | [`Modulo`] | `hash mod N` (the seed's) | about N/(N+1): almost all | simplest; resizing reshuffles everything |
+//! | [`Modulo`] | `hash mod N` | about N/(N+1): almost all | simplest; resizing reshuffles everything |
 //! | [`Jump`] | jump consistent hash | 1/(N+1), the minimum | no memory; shards can only be added or removed at the end |
 //! | [`Rendezvous`] | highest random weight, weighted | 1/(N+1) (weighted) | any shard can leave; O(N) per key |
 //! | [`Ring`] | hash ring with virtual nodes, optional bounded load | about 1/(N+1) | caps each shard at ⌈(1+ε)·m/N⌉ of the m calls in flight |
 //! | [`Range`] | sorted boundaries on the key's ordinal | only keys of the split range | keeps order: range scans hit few shards |
 //! | [`Directory`](crate::Directory) | 16,384 slots → shard table | only the slots moved | Redis Cluster's; live migration with dual reads |
-//! | [`Geo`] | region → group of shards, then jump hash within | within a group only | the seed's Q4 (1B users by region) |
+//! | [`Geo`] | region → group of shards, then jump hash within | within a group only | sharding for a billion users, by region |
 //!
 //! ```
 //! use tower_patterns_shard::{Jump, Modulo, Route, Strategy};
@@ -76,7 +76,7 @@ fn check_shards(n: usize) -> Result<(), ConfigError> {
     }
 }
 
-/// `hash mod N`: the seed's strategy. Resizing moves almost every key.
+/// `hash mod N`: the textbook strategy. Resizing moves almost every key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Modulo {
     n: u64,

@@ -1,4 +1,4 @@
-//! Multi-tenancy for tower (the seed's pattern 11): who the tenant of a request is, verified;
+//! Multi-tenancy for tower: who the tenant of a request is, verified;
 //! what the tenant may do; and data that tenants never share.
 //!
 //! - [`TenantLayer`]: resolves the tenant from a header, the subdomain, a path prefix, a claim

@@ -1,4 +1,4 @@
-//! Tenants on PostgreSQL: the registry (kept fresh by [`listen`]), and the seed's three
+//! Tenants on PostgreSQL: the registry (kept fresh by [`listen`]), and the three
 //! isolation levels, each enforced by PostgreSQL's own privileges rather than by the names a
 //! query happens to use.
 //!
