@@ -493,6 +493,85 @@ async fn unknown_and_suspended_tenants_get_one_answer() {
     }
 }
 
+#[tokio::test]
+async fn errors_name_the_sources_that_disagreed_for_the_logs() {
+    let layer = TenantLayer::builder(tenants())
+        .header("x-tenant-id")
+        .subdomain("shop.example")
+        .path_prefix("/t/")
+        .jwt(verifier())
+        .api_key("x-api-key")
+        .build()
+        .unwrap();
+    assert!(format!("{layer:?}").contains("allow_unverified: false"));
+    let bare = || {
+        tower::ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }))
+    };
+    let svc = bare();
+    assert!(format!("{svc:?}").starts_with("Tenancy"));
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).unwrap();
+    let jwt = format!(
+        "Bearer {}",
+        token(Algorithm::EdDSA, "ed-1", &ed, &claims("acme"))
+    );
+    let detail = |req: Request<()>| async {
+        let fut = bare().oneshot(req);
+        fut.await.unwrap_err().to_string()
+    };
+    for (name, value, source) in [
+        ("x-tenant-id", "globex", "header"),
+        ("host", "globex.shop.example", "subdomain"),
+    ] {
+        let req = Request::builder()
+            .header(name, value)
+            .header("authorization", &jwt)
+            .body(())
+            .unwrap();
+        assert_eq!(
+            detail(req).await,
+            format!("conflicting tenant sources: {source} names globex, token names acme")
+        );
+    }
+    let req = Request::builder()
+        .uri("/t/globex/orders")
+        .header("authorization", &jwt)
+        .body(())
+        .unwrap();
+    assert_eq!(
+        detail(req).await,
+        "conflicting tenant sources: path names globex, token names acme"
+    );
+    // The key's owner, looked up, then cached.
+    let keyed = || {
+        Request::builder()
+            .header("authorization", &jwt)
+            .header("x-api-key", "sk_live_keyed")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(
+        detail(keyed()).await,
+        "conflicting tenant sources: API key belongs to keyed, another source names acme"
+    );
+    assert_eq!(
+        detail(keyed()).await,
+        "conflicting tenant sources: token names acme, API key names keyed"
+    );
+    assert_eq!(
+        detail(with_header("x-tenant-id", "acme")).await,
+        "missing tenant or credentials: only the unverified header names a tenant; a token or API key is required"
+    );
+    let builder = TenantLayer::builder(tenants()).header("x-tenant-id");
+    assert!(format!("{builder:?}").contains("Header(\"x-tenant-id\")"));
+    let mut svc = svc;
+    let fut = tower::Service::call(&mut svc, Request::new(()));
+    assert!(format!("{fut:?}").starts_with("ResponseFuture"));
+}
+
 fn from_peer(peer: &str, req: http::request::Builder) -> Request<()> {
     let mut req = req.body(()).unwrap();
     req.extensions_mut()
