@@ -63,7 +63,9 @@ where
 /// Keys with a configured size get their own fixed pool; other keys share nothing either:
 /// each gets a pool of the default size, held in a bounded map (or is refused with a
 /// [`KeyError`], which the HTTP mapping answers with 400). Partitioned pools are always ready
-/// and reject from `call` (the key is only known then).
+/// and reject from `call` (the key is only known then); like tower's `LoadShed`, a call
+/// made when the inner service was not ready at the last `poll_ready` is rejected with a
+/// `Rejected` of kind `LoadShed`.
 pub struct PartitionedBulkheadLayer<K, Key, H = UntilResponse> {
     partitions: Arc<Partitions<Key>>,
     extractor: K,
@@ -127,6 +129,7 @@ impl<S, K: Clone, Key, H: Clone> Layer<S> for PartitionedBulkheadLayer<K, Key, H
             partitions: self.partitions.clone(),
             extractor: self.extractor.clone(),
             hold: self.hold.clone(),
+            inner_ready: false,
         }
     }
 }
@@ -245,6 +248,8 @@ pub struct PartitionedBulkhead<S, K, Key, H = UntilResponse> {
     partitions: Arc<Partitions<Key>>,
     extractor: K,
     hold: H,
+    /// Whether the inner service was ready when last polled.
+    inner_ready: bool,
 }
 
 impl<S: Clone, K: Clone, Key, H: Clone> Clone for PartitionedBulkhead<S, K, Key, H> {
@@ -254,6 +259,7 @@ impl<S: Clone, K: Clone, Key, H: Clone> Clone for PartitionedBulkhead<S, K, Key,
             partitions: self.partitions.clone(),
             extractor: self.extractor.clone(),
             hold: self.hold.clone(),
+            inner_ready: false,
         }
     }
 }
@@ -284,7 +290,13 @@ where
     type Future = ResponseFuture<S, Req, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        // Always ready (the pool is only known in `call`); remember whether the inner
+        // service is.
+        self.inner_ready = match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+            polled => polled.is_ready(),
+        };
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
@@ -296,6 +308,10 @@ where
             Ok(pool) => pool,
             Err(e) => return ResponseFuture::failed(e.into()),
         };
+        // Readiness counts for one call.
+        if !std::mem::take(&mut self.inner_ready) {
+            return ResponseFuture::failed(pool.not_ready().into());
+        }
         admit(&pool, &mut self.inner, req, &self.hold, None)
     }
 }

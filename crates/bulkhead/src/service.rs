@@ -82,6 +82,14 @@ impl Shared {
         Rejected::new(RejectionKind::BulkheadFull).with_name(self.name.clone())
     }
 
+    /// The refusal of a call whose inner service was not ready when the (always ready)
+    /// bulkhead was polled: shed, as tower's `LoadShed` does, without taking a permit.
+    pub(crate) fn not_ready(&self) -> Rejected {
+        self.rejected.increment(1);
+        tracing::debug!(target: "tower_patterns::bulkhead", bulkhead = %self.name, "inner service not ready");
+        Rejected::new(RejectionKind::LoadShed).with_name(self.name.clone())
+    }
+
     /// A permit at once, with the adaptive limiter's clock started if there is one.
     #[inline]
     fn try_permit(&self) -> Option<Hold> {
@@ -218,6 +226,7 @@ impl<S, H: Clone> Layer<S> for BulkheadLayer<H> {
             inner,
             shared: self.shared.clone(),
             hold: self.hold.clone(),
+            inner_ready: false,
             ready: None,
         }
     }
@@ -262,7 +271,8 @@ impl<H> Builder<H> {
     }
 
     /// The most calls waiting at once (default 1,024, Envoy's pending-request limit, when
-    /// `max_wait` is above zero).
+    /// `max_wait` is above zero). Not with [`backpressure`](Self::backpressure), whose
+    /// waiters are the callers' own `poll_ready`s.
     #[must_use]
     pub fn max_waiting(mut self, n: u32) -> Self {
         self.max_waiting = Some(n);
@@ -270,9 +280,16 @@ impl<H> Builder<H> {
     }
 
     /// Reserve the permit in `poll_ready`, returning `Pending` while the pool is full, in
-    /// FIFO order (failing with [`Rejected`] once `max_wait` is over, if it is set; zero means
-    /// no deadline in this mode), instead of the default of being always ready and rejecting
-    /// from `call`.
+    /// FIFO order, instead of the default of being always ready and rejecting from `call`;
+    /// like tower's `ConcurrencyLimit`, for load balancers and `Buffer`s.
+    ///
+    /// `poll_ready` never fails because of the pool: to tower an error from `poll_ready`
+    /// means the service is gone for good (a `Buffer` or a balancer drops it). So every
+    /// caller waits in the queue, however many there are (each is a clone its owner polls,
+    /// so the owners bound them; `max_waiting` is refused in this mode), and when a `max_wait`
+    /// is set (zero means no deadline here) a caller still waiting when it runs out is told
+    /// ready and its next `call` is rejected with [`Rejected`] (`BulkheadFull`). Under a load
+    /// balancer leave `max_wait` at zero, so a full pool only ever reads as not ready.
     #[must_use]
     pub fn backpressure(mut self) -> Self {
         self.backpressure = true;
@@ -305,7 +322,8 @@ impl<H> Builder<H> {
     ///
     /// # Errors
     ///
-    /// When `max_concurrent` is 0, or the waiting settings contradict each other.
+    /// When `max_concurrent` is 0, or the waiting settings contradict each other (including
+    /// `max_waiting` with `backpressure`).
     pub fn build(self) -> Result<BulkheadLayer<H>, ConfigError> {
         let semaphore = build_pool(
             self.max_concurrent,
@@ -328,8 +346,8 @@ impl<H> Builder<H> {
 }
 
 /// Validates pool settings and builds the semaphore (and adaptive limiter).
-/// Backpressure mode always lets callers wait (in `poll_ready`); there a zero `max_wait`
-/// means no deadline.
+/// Backpressure mode always lets callers wait (in `poll_ready`), with no bound on how many
+/// (they are the callers' own polls); there a zero `max_wait` means no deadline.
 pub(crate) fn build_pool(
     max_concurrent: u32,
     max_wait: Duration,
@@ -340,22 +358,30 @@ pub(crate) fn build_pool(
     if max_concurrent == 0 {
         return Err(ConfigError::new("max_concurrent", "must be at least 1"));
     }
-    let no_waiting = max_wait.is_zero() && !backpressure;
-    let max_waiting = match (no_waiting, max_waiting) {
-        (true, Some(n)) if n > 0 => {
+    let max_waiting = match (backpressure, max_wait.is_zero(), max_waiting) {
+        // Callers wait in `poll_ready`, as many as poll (the queue's count has 32 bits, so
+        // `u32::MAX` bounds nothing in practice).
+        (true, _, None) => u32::MAX,
+        (true, _, Some(_)) => {
+            return Err(ConfigError::new(
+                "max_waiting",
+                "does not apply with backpressure: callers wait in poll_ready, as many as poll",
+            ));
+        }
+        (false, true, Some(n)) if n > 0 => {
             return Err(ConfigError::new(
                 "max_waiting",
                 "calls cannot wait when max_wait is zero: set max_wait too",
             ));
         }
-        (true, _) => 0,
-        (false, Some(0)) => {
+        (false, true, _) => 0,
+        (false, false, Some(0)) => {
             return Err(ConfigError::new(
                 "max_waiting",
                 "must be at least 1 when max_wait is above zero",
             ));
         }
-        (false, n) => n.unwrap_or(1_024),
+        (false, false, n) => n.unwrap_or(1_024),
     };
     Ok(Arc::new(match adaptive {
         Some(algorithm) => Semaphore::adaptive(Adaptive::new(algorithm)?, max_waiting),
@@ -371,10 +397,19 @@ pub(crate) fn build_pool(
 /// A call that waits is sent once it has its permit, to the inner service as it was when
 /// polled ready (the service moves into the response future, and a clone stays behind), so
 /// `S` must be `Clone`.
+///
+/// By default the service is always ready, as tower's `LoadShed` is: `poll_ready` polls the
+/// inner service only to remember whether it was ready (an inner error is passed on), and a
+/// call made when it was not is rejected at once, without a permit, with a [`Rejected`] of
+/// kind [`RejectionKind::LoadShed`]. Readiness counts for one call. With
+/// [`Builder::backpressure`], `poll_ready` waits instead, as tower's `ConcurrencyLimit` does.
 pub struct Bulkhead<S, H = UntilResponse> {
     inner: S,
     shared: Arc<Shared>,
     hold: H,
+    /// Fail-fast mode: whether the inner service was ready when last polled.
+    inner_ready: bool,
+    /// Backpressure mode: the reservation (made on the first `poll_ready`).
     ready: Option<Backpressure>,
 }
 
@@ -382,15 +417,18 @@ pub struct Bulkhead<S, H = UntilResponse> {
 struct Backpressure {
     reserved: Option<Hold>,
     waiter: Option<(Waiter, Option<Pin<Box<Sleep>>>)>,
+    /// The wait ran out (`max_wait`): `poll_ready` said ready, and the next call is rejected.
+    expired: bool,
 }
 
 impl<S: Clone, H: Clone> Clone for Bulkhead<S, H> {
     fn clone(&self) -> Self {
-        // A clone starts without a reservation.
+        // A clone starts without a reservation, and its inner service is not known ready.
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             hold: self.hold.clone(),
+            inner_ready: false,
             ready: None,
         }
     }
@@ -425,41 +463,53 @@ where
     type Future = ResponseFuture<S, Req, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.shared.backpressure {
-            let shared = &self.shared;
-            let bp = self.ready.get_or_insert_with(|| Backpressure {
-                reserved: None,
-                waiter: None,
-            });
-            if bp.reserved.is_none() {
-                if let Some(hold) = shared.try_permit() {
-                    bp.reserved = Some(hold);
-                } else {
-                    let (waiter, deadline) = bp.waiter.get_or_insert_with(|| {
-                        shared.waited.increment(1);
-                        let deadline = (!shared.max_wait.is_zero())
-                            .then(|| Box::pin(tokio::time::sleep(shared.max_wait)));
-                        (Waiter::new(shared.semaphore.clone()), deadline)
-                    });
-                    match waiter.poll_acquire(cx) {
-                        Poll::Ready(Ok(permit)) => {
-                            bp.waiter = None;
-                            bp.reserved = Some(shared.hold(permit));
-                        }
-                        Poll::Ready(Err(Full)) => {
-                            bp.waiter = None;
-                            return Poll::Ready(Err(shared.rejection().into()));
-                        }
-                        Poll::Pending => {
-                            if deadline
-                                .as_mut()
-                                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-                            {
-                                bp.waiter = None;
-                                return Poll::Ready(Err(shared.rejection().into()));
-                            }
-                            return Poll::Pending;
-                        }
+        if !self.shared.backpressure {
+            // Fail fast: always ready, remembering whether the inner service is (`call`
+            // rejects otherwise), so the layers above never wait on a full dependency.
+            self.inner_ready = match self.inner.poll_ready(cx) {
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+                polled => polled.is_ready(),
+            };
+            return Poll::Ready(Ok(()));
+        }
+        let shared = &self.shared;
+        let bp = self.ready.get_or_insert_with(|| Backpressure {
+            reserved: None,
+            waiter: None,
+            expired: false,
+        });
+        if bp.expired {
+            return Poll::Ready(Ok(()));
+        }
+        if bp.reserved.is_none() {
+            if let Some(hold) = shared.try_permit() {
+                bp.reserved = Some(hold);
+            } else {
+                let (waiter, deadline) = bp.waiter.get_or_insert_with(|| {
+                    shared.waited.increment(1);
+                    let deadline = (!shared.max_wait.is_zero())
+                        .then(|| Box::pin(tokio::time::sleep(shared.max_wait)));
+                    (Waiter::new(shared.semaphore.clone()), deadline)
+                });
+                match waiter.poll_acquire(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        bp.waiter = None;
+                        bp.reserved = Some(shared.hold(permit));
+                    }
+                    Poll::Pending
+                        if !deadline
+                            .as_mut()
+                            .is_some_and(|d| d.as_mut().poll(cx).is_ready()) =>
+                    {
+                        return Poll::Pending;
+                    }
+                    // Out of time (or, past 2^32 waiters, out of room): ready, and the next
+                    // call is rejected. Never an error here: to tower that would mean the
+                    // service has failed for good.
+                    Poll::Pending | Poll::Ready(Err(Full)) => {
+                        bp.waiter = None;
+                        bp.expired = true;
+                        return Poll::Ready(Ok(()));
                     }
                 }
             }
@@ -468,7 +518,18 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let reserved = self.ready.as_mut().and_then(|bp| bp.reserved.take());
+        let reserved = match &mut self.ready {
+            Some(bp) if bp.expired => {
+                bp.expired = false;
+                return ResponseFuture::failed(self.shared.rejection().into());
+            }
+            Some(bp) => bp.reserved.take(),
+            // Fail fast: readiness counts for one call.
+            None if !self.shared.backpressure && !std::mem::take(&mut self.inner_ready) => {
+                return ResponseFuture::failed(self.shared.not_ready().into());
+            }
+            None => None,
+        };
         admit(&self.shared, &mut self.inner, req, &self.hold, reserved)
     }
 }
