@@ -647,3 +647,84 @@ impl TenantPools {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> TenantId {
+        TenantId::new(s).unwrap()
+    }
+
+    #[test]
+    fn schema_names_stay_within_postgres_limit() {
+        let longest = TenantSchema::new(&id(&"a".repeat(61))).unwrap();
+        assert_eq!(longest.name().len(), 63);
+        assert!(TenantSchema::new(&id(&"a".repeat(62))).is_err());
+        let schema = TenantSchema::with_prefix("shop_1", &id("Acme.eu-1")).unwrap();
+        assert_eq!(schema.name(), "shop_1_Acme.eu-1");
+        assert_eq!(schema.quoted(), "\"shop_1_Acme.eu-1\"");
+        for bad in ["", "Shop", "1shop", "sh op", "shop;"] {
+            assert!(
+                TenantSchema::with_prefix(bad, &id("acme")).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(TenantSchema::with_prefix(&"p".repeat(59), &id("acme")).is_err());
+        assert!(TenantSchema::with_prefix(&"p".repeat(58), &id("acme")).is_ok());
+    }
+
+    #[test]
+    fn provisioning_sql_owns_revokes_and_grants() {
+        let sql = TenantSchema::new(&id("acme"))
+            .unwrap()
+            .provision_sql("app_1")
+            .unwrap();
+        for part in [
+            "CREATE ROLE \"t_acme\" NOLOGIN NOINHERIT;",
+            "CREATE SCHEMA IF NOT EXISTS \"t_acme\" AUTHORIZATION \"t_acme\";",
+            "REVOKE ALL ON SCHEMA \"t_acme\" FROM PUBLIC;",
+            "GRANT \"t_acme\" TO app_1;",
+        ] {
+            assert!(sql.contains(part), "{part}");
+        }
+        assert!(
+            TenantSchema::new(&id("acme"))
+                .unwrap()
+                .provision_sql("App")
+                .is_err()
+        );
+
+        let db = database_sql("shop_Acme.eu-1", Some("it's")).unwrap();
+        assert_eq!(
+            db,
+            [
+                "CREATE ROLE \"shop_Acme.eu-1\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD 'it''s'",
+                "CREATE DATABASE \"shop_Acme.eu-1\" OWNER \"shop_Acme.eu-1\"",
+                "REVOKE ALL ON DATABASE \"shop_Acme.eu-1\" FROM PUBLIC",
+            ]
+        );
+        assert_eq!(
+            database_sql("a", None).unwrap()[0],
+            "CREATE ROLE \"a\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+        );
+        assert!(database_sql(&"d".repeat(63), None).is_ok());
+        for bad in ["", "a\"b", "a b", "a;b", &"d".repeat(64)] {
+            assert!(database_sql(bad, None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pools_are_bounded_and_built_without_connecting() {
+        let base = tokio_postgres::Config::new();
+        assert!(TenantPools::new(base.clone(), |t| t.to_string(), 0, 1).is_err());
+        assert!(TenantPools::new(base.clone(), |t| t.to_string(), 1, 0).is_err());
+        let pools = TenantPools::new(base, |t| format!("db_{t}"), 4, 3).unwrap();
+        assert!(pools.is_empty());
+        let pool = pools.pool(&id("acme")).unwrap();
+        assert_eq!(pool.status().max_size, 3);
+        assert_eq!(pools.len(), 1);
+        assert!(!pools.is_empty());
+        assert!(format!("{pools:?}").contains("pool_size: 3"));
+    }
+}

@@ -708,3 +708,95 @@ async fn the_postgres_registry_drops_changed_entries_when_notified() {
     change("DELETE FROM tp_tenants WHERE id = 'globex'", 2).await;
     assert_eq!(call("sk_globex").await.0, StatusCode::UNAUTHORIZED);
 }
+
+/// The backends of `db` that listen for the registry's changes.
+async fn listeners(admin: &Client, db: &str) -> Vec<i32> {
+    admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query = 'LISTEN tp_tenant_changes'",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i32>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_clears_the_cache_on_a_lost_connection_reconnects_and_stops_when_dropped() {
+    let Some(url) = server_url(Server::Postgres) else {
+        return;
+    };
+    let (db_url, admin) = fresh(&url, "relisten").await;
+    let db = db_url.rsplit_once('/').unwrap().1.to_owned();
+    let config = tokio_postgres::Config::from_str(&db_url).unwrap();
+    let registry_over = |config: &tokio_postgres::Config| {
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            config.clone(),
+            NoTls,
+        ))
+        .max_size(1)
+        .build()
+        .unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        Registry::with_ttls(PostgresTenants::new(pool), hour, hour, 100)
+    };
+    let registry = registry_over(&config);
+    registry.store().migrate().await.unwrap();
+    admin
+        .batch_execute("INSERT INTO tp_tenants VALUES ('acme', 'gold', 'active')")
+        .await
+        .unwrap();
+    let (acme, _) = ids();
+    let listener = listen(registry.clone(), config.clone()).await.unwrap();
+    assert_eq!(&*registry.get(&acme).await.unwrap().unwrap().plan, "gold");
+    let old = listeners(&admin, &db).await;
+    assert_eq!(old.len(), 1);
+    // The listening connection is cut: the cache is cleared (changes may go unannounced), and
+    // the listener comes back (after 100 ms) on a new connection.
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&old[0]])
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    for _ in 0..2_000 {
+        back = listeners(&admin, &db).await;
+        if back.len() == 1 && back != old {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(back.len() == 1 && back != old, "listening again: {back:?}");
+    assert!(
+        registry.cached(&acme).is_none(),
+        "cleared when the connection was lost"
+    );
+    assert_eq!(&*registry.get(&acme).await.unwrap().unwrap().plan, "gold");
+    let before = listener.notifications();
+    admin
+        .batch_execute("UPDATE tp_tenants SET plan = 'platinum'")
+        .await
+        .unwrap();
+    applied(&listener, before + 1).await;
+    assert_eq!(
+        &*registry.get(&acme).await.unwrap().unwrap().plan,
+        "platinum"
+    );
+
+    // Dropped, it stops: a change that a second listener (on another registry) sees is not
+    // applied to this registry any more.
+    drop(listener);
+    let witness_registry = registry_over(&config);
+    let witness = listen(witness_registry, config).await.unwrap();
+    admin
+        .batch_execute("UPDATE tp_tenants SET plan = 'free'")
+        .await
+        .unwrap();
+    applied(&witness, 1).await;
+    assert_eq!(
+        &*registry.get(&acme).await.unwrap().unwrap().plan,
+        "platinum",
+        "no listener, no invalidation"
+    );
+}
