@@ -145,7 +145,9 @@ impl<S, L> Layer<S> for RateLimitLayer<L> {
 /// `QuotaExceeded`, with `retry_after` and the limit's state, which the HTTP mapping of
 /// `tower-patterns-core` answers with 429, `Retry-After` and the `RateLimit-*` headers. A
 /// missing or malformed key is a `KeyError` (400). The service is ready when its inner service
-/// is; a decided limiter adds no allocation and no lock to the allowed path.
+/// is; a decided limiter adds no lock to the allowed path, and no allocation beyond its key
+/// map's upkeep (moka's read log: at most 1 in 60 admitted requests for the in-process
+/// limiters).
 pub struct RateLimit<S, L> {
     inner: S,
     limiter: Arc<L>,

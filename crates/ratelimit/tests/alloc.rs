@@ -1,4 +1,5 @@
-//! An admitted request allocates nothing per request: counted with dhat.
+//! Admitted requests allocate at most 1 time in 60, all of it moka's upkeep of the key maps'
+//! read log (nothing per request of the limiters' own): counted with dhat.
 
 use std::convert::Infallible;
 
@@ -16,7 +17,7 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 /// Header values below 4,096 come from a table; larger limits allocate their digits.
 #[test]
-fn admitted_requests_allocate_nothing() {
+fn admitted_requests_allocate_at_most_once_in_60() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -79,8 +80,8 @@ fn admitted_requests_allocate_nothing() {
     });
     // Nothing per request: the limiters' state is a map read and an atomic word, the headers
     // come from a table. What remains is moka's periodic maintenance of its read log (one
-    // small allocation about every 64 reads of one of the two maps, not every time); a
-    // per-request allocation would add 20,000.
+    // small allocation about every 126 reads of one of the two maps: 317 here, 1 in 63
+    // requests); a per-request allocation would add 20,000. Not zero: 1 in 60 is the claim.
     let extra = allocations - bare_allocations;
     assert!(
         extra <= 20_000 / 60,
