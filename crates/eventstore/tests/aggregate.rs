@@ -460,6 +460,125 @@ async fn zero_means_no_snapshots_and_versions_start_at_one() {
     assert_eq!(repo.load("1").await.unwrap().state.0, 4);
 }
 
+/// Streams longer than a page (1,000 events) load, travel and list whole.
+#[tokio::test]
+async fn long_streams_are_read_page_by_page() {
+    let store = Arc::new(InMemoryStore::new());
+    let repo = Repository::<Account, _>::new(store.clone(), "long-");
+    repo.execute("1", &C::Open { owner: "lu".into() }, Metadata::default())
+        .await
+        .unwrap();
+    // 2,099 deposits of 1: the stream ends at version 2,100, pages of 1,000, 1,000 and 100,
+    // with a page boundary exactly at 1,000 and 2,000.
+    let deposit = || {
+        EventData::json("Deposited", &AccountEvent::Deposited { amount: 1 })
+            .unwrap()
+            .with_schema_version(2)
+    };
+    for _ in 0..21 {
+        let v = store.stream_version("long-1").await.unwrap();
+        let n = if v == 1 { 99 } else { 100 };
+        store
+            .append(
+                "long-1",
+                ExpectedVersion::Exact(v),
+                (0..n).map(|_| deposit()).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.stream_version("long-1").await.unwrap(), 2_100);
+    let now = repo.load("1").await.unwrap();
+    assert_eq!((now.version, now.state.balance), (2_100, 2_099));
+    assert_eq!(repo.load_from_events("1").await.unwrap(), now);
+    let then = repo.state_at_version("1", 1_500).await.unwrap();
+    assert_eq!((then.version, then.state.balance), (1_500, 1_499));
+    let history = repo.history("1").await.unwrap();
+    assert_eq!(history.len(), 2_100);
+    assert!(
+        history
+            .iter()
+            .enumerate()
+            .all(|(i, h)| h.version == i as u64 + 1)
+    );
+}
+
+/// A snapshot of the current shape version is used as it is (events after it are folded on
+/// top): the repository does not rebuild from events when it has one.
+#[tokio::test]
+async fn a_snapshot_of_the_current_shape_is_used() {
+    let store = Arc::new(InMemoryStore::new());
+    let repo = Repository::<Account, _>::new(store.clone(), "used-");
+    repo.execute("1", &C::Open { owner: "mo".into() }, Metadata::default())
+        .await
+        .unwrap();
+    repo.execute("1", &C::Deposit { amount: 5 }, Metadata::default())
+        .await
+        .unwrap();
+    // A snapshot at version 1 that says 1,000 (events say 0 at version 1).
+    let state = Account {
+        owner: Some("mo".into()),
+        balance: 1_000,
+        transactions: 1,
+    };
+    store
+        .save_snapshot(
+            "used-1",
+            Snapshot {
+                version: 1,
+                snapshot_version: 1,
+                state: serde_json::value::to_raw_value(&state).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let loaded = repo.load("1").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (2, 1_005));
+    assert_eq!(repo.load_from_events("1").await.unwrap().state.balance, 5);
+}
+
+#[test]
+fn errors_and_handles_describe_themselves() {
+    use std::error::Error as _;
+    let domain: RepositoryError<AccountError> = RepositoryError::Domain(AccountError::ZeroAmount);
+    assert_eq!(domain.to_string(), "command refused: ZeroAmount");
+    assert!(
+        domain
+            .source()
+            .unwrap()
+            .downcast_ref::<AccountError>()
+            .is_some()
+    );
+    let store: RepositoryError<AccountError> = Error::Invalid("empty".into()).into();
+    assert_eq!(store.to_string(), "invalid argument: empty");
+    assert!(store.source().unwrap().downcast_ref::<Error>().is_some());
+    let conflict: RepositoryError<AccountError> = RepositoryError::Conflict {
+        stream: "s".into(),
+        attempts: 4,
+    };
+    assert_eq!(
+        conflict.to_string(),
+        "stream \"s\": concurrent writers won all 4 attempts"
+    );
+    assert!(conflict.source().is_none());
+
+    let repo = Repository::<Account, _>::new(Arc::new(InMemoryStore::new()), "acc-")
+        .snapshot_every(10)
+        .max_retries(7);
+    let debug = format!("{repo:?}");
+    assert!(
+        debug.contains("prefix: \"acc-\"")
+            && debug.contains("snapshot_every: Some(10)")
+            && debug.contains("max_retries: 7"),
+        "{debug}"
+    );
+    let debug = format!("{:?}", CommandService::new(repo));
+    assert!(
+        debug.starts_with("CommandService") && debug.contains("max_retries: 7"),
+        "{debug}"
+    );
+}
+
 fn clock() -> (
     Arc<AtomicU64>,
     impl Fn() -> SystemTime + Send + Sync + 'static,
