@@ -110,7 +110,9 @@ fn the_directory_moves_exactly_the_planned_slots() {
     assert!(moves.iter().all(|m| m.to == 16));
     let slots: HashSet<u16> = moves.iter().map(|m| m.slot).collect();
     assert_eq!(slots.len(), moves.len(), "each slot moves once");
+    assert_eq!(dir.shards(), 16);
     dir.begin(&moves).unwrap();
+    assert_eq!(dir.shards(), 17, "the new shard counts from the first move");
     dir.complete(&moves).unwrap();
     let owners = dir.owners();
     let mut counts = vec![0usize; 17];
@@ -123,6 +125,34 @@ fn the_directory_moves_exactly_the_planned_slots() {
         dir.complete(&moves).is_err(),
         "a finished move cannot finish twice"
     );
+}
+
+#[test]
+fn a_resize_fills_each_shard_below_its_share_and_no_other() {
+    // 2 → 4 shards: each new shard takes half of each old shard's surplus.
+    let dir = Directory::new(2).unwrap();
+    let moves = dir.plan_resize(4);
+    let count = |f: &dyn Fn(&SlotMove) -> bool| moves.iter().filter(|m| f(m)).count();
+    assert_eq!(count(&|m| m.to == 2), 4_096);
+    assert_eq!(count(&|m| m.to == 3), 4_096);
+    assert_eq!(count(&|m| m.from == 0), 4_096);
+    assert_eq!(count(&|m| m.from == 1), 4_096);
+
+    // 3 shards owning 5,462, 5,460 and 5,462 slots (shares 5,462, 5,461, 5,461): shard 0 is
+    // at its share and takes nothing; one slot moves from shard 2 to shard 1.
+    let dir = Directory::new(3).unwrap();
+    let step = SlotMove {
+        slot: (0..16_384u16)
+            .find(|s| dir.route(&InSlot(*s)) == Route::To(1))
+            .unwrap(),
+        from: 1,
+        to: 2,
+    };
+    dir.begin(&[step]).unwrap();
+    dir.complete(&[step]).unwrap();
+    let moves = dir.plan_resize(3);
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!((moves[0].from, moves[0].to), (2, 1));
 }
 
 /// A key that lives in a given directory slot.
