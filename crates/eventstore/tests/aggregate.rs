@@ -579,6 +579,203 @@ fn errors_and_handles_describe_themselves() {
     );
 }
 
+/// A store where another writer gets in first `races` times (each append is preceded by a
+/// competing one), and whose appends fail outright while `down` is set.
+struct Racing {
+    inner: InMemoryStore,
+    races: std::sync::atomic::AtomicU32,
+    down: std::sync::atomic::AtomicBool,
+    appends: std::sync::atomic::AtomicU32,
+}
+
+impl Racing {
+    fn new(races: u32) -> Self {
+        Self {
+            inner: InMemoryStore::new(),
+            races: races.into(),
+            down: false.into(),
+            appends: 0.into(),
+        }
+    }
+}
+
+impl EventStore for Racing {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<tower_patterns_eventstore::AppendResult, Error> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Backend("the disk is on fire".into()));
+        }
+        if self
+            .races
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+            .is_ok()
+        {
+            let other = EventData::json("Deposited", &AccountEvent::Deposited { amount: 1 })
+                .unwrap()
+                .with_schema_version(2);
+            self.inner
+                .append(stream, ExpectedVersion::Any, vec![other])
+                .await?;
+        }
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        direction: tower_patterns_eventstore::Direction,
+        max: usize,
+    ) -> Result<Vec<tower_patterns_eventstore::RecordedEvent>, Error> {
+        self.inner.read_stream(stream, from, direction, max).await
+    }
+    async fn read_all(
+        &self,
+        after: tower_patterns_eventstore::GlobalPosition,
+        max: usize,
+    ) -> Result<Vec<tower_patterns_eventstore::RecordedEvent>, Error> {
+        self.inner.read_all(after, max).await
+    }
+    async fn find_event(
+        &self,
+        id: uuid::Uuid,
+    ) -> Result<Option<tower_patterns_eventstore::RecordedEvent>, Error> {
+        self.inner.find_event(id).await
+    }
+    async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
+        self.inner.stream_version(stream).await
+    }
+    async fn stream_metadata(&self, stream: &str) -> Result<Option<serde_json::Value>, Error> {
+        self.inner.stream_metadata(stream).await
+    }
+    async fn set_stream_metadata(
+        &self,
+        stream: &str,
+        metadata: serde_json::Value,
+    ) -> Result<(), Error> {
+        self.inner.set_stream_metadata(stream, metadata).await
+    }
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, Error> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), Error> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+    async fn wait_for_events(&self, after: tower_patterns_eventstore::GlobalPosition) {
+        self.inner.wait_for_events(after).await;
+    }
+}
+
+/// Conflicts are retried up to `max_retries` times, counted in `retries`, then reported as
+/// `Conflict`; other store errors are not retried; a command that decides nothing appends
+/// nothing and reports no retries.
+#[tokio::test]
+async fn conflicts_are_retried_up_to_the_bound_and_nothing_else_is() {
+    let open = || C::Open { owner: "ri".into() };
+    let deposit = C::Deposit { amount: 10 };
+
+    // Two other writers get in first: the third attempt wins.
+    let store = Arc::new(Racing::new(0));
+    let repo = Repository::<Account, _>::new(store.clone(), "r-").max_retries(2);
+    repo.execute("1", &open(), Metadata::default())
+        .await
+        .unwrap();
+    store.races.store(2, Ordering::SeqCst);
+    let done = repo
+        .execute("1", &deposit, Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.retries), (4, 2));
+    assert_eq!(repo.load("1").await.unwrap().state.balance, 12);
+
+    // Three: the bound (2 retries, 3 attempts) is spent.
+    store.races.store(3, Ordering::SeqCst);
+    store.appends.store(0, Ordering::SeqCst);
+    match repo.execute("1", &deposit, Metadata::default()).await {
+        Err(RepositoryError::Conflict {
+            stream,
+            attempts: 3,
+        }) => assert_eq!(stream, "r-1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.appends.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        repo.load("1").await.unwrap().state.balance,
+        15,
+        "the others' only"
+    );
+
+    // No retries at all: the first conflict is final.
+    let strict = Repository::<Account, _>::new(store.clone(), "r-").max_retries(0);
+    store.races.store(1, Ordering::SeqCst);
+    assert!(matches!(
+        strict.execute("1", &deposit, Metadata::default()).await,
+        Err(RepositoryError::Conflict { attempts: 1, .. })
+    ));
+
+    // A failing store is not a conflict, and is not retried.
+    store.down.store(true, Ordering::SeqCst);
+    store.appends.store(0, Ordering::SeqCst);
+    match repo.execute("1", &deposit, Metadata::default()).await {
+        Err(RepositoryError::Store(Error::Backend(e))) => {
+            assert_eq!(e.to_string(), "the disk is on fire");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.appends.load(Ordering::SeqCst), 1);
+}
+
+/// A command that decides no events appends nothing and reports the loaded version.
+#[tokio::test]
+async fn a_command_that_decides_nothing_appends_nothing() {
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    enum Ticked {
+        Tick,
+    }
+    impl tower_patterns_eventstore::DomainEvent for Ticked {
+        fn event_type(&self) -> &'static str {
+            "Tick"
+        }
+    }
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    struct UpTo3(u64);
+    impl Aggregate for UpTo3 {
+        type Command = ();
+        type Event = Ticked;
+        type Error = std::convert::Infallible;
+        fn handle(&self, (): &()) -> Result<Vec<Ticked>, Self::Error> {
+            Ok(if self.0 < 3 {
+                vec![Ticked::Tick]
+            } else {
+                vec![]
+            })
+        }
+        fn apply(&mut self, _: &Ticked) {
+            self.0 += 1;
+        }
+    }
+    let store = Arc::new(Racing::new(0));
+    let repo = Repository::<UpTo3, _>::new(store.clone(), "n-");
+    for _ in 0..3 {
+        repo.execute("1", &(), Metadata::default()).await.unwrap();
+    }
+    store.appends.store(0, Ordering::SeqCst);
+    let done = repo.execute("1", &(), Metadata::default()).await.unwrap();
+    assert_eq!(
+        done,
+        tower_patterns_eventstore::Committed {
+            version: 3,
+            positions: vec![],
+            retries: 0
+        }
+    );
+    assert_eq!(store.appends.load(Ordering::SeqCst), 0);
+}
+
 fn clock() -> (
     Arc<AtomicU64>,
     impl Fn() -> SystemTime + Send + Sync + 'static,
