@@ -401,9 +401,13 @@ async fn a_dropped_leader_hands_its_origin_request_to_the_waiters() {
     let waiters: Vec<_> = (0..1_000)
         .map(|_| tokio::spawn(svc.clone().oneshot(get("/l").body(()).unwrap())))
         .collect();
-    while layer.stats().coalesced < 1_000 {
+    for _ in 0..10 {
+        if layer.stats().coalesced == 1_000 {
+            break;
+        }
         tokio::task::yield_now().await;
     }
+    assert_eq!(layer.stats().coalesced, 1_000, "every waiter joined the flight");
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
     for w in waiters {
