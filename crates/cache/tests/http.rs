@@ -401,7 +401,8 @@ async fn a_dropped_leader_hands_its_origin_request_to_the_waiters() {
     let waiters: Vec<_> = (0..1_000)
         .map(|_| tokio::spawn(svc.clone().oneshot(get("/l").body(()).unwrap())))
         .collect();
-    for _ in 0..10 {
+    // The scheduler runs some 60 tasks between two turns of this one.
+    for _ in 0..1_000 {
         if layer.stats().coalesced == 1_000 {
             break;
         }
