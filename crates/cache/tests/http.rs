@@ -408,7 +408,11 @@ async fn a_dropped_leader_hands_its_origin_request_to_the_waiters() {
         }
         tokio::task::yield_now().await;
     }
-    assert_eq!(layer.stats().coalesced, 1_000, "every waiter joined the flight");
+    assert_eq!(
+        layer.stats().coalesced,
+        1_000,
+        "every waiter joined the flight"
+    );
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
     for w in waiters {
