@@ -358,7 +358,8 @@ mod tests {
             10,
             "hits count nothing"
         );
-        map.get_or_replace_with(3, |_| false, || 30);
+        assert_eq!(map.get_or_replace_with(3, |_| false, || 30), 30, "replaced");
+        assert_eq!(map.get_or_replace_with(4, |_| true, || 40), 4, "kept");
         assert_eq!(
             map.unsynced.load(Ordering::Relaxed),
             10,
