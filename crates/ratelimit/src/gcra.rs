@@ -427,6 +427,13 @@ impl<X, P> GcraLimiterBuilder<X, P> {
         self
     }
 
+    /// The idle timeout the key map gets: the one asked for, raised to the longest refill of
+    /// any rate, or none.
+    fn effective_idle(&self) -> Option<Duration> {
+        let floor = self.default.refill().max(self.slowest.unwrap_or_default());
+        self.idle_timeout.map(|idle| idle.max(floor))
+    }
+
     /// Builds the limiter.
     ///
     /// # Errors
@@ -437,10 +444,9 @@ impl<X, P> GcraLimiterBuilder<X, P> {
         Key: Hash + Eq + Send + Sync + 'static,
     {
         self.default.validate()?;
-        let floor = self.default.refill().max(self.slowest.unwrap_or_default());
         let cells = KeyedMap::builder().max_entries(self.max_keys);
-        let cells = match self.idle_timeout {
-            Some(idle) => cells.idle_timeout(idle.max(floor)),
+        let cells = match self.effective_idle() {
+            Some(idle) => cells.idle_timeout(idle),
             None => cells.no_idle_timeout(),
         }
         .build()?;
@@ -509,6 +515,39 @@ mod tests {
     }
 
     const INTERVAL: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn idle_keys_are_kept_at_least_as_long_as_the_slowest_refill() {
+        let builder = GcraLimiter::builder("idle", ()).rate(Rate::per_minute(2));
+        assert_eq!(builder.effective_idle(), None, "off by default");
+        let builder = builder.idle_timeout(Duration::from_secs(1));
+        assert_eq!(
+            builder.effective_idle(),
+            Some(Duration::from_secs(60)),
+            "raised to the default rate's refill"
+        );
+        let builder = builder.idle_timeout(Duration::from_secs(600));
+        assert_eq!(builder.effective_idle(), Some(Duration::from_secs(600)));
+        let builder = builder
+            .idle_timeout(Duration::from_secs(1))
+            .rate_for(|_: &()| None::<Rate>, Duration::from_secs(3600));
+        assert_eq!(
+            builder.effective_idle(),
+            Some(Duration::from_secs(3600)),
+            "raised to the slowest per-request rate's refill"
+        );
+    }
+
+    #[test]
+    fn a_limiter_names_itself_and_its_default() {
+        let limiter = GcraLimiter::builder("api", ()).build::<u32>().unwrap();
+        assert_eq!(limiter.name(), "api");
+        let debug = format!("{limiter:?}");
+        assert!(
+            debug.starts_with("GcraLimiter { name: \"api\", default: Rate"),
+            "{debug}"
+        );
+    }
 
     #[test]
     fn a_request_judged_on_a_stale_reading_is_checked_again() {
