@@ -776,6 +776,67 @@ async fn a_command_that_decides_nothing_appends_nothing() {
     assert_eq!(store.appends.load(Ordering::SeqCst), 0);
 }
 
+/// An idempotent command deciding several events stores each once under its own id, whatever
+/// the key's bits (all ones, all zeros), and its retry answers the first run.
+#[tokio::test]
+async fn idempotent_commands_of_several_events_get_distinct_ids() {
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    enum Ticked {
+        Tick,
+    }
+    impl tower_patterns_eventstore::DomainEvent for Ticked {
+        fn event_type(&self) -> &'static str {
+            "Tick"
+        }
+    }
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    struct Ticks(u64);
+    impl Aggregate for Ticks {
+        type Command = usize;
+        type Event = Ticked;
+        type Error = std::convert::Infallible;
+        fn handle(&self, n: &usize) -> Result<Vec<Ticked>, Self::Error> {
+            Ok(vec![Ticked::Tick; *n])
+        }
+        fn apply(&mut self, _: &Ticked) {
+            self.0 += 1;
+        }
+    }
+    let store = Arc::new(InMemoryStore::new());
+    let repo = Repository::<Ticks, _>::new(store.clone(), "k-");
+    for (id, key) in [
+        ("ones", uuid::Uuid::from_u128(u128::MAX)),
+        ("zeros", uuid::Uuid::from_u128(0)),
+        (
+            "mixed",
+            uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        ),
+    ] {
+        let first = repo
+            .execute_idempotent(id, &3, Metadata::default(), key)
+            .await
+            .unwrap();
+        assert_eq!((first.version, first.positions.len()), (3, 3), "{id}");
+        let again = repo
+            .execute_idempotent(id, &3, Metadata::default(), key)
+            .await
+            .unwrap();
+        assert_eq!(again, first, "{id}");
+        let stored = store
+            .read_stream(
+                &repo.stream(id),
+                1,
+                tower_patterns_eventstore::Direction::Forward,
+                9,
+            )
+            .await
+            .unwrap();
+        let ids: std::collections::HashSet<_> = stored.iter().map(|e| e.id).collect();
+        assert_eq!((stored.len(), ids.len()), (3, 3), "{id}");
+        assert!(!ids.contains(&key), "{id}: an event id is the key itself");
+    }
+}
+
 fn clock() -> (
     Arc<AtomicU64>,
     impl Fn() -> SystemTime + Send + Sync + 'static,
