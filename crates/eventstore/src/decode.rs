@@ -378,6 +378,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn corrupt_payloads_say_what_was_expected() {
+        let err = decode::<Ev>("Paid", &json!(["Paid"])).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { ref reason, .. }
+                if reason.contains("expected an event tagged with its type: \"Type\" or {\"Type\": ...}")),
+            "{err:?}"
+        );
+    }
+
     /// A struct event is decoded by its shape, then checked against the stored type.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Pinged {
