@@ -270,6 +270,52 @@ async fn an_adaptive_limit_backs_off_on_rejections_and_grows_back() {
 }
 
 #[test]
+fn waiting_settings_are_checked_together() {
+    let field = |builder: tower_patterns_bulkhead::Builder| builder.build().map_err(|e| e.field());
+    // No waiting: a room of 0 is what it is anyway, a larger one a contradiction.
+    assert!(field(BulkheadLayer::builder("x").max_waiting(0)).is_ok());
+    assert_eq!(
+        field(BulkheadLayer::builder("x").max_waiting(1)).unwrap_err(),
+        "max_waiting"
+    );
+    // Waiting: a room of at least one.
+    let wait = || BulkheadLayer::builder("x").max_wait(Duration::from_secs(1));
+    assert!(field(wait().max_waiting(1)).is_ok());
+    assert_eq!(field(wait().max_waiting(0)).unwrap_err(), "max_waiting");
+    // Backpressure: callers wait in poll_ready, there is no room to size.
+    assert!(field(BulkheadLayer::builder("x").backpressure()).is_ok());
+    assert_eq!(
+        field(BulkheadLayer::builder("x").backpressure().max_waiting(0)).unwrap_err(),
+        "max_waiting"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_waiting_room_holds_1024_calls() {
+    let layer = BulkheadLayer::builder("room")
+        .max_concurrent(1)
+        .max_wait(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(TestService::new().never_respond());
+    let mut calls: Vec<_> = (0..1_026)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    // The scheduler runs a batch of tasks per turn: enough turns for all of them.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(handle.waiting(), 1_024);
+    let turned_away = calls.pop().unwrap().await.unwrap().unwrap_err();
+    assert!(is_full(&turned_away), "{turned_away}");
+    for call in calls {
+        call.abort();
+    }
+}
+
+#[test]
 fn bad_settings_are_typed_errors() {
     assert_eq!(
         BulkheadLayer::builder("x")
@@ -295,4 +341,33 @@ fn bad_settings_are_typed_errors() {
             .field(),
         "adaptive"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_shows_the_pool() {
+    let builder = BulkheadLayer::builder("dbg").max_concurrent(3);
+    assert!(format!("{builder:?}").contains("max_concurrent: 3"));
+    let layer = builder.build().unwrap();
+    let shown = format!("{layer:?}");
+    assert!(
+        shown.contains("\"dbg\"") && shown.contains("limit: 3"),
+        "{shown}"
+    );
+    let mut svc = layer.layer(TestService::new().never_respond());
+    assert!(format!("{svc:?}").contains("\"dbg\""));
+    std::future::poll_fn(|cx| Service::<()>::poll_ready(&mut svc, cx))
+        .await
+        .unwrap();
+    let called = svc.call(());
+    assert!(format!("{called:?}").contains("called"));
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    let rejected = svc.clone().oneshot(());
+    assert!(format!("{:?}", layer.handle()).contains("in_flight: 3"));
+    assert!(is_full(&rejected.await.unwrap_err()));
+    for h in held {
+        h.abort();
+    }
 }
