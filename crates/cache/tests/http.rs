@@ -590,3 +590,46 @@ async fn waiters_serve_their_stale_copy_when_the_origin_fails() {
     let (_, h, body) = send(&svc, lang("en")).await;
     assert_eq!((x(&h), body.as_str()), ("STALE", "en v1"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_is_fresh_while_its_age_is_below_its_lifetime() {
+    // RFC 9111 §4.2: fresh while the freshness lifetime is greater than the age. The origin
+    // takes 10 ms, which count in the age.
+    let (o, svc) = origin(|_, n| res(200, &[("cache-control", "max-age=60")], &format!("v{n}")));
+    send(&svc, get("/f").body(()).unwrap()).await;
+    advance(Duration::from_millis(59_989)).await;
+    let (_, h, _) = send(&svc, get("/f").body(()).unwrap()).await;
+    assert_eq!(x(&h), "HIT", "1 ms of freshness left");
+    advance(Duration::from_millis(1)).await;
+    let (_, h, body) = send(&svc, get("/f").body(()).unwrap()).await;
+    assert_eq!(
+        (x(&h), body.as_str()),
+        ("MISS", "v2"),
+        "age = lifetime: stale"
+    );
+    assert_eq!(o.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_unsafe_methods_that_succeed_invalidate() {
+    let (o, svc) = origin(|req, n| match *req.method() {
+        Method::GET => res(200, &[("cache-control", "max-age=60")], &format!("v{n}")),
+        Method::DELETE => res(500, &[], "failed"),
+        _ => res(200, &[], "done"),
+    });
+    send(&svc, get("/i").body(()).unwrap()).await;
+    for method in [Method::OPTIONS, Method::DELETE] {
+        let req = get("/i").method(method.clone()).body(()).unwrap();
+        send(&svc, req).await;
+        let (_, h, body) = send(&svc, get("/i").body(()).unwrap()).await;
+        assert_eq!((x(&h), body.as_str()), ("HIT", "v1"), "{method} kept it");
+    }
+    send(&svc, get("/i").method(Method::PUT).body(()).unwrap()).await;
+    let (_, h, body) = send(&svc, get("/i").body(()).unwrap()).await;
+    assert_eq!(
+        (x(&h), body.as_str()),
+        ("MISS", "v5"),
+        "a successful PUT dropped it"
+    );
+    assert_eq!(o.calls.load(Ordering::SeqCst), 5);
+}
