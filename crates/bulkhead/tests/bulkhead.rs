@@ -370,4 +370,15 @@ async fn debug_output_shows_the_pool() {
     for h in held {
         h.abort();
     }
+
+    let parts = PartitionedBulkheadLayer::builder::<AsciiKey>("parts")
+        .partition(AsciiKey::from_static("A"), 4)
+        .default_size(2);
+    assert!(format!("{parts:?}").contains("default_size: Some(2)"));
+    let parts = parts
+        .build(HeaderKey::new(HeaderName::from_static("x-part")))
+        .unwrap();
+    assert!(format!("{parts:?}").contains("fixed_partitions: 1"));
+    let svc = parts.layer(TestService::new());
+    assert!(format!("{svc:?}").contains("\"parts\""));
 }
