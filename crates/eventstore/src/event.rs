@@ -346,6 +346,19 @@ mod tests {
     }
 
     #[test]
+    fn metadata_builders_set_what_they_name() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let m = Metadata::default()
+            .correlated(a)
+            .caused_by(b)
+            .for_tenant("acme");
+        assert_eq!(
+            (m.correlation_id, m.causation_id, m.tenant_id.as_deref()),
+            (Some(a), Some(b), Some("acme"))
+        );
+    }
+
+    #[test]
     fn positions_order_by_commit_then_index() {
         assert!(GlobalPosition::new(1, 9) < GlobalPosition::new(2, 1));
         assert!(GlobalPosition::new(0, 1) < GlobalPosition::new(0, 2));

@@ -561,6 +561,9 @@ fn errors_and_handles_describe_themselves() {
         "stream \"s\": concurrent writers won all 4 attempts"
     );
     assert!(conflict.source().is_none());
+    let backend = Error::Backend("the disk is on fire".into());
+    assert_eq!(backend.source().unwrap().to_string(), "the disk is on fire");
+    assert!(Error::Invalid("x".into()).source().is_none());
 
     let repo = Repository::<Account, _>::new(Arc::new(InMemoryStore::new()), "acc-")
         .snapshot_every(10)
