@@ -633,3 +633,100 @@ async fn only_unsafe_methods_that_succeed_invalidate() {
     );
     assert_eq!(o.calls.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stale_windows_end_where_their_directives_say() {
+    // Each path is stored once; then the origin fails in the way its path names, and each
+    // stale window is checked inside and at its end (RFC 5861: served while the staleness
+    // is below the window).
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failing.clone();
+    let svc = service_fn(move |req: Request<()>| {
+        let path = req.uri().path().to_owned();
+        let failing = flag.load(Ordering::SeqCst);
+        std::future::ready(match (failing, path.as_str()) {
+            (false, "/t") => Ok(res(
+                200,
+                &[("cache-control", "max-age=1, stale-while-revalidate=5")],
+                "t1",
+            )),
+            (false, "/u") => Ok(res(
+                200,
+                &[(
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=20, stale-if-error=10",
+                )],
+                "u1",
+            )),
+            (false, p) => Ok(res(
+                200,
+                &[
+                    ("cache-control", "max-age=1, stale-if-error=10"),
+                    ("etag", "\"x\""),
+                ],
+                &format!("{p} v1"),
+            )),
+            (true, "/b" | "/e") => Err::<_, BoxError>("origin down".into()),
+            (true, "/c") => Ok(res(404, &[], "gone")),
+            (true, "/t") => Ok(res(200, &[], "t2")),
+            (true, _) => Ok(res(503, &[], "down")),
+        })
+    });
+    let svc: Svc = BoxCloneService::new(HttpCacheLayer::builder("t").build().unwrap().layer(svc));
+    let paths = ["/a", "/b", "/c", "/d", "/e", "/t", "/u"];
+    for p in paths {
+        send(&svc, get(p).body(()).unwrap()).await;
+    }
+    failing.store(true, Ordering::SeqCst);
+    let ask = |p: &str| svc.clone().oneshot(get(p).body(()).unwrap());
+    let head = |r: &Answer| (r.status().as_u16(), x(r.headers()).to_owned());
+    let stale = (200, "STALE".to_owned());
+
+    advance(Duration::from_secs(5)).await; // 4 s stale
+    let r = ask("/a").await.unwrap();
+    assert_eq!(
+        head(&r),
+        stale,
+        "a revalidation's 503 within stale-if-error"
+    );
+    let r = ask("/b").await.unwrap();
+    assert_eq!(
+        head(&r),
+        stale,
+        "a revalidation's error within stale-if-error"
+    );
+    let r = ask("/c").await.unwrap();
+    assert_eq!(
+        head(&r),
+        (404, "MISS".to_owned()),
+        "not a server error: passed on"
+    );
+
+    advance(Duration::from_secs(1)).await; // 5 s stale
+    let r = ask("/t").await.unwrap();
+    assert_eq!(
+        (head(&r), body_of(r).await),
+        ((200, "MISS".to_owned()), "t2".to_owned()),
+        "stale-while-revalidate=5 is over"
+    );
+
+    advance(Duration::from_secs(5)).await; // 10 s stale
+    let r = ask("/d").await.unwrap();
+    assert_eq!(
+        head(&r),
+        (503, "MISS".to_owned()),
+        "stale-if-error=10 is over"
+    );
+    let err = ask("/e").await.unwrap_err();
+    assert_eq!(err.to_string(), "origin down", "stale-if-error=10 is over");
+    let no_cache = get("/u")
+        .header("cache-control", "no-cache")
+        .body(())
+        .unwrap();
+    let r = svc.clone().oneshot(no_cache).await.unwrap();
+    assert_eq!(
+        head(&r),
+        (503, "MISS".to_owned()),
+        "no validator: stale-if-error=10 is over too"
+    );
+}
