@@ -749,6 +749,15 @@ async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
     );
 
     store.down.store(true, Ordering::SeqCst);
+    // The detail, for the logs, says what the store said.
+    let err = Registry::new(store.clone())
+        .get(&TenantId::new("new-co").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant registry unavailable: tenant registry: connection refused"
+    );
     assert_eq!(
         send(&svc, req("acme")).await.0,
         StatusCode::OK,
