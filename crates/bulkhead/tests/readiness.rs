@@ -326,3 +326,20 @@ async fn the_layer_wraps_any_service() {
     assert_ready_ok!(a.poll_ready());
     assert_pending!(b.poll_ready(), "one pool for both");
 }
+
+/// Calling without `poll_ready` breaks the contract; when the pool is full the call is
+/// rejected at once, even with a deadline to wait by (waiting is `poll_ready`'s job).
+#[tokio::test(start_paused = true)]
+async fn backpressure_rejects_a_call_made_without_a_reservation() {
+    let layer = backpressure(1)
+        .max_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (mut s1, mut handle) = mock::spawn_layer::<&str, (), _>(layer);
+    let mut s2 = s1.clone();
+    assert_ready_ok!(s1.poll_ready());
+    let mut response = task::spawn(s2.call("unpolled"));
+    let err = assert_ready_err!(response.poll());
+    assert_eq!(kind(&err), RejectionKind::BulkheadFull);
+    assert_pending!(handle.poll_request());
+}
