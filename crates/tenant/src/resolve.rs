@@ -870,7 +870,10 @@ mod tests {
         assert_eq!(subdomain("evilshop.example", "shop.example"), None);
         // A port is digits; anything else after a colon is no port, and no host of ours.
         assert_eq!(subdomain("acme.shop.example:x", "shop.example"), None);
-        assert_eq!(subdomain("acme.shop.example:", "shop.example"), Some("acme"));
+        assert_eq!(
+            subdomain("acme.shop.example:", "shop.example"),
+            Some("acme")
+        );
         // An empty label is no label.
         assert_eq!(subdomain(".shop.example", "shop.example"), None);
         assert_eq!(subdomain("x.shop.example", "shop.example"), Some("x"));
