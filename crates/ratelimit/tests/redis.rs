@@ -107,6 +107,11 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured_and_is_reported
         .connect(&url)
         .unwrap();
     assert_eq!(open.health(), Health::Ready);
+    let shown = format!("{open:?}");
+    assert!(
+        shown.contains("\"open\"") && shown.contains("FailOpen"),
+        "{shown}"
+    );
 
     // Fail open: every request passes (the limit of 1 would have refused the second).
     for _ in 0..3 {
@@ -225,4 +230,33 @@ fn the_redis_limiter_admits_no_more_than_a_valid_rate_allows_and_refuses_invalid
         "{} valid rates",
         valid.get()
     );
+}
+
+/// Not even a Redis to ask: an invalid rate for the request is refused first (500), where it
+/// used to reach Redis and, Redis being unreachable, fail open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_rate_for_a_request_is_refused_before_redis_is_asked() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let limiter = std::sync::Arc::new(
+        RedisLimiter::builder("plans", ExtensionKey::<TenantId>::new())
+            .rate_for(|_: &Request<()>| Some(Rate::new(3, Duration::ZERO)))
+            .on_unavailable(Unavailable::FailOpen)
+            .connect(&format!("redis://127.0.0.1:{port}"))
+            .unwrap(),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(ErrorResponseLayer::new())
+        .layer(RateLimitLayer::from_shared(limiter.clone()))
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(tenant_req("acme")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(limiter.failures(), 0, "Redis was never asked");
+    assert_eq!(limiter.health(), Health::Ready);
 }
