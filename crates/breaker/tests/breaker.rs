@@ -816,6 +816,20 @@ async fn keyed_breakers_stay_within_their_bound() {
 }
 
 #[test]
+fn states_print_as_their_metric_labels() {
+    for state in [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+    ] {
+        assert_eq!(state.to_string(), state.as_str());
+    }
+    assert_eq!(State::HalfOpen.to_string(), "half_open");
+}
+
+#[test]
 fn bad_configuration_is_a_typed_error() {
     let err = CircuitBreakerLayer::builder("bad")
         .failure_rate(2.0)
