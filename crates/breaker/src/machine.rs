@@ -769,5 +769,10 @@ mod tests {
         );
         assert_eq!(m.word(), reopened);
         assert!(m.transition(reopened, State::HalfOpen, 0, Reason::OpenElapsed, 40));
+        assert_eq!(
+            format!("{m:?}"),
+            "Machine { name: \"phases\", word: Word { state: HalfOpen, generation: 4, \
+             stage: 0, issued: 0, successes: 0, failures: 0 }, .. }"
+        );
     }
 }
