@@ -219,10 +219,10 @@ pub async fn listen(
     let count = notifications.clone();
     let task = tokio::spawn(async move {
         let mut listening = Some(first);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             if let Some((client, mut connection, early)) = listening.take() {
-                backoff = Duration::from_millis(100);
+                backoff = FIRST_BACKOFF;
                 for payload in early {
                     apply(&registry, &payload);
                     count.fetch_add(1, Ordering::SeqCst);
@@ -244,7 +244,7 @@ pub async fn listen(
                 registry.invalidate_all();
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = next_backoff(backoff);
             if let Ok(again) = connect_listening(&config).await {
                 // Changes made while no one listened were not announced.
                 registry.invalidate_all();
@@ -256,6 +256,14 @@ pub async fn listen(
         task,
         notifications,
     })
+}
+
+/// The wait before the first reconnection of the listener.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The wait after `backoff` when reconnecting failed again: doubled, at most 30 s.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(Duration::from_secs(30))
 }
 
 /// A listening connection, and the notifications read while its `LISTEN` completed.
@@ -654,6 +662,21 @@ mod tests {
 
     fn id(s: &str) -> TenantId {
         TenantId::new(s).unwrap()
+    }
+
+    #[test]
+    fn reconnection_backs_off_doubling_to_thirty_seconds() {
+        let mut waits = vec![FIRST_BACKOFF];
+        while waits.len() < 11 {
+            waits.push(next_backoff(*waits.last().unwrap()));
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(
+            ms,
+            [
+                100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000
+            ]
+        );
     }
 
     #[test]
