@@ -749,5 +749,7 @@ mod tests {
         assert_eq!(pools.len(), 1);
         assert!(!pools.is_empty());
         assert!(format!("{pools:?}").contains("pool_size: 3"));
+        let store = PostgresTenants::new(pool);
+        assert!(format!("{store:?}").starts_with("PostgresTenants"));
     }
 }
