@@ -118,6 +118,38 @@ where
     pub fn handle(&self, key: &Key) -> Result<BulkheadHandle, KeyError> {
         self.partitions.pool(key).map(BulkheadHandle::new)
     }
+
+    /// How many partitions exist now: the fixed ones and the pools made on demand, which
+    /// never number more than the `max_keys` of [`PartitionBuilder::keys`].
+    pub fn len(&self) -> u64 {
+        let dynamic = self
+            .partitions
+            .dynamic
+            .as_ref()
+            .map_or(0, |(map, _)| map.len());
+        self.partitions.fixed.len() as u64 + dynamic
+    }
+
+    /// Whether there are no partitions at all (no fixed ones, none made yet).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every partition with a handle on its pool: the fixed ones, then those made on demand
+    /// (at most `max_keys`), for dashboards and health endpoints. Not for hot paths: it
+    /// collects.
+    pub fn partitions(&self) -> Vec<(Key, BulkheadHandle)> {
+        let fixed = self
+            .partitions
+            .fixed
+            .iter()
+            .map(|(key, pool)| (key.clone(), BulkheadHandle::new(pool.clone())));
+        let dynamic = self.partitions.dynamic.iter().flat_map(|(map, _)| {
+            map.entries()
+                .map(|(key, pool)| ((*key).clone(), BulkheadHandle::new(pool)))
+        });
+        fixed.chain(dynamic).collect()
+    }
 }
 
 impl<S, K: Clone, Key, H: Clone> Layer<S> for PartitionedBulkheadLayer<K, Key, H> {

@@ -1,0 +1,55 @@
+//! Partitions made on demand stay within `max_keys`, whatever number of keys clients send.
+
+use std::time::Duration;
+
+use http::{HeaderName, Request};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_patterns_bulkhead::PartitionedBulkheadLayer;
+use tower_patterns_core::{
+    BoxError,
+    key::{AsciiKey, HeaderKey},
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_thousand_distinct_keys_stay_within_the_bound() {
+    let pools = PartitionedBulkheadLayer::builder::<AsciiKey>("tenants")
+        .partition(AsciiKey::from_static("fixed"), 4)
+        .default_size(2)
+        .keys(1_000, Duration::from_secs(600))
+        .build(HeaderKey::new(HeaderName::from_static("x-tenant")))
+        .unwrap();
+    assert_eq!(pools.len(), 1, "the fixed partition");
+    let svc = pools.layer(service_fn(|_: Request<()>| async { Ok::<_, BoxError>(()) }));
+    for tenant in 0..100_000u32 {
+        let req = Request::builder()
+            .header("x-tenant", format!("t{tenant}"))
+            .body(())
+            .unwrap();
+        svc.clone().oneshot(req).await.unwrap();
+        // Through the handle too, as a dashboard would read one pool.
+        if tenant % 5_000 == 4_999 {
+            let held = pools.len();
+            assert!(held <= 1_001, "{held} partitions after {tenant} keys");
+            let listed = pools.partitions().len();
+            assert!(
+                listed <= 1_001,
+                "{listed} partitions listed after {tenant} keys"
+            );
+            pools
+                .handle(&AsciiKey::try_from(format!("t{tenant}").as_str()).unwrap())
+                .unwrap();
+        }
+    }
+    let held = pools.len();
+    assert!(
+        (900..=1_001).contains(&held),
+        "{held} partitions: bounded, and the pools are kept"
+    );
+    assert!(!pools.is_empty());
+    let listed = pools.partitions();
+    assert!(listed.len() <= 1_001, "{} listed", listed.len());
+    assert!(
+        listed.iter().any(|(key, _)| key.as_str() == "fixed"),
+        "the fixed partition is listed"
+    );
+}
