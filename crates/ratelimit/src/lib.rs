@@ -5,7 +5,7 @@
 //!   **a rate per key** (per tenant plan), bounded memory and idle keys dropped.
 //! - [`QuotaLimiter`]: allowances over long periods (per UTC day or month) that reset at a
 //!   known time.
-//! - [`redis::RedisLimiter`] (feature `redis`): GCRA in one atomic Lua script on Redis, so many
+//! - `redis::RedisLimiter` (feature `redis`): GCRA in one atomic Lua script on Redis, so many
 //!   instances share one budget, with a chosen behaviour when Redis is unreachable.
 //! - [`RateLimitLayer`] applies any of them to an HTTP service: refusals are 429 with
 //!   `Retry-After`; every response carries `RateLimit-Limit`, `RateLimit-Remaining` and

@@ -17,9 +17,9 @@
 //!   missing or invalid credentials, 403 conflict, 403 for unknown and suspended tenants alike
 //!   (one answer, so callers cannot probe which ids exist), 503 registry down.
 //! - The `Tenant` extractor for axum (feature `axum`).
-//! - Data isolation: [`postgres`] (database per tenant under the tenant's own login role,
+//! - Data isolation: `postgres` (database per tenant under the tenant's own login role,
 //!   schema per tenant under the tenant's own role, or forced row-level security; feature
-//!   `postgres`) and [`sqlite`] (a table API that cannot be called without the tenant filter;
+//!   `postgres`) and `sqlite` (a table API that cannot be called without the tenant filter;
 //!   feature `sqlite`).
 //!
 //! Per-tenant rate limits key on the tenant (`ExtensionKey::<TenantId>`) and choose their
