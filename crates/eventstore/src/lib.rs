@@ -3,7 +3,7 @@
 //!
 //! - [`EventStore`]: streams with optimistic concurrency ([`ExpectedVersion`]), idempotent
 //!   appends by event id, stream reads both ways, one global log in order, and [`subscribe`]
-//!   (catch up, then live). Stores: [`sqlite::SqliteStore`] (the embedded default),
+//!   (catch up, then live). Stores: `sqlite::SqliteStore` (the embedded default),
 //!   `postgres::PostgresStore` (feature `postgres`; gap-safe global reads) and
 //!   [`InMemoryStore`].
 //! - The envelope: [`EventData`] and [`RecordedEvent`], with a time-ordered id (UUID v7), a
