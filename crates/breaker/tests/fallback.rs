@@ -1,4 +1,4 @@
-//! The fallback layer, and the seed's worked design Q3: a payment gateway client with a
+//! The fallback layer, and the payment client with fallback: a payment gateway client with a
 //! circuit breaker that queues payments while the circuit is open.
 
 use std::{

@@ -1,4 +1,4 @@
-//! Separate pools per key: the seed's "service A 40, B 30, C 30".
+//! Separate pools per key: "service A 40, B 30, C 30".
 
 use std::{
     collections::HashMap,

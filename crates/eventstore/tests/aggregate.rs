@@ -1,4 +1,4 @@
-//! Aggregates on every store: the seed's bank account, snapshots, time travel, upcasting, bad
+//! Aggregates on every store: the bank account, snapshots, time travel, upcasting, bad
 //! data, commands as a tower `Service` under contention, and a property: snapshot and
 //! no-snapshot loads agree.
 
@@ -59,7 +59,7 @@ async fn bank_account<S: EventStore>(store: Arc<S>, clock: Arc<AtomicU64>) {
     let now = repo.load("1").await.unwrap();
     assert_eq!((now.state.balance, now.version), (70, 3));
 
-    // Time travel: by version, and by date (the seed's get_balance_on_date).
+    // Time travel: by version, and by date (the balance on a date).
     assert_eq!(
         repo.state_at_version("1", 2).await.unwrap().state.balance,
         100

@@ -1,4 +1,4 @@
-//! The seed's three isolation levels against a real PostgreSQL (provided by `scripts/test`):
+//! The three isolation levels against a real PostgreSQL (provided by `scripts/test`):
 //! tenant A can neither read nor write tenant B's rows, including through a connection
 //! reused across tenants.
 #![cfg(feature = "postgres")]

@@ -1,4 +1,4 @@
-//! What the event store tests share: the seed's bank account, a fresh PostgreSQL database per
+//! What the event store tests share: the bank account, a fresh PostgreSQL database per
 //! test, and the conformance suite every store must pass.
 #![allow(dead_code, unreachable_pub)]
 
@@ -13,7 +13,7 @@ use tower_patterns_eventstore::{
 };
 
 // ---------------------------------------------------------------------------------------------
-// The bank account (seed pattern 2)
+// The bank account
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccountEvent {
