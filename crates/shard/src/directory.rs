@@ -68,6 +68,26 @@ pub struct SlotMove {
     pub to: usize,
 }
 
+impl SlotMove {
+    /// The slot as an index and both shards as the table stores them, or why the move is
+    /// impossible: a slot past the last (16,383) or a shard past the most a directory has
+    /// (16,384), which would index out of the table or be cut short.
+    fn checked(&self) -> Result<(usize, u16, u16), ConfigError> {
+        let slot = usize::from(self.slot);
+        if slot >= SLOTS || self.from >= SLOTS || self.to >= SLOTS {
+            return Err(ConfigError::new(
+                "migration",
+                format!(
+                    "slot {} from shard {} to {} is out of range (slots and shards below {SLOTS})",
+                    self.slot, self.from, self.to
+                ),
+            ));
+        }
+        // Both shards are below SLOTS (16,384), so they fit a u16.
+        Ok((slot, self.from as u16, self.to as u16))
+    }
+}
+
 /// The slot directory; see the [module docs](self).
 #[derive(Debug)]
 pub struct Directory {
@@ -179,12 +199,10 @@ impl Directory {
     pub fn begin(&self, moves: &[SlotMove]) -> Result<(), ConfigError> {
         self.update(|shards, slots| {
             for m in moves {
-                match slots[m.slot as usize] {
-                    Slot::Stable(o) if o as usize == m.from => {
-                        slots[m.slot as usize] = Slot::Migrating {
-                            from: m.from as u16,
-                            to: m.to as u16,
-                        };
+                let (slot, from, to) = m.checked()?;
+                match slots[slot] {
+                    Slot::Stable(o) if o == from => {
+                        slots[slot] = Slot::Migrating { from, to };
                     }
                     _ => {
                         return Err(ConfigError::new(
@@ -206,17 +224,14 @@ impl Directory {
     pub fn complete(&self, moves: &[SlotMove]) -> Result<(), ConfigError> {
         self.update(|shards, slots| {
             for m in moves {
-                let expected = Slot::Migrating {
-                    from: m.from as u16,
-                    to: m.to as u16,
-                };
-                if slots[m.slot as usize] != expected {
+                let (slot, from, to) = m.checked()?;
+                if slots[slot] != (Slot::Migrating { from, to }) {
                     return Err(ConfigError::new(
                         "migration",
                         format!("slot {} is not migrating {} → {}", m.slot, m.from, m.to),
                     ));
                 }
-                slots[m.slot as usize] = Slot::Stable(m.to as u16);
+                slots[slot] = Slot::Stable(to);
             }
             Ok(shards)
         })

@@ -128,6 +128,55 @@ fn the_directory_moves_exactly_the_planned_slots() {
 }
 
 #[test]
+fn moves_out_of_range_are_refused_not_a_panic() {
+    let dir = Directory::new(4).unwrap();
+    let bad = [
+        SlotMove {
+            slot: 16_384,
+            from: 0,
+            to: 1,
+        },
+        SlotMove {
+            slot: u16::MAX,
+            from: 3,
+            to: 1,
+        },
+        // 65,536 + 1 would be cut to shard 1 as a u16.
+        SlotMove {
+            slot: 0,
+            from: 0,
+            to: 65_537,
+        },
+        SlotMove {
+            slot: 0,
+            from: 0,
+            to: 16_384,
+        },
+        SlotMove {
+            slot: 0,
+            from: usize::MAX,
+            to: 1,
+        },
+    ];
+    for m in bad {
+        let err = dir.begin(&[m]).expect_err("refused");
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(dir.complete(&[m]).is_err());
+    }
+    assert_eq!(dir.version(), 0, "nothing was published");
+    assert_eq!(dir.shards(), 4);
+    // The largest valid move still works.
+    let last = SlotMove {
+        slot: 16_383,
+        from: 3,
+        to: 16_383,
+    };
+    dir.begin(&[last]).unwrap();
+    dir.complete(&[last]).unwrap();
+    assert_eq!(dir.owners()[16_383], 16_383);
+}
+
+#[test]
 fn a_resize_fills_each_shard_below_its_share_and_no_other() {
     // 2 → 4 shards: each new shard takes half of each old shard's surplus.
     let dir = Directory::new(2).unwrap();
