@@ -147,14 +147,15 @@ impl Aggregate for Account {
     }
 }
 
-/// `YYYY-MM-DD` (the end of that day, UTC) or Unix seconds.
+/// `YYYY-MM-DD` (the end of that day, UTC; years 1970 to 9999) or Unix seconds; `None` for
+/// anything else, including instants the system clock cannot represent.
 fn parse_when(s: &str) -> Option<SystemTime> {
     if let Ok(secs) = s.parse::<u64>() {
-        return Some(UNIX_EPOCH + Duration::from_secs(secs));
+        return UNIX_EPOCH.checked_add(Duration::from_secs(secs));
     }
     let mut parts = s.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm).
@@ -166,7 +167,7 @@ fn parse_when(s: &str) -> Option<SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let end_of_day = u64::try_from(days * 86_400 + 86_399).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(end_of_day))
+    UNIX_EPOCH.checked_add(Duration::from_secs(end_of_day))
 }
 
 const USAGE: &str = "usage: bank [--db FILE] open ID OWNER | deposit ID AMOUNT | \

@@ -169,6 +169,11 @@ fn usage_touches_no_file() {
         &["deposit", "a"],
         &["deposit", "a", "lots"],
         &["balance", "a", "--at", "someday"],
+        // Instants past what the clock holds, and years whose arithmetic would overflow.
+        &["balance", "a", "--at", "18446744073709551615"],
+        &["balance", "a", "--at", "9223372036854775807-01-01"],
+        &["balance", "a", "--at", "-9223372036854775808-01-01"],
+        &["balance", "a", "--at", "10000-01-01"],
         &["--db"],
         &["--db", "x.db", "frobnicate"],
     ] {
