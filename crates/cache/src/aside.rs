@@ -557,13 +557,12 @@ impl<V> Future for CacheFuture<V> {
 }
 
 /// Starts a load of `key` through a clone of `inner` (made ready inside the load), storing its
-/// value when no invalidation intervened, and clearing the flight when done.
+/// value when no invalidation intervened (its flight entry leaves with it: see `Flights`).
 fn start_load<S, Req, K, V, St>(
     shared: Arc<Shared<K, V, St>>,
     inner: S,
     key: ScopedKey<K>,
     req: Req,
-    id: u64,
 ) -> BoxFuture<'static, Result<V, LoadError>>
 where
     S: Service<Req, Response = V> + Send + 'static,
@@ -582,11 +581,11 @@ where
             Some(v) => Ok(v),
             None => inner.oneshot(req).await.map_err(Into::into),
         };
-        let res = match res {
+        match res {
             Ok(v) => {
                 let now = Instant::now();
                 if let Some(entry) = shared.entry_for(key.key(), &v, now, now - t0) {
-                    shared.store_if_current(key.clone(), entry, started).await;
+                    shared.store_if_current(key, entry, started).await;
                 }
                 Ok(v)
             }
@@ -594,9 +593,7 @@ where
                 shared.counters.add(Count::LoadError);
                 Err(LoadError(Arc::new(e)))
             }
-        };
-        shared.flights.finish(&key, id);
-        res
+        }
     }
     .boxed()
 }
@@ -620,8 +617,8 @@ fn refresh<S, Req, K, V, St>(
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let (load, started) = shared.flights.join_or_start(key, |id| {
-        start_load(shared.clone(), inner.clone(), key.clone(), req, id)
+    let (load, started) = shared.flights.join_or_start(key, || {
+        start_load(shared.clone(), inner.clone(), key.clone(), req)
     });
     if started {
         shared.counters.add(Count::Refresh);
@@ -725,8 +722,8 @@ where
                             Err(e) => shared.store_failed(&e),
                         }
                     }
-                    let (load, started) = shared.flights.join_or_start(&key, |id| {
-                        start_load(shared.clone(), inner, key.clone(), req, id)
+                    let (load, started) = shared.flights.join_or_start(&key, || {
+                        start_load(shared.clone(), inner, key.clone(), req)
                     });
                     shared.counters.add(if started {
                         Count::Miss

@@ -69,7 +69,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, future::BoxFuture};
+use futures_util::{FutureExt as _, TryFutureExt as _, future::BoxFuture};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
     header::{self, AUTHORIZATION},
@@ -279,6 +279,12 @@ impl HttpCacheLayer {
             revalidated: c.get(Count::Refresh),
             bypassed: c.get(Count::Bypass),
         }
+    }
+
+    /// Origin requests in flight now: one per URL whose misses share it. A request leaves
+    /// this count when it completes, or when every request waiting for it is dropped first.
+    pub fn loads_in_flight(&self) -> usize {
+        self.shared.flights.in_flight()
     }
 
     /// Drops every stored variant of `host` + `path_and_query` in `tenant`'s scope.
@@ -741,7 +747,6 @@ fn fetch<S, B, ResB>(
     shared: Arc<HttpShared>,
     inner: S,
     key: ScopedKey<String>,
-    id: u64,
     (req, to_leader): (Request<B>, ToLeader<ResB>),
     serve_stale: bool,
 ) -> BoxFuture<'static, Result<Fetched, LoadError>>
@@ -756,21 +761,16 @@ where
     async move {
         let req_headers = req.headers().clone();
         let sent_at = Instant::now();
-        let fetched = async {
-            let res = inner.oneshot(req).await.map_err(Into::into)?;
-            if serve_stale && res.status().is_server_error() {
-                return Ok(Fetched::ServerError);
-            }
-            let (res, entry) = store_response(&shared, &key, &req_headers, res, sent_at).await?;
-            // The starting request may be gone: then its answer is dropped here.
-            let _ = to_leader.send(res);
-            Ok(entry.map_or(Fetched::NotStored, Fetched::Stored))
+        let res = inner.oneshot(req).await.map_err(Into::into)?;
+        if serve_stale && res.status().is_server_error() {
+            return Ok(Fetched::ServerError);
         }
-        .await
-        .map_err(|e: BoxError| LoadError(Arc::new(e)));
-        shared.flights.finish(&key, id);
-        fetched
+        let (res, entry) = store_response(&shared, &key, &req_headers, res, sent_at).await?;
+        // The starting request may be gone: then its answer is dropped here.
+        let _ = to_leader.send(res);
+        Ok::<_, BoxError>(entry.map_or(Fetched::NotStored, Fetched::Stored))
     }
+    .map_err(|e| LoadError(Arc::new(e)))
     .boxed()
 }
 
@@ -985,7 +985,7 @@ where
             let serve_stale = fallback.is_some();
             let (load, joined) = shared.flights.join_or_start_with(&key, (req, to_leader), {
                 let (shared, inner, key) = (shared.clone(), inner.clone(), key.clone());
-                move |id, input| fetch(shared, inner, key, id, input, serve_stale)
+                move |input| fetch(shared, inner, key, input, serve_stale)
             });
             shared.counters.add(if joined.is_some() {
                 Count::Coalesced

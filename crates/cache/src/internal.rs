@@ -164,27 +164,50 @@ type FlightMap<K, V> = HashMap<ScopedKey<K>, (u64, WeakLoad<V>)>;
 /// polls it. When the caller that started it is dropped, the others keep polling the same
 /// shared future, so the load completes and no one fails because of the drop. When every
 /// caller is gone, the load is dropped with them and the next caller starts a new one.
+///
+/// A load owns a [`FlightGuard`] that takes its entry out of the map when the load is dropped:
+/// when it completes (the shared future drops its inner future then) or when its last caller
+/// goes away first. Keys come from requests, so an entry left behind by an abandoned load
+/// would make the map grow without bound.
 pub(crate) struct Flights<K, V> {
-    map: Mutex<FlightMap<K, V>>,
+    map: Arc<Mutex<FlightMap<K, V>>>,
     next: AtomicU64,
 }
 
-impl<K: Clone + Eq + Hash, V: Clone> Flights<K, V> {
+/// Removes load `id`'s entry for `key` when the load is dropped, unless a newer load for the
+/// key has replaced it (after [`Flights::forget`], or after this load's last caller left).
+struct FlightGuard<K: Eq + Hash, V> {
+    map: Arc<Mutex<FlightMap<K, V>>>,
+    key: ScopedKey<K>,
+    id: u64,
+}
+
+impl<K: Eq + Hash, V> Drop for FlightGuard<K, V> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Send + 'static, V: Clone + Send + Sync + 'static> Flights<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
             next: AtomicU64::new(1),
         }
     }
 
-    /// Joins the load in flight for `key`, or starts one with `start(id)`. Returns the load and
-    /// whether this caller started it.
+    /// Joins the load in flight for `key`, or starts one with `start()`. Returns the load and
+    /// whether this caller started it. The load's entry leaves the map when the load completes
+    /// or when its last caller drops it, whichever comes first.
     pub(crate) fn join_or_start(
         &self,
         key: &ScopedKey<K>,
-        start: impl FnOnce(u64) -> BoxFuture<'static, Result<V, LoadError>>,
+        start: impl FnOnce() -> BoxFuture<'static, Result<V, LoadError>>,
     ) -> (Load<V>, bool) {
-        let (load, unused) = self.join_or_start_with(key, (), |id, ()| start(id));
+        let (load, unused) = self.join_or_start_with(key, (), |()| start());
         (load, unused.is_none())
     }
 
@@ -195,26 +218,29 @@ impl<K: Clone + Eq + Hash, V: Clone> Flights<K, V> {
         &self,
         key: &ScopedKey<K>,
         input: T,
-        start: impl FnOnce(u64, T) -> BoxFuture<'static, Result<V, LoadError>>,
+        start: impl FnOnce(T) -> BoxFuture<'static, Result<V, LoadError>>,
     ) -> (Load<V>, Option<T>) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(load) = map.get(key).and_then(|(_, weak)| weak.upgrade()) {
             return (load, Some(input));
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let load = start(id, input).shared();
+        let guard = FlightGuard {
+            map: self.map.clone(),
+            key: key.clone(),
+            id,
+        };
+        let inner = start(input);
+        let load = async move {
+            let _guard = guard;
+            inner.await
+        }
+        .boxed()
+        .shared();
         if let Some(weak) = load.downgrade() {
             map.insert(key.clone(), (id, weak));
         }
         (load, None)
-    }
-
-    /// The load `id` for `key` is done: later callers start afresh.
-    pub(crate) fn finish(&self, key: &ScopedKey<K>, id: u64) {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(key).is_some_and(|(i, _)| *i == id) {
-            map.remove(key);
-        }
     }
 
     /// Detaches the load in flight for `key` (after a write): later callers start a new load
@@ -319,6 +345,47 @@ mod tests {
         e.mark_all();
         assert!(!e.may_store(&other, started));
         assert!(e.may_store(&other, e.now()));
+    }
+
+    #[test]
+    fn a_load_takes_its_own_flight_entry_and_no_newer_one_when_dropped() {
+        let flights = Flights::<u64, u64>::new();
+        let k = ScopedKey::new(None, 1u64);
+        let pending = || futures_util::future::pending().boxed();
+        // Dropped before anyone polled it or joined it.
+        let (lone, started) = flights.join_or_start(&k, pending);
+        assert!(started);
+        assert_eq!(flights.in_flight(), 1);
+        drop(lone);
+        assert_eq!(flights.in_flight(), 0);
+        // Held by two callers: the entry stays until the last one goes.
+        let (old, _) = flights.join_or_start(&k, pending);
+        let (joined, started) = flights.join_or_start(&k, pending);
+        assert!(!started);
+        drop(old);
+        assert_eq!(flights.in_flight(), 1);
+        // Forgotten (after a write) and replaced: dropping the old load keeps the new entry.
+        flights.forget(&k);
+        let (new, started) = flights.join_or_start(&k, pending);
+        assert!(started);
+        drop(joined);
+        assert_eq!(flights.in_flight(), 1);
+        let (_, started) = flights.join_or_start(&k, pending);
+        assert!(!started, "the new load is still joined");
+        drop(new);
+        assert_eq!(flights.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_completed_load_leaves_the_map_while_its_callers_hold_it() {
+        let flights = Flights::<u64, u64>::new();
+        let k = ScopedKey::new(None, 1u64);
+        let (load, _) = flights.join_or_start(&k, || async { Ok(7) }.boxed());
+        let held = load.clone();
+        assert!(matches!(load.now_or_never(), Some(Ok(7))));
+        assert_eq!(flights.in_flight(), 0, "done: later callers start afresh");
+        assert!(flights.join_or_start(&k, || async { Ok(8) }.boxed()).1);
+        drop(held);
     }
 
     #[test]

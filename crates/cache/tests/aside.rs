@@ -177,9 +177,66 @@ async fn dropping_the_leader_fails_no_one() {
     }
     assert_eq!(source.reads(), 1, "the load carried on; no second call");
     assert_eq!(layer.handle().stats().coalesced, 10);
+    assert_eq!(
+        layer.handle().loads_in_flight(),
+        0,
+        "a completed load leaves the map"
+    );
     // And it was stored.
     assert_eq!(svc.oneshot(1).await.unwrap(), "one");
     assert_eq!(source.reads(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn loads_abandoned_by_every_caller_leave_no_flight_behind() {
+    // A source that never answers: only the callers' going away ends its loads.
+    let reads = Arc::new(AtomicUsize::new(0));
+    let r = reads.clone();
+    let source = service_fn(move |_k: u64| {
+        r.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<String, Infallible>>()
+    });
+    let layer = layer(|b| b);
+    let svc = layer.layer(source);
+    // 100 keys, each with a leader and two waiters.
+    let tasks: Vec<_> = (0..300u64)
+        .map(|i| tokio::spawn(svc.clone().oneshot(i % 100)))
+        .collect();
+    for _ in 0..1_000 {
+        let s = layer.handle().stats();
+        if s.misses + s.coalesced == 300 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let s = layer.handle().stats();
+    assert_eq!((s.misses, s.coalesced), (100, 200), "one load per key");
+    assert_eq!(layer.handle().loads_in_flight(), 100);
+    // Every caller gives up, as on a timeout above the cache.
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        assert!(t.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(
+        layer.handle().loads_in_flight(),
+        0,
+        "no entry outlives the callers that could use it"
+    );
+    assert_eq!(reads.load(Ordering::SeqCst), 100);
+    // A load abandoned before anyone joined it leaves nothing either.
+    let lone = tokio::spawn(svc.clone().oneshot(7));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        reads.load(Ordering::SeqCst),
+        101,
+        "a new load, not a dead one joined"
+    );
+    assert_eq!(layer.handle().loads_in_flight(), 1);
+    lone.abort();
+    assert!(lone.await.unwrap_err().is_cancelled());
+    assert_eq!(layer.handle().loads_in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -427,6 +427,11 @@ async fn a_dropped_leader_hands_its_origin_request_to_the_waiters() {
     );
     let stats = layer.stats();
     assert_eq!((stats.misses, stats.coalesced), (1, 1_000));
+    assert_eq!(
+        layer.loads_in_flight(),
+        0,
+        "a completed flight leaves the map"
+    );
     // Stored: the next request is a hit.
     let res = svc.oneshot(get("/l").body(()).unwrap()).await.unwrap();
     assert_eq!(x(res.headers()), "HIT");
@@ -729,4 +734,57 @@ async fn stale_windows_end_where_their_directives_say() {
         (503, "MISS".to_owned()),
         "no validator: stale-if-error=10 is over too"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn origin_requests_abandoned_by_every_caller_leave_no_flight_behind() {
+    // An origin that never answers: only the callers' going away ends its requests.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let origin = service_fn(move |_: Request<()>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    });
+    let layer = HttpCacheLayer::builder("t").build().unwrap();
+    let svc = layer.layer(origin);
+    // 100 URLs (clients choose them), each with a leader and two waiters.
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            tokio::spawn(
+                svc.clone()
+                    .oneshot(get(&format!("/u{}", i % 100)).body(()).unwrap()),
+            )
+        })
+        .collect();
+    for _ in 0..1_000 {
+        let s = layer.stats();
+        if s.misses + s.coalesced == 300 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let s = layer.stats();
+    assert_eq!((s.misses, s.coalesced), (100, 200), "one flight per URL");
+    assert_eq!(layer.loads_in_flight(), 100);
+    // Every caller gives up, as a client that disconnects or a timeout above the cache does.
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        assert!(t.await.unwrap_err().is_cancelled());
+    }
+    assert_eq!(
+        layer.loads_in_flight(),
+        0,
+        "no entry outlives the requests that could use it"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 100);
+    // The next request for a URL starts a new origin request rather than joining a dead one.
+    let next = tokio::spawn(svc.clone().oneshot(get("/u0").body(()).unwrap()));
+    tokio::task::yield_now().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 101);
+    assert_eq!(layer.loads_in_flight(), 1);
+    next.abort();
+    assert!(next.await.unwrap_err().is_cancelled());
+    assert_eq!(layer.loads_in_flight(), 0);
 }
