@@ -5,7 +5,7 @@
 //! | level | provision with | a tenant's query runs... |
 //! |---|---|---|
 //! | database per tenant | [`database_sql`], then [`TenantPools`] | on a pool of the tenant's own database, logged in as the tenant's own role; `CONNECT` is revoked from `PUBLIC`, so no other tenant's role can open it |
-//! | schema per tenant | [`TenantSchema::provision_sql`], then [`begin_in_schema`] | in a transaction under `SET LOCAL ROLE` to the tenant's role, which owns its schema (revoked from `PUBLIC`), with `search_path` that schema only |
+//! | schema per tenant | [`TenantSchema::provision_sql`] (for a `NOINHERIT` login, which it checks), then [`begin_in_schema`] | in a transaction under `SET LOCAL ROLE` to the tenant's role, which owns its schema (revoked from `PUBLIC`), with `search_path` that schema only |
 //! | shared schema | [`rls_sql`], then [`begin_for_tenant`] | in a transaction with `app.tenant_id` set locally, under a forced row-level security policy |
 //!
 //! Settings are always transaction-local (`set_config(..., true)`), so a pooled connection
@@ -471,20 +471,81 @@ impl TenantSchema {
     /// that role for `app_role`, the role the application logs in as, so that
     /// [`begin_in_schema`] may switch to it. Idempotent.
     ///
-    /// Create the tenant's tables through [`begin_in_schema`] (its role then owns them), and
-    /// make `app_role` `NOINHERIT`, so that outside a tenant's transaction it holds no
-    /// tenant's privileges.
+    /// Every tenant role is made a member of the marker group [`TENANT_ROLES`] (`NOLOGIN`,
+    /// created here when missing). A role that already has the tenant's name is reused only
+    /// when it is one of those: a direct member of the group, `NOLOGIN`, neither superuser
+    /// nor `CREATEROLE`, `CREATEDB`, `REPLICATION` or `BYPASSRLS`. Any other role of that
+    /// name (an administrator's, the application's own) makes the DDL raise an exception and
+    /// change nothing, rather than hand that role to the application.
+    ///
+    /// `app_role` must exist, not be superuser, and be `NOINHERIT` (`ALTER ROLE app
+    /// NOINHERIT`): a member of every tenant's role that inherited their privileges would
+    /// read every tenant's schema in any query outside [`begin_in_schema`]. The DDL raises an
+    /// exception otherwise. Create the tenant's tables through [`begin_in_schema`] (its role
+    /// then owns them).
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when `app_role` is not a lower-case SQL identifier.
+    /// A [`ConfigError`] when `app_role` is not a lower-case SQL identifier, or it or the
+    /// tenant's role is the marker group, or they are one role.
     pub fn provision_sql(&self, app_role: &str) -> Result<String, ConfigError> {
         identifier("role", app_role)?;
+        if self.0 == app_role || app_role == TENANT_ROLES {
+            return Err(ConfigError::new(
+                "role",
+                format!(
+                    "{app_role:?} is the tenant's role or the marker group, not an application's"
+                ),
+            ));
+        }
+        if self.0 == TENANT_ROLES {
+            return Err(ConfigError::new(
+                "tenant",
+                format!("{TENANT_ROLES:?} is the marker group, not a tenant's role"),
+            ));
+        }
         let name = self.quoted();
+        let bare = &self.0; // [A-Za-z0-9._-]: safe inside a string literal too
         Ok(format!(
-            "DO $$ BEGIN
-                 CREATE ROLE {name} NOLOGIN NOINHERIT;
-             EXCEPTION WHEN duplicate_object THEN NULL;
+            "DO $$
+             DECLARE
+                 r pg_roles%ROWTYPE;
+             BEGIN
+                 SELECT * INTO r FROM pg_roles WHERE rolname = '{app_role}';
+                 IF NOT FOUND THEN
+                     RAISE EXCEPTION 'application role \"{app_role}\" does not exist';
+                 END IF;
+                 IF r.rolsuper OR r.rolbypassrls THEN
+                     RAISE EXCEPTION 'application role \"{app_role}\" is superuser or BYPASSRLS: it would bypass every tenant''s isolation';
+                 END IF;
+                 IF r.rolinherit THEN
+                     RAISE EXCEPTION 'application role \"{app_role}\" inherits its roles'' privileges: it would read every tenant''s schema'
+                         USING HINT = 'ALTER ROLE \"{app_role}\" NOINHERIT';
+                 END IF;
+                 BEGIN
+                     CREATE ROLE \"{TENANT_ROLES}\" NOLOGIN NOINHERIT;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                 END;
+                 SELECT * INTO r FROM pg_roles WHERE rolname = '{TENANT_ROLES}';
+                 IF r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                     OR r.rolreplication OR r.rolbypassrls THEN
+                     RAISE EXCEPTION 'role \"{TENANT_ROLES}\" exists and is not a NOLOGIN group without attributes';
+                 END IF;
+                 BEGIN
+                     CREATE ROLE {name} NOLOGIN NOINHERIT IN ROLE \"{TENANT_ROLES}\";
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                 END;
+                 SELECT * INTO r FROM pg_roles WHERE rolname = '{bare}';
+                 IF r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                     OR r.rolreplication OR r.rolbypassrls
+                     OR NOT EXISTS (
+                         SELECT FROM pg_auth_members
+                         WHERE member = r.oid
+                           AND roleid = (SELECT oid FROM pg_roles WHERE rolname = '{TENANT_ROLES}'))
+                 THEN
+                     RAISE EXCEPTION 'role \"{bare}\" exists and is not a tenant role: refusing to grant it to \"{app_role}\"'
+                         USING HINT = 'tenant roles are NOLOGIN members of \"{TENANT_ROLES}\" without attributes; rename that role or choose another prefix';
+                 END IF;
              END $$;
              CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name};
              ALTER SCHEMA {name} OWNER TO {name};
@@ -493,6 +554,10 @@ impl TenantSchema {
         ))
     }
 }
+
+/// The marker group of the roles [`TenantSchema::provision_sql`] creates: a role of a
+/// tenant's name is only reused when it is a member (see there).
+pub const TENANT_ROLES: &str = "tower_patterns_tenants";
 
 /// Schema per tenant: begins a transaction that runs as the tenant's role
 /// (`SET LOCAL ROLE`, see [`TenantSchema::provision_sql`]) with `search_path` the tenant's

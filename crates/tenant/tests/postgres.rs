@@ -19,8 +19,8 @@ use tower_patterns_core::{
 use tower_patterns_tenant::{
     Registry, TenantStatus,
     postgres::{
-        PostgresTenants, TenantPools, TenantSchema, begin_for_tenant, begin_in_schema,
-        database_sql, listen, rls_sql,
+        PostgresTenants, TENANT_ROLES, TenantPools, TenantSchema, begin_for_tenant,
+        begin_in_schema, database_sql, listen, rls_sql,
     },
 };
 
@@ -219,7 +219,7 @@ async fn schema_per_tenant_denies_other_schemas_by_any_name_under_the_tenants_ro
     let prefix = unique("s");
     let app_role = format!("{prefix}_app");
     // The application's login: no superuser, and NOINHERIT, so that outside a tenant's
-    // transaction it holds no tenant's privileges.
+    // transaction it holds no tenant's privileges (provisioning refuses any other).
     admin
         .batch_execute(&format!(
             "CREATE ROLE {app_role} LOGIN PASSWORD 'app' NOSUPERUSER NOBYPASSRLS NOINHERIT"
@@ -799,4 +799,181 @@ async fn the_listener_clears_the_cache_on_a_lost_connection_reconnects_and_stops
         "platinum",
         "no listener, no invalidation"
     );
+}
+
+/// The error PostgreSQL raised for `result`: its message and hint.
+fn raised<T>(result: Result<T, tokio_postgres::Error>) -> String {
+    let err = result.err().expect("provisioning was refused");
+    let db = err.as_db_error().expect("a PostgreSQL error");
+    assert_eq!(db.code().code(), "P0001", "{db:?}"); // raise_exception
+    format!("{} ({})", db.message(), db.hint().unwrap_or_default())
+}
+
+/// The roles `role` is a direct member of, and whether `schema` exists.
+async fn granted(admin: &Client, role: &str, schema: &str) -> (Vec<String>, bool) {
+    let roles = admin
+        .query(
+            "SELECT g.rolname::text FROM pg_auth_members m
+             JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+             WHERE u.rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let exists = admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (roles, exists)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_provisioning_refuses_a_role_of_the_tenants_name_that_it_did_not_make() {
+    let Some(url) = server_url(Server::Postgres) else {
+        return;
+    };
+    let admin = connect(&url).await;
+    let prefix = unique("f");
+    let schema = |t: &str| TenantSchema::with_prefix(&prefix, &TenantId::new(t).unwrap()).unwrap();
+    let app_role = format!("{prefix}_app");
+    let other_app = format!("{prefix}_web");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {app_role} LOGIN NOINHERIT;
+             CREATE ROLE {other_app} LOGIN NOINHERIT;
+             CREATE ROLE {prefix}_admin NOLOGIN CREATEROLE;
+             CREATE ROLE {prefix}_boss NOLOGIN;"
+        ))
+        .await
+        .unwrap();
+    // The tenant `app` is the application's own role: refused before any SQL, as are the
+    // marker group as the application or as a tenant.
+    assert!(schema("app").provision_sql(&app_role).is_err());
+    assert!(schema("acme").provision_sql(TENANT_ROLES).is_err());
+    assert!(
+        TenantSchema::with_prefix("tower", &TenantId::new("patterns_tenants").unwrap())
+            .unwrap()
+            .provision_sql(&app_role)
+            .is_err()
+    );
+
+    // A tenant of our own provisioning (which creates the marker group), provisioned again.
+    for _ in 0..2 {
+        admin
+            .batch_execute(&schema("acme").provision_sql(&app_role).unwrap())
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {prefix}_sneaky NOLOGIN CREATEROLE IN ROLE {TENANT_ROLES}"
+        ))
+        .await
+        .unwrap();
+    // Roles of a tenant's name that provisioning did not make: another application's login,
+    // a CREATEROLE role, a plain role outside the marker group, a CREATEROLE role inside it.
+    // Each is refused, and nothing is granted or created.
+    for tenant in ["app", "admin", "boss", "sneaky"] {
+        let s = schema(tenant);
+        let message = raised(
+            admin
+                .batch_execute(&s.provision_sql(&other_app).unwrap())
+                .await,
+        );
+        assert!(
+            message.contains("is not a tenant role"),
+            "{tenant}: {message}"
+        );
+        assert_eq!(granted(&admin, &other_app, s.name()).await, (vec![], false));
+    }
+    let acme = schema("acme").name().to_owned();
+    assert_eq!(
+        granted(&admin, &app_role, &acme).await,
+        (vec![acme.clone()], true)
+    );
+    assert_eq!(granted(&admin, &acme, &acme).await.0, [TENANT_ROLES]);
+
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA \"{acme}\" CASCADE; DROP ROLE \"{acme}\";
+             DROP ROLE {app_role}, {other_app}, {prefix}_admin, {prefix}_boss, {prefix}_sneaky;"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_provisioning_refuses_an_inheriting_or_superuser_login() {
+    let Some(url) = server_url(Server::Postgres) else {
+        return;
+    };
+    let admin = connect(&url).await;
+    let prefix = unique("l");
+    let schema = |t: &str| TenantSchema::with_prefix(&prefix, &TenantId::new(t).unwrap()).unwrap();
+    let inherits = format!("{prefix}_inh");
+    let superuser = format!("{prefix}_su");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {inherits} LOGIN;
+             CREATE ROLE {superuser} LOGIN SUPERUSER NOINHERIT;"
+        ))
+        .await
+        .unwrap();
+    // A login that inherits (PostgreSQL's default) would hold every tenant's privileges
+    // outside a tenant's transaction; a superuser bypasses them all. Nothing is granted.
+    let acme = schema("acme").name().to_owned();
+    let message = raised(
+        admin
+            .batch_execute(&schema("acme").provision_sql(&inherits).unwrap())
+            .await,
+    );
+    assert!(
+        message.contains(&format!("ALTER ROLE \"{inherits}\" NOINHERIT")),
+        "{message}"
+    );
+    assert_eq!(granted(&admin, &inherits, &acme).await, (vec![], false));
+    let message = raised(
+        admin
+            .batch_execute(&schema("acme").provision_sql(&superuser).unwrap())
+            .await,
+    );
+    assert!(message.contains("superuser"), "{message}");
+    assert_eq!(granted(&admin, &superuser, &acme).await, (vec![], false));
+    let missing = format!("{prefix}_nobody");
+    let message = raised(
+        admin
+            .batch_execute(&schema("acme").provision_sql(&missing).unwrap())
+            .await,
+    );
+    assert!(message.contains("does not exist"), "{message}");
+
+    // Once NOINHERIT, the same login is served, and holds nothing of the tenant's outside
+    // its transactions.
+    admin
+        .batch_execute(&format!("ALTER ROLE {inherits} NOINHERIT"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&schema("acme").provision_sql(&inherits).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        granted(&admin, &inherits, &acme).await,
+        (vec![acme.clone()], true)
+    );
+
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA \"{acme}\" CASCADE; DROP ROLE \"{acme}\";
+             DROP ROLE {inherits}, {superuser};"
+        ))
+        .await
+        .unwrap();
 }
