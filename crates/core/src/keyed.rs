@@ -11,10 +11,15 @@
 //!
 //! What to know:
 //! - The bound holds as [`KeyedMap::len`] and [`KeyedMap::entries`] see it. moka applies
-//!   insertions and evictions in batches (its maintenance), so on its own it can hold a few
-//!   dozen entries past its bound until the next batch; the map counts the entries it added
-//!   since it last ran that maintenance and runs it as soon as they could pass the bound. Lookups
-//!   of existing keys do none of this.
+//!   insertions and evictions in batches (its maintenance), so entries past the bound live
+//!   until the next batch. The map counts the entries it added since it last ran that
+//!   maintenance; `len` and `entries` run it first when those could pass the bound.
+//! - In memory, the map holds at most `max_entries` plus a slack of `max(1, max_entries / 64)`
+//!   entries (plus, under concurrency, one per caller inserting at that moment): an insert
+//!   runs the maintenance only once the entries added since the last one could pass the bound
+//!   by more than the slack. A full map thus pays for the maintenance once per slack of new
+//!   keys, not on every new key, and callers do not queue behind it on each one. Lookups of
+//!   existing keys do none of this.
 //! - An evicted key (or a new key that the admission policy did not keep) starts fresh the
 //!   next time it is seen. Where fresh state would be a hole (a rate limit per client-chosen
 //!   key), validate keys first, for example against the tenant registry.
@@ -58,6 +63,11 @@ pub struct KeyedMap<K, V> {
     /// Shared by clones, as the cache is.
     unsynced: Arc<AtomicU64>,
     max_entries: u64,
+    /// How far past the bound inserts may take the map before they run the maintenance.
+    slack: u64,
+    /// How many times the maintenance ran, shared by clones.
+    #[cfg(test)]
+    maintenance_runs: Arc<AtomicU64>,
 }
 
 impl<K, V> Clone for KeyedMap<K, V> {
@@ -66,6 +76,9 @@ impl<K, V> Clone for KeyedMap<K, V> {
             cache: self.cache.clone(),
             unsynced: self.unsynced.clone(),
             max_entries: self.max_entries,
+            slack: self.slack,
+            #[cfg(test)]
+            maintenance_runs: self.maintenance_runs.clone(),
         }
     }
 }
@@ -154,10 +167,21 @@ where
     }
 
     /// One entry was (or may have been) added: once the entries added since the last
-    /// maintenance could take the map past its bound, run the maintenance, which evicts (or
-    /// refuses) what does not fit.
+    /// maintenance could take the map past its bound by more than the slack, run the
+    /// maintenance, which evicts (or refuses) what does not fit.
     fn added(&self) {
         let unsynced = self.unsynced.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.cache.entry_count().saturating_add(unsynced)
+            > self.max_entries.saturating_add(self.slack)
+        {
+            self.sync();
+        }
+    }
+
+    /// Runs the maintenance when the entries added since the last one could take the map
+    /// past its bound, so that what is read next is within it.
+    fn sync_if_past_bound(&self) {
+        let unsynced = self.unsynced.load(Ordering::Acquire);
         if self.cache.entry_count().saturating_add(unsynced) > self.max_entries {
             self.sync();
         }
@@ -173,8 +197,10 @@ where
     }
 
     /// The number of entries, as of the last maintenance (see [`Self::sync`]); never more
-    /// than [`Self::max_entries`].
+    /// than [`Self::max_entries`]: it runs the maintenance first when the entries added since
+    /// could pass the bound.
     pub fn len(&self) -> u64 {
+        self.sync_if_past_bound();
         self.cache.entry_count()
     }
 
@@ -188,11 +214,16 @@ where
         // Every entry counted until now was added before this swap, so the maintenance below
         // applies it; entries added from now on are counted for the next one.
         self.unsynced.swap(0, Ordering::AcqRel);
+        #[cfg(test)]
+        self.maintenance_runs.fetch_add(1, Ordering::Relaxed);
         self.cache.run_pending_tasks();
     }
 
-    /// Every key with its instance, for listing per-key state (dashboards, health endpoints).
+    /// Every key with its instance, for listing per-key state (dashboards, health endpoints);
+    /// never more than [`Self::max_entries`]: it runs the maintenance first when the entries
+    /// added since the last one could pass the bound.
     pub fn entries(&self) -> impl Iterator<Item = (Arc<K>, V)> + '_ {
+        self.sync_if_past_bound();
         self.cache.iter()
     }
 
@@ -287,6 +318,9 @@ where
             cache: builder.build(),
             unsynced: Arc::new(AtomicU64::new(0)),
             max_entries: self.max_entries,
+            slack: (self.max_entries / 64).max(1),
+            #[cfg(test)]
+            maintenance_runs: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -301,7 +335,7 @@ mod tests {
     fn stays_within_its_bound_under_a_flood_of_distinct_keys() {
         let map: KeyedMap<u64, Arc<()>> = KeyedMap::builder().max_entries(1_000).build().unwrap();
         let mut peak = 0;
-        for key in 0..300_000u64 {
+        for key in 0..1_000_000u64 {
             map.get_or_insert_with(key, || Arc::new(()));
             if key % 10_000 == 9_999 {
                 map.sync();
@@ -365,9 +399,102 @@ mod tests {
             10,
             "a replacement adds nothing"
         );
+        // The slack of a map of 10 is one entry: the 11th key is within it, the 12th passes it.
+        assert_eq!(map.slack, 1);
         map.get_or_insert_with(10, || 10);
-        assert_eq!(map.unsynced.load(Ordering::Relaxed), 0, "the 11th synced");
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            11,
+            "the 11th is within the slack"
+        );
+        map.get_or_insert_with(11, || 11);
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            0,
+            "the 12th passed the slack: synced"
+        );
         assert_eq!(map.len(), 10);
+    }
+
+    #[test]
+    fn a_full_map_runs_the_maintenance_once_per_slack_of_new_keys() {
+        let map: KeyedMap<u64, u64> = KeyedMap::builder().max_entries(6_400).build().unwrap();
+        assert_eq!(map.slack, 100);
+        for key in 0..6_400 {
+            map.get_or_insert_with(key, || key);
+        }
+        map.sync();
+        assert_eq!(map.len(), 6_400, "full");
+        let before = map.maintenance_runs.load(Ordering::Relaxed);
+        for key in 10_000..20_000 {
+            map.get_or_insert_with(key, || key);
+        }
+        let runs = map.maintenance_runs.load(Ordering::Relaxed) - before;
+        // 10,000 new keys over a slack of 100: about one run per 101 keys.
+        assert!(
+            runs <= 100,
+            "{runs} runs of the maintenance for 10,000 new keys"
+        );
+        assert!(runs >= 1, "the maintenance ran once the slack was passed");
+        // Reading the length or the listing runs what is pending, and the bound holds.
+        assert!(map.len() <= 6_400, "{} entries", map.len());
+        assert!(map.entries().count() <= 6_400);
+    }
+
+    #[test]
+    fn len_and_entries_run_the_pending_maintenance_within_the_slack() {
+        // A slack of 100: 50 new keys in a full map run no maintenance on insert, so only
+        // `len` and `entries` keep the bound.
+        let map: KeyedMap<u64, u64> = KeyedMap::builder().max_entries(6_400).build().unwrap();
+        for key in 0..6_400 {
+            map.get_or_insert_with(key, || key);
+        }
+        map.sync();
+        for key in 10_000..10_050 {
+            map.get_or_insert_with(key, || key);
+        }
+        assert_eq!(map.unsynced.load(Ordering::Relaxed), 50, "no run on insert");
+        assert!(
+            map.entries().count() <= 6_400,
+            "the listing keeps the bound"
+        );
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            0,
+            "the listing ran it"
+        );
+        for key in 20_000..20_050 {
+            map.get_or_insert_with(key, || key);
+        }
+        assert_eq!(map.unsynced.load(Ordering::Relaxed), 50, "no run on insert");
+        assert!(map.len() <= 6_400, "the length keeps the bound");
+        assert_eq!(map.unsynced.load(Ordering::Relaxed), 0, "the length ran it");
+
+        // When what is pending cannot pass the bound (at most 50 counted and 50 added, in a
+        // map of 100), neither runs it.
+        let map: KeyedMap<u64, u64> = KeyedMap::builder().max_entries(100).build().unwrap();
+        for key in 0..50 {
+            map.get_or_insert_with(key, || key);
+        }
+        assert!(map.len() <= 50);
+        assert_eq!(map.entries().count(), 50);
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            50,
+            "nothing past the bound"
+        );
+        // Nor when it reaches the bound exactly: 50 counted and 50 added.
+        map.sync();
+        assert_eq!(map.len(), 50);
+        for key in 50..100 {
+            map.get_or_insert_with(key, || key);
+        }
+        assert_eq!(map.len(), 50, "as of the last maintenance");
+        assert_eq!(
+            map.unsynced.load(Ordering::Relaxed),
+            50,
+            "at the bound, not past it"
+        );
     }
 
     #[test]
