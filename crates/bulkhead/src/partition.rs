@@ -120,14 +120,15 @@ where
     }
 
     /// How many partitions exist now: the fixed ones and the pools made on demand, which
-    /// never number more than the `max_keys` of [`PartitionBuilder::keys`].
+    /// never number more than the `max_keys` of [`PartitionBuilder::keys`]. Not for hot
+    /// paths: it counts the pools one by one, so a pool made a moment ago is counted.
     pub fn len(&self) -> u64 {
         let dynamic = self
             .partitions
             .dynamic
             .as_ref()
-            .map_or(0, |(map, _)| map.len());
-        self.partitions.fixed.len() as u64 + dynamic
+            .map_or(0, |(map, _)| map.entries().count());
+        (self.partitions.fixed.len() + dynamic) as u64
     }
 
     /// Whether there are no partitions at all (no fixed ones, none made yet).

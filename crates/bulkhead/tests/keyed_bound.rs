@@ -53,3 +53,16 @@ async fn a_hundred_thousand_distinct_keys_stay_within_the_bound() {
         "the fixed partition is listed"
     );
 }
+
+#[test]
+fn a_layer_without_partitions_is_empty_until_one_is_made() {
+    let pools = PartitionedBulkheadLayer::builder::<AsciiKey>("on-demand")
+        .default_size(1)
+        .build(HeaderKey::new(HeaderName::from_static("x-tenant")))
+        .unwrap();
+    assert!(pools.is_empty());
+    assert_eq!(pools.len(), 0);
+    pools.handle(&AsciiKey::from_static("a")).unwrap();
+    assert!(!pools.is_empty());
+    assert_eq!(pools.partitions().len(), 1);
+}
