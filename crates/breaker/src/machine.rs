@@ -451,9 +451,14 @@ impl Machine {
                 };
                 // Every outcome is judged once the window holds enough calls: a success can be
                 // the call that brings it to the minimum. One that changed nothing the window
-                // holds (a success over a success) cannot trip what did not trip before.
-                if flags != 0 || changed {
-                    self.evaluate_closed(word, consecutive, now);
+                // holds (a success over a success), or one in a window that holds no failure,
+                // no slow call and no call slow in flight, cannot trip: it is not judged.
+                if flags != 0
+                    || (changed
+                        && (self.slow_in_flight.load(Ordering::Relaxed) != 0
+                            || !self.window.holds_no_failure_or_slow(at)))
+                {
+                    self.evaluate_closed(word, consecutive, at, now);
                 }
             }
             PermitKind::Probe | PermitKind::RampProbe => {
@@ -543,7 +548,7 @@ impl Machine {
         // from now until it ends, and a later success over an unchanged window is not judged.
         let word = self.word();
         if word.is_closed() {
-            self.evaluate_closed(word, self.consecutive.load(Ordering::Relaxed), || now);
+            self.evaluate_closed(word, self.consecutive.load(Ordering::Relaxed), now, || now);
         }
     }
 
@@ -554,12 +559,14 @@ impl Machine {
         }
     }
 
-    fn evaluate_closed(&self, word: Word, consecutive: u64, now: impl Fn() -> u64) {
-        let at = if self.window.needs_clock() { now() } else { 0 };
+    /// Judges the closed window at `at` (the time the outcome was recorded; unused by a count
+    /// window, for which `now` is read only to trip).
+    fn evaluate_closed(&self, word: Word, consecutive: u64, at: u64, now: impl Fn() -> u64) {
         let stats = self.window.stats(at);
         let slow_in_flight = self.slow_in_flight.load(Ordering::Relaxed);
         if let Some(reason) = self.config.trip_reason(stats, consecutive, slow_in_flight) {
-            self.transition(word, State::Open, 0, reason, now());
+            let at = if self.window.needs_clock() { at } else { now() };
+            self.transition(word, State::Open, 0, reason, at);
         }
     }
 

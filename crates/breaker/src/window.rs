@@ -10,7 +10,11 @@
 //!   compare-and-swap per counter and never loses a concurrent increment. Recording is O(1);
 //!   reading sums B buckets (B is fixed by configuration, not by traffic).
 
-use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use crate::sync::{
+    AtomicU8, AtomicU64, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+    fence,
+};
 
 pub(crate) const FAILURE: u8 = 1;
 pub(crate) const SLOW: u8 = 2;
@@ -55,6 +59,18 @@ impl Window {
         match self {
             Self::Count(w) => w.clear(),
             Self::Time(w) => w.clear(),
+        }
+    }
+
+    /// Whether the window holds no failure and no slow call at `now_nanos`, known without
+    /// summing it: then a success cannot trip any rule (the rates are 0, which no threshold
+    /// reaches; the failure count is 0). Only a time window answers; a count window's
+    /// counts are read in three loads anyway, so it says false.
+    #[inline]
+    pub(crate) fn holds_no_failure_or_slow(&self, now_nanos: u64) -> bool {
+        match self {
+            Self::Count(_) => false,
+            Self::Time(w) => w.holds_no_failure_or_slow(now_nanos),
         }
     }
 
@@ -162,6 +178,10 @@ impl CountWindow {
 pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     width_nanos: u64,
+    /// One more than the latest bucket number (time / width, not wrapped) that got a failure
+    /// or a slow call; 0 for none yet. Never lowered (not even by `clear`): at worst it makes
+    /// a success sum the window for nothing.
+    latest_bad: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -184,6 +204,7 @@ impl TimeWindow {
                 })
                 .collect(),
             width_nanos: width_nanos.max(1),
+            latest_bad: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +217,13 @@ impl TimeWindow {
 
     #[inline]
     pub(crate) fn record(&self, flags: u8, now_nanos: u64) {
+        if flags & (FAILURE | SLOW) != 0 {
+            // Marked before it is counted, and with the fences of `holds_no_failure_or_slow`
+            // and `stats`: a success that reads no mark here is one whose call this outcome's
+            // own judgement (`stats`, after its fence) counts.
+            self.latest_bad
+                .fetch_max(now_nanos / self.width_nanos + 1, SeqCst);
+        }
         let epoch = self.epoch(now_nanos);
         let bucket = &self.buckets[epoch as usize % self.buckets.len()];
         Self::bump(&bucket.calls, epoch);
@@ -227,7 +255,19 @@ impl TimeWindow {
         }
     }
 
+    /// See [`Window::holds_no_failure_or_slow`]: the latest failure or slow call is in a
+    /// bucket that has left the window (or there was none).
+    #[inline]
+    fn holds_no_failure_or_slow(&self, now_nanos: u64) -> bool {
+        fence(SeqCst);
+        let latest = self.latest_bad.load(Relaxed);
+        latest == 0
+            || (now_nanos / self.width_nanos + 1).saturating_sub(latest)
+                >= self.buckets.len() as u64
+    }
+
     pub(crate) fn stats(&self, now_nanos: u64) -> Stats {
+        fence(SeqCst);
         let epoch = self.epoch(now_nanos);
         let n = self.buckets.len() as u32;
         let live = |counter: &AtomicU64| {

@@ -456,7 +456,7 @@ fn machine(cfg: &Cfg) -> Machine {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1_024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1_024, rng_seed: proptest::test_runner::RngSeed::Fixed(15), ..ProptestConfig::default() })]
 
     #[test]
     fn machine_matches_the_reference_model(cfg in cfg(), ops in proptest::collection::vec(op(), 1..200)) {
@@ -512,4 +512,112 @@ proptest! {
             prop_assert_eq!(real.window_stats(now), (failures, calls), "window at step {}", step);
         }
     }
+}
+
+/// Records one outcome of a call admitted at `now`; returns how often the machine read the
+/// clock while recording it.
+fn clock_reads_of_record(real: &Machine, outcome: Outcome, now: u64) -> usize {
+    let Admission::Permit(permit) = real.acquire(|| now, true) else {
+        panic!("admitted")
+    };
+    let reads = std::cell::Cell::new(0);
+    real.record(permit, outcome, false, || {
+        reads.set(reads.get() + 1);
+        now
+    });
+    reads.get()
+}
+
+#[test]
+fn recording_in_a_time_window_reads_the_clock_once() {
+    // 10 buckets of 1 s, minimum 4 calls, 50%.
+    let cfg = |buckets| {
+        CircuitBreakerLayer::builder("clock")
+            .time_window(Duration::from_secs(buckets), buckets as u32)
+            .minimum_calls(4)
+            .failure_rate(0.5)
+            .build_machine()
+            .unwrap()
+    };
+    let real = cfg(10);
+    // Failures, a success below the minimum, and the success that trips: one read each (the
+    // trip takes its time from the same read).
+    for (step, outcome) in [
+        Outcome::Failure,
+        Outcome::Failure,
+        Outcome::Success,
+        Outcome::Success,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let now = step as u64 * SEC;
+        assert_eq!(clock_reads_of_record(&real, outcome, now), 1, "step {step}");
+    }
+    assert_eq!(real.state(), State::Open, "4 calls, 2 failed");
+    // A success in a window that holds no failure is not judged: still one read.
+    let real = cfg(10);
+    assert_eq!(clock_reads_of_record(&real, Outcome::Success, 0), 1);
+
+    // A count window reads it only to trip.
+    let real = CircuitBreakerLayer::builder("count")
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate(0.5)
+        .build_machine()
+        .unwrap();
+    assert_eq!(clock_reads_of_record(&real, Outcome::Success, 0), 0);
+    assert_eq!(clock_reads_of_record(&real, Outcome::Failure, 0), 0);
+    assert_eq!(clock_reads_of_record(&real, Outcome::Success, 0), 0);
+    assert_eq!(
+        clock_reads_of_record(&real, Outcome::Failure, 0),
+        1,
+        "trips"
+    );
+}
+
+#[test]
+fn a_success_after_the_failures_left_the_time_window_can_still_trip() {
+    // 4 buckets of 1 s, minimum 3 calls, 60%. Successes at 0 s and 1 s, failures at 2 s and
+    // 3 s: 2 of 4, closed. At 5 s the successes have left the window (2 failures of 2 calls,
+    // below the minimum, not judged as nothing was recorded); a success then makes 2 of 3:
+    // it trips, though a success lowers the rate of the window it joins.
+    let real = CircuitBreakerLayer::builder("expiry")
+        .time_window(Duration::from_secs(4), 4)
+        .minimum_calls(3)
+        .failure_rate(0.6)
+        .build_machine()
+        .unwrap();
+    for (at, outcome) in [
+        (0, Outcome::Success),
+        (1, Outcome::Success),
+        (2, Outcome::Failure),
+        (3, Outcome::Failure),
+    ] {
+        clock_reads_of_record(&real, outcome, at * SEC);
+        assert_eq!(real.state(), State::Closed, "at {at} s");
+    }
+    clock_reads_of_record(&real, Outcome::Success, 5 * SEC);
+    assert_eq!(real.state(), State::Open, "2 of 3 failed");
+}
+
+#[test]
+fn a_success_beside_a_call_slow_in_flight_can_trip() {
+    // A time window, minimum 2 calls, 50% slow. One call turns slow in flight (1 call: below
+    // the minimum); a success then makes 2 calls, 1 slow: it trips, though the window holds
+    // no failure and no slow outcome.
+    let real = CircuitBreakerLayer::builder("slow-in-flight")
+        .time_window(Duration::from_secs(10), 10)
+        .minimum_calls(2)
+        .no_failure_rate()
+        .slow_calls(Duration::from_secs(1), 0.5)
+        .build_machine()
+        .unwrap();
+    let Admission::Permit(slow) = real.acquire(|| 0, true) else {
+        panic!("admitted")
+    };
+    real.slow_call_started(slow, SEC);
+    assert_eq!(real.state(), State::Closed, "1 call: below the minimum");
+    clock_reads_of_record(&real, Outcome::Success, SEC);
+    assert_eq!(real.state(), State::Open, "1 of 2 slow");
 }
