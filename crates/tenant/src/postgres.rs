@@ -769,7 +769,7 @@ mod tests {
             .provision_sql("app_1")
             .unwrap();
         for part in [
-            "CREATE ROLE \"t_acme\" NOLOGIN NOINHERIT;",
+            "CREATE ROLE \"t_acme\" NOLOGIN NOINHERIT IN ROLE \"tower_patterns_tenants\";",
             "CREATE SCHEMA IF NOT EXISTS \"t_acme\" AUTHORIZATION \"t_acme\";",
             "REVOKE ALL ON SCHEMA \"t_acme\" FROM PUBLIC;",
             "GRANT \"t_acme\" TO app_1;",
