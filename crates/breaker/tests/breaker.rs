@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_patterns_breaker::{
-    Builder, CircuitBreaker, CircuitBreakerLayer, Reason, State, Transition,
+    Builder, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, Reason, State, Transition,
 };
 use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind,
@@ -474,18 +474,31 @@ async fn slow_calls_count_while_still_in_flight() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn slow_calls_that_finish_count_too() {
-    let layer = CircuitBreakerLayer::builder("slow-done")
-        .count_window(4)
+/// A breaker judged on the slow rate alone (1 s, 50%, at least 4 calls) over a count window of
+/// `window`, with a fast service and one taking 3 s behind it.
+fn slow_rate_breaker(
+    name: &'static str,
+    window: u32,
+) -> (
+    CircuitBreakerHandle,
+    CircuitBreaker<TestService>,
+    CircuitBreaker<TestService>,
+) {
+    let layer = CircuitBreakerLayer::builder(name)
+        .count_window(window)
         .minimum_calls(4)
         .no_failure_rate()
         .slow_calls(Duration::from_secs(1), 0.5)
         .build()
         .unwrap();
-    let handle = layer.handle();
     let fast = layer.layer(TestService::new());
     let slow = layer.layer(TestService::new().delay(Duration::from_secs(3)));
+    (layer.handle(), fast, slow)
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_that_finish_count_too() {
+    let (handle, fast, slow) = slow_rate_breaker("slow-done", 4);
     fast.clone().oneshot(()).await.unwrap();
     fast.clone().oneshot(()).await.unwrap();
     slow.clone().oneshot(()).await.unwrap();
@@ -897,16 +910,7 @@ async fn a_success_that_reaches_the_minimum_trips() {
 #[tokio::test(start_paused = true)]
 async fn fast_calls_that_reach_the_minimum_trip_on_the_slow_rate() {
     // Two slow calls one after the other, then two fast ones: 50% slow once 4 are in.
-    let layer = CircuitBreakerLayer::builder("slow-rule")
-        .count_window(10)
-        .minimum_calls(4)
-        .no_failure_rate()
-        .slow_calls(Duration::from_secs(1), 0.5)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let fast = layer.layer(TestService::new());
-    let slow = layer.layer(TestService::new().delay(Duration::from_secs(3)));
+    let (handle, fast, slow) = slow_rate_breaker("slow-rule", 10);
     slow.clone().oneshot(()).await.unwrap();
     slow.clone().oneshot(()).await.unwrap();
     fast.clone().oneshot(()).await.unwrap();

@@ -21,6 +21,18 @@ use tower_patterns_eventstore::{
     InMemoryStore, Metadata, Repository, RepositoryError, Snapshot,
 };
 
+/// The one event of the small aggregates below: a tick.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Ticked {
+    Tick,
+}
+
+impl tower_patterns_eventstore::DomainEvent for Ticked {
+    fn event_type(&self) -> &'static str {
+        "Tick"
+    }
+}
+
 async fn bank_account<S: EventStore>(store: Arc<S>, clock: Arc<AtomicU64>) {
     let repo =
         Repository::<Account, S>::new(store.clone(), "account-").upcasters(common::upcasters());
@@ -413,15 +425,6 @@ async fn commands_as_a_service<S: EventStore>(store: Arc<S>) {
 /// the default schema version are stored as version 1.
 #[tokio::test]
 async fn zero_means_no_snapshots_and_versions_start_at_one() {
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    enum Ticked {
-        Tick,
-    }
-    impl tower_patterns_eventstore::DomainEvent for Ticked {
-        fn event_type(&self) -> &'static str {
-            "Tick"
-        }
-    }
     #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
     struct Counter(u64);
     impl Aggregate for Counter {
@@ -735,15 +738,6 @@ async fn conflicts_are_retried_up_to_the_bound_and_nothing_else_is() {
 /// A command that decides no events appends nothing and reports the loaded version.
 #[tokio::test]
 async fn a_command_that_decides_nothing_appends_nothing() {
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    enum Ticked {
-        Tick,
-    }
-    impl tower_patterns_eventstore::DomainEvent for Ticked {
-        fn event_type(&self) -> &'static str {
-            "Tick"
-        }
-    }
     #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
     struct UpTo3(u64);
     impl Aggregate for UpTo3 {
@@ -783,15 +777,6 @@ async fn a_command_that_decides_nothing_appends_nothing() {
 /// the key's bits (all ones, all zeros), and its retry answers the first run.
 #[tokio::test]
 async fn idempotent_commands_of_several_events_get_distinct_ids() {
-    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-    enum Ticked {
-        Tick,
-    }
-    impl tower_patterns_eventstore::DomainEvent for Ticked {
-        fn event_type(&self) -> &'static str {
-            "Tick"
-        }
-    }
     #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
     struct Ticks(u64);
     impl Aggregate for Ticks {
