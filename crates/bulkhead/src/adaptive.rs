@@ -24,8 +24,6 @@ use std::{
 
 use tower_patterns_core::ConfigError;
 
-use crate::semaphore::Semaphore;
-
 /// One observation fed to a [`LimitAlgorithm`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
@@ -253,38 +251,33 @@ impl Adaptive {
         self.initial
     }
 
-    pub(crate) fn completed(&self, semaphore: &Semaphore, rtt: Duration, in_flight: u64) {
-        self.sample(
-            semaphore,
-            Sample {
-                rtt,
-                in_flight,
-                dropped: false,
-            },
-        );
+    /// Feeds a call that completed after `rtt` with `in_flight` calls running: the limit to
+    /// follow, or `None` when the sample was skipped.
+    pub(crate) fn completed(&self, rtt: Duration, in_flight: u64) -> Option<u32> {
+        self.sample(Sample {
+            rtt,
+            in_flight,
+            dropped: false,
+        })
     }
 
-    pub(crate) fn dropped(&self, semaphore: &Semaphore) {
-        self.sample(
-            semaphore,
-            Sample {
-                rtt: Duration::ZERO,
-                in_flight: semaphore.in_flight(),
-                dropped: true,
-            },
-        );
+    /// Feeds a call refused for want of room with `in_flight` calls running: the limit to
+    /// follow, or `None` when the sample was skipped.
+    pub(crate) fn dropped(&self, in_flight: u64) -> Option<u32> {
+        self.sample(Sample {
+            rtt: Duration::ZERO,
+            in_flight,
+            dropped: true,
+        })
     }
 
-    fn sample(&self, semaphore: &Semaphore, sample: Sample) {
+    fn sample(&self, sample: Sample) -> Option<u32> {
         // Never wait: a sample that finds another being applied is skipped (as
         // concurrency-limits does), so the limiter adds no lock wait to any call.
-        let limit = match self.algorithm.try_lock() {
-            Ok(mut algorithm) => algorithm.update(sample),
-            Err(TryLockError::WouldBlock) => return,
-            Err(TryLockError::Poisoned(p)) => p.into_inner().update(sample),
-        };
-        if u64::from(limit) != semaphore.limit() {
-            semaphore.set_limit(limit);
+        match self.algorithm.try_lock() {
+            Ok(mut algorithm) => Some(algorithm.update(sample)),
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner().update(sample)),
         }
     }
 }

@@ -74,6 +74,16 @@ impl Semaphore {
         }
     }
 
+    /// Takes the limit the adaptive limiter chose for this pool, if it chose one and it
+    /// differs from the current limit.
+    pub(crate) fn follow(&self, limit: Option<u32>) {
+        if let Some(limit) = limit
+            && u64::from(limit) != self.limit()
+        {
+            self.set_limit(limit);
+        }
+    }
+
     /// A pool whose limit follows `adaptive`, starting at its initial limit.
     pub(crate) fn adaptive(adaptive: crate::adaptive::Adaptive, max_waiting: u32) -> Self {
         let mut s = Self::new(adaptive.initial(), max_waiting);

@@ -76,7 +76,8 @@ impl Shared {
     pub(crate) fn rejection(&self) -> Rejected {
         self.rejected.increment(1);
         if let Some((adaptive, _)) = &self.semaphore.adaptive {
-            adaptive.dropped(&self.semaphore);
+            self.semaphore
+                .follow(adaptive.dropped(self.semaphore.in_flight()));
         }
         tracing::debug!(target: "tower_patterns::bulkhead", bulkhead = %self.name, "bulkhead full");
         Rejected::new(RejectionKind::BulkheadFull).with_name(self.name.clone())
@@ -132,7 +133,7 @@ impl OnOutcome for Hold {
             && let Some((adaptive, _)) = &semaphore.adaptive
         {
             let rtt = Duration::from_nanos(semaphore.sample_start().saturating_sub(self.start));
-            adaptive.completed(semaphore, rtt, semaphore.in_flight());
+            semaphore.follow(adaptive.completed(rtt, semaphore.in_flight()));
         }
         // Dropping `self` gives the permit back.
     }
