@@ -1,7 +1,7 @@
 //! The cache's shared machinery: striped counters, single flight, invalidation epochs.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     error::Error,
     fmt,
     hash::{BuildHasher, Hash},
@@ -221,16 +221,23 @@ impl<K: Clone + Eq + Hash + Send + 'static, V: Clone + Send + Sync + 'static> Fl
         start: impl FnOnce(T) -> BoxFuture<'static, Result<V, LoadError>>,
     ) -> (Load<V>, Option<T>) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(load) = map.get(key).and_then(|(_, weak)| weak.upgrade()) {
+        // Everything that runs the caller's code (hashing and cloning the key, `start`) runs
+        // before the guard exists: a panic there only poisons the lock, where a guard dropped
+        // while unwinding would take the lock this thread holds.
+        let entry = map.entry(key.clone());
+        if let Entry::Occupied(flight) = &entry
+            && let Some(load) = flight.get().1.upgrade()
+        {
             return (load, Some(input));
         }
+        let inner = start(input);
+        let guard_key = key.clone();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let guard = FlightGuard {
             map: self.map.clone(),
-            key: key.clone(),
+            key: guard_key,
             id,
         };
-        let inner = start(input);
         let load = async move {
             let _guard = guard;
             inner.await
@@ -238,7 +245,14 @@ impl<K: Clone + Eq + Hash + Send + 'static, V: Clone + Send + Sync + 'static> Fl
         .boxed()
         .shared();
         if let Some(weak) = load.downgrade() {
-            map.insert(key.clone(), (id, weak));
+            match entry {
+                Entry::Occupied(mut flight) => {
+                    flight.insert((id, weak));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((id, weak));
+                }
+            }
         }
         (load, None)
     }
@@ -374,6 +388,30 @@ mod tests {
         assert!(!started, "the new load is still joined");
         drop(new);
         assert_eq!(flights.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_load_whose_start_panics_leaves_the_flights_usable() {
+        // Run where a hang cannot stall the suite: the answer comes back at once, or the
+        // thread is stuck on the lock it holds.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let flights = Flights::<u64, u64>::new();
+            let k = ScopedKey::new(None, 1u64);
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                flights.join_or_start(&k, || panic!("the service's clone panicked"))
+            }))
+            .is_err();
+            let (_load, started) =
+                flights.join_or_start(&k, || futures_util::future::pending().boxed());
+            tx.send((panicked, started, flights.in_flight())).unwrap();
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            answer,
+            Ok((true, true, 1)),
+            "a panic in start hung the flights"
+        );
     }
 
     #[test]
