@@ -453,10 +453,13 @@ impl Machine {
                 // the call that brings it to the minimum. One that changed nothing the window
                 // holds (a success over a success), or one in a window that holds no failure,
                 // no slow call and no call slow in flight, cannot trip: it is not judged.
+                // The window's check comes first: its fence orders this success's record
+                // before the read of the calls slow in flight, as `slow_call_started` orders
+                // its increment before its own sum, so one of the two always sees the other.
                 if flags != 0
                     || (changed
-                        && (self.slow_in_flight.load(Ordering::Relaxed) != 0
-                            || !self.window.holds_no_failure_or_slow(at)))
+                        && (!self.window.holds_no_failure_or_slow(at)
+                            || self.slow_in_flight.load(Ordering::Relaxed) != 0))
                 {
                     self.evaluate_closed(word, consecutive, at, now);
                 }
