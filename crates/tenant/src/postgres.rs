@@ -510,10 +510,22 @@ impl TenantSchema {
             "DO $$
              DECLARE
                  r pg_roles%ROWTYPE;
+                 inherits boolean;
              BEGIN
                  SELECT * INTO r FROM pg_roles WHERE rolname = '{app_role}';
                  IF NOT FOUND THEN
                      RAISE EXCEPTION 'application role \"{app_role}\" does not exist';
+                 END IF;
+                 -- From PostgreSQL 16 on, NOINHERIT is only the default of new grants: a
+                 -- membership granted while the role inherited keeps inheriting.
+                 IF current_setting('server_version_num')::int >= 160000 THEN
+                     EXECUTE 'SELECT EXISTS (SELECT FROM pg_auth_members
+                                             WHERE member = $1 AND inherit_option)'
+                         INTO inherits USING r.oid;
+                     IF inherits THEN
+                         RAISE EXCEPTION 'application role \"{app_role}\" inherits the privileges of a role it was granted'
+                             USING HINT = 'grant each such role again WITH INHERIT FALSE';
+                     END IF;
                  END IF;
                  IF r.rolsuper OR r.rolbypassrls THEN
                      RAISE EXCEPTION 'application role \"{app_role}\" is superuser or BYPASSRLS: it would bypass every tenant''s isolation';
@@ -537,7 +549,7 @@ impl TenantSchema {
                  END;
                  SELECT * INTO r FROM pg_roles WHERE rolname = '{bare}';
                  IF r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
-                     OR r.rolreplication OR r.rolbypassrls
+                     OR r.rolreplication OR r.rolbypassrls OR r.rolinherit
                      OR NOT EXISTS (
                          SELECT FROM pg_auth_members
                          WHERE member = r.oid
