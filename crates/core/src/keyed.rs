@@ -221,7 +221,8 @@ where
 
     /// Every key with its instance, for listing per-key state (dashboards, health endpoints);
     /// never more than [`Self::max_entries`]: it runs the maintenance first when the entries
-    /// added since the last one could pass the bound.
+    /// added since the last one could pass the bound. Entries inserted by other threads while
+    /// the listing runs may show up too, one per inserting caller at most.
     pub fn entries(&self) -> impl Iterator<Item = (Arc<K>, V)> + '_ {
         self.sync_if_past_bound();
         self.cache.iter()
