@@ -351,21 +351,36 @@ async fn dropped_probes_give_their_permit_back() {
     assert_eq!(inner.calls(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn no_verdict_within_the_max_wait_reopens() {
-    let layer = CircuitBreakerLayer::builder("stuck")
+/// A breaker that trips on two failures in a row, probes once after `open`, and reopens when
+/// its probe has no verdict within 10 s; returned tripped, with the failing service that
+/// tripped it.
+async fn tripped_with_max_wait(
+    name: &'static str,
+    open: Duration,
+) -> (
+    CircuitBreakerLayer,
+    CircuitBreakerHandle,
+    CircuitBreaker<TestService>,
+) {
+    let layer = CircuitBreakerLayer::builder(name)
         .count_window(2)
         .minimum_calls(2)
         .half_open_probes(1)
-        .open_duration(Duration::from_secs(1))
+        .open_duration(open)
         .max_wait_in_half_open(Some(Duration::from_secs(10)))
         .build()
         .unwrap();
-    let handle = layer.handle();
     let failing = layer.layer(TestService::new().always_fail());
     for _ in 0..2 {
         let _ = failing.clone().oneshot(()).await;
     }
+    let handle = layer.handle();
+    (layer, handle, failing)
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_verdict_within_the_max_wait_reopens() {
+    let (layer, handle, failing) = tripped_with_max_wait("stuck", Duration::from_secs(1)).await;
     advance(Duration::from_secs(1)).await;
     let hanging = layer.layer(TestService::new().never_respond());
     let probe = tokio::spawn(hanging.clone().oneshot(()));
@@ -923,19 +938,7 @@ async fn fast_calls_that_reach_the_minimum_trip_on_the_slow_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn the_handle_reads_timeouts_as_a_call_would() {
-    let layer = CircuitBreakerLayer::builder("lazy")
-        .count_window(2)
-        .minimum_calls(2)
-        .half_open_probes(1)
-        .open_duration(Duration::from_secs(5))
-        .max_wait_in_half_open(Some(Duration::from_secs(10)))
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let failing = layer.layer(TestService::new().always_fail());
-    for _ in 0..2 {
-        let _ = failing.clone().oneshot(()).await;
-    }
+    let (layer, handle, _) = tripped_with_max_wait("lazy", Duration::from_secs(5)).await;
     let mut events = handle.subscribe();
     advance(Duration::from_secs(4)).await;
     assert_eq!(handle.state(), State::Open);
