@@ -923,6 +923,32 @@ async fn a_success_that_reaches_the_minimum_trips() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failures_in_the_last_bucket_of_their_life_still_count_for_a_success() {
+    // Time window 10 s in 10 buckets: failures stay counted until 10 s have passed. Two
+    // successes 9 s later bring the window to its minimum of 4 at 50%: it trips. At 10 s the
+    // failures are gone and the same successes do not.
+    for (wait, tripped) in [(9, true), (10, false)] {
+        let (svc, handle) = build(
+            CircuitBreakerLayer::builder("edge")
+                .time_window(Duration::from_secs(10), 10)
+                .minimum_calls(4)
+                .failure_rate(0.5),
+        );
+        let _ = send(&svc, false).await;
+        let _ = send(&svc, false).await;
+        advance(Duration::from_secs(wait)).await;
+        send(&svc, true).await.unwrap();
+        send(&svc, true).await.unwrap();
+        let expected = if tripped { State::Open } else { State::Closed };
+        assert_eq!(
+            handle.state(),
+            expected,
+            "successes {wait} s after the failures"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn fast_calls_that_reach_the_minimum_trip_on_the_slow_rate() {
     // Two slow calls one after the other, then two fast ones: 50% slow once 4 are in.
     let (handle, fast, slow) = slow_rate_breaker("slow-rule", 10);

@@ -794,6 +794,11 @@ mod tests {
                 .provision_sql("App")
                 .is_err()
         );
+        // The tenant's own role, or the marker group, as the application's: refused before
+        // any SQL (no server needed to see it).
+        let acme = TenantSchema::new(&id("acme")).unwrap();
+        assert!(acme.provision_sql("t_acme").is_err());
+        assert!(acme.provision_sql(TENANT_ROLES).is_err());
 
         let db = database_sql("shop_Acme.eu-1", Some("it's")).unwrap();
         assert_eq!(
