@@ -26,8 +26,8 @@ use tower_patterns::{
     key::key_fn,
     retry::{RetryIf, RetryPolicy, Verdict},
     shard::{Jump, ShardRouter},
-    test_util::call_now,
 };
+use tower_patterns_testkit::call_now;
 use web::{
     Ok200, Page, governor, http, ours_cache_layer, ours_limit_only, ours_tenant_limit_layer,
     tenant_layer, to_axum, tower_resilience_cache, tower_resilience_ratelimiter, warmed,

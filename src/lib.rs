@@ -12,7 +12,6 @@
 //! | feature     | brings                                                               | status  |
 //! |-------------|----------------------------------------------------------------------|---------|
 //! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`tenant`], [`ServiceBuilderExt`] | landed |
-//! | `test-util` | [`test_util`]: a controllable inner service, the server-backed test helper | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
 //! | `retry`     | [`retry`]: retry policies with backoff families, budgets, `Retry-After`, idempotency | landed |
@@ -58,10 +57,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Without its feature a module of the table above is not here: link to its crate instead.
 #![cfg_attr(
-    not(feature = "test-util"),
-    doc = "[`test_util`]: https://docs.rs/tower-patterns-core/latest/tower_patterns_core/test_util/"
-)]
-#![cfg_attr(
     not(feature = "breaker"),
     doc = "[`breaker`]: https://docs.rs/tower-patterns-breaker"
 )]
@@ -103,10 +98,6 @@ pub use tower_patterns_core::{
     BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
     key, keyed, metric_name, observe, rng, tenant,
 };
-
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub use tower_patterns_core::test_util;
 
 mod builder;
 

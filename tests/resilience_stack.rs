@@ -11,8 +11,8 @@ use tower_patterns::{
     breaker::{CircuitBreakerLayer, State},
     bulkhead::BulkheadLayer,
     retry::{Backoff, RetryPolicy},
-    test_util::TestService,
 };
+use tower_patterns_testkit::TestService;
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_an_open_circuit_and_timeouts_trip_it() {

@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
     time::timeout,
 };
-use tower_patterns::test_util::{Server, server_url};
+use tower_patterns_testkit::{Server, server_url};
 
 /// `scheme://[user[:pass]@]host:port[/db]` to `host:port`, refusing anything off loopback.
 fn loopback_addr(url: &str) -> String {

@@ -153,7 +153,7 @@ where
     <Http<S> as Service<u64>>::Error: std::fmt::Debug,
 {
     for i in 0..TENANTS as u64 {
-        tower_patterns_core::test_util::call_now(&mut svc, i).expect("a warm-up call");
+        tower_patterns_testkit::call_now(&mut svc, i).expect("a warm-up call");
     }
     svc
 }

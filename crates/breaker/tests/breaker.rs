@@ -17,8 +17,8 @@ use tower_patterns_core::{
     classify::{Outcome, TowerHttp, predicate},
     key::{HeaderKey, KeyErrorKind},
     observe::{Health, StateHandle},
-    test_util::TestService,
 };
+use tower_patterns_testkit::TestService;
 
 type Svc = tower::util::BoxCloneService<bool, bool, BoxError>;
 

@@ -16,8 +16,8 @@ use tower_patterns_bulkhead::{
 use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind,
     key::{AsciiKey, HeaderKey},
-    test_util::TestService,
 };
+use tower_patterns_testkit::TestService;
 
 fn is_full(err: &BoxError) -> bool {
     Rejected::find(&**err).is_some_and(|r| r.kind() == RejectionKind::BulkheadFull)

@@ -26,8 +26,8 @@ use tower_patterns_core::{
     key::key_fn,
     observe::{Health, StateHandle},
     tenant::TenantId,
-    test_util::{Server, server_url},
 };
+use tower_patterns_testkit::{Server, server_url};
 
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), rand_suffix())

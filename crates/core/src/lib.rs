@@ -14,8 +14,6 @@
 //! - [`tenant`]: the validated [`TenantId`](tenant::TenantId) that tenant-aware layers read
 //!   from the request extensions.
 //! - [`ConfigError`]: what every validated builder returns.
-//! - `test_util` (feature `test-util`): a controllable inner service and the helper that finds
-//!   (or skips without) PostgreSQL, Redis and NATS.
 //!
 //! ```
 //! use std::time::Duration;
@@ -41,9 +39,6 @@ pub mod keyed;
 pub mod observe;
 pub mod rng;
 pub mod tenant;
-#[cfg(any(test, feature = "test-util"))]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub mod test_util;
 
 pub use error::{BoxError, ConfigError, Rejected, RejectionKind};
 

@@ -1,19 +1,19 @@
 //! Admitted requests allocate at most 1 time in 60, all of it moka's upkeep of the key maps'
-//! read log (nothing per request of the limiters' own): counted with dhat.
+//! read log (nothing per request of the limiters' own): counted with testkit's allocation counter.
 
 use std::convert::Infallible;
 
 use http::{Request, Response};
 use tower::{Layer, service_fn};
-use tower_patterns_core::{
-    key::ExtensionKey,
-    tenant::TenantId,
-    test_util::{call_now, fewest},
-};
+use tower_patterns_core::{key::ExtensionKey, tenant::TenantId};
 use tower_patterns_ratelimit::{GcraLimiter, Period, Quota, QuotaLimiter, Rate, RateLimitLayer};
+use tower_patterns_testkit::{
+    alloc::{Alloc, Counter},
+    call_now,
+};
 
 #[global_allocator]
-static ALLOC: dhat::Alloc = dhat::Alloc;
+static ALLOC: Alloc = Alloc;
 
 /// Header values below 4,096 come from a table; larger limits allocate their digits.
 #[test]
@@ -55,28 +55,24 @@ fn admitted_requests_allocate_at_most_once_in_60() {
             req
         })
         .collect();
-    let _profiler = dhat::Profiler::builder().testing().build();
+    let counter = Counter::start();
     // Warm up: moka's own buffers settle over the first few thousand reads.
     for _ in 0..10_000 {
         let res = call_now(&mut svc, reqs.pop().unwrap()).unwrap();
         assert!(res.headers().contains_key("ratelimit-limit"));
     }
-    let bare_allocations = fewest(3, || {
-        let before = dhat::HeapStats::get().total_blocks;
+    let bare_allocations = counter.fewest(3, || {
         for _ in 0..20_000 {
             drop(std::hint::black_box(
                 call_now(&mut bare, Request::new(())).unwrap(),
             ));
         }
-        dhat::HeapStats::get().total_blocks - before
     });
-    let allocations = fewest(3, || {
-        let before = dhat::HeapStats::get().total_blocks;
+    let allocations = counter.fewest(3, || {
         for _ in 0..20_000 {
             let res = call_now(&mut svc, reqs.pop().unwrap()).unwrap();
             drop(std::hint::black_box(res));
         }
-        dhat::HeapStats::get().total_blocks - before
     });
     // Nothing per request: the limiters' state is a map read and an atomic word, the headers
     // come from a table. What remains is moka's periodic maintenance of its read log (one

@@ -8,17 +8,14 @@ use std::{convert::Infallible, net::TcpListener, time::Duration};
 use http::{Request, Response, StatusCode};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_patterns_core::{
-    Rejected, RejectionKind,
-    http::ErrorResponseLayer,
-    key::ExtensionKey,
-    observe::Health,
+    Rejected, RejectionKind, http::ErrorResponseLayer, key::ExtensionKey, observe::Health,
     tenant::TenantId,
-    test_util::{Server, server_url},
 };
 use tower_patterns_ratelimit::{
     Rate, RateLimitLayer,
     redis::{RedisLimiter, Unavailable},
 };
+use tower_patterns_testkit::{Server, server_url};
 
 fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()

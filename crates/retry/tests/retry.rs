@@ -11,8 +11,9 @@ use std::{
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
-use tower_patterns_core::{BoxError, Rejected, RejectionKind, test_util::TestService};
+use tower_patterns_core::{BoxError, Rejected, RejectionKind};
 use tower_patterns_retry::{Attempt, Backoff, HttpRetry, RetryBudget, RetryPolicy};
+use tower_patterns_testkit::TestService;
 
 type Res = Response<String>;
 

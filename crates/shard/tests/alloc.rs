@@ -3,15 +3,15 @@
 use std::convert::Infallible;
 
 use tower::service_fn;
-use tower_patterns_core::{
-    KeyError,
-    key::key_fn,
-    test_util::{call_now, fewest},
-};
+use tower_patterns_core::{KeyError, key::key_fn};
 use tower_patterns_shard::{Directory, Jump, ShardRouter};
+use tower_patterns_testkit::{
+    alloc::{Alloc, Counter},
+    call_now,
+};
 
 #[global_allocator]
-static ALLOC: dhat::Alloc = dhat::Alloc;
+static ALLOC: Alloc = Alloc;
 
 #[test]
 fn routing_allocates_nothing() {
@@ -24,21 +24,12 @@ fn routing_allocates_nothing() {
         call_now(&mut jump, i).unwrap();
         call_now(&mut directory, i).unwrap();
     }
-    let _profiler = dhat::Profiler::builder().testing().build();
-    let allocations = fewest(3, || {
-        let before = dhat::HeapStats::get().total_blocks;
+    let counter = Counter::start();
+    let allocations = counter.fewest(3, || {
         for i in 0..100_000 {
             assert_eq!(call_now(&mut jump, i).unwrap(), i);
             assert_eq!(call_now(&mut directory, i).unwrap(), i);
         }
-        dhat::HeapStats::get().total_blocks - before
     });
     assert_eq!(allocations, 0, "allocations on 200,000 routed calls");
-    let after = dhat::HeapStats::get().total_blocks;
-    drop(std::hint::black_box(Box::new(1u64)));
-    assert_eq!(
-        dhat::HeapStats::get().total_blocks - after,
-        1,
-        "the counter counts"
-    );
 }

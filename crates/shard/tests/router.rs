@@ -11,11 +11,12 @@ use std::{
 
 use tokio::time::Instant;
 use tower::{Service, ServiceExt, service_fn, steer::Steer};
-use tower_patterns_core::{BoxError, KeyError, key::key_fn, test_util::TestService};
+use tower_patterns_core::{BoxError, KeyError, key::key_fn};
 use tower_patterns_shard::{
     Concat, Directory, Jump, Partial, Route, ScatterGather, ShardError, ShardRouter, ShardTimeout,
     Strategy,
 };
+use tower_patterns_testkit::TestService;
 
 fn by_user() -> impl tower_patterns_core::KeyExtractor<u64, Key = u64> + Clone {
     key_fn(|u: &u64| Ok::<_, KeyError>(*u))

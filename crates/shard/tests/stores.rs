@@ -9,12 +9,9 @@ use std::{
 };
 
 use tower::{ServiceExt, service_fn};
-use tower_patterns_core::{
-    BoxError, KeyError,
-    key::key_fn,
-    test_util::{Server, server_url},
-};
+use tower_patterns_core::{BoxError, KeyError, key::key_fn};
 use tower_patterns_shard::{Jump, Merge, ScatterGather, ShardRouter, Strategy};
+use tower_patterns_testkit::{Server, server_url};
 
 /// Collects each shard's count (a custom merge).
 struct Counts;

@@ -12,10 +12,7 @@ use std::{
 };
 
 use tokio_postgres::{Client, NoTls};
-use tower_patterns_core::{
-    tenant::TenantId,
-    test_util::{Server, server_url},
-};
+use tower_patterns_core::tenant::TenantId;
 use tower_patterns_tenant::{
     Registry, TenantStatus,
     postgres::{
@@ -23,6 +20,7 @@ use tower_patterns_tenant::{
         begin_in_schema, database_sql, listen, rls_sql,
     },
 };
+use tower_patterns_testkit::{Server, server_url};
 
 fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()

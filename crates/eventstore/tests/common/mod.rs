@@ -127,9 +127,7 @@ impl Aggregate for Account {
 
 /// A fresh database on the test command's PostgreSQL, or `None` (skipped) without one.
 pub async fn fresh_postgres(tag: &str) -> Option<String> {
-    let url = tower_patterns_core::test_util::server_url(
-        tower_patterns_core::test_util::Server::Postgres,
-    )?;
+    let url = tower_patterns_testkit::server_url(tower_patterns_testkit::Server::Postgres)?;
     let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("the test PostgreSQL answers");

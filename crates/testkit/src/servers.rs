@@ -9,7 +9,7 @@
 //!   broken provisioning step can never pass as a row of skipped tests.
 //!
 //! ```
-//! use tower_patterns_core::test_util::{server_url, Server};
+//! use tower_patterns_testkit::{server_url, Server};
 //!
 //! fn redis_round_trip() {
 //!     let Some(url) = server_url(Server::Redis) else { return };

@@ -1,5 +1,6 @@
-//! Utilities for testing middleware: a controllable inner service and a helper for tests that
-//! need a real server. Enabled by the `test-util` feature.
+//! Test helpers of tower-patterns (an unpublished crate, a dev-dependency of every other): a
+//! controllable inner service, allocation counting for the zero-allocation claims, and the
+//! helper that finds (or skips without) PostgreSQL, Redis and NATS.
 //!
 //! [`TestService`] echoes its request after an optional delay, fails the first N calls, or
 //! never answers, and counts calls and calls in flight. Its delays use `tokio::time`, so tests
@@ -8,7 +9,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceExt;
-//! use tower_patterns_core::test_util::TestService;
+//! use tower_patterns_testkit::TestService;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
@@ -24,6 +25,7 @@
 //!
 //! Server-backed tests take their server from [`server_url`] (see the [`servers`] module).
 
+pub mod alloc;
 pub mod servers;
 
 use std::{
@@ -44,7 +46,7 @@ use tower_service::Service;
 
 pub use servers::{Server, server_url};
 
-use crate::BoxError;
+use tower_patterns_core::BoxError;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -232,7 +234,7 @@ pub fn call_now<S: Service<Req>, Req>(svc: &mut S, req: Req) -> Result<S::Respon
 /// the smallest figure is still 0 only when the path under test allocates nothing.
 ///
 /// ```
-/// use tower_patterns_core::test_util::fewest;
+/// use tower_patterns_testkit::fewest;
 ///
 /// let mut seen = vec![2, 0, 5].into_iter();
 /// assert_eq!(fewest(3, || seen.next().unwrap()), 0);
