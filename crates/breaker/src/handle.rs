@@ -157,6 +157,14 @@ impl CircuitBreakerHandle {
 }
 
 impl StateHandle for CircuitBreakerHandle {
+    fn pattern(&self) -> &'static str {
+        "breaker"
+    }
+
+    fn name(&self) -> &str {
+        CircuitBreakerHandle::name(self)
+    }
+
     fn report(&self) -> Report {
         let s = self.snapshot();
         let health = match s.state {

@@ -61,6 +61,14 @@ impl BulkheadHandle {
 }
 
 impl StateHandle for BulkheadHandle {
+    fn pattern(&self) -> &'static str {
+        "bulkhead"
+    }
+
+    fn name(&self) -> &str {
+        BulkheadHandle::name(self)
+    }
+
     fn report(&self) -> Report {
         let (health, state) = if self.available() > 0 {
             (Health::Ready, "open")

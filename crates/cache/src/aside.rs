@@ -940,6 +940,14 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>> CacheHandle
 impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>> StateHandle
     for CacheHandle<K, V, St>
 {
+    fn pattern(&self) -> &'static str {
+        "cache"
+    }
+
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     fn report(&self) -> Report {
         let s = self.stats();
         let health = self.shared.store.health();

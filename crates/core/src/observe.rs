@@ -28,6 +28,8 @@
 //! struct Pool { in_flight: usize, max: usize }
 //!
 //! impl StateHandle for Pool {
+//!     fn pattern(&self) -> &'static str { "bulkhead" }
+//!     fn name(&self) -> &str { "payments" }
 //!     fn report(&self) -> Report {
 //!         let health = if self.in_flight < self.max { Health::Ready } else { Health::Degraded };
 //!         Report::new("bulkhead", "payments", health, "open")
@@ -36,8 +38,12 @@
 //! }
 //!
 //! let handles: Vec<Box<dyn StateHandle>> = vec![Box::new(Pool { in_flight: 10, max: 10 })];
-//! let worst = handles.iter().map(|h| h.report().health).max().unwrap();
+//! let worst = handles.iter().map(|h| h.health()).max().unwrap();
 //! assert_eq!(worst, Health::Degraded);
+//! assert_eq!(
+//!     handles[0].report().to_json(),
+//!     r#"{"pattern":"bulkhead","name":"payments","health":"degraded","state":"open","values":{"in_flight":10.0}}"#
+//! );
 //! assert_eq!(tower_patterns_core::metric_name!("bulkhead", "in_flight"),
 //!            "tower_patterns_bulkhead_in_flight");
 //! ```
@@ -152,8 +158,59 @@ impl Report {
     }
 }
 
-/// A handle on a stateful layer's shared state. Object safe.
+impl serde::Serialize for Health {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Serialises as `{"pattern", "name", "health", "state", "values": {what: number}}`; a value
+/// that is not finite is `null`.
+impl serde::Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        struct Values<'a>(&'a [(&'static str, f64)]);
+        impl serde::Serialize for Values<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(what, value)| (*what, *value)))
+            }
+        }
+
+        let mut report = serializer.serialize_struct("Report", 5)?;
+        report.serialize_field("pattern", self.pattern)?;
+        report.serialize_field("name", &*self.name)?;
+        report.serialize_field("health", &self.health)?;
+        report.serialize_field("state", self.state)?;
+        report.serialize_field("values", &Values(&self.values))?;
+        report.end()
+    }
+}
+
+impl Report {
+    /// The report as one line of JSON (see the `Serialize` impl for its shape), for health
+    /// and admin endpoints.
+    pub fn to_json(&self) -> String {
+        // Serialising strings and numbers into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A handle on a stateful layer's shared state: what health endpoints and dashboards read.
+/// Object safe, so a service can keep every handle in one `Vec<Box<dyn StateHandle>>`.
 pub trait StateHandle: Send + Sync {
+    /// The pattern (`breaker`, `bulkhead`, `cache`, `ratelimit`, ...), as in metric names.
+    fn pattern(&self) -> &'static str;
+
+    /// The instance's name, as given to its builder.
+    fn name(&self) -> &str;
+
+    /// How it is doing now. The default reads the whole [`report`](Self::report); handles
+    /// override it where that is cheaper.
+    fn health(&self) -> Health {
+        self.report().health
+    }
+
     /// Reads the state now. Not for hot paths: it may allocate.
     fn report(&self) -> Report;
 }
@@ -170,5 +227,16 @@ mod tests {
         assert_eq!(r.value("x"), Some(1.5));
         assert_eq!(r.value("y"), None);
         assert_eq!(Health::Unavailable.to_string(), "unavailable");
+    }
+
+    #[test]
+    fn reports_serialise_with_escaped_names_and_null_for_non_finite_values() {
+        let r = Report::new("cache", "a \"quoted\" name", Health::Ready, "warm")
+            .with_value("hits", 3.0)
+            .with_value("ratio", f64::NAN);
+        assert_eq!(
+            r.to_json(),
+            r#"{"pattern":"cache","name":"a \"quoted\" name","health":"ready","state":"warm","values":{"hits":3.0,"ratio":null}}"#
+        );
     }
 }

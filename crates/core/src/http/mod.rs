@@ -11,7 +11,12 @@
 //! | [`TenantError`] missing or invalid credentials      | 401    | `WWW-Authenticate: Bearer` |
 //! | [`TenantError`] conflict, unknown, suspended        | 403    |               |
 //! | [`TenantError`] registry unavailable                | 503    |               |
+//! | an error of a type registered with [`register_error_response`] | its [`IntoErrorResponse`] | |
 //! | anything else                                       | 500    |               |
+//!
+//! Each pattern crate maps its own errors: it implements [`IntoErrorResponse`] for them and
+//! registers them when its layer is built, so this table grows without this module changing.
+//! Register your own errors the same way (see [`IntoErrorResponse`]).
 //!
 //! A [`Rejected`] that carries a [`RateLimitInfo`] also gets
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
@@ -75,63 +80,20 @@ use std::{
 };
 
 use http::{HeaderValue, Response, StatusCode, header};
+
+#[cfg(doc)]
+use crate::tenant::TenantError;
+#[cfg(any(doc, test))]
+use crate::{KeyError, Rejected};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    BoxError, KeyError, Rejected,
-    error::{RateLimitInfo, find_in_chain},
-    tenant::TenantError,
-};
+use crate::{BoxError, error::RateLimitInfo};
 
-/// What an error maps to: the status, the `Retry-After` hint and a short public message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ErrorMapping {
-    /// The response status.
-    pub status: StatusCode,
-    /// How long the client should wait, when known.
-    pub retry_after: Option<Duration>,
-    /// A short phrase that is safe to show to clients.
-    pub message: &'static str,
-    /// The state of the limit that refused, for the `RateLimit-*` headers.
-    pub limit: Option<RateLimitInfo>,
-}
+mod mapping;
 
-/// Decides how an error maps to HTTP (see the table in the [module docs](self)).
-pub fn classify_error(err: &(dyn Error + 'static)) -> ErrorMapping {
-    if let Some(rejected) = Rejected::find(err) {
-        let kind = rejected.kind();
-        let status = if kind.is_throttle() {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        return ErrorMapping {
-            status,
-            retry_after: rejected.retry_after(),
-            message: kind.as_str(),
-            limit: rejected.limit(),
-        };
-    }
-    let (status, message) = if find_in_chain::<tower::timeout::error::Elapsed>(err).is_some() {
-        (StatusCode::GATEWAY_TIMEOUT, "request timed out")
-    } else if find_in_chain::<tower::load_shed::error::Overloaded>(err).is_some() {
-        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
-    } else if let Some(key) = find_in_chain::<KeyError>(err) {
-        (StatusCode::BAD_REQUEST, key.kind().public_message())
-    } else if let Some(tenant) = find_in_chain::<TenantError>(err) {
-        (tenant.kind().status(), tenant.kind().public_message())
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
-    };
-    ErrorMapping {
-        status,
-        retry_after: None,
-        message,
-        limit: None,
-    }
-}
+pub use mapping::{ErrorMapping, IntoErrorResponse, classify_error, register_error_response};
 
 /// Whole seconds for a `Retry-After` header, rounded up so a client never retries early.
 pub fn retry_after_secs(after: Duration) -> u64 {
