@@ -146,7 +146,8 @@ fn no_page_cites_the_original_numbering() {
         root().join("docs/ARCHITECTURE.md"),
     ];
     files.extend(entries("docs/patterns", ".md"));
-    files.extend(entries("examples", ".rs"));
+    // Examples may be folders (`examples/storefront/`): every file below.
+    files.extend(rust_files(&root().join("examples")));
     // This file names what it looks for, so it is the one file not read.
     files.extend(
         entries("tests", ".rs")

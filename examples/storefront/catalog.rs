@@ -1,0 +1,101 @@
+//! The catalog, cache-aside: a tenant's products read from a shared SQLite table through
+//! `Scoped` (the tenant filter cannot be left out), cached per tenant.
+
+use std::{
+    path::Path as FsPath,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rusqlite::{Connection, types::Value};
+use serde::Serialize;
+use tower::{Layer, service_fn, util::BoxCloneSyncService};
+use tower_patterns::{
+    BoxError, KeyError,
+    cache::{CacheLayer, store::MokaStore},
+    key::key_fn,
+    tenant::TenantId,
+    tenant_resolution::sqlite::Scoped,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Product {
+    pub(crate) sku: String,
+    pub(crate) price: i64,
+}
+
+/// What the catalog loader is asked: a tenant's products.
+#[derive(Clone, Debug)]
+pub(crate) struct CatalogQuery {
+    pub(crate) tenant: TenantId,
+}
+
+pub(crate) type Catalog = BoxCloneSyncService<CatalogQuery, Arc<[Product]>, BoxError>;
+
+/// Reads a tenant's products from the shared table; `loads` counts the reads that reach SQLite.
+pub(crate) fn catalog(
+    db: Arc<Mutex<Connection>>,
+    loads: Arc<AtomicU64>,
+) -> Result<Catalog, BoxError> {
+    let loader = service_fn(move |q: CatalogQuery| {
+        let db = db.clone();
+        let loads = loads.clone();
+        async move {
+            loads.fetch_add(1, Ordering::Relaxed);
+            let rows = tokio::task::spawn_blocking(move || {
+                let conn = db
+                    .lock()
+                    .map_err(|_| BoxError::from("catalog lock poisoned"))?;
+                Scoped::new(&conn, &q.tenant)
+                    .select("products", &["sku", "price"], &[])
+                    .map_err(BoxError::from)
+            })
+            .await??;
+            let products: Arc<[Product]> = rows
+                .into_iter()
+                .filter_map(|row| match row.as_slice() {
+                    [Value::Text(sku), Value::Integer(price)] => Some(Product {
+                        sku: sku.clone(),
+                        price: *price,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Ok::<_, BoxError>(products)
+        }
+    });
+    let cache = CacheLayer::builder("catalog", MokaStore::builder().max_entries(10_000).build())
+        .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>("all")))
+        .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
+        .require_tenant()
+        .ttl(Duration::from_secs(30))
+        .build()?;
+    Ok(BoxCloneSyncService::new(cache.layer(loader)))
+}
+
+/// The shared table and two tenants' rows.
+pub(crate) fn open_catalog(path: &FsPath) -> Result<Connection, BoxError> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS products (tenant_id TEXT NOT NULL, sku TEXT NOT NULL, price INTEGER NOT NULL);
+         DELETE FROM products;",
+    )?;
+    for (tenant, sku, price) in [
+        ("acme", "tea", 4),
+        ("acme", "coffee", 5),
+        ("globex", "widget", 120),
+    ] {
+        let tenant = TenantId::new(tenant)?;
+        Scoped::new(&conn, &tenant).insert(
+            "products",
+            &[
+                ("sku", Value::Text(sku.into())),
+                ("price", Value::Integer(price)),
+            ],
+        )?;
+    }
+    Ok(conn)
+}

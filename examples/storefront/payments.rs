@@ -1,0 +1,132 @@
+//! The payment client (fallback, retry, circuit breaker, timeout, bulkhead) over a simulated
+//! provider that `/gateway/{state}` switches.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tower::{ServiceBuilder, service_fn, util::BoxCloneSyncService};
+use tower_patterns::{
+    BoxError, ServiceBuilderExt,
+    breaker::{CircuitBreakerHandle, CircuitBreakerLayer, FallbackLayer},
+    bulkhead::BulkheadLayer,
+    retry::RetryPolicy,
+};
+
+/// How long the provider takes to answer in `/gateway/slow`.
+pub(crate) const SLOW_PROVIDER: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub(crate) struct Payment {
+    pub(crate) order: String,
+    pub(crate) amount: i64,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Charge {
+    Charged(String),
+    Queued,
+}
+
+pub(crate) type Payments = BoxCloneSyncService<Payment, Charge, BoxError>;
+
+/// The simulated payment provider, switched by `/gateway/{state}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Provider {
+    /// Charges at once.
+    Up = 0,
+    /// Fails every charge.
+    Down = 1,
+    /// Charges after [`SLOW_PROVIDER`].
+    Slow = 2,
+}
+
+impl Provider {
+    /// The documented states of `/gateway/{state}`; anything else names no state.
+    pub(crate) fn parse(state: &str) -> Option<Self> {
+        match state {
+            "up" => Some(Self::Up),
+            "down" => Some(Self::Down),
+            "slow" => Some(Self::Slow),
+            _ => None,
+        }
+    }
+
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Slow => "slow",
+        }
+    }
+
+    fn load(cell: &AtomicU8) -> Self {
+        match cell.load(Ordering::SeqCst) {
+            0 => Self::Up,
+            2 => Self::Slow,
+            _ => Self::Down,
+        }
+    }
+}
+
+/// The payment client, in the order of `docs/patterns/retry.md`: the fallback queues the
+/// payment when the breaker refuses it; the retry makes up to two attempts, each one call the
+/// breaker judges (and stops at an open breaker: a `Rejected` is never retried); a timeout
+/// per attempt; a bulkhead around the provider. `attempts` counts the calls that reach it.
+pub(crate) fn payments(
+    provider: Arc<AtomicU8>,
+    attempts: Arc<AtomicU64>,
+    queue: Arc<Mutex<Vec<Payment>>>,
+) -> Result<(Payments, CircuitBreakerHandle), BoxError> {
+    let provider = service_fn(move |p: Payment| {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        let state = Provider::load(&provider);
+        async move {
+            match state {
+                Provider::Up => {}
+                Provider::Slow => tokio::time::sleep(SLOW_PROVIDER).await,
+                Provider::Down => return Err(BoxError::from("payment provider unavailable")),
+            }
+            Ok(Charge::Charged(format!("ch_{}_{}", p.order, p.amount)))
+        }
+    });
+    let enqueue = service_fn(move |p: Payment| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .lock()
+                .map_err(|_| BoxError::from("queue lock poisoned"))?
+                .push(p);
+            Ok::<_, BoxError>(Charge::Queued)
+        }
+    });
+    // Three failed attempts in a row open it: the two of a first failed order, then the
+    // first of the next, whose retry the open breaker refuses (so that order is queued).
+    let breaker = CircuitBreakerLayer::builder("payments")
+        .no_failure_rate()
+        .consecutive_failures(3)
+        .open_duration(Duration::from_secs(30))
+        .build()?;
+    let handle = breaker.handle();
+    let client = ServiceBuilder::new()
+        .layer(FallbackLayer::service(enqueue).on_rejection_only())
+        .retry_with(
+            RetryPolicy::errors("payments")
+                .max_attempts(2)
+                .build_static()?,
+        )
+        .circuit_breaker(breaker)
+        .timeout(Duration::from_secs(2))
+        .bulkhead(
+            BulkheadLayer::builder("payments")
+                .max_concurrent(64)
+                .build()?,
+        )
+        .service(provider);
+    Ok((BoxCloneSyncService::new(client), handle))
+}

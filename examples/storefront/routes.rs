@@ -1,0 +1,228 @@
+//! The routes: the handlers, the answers they give (fixed phrases only) and the path
+//! extractor whose rejection is a fixed 400.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    body::Body,
+    extract::{FromRequestParts, Path, State},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+use serde::de::DeserializeOwned;
+use tower::ServiceExt;
+use tower_patterns::{
+    BoxError,
+    eventstore::{Command, CommandService, RepositoryError},
+    http::{classify_error, error_response},
+    observe::StateHandle,
+    tenant::TenantId,
+    tenant_resolution::Tenant,
+};
+
+use crate::{
+    App,
+    catalog::{CatalogQuery, Product},
+    orders::{OrderCommand, OrderError, OrderEvent},
+    payments::{Charge, Payment, Provider},
+};
+
+/// The largest quantity of one order line.
+pub(crate) const MAX_QTY: u32 = 100;
+
+/// Why a handler could not do what was asked. Every variant answers with a fixed phrase: no
+/// error text, type name or input ever reaches the body.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400: the request itself is wrong.
+    BadRequest(&'static str),
+    /// 404: nothing by that name, for this tenant.
+    NotFound(&'static str),
+    /// 422: the order refused the command.
+    Refused(OrderError),
+    /// A dependency failed. The core mapping answers the errors it knows (an open circuit,
+    /// a full bulkhead: 503 with `Retry-After`; a timeout: 504); any other failure of the
+    /// dependency is a 503 with this phrase, never a 500 or a 404.
+    Unavailable(&'static str, BoxError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, phrase) = match self {
+            Self::BadRequest(phrase) => (StatusCode::BAD_REQUEST, phrase),
+            Self::NotFound(phrase) => (StatusCode::NOT_FOUND, phrase),
+            Self::Refused(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.phrase()),
+            Self::Unavailable(what, err) => {
+                if classify_error(&*err).status != StatusCode::INTERNAL_SERVER_ERROR {
+                    return error_response::<String>(&*err).map(Body::from);
+                }
+                eprintln!("{what}: {err}");
+                (StatusCode::SERVICE_UNAVAILABLE, what)
+            }
+        };
+        (status, phrase).into_response()
+    }
+}
+
+/// Path parameters whose rejection is a fixed 400 (axum's own names the types it expected).
+pub(crate) struct Params<T>(T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Self(t))
+            .map_err(|_| ApiError::BadRequest("malformed path"))
+    }
+}
+
+/// A quantity from the path: digits only, 1 to [`MAX_QTY`].
+pub(crate) fn quantity(text: &str) -> Result<u32, ApiError> {
+    const PHRASE: &str = "the quantity must be a whole number from 1 to 100";
+    if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(PHRASE));
+    }
+    match text.parse::<u32>() {
+        Ok(qty) if (1..=MAX_QTY).contains(&qty) => Ok(qty),
+        _ => Err(ApiError::BadRequest(PHRASE)),
+    }
+}
+
+/// An order's stream id: the tenant's id, then the order's. A tenant can only name its own.
+pub(crate) fn stream_id(tenant: &TenantId, order: &str) -> String {
+    format!("{tenant}.{order}")
+}
+
+/// The tenant's catalog; a failure is a 503, whatever its cause.
+pub(crate) async fn catalog_of(app: &App, tenant: &TenantId) -> Result<Arc<[Product]>, ApiError> {
+    app.catalog
+        .clone()
+        .oneshot(CatalogQuery {
+            tenant: tenant.clone(),
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable("catalog unavailable", e))
+}
+
+/// A repository error: the order's own refusal is a 422, anything else a 503.
+pub(crate) fn order_error(e: RepositoryError<OrderError>) -> ApiError {
+    match e {
+        RepositoryError::Domain(e) => ApiError::Refused(e),
+        e => ApiError::Unavailable("orders unavailable", e.into()),
+    }
+}
+
+pub(crate) async fn products(
+    State(app): State<App>,
+    Tenant(t): Tenant,
+) -> Result<String, ApiError> {
+    let list = catalog_of(&app, t.id()).await?;
+    Ok(list
+        .iter()
+        .map(|p| format!("{} {}\n", p.sku, p.price))
+        .collect())
+}
+
+pub(crate) async fn place(
+    State(app): State<App>,
+    Tenant(t): Tenant,
+    Params((sku, qty)): Params<(String, String)>,
+) -> Result<(StatusCode, String), ApiError> {
+    let qty = quantity(&qty)?;
+    let price = catalog_of(&app, t.id())
+        .await?
+        .iter()
+        .find(|p| p.sku == sku)
+        .map(|p| p.price)
+        .ok_or(ApiError::NotFound("no such product"))?;
+    let amount = price
+        .checked_mul(i64::from(qty))
+        .ok_or(ApiError::BadRequest("the order is too large"))?;
+    let order = uuid::Uuid::now_v7().simple().to_string();
+    let stream = stream_id(t.id(), &order);
+    let commands = CommandService::new(app.orders.clone());
+    commands
+        .clone()
+        .oneshot(Command::new(
+            stream.clone(),
+            OrderCommand::Place {
+                sku: sku.clone(),
+                qty,
+            },
+        ))
+        .await
+        .map_err(order_error)?;
+    // The order's saga: charge, then record the outcome; a failed charge cancels the order.
+    let payment = Payment {
+        order: order.clone(),
+        amount,
+    };
+    let (outcome, status, answer) = match app.payments.clone().oneshot(payment).await {
+        Ok(Charge::Charged(charge)) => (OrderEvent::Paid { charge }, StatusCode::CREATED, "PAID"),
+        Ok(Charge::Queued) => (OrderEvent::PaymentQueued, StatusCode::ACCEPTED, "QUEUED"),
+        Err(e) => (
+            OrderEvent::Cancelled {
+                reason: e.to_string(),
+            },
+            StatusCode::BAD_GATEWAY,
+            "CANCELLED",
+        ),
+    };
+    commands
+        .oneshot(Command::new(stream, OrderCommand::Settle(outcome)))
+        .await
+        .map_err(order_error)?;
+    Ok((status, format!("{answer} order {order} {sku} x{qty}\n")))
+}
+
+pub(crate) async fn show(
+    State(app): State<App>,
+    Tenant(t): Tenant,
+    Params(order): Params<String>,
+) -> Result<String, ApiError> {
+    if !order.bytes().all(|b| b.is_ascii_alphanumeric()) || order.len() > 64 {
+        return Err(ApiError::BadRequest("malformed order id"));
+    }
+    let o = app
+        .orders
+        .load(&stream_id(t.id(), &order))
+        .await
+        .map_err(|e| ApiError::Unavailable("orders unavailable", e.into()))?;
+    match (o.state.status, o.state.sku) {
+        (Some(status), Some(sku)) => Ok(format!(
+            "{} {sku} x{} (version {})\n",
+            status.as_str(),
+            o.state.qty,
+            o.version
+        )),
+        _ => Err(ApiError::NotFound("no such order")),
+    }
+}
+
+pub(crate) async fn gateway(
+    State(app): State<App>,
+    Params(state): Params<String>,
+) -> Result<String, ApiError> {
+    let state = Provider::parse(&state).ok_or(ApiError::NotFound("no such gateway state"))?;
+    app.provider.store(state as u8, Ordering::SeqCst);
+    Ok(format!("payment provider {}\n", state.as_str()))
+}
+
+pub(crate) async fn health(State(app): State<App>) -> String {
+    let r = app.breaker.report();
+    let queued = app.queue.lock().map_or(0, |q| q.len());
+    format!(
+        "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}\n",
+        r.name,
+        r.state,
+        r.health,
+        app.catalog_loads.load(Ordering::Relaxed),
+        app.provider_attempts.load(Ordering::Relaxed),
+    )
+}
