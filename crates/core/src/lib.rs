@@ -5,6 +5,8 @@
 //!   instance that rejected.
 //! - [`http`]: errors to HTTP responses (503/429 with `Retry-After`, 504, 400, 500), for
 //!   axum's `HandleErrorLayer` and for plain hyper.
+//! - [`check`]: the one response future of a middleware that checks (a limit, a lookup)
+//!   before it calls its inner service.
 //! - [`classify`]: success, failure or neither, for generic services and for HTTP and gRPC
 //!   through tower-http's classifiers (trailers included).
 //! - [`key`] and [`keyed`]: taking a key from a request, and a bounded map of per-key
@@ -31,6 +33,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod check;
 pub mod classify;
 pub mod error;
 pub mod http;
