@@ -13,9 +13,7 @@ use std::{future::Ready, time::Duration};
 use criterion::{criterion_group, criterion_main};
 use support::Bare;
 use tower::{Layer, ServiceBuilder, limit::ConcurrencyLimitLayer, retry::RetryLayer};
-use tower_patterns::{
-    ServiceBuilderExt, breaker::CircuitBreakerLayer, bulkhead::BulkheadLayer, retry::RetryPolicy,
-};
+use tower_patterns::{breaker::CircuitBreakerLayer, bulkhead::BulkheadLayer, retry::RetryPolicy};
 
 const LIMIT: usize = 1 << 20;
 
@@ -48,10 +46,10 @@ macro_rules! each_peer {
         $case!(
             "tower_patterns_stack",
             ServiceBuilder::new()
-                .retry_with(RetryPolicy::errors("stack").build_static().unwrap())
-                .circuit_breaker(CircuitBreakerLayer::builder("stack").build().unwrap())
+                .layer(RetryPolicy::builder("stack").build().unwrap().leak().layer())
+                .layer(CircuitBreakerLayer::builder("stack").build().unwrap())
                 .timeout(Duration::from_secs(10))
-                .bulkhead(
+                .layer(
                     BulkheadLayer::builder("stack")
                         .max_concurrent(LIMIT as u32)
                         .build()

@@ -33,7 +33,7 @@ use axum::{
 };
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_patterns::{
-    BoxError, ServiceBuilderExt,
+    BoxError,
     breaker::CircuitBreakerLayer,
     bulkhead::BulkheadLayer,
     http::handle_error,
@@ -61,10 +61,10 @@ fn main() -> Result<(), BoxError> {
                 ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(handle_error))
                     .layer(ReplayBodyLayer::new(64 * 1024))
-                    .retry_with(RetryPolicy::http("bench").build_static()?)
-                    .circuit_breaker(CircuitBreakerLayer::builder("bench").build()?)
+                    .layer(RetryPolicy::builder("bench").http().build()?.leak().layer())
+                    .layer(CircuitBreakerLayer::builder("bench").build()?)
                     .timeout(Duration::from_secs(5))
-                    .bulkhead(
+                    .layer(
                         BulkheadLayer::builder("bench")
                             .max_concurrent(1_024)
                             .build()?,
@@ -80,9 +80,9 @@ fn main() -> Result<(), BoxError> {
             "tower_patterns_no_retry" => routes.layer(
                 ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(handle_error))
-                    .circuit_breaker(CircuitBreakerLayer::builder("bench").build()?)
+                    .layer(CircuitBreakerLayer::builder("bench").build()?)
                     .timeout(Duration::from_secs(5))
-                    .bulkhead(
+                    .layer(
                         BulkheadLayer::builder("bench")
                             .max_concurrent(1_024)
                             .build()?,

@@ -3,22 +3,27 @@
 //! `ServiceBuilder` in axum, hyper and tonic services. CQRS, sagas, the rest of the API gateway
 //! and the strangler fig are planned and not in this release.
 //!
-//! This crate is the facade: it re-exports each pattern crate behind a feature of the same
-//! name, and the shared vocabulary of `tower-patterns-core` at its root. With no feature it
-//! builds and brings the vocabulary alone.
+//! This crate is the facade: feature `x` gives module `tower_patterns::x`, the whole public API
+//! of crate `tower-patterns-x`, and the shared vocabulary of `tower-patterns-core` is at its
+//! root. With no feature it builds and brings the vocabulary alone. [`tenant`] is there either
+//! way: core's tenant vocabulary ([`TenantId`](tenant::TenantId),
+//! [`TenantError`](tenant::TenantError)) without the feature, the whole tenant crate (which
+//! re-exports that vocabulary) with it.
 //!
 //! # Features
 //!
 //! | feature     | brings                                                               | status  |
 //! |-------------|----------------------------------------------------------------------|---------|
-//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`tenant`], [`ServiceBuilderExt`] | landed |
+//! | (none)      | [`Rejected`], [`http`] error mapping, [`classify`], [`key`], [`keyed`], [`observe`], [`rng`], [`tenant`] (`TenantId`, `TenantError`) | landed |
 //! | `breaker`   | [`breaker`]: circuit breaker (count or time window, slow calls, half-open ramp, keyed) and fallback layers | landed |
 //! | `bulkhead`  | [`bulkhead`]: FIFO semaphore pools with bounded waiting, keyed partitions, isolated executor, adaptive limits | landed |
 //! | `retry`     | [`retry`]: retry policies with backoff families, budgets, `Retry-After`, idempotency | landed |
 //! | `cache`     | [`cache`]: cache-aside (single flight, SWR, stale-if-error, XFetch, negative caching, tenant-scoped keys), write-through, write-behind, RFC 9111 HTTP caching, on moka | landed |
 //! | `cache-redis` | the cache's Redis store and two-tier store (moka L1 + Redis L2, invalidation broadcast) | landed |
-//! | `tenant`    | [`tenant_resolution`]: tenant resolution (header, host, path, verified JWT, API key; trusted proxies), the registry, the `Tenant` extractor, data isolation on PostgreSQL and SQLite | landed |
+//! | `tenant`    | [`tenant`]: tenant resolution (header, host, path, verified JWT, API key; trusted proxies), the registry, the `Tenant` extractor, data isolation on PostgreSQL and SQLite | landed |
 //! | `tenant-postgres` | the PostgreSQL tenant registry and isolation helpers (database, schema or row-level security per tenant) | landed |
+//! | `tenant-sqlite` | the tenant-scoped table API on SQLite | landed |
+//! | `axum`      | axum integrations: the `Tenant` extractor and `ConnectInfo` as the peer address | landed |
 //! | `ratelimit` | [`ratelimit`]: keyed GCRA with a rate per key, long-period quotas, `RateLimit-*` headers | landed |
 //! | `ratelimit-redis` | the distributed GCRA limiter over Redis, fail open or closed | landed |
 //! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
@@ -34,12 +39,12 @@
 //! use std::time::Duration;
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_patterns::{BoxError, Rejected, RejectionKind, ServiceBuilderExt};
+//! use tower_patterns::{BoxError, Rejected, RejectionKind, http::ErrorResponseLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let svc = ServiceBuilder::new()
-//!     .error_responses()
+//!     .layer(ErrorResponseLayer::new())
 //!     .service(service_fn(|_req: Request<String>| async {
 //!         let open = Rejected::new(RejectionKind::CircuitOpen)
 //!             .with_retry_after(Duration::from_secs(5));
@@ -73,10 +78,6 @@
     doc = "[`cache`]: https://docs.rs/tower-patterns-cache"
 )]
 #![cfg_attr(
-    not(feature = "tenant"),
-    doc = "[`tenant_resolution`]: https://docs.rs/tower-patterns-tenant"
-)]
-#![cfg_attr(
     not(feature = "ratelimit"),
     doc = "[`ratelimit`]: https://docs.rs/tower-patterns-ratelimit"
 )]
@@ -96,12 +97,12 @@ struct ReadmeDoctests;
 
 pub use tower_patterns_core::{
     BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
-    key, keyed, metric_name, observe, rng, tenant,
+    key, keyed, metric_name, observe, rng,
 };
 
-mod builder;
-
-pub use builder::ServiceBuilderExt;
+// Without the `tenant` feature: core's tenant vocabulary (with it, the tenant crate below).
+#[cfg(not(feature = "tenant"))]
+pub use tower_patterns_core::tenant;
 
 #[cfg(feature = "breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "breaker")))]
@@ -129,7 +130,7 @@ pub use tower_patterns_ratelimit as ratelimit;
 
 #[cfg(feature = "tenant")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tenant")))]
-pub use tower_patterns_tenant as tenant_resolution;
+pub use tower_patterns_tenant as tenant;
 
 #[cfg(feature = "shard")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shard")))]

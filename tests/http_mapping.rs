@@ -1,5 +1,5 @@
 //! The HTTP mapping of core, used as users will: from axum's `HandleErrorLayer` and, for plain
-//! hyper services, through `ServiceBuilderExt::error_responses`.
+//! hyper services, through `ErrorResponseLayer`.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -7,7 +7,10 @@ use axum::{Router, body::Body, error_handling::HandleErrorLayer, routing::get};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
-use tower_patterns::{BoxError, Rejected, RejectionKind, ServiceBuilderExt, http::handle_error};
+use tower_patterns::{
+    BoxError, Rejected, RejectionKind,
+    http::{ErrorResponseLayer, handle_error},
+};
 
 fn rejecting(kind: RejectionKind, after: Duration) -> Router {
     Router::new().route("/", get(|| async { "ok" })).layer(
@@ -78,9 +81,9 @@ async fn axum_timeout_is_a_504() {
 }
 
 #[tokio::test]
-async fn plain_service_through_service_builder_ext() {
+async fn plain_service_through_the_error_response_layer() {
     let svc = ServiceBuilder::new()
-        .error_responses()
+        .layer(ErrorResponseLayer::new())
         .load_shed()
         .service(service_fn(|req: Request<String>| async move {
             match req.uri().path() {
@@ -124,7 +127,7 @@ async fn readiness_errors_are_answered_on_the_next_call() {
         }
     }
     let res = ServiceBuilder::new()
-        .error_responses()
+        .layer(ErrorResponseLayer::new())
         .service(NeverReady)
         .oneshot(Request::new(String::new()))
         .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_patterns::{
-    Rejected, RejectionKind, ServiceBuilderExt,
+    Rejected, RejectionKind,
     breaker::{CircuitBreakerLayer, State},
     bulkhead::BulkheadLayer,
     retry::{Backoff, RetryPolicy},
@@ -25,17 +25,18 @@ async fn retries_stop_at_an_open_circuit_and_timeouts_trip_it() {
     let circuit = breaker.handle();
     let hung = TestService::new().never_respond();
     let svc = ServiceBuilder::new()
-        .retry_with(
-            RetryPolicy::errors("dependency")
+        .layer(
+            RetryPolicy::builder("dependency")
                 .max_attempts(3)
                 .backoff(Backoff::Constant(Duration::from_millis(100)))
                 .no_budget()
                 .build()
-                .unwrap(),
+                .unwrap()
+                .layer(),
         )
-        .circuit_breaker(breaker)
+        .layer(breaker)
         .timeout(Duration::from_secs(1))
-        .bulkhead(
+        .layer(
             BulkheadLayer::builder("dependency")
                 .max_concurrent(10)
                 .build()

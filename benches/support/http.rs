@@ -25,8 +25,7 @@ use tower_patterns::{
     cache::{CacheLayer, store::MokaStore},
     key::{ExtensionKey, HeaderKey, key_fn},
     ratelimit::{GcraLimiter, Rate, RateLimitLayer},
-    tenant::TenantId,
-    tenant_resolution::{Registry, StaticTenants, TenantLayer},
+    tenant::{Registry, StaticTenants, TenantId, TenantLayer},
 };
 
 /// How many tenants the requests cycle through.
@@ -168,7 +167,7 @@ pub fn tenants() -> StaticTenants {
 
 /// Our tenant layer: the tenant from `x-tenant-id` (unverified, as from trusted internal
 /// callers), checked against a cached registry.
-pub fn tenant_layer() -> tower_patterns::tenant_resolution::TenantLayer<StaticTenants> {
+pub fn tenant_layer() -> tower_patterns::tenant::TenantLayer<StaticTenants> {
     TenantLayer::builder_with(Registry::new(tenants()))
         .header("x-tenant-id")
         .allow_unverified()

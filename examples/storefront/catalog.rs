@@ -17,8 +17,7 @@ use tower_patterns::{
     BoxError, KeyError,
     cache::{CacheLayer, store::MokaStore},
     key::key_fn,
-    tenant::TenantId,
-    tenant_resolution::sqlite::Scoped,
+    tenant::{TenantId, sqlite::Scoped},
 };
 
 #[derive(Clone, Debug, Serialize)]

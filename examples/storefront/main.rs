@@ -78,8 +78,7 @@ use tower_patterns::{
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
     ratelimit::{GcraLimiter, Rate, RateLimitLayer},
-    tenant::TenantId,
-    tenant_resolution::{StaticTenants, TenantContext, TenantLayer},
+    tenant::{StaticTenants, TenantContext, TenantId, TenantLayer},
 };
 
 use crate::{

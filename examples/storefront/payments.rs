@@ -11,7 +11,7 @@ use std::{
 
 use tower::{ServiceBuilder, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
-    BoxError, ServiceBuilderExt,
+    BoxError,
     breaker::{CircuitBreakerHandle, CircuitBreakerLayer, FallbackLayer},
     bulkhead::BulkheadLayer,
     retry::RetryPolicy,
@@ -115,14 +115,15 @@ pub(crate) fn payments(
     let handle = breaker.handle();
     let client = ServiceBuilder::new()
         .layer(FallbackLayer::service(enqueue).on_rejection_only())
-        .retry_with(
-            RetryPolicy::errors("payments")
+        .layer(
+            RetryPolicy::builder("payments")
                 .max_attempts(2)
-                .build_static()?,
+                .build()?.leak()
+                .layer(),
         )
-        .circuit_breaker(breaker)
+        .layer(breaker)
         .timeout(Duration::from_secs(2))
-        .bulkhead(
+        .layer(
             BulkheadLayer::builder("payments")
                 .max_concurrent(64)
                 .build()?,

@@ -16,8 +16,7 @@ use tower_patterns::{
     eventstore::{Command, CommandService, RepositoryError},
     http::{classify_error, error_response},
     observe::StateHandle,
-    tenant::TenantId,
-    tenant_resolution::Tenant,
+    tenant::{Tenant, TenantId},
 };
 
 use crate::{

@@ -10,7 +10,7 @@ use axum::{
 use http_body_util::BodyExt;
 use rusqlite::Connection;
 use tower::ServiceExt;
-use tower_patterns::tenant_resolution::StaticTenants;
+use tower_patterns::tenant::StaticTenants;
 
 use crate::{API_KEY_HEADER, App, Auth, TENANT_CONCURRENCY, TENANT_HEADER, TENANTS, storefront};
 
