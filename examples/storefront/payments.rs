@@ -116,9 +116,9 @@ pub(crate) fn payments(
     let client = ServiceBuilder::new()
         .layer(FallbackLayer::service(enqueue).on_rejection_only())
         .layer(
-            RetryPolicy::builder("payments")
+            RetryPolicy::errors("payments")
                 .max_attempts(2)
-                .build()?.leak()
+                .build_static()?
                 .layer(),
         )
         .layer(breaker)
