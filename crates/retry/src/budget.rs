@@ -75,6 +75,16 @@ impl RetryBudget {
         self.tokens.load(Relaxed) as f64 / SCALE
     }
 
+    /// The most tokens it holds.
+    pub fn max_tokens(&self) -> f64 {
+        self.max as f64 / SCALE
+    }
+
+    /// Retries in flight now (counted only for requests that took a slot).
+    pub fn retries_in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
     /// A call succeeded.
     #[inline]
     pub fn success(&self) {

@@ -26,42 +26,42 @@ pub struct Attempt(pub u32);
 ///
 /// Implemented for bodies held in memory; streaming bodies are not replayable, so such
 /// requests are sent once and never retried.
-pub trait ReplayBody: Sized {
+pub trait TryCloneBody: Sized {
     /// A copy for another attempt, if the body can be sent again.
     fn try_clone(&self) -> Option<Self>;
 }
 
-impl ReplayBody for String {
+impl TryCloneBody for String {
     fn try_clone(&self) -> Option<Self> {
         Some(self.clone())
     }
 }
 
-impl ReplayBody for Bytes {
+impl TryCloneBody for Bytes {
     fn try_clone(&self) -> Option<Self> {
         Some(self.clone())
     }
 }
 
-impl ReplayBody for () {
+impl TryCloneBody for () {
     fn try_clone(&self) -> Option<Self> {
         Some(())
     }
 }
 
-impl<D: Clone> ReplayBody for http_body_util::Full<D> {
+impl<D: Clone> TryCloneBody for http_body_util::Full<D> {
     fn try_clone(&self) -> Option<Self> {
         Some(self.clone())
     }
 }
 
-impl<D> ReplayBody for http_body_util::Empty<D> {
+impl<D> TryCloneBody for http_body_util::Empty<D> {
     fn try_clone(&self) -> Option<Self> {
         Some(Self::new())
     }
 }
 
-/// Retries HTTP and gRPC calls; see [`RetryPolicy::http`](crate::RetryPolicy::http).
+/// Retries HTTP and gRPC calls; see [`RetryPolicyBuilder::http`](crate::RetryPolicyBuilder::http).
 ///
 /// - **Responses**: 408, 429, 502, 503 and 504 by default (`statuses` to change); gRPC
 ///   statuses in the response headers (trailers-only responses, as servers send errors) that
@@ -150,7 +150,7 @@ impl HttpRetry {
 
 /// A copy of `req` for another attempt (method, URI, version, headers, extensions and the
 /// body), if its body can be sent again.
-pub(crate) fn copy_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+pub(crate) fn copy_request<B: TryCloneBody>(req: &Request<B>) -> Option<Request<B>> {
     let mut copy = Request::new(req.body().try_clone()?);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
@@ -186,7 +186,7 @@ pub fn grpc_pushback(headers: &http::HeaderMap) -> Option<Pushback> {
     })
 }
 
-impl<B: ReplayBody, RB> RetryKind<Request<B>, Response<RB>, BoxError> for HttpRetry {
+impl<B: TryCloneBody, RB> RetryKind<Request<B>, Response<RB>, BoxError> for HttpRetry {
     fn verdict(&self, _req: &Request<B>, result: &Result<Response<RB>, BoxError>) -> Verdict {
         let res = match result {
             Ok(res) => res,

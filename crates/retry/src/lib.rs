@@ -12,10 +12,24 @@
 //!   throttling), and an optional cap on retries in flight.
 //! - [`ReplayBodyLayer`]: request bodies up to a size are buffered so they can be retried;
 //!   larger or streaming bodies are sent once.
-//! - [`HedgeLayer`]: a second copy of a slow idempotent read after a fixed delay or a
+//! - [`HedgingLayer`]: a second copy of a slow idempotent read after a fixed delay or a
 //!   latency percentile, on the same budget; the first answer wins.
 //! - A deadline across attempts; put tower's `Timeout` inside the retry layer for a
 //!   per-attempt timeout.
+//!
+//! The retry itself is a pattern that plugs into a tower mechanism: [`RetryPolicy`] is a
+//! `tower::retry::Policy`, built with `RetryPolicy::builder(name)...build()`, and
+//! [`RetryPolicy::layer`] is tower's own `tower::retry::RetryLayer` running it; there is no
+//! retry service of ours to name.
+//!
+//! # Metrics and handles
+//!
+//! - `tower_patterns_retry_retries_total{name}`: retries started;
+//!   `tower_patterns_retry_gave_up_total{name, reason}`: failures not retried any more
+//!   (`reason` is `attempts`, `budget`, `deadline` or `pushback`). A first attempt that
+//!   succeeds records nothing.
+//! - [`RetryPolicy::handle`]: a [`RetryPolicyHandle`] (pattern `retry`) reading the budget.
+//! - The hedging layer's metrics and handle: see [`hedging`].
 //!
 //! # Example
 //!
@@ -30,9 +44,9 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! let defaults = RetryPolicy::http("catalog").build().unwrap();
+//! let defaults = RetryPolicy::builder("catalog").http().build().unwrap();
 //!
-//! let policy = RetryPolicy::errors("inventory")
+//! let policy = RetryPolicy::builder("inventory")
 //!     .max_attempts(4)
 //!     .backoff(Backoff::Exponential { base: Duration::from_millis(50), multiplier: 2.0 })
 //!     .deadline(Duration::from_secs(2))
@@ -61,17 +75,19 @@
 
 pub mod backoff;
 pub mod budget;
-pub mod hedge;
+mod handle;
+pub mod hedging;
 mod http;
 mod policy;
 pub mod replay;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
-pub use hedge::{Hedge, HedgeDelay, HedgeFuture, HedgeLayer, hedge_reads};
-pub use http::{Attempt, HttpRetry, ReplayBody, grpc_pushback, retry_after};
+pub use handle::RetryPolicyHandle;
+pub use hedging::{HedgeDelay, Hedging, HedgingBuilder, HedgingHandle, HedgingLayer, hedge_reads};
+pub use http::{Attempt, HttpRetry, TryCloneBody, grpc_pushback, retry_after};
 pub use policy::{
-    Delay, ErrorRetry, Pushback, RetryBuilder, RetryIf, RetryKind, RetryPolicy, RetryShared,
+    Delay, ErrorRetry, Pushback, RetryIf, RetryKind, RetryPolicy, RetryPolicyBuilder, RetryShared,
     Verdict,
 };
-pub use replay::{ReplayBodyLayer, ReplayBodyService, ReplayFuture, ReplayableBody};
+pub use replay::{ReplayBody, ReplayBodyLayer, ReplayableBody};

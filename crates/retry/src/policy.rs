@@ -22,7 +22,7 @@ use tower_patterns_core::{
     rng::{GOLDEN_GAMMA, SplitMix64, mix},
 };
 
-use crate::{Backoff, RetryBudget};
+use crate::{Backoff, RetryBudget, RetryPolicyHandle};
 
 /// What a finished attempt means for retrying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,9 +122,10 @@ where
 }
 
 /// What every request through one policy shares: its settings, counters and budget.
-/// Opaque; held by [`RetryPolicy`] behind an `Arc` or, with
-/// [`RetryBuilder::build_static`], a `&'static`.
+/// Opaque; held by [`RetryPolicy`] behind an `Arc` or, after [`RetryPolicy::leak`], a
+/// `&'static`.
 pub struct RetryShared<K> {
+    name: Arc<str>,
     kind: K,
     backoff: Backoff,
     max_attempts: u32,
@@ -145,8 +146,8 @@ enum GaveUp {
     Pushback = 3,
 }
 
-/// A retry policy for tower's `Retry`; build it with [`RetryPolicy::http`] or
-/// [`RetryPolicy::errors`], then apply it with [`RetryPolicy::layer`].
+/// A retry policy for tower's `Retry`; build it with [`RetryPolicy::builder`], then apply it
+/// with [`RetryPolicy::layer`] (tower's own [`RetryLayer`]).
 ///
 /// tower clones the policy for every request: per-request state (the attempt, the previous
 /// delay, the random source) lives in the clone; the configuration and the budget are shared.
@@ -203,26 +204,48 @@ impl<K, P: Deref<Target = RetryShared<K>>> Drop for RetryPolicy<K, P> {
     }
 }
 
-impl RetryPolicy<crate::HttpRetry> {
-    /// A builder for HTTP and gRPC: retries 408, 429, 502, 503, 504 and gRPC UNAVAILABLE,
-    /// transport errors and timeouts; honours `Retry-After` and `grpc-retry-pushback-ms`;
-    /// retries POST and PATCH only with an `Idempotency-Key` header.
-    pub fn http(name: &str) -> RetryBuilder<crate::HttpRetry> {
-        RetryBuilder::new(name, crate::HttpRetry::default())
-    }
-}
-
 impl RetryPolicy<ErrorRetry> {
-    /// A builder for any service with `BoxError` errors: retries errors, not rejections.
-    pub fn errors(name: &str) -> RetryBuilder<ErrorRetry> {
-        RetryBuilder::new(name, ErrorRetry::default())
+    /// A builder named `name` (it labels the metrics and the [handle](RetryPolicy::handle)).
+    ///
+    /// It retries errors of any service whose error is [`BoxError`], never rejections
+    /// ([`ErrorRetry`]); [`RetryPolicyBuilder::http`] switches to HTTP and gRPC rules and
+    /// [`RetryPolicyBuilder::kind`] to any [`RetryKind`].
+    pub fn builder(name: impl Into<Arc<str>>) -> RetryPolicyBuilder<ErrorRetry> {
+        RetryPolicyBuilder::new(name.into(), ErrorRetry::default())
     }
 }
 
-impl<K> RetryPolicy<K> {
-    /// A builder with a custom [`RetryKind`].
-    pub fn custom(name: &str, kind: K) -> RetryBuilder<K> {
-        RetryBuilder::new(name, kind)
+impl<K: Clone + 'static> RetryPolicy<K> {
+    /// The same policy with its shared part leaked, once, to a `&'static`: tower clones the
+    /// policy for every request, and a `&'static` clones without the `Arc` reference count
+    /// (two atomic operations per request). For policies built once at startup and kept for
+    /// the life of the process; each call leaks one small allocation. The leaked policy keeps
+    /// the same budget, metrics and name, so handles of both read the same state.
+    #[must_use]
+    pub fn leak(self) -> RetryPolicy<K, &'static RetryShared<K>> {
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        let owned = Arc::try_unwrap(shared).unwrap_or_else(|shared| shared.duplicate());
+        RetryPolicy::from_shared(&*Box::leak(Box::new(owned)))
+    }
+}
+
+impl<K: Clone> RetryShared<K> {
+    /// A copy sharing the budget and the metrics.
+    fn duplicate(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+            cap: self.cap,
+            max_pushback: self.max_pushback,
+            deadline: self.deadline,
+            budget: self.budget.clone(),
+            seed: AtomicU64::new(self.seed.load(Ordering::Relaxed)),
+            retries: self.retries.clone(),
+            gave_up: self.gave_up.clone(),
+        }
     }
 }
 
@@ -232,9 +255,20 @@ impl<K, P: Deref<Target = RetryShared<K>>> RetryPolicy<K, P> {
         RetryLayer::new(self)
     }
 
-    /// The shared budget, if any (to read its tokens).
+    /// The shared budget, if any (to read its tokens, or to share it with a
+    /// [`HedgingLayer`](crate::HedgingLayer)).
     pub fn budget(&self) -> Option<&Arc<RetryBudget>> {
         self.shared.budget.as_ref()
+    }
+
+    /// A handle on the state every request through this policy shares (its budget), for
+    /// health endpoints; it implements [`StateHandle`](tower_patterns_core::observe::StateHandle).
+    pub fn handle(&self) -> RetryPolicyHandle {
+        RetryPolicyHandle::new(
+            self.shared.name.clone(),
+            self.shared.max_attempts,
+            self.shared.budget.clone(),
+        )
     }
 
     fn leave_slot(&mut self) {
@@ -324,9 +358,10 @@ where
     }
 }
 
-/// Builds a [`RetryPolicy`]; `build` validates.
-pub struct RetryBuilder<K> {
-    name: String,
+/// Builds a [`RetryPolicy`]; `build` validates. `K` is the [`RetryKind`], [`ErrorRetry`]
+/// unless changed with [`http`](Self::http) or [`kind`](Self::kind).
+pub struct RetryPolicyBuilder<K = ErrorRetry> {
+    name: Arc<str>,
     kind: K,
     backoff: Backoff,
     max_attempts: u32,
@@ -337,9 +372,9 @@ pub struct RetryBuilder<K> {
     seed: u64,
 }
 
-impl<K: fmt::Debug> fmt::Debug for RetryBuilder<K> {
+impl<K: fmt::Debug> fmt::Debug for RetryPolicyBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RetryBuilder")
+        f.debug_struct("RetryPolicyBuilder")
             .field("name", &self.name)
             .field("kind", &self.kind)
             .field("backoff", &self.backoff)
@@ -349,10 +384,10 @@ impl<K: fmt::Debug> fmt::Debug for RetryBuilder<K> {
     }
 }
 
-impl<K> RetryBuilder<K> {
-    fn new(name: &str, kind: K) -> Self {
+impl<K> RetryPolicyBuilder<K> {
+    fn new(name: Arc<str>, kind: K) -> Self {
         Self {
-            name: name.to_owned(),
+            name,
             kind,
             backoff: Backoff::default(),
             max_attempts: 3,
@@ -423,9 +458,18 @@ impl<K> RetryBuilder<K> {
         self
     }
 
-    /// Changes the retry kind's settings (for example `HttpRetry::statuses`).
-    pub fn kind<K2>(self, kind: K2) -> RetryBuilder<K2> {
-        RetryBuilder {
+    /// Retries HTTP and gRPC calls with [`HttpRetry`](crate::HttpRetry)'s defaults: 408,
+    /// 429, 502, 503, 504 and gRPC UNAVAILABLE, transport errors and timeouts; honours
+    /// `Retry-After` and `grpc-retry-pushback-ms`; retries POST and PATCH only with an
+    /// `Idempotency-Key` header. [`kind`](Self::kind) takes an `HttpRetry` with other settings.
+    pub fn http(self) -> RetryPolicyBuilder<crate::HttpRetry> {
+        self.kind(crate::HttpRetry::default())
+    }
+
+    /// Judges attempts with `kind`: a custom [`RetryKind`], or a kind with changed settings
+    /// (for example `HttpRetry::statuses`).
+    pub fn kind<K2>(self, kind: K2) -> RetryPolicyBuilder<K2> {
+        RetryPolicyBuilder {
             name: self.name,
             kind,
             backoff: self.backoff,
@@ -448,22 +492,6 @@ impl<K> RetryBuilder<K> {
             .map(|shared| RetryPolicy::from_shared(Arc::new(shared)))
     }
 
-    /// Builds the policy with its shared part leaked, once, to a `&'static`: tower clones
-    /// the policy for every request, and a `&'static` clones without the `Arc` reference
-    /// count (two atomic operations per request). For policies built once at startup and kept
-    /// for the life of the process; each call leaks one small allocation.
-    ///
-    /// # Errors
-    ///
-    /// As [`Self::build`].
-    pub fn build_static(self) -> Result<RetryPolicy<K, &'static RetryShared<K>>, ConfigError>
-    where
-        K: 'static,
-    {
-        self.shared()
-            .map(|shared| RetryPolicy::from_shared(&*Box::leak(Box::new(shared))))
-    }
-
     fn shared(self) -> Result<RetryShared<K>, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new("max_attempts", "must be at least 1"));
@@ -473,11 +501,22 @@ impl<K> RetryBuilder<K> {
         let gave_up = |reason: &'static str| {
             metrics::counter!(
                 tower_patterns_core::metric_name!("retry", "gave_up_total"),
-                tower_patterns_core::observe::labels::NAME => name.clone(),
+                tower_patterns_core::observe::labels::NAME => name.to_string(),
                 "reason" => reason
             )
         };
+        let gave_up = [
+            gave_up("attempts"),
+            gave_up("budget"),
+            gave_up("deadline"),
+            gave_up("pushback"),
+        ];
+        let retries = metrics::counter!(
+            tower_patterns_core::metric_name!("retry", "retries_total"),
+            tower_patterns_core::observe::labels::NAME => name.to_string()
+        );
         Ok(RetryShared {
+            name,
             kind: self.kind,
             backoff: self.backoff,
             max_attempts: self.max_attempts,
@@ -486,16 +525,8 @@ impl<K> RetryBuilder<K> {
             deadline: self.deadline,
             budget: self.budget.map(Arc::new),
             seed: AtomicU64::new(self.seed),
-            retries: metrics::counter!(
-                tower_patterns_core::metric_name!("retry", "retries_total"),
-                tower_patterns_core::observe::labels::NAME => name.clone()
-            ),
-            gave_up: [
-                gave_up("attempts"),
-                gave_up("budget"),
-                gave_up("deadline"),
-                gave_up("pushback"),
-            ],
+            retries,
+            gave_up,
         })
     }
 }

@@ -40,9 +40,13 @@ fn first_attempts_allocate_nothing() {
     let counter = Counter::start();
     let inner = service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)));
     let kind = RetryIf(verdict as fn(&Result<u64, Infallible>) -> Verdict);
-    let arc = RetryPolicy::custom("alloc", kind).build().unwrap();
+    let arc = RetryPolicy::builder("alloc").kind(kind).build().unwrap();
     assert_eq!(count(&counter, arc.layer().layer(inner)), 0);
-    let leaked = RetryPolicy::custom("alloc", kind).build_static().unwrap();
+    let leaked = RetryPolicy::builder("alloc")
+        .kind(kind)
+        .build()
+        .unwrap()
+        .leak();
     let whole = counter.during(|| assert_eq!(count(&counter, leaked.layer().layer(inner)), 0));
     assert_eq!(
         whole, 0,

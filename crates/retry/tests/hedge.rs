@@ -12,7 +12,7 @@ use http::{Method, Request};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_patterns_core::BoxError;
-use tower_patterns_retry::{HedgeDelay, HedgeLayer, RetryBudget, hedge_reads};
+use tower_patterns_retry::{HedgeDelay, HedgingLayer, RetryBudget, hedge_reads};
 
 /// The first call takes `slow`, later ones `fast`.
 fn slow_then_fast(
@@ -37,10 +37,12 @@ fn slow_then_fast(
 #[tokio::test(start_paused = true)]
 async fn a_slow_call_is_hedged_after_the_delay_and_the_copy_wins() {
     let (svc, calls) = slow_then_fast(Duration::from_secs(10), Duration::from_millis(20));
-    let svc = HedgeLayer::new(HedgeDelay::Fixed(Duration::from_millis(100)), |x: &u32| {
-        Some(*x)
-    })
-    .layer(svc);
+    let svc = HedgingLayer::builder("test")
+        .delay(HedgeDelay::Fixed(Duration::from_millis(100)))
+        .copy(|x: &u32| Some(*x))
+        .build()
+        .unwrap()
+        .layer(svc);
     let start = Instant::now();
     assert_eq!(
         svc.oneshot(1).await.unwrap(),
@@ -54,10 +56,12 @@ async fn a_slow_call_is_hedged_after_the_delay_and_the_copy_wins() {
 #[tokio::test(start_paused = true)]
 async fn a_fast_call_is_not_hedged() {
     let (svc, calls) = slow_then_fast(Duration::from_millis(50), Duration::from_millis(50));
-    let svc = HedgeLayer::new(HedgeDelay::Fixed(Duration::from_millis(100)), |x: &u32| {
-        Some(*x)
-    })
-    .layer(svc);
+    let svc = HedgingLayer::builder("test")
+        .delay(HedgeDelay::Fixed(Duration::from_millis(100)))
+        .copy(|x: &u32| Some(*x))
+        .build()
+        .unwrap()
+        .layer(svc);
     assert_eq!(svc.oneshot(1).await.unwrap(), 10);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -67,11 +71,13 @@ async fn no_copy_without_budget_or_for_writes() {
     let budget = Arc::new(RetryBudget::new(2.0, 0.1).unwrap());
     budget.failure(); // 1 token of 2: not above half
     let (svc, calls) = slow_then_fast(Duration::from_secs(1), Duration::from_millis(1));
-    let svc = HedgeLayer::new(HedgeDelay::Fixed(Duration::from_millis(10)), |x: &u32| {
-        Some(*x)
-    })
-    .budget(budget)
-    .layer(svc);
+    let svc = HedgingLayer::builder("test")
+        .delay(HedgeDelay::Fixed(Duration::from_millis(10)))
+        .copy(|x: &u32| Some(*x))
+        .budget(budget)
+        .build()
+        .unwrap()
+        .layer(svc);
     assert_eq!(
         svc.oneshot(1).await.unwrap(),
         10,
@@ -105,14 +111,15 @@ async fn the_percentile_delay_follows_recent_latencies() {
             Ok::<_, BoxError>(n)
         }
     });
-    let layer = HedgeLayer::new(
-        HedgeDelay::Percentile {
+    let layer = HedgingLayer::builder("test")
+        .delay(HedgeDelay::Percentile {
             percentile: 0.9,
             min_samples: 100,
             fallback: Duration::from_secs(1),
-        },
-        |x: &u32| Some(*x),
-    );
+        })
+        .copy(|x: &u32| Some(*x))
+        .build()
+        .unwrap();
     let svc = layer.layer(svc);
     for _ in 0..200 {
         svc.clone().oneshot(0).await.unwrap();

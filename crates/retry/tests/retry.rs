@@ -100,8 +100,10 @@ async fn attempts(script: Vec<Step>) -> usize {
     inner.calls()
 }
 
-fn policy() -> tower_patterns_retry::RetryBuilder<HttpRetry> {
-    RetryPolicy::http("test").backoff(Backoff::Constant(Duration::from_millis(100)))
+fn policy() -> tower_patterns_retry::RetryPolicyBuilder<HttpRetry> {
+    RetryPolicy::builder("test")
+        .http()
+        .backoff(Backoff::Constant(Duration::from_millis(100)))
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,7 +235,7 @@ async fn a_rejection_from_below_is_not_retried_unless_asked() {
             }
         })
     };
-    let svc = RetryPolicy::errors("x")
+    let svc = RetryPolicy::builder("x")
         .build()
         .unwrap()
         .layer()
@@ -245,7 +247,7 @@ async fn a_rejection_from_below_is_not_retried_unless_asked() {
         "an open circuit is not retried"
     );
 
-    let svc = RetryPolicy::errors("x")
+    let svc = RetryPolicy::builder("x")
         .kind(tower_patterns_retry::ErrorRetry::default().retry_rejected(true))
         .backoff(Backoff::Constant(Duration::ZERO))
         .build()
@@ -263,7 +265,7 @@ async fn a_rejection_from_below_is_not_retried_unless_asked() {
 #[tokio::test(start_paused = true)]
 async fn backoff_delays_are_waited_out_and_attempts_bounded() {
     let inner = TestService::new().always_fail();
-    let svc = RetryPolicy::errors("exp")
+    let svc = RetryPolicy::builder("exp")
         .max_attempts(4)
         .backoff(Backoff::Exponential {
             base: Duration::from_millis(100),
@@ -283,7 +285,7 @@ async fn backoff_delays_are_waited_out_and_attempts_bounded() {
 #[tokio::test(start_paused = true)]
 async fn the_deadline_stops_retries_that_would_end_past_it() {
     let inner = TestService::new().always_fail();
-    let svc = RetryPolicy::errors("deadline")
+    let svc = RetryPolicy::builder("deadline")
         .max_attempts(100)
         .backoff(Backoff::Constant(Duration::from_secs(1)))
         .deadline(Duration::from_millis(3_500))
@@ -305,7 +307,7 @@ async fn the_deadline_stops_retries_that_would_end_past_it() {
 #[tokio::test(start_paused = true)]
 async fn retries_stay_within_the_budget_when_the_dependency_is_down() {
     let inner = TestService::new().always_fail();
-    let policy = RetryPolicy::errors("budget")
+    let policy = RetryPolicy::builder("budget")
         .max_attempts(5)
         .backoff(Backoff::Constant(Duration::from_millis(10)))
         .budget(RetryBudget::new(100.0, 0.1).unwrap())
@@ -338,7 +340,7 @@ async fn concurrent_retries_are_capped() {
         let inner = TestService::new()
             .always_fail()
             .delay(Duration::from_secs(1));
-        let svc = RetryPolicy::errors("cap")
+        let svc = RetryPolicy::builder("cap")
             .backoff(Backoff::Constant(Duration::ZERO))
             .budget(budget)
             .build()
@@ -364,7 +366,7 @@ async fn concurrent_retries_are_capped() {
 #[test]
 fn bad_configuration_is_a_typed_error() {
     assert_eq!(
-        RetryPolicy::errors("x")
+        RetryPolicy::builder("x")
             .max_attempts(0)
             .build()
             .unwrap_err()
@@ -372,7 +374,7 @@ fn bad_configuration_is_a_typed_error() {
         "max_attempts"
     );
     assert_eq!(
-        RetryPolicy::errors("x")
+        RetryPolicy::builder("x")
             .backoff(Backoff::Exponential {
                 base: Duration::from_millis(1),
                 multiplier: 0.5
@@ -388,8 +390,9 @@ fn bad_configuration_is_a_typed_error() {
 async fn a_static_policy_behaves_the_same() {
     let inner = Scripted::statuses(&[503, 200]);
     let svc = policy()
-        .build_static()
+        .build()
         .unwrap()
+        .leak()
         .layer()
         .layer(inner.clone());
     assert_eq!(svc.clone().oneshot(get()).await.unwrap().status(), 200);

@@ -239,6 +239,19 @@ impl Directory {
 }
 
 impl Strategy for Directory {
+    fn kind(&self) -> &'static str {
+        "directory"
+    }
+
+    fn migrating_slots(&self) -> usize {
+        self.table
+            .load()
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Migrating { .. }))
+            .count()
+    }
+
     fn shards(&self) -> usize {
         self.table.load().shards
     }

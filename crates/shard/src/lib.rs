@@ -4,7 +4,8 @@
 //!
 //! - [`ShardRouter`]: a `Service` over N shard services; always ready, each shard made ready
 //!   only when a request needs it (a stuck shard holds back only its own requests, unlike
-//!   tower's `Steer`).
+//!   tower's `Steer`). Built with [`ShardRouter::builder`]; [`ShardRouter::handle`] reports
+//!   it (pattern `shard`); its metrics are listed in [`router`].
 //! - Strategies ([`strategy`]): [`Modulo`], [`Jump`], [`Rendezvous`], [`Ring`] (virtual nodes,
 //!   bounded load), [`Range`], [`Directory`] (Redis Cluster's 16,384 slots, swapped without
 //!   locks, migrated with dual reads) and [`Geo`]. Placement uses a fixed-seed hash, so every
@@ -32,7 +33,11 @@
 //!     .collect();
 //! let strategy = Jump::new(16);
 //! let Route::To(expected) = strategy.route(&42u64) else { unreachable!() };
-//! let router = ShardRouter::new(shards, strategy, key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+//! let router = ShardRouter::builder("users")
+//!     .shards(shards)
+//!     .strategy(strategy)
+//!     .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+//!     .build()
 //!     .unwrap();
 //! assert_eq!(router.oneshot(42).await.unwrap(), expected);
 //! # }
@@ -42,13 +47,13 @@
 
 pub mod directory;
 mod key;
-mod router;
+pub mod router;
 pub mod scatter;
 pub mod strategy;
 
 pub use directory::{Directory, MovePlan, SlotMove, plan_moves};
 pub use key::{GeoKey, SEED, SLOTS, ShardKey, redis_slot, stable_hash};
-pub use router::{RouteFuture, ShardRouter};
+pub use router::{ShardRouter, ShardRouterBuilder, ShardRouterHandle};
 pub use scatter::{
     Concat, GatherFuture, Gathered, Merge, Partial, ScatterGather, ShardError, ShardTimeout,
     SortLimit,

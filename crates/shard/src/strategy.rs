@@ -66,6 +66,18 @@ pub trait Strategy: Send + Sync + 'static {
     fn needs_loads(&self) -> bool {
         false
     }
+
+    /// A short name of the strategy for reports (`modulo`, `jump`, `rendezvous`, `ring`,
+    /// `range`, `directory`, `geo`); `custom` unless overridden.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
+    /// Slots being moved from one shard to another now (only a
+    /// [`Directory`](crate::Directory) moves slots).
+    fn migrating_slots(&self) -> usize {
+        0
+    }
 }
 
 fn check_shards(n: usize) -> Result<(), ConfigError> {
@@ -90,6 +102,10 @@ impl Modulo {
 }
 
 impl Strategy for Modulo {
+    fn kind(&self) -> &'static str {
+        "modulo"
+    }
+
     fn shards(&self) -> usize {
         self.n as usize
     }
@@ -128,6 +144,10 @@ pub fn jump_hash(mut key: u64, n: i64) -> usize {
 }
 
 impl Strategy for Jump {
+    fn kind(&self) -> &'static str {
+        "jump"
+    }
+
     fn shards(&self) -> usize {
         self.n as usize
     }
@@ -185,6 +205,10 @@ impl Rendezvous {
 }
 
 impl Strategy for Rendezvous {
+    fn kind(&self) -> &'static str {
+        "rendezvous"
+    }
+
     fn shards(&self) -> usize {
         self.weights.len()
     }
@@ -257,6 +281,10 @@ impl Ring {
 }
 
 impl Strategy for Ring {
+    fn kind(&self) -> &'static str {
+        "ring"
+    }
+
     fn shards(&self) -> usize {
         self.n
     }
@@ -311,6 +339,10 @@ impl Range {
 }
 
 impl Strategy for Range {
+    fn kind(&self) -> &'static str {
+        "range"
+    }
+
     fn shards(&self) -> usize {
         self.boundaries.len() + 1
     }
@@ -370,6 +402,10 @@ impl Geo {
 }
 
 impl Strategy for Geo {
+    fn kind(&self) -> &'static str {
+        "geo"
+    }
+
     fn shards(&self) -> usize {
         self.n
     }

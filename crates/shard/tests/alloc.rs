@@ -17,9 +17,18 @@ static ALLOC: Alloc = Alloc;
 fn routing_allocates_nothing() {
     let shard = service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x)));
     let by_user = key_fn(|u: &u64| Ok::<_, KeyError>(*u));
-    let mut jump = ShardRouter::new(vec![shard; 16], Jump::new(16), by_user).unwrap();
-    let mut directory =
-        ShardRouter::new(vec![shard; 16], Directory::new(16).unwrap(), by_user).unwrap();
+    let mut jump = ShardRouter::builder("users")
+        .shards(vec![shard; 16])
+        .strategy(Jump::new(16))
+        .key(by_user)
+        .build()
+        .unwrap();
+    let mut directory = ShardRouter::builder("users")
+        .shards(vec![shard; 16])
+        .strategy(Directory::new(16).unwrap())
+        .key(by_user)
+        .build()
+        .unwrap();
     for i in 0..1_000 {
         call_now(&mut jump, i).unwrap();
         call_now(&mut directory, i).unwrap();

@@ -71,7 +71,12 @@ fn shards_with_one_stuck() -> (Vec<Shard>, usize) {
 #[tokio::test(start_paused = true)]
 async fn a_shard_that_is_never_ready_holds_back_only_its_own_requests() {
     let (shards, stuck_shard) = shards_with_one_stuck();
-    let router = ShardRouter::new(shards.clone(), Jump::new(4), by_user()).unwrap();
+    let router = ShardRouter::builder("users")
+        .shards(shards.clone())
+        .strategy(Jump::new(4))
+        .key(by_user())
+        .build()
+        .unwrap();
     let mut probe = router.clone();
     let ready = tokio::time::timeout(Duration::from_secs(1), probe.ready()).await;
     assert!(
@@ -135,19 +140,22 @@ async fn tower_steer_is_not_ready_while_one_shard_is_not() {
 #[tokio::test]
 async fn a_bad_key_is_a_typed_error() {
     let shards = vec![TestService::new(); 2];
-    let router = ShardRouter::new(
-        shards,
-        Jump::new(2),
-        key_fn(|s: &&str| {
+    let router = ShardRouter::builder("users")
+        .shards(shards)
+        .strategy(Jump::new(2))
+        .key(key_fn(|s: &&str| {
             s.parse::<u64>()
                 .map_err(|_| KeyError::malformed("user id", "not a number"))
-        }),
-    )
-    .unwrap();
+        }))
+        .build()
+        .unwrap();
     let err = router.oneshot("abc").await.unwrap_err();
     assert!(err.downcast_ref::<KeyError>().is_some(), "{err}");
-    let too_few: Result<ShardRouter<_, _, _, u64, u64>, _> =
-        ShardRouter::new(vec![TestService::new(); 2], Jump::new(3), by_user());
+    let too_few: Result<ShardRouter<_, _, _, u64, u64>, _> = ShardRouter::builder("users")
+        .shards(vec![TestService::new(); 2])
+        .strategy(Jump::new(3))
+        .key(by_user())
+        .build();
     assert_eq!(
         too_few.unwrap_err().field(),
         "shards",
@@ -167,12 +175,16 @@ async fn a_migrating_slot_reads_the_new_shard_then_the_old() {
         })
         .collect();
     let dir = Arc::new(Directory::new(2).unwrap());
-    let router = ShardRouter::shared(shards, dir.clone(), by_user())
-        .unwrap()
+    let router = ShardRouter::builder("users")
+        .shards(shards)
+        .shared_strategy(dir.clone())
+        .key(by_user())
         .fallback_when(
             |(_, found): &(usize, Option<u64>)| found.is_none(),
             |u: &u64| Some(*u),
-        );
+        )
+        .build()
+        .unwrap();
     let moves = dir.plan_resize(3);
     let slot = moves[0].slot;
     let user = (0u64..)
@@ -291,7 +303,12 @@ async fn replicas_inside_a_shard_are_balanced_by_tower() {
             Buffer::new(Balance::new(ServiceList::new::<u64>(list)), 64)
         })
         .collect();
-    let router = ShardRouter::new(shards, Jump::new(2), by_user()).unwrap();
+    let router = ShardRouter::builder("users")
+        .shards(shards)
+        .strategy(Jump::new(2))
+        .key(by_user())
+        .build()
+        .unwrap();
     for user in 0..600u64 {
         assert_eq!(router.clone().oneshot(user).await.unwrap(), user);
     }

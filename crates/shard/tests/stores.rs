@@ -59,7 +59,12 @@ where
     S: tower::Service<Op, Response = Answer, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
 {
-    let router = ShardRouter::new(shards.clone(), Jump::new(SHARDS), by_user()).unwrap();
+    let router = ShardRouter::builder("users")
+        .shards(shards.clone())
+        .strategy(Jump::new(SHARDS))
+        .key(by_user())
+        .build()
+        .unwrap();
     for user in 0..USERS {
         let insert = Op::Insert {
             user,

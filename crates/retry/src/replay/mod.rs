@@ -1,5 +1,8 @@
 //! Middleware that buffers request bodies up to a size so that requests can be retried.
 //!
+//! [`ReplayBodyLayer`] makes [`ReplayBody`] services; their future is
+//! [`future::ResponseFuture`].
+//!
 //! A body whose length is known to be within `max_bytes` (or that ends within it) is read
 //! into memory and becomes a replayable [`ReplayableBody`], which [`HttpRetry`](crate::HttpRetry)
 //! can send again. A larger or longer body is passed on as it streams (the part already read
@@ -30,12 +33,11 @@
 use std::{
     collections::VecDeque,
     fmt,
-    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::{HeaderMap, Request};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -43,7 +45,11 @@ use tower_layer::Layer;
 use tower_patterns_core::BoxError;
 use tower_service::Service;
 
-use crate::ReplayBody;
+use crate::TryCloneBody;
+
+pub mod future;
+
+use future::{Reading, ResponseFuture};
 
 pin_project! {
     /// A request body that is either held in memory (and can be sent again) or streams (the
@@ -80,7 +86,7 @@ impl<B> ReplayableBody<B> {
         }
     }
 
-    fn streaming(prefix: VecDeque<Frame<Bytes>>, rest: B) -> Self {
+    pub(crate) fn streaming(prefix: VecDeque<Frame<Bytes>>, rest: B) -> Self {
         Self {
             inner: Inner::Streaming { prefix, rest },
         }
@@ -104,7 +110,7 @@ impl<B> fmt::Debug for ReplayableBody<B> {
     }
 }
 
-impl<B> ReplayBody for ReplayableBody<B> {
+impl<B> TryCloneBody for ReplayableBody<B> {
     fn try_clone(&self) -> Option<Self> {
         match &self.inner {
             Inner::Buffered { data, trailers } => Some(Self {
@@ -195,10 +201,10 @@ impl ReplayBodyLayer {
 }
 
 impl<S> Layer<S> for ReplayBodyLayer {
-    type Service = ReplayBodyService<S>;
+    type Service = ReplayBody<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ReplayBodyService {
+        ReplayBody {
             inner,
             max_bytes: self.max_bytes,
         }
@@ -209,16 +215,16 @@ impl<S> Layer<S> for ReplayBodyLayer {
 /// before the inner service is called, so the inner service (polled ready) moves into the
 /// response future and a clone stays behind: `S` must be `Clone`.
 #[derive(Clone, Debug)]
-pub struct ReplayBodyService<S> {
+pub struct ReplayBody<S> {
     inner: S,
     max_bytes: usize,
 }
 
-impl<S> ReplayBodyService<S> {
+impl<S> ReplayBody<S> {
     tower_patterns_core::inner_service_accessors!();
 }
 
-impl<S, B> Service<Request<B>> for ReplayBodyService<S>
+impl<S, B> Service<Request<B>> for ReplayBody<S>
 where
     S: Service<Request<ReplayableBody<B>>> + Clone,
     S::Error: Into<BoxError>,
@@ -227,7 +233,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ReplayFuture<S, B>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -242,144 +248,7 @@ where
             .lower()
             .try_into()
             .map_or(true, |len: usize| len > self.max_bytes);
-        let reading = Reading {
-            parts: Some(parts),
-            body: Some(body),
-            buffer: BytesMut::new(),
-            frames: VecDeque::new(),
-            trailers: None,
-            max_bytes: self.max_bytes,
-            give_up: too_large,
-        };
-        ReplayFuture {
-            state: ReplayState::Reading {
-                reading,
-                service: Some(service),
-            },
-        }
-    }
-}
-
-struct Reading<B> {
-    parts: Option<http::request::Parts>,
-    body: Option<B>,
-    buffer: BytesMut,
-    frames: VecDeque<Frame<Bytes>>,
-    trailers: Option<HeaderMap>,
-    max_bytes: usize,
-    give_up: bool,
-}
-
-impl<B> Reading<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    /// Reads until the body ends (buffered) or passes the limit (streaming).
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<ReplayableBody<B>, BoxError>> {
-        while !self.give_up {
-            let Some(body) = self.body.as_mut() else {
-                break;
-            };
-            match std::task::ready!(Pin::new(body).poll_frame(cx)) {
-                None => {
-                    return Poll::Ready(Ok(ReplayableBody::buffered(
-                        std::mem::take(&mut self.buffer).freeze(),
-                        self.trailers.take(),
-                    )));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        self.frames.push_back(Frame::data(chunk.clone()));
-                        self.buffer.extend_from_slice(&chunk);
-                        if self.buffer.len() > self.max_bytes {
-                            self.give_up = true;
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(t) = frame.into_trailers() {
-                            self.frames.push_back(Frame::trailers(t.clone()));
-                            self.trailers = Some(t);
-                        }
-                    }
-                },
-            }
-        }
-        match self.body.take() {
-            Some(rest) => Poll::Ready(Ok(ReplayableBody::streaming(
-                std::mem::take(&mut self.frames),
-                rest,
-            ))),
-            None => Poll::Ready(Err("replay body polled after completion".into())),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ReplayBodyService`].
-    pub struct ReplayFuture<S, B>
-    where
-        S: Service<Request<ReplayableBody<B>>>,
-    {
-        #[pin]
-        state: ReplayState<S, B, S::Future>,
-    }
-}
-
-pin_project! {
-    #[project = ReplayStateProj]
-    enum ReplayState<S, B, F> {
-        Reading {
-            reading: Reading<B>,
-            service: Option<S>,
-        },
-        Called {
-            #[pin]
-            fut: F,
-        },
-    }
-}
-
-impl<S, B> fmt::Debug for ReplayFuture<S, B>
-where
-    S: Service<Request<ReplayableBody<B>>>,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayFuture").finish_non_exhaustive()
-    }
-}
-
-impl<S, B> Future for ReplayFuture<S, B>
-where
-    S: Service<Request<ReplayableBody<B>>>,
-    S::Error: Into<BoxError>,
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<S::Response, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            let fut = match state.as_mut().project() {
-                ReplayStateProj::Called { fut } => return fut.poll(cx).map_err(Into::into),
-                ReplayStateProj::Reading { reading, service } => {
-                    let body = std::task::ready!(reading.poll_body(cx))?;
-                    match (service.take(), reading.parts.take()) {
-                        (Some(mut service), Some(parts)) => {
-                            service.call(Request::from_parts(parts, body))
-                        }
-                        _ => {
-                            return Poll::Ready(
-                                Err("replay future polled after completion".into()),
-                            );
-                        }
-                    }
-                }
-            };
-            state.set(ReplayState::Called { fut });
-        }
+        let reading = Reading::new(parts, body, self.max_bytes, too_large);
+        ResponseFuture::new(reading, service)
     }
 }
