@@ -45,11 +45,15 @@ fn kind() -> Kind {
 }
 
 fn ours() -> RetryPolicy<Kind> {
-    RetryPolicy::custom("bench", kind()).build().unwrap()
+    RetryPolicy::builder("bench").kind(kind()).build().unwrap()
 }
 
 fn ours_static() -> RetryPolicy<Kind, &'static RetryShared<Kind>> {
-    RetryPolicy::custom("bench", kind()).build_static().unwrap()
+    RetryPolicy::builder("bench")
+        .kind(kind())
+        .build()
+        .unwrap()
+        .leak()
 }
 
 /// Invokes `$case!(name, service)` for every service compared.

@@ -81,12 +81,12 @@ fn routing(c: &mut Criterion) {
             one_call(&mut steer, i)
         })
     });
-    let mut router = ShardRouter::new(
-        shards,
-        Jump::new(16),
-        key_fn(|u: &u64| Ok::<_, KeyError>(*u)),
-    )
-    .unwrap();
+    let mut router = ShardRouter::builder("bench")
+        .shards(shards)
+        .strategy(Jump::new(16))
+        .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+        .build()
+        .unwrap();
     group.bench_function("tower_patterns_router_jump", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
@@ -105,12 +105,12 @@ fn routing_contended(c: &mut Criterion) {
     let steer = Steer::new(vec![Bare; 16], |req: &u64, svcs: &[Bare]| {
         Jump::new(svcs.len()).route(req).shard()
     });
-    let router = ShardRouter::new(
-        vec![Bare; 16],
-        Jump::new(16),
-        key_fn(|u: &u64| Ok::<_, KeyError>(*u)),
-    )
-    .unwrap();
+    let router = ShardRouter::builder("bench")
+        .shards(vec![Bare; 16])
+        .strategy(Jump::new(16))
+        .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+        .build()
+        .unwrap();
     for tasks in [1u64, 2, 64] {
         let id = |name| criterion::BenchmarkId::new(name, format!("{tasks}_tasks_2_workers"));
         group.bench_function(id("bare"), |b| {

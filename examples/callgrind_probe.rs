@@ -141,25 +141,28 @@ fn main() -> Result<(), BoxError> {
             calls,
         ),
         "retry" => run(
-            RetryPolicy::custom("probe", retry_kind)
+            RetryPolicy::builder("probe")
+                .kind(retry_kind)
                 .build()?
                 .layer()
                 .layer(Bare),
             calls,
         ),
         "retry_static" => run(
-            RetryPolicy::custom("probe", retry_kind)
-                .build_static()?
+            RetryPolicy::builder("probe")
+                .kind(retry_kind)
+                .build()?
+                .leak()
                 .layer()
                 .layer(Bare),
             calls,
         ),
         "shard_router" => run(
-            ShardRouter::new(
-                vec![Bare; 16],
-                Jump::new(16),
-                key_fn(|u: &u64| Ok::<_, KeyError>(*u)),
-            )?,
+            ShardRouter::builder("probe")
+                .shards(vec![Bare; 16])
+                .strategy(Jump::new(16))
+                .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+                .build()?,
             calls,
         ),
         "moka_sync_get" => {

@@ -61,7 +61,7 @@ fn main() -> Result<(), BoxError> {
                 ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(handle_error))
                     .layer(ReplayBodyLayer::new(64 * 1024))
-                    .layer(RetryPolicy::http("bench").build_static()?.layer())
+                    .layer(RetryPolicy::builder("bench").http().build()?.leak().layer())
                     .layer(CircuitBreakerLayer::builder("bench").build()?)
                     .timeout(Duration::from_secs(5))
                     .layer(

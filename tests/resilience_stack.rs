@@ -26,7 +26,7 @@ async fn retries_stop_at_an_open_circuit_and_timeouts_trip_it() {
     let hung = TestService::new().never_respond();
     let svc = ServiceBuilder::new()
         .layer(
-            RetryPolicy::errors("dependency")
+            RetryPolicy::builder("dependency")
                 .max_attempts(3)
                 .backoff(Backoff::Constant(Duration::from_millis(100)))
                 .no_budget()

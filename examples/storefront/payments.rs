@@ -116,9 +116,10 @@ pub(crate) fn payments(
     let client = ServiceBuilder::new()
         .layer(FallbackLayer::service(enqueue).on_rejection_only())
         .layer(
-            RetryPolicy::errors("payments")
+            RetryPolicy::builder("payments")
                 .max_attempts(2)
-                .build_static()?
+                .build()?
+                .leak()
                 .layer(),
         )
         .layer(breaker)
