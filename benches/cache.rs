@@ -127,7 +127,8 @@ macro_rules! each_peer {
         $case!(
             "tower_patterns",
             warmed(
-                CacheLayer::builder("bench", MokaStore::builder().max_entries(10_000).build())
+                CacheLayer::builder("bench")
+                    .store(MokaStore::builder().max_entries(10_000).build())
                     .key(key_fn(by_key as fn(&u64) -> Result<u64, KeyError>))
                     .unscoped()
                     .ttl(Duration::from_secs(3600))

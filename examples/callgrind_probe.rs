@@ -175,7 +175,8 @@ fn main() -> Result<(), BoxError> {
             run(MokaGet(cache), calls);
         }
         "cache_hit" => run(
-            CacheLayer::builder("probe", MokaStore::builder().build())
+            CacheLayer::builder("probe")
+                .store(MokaStore::builder().build())
                 .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k % 1024)))
                 .unscoped()
                 .build()?

@@ -232,7 +232,8 @@ pub fn ours_cache_layer() -> CacheLayer<
     CachedPage,
     MokaStore<PathAndQuery, CachedPage>,
 > {
-    CacheLayer::builder("bench", MokaStore::builder().max_entries(10_000).build())
+    CacheLayer::builder("bench")
+        .store(MokaStore::builder().max_entries(10_000).build())
         .key(key_fn(page_key as PageKey))
         .ttl(Duration::from_secs(3600))
         .build()

@@ -66,7 +66,8 @@ pub(crate) fn catalog(
             Ok::<_, BoxError>(products)
         }
     });
-    let cache = CacheLayer::builder("catalog", MokaStore::builder().max_entries(10_000).build())
+    let cache = CacheLayer::builder("catalog")
+        .store(MokaStore::builder().max_entries(10_000).build())
         .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>("all")))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()

@@ -28,7 +28,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let layer = CacheLayer::builder("users", MokaStore::<u64, String>::builder().build())
+//! let layer = CacheLayer::builder("users")
+//!     .store(MokaStore::<u64, String>::builder().build())
 //!     .key(key_fn(|id: &u64| Ok::<_, KeyError>(*id)))
 //!     .unscoped()
 //!     .ttl(Duration::from_secs(30))
@@ -44,17 +45,16 @@
 //! # }
 //! ```
 
-mod aside;
+pub mod aside;
 mod entry;
 pub mod http;
 mod internal;
 mod key;
+mod metrics;
 pub mod store;
 pub mod write;
 
-pub use aside::{
-    Cache, CacheFuture, CacheHandle, CacheLayer, CacheLayerBuilder, CacheStats, NoKey,
-};
+pub use aside::{Cache, CacheBuilder, CacheHandle, CacheLayer, CacheStats, NoKey, NoStore};
 pub use entry::{Entry, Freshness};
 pub use internal::LoadError;
 pub use key::{FromExtensions, Scope, ScopeFn, ScopedKey, Unscoped};

@@ -15,7 +15,8 @@ static ALLOC: Alloc = Alloc;
 
 #[test]
 fn hits_allocate_nothing() {
-    let layer = CacheLayer::builder("alloc", MokaStore::<u64, u64>::builder().build())
+    let layer = CacheLayer::builder("alloc")
+        .store(MokaStore::<u64, u64>::builder().build())
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()

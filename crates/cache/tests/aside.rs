@@ -90,14 +90,14 @@ fn by_id(k: &u64) -> Result<u64, KeyError> {
 
 fn layer(
     configure: impl FnOnce(
-        tower_patterns_cache::CacheLayerBuilder<
+        tower_patterns_cache::CacheBuilder<
             tower_patterns_core::key::KeyFn<fn(&u64) -> Result<u64, KeyError>>,
             tower_patterns_cache::Unscoped,
             u64,
             String,
             MokaStore<u64, String>,
         >,
-    ) -> tower_patterns_cache::CacheLayerBuilder<
+    ) -> tower_patterns_cache::CacheBuilder<
         tower_patterns_core::key::KeyFn<fn(&u64) -> Result<u64, KeyError>>,
         tower_patterns_cache::Unscoped,
         u64,
@@ -105,7 +105,8 @@ fn layer(
         MokaStore<u64, String>,
     >,
 ) -> Layer_ {
-    let b = CacheLayer::builder("test", MokaStore::builder().build())
+    let b = CacheLayer::builder("test")
+        .store(MokaStore::builder().build())
         .key(key_fn(by_id as fn(&u64) -> Result<u64, KeyError>))
         .unscoped()
         .jitter(0.0)
@@ -373,7 +374,8 @@ async fn tenants_never_read_each_others_entries() {
             .unwrap_or_default();
         async move { Ok::<_, Infallible>(format!("{who}'s profile")) }
     });
-    let layer = CacheLayer::builder("profiles", MokaStore::<String, String>::builder().build())
+    let layer = CacheLayer::builder("profiles")
+        .store(MokaStore::<String, String>::builder().build())
         .key(key_fn(|r: &http::Request<()>| {
             Ok::<_, KeyError>(r.uri().path().to_owned())
         }))
@@ -507,13 +509,18 @@ async fn write_through_update_and_failed_writes() {
 
 #[tokio::test]
 async fn bad_config_is_refused() {
-    let b = || CacheLayer::builder("x", MokaStore::<u64, String>::builder().build()).unscoped();
+    let b = || {
+        CacheLayer::builder("x")
+            .store(MokaStore::<u64, String>::builder().build())
+            .unscoped()
+    };
     assert!(b().ttl(Duration::ZERO).build().is_err());
     assert!(b().jitter(1.0).build().is_err());
     assert!(b().early_refresh(f64::NAN).build().is_err());
     assert!(b().negative(|_| true, Duration::ZERO).build().is_err());
     assert!(
-        CacheLayer::builder("", MokaStore::<u64, String>::builder().build())
+        CacheLayer::builder("")
+            .store(MokaStore::<u64, String>::builder().build())
             .build()
             .is_err()
     );
@@ -527,7 +534,7 @@ async fn the_hit_path_is_immediate() {
     svc.ready().await.unwrap().call(3).await.unwrap();
     let t = Instant::now();
     let fut = svc.ready().await.unwrap().call(3);
-    assert_eq!(format!("{fut:?}"), "CacheFuture::Hit");
+    assert_eq!(format!("{fut:?}"), "ResponseFuture::Hit");
     assert_eq!(fut.await.unwrap(), "none");
     assert_eq!(t.elapsed(), Duration::ZERO);
     assert!((layer.handle().stats().hit_ratio() - 0.5).abs() < 1e-9);

@@ -16,7 +16,7 @@ use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt, service_fn, util::BoxCloneService};
 use tower_patterns_cache::{
     LoadError,
-    http::{HttpCacheBody, HttpCacheFuture, HttpCacheLayer},
+    http::{HttpCacheBody, HttpCacheLayer, future::ResponseFuture},
 };
 use tower_patterns_core::{BoxError, tenant::TenantId};
 
@@ -365,12 +365,8 @@ fn counted_origin(
     calls: Arc<AtomicUsize>,
 ) -> (
     HttpCacheLayer,
-    impl Service<
-        Request<()>,
-        Response = Answer,
-        Error = BoxError,
-        Future = HttpCacheFuture<Full<Bytes>>,
-    > + Clone,
+    impl Service<Request<()>, Response = Answer, Error = BoxError, Future = ResponseFuture<Full<Bytes>>>
+    + Clone,
 ) {
     let svc = service_fn(move |_: Request<()>| {
         let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -443,10 +439,10 @@ async fn hits_are_answered_by_a_ready_future_not_a_boxed_one() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (_, mut svc) = counted_origin(calls.clone());
     let miss = svc.call(get("/r").body(()).unwrap());
-    assert_eq!(format!("{miss:?}"), "HttpCacheFuture::Origin");
+    assert_eq!(format!("{miss:?}"), "ResponseFuture::Origin");
     assert_eq!(x(miss.await.unwrap().headers()), "MISS");
     let mut hit = svc.call(get("/r").body(()).unwrap());
-    assert_eq!(format!("{hit:?}"), "HttpCacheFuture::Stored");
+    assert_eq!(format!("{hit:?}"), "ResponseFuture::Stored");
     // Ready at the first poll, with no waker to be woken.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let std::task::Poll::Ready(res) = std::pin::Pin::new(&mut hit).poll(&mut cx) else {

@@ -43,7 +43,7 @@ async fn two_instances(
     url: &str,
     name: &str,
 ) -> (TieredStore<u64, String>, TieredStore<u64, String>) {
-    let make = || TieredStore::new(RedisStore::builder(url, name).build().unwrap(), 1000);
+    let make = || TieredStore::new(RedisStore::builder(name).url(url).build().unwrap(), 1000);
     let (a, b) = (make(), make());
     tokio::time::timeout(Duration::from_secs(5), async {
         a.wait_until_subscribed().await;
@@ -74,7 +74,8 @@ async fn two_instances_share_l2_and_invalidate_each_others_l1() {
 
     let loads = Arc::new(AtomicUsize::new(0));
     let make = |store: TieredStore<u64, String>, loads: Arc<AtomicUsize>| {
-        let layer = CacheLayer::builder("users", store)
+        let layer = CacheLayer::builder("users")
+            .store(store)
             .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
             .unscoped()
             .ttl(Duration::from_secs(60))
@@ -157,7 +158,8 @@ async fn a_corrupt_entry_is_a_typed_error_and_the_request_still_succeeds() {
         return;
     };
     let name = unique("corrupt");
-    let store = RedisStore::<u64, String>::builder(&url, &name)
+    let store = RedisStore::<u64, String>::builder(name.as_str())
+        .url(&url)
         .build()
         .unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -173,7 +175,8 @@ async fn a_corrupt_entry_is_a_typed_error_and_the_request_still_succeeds() {
         .await
         .unwrap_err();
     assert_eq!((err.store(), err.op()), ("redis", "decode"));
-    let layer = CacheLayer::builder("c", store)
+    let layer = CacheLayer::builder("c")
+        .store(store)
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()
@@ -232,7 +235,8 @@ async fn when_redis_goes_away_l1_answers_and_no_request_fails() {
         .port();
     let mut redis = OwnRedis::start(port);
     let store = TieredStore::new(
-        RedisStore::<u64, String>::builder(redis.url(), "outage")
+        RedisStore::<u64, String>::builder("outage")
+            .url(redis.url())
             .timeout(Duration::from_millis(200))
             .pause_after_failure(Duration::from_millis(100))
             .build()
@@ -244,7 +248,8 @@ async fn when_redis_goes_away_l1_answers_and_no_request_fails() {
         .expect("subscribed to the private Redis");
     let loads = Arc::new(AtomicUsize::new(0));
     let l = loads.clone();
-    let layer = CacheLayer::builder("outage", store.clone())
+    let layer = CacheLayer::builder("outage")
+        .store(store.clone())
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .ttl(Duration::from_secs(60))
@@ -301,7 +306,8 @@ async fn a_load_in_flight_on_one_instance_does_not_undo_another_instances_write(
     // A's source reads "old", then waits for the gate before answering.
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
-    let layer_a = CacheLayer::builder("race", a.clone())
+    let layer_a = CacheLayer::builder("race")
+        .store(a.clone())
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()
@@ -314,7 +320,8 @@ async fn a_load_in_flight_on_one_instance_does_not_undo_another_instances_write(
             Ok::<_, std::convert::Infallible>(v)
         }
     }));
-    let layer_b = CacheLayer::builder("race", b.clone())
+    let layer_b = CacheLayer::builder("race")
+        .store(b.clone())
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()
@@ -337,7 +344,8 @@ async fn a_load_in_flight_on_one_instance_does_not_undo_another_instances_write(
         "its own caller gets what it read"
     );
     let key = tower_patterns_cache::ScopedKey::new(None, 9u64);
-    let l2 = RedisStore::<u64, String>::builder(&url, &name)
+    let l2 = RedisStore::<u64, String>::builder(name.as_str())
+        .url(&url)
         .build()
         .unwrap();
     assert_eq!(

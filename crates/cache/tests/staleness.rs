@@ -66,7 +66,7 @@ proptest! {
                     Ok(start.elapsed().as_millis() as u64)
                 }
             });
-            let layer = CacheLayer::builder("prop", MokaStore::<u64, u64>::builder().build())
+            let layer = CacheLayer::builder("prop").store(MokaStore::<u64, u64>::builder().build())
                 .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
                 .unscoped()
                 .ttl(Duration::from_millis(ttl_ms))
@@ -103,7 +103,8 @@ proptest! {
 
 #[test]
 fn infallible_sources_compile_too() {
-    let _ = CacheLayer::builder("x", MokaStore::<u64, u64>::builder().build())
+    let _ = CacheLayer::builder("x")
+        .store(MokaStore::<u64, u64>::builder().build())
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()

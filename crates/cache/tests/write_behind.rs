@@ -25,7 +25,8 @@ fn cache() -> Layer_ {
     fn by(k: &u64) -> Result<u64, KeyError> {
         Ok(*k)
     }
-    CacheLayer::builder("wb", MokaStore::builder().max_entries(2).build())
+    CacheLayer::builder("wb")
+        .store(MokaStore::builder().max_entries(2).build())
         .key(key_fn(by as fn(&u64) -> Result<u64, KeyError>))
         .unscoped()
         .build()
@@ -58,10 +59,12 @@ fn writer(
 async fn writes_coalesce_per_key_and_flush_in_batches() {
     let batches = Batches::default();
     let layer = cache();
-    let (wb, handle) = WriteBehind::builder()
+    let (wb, handle) = WriteBehind::builder("wb")
+        .cache(layer.handle())
+        .writer(writer(batches.clone(), 0))
         .max_batch(3)
         .max_delay(Duration::from_millis(100))
-        .build(layer.handle(), writer(batches.clone(), 0))
+        .build()
         .unwrap();
     for (k, v) in [(1, "a"), (2, "b"), (1, "a2"), (1, "a3")] {
         wb.clone().oneshot((None, k, v.to_owned())).await.unwrap();
@@ -93,11 +96,13 @@ async fn writes_coalesce_per_key_and_flush_in_batches() {
 async fn a_full_queue_is_backpressure_and_shutdown_flushes() {
     let batches = Batches::default();
     let layer = cache();
-    let (mut wb, handle) = WriteBehind::builder()
+    let (mut wb, handle) = WriteBehind::builder("wb")
+        .cache(layer.handle())
+        .writer(writer(batches.clone(), 0))
         .max_pending(2)
         .max_batch(10)
         .max_delay(Duration::from_secs(60))
-        .build(layer.handle(), writer(batches.clone(), 0))
+        .build()
         .unwrap();
     wb.clone().oneshot((None, 1, "a".to_owned())).await.unwrap();
     wb.clone().oneshot((None, 2, "b".to_owned())).await.unwrap();
@@ -122,18 +127,22 @@ async fn a_full_queue_is_backpressure_and_shutdown_flushes() {
 async fn failed_batches_are_retried_then_reported() {
     let batches = Batches::default();
     let layer = cache();
-    let (wb, handle) = WriteBehind::builder()
+    let (wb, handle) = WriteBehind::builder("wb")
+        .cache(layer.handle())
+        .writer(writer(batches.clone(), 2))
         .max_delay(Duration::ZERO)
         .attempts(3, Duration::from_millis(10))
-        .build(layer.handle(), writer(batches.clone(), 2))
+        .build()
         .unwrap();
     wb.clone().oneshot((None, 1, "a".to_owned())).await.unwrap();
     handle.flush().await;
     assert_eq!(handle.written(), 1, "third attempt succeeded");
-    let (wb, handle) = WriteBehind::builder()
+    let (wb, handle) = WriteBehind::builder("wb")
+        .cache(cache().handle())
+        .writer(writer(batches.clone(), 5))
         .max_delay(Duration::ZERO)
         .attempts(2, Duration::from_millis(10))
-        .build(cache().handle(), writer(batches.clone(), 5))
+        .build()
         .unwrap();
     wb.oneshot((None, 1, "a".to_owned())).await.unwrap();
     handle.flush().await;
@@ -151,9 +160,11 @@ async fn a_read_miss_sees_the_queued_write_not_the_source() {
         r.fetch_add(1, Ordering::SeqCst);
         async move { Ok::<_, BoxError>(format!("old {k}")) }
     }));
-    let (wb, _handle) = WriteBehind::builder()
+    let (wb, _handle) = WriteBehind::builder("wb")
+        .cache(layer.handle())
+        .writer(writer(batches, 0))
         .max_delay(Duration::from_secs(60))
-        .build(layer.handle(), writer(batches, 0))
+        .build()
         .unwrap();
     wb.clone()
         .oneshot((None, 1, "new".to_owned()))
@@ -169,21 +180,27 @@ async fn a_read_miss_sees_the_queued_write_not_the_source() {
 async fn bad_settings_are_refused() {
     let b = Batches::default();
     assert!(
-        WriteBehind::builder()
+        WriteBehind::builder("wb")
+            .cache(cache().handle())
+            .writer(writer(b.clone(), 0))
             .max_pending(0)
-            .build(cache().handle(), writer(b.clone(), 0))
+            .build()
             .is_err()
     );
     assert!(
-        WriteBehind::builder()
+        WriteBehind::builder("wb")
+            .cache(cache().handle())
+            .writer(writer(b.clone(), 0))
             .max_batch(0)
-            .build(cache().handle(), writer(b.clone(), 0))
+            .build()
             .is_err()
     );
     assert!(
-        WriteBehind::builder()
+        WriteBehind::builder("wb")
+            .cache(cache().handle())
+            .writer(writer(b, 0))
             .attempts(0, Duration::ZERO)
-            .build(cache().handle(), writer(b, 0))
+            .build()
             .is_err()
     );
 }
@@ -191,9 +208,11 @@ async fn bad_settings_are_refused() {
 #[tokio::test(start_paused = true)]
 async fn dropping_everything_flushes_and_stops_the_writer() {
     let batches = Batches::default();
-    let (wb, handle) = WriteBehind::builder()
+    let (wb, handle) = WriteBehind::builder("wb")
+        .cache(cache().handle())
+        .writer(writer(batches.clone(), 0))
         .max_delay(Duration::from_secs(60))
-        .build(cache().handle(), writer(batches.clone(), 0))
+        .build()
         .unwrap();
     wb.clone().oneshot((None, 1, "a".to_owned())).await.unwrap();
     drop((wb, handle));
