@@ -2,7 +2,11 @@
 
 use std::fmt;
 
-use tower_patterns_core::BoxError;
+use http::StatusCode;
+use tower_patterns_core::{
+    BoxError,
+    http::{ErrorMapping, IntoErrorResponse, register_error_response},
+};
 
 use crate::{ExpectedVersion, GlobalPosition};
 
@@ -151,4 +155,31 @@ impl std::error::Error for Error {
             _ => None,
         }
     }
+}
+
+/// The response an event-store error stands for, in core's error mapping (registered when a
+/// store or a repository is built): an append that lost the optimistic-concurrency race
+/// (`WrongExpectedVersion`) is `409 Conflict` "concurrent update", event ids that clash with
+/// stored ones (`PartialDuplicate`, `DuplicateElsewhere`) are `409` "conflicting event ids";
+/// everything else (a corrupt, unknown or mismatched event, an invalid argument, an encoding
+/// or backend failure) stays `500` "internal server error". The phrases are fixed: the
+/// stream, the SQL and the payload never reach a response body.
+impl IntoErrorResponse for Error {
+    fn error_mapping(&self) -> ErrorMapping {
+        match self {
+            Self::WrongExpectedVersion { .. } => {
+                ErrorMapping::new(StatusCode::CONFLICT, "concurrent update")
+            }
+            Self::PartialDuplicate { .. } | Self::DuplicateElsewhere { .. } => {
+                ErrorMapping::new(StatusCode::CONFLICT, "conflicting event ids")
+            }
+            _ => ErrorMapping::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error"),
+        }
+    }
+}
+
+/// Lets core's error mapping find the store's errors; called when a store or a repository is
+/// built (idempotent and cheap).
+pub(crate) fn register_error_responses() {
+    register_error_response::<Error>();
 }

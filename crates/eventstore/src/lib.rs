@@ -15,6 +15,24 @@
 //! - [`CommandService`]: commands as a tower `Service`, so breakers, timeouts, bulkheads and
 //!   retries stack on them.
 //!
+//! # Errors and HTTP
+//!
+//! [`Error`] and [`RepositoryError`] implement core's `IntoErrorResponse`, registered when a
+//! store ([`InMemoryStore::new`], `SqliteStore::open`, `PostgresStore::connect`) or a
+//! [`Repository`] is built, so core's `classify_error`, `error_response` and
+//! `ErrorResponseLayer` answer a lost optimistic-concurrency race (an append's
+//! `WrongExpectedVersion`, or a repository whose retries all lost) with `409 Conflict`
+//! "concurrent update", clashing event ids with `409` "conflicting event ids", a command the
+//! aggregate refused with `422` "command refused", and everything else (a corrupt event, a
+//! backend failure) with `500`.
+//!
+//! # No state handle
+//!
+//! The stores and repositories hold no state worth a health report: the truth is in the
+//! database, and a [`subscribe`] stream's position belongs to its consumer, which must store
+//! the position of the last event it handled anyway (delivery is at-least-once across
+//! restarts); a handle would only repeat that number.
+//!
 //! ```
 //! use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, GlobalPosition, InMemoryStore};
 //!

@@ -56,6 +56,7 @@ impl Default for InMemoryStore {
 impl InMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
+        crate::error::register_error_responses();
         Self {
             state: Arc::default(),
             head: watch::Sender::new(0),

@@ -164,6 +164,7 @@ impl SqliteStore {
     }
 
     fn from_connections(writer: Connection, reader: Option<Connection>) -> Result<Self, Error> {
+        crate::error::register_error_responses();
         let head: i64 = writer
             .query_row(
                 "SELECT COALESCE(MAX(position), 0) FROM tp_events",

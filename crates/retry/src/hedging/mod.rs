@@ -3,7 +3,7 @@
 //!
 //! The copy goes after a fixed delay, or once the call has taken longer than a percentile of
 //! recent latencies (Finagle's backup requests; tower's `hedge` layer uses the percentile
-//! only). It draws on the same [`RetryBudget`] as retries: no copy while the budget is spent,
+//! only). It draws on the same [`RetryBudget`](crate::RetryBudget) as retries: no copy while the budget is spent,
 //! and at most its cap of retries in flight. The first success wins and the other call is
 //! dropped (cancelled); if one fails while the other runs, the other's answer is awaited.
 //!

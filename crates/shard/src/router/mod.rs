@@ -41,7 +41,7 @@ pub use handle::ShardRouterHandle;
 /// a clone of its shard (`S: Clone`), polled ready and then called.
 ///
 /// While a [`Directory`](crate::Directory) slot migrates, reads go to the new shard first and,
-/// when its answer is a miss by [`ShardRouter::fallback_when`], to the old one.
+/// when its answer is a miss by [`ShardRouterBuilder::fallback_when`], to the old one.
 ///
 /// ```
 /// use tower::{service_fn, ServiceExt};

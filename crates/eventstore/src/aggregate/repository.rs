@@ -1,147 +1,18 @@
-//! Aggregates on the event store: load, decide, append with optimistic concurrency, retry;
-//! snapshots; time travel; commands as a tower `Service`.
+//! The repository: loads aggregates (snapshot + later events), handles commands with
+//! optimistic concurrency and retries, takes snapshots, travels in time.
 
-use std::{
-    fmt,
-    marker::PhantomData,
-    sync::Arc,
-    task::{Context, Poll},
-    time::SystemTime,
-};
+use std::{fmt, marker::PhantomData, sync::Arc, time::SystemTime};
 
-use futures_util::{FutureExt as _, future::BoxFuture};
-use serde::{Serialize, de::DeserializeOwned};
-use tower_service::Service;
 use uuid::Uuid;
 
-use crate::{
-    Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition, Metadata,
-    RecordedEvent, Snapshot, Upcasters, event::micros,
+use super::{
+    error::RepositoryError,
+    model::{Aggregate, Committed, DomainEvent, HistoryEntry, Loaded},
 };
-
-/// An event of an aggregate: serialised as JSON, with a type name and a schema version.
-///
-/// Events are read back by their stored type, not by the payload's shape (see
-/// [`RecordedEvent::decode_event`]): make the event a serde enum in its default representation
-/// whose variant names are the type names `event_type` returns, and bump `schema_version`
-/// (with an upcaster for the old one) when a variant's fields change. An event whose payload
-/// disagrees with its stored type or schema version is an error, never applied.
-pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The type name stored with the event (`"Deposited"`).
-    fn event_type(&self) -> &'static str;
-
-    /// The current schema version of this event's type (1 unless it changed; older stored
-    /// versions are brought up to it by [`Upcasters`]).
-    fn schema_version(&self) -> u32 {
-        1
-    }
-}
-
-/// A consistency boundary whose state is the fold of its events.
-///
-/// `handle` decides (a command against the current state gives events, or a domain error);
-/// `apply` evolves (an event changes the state, and never fails: it already happened).
-pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// What it is asked to do. `Clone`, so a repository can retry it after a conflict.
-    type Command: Clone + Send + Sync + 'static;
-    /// What happened to it.
-    type Event: DomainEvent;
-    /// Why a command was refused (insufficient funds, ...).
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// The version of the state's serialised shape. Change it when the state's fields change:
-    /// snapshots of another version are then ignored and the state is rebuilt from events.
-    const SNAPSHOT_VERSION: u32 = 1;
-
-    /// Decides what happens when `command` meets this state.
-    ///
-    /// # Errors
-    ///
-    /// The domain's refusal.
-    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
-
-    /// Applies an event that happened.
-    fn apply(&mut self, event: &Self::Event);
-}
-
-/// An aggregate's state and the version it is at.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Loaded<A> {
-    /// The state.
-    pub state: A,
-    /// The version of its last event (0: no events).
-    pub version: u64,
-}
-
-/// What a successful command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The stream's version after it.
-    pub version: u64,
-    /// The positions of its events (none when the command changed nothing).
-    pub positions: Vec<GlobalPosition>,
-    /// How many conflicts it retried through.
-    pub retries: u32,
-}
-
-/// Why a command or load failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RepositoryError<E> {
-    /// The aggregate refused the command.
-    Domain(E),
-    /// The store failed or returned bad data (typed: [`Error`]).
-    Store(Error),
-    /// Other writers won every attempt.
-    Conflict {
-        /// The stream.
-        stream: String,
-        /// The attempts made.
-        attempts: u32,
-    },
-}
-
-impl<E: fmt::Display> fmt::Display for RepositoryError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Domain(e) => write!(f, "command refused: {e}"),
-            Self::Store(e) => write!(f, "{e}"),
-            Self::Conflict { stream, attempts } => write!(
-                f,
-                "stream {stream:?}: concurrent writers won all {attempts} attempts"
-            ),
-        }
-    }
-}
-
-impl<E: std::error::Error + 'static> std::error::Error for RepositoryError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Domain(e) => Some(e),
-            Self::Store(e) => Some(e),
-            Self::Conflict { .. } => None,
-        }
-    }
-}
-
-impl<E> From<Error> for RepositoryError<E> {
-    fn from(e: Error) -> Self {
-        Self::Store(e)
-    }
-}
-
-/// One event of an aggregate's history, decoded, with where and when it was recorded.
-#[derive(Clone, Debug)]
-pub struct HistoryEntry<Ev> {
-    /// The event.
-    pub event: Ev,
-    /// Its version in the stream.
-    pub version: u64,
-    /// Its global position.
-    pub position: GlobalPosition,
-    /// Its metadata, `recorded_at` included.
-    pub metadata: Metadata,
-}
+use crate::{
+    Direction, Error, EventData, EventStore, ExpectedVersion, Metadata, RecordedEvent, Snapshot,
+    Upcasters, event::micros,
+};
 
 /// Loads and saves aggregates of type `A` in the streams `<prefix><id>` of a store.
 pub struct Repository<A, S> {
@@ -181,6 +52,8 @@ const PAGE: usize = 1_000;
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository of streams named `<prefix><id>` (`"account-"`): no snapshots, 3 retries.
     pub fn new(store: Arc<S>, prefix: impl Into<Arc<str>>) -> Self {
+        crate::error::register_error_responses();
+        tower_patterns_core::http::register_error_response::<RepositoryError<A::Error>>();
         Self {
             store,
             prefix: prefix.into(),
@@ -378,7 +251,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self.execute_keyed(id, command, metadata, Some(key)).await
     }
 
-    async fn execute_keyed(
+    pub(super) async fn execute_keyed(
         &self,
         id: &str,
         command: &A::Command,
@@ -540,93 +413,4 @@ fn derived_id(key: Uuid, index: usize) -> Uuid {
         ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     bytes[8..].copy_from_slice(&tail.to_be_bytes());
     Uuid::new_v8(bytes)
-}
-
-/// A command for aggregate `id`, with the metadata its events will carry.
-#[derive(Clone, Debug)]
-pub struct Command<C> {
-    /// The aggregate's id (its stream is the repository's prefix + id).
-    pub id: String,
-    /// The command.
-    pub command: C,
-    /// Correlation, causation and tenant for the resulting events.
-    pub metadata: Metadata,
-    /// An idempotency key: with one, a retry of the same command (a retry layer in front of the
-    /// service, or a client) appends nothing twice. See [`Repository::execute_idempotent`].
-    pub idempotency_key: Option<Uuid>,
-}
-
-impl<C> Command<C> {
-    /// `command` for aggregate `id`, with empty metadata.
-    pub fn new(id: impl Into<String>, command: C) -> Self {
-        Self {
-            id: id.into(),
-            command,
-            metadata: Metadata::default(),
-            idempotency_key: None,
-        }
-    }
-
-    /// Sets the idempotency key.
-    #[must_use]
-    pub fn idempotent(mut self, key: Uuid) -> Self {
-        self.idempotency_key = Some(key);
-        self
-    }
-
-    /// Sets the metadata.
-    #[must_use]
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
-        self
-    }
-}
-
-/// Commands as a tower `Service`: `Service<Command<A::Command>>` answering [`Committed`], so
-/// breakers, timeouts, bulkheads and retries stack on command handling. Always ready.
-pub struct CommandService<A, S> {
-    repository: Repository<A, S>,
-}
-
-impl<A, S> Clone for CommandService<A, S> {
-    fn clone(&self) -> Self {
-        Self {
-            repository: self.repository.clone(),
-        }
-    }
-}
-
-impl<A, S> fmt::Debug for CommandService<A, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CommandService")
-            .field("repository", &self.repository)
-            .finish()
-    }
-}
-
-impl<A, S> CommandService<A, S> {
-    /// Commands handled by `repository`.
-    pub fn new(repository: Repository<A, S>) -> Self {
-        Self { repository }
-    }
-}
-
-impl<A: Aggregate, S: EventStore> Service<Command<A::Command>> for CommandService<A, S> {
-    type Response = Committed;
-    type Error = RepositoryError<A::Error>;
-    type Future = BoxFuture<'static, Result<Committed, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Command<A::Command>) -> Self::Future {
-        let repository = self.repository.clone();
-        async move {
-            repository
-                .execute_keyed(&req.id, &req.command, req.metadata, req.idempotency_key)
-                .await
-        }
-        .boxed()
-    }
 }
