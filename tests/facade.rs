@@ -46,7 +46,7 @@ fn each_pattern_crate_is_the_module_of_its_feature() {
 #[test]
 fn the_tenant_module_is_the_tenant_crate_with_cores_tenant_vocabulary() {
     use tower_patterns::tenant::{
-        MAX_TENANT_ID_LEN, StaticTenants, TenantError, TenantErrorKind, TenantId, TenantLayer,
+        MAX_TENANT_ID_LEN, StaticTenants, TenancyLayer, TenantError, TenantErrorKind, TenantId,
     };
 
     // The same types as core's, not copies.
@@ -63,6 +63,6 @@ fn the_tenant_module_is_the_tenant_crate_with_cores_tenant_vocabulary() {
         tower_patterns_core::tenant::MAX_TENANT_ID_LEN
     );
     // And the tenant crate's own items, in the same module.
-    let layer: Option<TenantLayer<StaticTenants>> = None;
+    let layer: Option<TenancyLayer<StaticTenants>> = None;
     assert!(layer.is_none());
 }

@@ -25,7 +25,7 @@ use tower_patterns::{
     cache::{CacheLayer, store::MokaStore},
     key::{ExtensionKey, HeaderKey, key_fn},
     ratelimit::{GcraLimiter, Rate, RateLimitLayer},
-    tenant::{Registry, StaticTenants, TenantId, TenantLayer},
+    tenant::{Registry, StaticTenants, TenancyLayer, TenantId},
 };
 
 /// How many tenants the requests cycle through.
@@ -167,8 +167,9 @@ pub fn tenants() -> StaticTenants {
 
 /// Our tenant layer: the tenant from `x-tenant-id` (unverified, as from trusted internal
 /// callers), checked against a cached registry.
-pub fn tenant_layer() -> tower_patterns::tenant::TenantLayer<StaticTenants> {
-    TenantLayer::builder_with(Registry::new(tenants()))
+pub fn tenant_layer() -> tower_patterns::tenant::TenancyLayer<StaticTenants> {
+    TenancyLayer::builder("bench")
+        .registry(Registry::new(tenants()))
         .header("x-tenant-id")
         .allow_unverified()
         .build()

@@ -78,7 +78,7 @@ use tower_patterns::{
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
     ratelimit::{GcraLimiter, Rate, RateLimitLayer},
-    tenant::{StaticTenants, TenantContext, TenantId, TenantLayer},
+    tenant::{StaticTenants, TenancyLayer, TenantContext, TenantId},
 };
 
 use crate::{
@@ -158,8 +158,10 @@ struct App {
 fn tenant_layer(
     tenants: StaticTenants,
     auth: Auth,
-) -> Result<TenantLayer<StaticTenants>, BoxError> {
-    let builder = TenantLayer::builder(tenants).header(TENANT_HEADER);
+) -> Result<TenancyLayer<StaticTenants>, BoxError> {
+    let builder = TenancyLayer::builder("storefront")
+        .store(tenants)
+        .header(TENANT_HEADER);
     let builder = match auth {
         // The key proves the tenant; `x-tenant-id`, when sent, may only agree with it (403).
         Auth::ApiKey => builder.api_key(API_KEY_HEADER),

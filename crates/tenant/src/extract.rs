@@ -9,7 +9,7 @@ use tower_patterns_core::tenant::{TenantError, TenantErrorKind};
 
 use crate::TenantContext;
 
-/// The request's tenant, as a [`TenantLayer`](crate::TenantLayer) resolved it.
+/// The request's tenant, as a [`TenancyLayer`](crate::TenancyLayer) resolved it.
 ///
 /// Without the layer in front of the route, extraction fails with 401 (no tenant), so a
 /// route that forgot the layer serves no one rather than everyone.

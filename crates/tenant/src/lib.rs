@@ -1,7 +1,7 @@
 //! Multi-tenancy for tower: who the tenant of a request is, verified;
 //! what the tenant may do; and data that tenants never share.
 //!
-//! - [`TenantLayer`]: resolves the tenant from a header, the subdomain, a path prefix, a claim
+//! - [`TenancyLayer`] (service [`Tenancy`], handle [`TenancyHandle`]): resolves the tenant from a header, the subdomain, a path prefix, a claim
 //!   of a **verified** JWT (HS256, RS256, EdDSA; keys from config or JWKS) or an API key; all
 //!   sources present must agree. Closed by default: the header, host and path are
 //!   unverified, so a token or API key is required and they may only agree with it, unless
@@ -31,7 +31,7 @@
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_patterns_core::http::ErrorResponseLayer;
-//! use tower_patterns_tenant::{StaticTenants, TenantLayer};
+//! use tower_patterns_tenant::{StaticTenants, TenancyLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -45,7 +45,7 @@
 //! let svc = ServiceBuilder::new()
 //!     .layer(ErrorResponseLayer::new())
 //!     // Header-only tenancy: for trusted internal callers, hence the explicit opt-in.
-//!     .layer(TenantLayer::builder(tenants).header("x-tenant-id").allow_unverified().build().unwrap())
+//!     .layer(TenancyLayer::builder("internal").store(tenants).header("x-tenant-id").allow_unverified().build().unwrap())
 //!     .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) }));
 //!
 //! let status = |tenant: Option<&str>| {
@@ -85,7 +85,8 @@ pub use registry::{
     hash_api_key,
 };
 pub use resolve::{
-    ClientIp, PeerAddr, ResponseFuture, Tenancy, TenantContext, TenantLayer, TenantLayerBuilder,
+    ClientIp, NoStore, PeerAddr, ResponseFuture, Tenancy, TenancyBuilder, TenancyHandle,
+    TenancyLayer, TenantContext,
 };
 // The tenant vocabulary of core, so that `tower_patterns::tenant` is one module either way.
 pub use tower_patterns_core::tenant::{MAX_TENANT_ID_LEN, TenantError, TenantErrorKind, TenantId};

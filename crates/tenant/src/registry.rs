@@ -7,7 +7,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tower_patterns_core::{
     ConfigError,
+    http::{ErrorMapping, IntoErrorResponse},
     tenant::{TenantError, TenantErrorKind, TenantId},
 };
 
@@ -65,6 +66,18 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// 503 with the phrase of an unavailable registry, for a store's error that reaches a
+/// response unconverted (a handler that queried the store itself). The layer never returns
+/// one: it answers a failing store with a `TenantError` of kind `Unavailable`.
+impl IntoErrorResponse for StoreError {
+    fn error_mapping(&self) -> ErrorMapping {
+        ErrorMapping::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            TenantErrorKind::Unavailable.public_message(),
+        )
+    }
+}
 
 /// Where tenants are kept: a file ([`StaticTenants`]), a database (`PostgresTenants`, feature
 /// `postgres`), or your own.
@@ -249,9 +262,28 @@ pub struct Registry<S> {
     unknown: moka::sync::Cache<TenantId, ()>,
     keys: moka::sync::Cache<ApiKeyHash, TenantId>,
     unknown_keys: moka::sync::Cache<ApiKeyHash, ()>,
+    state: Arc<State>,
+}
+
+/// What every clone of a registry shares besides its caches.
+#[derive(Debug, Default)]
+struct State {
     /// Bumped by every invalidation: a lookup caches its answer only if no invalidation ran
     /// while it was reading the store.
-    epoch: Arc<AtomicU64>,
+    epoch: AtomicU64,
+    /// Whether the store's last answer was an error.
+    failing: AtomicBool,
+    /// How many times the store failed.
+    failures: AtomicU64,
+}
+
+/// How many entries a registry's caches hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CachedCounts {
+    pub(crate) tenants: u64,
+    pub(crate) unknown: u64,
+    pub(crate) keys: u64,
+    pub(crate) unknown_keys: u64,
 }
 
 impl<S> Clone for Registry<S> {
@@ -262,7 +294,7 @@ impl<S> Clone for Registry<S> {
             unknown: self.unknown.clone(),
             keys: self.keys.clone(),
             unknown_keys: self.unknown_keys.clone(),
-            epoch: self.epoch.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -294,7 +326,7 @@ impl<S: TenantStore> Registry<S> {
             unknown: cache(negative_ttl, max),
             keys: cache(ttl, max),
             unknown_keys: cache(negative_ttl, max),
-            epoch: Arc::new(AtomicU64::new(0)),
+            state: Arc::new(State::default()),
         }
     }
 
@@ -332,18 +364,20 @@ impl<S: TenantStore> Registry<S> {
         if let Some(hit) = self.cached(id) {
             return Ok(hit);
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.state.epoch.load(Ordering::SeqCst);
         match self.store.tenant(id).await {
             Ok(Some(record)) => {
+                self.store_answered();
                 let record = Arc::new(record);
                 self.cache_since(epoch, &self.tenants, id, record.clone());
                 Ok(Some(record))
             }
             Ok(None) => {
+                self.store_answered();
                 self.cache_since(epoch, &self.unknown, id, ());
                 Ok(None)
             }
-            Err(err) => Err(unavailable(&err)),
+            Err(err) => Err(self.store_failed(&err)),
         }
     }
 
@@ -356,17 +390,51 @@ impl<S: TenantStore> Registry<S> {
         if let Some(hit) = self.cached_key(hash) {
             return Ok(hit);
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.state.epoch.load(Ordering::SeqCst);
         match self.store.tenant_by_api_key(hash).await {
             Ok(Some(id)) => {
+                self.store_answered();
                 self.cache_since(epoch, &self.keys, hash, id.clone());
                 Ok(Some(id))
             }
             Ok(None) => {
+                self.store_answered();
                 self.cache_since(epoch, &self.unknown_keys, hash, ());
                 Ok(None)
             }
-            Err(err) => Err(unavailable(&err)),
+            Err(err) => Err(self.store_failed(&err)),
+        }
+    }
+
+    fn store_answered(&self) {
+        if self.state.failing.load(Ordering::Relaxed) {
+            self.state.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn store_failed(&self, err: &StoreError) -> TenantError {
+        self.state.failing.store(true, Ordering::Relaxed);
+        self.state.failures.fetch_add(1, Ordering::Relaxed);
+        unavailable(err)
+    }
+
+    /// Whether the store's last answer was an error (its next success clears it).
+    pub fn store_failing(&self) -> bool {
+        self.state.failing.load(Ordering::Relaxed)
+    }
+
+    /// How many times the store has failed a lookup of this registry (or a clone of it).
+    pub fn store_failures(&self) -> u64 {
+        self.state.failures.load(Ordering::Relaxed)
+    }
+
+    /// How many entries the caches hold, after pending maintenance.
+    pub(crate) fn cached_counts(&self) -> CachedCounts {
+        CachedCounts {
+            tenants: entries(&self.tenants),
+            unknown: entries(&self.unknown),
+            keys: entries(&self.keys),
+            unknown_keys: entries(&self.unknown_keys),
         }
     }
 
@@ -379,11 +447,11 @@ impl<S: TenantStore> Registry<S> {
         K: Clone + std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
-        if self.epoch.load(Ordering::SeqCst) != epoch {
+        if self.state.epoch.load(Ordering::SeqCst) != epoch {
             return;
         }
         cache.insert(key.clone(), value);
-        if self.epoch.load(Ordering::SeqCst) != epoch {
+        if self.state.epoch.load(Ordering::SeqCst) != epoch {
             cache.invalidate(key);
         }
     }
@@ -391,7 +459,7 @@ impl<S: TenantStore> Registry<S> {
     /// Forgets what is cached about `id` (after a plan change or a suspension): the next
     /// request for it asks the store.
     pub fn invalidate(&self, id: &TenantId) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
         self.tenants.invalidate(id);
         self.unknown.invalidate(id);
     }
@@ -399,7 +467,7 @@ impl<S: TenantStore> Registry<S> {
     /// Forgets what is cached about the API key hashed to `hash` (after it was revoked,
     /// created or moved to another tenant): the next request with it asks the store.
     pub fn invalidate_api_key(&self, hash: &ApiKeyHash) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate(hash);
         self.unknown_keys.invalidate(hash);
     }
@@ -407,7 +475,7 @@ impl<S: TenantStore> Registry<S> {
     /// Forgets everything cached (after changes that were not announced one by one, such as
     /// a lost connection to the store's notifications).
     pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
         self.tenants.invalidate_all();
         self.unknown.invalidate_all();
         self.keys.invalidate_all();
@@ -424,6 +492,16 @@ where
         .max_capacity(max)
         .time_to_live(ttl)
         .build()
+}
+
+/// The entries of `cache`, after pending maintenance.
+fn entries<K, V>(cache: &moka::sync::Cache<K, V>) -> u64
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    cache.run_pending_tasks();
+    cache.entry_count()
 }
 
 fn unavailable(err: &StoreError) -> TenantError {

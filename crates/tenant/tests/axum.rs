@@ -4,7 +4,7 @@
 use axum::{Router, error_handling::HandleErrorLayer, routing::get};
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_patterns_tenant::{StaticTenants, Tenant, TenantLayer};
+use tower_patterns_tenant::{StaticTenants, TenancyLayer, Tenant};
 
 async fn whoami(Tenant(tenant): Tenant) -> String {
     format!("{} {}", tenant.id(), tenant.plan())
@@ -21,7 +21,8 @@ async fn the_extractor_sees_the_resolved_tenant_and_rejects_without_one() {
                     tower_patterns_core::http::handle_error,
                 ))
                 .layer(
-                    TenantLayer::builder(tenants)
+                    TenancyLayer::builder("test")
+                        .store(tenants)
                         .header("x-tenant-id")
                         .allow_unverified()
                         .build()

@@ -561,7 +561,7 @@ async fn the_postgres_registry_drops_changed_entries_when_notified() {
     use http::{Request, Response, StatusCode};
     use tower::{ServiceBuilder, ServiceExt, service_fn};
     use tower_patterns_core::http::ErrorResponseLayer;
-    use tower_patterns_tenant::{TenantContext, TenantLayer, hash_api_key};
+    use tower_patterns_tenant::{TenancyLayer, TenantContext, hash_api_key};
 
     let Some(url) = server_url(Server::Postgres) else {
         return;
@@ -605,7 +605,8 @@ async fn the_postgres_registry_drops_changed_entries_when_notified() {
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
         .layer(
-            TenantLayer::builder_with(registry.clone())
+            TenancyLayer::builder("test")
+                .registry(registry.clone())
                 .api_key("x-api-key")
                 .build()
                 .unwrap(),

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use tower_patterns_core::{http::ErrorResponseLayer, tenant::TenantId};
 use tower_patterns_tenant::{
-    ApiKeyHash, ClientIp, JwtVerifier, PeerAddr, Registry, StaticTenants, StoreError,
-    TenantContext, TenantLayer, TenantRecord, TenantStatus, TenantStore,
+    ApiKeyHash, ClientIp, JwtVerifier, PeerAddr, Registry, StaticTenants, StoreError, TenancyLayer,
+    TenantContext, TenantRecord, TenantStatus, TenantStore,
 };
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-hs";
@@ -63,7 +63,7 @@ fn verifier() -> JwtVerifier {
         .unwrap()
 }
 
-fn serve(layer: TenantLayer<impl TenantStore>) -> Svc {
+fn serve(layer: TenancyLayer<impl TenantStore>) -> Svc {
     BoxCloneService::new(
         ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
@@ -83,7 +83,8 @@ fn serve(layer: TenantLayer<impl TenantStore>) -> Svc {
 
 /// Every source, verified and not; `open` opts in to tenancy by unverified sources alone.
 fn every_source(open: bool) -> Svc {
-    let builder = TenantLayer::builder(tenants())
+    let builder = TenancyLayer::builder("test")
+        .store(tenants())
         .header("x-tenant-id")
         .subdomain("shop.example")
         .path_prefix("/t/")
@@ -443,24 +444,33 @@ async fn unverified_sources_alone_choose_no_tenant_unless_allowed() {
 #[test]
 fn a_layer_of_unverified_sources_needs_the_explicit_opt_in() {
     for builder in [
-        TenantLayer::builder(tenants()).header("x-tenant-id"),
-        TenantLayer::builder(tenants()).subdomain("shop.example"),
-        TenantLayer::builder(tenants())
+        TenancyLayer::builder("test")
+            .store(tenants())
+            .header("x-tenant-id"),
+        TenancyLayer::builder("test")
+            .store(tenants())
+            .subdomain("shop.example"),
+        TenancyLayer::builder("test")
+            .store(tenants())
             .path_prefix("/t/")
             .header("x-tenant-id"),
     ] {
         let err = builder.build().unwrap_err();
         assert!(err.to_string().contains("allow_unverified"), "{err}");
     }
-    let open = TenantLayer::builder(tenants())
+    let open = TenancyLayer::builder("test")
+        .store(tenants())
         .header("x-tenant-id")
         .allow_unverified()
         .build();
     assert!(open.is_ok());
     assert!(format!("{:?}", open.unwrap()).contains("allow_unverified: true"));
     for verified in [
-        TenantLayer::builder(tenants()).api_key("x-api-key"),
-        TenantLayer::builder(tenants())
+        TenancyLayer::builder("test")
+            .store(tenants())
+            .api_key("x-api-key"),
+        TenancyLayer::builder("test")
+            .store(tenants())
             .header("x-tenant-id")
             .jwt(verifier()),
     ] {
@@ -495,7 +505,8 @@ async fn unknown_and_suspended_tenants_get_one_answer() {
 
 #[tokio::test]
 async fn errors_name_the_sources_that_disagreed_for_the_logs() {
-    let layer = TenantLayer::builder(tenants())
+    let layer = TenancyLayer::builder("test")
+        .store(tenants())
         .header("x-tenant-id")
         .subdomain("shop.example")
         .path_prefix("/t/")
@@ -565,7 +576,9 @@ async fn errors_name_the_sources_that_disagreed_for_the_logs() {
         detail(with_header("x-tenant-id", "acme")).await,
         "missing tenant or credentials: only the unverified header names a tenant; a token or API key is required"
     );
-    let builder = TenantLayer::builder(tenants()).header("x-tenant-id");
+    let builder = TenancyLayer::builder("test")
+        .store(tenants())
+        .header("x-tenant-id");
     assert!(format!("{builder:?}").contains("Header(\"x-tenant-id\")"));
     let mut svc = svc;
     let fut = tower::Service::call(&mut svc, Request::new(()));
@@ -685,7 +698,8 @@ impl tower::Service<Request<()>> for Unready {
 fn readiness_is_the_inner_services() {
     use tower::{Layer, Service};
     let inner = Unready::default();
-    let mut svc = TenantLayer::builder(tenants())
+    let mut svc = TenancyLayer::builder("test")
+        .store(tenants())
         .header("x-tenant-id")
         .allow_unverified()
         .build()
@@ -731,7 +745,8 @@ impl TenantStore for Counting {
 #[tokio::test]
 async fn the_registry_caches_tenants_and_unknown_ids_and_reports_outages() {
     let store = Counting::default();
-    let layer = TenantLayer::builder_with(Registry::new(store.clone()))
+    let layer = TenancyLayer::builder("test")
+        .registry(Registry::new(store.clone()))
         .header("x-tenant-id")
         .allow_unverified()
         .build()
@@ -812,7 +827,8 @@ async fn a_revoked_key_stops_working_once_the_registry_handle_invalidates_it() {
     let key = tower_patterns_tenant::hash_api_key("sk_acme");
     let acme = TenantId::new("acme").unwrap();
     store.keys.lock().unwrap().insert(key, acme.clone());
-    let layer = TenantLayer::builder_with(Registry::new(store.clone()))
+    let layer = TenancyLayer::builder("test")
+        .registry(Registry::new(store.clone()))
         .api_key("x-api-key")
         .build()
         .unwrap();
@@ -970,14 +986,18 @@ fn corrupt_registry_files_and_bad_configs_are_typed_errors() {
         "no audience"
     );
     assert!(
-        TenantLayer::builder(tenants())
+        TenancyLayer::builder("test")
+            .store(tenants())
             .trusted_proxies(["10.0.0.0/99"])
             .header("x")
             .build()
             .is_err()
     );
     assert!(
-        TenantLayer::builder(tenants()).build().is_err(),
+        TenancyLayer::builder("test")
+            .store(tenants())
+            .build()
+            .is_err(),
         "no source"
     );
 }
