@@ -88,7 +88,7 @@ async fn a_bounded_load_ring_reports_its_calls_in_flight() {
 }
 
 #[tokio::test]
-async fn moves_in_progress_fallbacks_and_bad_keys_are_reported_and_counted() {
+async fn moves_in_progress_migrating_requests_and_bad_keys_are_reported_and_counted() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let dir = Arc::new(Directory::new(2).unwrap());
@@ -121,7 +121,11 @@ async fn moves_in_progress_fallbacks_and_bad_keys_are_reported_and_counted() {
         Some(3.0)
     );
     assert_eq!(value(&now, "tower_patterns_shard_shards", "two"), Some(2.0));
-    for counter in ["key_errors_total", "unrouted_total", "fallbacks_total"] {
+    for counter in [
+        "key_errors_total",
+        "unrouted_total",
+        "migrating_requests_total",
+    ] {
         let name = format!("tower_patterns_shard_{counter}");
         assert_eq!(
             value(&now, &name, "three"),
@@ -153,7 +157,11 @@ async fn moves_in_progress_fallbacks_and_bad_keys_are_reported_and_counted() {
     assert!(two.clone().oneshot(u64::MAX).await.is_err());
     let now = values(&snapshotter);
     assert_eq!(
-        value(&now, "tower_patterns_shard_fallbacks_total", "three"),
+        value(
+            &now,
+            "tower_patterns_shard_migrating_requests_total",
+            "three"
+        ),
         Some(1.0)
     );
     assert_eq!(

@@ -40,8 +40,6 @@ pub(crate) struct Fallback<S, Req, Res> {
     pub(crate) service: S,
     pub(crate) req: Req,
     pub(crate) is_miss: fn(&Res) -> bool,
-    /// Counts the reads sent to the old shard.
-    pub(crate) counted: metrics::Counter,
 }
 
 pin_project! {
@@ -119,12 +117,9 @@ where
                 RouteStateProj::Primary { fut, fallback, .. } => {
                     let result = std::task::ready!(fut.poll(cx)).map_err(Into::into);
                     match (result, fallback.take()) {
-                        (Ok(res), Some(fb)) if (fb.is_miss)(&res) => {
-                            fb.counted.increment(1);
-                            RouteState::Fallback {
-                                fut: Oneshot::new(fb.service, fb.req),
-                            }
-                        }
+                        (Ok(res), Some(fb)) if (fb.is_miss)(&res) => RouteState::Fallback {
+                            fut: Oneshot::new(fb.service, fb.req),
+                        },
                         (result, _) => return Poll::Ready(result),
                     }
                 }

@@ -9,8 +9,10 @@
 //! Nothing is recorded on a routed call. `tower_patterns_shard_shards{name}` (a gauge) is set
 //! when the router is built; `tower_patterns_shard_key_errors_total{name}` counts requests
 //! whose key could not be taken, `tower_patterns_shard_unrouted_total{name}` requests placed
-//! on a shard the router does not have, and `tower_patterns_shard_fallbacks_total{name}`
-//! reads of a migrating slot sent again to its old shard after a miss.
+//! on a shard the router does not have, and `tower_patterns_shard_migrating_requests_total{name}`
+//! requests whose key is in a slot being moved (a [`Directory`](crate::Directory) migration;
+//! with [`ShardRouterBuilder::fallback_when`], its misses are read again on the old shard).
+//! Nothing is kept in the response future for them, so a routed call costs what it did.
 
 use std::{
     fmt,
@@ -78,7 +80,7 @@ pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     key_errors: metrics::Counter,
     unrouted: metrics::Counter,
-    pub(crate) fallbacks: metrics::Counter,
+    migrating_reads: metrics::Counter,
 }
 
 /// When to read the old shard of a migrating slot, and how to copy the request for it.
@@ -248,8 +250,10 @@ impl<S, P: Strategy, K, Req, Res> ShardRouterBuilder<Vec<S>, Arc<P>, K, Req, Res
             metrics::counter!(metric_name!("shard", "key_errors_total"), labels::NAME => label());
         let unrouted =
             metrics::counter!(metric_name!("shard", "unrouted_total"), labels::NAME => label());
-        let fallbacks =
-            metrics::counter!(metric_name!("shard", "fallbacks_total"), labels::NAME => label());
+        let migrating_reads = metrics::counter!(
+            metric_name!("shard", "migrating_requests_total"),
+            labels::NAME => label()
+        );
         Ok(ShardRouter {
             shards: shards.into(),
             strategy,
@@ -260,7 +264,7 @@ impl<S, P: Strategy, K, Req, Res> ShardRouterBuilder<Vec<S>, Arc<P>, K, Req, Res
                 name,
                 key_errors,
                 unrouted,
-                fallbacks,
+                migrating_reads,
             }),
         })
     }
@@ -316,7 +320,10 @@ where
         };
         let (primary, fallback) = match route {
             Route::To(s) => (s, None),
-            Route::Migrating { to, from } => (to, self.fallback_when.map(|f| (from, f))),
+            Route::Migrating { to, from } => {
+                self.shared.migrating_reads.increment(1);
+                (to, self.fallback_when.map(|f| (from, f)))
+            }
         };
         let Some(shard) = self.shards.get(primary) else {
             self.shared.unrouted.increment(1);
@@ -332,7 +339,6 @@ where
                 service: old,
                 req: (policy.copy)(&req)?,
                 is_miss: policy.is_miss,
-                counted: self.shared.fallbacks.clone(),
             })
         });
         ResponseFuture::new(Oneshot::new(shard.clone(), req), fallback, load)
