@@ -60,5 +60,5 @@ pub use internal::LoadError;
 pub use key::{FromExtensions, Scope, ScopeFn, ScopedKey, Unscoped};
 pub use write::{
     BatchWriter, WriteBehind, WriteBehindBuilder, WriteBehindClosed, WriteBehindHandle,
-    WriteBehindParts, WriteThrough, WriteThroughLayer, WriteThroughMode,
+    WriteBehindParts, WriteThrough, WriteThroughBuilder, WriteThroughLayer, WriteThroughMode,
 };

@@ -446,16 +446,17 @@ async fn a_load_in_flight_during_a_write_never_stores_the_old_value() {
     let layer = layer(|b| b);
     let reads = layer.layer(source.clone());
     let s2 = source.clone();
-    let writes = WriteThroughLayer::new(
-        layer.handle(),
-        key_fn(|(k, _): &(u64, String)| Ok::<_, KeyError>(*k)),
-        WriteThroughMode::invalidate(),
-    )
-    .unscoped()
-    .layer(service_fn(move |(k, v): (u64, String)| {
-        s2.set(k, &v);
-        async move { Ok::<_, Infallible>(()) }
-    }));
+    let writes = WriteThroughLayer::builder("writes")
+        .cache(layer.handle())
+        .key(key_fn(|(k, _): &(u64, String)| Ok::<_, KeyError>(*k)))
+        .mode(WriteThroughMode::invalidate())
+        .unscoped()
+        .build()
+        .unwrap()
+        .layer(service_fn(move |(k, v): (u64, String)| {
+            s2.set(k, &v);
+            async move { Ok::<_, Infallible>(()) }
+        }));
 
     let slow_read = tokio::spawn(reads.clone().oneshot(1));
     tokio::task::yield_now().await;
@@ -479,22 +480,25 @@ async fn write_through_update_and_failed_writes() {
     assert_eq!(reads.clone().oneshot(1).await.unwrap(), "old");
     let fail = Arc::new(AtomicBool::new(false));
     let (s2, f2) = (source.clone(), fail.clone());
-    let writes = WriteThroughLayer::new(
-        layer.handle(),
-        key_fn(|(k, _): &(u64, String)| Ok::<_, KeyError>(*k)),
-        WriteThroughMode::update(|saved: &String| Some(saved.clone())),
-    )
-    .unscoped()
-    .layer(service_fn(move |(k, v): (u64, String)| {
-        let (s2, f2) = (s2.clone(), f2.clone());
-        async move {
-            if f2.load(Ordering::SeqCst) {
-                return Err::<String, BoxError>("write refused".into());
+    let writes = WriteThroughLayer::builder("writes")
+        .cache(layer.handle())
+        .key(key_fn(|(k, _): &(u64, String)| Ok::<_, KeyError>(*k)))
+        .mode(WriteThroughMode::update(|saved: &String| {
+            Some(saved.clone())
+        }))
+        .unscoped()
+        .build()
+        .unwrap()
+        .layer(service_fn(move |(k, v): (u64, String)| {
+            let (s2, f2) = (s2.clone(), f2.clone());
+            async move {
+                if f2.load(Ordering::SeqCst) {
+                    return Err::<String, BoxError>("write refused".into());
+                }
+                s2.set(k, &v);
+                Ok(v)
             }
-            s2.set(k, &v);
-            Ok(v)
-        }
-    }));
+        }));
     writes.clone().oneshot((1, "new".into())).await.unwrap();
     assert_eq!(reads.clone().oneshot(1).await.unwrap(), "new");
     assert_eq!(source.reads(), 1, "served from the updated cache");

@@ -220,3 +220,21 @@ async fn dropping_everything_flushes_and_stops_the_writer() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(batches.lock().unwrap().concat(), vec![(1, "a".to_owned())]);
 }
+
+#[tokio::test]
+async fn write_builders_refuse_an_empty_name() {
+    let err = WriteBehind::builder("")
+        .cache(cache().handle())
+        .writer(writer(Batches::default(), 0))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "name");
+    let err = tower_patterns_cache::WriteThroughLayer::builder("")
+        .cache(cache().handle())
+        .key(key_fn(|(k, _): &(u64, String)| Ok::<_, KeyError>(*k)))
+        .mode(tower_patterns_cache::WriteThroughMode::<(), String>::invalidate())
+        .unscoped()
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "name");
+}

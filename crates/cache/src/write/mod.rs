@@ -45,12 +45,13 @@
 //!     .build()
 //!     .unwrap();
 //! // The write returns the stored price; the cache takes it.
-//! let write = WriteThroughLayer::new(
-//!     cache.handle(),
-//!     key_fn(|(id, _): &(u64, u32)| Ok::<_, KeyError>(*id)),
-//!     WriteThroughMode::update(|price: &u32| Some(*price)),
-//! )
-//! .unscoped();
+//! let write = WriteThroughLayer::builder("price-writes")
+//!     .cache(cache.handle())
+//!     .key(key_fn(|(id, _): &(u64, u32)| Ok::<_, KeyError>(*id)))
+//!     .mode(WriteThroughMode::update(|price: &u32| Some(*price)))
+//!     .unscoped()
+//!     .build()
+//!     .unwrap();
 //! let save = write.layer(service_fn(|(_, price): (u64, u32)| async move { Ok::<_, Infallible>(price) }));
 //! save.oneshot((1, 250)).await.unwrap();
 //! assert_eq!(cache.handle().peek(None, 1).unwrap().value(), &250);
@@ -66,4 +67,4 @@ pub use behind::{
     BatchWriter, NoCache, NoWriter, WriteBehind, WriteBehindBuilder, WriteBehindParts,
 };
 pub use behind_handle::{WriteBehindClosed, WriteBehindHandle};
-pub use through::{WriteThrough, WriteThroughLayer, WriteThroughMode};
+pub use through::{NoMode, WriteThrough, WriteThroughBuilder, WriteThroughLayer, WriteThroughMode};

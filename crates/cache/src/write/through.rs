@@ -8,11 +8,12 @@ use std::{
 
 use futures_util::{FutureExt as _, future::BoxFuture};
 use tower_layer::Layer;
-use tower_patterns_core::{BoxError, KeyExtractor, tenant::TenantId};
+use tower_patterns_core::{BoxError, ConfigError, KeyExtractor, tenant::TenantId};
 use tower_service::Service;
 
+use super::NoCache;
 use crate::{
-    CacheHandle,
+    CacheHandle, NoKey,
     key::{FromExtensions, Scope, ScopeFn, Unscoped},
     store::{CacheKey, Store},
 };
@@ -56,8 +57,10 @@ impl<R, V> WriteThroughMode<R, V> {
     }
 }
 
-/// Makes writes update or invalidate a cache after the source of record accepted them.
+/// Makes writes update or invalidate a cache after the source of record accepted them. Build it
+/// with [`WriteThroughLayer::builder`].
 pub struct WriteThroughLayer<X, Sc, R, K, V, St> {
+    name: Arc<str>,
     cache: CacheHandle<K, V, St>,
     key: X,
     scope: Sc,
@@ -67,6 +70,7 @@ pub struct WriteThroughLayer<X, Sc, R, K, V, St> {
 impl<X: Clone, Sc: Clone, R, K, V, St> Clone for WriteThroughLayer<X, Sc, R, K, V, St> {
     fn clone(&self) -> Self {
         Self {
+            name: self.name.clone(),
             cache: self.cache.clone(),
             key: self.key.clone(),
             scope: self.scope.clone(),
@@ -78,39 +82,96 @@ impl<X: Clone, Sc: Clone, R, K, V, St> Clone for WriteThroughLayer<X, Sc, R, K, 
 impl<X, Sc, R, K, V, St> fmt::Debug for WriteThroughLayer<X, Sc, R, K, V, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteThroughLayer")
+            .field("name", &self.name)
             .field("cache", &self.cache.shared.name)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
 
-impl<X, R, K, V, St> WriteThroughLayer<X, FromExtensions, R, K, V, St> {
-    /// Writes taking their key with `key` keep `cache` right, as `mode` says. The tenant comes
-    /// from the request extensions, as for [`CacheLayer`](crate::CacheLayer); use the same
-    /// scope as the cache's.
-    pub fn new(cache: CacheHandle<K, V, St>, key: X, mode: WriteThroughMode<R, V>) -> Self {
-        Self {
-            cache,
-            key,
+/// The mode of a [`WriteThroughBuilder`] that has none yet.
+#[derive(Debug, Clone, Copy)]
+pub struct NoMode;
+
+/// Builds a [`WriteThroughLayer`]: [`WriteThroughLayer::builder`]`(name)`, then
+/// [`cache`](Self::cache), [`key`](Self::key) and [`mode`](Self::mode) (all required), then
+/// the scope, then [`build`](WriteThroughBuilder::build).
+#[derive(Debug, Clone)]
+pub struct WriteThroughBuilder<C = NoCache, X = NoKey, M = NoMode, Sc = FromExtensions> {
+    name: Arc<str>,
+    cache: C,
+    key: X,
+    mode: M,
+    scope: Sc,
+}
+
+impl WriteThroughLayer<NoKey, FromExtensions, (), (), (), ()> {
+    /// A builder for the write-through named `name` (logs, debug output). The tenant comes
+    /// from the request extensions unless set otherwise; use the same scope as the cache's.
+    pub fn builder(name: impl Into<Arc<str>>) -> WriteThroughBuilder {
+        WriteThroughBuilder {
+            name: name.into(),
+            cache: NoCache,
+            key: NoKey,
+            mode: NoMode,
             scope: FromExtensions,
-            mode,
         }
     }
 }
 
-impl<X, Sc, R, K, V, St> WriteThroughLayer<X, Sc, R, K, V, St> {
-    /// Takes the tenant with `scope`.
-    pub fn scope<Sc2>(self, scope: Sc2) -> WriteThroughLayer<X, Sc2, R, K, V, St> {
-        WriteThroughLayer {
+impl<C, X, M, Sc> WriteThroughBuilder<C, X, M, Sc> {
+    /// The cache the writes keep right (its handle).
+    pub fn cache<K, V, St>(
+        self,
+        cache: CacheHandle<K, V, St>,
+    ) -> WriteThroughBuilder<CacheHandle<K, V, St>, X, M, Sc> {
+        WriteThroughBuilder {
+            name: self.name,
+            cache,
+            key: self.key,
+            mode: self.mode,
+            scope: self.scope,
+        }
+    }
+
+    /// How a write's key is taken (a [`KeyExtractor`] whose key is the cache's).
+    pub fn key<X2>(self, key: X2) -> WriteThroughBuilder<C, X2, M, Sc> {
+        WriteThroughBuilder {
+            name: self.name,
+            cache: self.cache,
+            key,
+            mode: self.mode,
+            scope: self.scope,
+        }
+    }
+
+    /// What a successful write does to the cache.
+    pub fn mode<R, V>(
+        self,
+        mode: WriteThroughMode<R, V>,
+    ) -> WriteThroughBuilder<C, X, WriteThroughMode<R, V>, Sc> {
+        WriteThroughBuilder {
+            name: self.name,
             cache: self.cache,
             key: self.key,
-            scope,
+            mode,
+            scope: self.scope,
+        }
+    }
+
+    /// Takes the tenant with `scope` (default [`FromExtensions`]).
+    pub fn scope<Sc2>(self, scope: Sc2) -> WriteThroughBuilder<C, X, M, Sc2> {
+        WriteThroughBuilder {
+            name: self.name,
+            cache: self.cache,
+            key: self.key,
             mode: self.mode,
+            scope,
         }
     }
 
     /// No tenants.
-    pub fn unscoped(self) -> WriteThroughLayer<X, Unscoped, R, K, V, St> {
+    pub fn unscoped(self) -> WriteThroughBuilder<C, X, M, Unscoped> {
         self.scope(Unscoped)
     }
 
@@ -118,8 +179,28 @@ impl<X, Sc, R, K, V, St> WriteThroughLayer<X, Sc, R, K, V, St> {
     pub fn scope_fn<Req, F: Fn(&Req) -> Option<TenantId>>(
         self,
         f: F,
-    ) -> WriteThroughLayer<X, ScopeFn<F>, R, K, V, St> {
+    ) -> WriteThroughBuilder<C, X, M, ScopeFn<F>> {
         self.scope(ScopeFn(f))
+    }
+}
+
+impl<X, Sc, R, K, V, St> WriteThroughBuilder<CacheHandle<K, V, St>, X, WriteThroughMode<R, V>, Sc> {
+    /// The layer.
+    ///
+    /// # Errors
+    ///
+    /// An empty name.
+    pub fn build(self) -> Result<WriteThroughLayer<X, Sc, R, K, V, St>, ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        Ok(WriteThroughLayer {
+            name: self.name,
+            cache: self.cache,
+            key: self.key,
+            scope: self.scope,
+            mode: self.mode,
+        })
     }
 }
 
