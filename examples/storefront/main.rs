@@ -74,7 +74,7 @@ use tower::ServiceBuilder;
 use tower_patterns::{
     BoxError,
     breaker::CircuitBreakerHandle,
-    bulkhead::PartitionedBulkheadLayer,
+    bulkhead::KeyedBulkheadLayer,
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
     ratelimit::{GcraLimiter, Rate, RateLimitLayer},
@@ -200,9 +200,10 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
             plan_rate("free").refill(),
         )
         .build::<TenantId>()?;
-    let bulkheads = PartitionedBulkheadLayer::builder::<TenantId>("tenant")
+    let bulkheads = KeyedBulkheadLayer::builder("tenant")
+        .key(ExtensionKey::<TenantId>::new())
         .default_size(TENANT_CONCURRENCY)
-        .build(ExtensionKey::<TenantId>::new())?;
+        .build()?;
     // `route_layer`, not `layer`: a path no route matches is a 404 before any of these run,
     // so it neither needs a tenant nor spends one's rate limit.
     let tenant_routes = Router::new()

@@ -117,7 +117,7 @@ pub struct Config {
 pub const MAX_PROBES: u32 = 4_095;
 
 impl Config {
-    /// The defaults; see [`Builder`].
+    /// The defaults; see [`CircuitBreakerBuilder`](crate::CircuitBreakerBuilder).
     pub(crate) fn defaults(name: Arc<str>) -> Self {
         Self {
             name,

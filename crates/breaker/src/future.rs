@@ -16,7 +16,10 @@ use tower_patterns_core::{
     classify::{Finish, OnOutcome, Outcome},
 };
 
-use crate::machine::{Machine, Permit, PermitKind};
+use crate::{
+    machine::Machine,
+    state::{Permit, PermitKind},
+};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).

@@ -67,13 +67,18 @@ impl CircuitBreakerHandle {
         Self { machine }
     }
 
+    #[inline]
+    pub(crate) fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
     /// The breaker's name.
     pub fn name(&self) -> &str {
         self.machine.observer.name()
     }
 
     /// The state a call arriving now would find. Timeouts take effect when a call comes
-    /// (or on time, with [`automatic_transition`](crate::Builder::automatic_transition)),
+    /// (or on time, with [`automatic_transition`](crate::CircuitBreakerBuilder::automatic_transition)),
     /// but this reads them as already made: an open circuit whose duration has elapsed
     /// reports `HalfOpen`, a half-open one past its maximum wait `Open`. Reading changes
     /// nothing (no transition, no event, no gauge update).

@@ -35,13 +35,13 @@
 //! use std::time::Duration;
 //! use http::StatusCode;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_patterns_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+//! use tower_patterns_breaker::{CircuitBreakerLayer, State};
 //! use tower_patterns_core::{classify::TowerHttp, BoxError, Rejected, RejectionKind};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! // Defaults: last 100 calls, trips at 50% once 20 are in, open 30 s, 5 probes.
-//! let layer = CircuitBreaker::<()>::layer("inventory");
+//! let layer = CircuitBreakerLayer::builder("inventory").build().unwrap();
 //!
 //! // Customised.
 //! let layer = CircuitBreakerLayer::builder("payments")
@@ -82,6 +82,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod config;
 pub mod fallback;
 mod future;
@@ -92,22 +93,29 @@ mod machine;
 mod observer;
 mod rng;
 mod service;
+mod state;
 mod sync;
 mod window;
 
+pub use builder::{ByKey, CircuitBreakerBuilder, KeyedCircuitBreakerBuilder, NoKey, Unkeyed};
 pub use config::{Config, MAX_PROBES, OpenDuration, Reason, SlidingWindow};
 pub use fallback::{Fallback, FallbackLayer};
 pub use future::{Guard, ResponseFuture};
 pub use handle::{CircuitBreakerHandle, Snapshot};
-pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer};
-pub use layer::{Builder, CircuitBreakerLayer};
-pub use machine::State;
+pub use keyed::{
+    Breakers, KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer,
+};
+pub use layer::CircuitBreakerLayer;
 pub use observer::Transition;
 pub use service::CircuitBreaker;
+pub use state::State;
 
 #[doc(hidden)]
 pub mod __private {
     //! The state machine with injected time, for this crate's loom model and model tests.
     //! Not part of the public API.
-    pub use crate::machine::{Admission, Machine, Permit, PermitKind};
+    pub use crate::{
+        machine::Machine,
+        state::{Admission, Permit, PermitKind},
+    };
 }

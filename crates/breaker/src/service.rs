@@ -17,9 +17,10 @@ use tower_patterns_core::{
 use tower_service::Service;
 
 use crate::{
-    CircuitBreakerLayer, State,
+    State,
     future::{Guard, ResponseFuture, SlowCall},
-    machine::{Admission, Machine, Permit, PermitKind},
+    machine::Machine,
+    state::{Admission, Permit, PermitKind},
 };
 
 /// Middleware that stops calling a failing service and fails fast instead.
@@ -61,20 +62,6 @@ impl Drop for Reservation {
         if let Some(permit) = self.permit.take() {
             self.machine.release(permit);
         }
-    }
-}
-
-impl<S> CircuitBreaker<S> {
-    /// A layer with the default settings and the given name; see
-    /// [`CircuitBreakerLayer::builder`] to change them.
-    ///
-    /// # Panics
-    ///
-    /// Never: the defaults are valid.
-    pub fn layer(name: impl Into<Arc<str>>) -> CircuitBreakerLayer {
-        CircuitBreakerLayer::builder(name)
-            .build()
-            .expect("the default configuration is valid")
     }
 }
 

@@ -10,12 +10,14 @@ use http::{Request, Response, StatusCode};
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_patterns_breaker::{
-    Builder, CircuitBreaker, CircuitBreakerHandle, CircuitBreakerLayer, Reason, State, Transition,
+    CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer,
+    KeyedCircuitBreakerLayer, Reason, State, Transition,
 };
 use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind,
     classify::{Outcome, TowerHttp, predicate},
     key::{HeaderKey, KeyErrorKind},
+    keyed::KeyBounds,
     observe::{Health, StateHandle},
 };
 use tower_patterns_testkit::TestService;
@@ -33,7 +35,7 @@ fn echo() -> impl Service<bool, Response = bool, Error = BoxError, Future: Send>
     })
 }
 
-fn build(b: Builder) -> (Svc, tower_patterns_breaker::CircuitBreakerHandle) {
+fn build(b: CircuitBreakerBuilder) -> (Svc, tower_patterns_breaker::CircuitBreakerHandle) {
     let layer = b.build().expect("valid configuration");
     let handle = layer.handle();
     (
@@ -770,10 +772,11 @@ async fn forcing_resetting_and_metrics_only() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_keys() {
-    let layer = CircuitBreakerLayer::builder("hosts")
+    let layer = KeyedCircuitBreakerLayer::builder("hosts")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-host")))
         .count_window(2)
         .minimum_calls(2)
-        .build_keyed(HeaderKey::new(http::HeaderName::from_static("x-host")))
+        .build()
         .unwrap();
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|req: Request<()>| async move {
@@ -799,7 +802,7 @@ async fn keyed_breakers_isolate_keys() {
     assert_eq!(handle.get("bad").unwrap().state(), State::Open);
     assert_eq!(handle.get("good").unwrap().state(), State::Closed);
     let mut listed: Vec<_> = handle
-        .breakers()
+        .entries()
         .into_iter()
         .map(|(k, h)| (k.to_string(), h.state()))
         .collect();
@@ -812,9 +815,13 @@ async fn keyed_breakers_isolate_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_stay_within_their_bound() {
-    let layer = CircuitBreakerLayer::builder("many-hosts")
-        .keys(1_000, Duration::from_secs(600))
-        .build_keyed(HeaderKey::new(http::HeaderName::from_static("x-host")))
+    let layer = KeyedCircuitBreakerLayer::builder("many-hosts")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-host")))
+        .key_bounds(KeyBounds {
+            max_keys: 1_000,
+            idle: Some(Duration::from_secs(600)),
+        })
+        .build()
         .unwrap();
     let handle = layer.handle();
     assert!(handle.is_empty());
@@ -823,7 +830,7 @@ async fn keyed_breakers_stay_within_their_bound() {
         let req = Request::get("/").header("x-host", host).body(()).unwrap();
         svc.ready().await.unwrap().call(req).await.unwrap();
         if host % 5_000 == 4_999 {
-            let listed = handle.breakers().len();
+            let listed = handle.entries().len();
             assert!(
                 listed <= 1_000,
                 "{listed} breakers listed after {host} keys"
@@ -870,7 +877,7 @@ fn bad_configuration_is_a_typed_error() {
         .unwrap_err();
     assert_eq!(err.field(), "minimum_calls");
     // The defaults are valid.
-    let _ = CircuitBreaker::<()>::layer("fine");
+    let _ = CircuitBreakerLayer::builder("fine").build().unwrap();
 }
 
 #[tokio::test(start_paused = true)]

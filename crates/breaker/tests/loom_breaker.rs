@@ -3,9 +3,9 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p tower-patterns-breaker --test loom_breaker --release`.
 #![cfg(loom)]
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use loom::{sync::Arc, thread};
+use loom::thread;
 use tower_patterns_breaker::{
     __private::{Admission, Machine, PermitKind},
     CircuitBreakerLayer, State,
@@ -13,17 +13,17 @@ use tower_patterns_breaker::{
 use tower_patterns_core::classify::Outcome;
 
 fn machine(probes: u32) -> Arc<Machine> {
-    Arc::new(
-        CircuitBreakerLayer::builder("loom")
-            .count_window(2)
-            .minimum_calls(2)
-            .failure_rate(0.5)
-            .half_open_probes(probes)
-            .open_duration(Duration::from_nanos(5))
-            .max_wait_in_half_open(None)
-            .build_machine()
-            .unwrap(),
-    )
+    // A std `Arc`: the machine's own atomics are loom's under `--cfg loom`.
+    CircuitBreakerLayer::builder("loom")
+        .count_window(2)
+        .minimum_calls(2)
+        .failure_rate(0.5)
+        .half_open_probes(probes)
+        .open_duration(Duration::from_nanos(5))
+        .max_wait_in_half_open(None)
+        .build()
+        .unwrap()
+        .machine()
 }
 
 fn fail_once(m: &Machine, now: u64) {

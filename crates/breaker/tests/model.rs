@@ -412,7 +412,7 @@ impl Model {
     }
 }
 
-fn machine(cfg: &Cfg) -> Machine {
+fn machine(cfg: &Cfg) -> std::sync::Arc<Machine> {
     let mut b = CircuitBreakerLayer::builder("model")
         .minimum_calls(cfg.minimum_calls)
         .half_open_probes(cfg.probes as u32)
@@ -452,7 +452,7 @@ fn machine(cfg: &Cfg) -> Machine {
             jitter,
         ),
     };
-    b.build_machine().expect("valid configuration")
+    b.build().expect("valid configuration").machine()
 }
 
 proptest! {
@@ -536,8 +536,9 @@ fn recording_in_a_time_window_reads_the_clock_once() {
             .time_window(Duration::from_secs(buckets), buckets as u32)
             .minimum_calls(4)
             .failure_rate(0.5)
-            .build_machine()
+            .build()
             .unwrap()
+            .machine()
     };
     let real = cfg(10);
     // Failures, a success below the minimum, and the success that trips: one read each (the
@@ -564,8 +565,9 @@ fn recording_in_a_time_window_reads_the_clock_once() {
         .count_window(4)
         .minimum_calls(4)
         .failure_rate(0.5)
-        .build_machine()
-        .unwrap();
+        .build()
+        .unwrap()
+        .machine();
     assert_eq!(clock_reads_of_record(&real, Outcome::Success, 0), 0);
     assert_eq!(clock_reads_of_record(&real, Outcome::Failure, 0), 0);
     assert_eq!(clock_reads_of_record(&real, Outcome::Success, 0), 0);
@@ -586,8 +588,9 @@ fn a_success_after_the_failures_left_the_time_window_can_still_trip() {
         .time_window(Duration::from_secs(4), 4)
         .minimum_calls(3)
         .failure_rate(0.6)
-        .build_machine()
-        .unwrap();
+        .build()
+        .unwrap()
+        .machine();
     for (at, outcome) in [
         (0, Outcome::Success),
         (1, Outcome::Success),
@@ -611,8 +614,9 @@ fn a_success_beside_a_call_slow_in_flight_can_trip() {
         .minimum_calls(2)
         .no_failure_rate()
         .slow_calls(Duration::from_secs(1), 0.5)
-        .build_machine()
-        .unwrap();
+        .build()
+        .unwrap()
+        .machine();
     let Admission::Permit(slow) = real.acquire(|| 0, true) else {
         panic!("admitted")
     };

@@ -5,13 +5,13 @@
 //!   a bound on waiters, and rejection as [`Rejected`](tower_patterns_core::Rejected)
 //!   (`BulkheadFull`) from an always-ready service, or a backpressure mode that reserves the
 //!   permit in `poll_ready`. The permit is held until the response future completes, or with
-//!   [`Builder::hold_until_body_end`] until the HTTP response body ends.
-//! - [`PartitionedBulkheadLayer`]: a pool per key ("service A 40, B 30, C 30"),
-//!   fixed sizes plus a default, on-demand pools bounded.
+//!   [`BulkheadBuilder::hold_until_body_end`] until the HTTP response body ends.
+//! - [`KeyedBulkheadLayer`]: a pool per key ("service A 40, B 30, C 30"), fixed sizes plus
+//!   a default, on-demand pools bounded by one `KeyBounds`; its handle lists the pools.
 //! - [`IsolatedLayer`]: runs the inner service's futures on a dedicated runtime with a bounded
 //!   queue (resilience4j's thread-pool bulkhead).
 //! - Adaptive limits: [`Gradient2`] and [`Aimd`] as pure functions, plugged in with
-//!   [`Builder::adaptive`].
+//!   [`BulkheadBuilder::adaptive`].
 //!
 //! The pool is this crate's own FIFO semaphore (see `semaphore.rs`): one atomic word for the
 //! permits in use and the callers waiting, so an uncontended call is one compare-and-swap to
@@ -53,20 +53,19 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod adaptive;
+mod bulkhead;
 pub mod executor;
-mod handle;
-mod partition;
+mod keyed;
 mod semaphore;
-mod service;
 mod sync;
 
 pub use adaptive::{Aimd, Gradient2, LimitAlgorithm, Sample};
-pub use executor::{Isolated, IsolatedExecutor, IsolatedFuture, IsolatedLayer};
-pub use handle::BulkheadHandle;
-pub use partition::{PartitionBuilder, PartitionedBulkhead, PartitionedBulkheadLayer};
-pub use service::{
-    BodyEnded, Builder, Bulkhead, BulkheadLayer, Hold, ResponseFuture, UntilBodyEnd, UntilResponse,
+pub use bulkhead::{
+    BodyEnded, Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer, ByKey, Hold,
+    KeyedBulkheadBuilder, NoKey, ResponseFuture, Unkeyed, UntilBodyEnd, UntilResponse,
 };
+pub use executor::{Isolated, IsolatedExecutor, IsolatedFuture, IsolatedLayer};
+pub use keyed::{KeyedBulkhead, KeyedBulkheadHandle, KeyedBulkheadLayer, Pools};
 
 #[doc(hidden)]
 pub mod __private {

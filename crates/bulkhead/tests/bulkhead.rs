@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_patterns_bulkhead::{
-    Aimd, BulkheadLayer, IsolatedExecutor, IsolatedLayer, PartitionedBulkheadLayer,
+    Aimd, BulkheadLayer, IsolatedExecutor, IsolatedLayer, KeyedBulkheadLayer,
 };
 use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind,
@@ -25,10 +25,11 @@ fn is_full(err: &BoxError) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_dependency_fills_its_pool_and_the_other_pool_still_answers_at_once() {
-    let pools = PartitionedBulkheadLayer::builder::<AsciiKey>("deps")
+    let pools = KeyedBulkheadLayer::builder("deps")
+        .key(HeaderKey::new(HeaderName::from_static("x-dep")))
         .partition(AsciiKey::from_static("slow"), 4)
         .partition(AsciiKey::from_static("fast"), 4)
-        .build(HeaderKey::new(HeaderName::from_static("x-dep")))
+        .build()
         .unwrap();
     let hung = TestService::new().never_respond();
     let fast = TestService::new();
@@ -53,13 +54,7 @@ async fn a_hung_dependency_fills_its_pool_and_the_other_pool_still_answers_at_on
         .collect();
     tokio::task::yield_now().await;
     assert_eq!(hung.in_flight(), 4);
-    assert_eq!(
-        pools
-            .handle(&AsciiKey::from_static("slow"))
-            .unwrap()
-            .available(),
-        0
-    );
+    assert_eq!(pools.handle().get("slow").unwrap().available(), 0);
     let err = svc.clone().oneshot(to("slow")).await.unwrap_err();
     assert!(is_full(&err), "{err}");
 
@@ -190,22 +185,27 @@ async fn http_permits_can_last_until_the_body_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn partitions_follow_the_seed_and_unknown_keys_get_the_default() {
-    let layer = PartitionedBulkheadLayer::builder::<AsciiKey>("services")
+    let layer = KeyedBulkheadLayer::builder("services")
+        .key(HeaderKey::new(HeaderName::from_static("x-service")))
         .partition(AsciiKey::from_static("A"), 40)
         .partition(AsciiKey::from_static("B"), 30)
         .partition(AsciiKey::from_static("C"), 30)
         .default_size(5)
-        .build(HeaderKey::new(HeaderName::from_static("x-service")))
+        .build()
         .unwrap();
     for (key, size) in [("A", 40), ("B", 30), ("C", 30), ("D", 5)] {
-        let h = layer.handle(&AsciiKey::try_from(key).unwrap()).unwrap();
+        let h = layer
+            .handle()
+            .get_or_make(&AsciiKey::try_from(key).unwrap())
+            .unwrap();
         assert_eq!(h.limit(), size, "{key}");
         assert_eq!(h.name(), format!("services/{key}"));
     }
-    let twice = PartitionedBulkheadLayer::builder::<AsciiKey>("dup")
+    let twice = KeyedBulkheadLayer::builder("dup")
+        .key(HeaderKey::new(HeaderName::from_static("x-service")))
         .partition(AsciiKey::from_static("A"), 1)
         .partition(AsciiKey::from_static("A"), 2)
-        .build(HeaderKey::new(HeaderName::from_static("x-service")));
+        .build();
     assert_eq!(twice.unwrap_err().field(), "partition");
 }
 
@@ -271,7 +271,8 @@ async fn an_adaptive_limit_backs_off_on_rejections_and_grows_back() {
 
 #[test]
 fn waiting_settings_are_checked_together() {
-    let field = |builder: tower_patterns_bulkhead::Builder| builder.build().map_err(|e| e.field());
+    let field =
+        |builder: tower_patterns_bulkhead::BulkheadBuilder| builder.build().map_err(|e| e.field());
     // No waiting: a room of 0 is what it is anyway, a larger one a contradiction.
     assert!(field(BulkheadLayer::builder("x").max_waiting(0)).is_ok());
     assert_eq!(
@@ -371,13 +372,12 @@ async fn debug_output_shows_the_pool() {
         h.abort();
     }
 
-    let parts = PartitionedBulkheadLayer::builder::<AsciiKey>("parts")
+    let parts = KeyedBulkheadLayer::builder("parts")
+        .key(HeaderKey::new(HeaderName::from_static("x-part")))
         .partition(AsciiKey::from_static("A"), 4)
         .default_size(2);
     assert!(format!("{parts:?}").contains("default_size: Some(2)"));
-    let parts = parts
-        .build(HeaderKey::new(HeaderName::from_static("x-part")))
-        .unwrap();
+    let parts = parts.build().unwrap();
     assert!(format!("{parts:?}").contains("fixed_partitions: 1"));
     let svc = parts.layer(TestService::new());
     assert!(format!("{svc:?}").contains("\"parts\""));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower::Layer;
-use tower_patterns_bulkhead::{Builder, BulkheadLayer, PartitionedBulkheadLayer};
+use tower_patterns_bulkhead::{BulkheadBuilder, BulkheadLayer, KeyedBulkheadLayer};
 use tower_patterns_core::{
     BoxError, Rejected, RejectionKind,
     key::{AsciiKey, HeaderKey},
@@ -22,7 +22,7 @@ fn kind(err: &BoxError) -> RejectionKind {
         .kind()
 }
 
-fn backpressure(max_concurrent: u32) -> Builder {
+fn backpressure(max_concurrent: u32) -> BulkheadBuilder {
     BulkheadLayer::builder("bp")
         .max_concurrent(max_concurrent)
         .backpressure()
@@ -111,9 +111,10 @@ async fn fail_fast_with_a_wait_sheds_at_once_when_the_inner_service_is_not_ready
 
 #[tokio::test]
 async fn partitions_are_always_ready_and_shed_when_the_inner_service_is_not() {
-    let layer = PartitionedBulkheadLayer::builder::<AsciiKey>("parts")
+    let layer = KeyedBulkheadLayer::builder("parts")
+        .key(HeaderKey::new(HeaderName::from_static("x-part")))
         .partition(AsciiKey::from_static("a"), 2)
-        .build(HeaderKey::new(HeaderName::from_static("x-part")))
+        .build()
         .unwrap();
     let (mut service, mut handle) = mock::spawn_layer::<http::Request<()>, (), _>(layer);
     let req = || {

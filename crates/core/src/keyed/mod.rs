@@ -56,6 +56,9 @@ use std::{
 
 use crate::ConfigError;
 
+mod layer;
+pub use layer::{CallThrough, Keyed, KeyedHandle, KeyedLayer, MakeFor, PerKey};
+
 /// A bounded map of per-key instances; see the [module docs](self).
 pub struct KeyedMap<K, V> {
     cache: moka::sync::Cache<K, V>,

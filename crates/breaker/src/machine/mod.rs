@@ -23,171 +23,13 @@ use crate::{
     config::{Config, Reason},
     observer::Observer,
     rng::AtomicRng,
+    state::{
+        Admission, FAIL_SHIFT, FIELD_MASK, ISSUED_SHIFT, Permit, PermitKind, SUCC_SHIFT, State,
+        Word,
+    },
     sync::{AtomicU64, Mutex, Ordering, lock},
     window::{CountWindow, FAILURE, SLOW, TimeWindow, Window},
 };
-
-/// The state of a circuit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Calls pass and are counted.
-    Closed,
-    /// Calls are rejected until the open duration elapses.
-    Open,
-    /// A limited number of probe calls (or a ramp of traffic) decide whether to close.
-    HalfOpen,
-    /// Forced open through the handle: every call is rejected until released.
-    ForcedOpen,
-    /// Forced closed through the handle: every call passes and nothing is counted.
-    Disabled,
-}
-
-impl State {
-    /// `closed`, `open`, `half_open`, `forced_open` or `disabled`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-            Self::ForcedOpen => "forced_open",
-            Self::Disabled => "disabled",
-        }
-    }
-
-    pub(crate) const ALL: [Self; 5] = [
-        Self::Closed,
-        Self::Open,
-        Self::HalfOpen,
-        Self::ForcedOpen,
-        Self::Disabled,
-    ];
-
-    const fn code(self) -> u64 {
-        match self {
-            Self::Closed => 0,
-            Self::Open => 1,
-            Self::HalfOpen => 2,
-            Self::ForcedOpen => 3,
-            Self::Disabled => 4,
-        }
-    }
-
-    const fn from_code(code: u64) -> Self {
-        match code {
-            0 => Self::Closed,
-            1 => Self::Open,
-            2 => Self::HalfOpen,
-            3 => Self::ForcedOpen,
-            _ => Self::Disabled,
-        }
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-// Layout of the state word, low bits first:
-// code 3 | stage 3 | issued 12 | successes 12 | failures 12 | generation 22.
-const CODE_MASK: u64 = 0b111;
-const STAGE_SHIFT: u32 = 3;
-const ISSUED_SHIFT: u32 = 6;
-const SUCC_SHIFT: u32 = 18;
-const FAIL_SHIFT: u32 = 30;
-const GEN_SHIFT: u32 = 42;
-const FIELD_MASK: u64 = 0xfff;
-const STAGE_MASK: u64 = 0b111;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Word(u64);
-
-impl Word {
-    const fn new(state: State, generation: u32, stage: u32) -> Self {
-        Self(
-            state.code()
-                | ((stage as u64 & STAGE_MASK) << STAGE_SHIFT)
-                | ((generation as u64) << GEN_SHIFT),
-        )
-    }
-    pub(crate) const fn state(self) -> State {
-        State::from_code(self.0 & CODE_MASK)
-    }
-    /// Closed, without decoding the state (the hot path asks only this).
-    #[inline]
-    pub(crate) const fn is_closed(self) -> bool {
-        self.0 & CODE_MASK == State::Closed.code()
-    }
-    const fn stage(self) -> u32 {
-        ((self.0 >> STAGE_SHIFT) & STAGE_MASK) as u32
-    }
-    const fn issued(self) -> u64 {
-        (self.0 >> ISSUED_SHIFT) & FIELD_MASK
-    }
-    const fn successes(self) -> u64 {
-        (self.0 >> SUCC_SHIFT) & FIELD_MASK
-    }
-    const fn failures(self) -> u64 {
-        (self.0 >> FAIL_SHIFT) & FIELD_MASK
-    }
-    pub(crate) const fn generation(self) -> u32 {
-        (self.0 >> GEN_SHIFT) as u32
-    }
-    const fn next_generation(self) -> u32 {
-        (self.generation() + 1) & ((1 << (64 - GEN_SHIFT)) - 1)
-    }
-    const fn same_phase(self, other: Self) -> bool {
-        self.0 & CODE_MASK == other.0 & CODE_MASK
-            && self.generation() == other.generation()
-            && self.stage() == other.stage()
-    }
-}
-
-impl fmt::Debug for Word {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Word")
-            .field("state", &self.state())
-            .field("generation", &self.generation())
-            .field("stage", &self.stage())
-            .field("issued", &self.issued())
-            .field("successes", &self.successes())
-            .field("failures", &self.failures())
-            .finish()
-    }
-}
-
-/// What a call was admitted as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum PermitKind {
-    /// Counted in the closed window.
-    Closed,
-    /// A half-open probe holding one of the permitted slots.
-    Probe,
-    /// A half-open ramp call: judged, but holds no slot.
-    RampProbe,
-    /// Passed without being counted (disabled, or metrics-only while the circuit is open).
-    Free,
-}
-
-/// The admission of one call; give it back to [`Machine::record`] or [`Machine::release`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Permit {
-    /// The generation of the state machine the call was admitted in.
-    pub generation: u32,
-    /// What the call was admitted as.
-    pub kind: PermitKind,
-}
-
-/// Whether a call may go ahead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Admitted.
-    Permit(Permit),
-    /// Rejected; the circuit stays open for this many more nanoseconds, when known.
-    Rejected(Option<u64>),
-}
 
 #[derive(Debug, Default)]
 struct TransitionData {
@@ -228,10 +70,6 @@ impl Machine {
     /// A shared machine, whose automatic transitions (when configured) can find it.
     pub(crate) fn new_shared(config: StdArc<Config>, observer: Observer) -> StdArc<Self> {
         StdArc::new_cyclic(|me| Self::with_self(config, observer, me.clone()))
-    }
-
-    pub(crate) fn new(config: StdArc<Config>, observer: Observer) -> Self {
-        Self::with_self(config, observer, Weak::new())
     }
 
     fn with_self(config: StdArc<Config>, observer: Observer, me: Weak<Self>) -> Self {
@@ -746,43 +584,4 @@ pub(crate) struct RawSnapshot {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn a_transition_from_an_earlier_phase_of_the_same_state_is_refused() {
-        let m = crate::CircuitBreakerLayer::builder("phases")
-            .count_window(1)
-            .minimum_calls(1)
-            .half_open_probes(1)
-            .open_duration(Duration::from_nanos(10))
-            .build_machine()
-            .unwrap();
-        let fail = |now| {
-            let Admission::Permit(p) = m.acquire(|| now, true) else {
-                panic!("admitted at {now}");
-            };
-            m.record(p, Outcome::Failure, false, || now);
-        };
-        fail(0);
-        let first_open = m.word();
-        assert_eq!(first_open.state(), State::Open);
-        fail(10); // the probe fails: open again, two transitions later
-        let reopened = m.word();
-        assert_eq!(reopened.state(), State::Open);
-        assert_eq!(reopened.generation(), first_open.generation() + 2);
-        assert!(
-            !m.transition(first_open, State::HalfOpen, 0, Reason::OpenElapsed, 20),
-            "a caller that saw the first open phase cannot end the second"
-        );
-        assert_eq!(m.word(), reopened);
-        assert!(m.transition(reopened, State::HalfOpen, 0, Reason::OpenElapsed, 40));
-        assert_eq!(
-            format!("{m:?}"),
-            "Machine { name: \"phases\", word: Word { state: HalfOpen, generation: 4, \
-             stage: 0, issued: 0, successes: 0, failures: 0 }, .. }"
-        );
-    }
-}
+mod tests;

@@ -4,7 +4,7 @@ use std::{fmt, sync::Arc};
 
 use tower_patterns_core::observe::{Health, Report, StateHandle};
 
-use crate::service::Shared;
+use super::pool::Shared;
 
 /// A handle on a bulkhead's pool. Cheap to clone.
 #[derive(Clone)]
@@ -26,6 +26,11 @@ impl fmt::Debug for BulkheadHandle {
 impl BulkheadHandle {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    #[inline]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The bulkhead's name.
