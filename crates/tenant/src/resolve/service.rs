@@ -2,6 +2,7 @@
 //! call the inner service.
 
 use std::{
+    convert::Infallible,
     fmt,
     sync::Arc,
     task::{Context, Poll},
@@ -10,14 +11,15 @@ use std::{
 use http::Request;
 use tower_patterns_core::{
     BoxError,
+    check::CheckThenCall,
     tenant::{TenantError, TenantErrorKind},
 };
 use tower_service::Service;
 
 use super::{
-    admit::{Lookup, admit, admitted},
+    admit::{Lookup, admitted},
     context::ClientIp,
-    future::ResponseFuture,
+    future::{Admit, ResponseFuture},
     handle::TenancyHandle,
     resolver::Resolver,
     sources::{Found, Named, unknown_key},
@@ -72,12 +74,12 @@ impl<Svc, S> Tenancy<Svc, S> {
 }
 
 impl<Svc, S> Tenancy<Svc, S> {
-    fn refuse<Req>(&self, err: TenantError) -> ResponseFuture<Svc, Req>
+    fn refuse<B>(&self, err: TenantError) -> ResponseFuture<Svc, B>
     where
-        Svc: Service<Req>,
+        Svc: Service<Request<B>>,
     {
         self.resolver.stats.refused(&err);
-        ResponseFuture::failed(err.into())
+        ResponseFuture::new(CheckThenCall::failed(err))
     }
 }
 
@@ -89,7 +91,7 @@ where
 {
     type Response = Svc::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<Svc, Request<B>>;
+    type Future = ResponseFuture<Svc, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -105,10 +107,13 @@ where
             Ok(Found::Tenant(id)) => match self.resolver.registry.cached(id.as_str()) {
                 Some(record) => {
                     return match admitted(record) {
-                        Ok(record) => {
-                            admit(&mut req, record);
-                            ResponseFuture::called(self.inner.call(req))
-                        }
+                        // Decided, and infallible: no error path left to compile in.
+                        Ok(record) => ResponseFuture::new(CheckThenCall::decided(
+                            Ok::<_, Infallible>(record),
+                            &mut self.inner,
+                            req,
+                            Admit,
+                        )),
                         Err(err) => self.refuse(err),
                     };
                 }
@@ -151,6 +156,6 @@ where
                 })
             }
         };
-        ResponseFuture::looking(lookup, &mut self.inner, req)
+        ResponseFuture::new(CheckThenCall::checking(lookup, &mut self.inner, req, Admit))
     }
 }
