@@ -53,7 +53,10 @@ pub mod strategy;
 
 pub use directory::{Directory, MovePlan, SlotMove, plan_moves};
 pub use key::{GeoKey, SEED, SLOTS, ShardKey, redis_slot, stable_hash};
-pub use router::{ShardRouter, ShardRouterBuilder, ShardRouterHandle};
+pub use router::{
+    FallbackWhen, IsMiss, MigrationFallback, NoFallback, ShardRouter, ShardRouterBuilder,
+    ShardRouterHandle,
+};
 pub use scatter::{
     Concat, GatherFuture, Gathered, Merge, Partial, ScatterGather, ShardError, ShardTimeout,
     SortLimit,

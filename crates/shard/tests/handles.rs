@@ -176,3 +176,59 @@ async fn moves_in_progress_migrating_requests_and_bad_keys_are_reported_and_coun
     dir.complete(&moves).unwrap();
     assert_eq!(handle.report().value("migrating_slots"), Some(0.0));
 }
+
+#[test]
+fn every_strategy_names_its_kind_and_only_a_directory_moves_slots() {
+    use tower_patterns_shard::{Geo, Modulo, Range, Rendezvous, Route, Strategy};
+
+    /// A strategy of the user's own: the defaults apply.
+    struct Everything;
+    impl Strategy for Everything {
+        fn shards(&self) -> usize {
+            1
+        }
+        fn route<K: ShardKey + ?Sized>(&self, _: &K) -> Route {
+            Route::To(0)
+        }
+    }
+
+    let kinds = [
+        Modulo::new(2).kind(),
+        Jump::new(2).kind(),
+        Rendezvous::new(2).kind(),
+        Ring::new(2, 4).unwrap().kind(),
+        Range::new(vec![10]).unwrap().kind(),
+        Directory::new(2).unwrap().kind(),
+        Geo::new(vec![("eu", 0..1), ("us", 1..2)], "eu")
+            .unwrap()
+            .kind(),
+        Everything.kind(),
+    ];
+    assert_eq!(
+        kinds,
+        [
+            "modulo",
+            "jump",
+            "rendezvous",
+            "ring",
+            "range",
+            "directory",
+            "geo",
+            "custom"
+        ]
+    );
+    assert_eq!(Everything.migrating_slots(), 0);
+    assert_eq!(Directory::new(2).unwrap().migrating_slots(), 0);
+
+    let router = ShardRouter::builder("debugged")
+        .shards(shards(1))
+        .strategy(Everything)
+        .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+        .build()
+        .unwrap();
+    let debug = format!("{:?}", router.handle());
+    assert!(
+        debug.contains("\"debugged\"") && debug.contains("shards: 1") && debug.contains("custom"),
+        "{debug}"
+    );
+}

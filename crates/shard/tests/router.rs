@@ -151,7 +151,7 @@ async fn a_bad_key_is_a_typed_error() {
         .unwrap();
     let err = router.oneshot("abc").await.unwrap_err();
     assert!(err.downcast_ref::<KeyError>().is_some(), "{err}");
-    let too_few: Result<ShardRouter<_, _, _, u64, u64>, _> = ShardRouter::builder("users")
+    let too_few: Result<ShardRouter<_, _, _>, _> = ShardRouter::builder("users")
         .shards(vec![TestService::new(); 2])
         .strategy(Jump::new(3))
         .key(by_user())

@@ -66,12 +66,12 @@ pub use handle::ShardRouterHandle;
 /// assert!(shard < 4);
 /// # }
 /// ```
-pub struct ShardRouter<S, P, K, Req = (), Res = ()> {
+pub struct ShardRouter<S, P, K, F = NoFallback> {
     shards: Arc<[S]>,
     strategy: Arc<P>,
     extractor: K,
     loads: Option<Arc<[AtomicU64]>>,
-    fallback_when: Option<MissPolicy<Req, Res>>,
+    fallback: F,
     shared: Arc<Shared>,
 }
 
@@ -83,34 +83,77 @@ pub(crate) struct Shared {
     migrating_reads: metrics::Counter,
 }
 
-/// When to read the old shard of a migrating slot, and how to copy the request for it.
-struct MissPolicy<Req, Res> {
-    is_miss: fn(&Res) -> bool,
+/// What a router does with a read of a migrating slot whose new shard misses: nothing
+/// ([`NoFallback`], the default) or read the old shard ([`FallbackWhen`], from
+/// [`ShardRouterBuilder::fallback_when`]). Sealed.
+pub trait MigrationFallback<Req, Res>: Clone + sealed::Sealed {
+    /// A copy of `req` for the old shard and the test of a miss, if `req` may be sent twice.
+    fn prepare(&self, req: &Req) -> Option<(Req, IsMiss<Res>)>;
+}
+
+/// Whether a response of the new shard is a miss (a "not found").
+pub type IsMiss<Res> = fn(&Res) -> bool;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Migrating slots read the new shard only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoFallback;
+
+impl sealed::Sealed for NoFallback {}
+
+impl<Req, Res> MigrationFallback<Req, Res> for NoFallback {
+    #[inline]
+    fn prepare(&self, _: &Req) -> Option<(Req, IsMiss<Res>)> {
+        None
+    }
+}
+
+/// A miss on the new shard of a migrating slot is read again on the old one; see
+/// [`ShardRouterBuilder::fallback_when`].
+pub struct FallbackWhen<Req, Res> {
+    is_miss: IsMiss<Res>,
     copy: fn(&Req) -> Option<Req>,
 }
 
-impl<Req, Res> Clone for MissPolicy<Req, Res> {
+impl<Req, Res> Clone for FallbackWhen<Req, Res> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<Req, Res> Copy for MissPolicy<Req, Res> {}
+impl<Req, Res> Copy for FallbackWhen<Req, Res> {}
 
-impl<S, P, K: Clone, Req, Res> Clone for ShardRouter<S, P, K, Req, Res> {
+impl<Req, Res> fmt::Debug for FallbackWhen<Req, Res> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackWhen").finish_non_exhaustive()
+    }
+}
+
+impl<Req, Res> sealed::Sealed for FallbackWhen<Req, Res> {}
+
+impl<Req, Res> MigrationFallback<Req, Res> for FallbackWhen<Req, Res> {
+    fn prepare(&self, req: &Req) -> Option<(Req, IsMiss<Res>)> {
+        Some(((self.copy)(req)?, self.is_miss))
+    }
+}
+
+impl<S, P, K: Clone, F: Clone> Clone for ShardRouter<S, P, K, F> {
     fn clone(&self) -> Self {
         Self {
             shards: self.shards.clone(),
             strategy: self.strategy.clone(),
             extractor: self.extractor.clone(),
             loads: self.loads.clone(),
-            fallback_when: self.fallback_when,
+            fallback: self.fallback.clone(),
             shared: self.shared.clone(),
         }
     }
 }
 
-impl<S, P, K, Req, Res> fmt::Debug for ShardRouter<S, P, K, Req, Res> {
+impl<S, P, K, F> fmt::Debug for ShardRouter<S, P, K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardRouter")
             .field("name", &self.shared.name)
@@ -119,18 +162,18 @@ impl<S, P, K, Req, Res> fmt::Debug for ShardRouter<S, P, K, Req, Res> {
     }
 }
 
-impl<Req, Res> ShardRouter<Unset, Unset, Unset, Req, Res> {
+impl ShardRouter<Unset, Unset, Unset> {
     /// A builder named `name` (it labels the metrics and the handle). The shards, the
     /// strategy and the key are required: [`ShardRouterBuilder::shards`],
     /// [`ShardRouterBuilder::strategy`] (or [`ShardRouterBuilder::shared_strategy`]) and
     /// [`ShardRouterBuilder::key`].
-    pub fn builder(name: impl Into<Arc<str>>) -> ShardRouterBuilder<Unset, Unset, Unset, Req, Res> {
+    pub fn builder(name: impl Into<Arc<str>>) -> ShardRouterBuilder<Unset, Unset, Unset> {
         ShardRouterBuilder {
             name: name.into(),
             shards: Unset(()),
             strategy: Unset(()),
             key: Unset(()),
-            fallback_when: None,
+            fallback: NoFallback,
         }
     }
 }
@@ -140,16 +183,17 @@ impl<Req, Res> ShardRouter<Unset, Unset, Unset, Req, Res> {
 pub struct Unset(());
 
 /// Builds a [`ShardRouter`]: `Sh` is the shards (`Vec<S>` once set), `St` the strategy
-/// (`Arc<P>` once set), `K` the key extractor; `build` exists once all three are set.
-pub struct ShardRouterBuilder<Sh, St, K, Req = (), Res = ()> {
+/// (`Arc<P>` once set), `K` the key extractor, `F` what migrating reads do after a miss;
+/// `build` exists once the first three are set.
+pub struct ShardRouterBuilder<Sh, St, K, F = NoFallback> {
     name: Arc<str>,
     shards: Sh,
     strategy: St,
     key: K,
-    fallback_when: Option<MissPolicy<Req, Res>>,
+    fallback: F,
 }
 
-impl<Sh, St, K, Req, Res> fmt::Debug for ShardRouterBuilder<Sh, St, K, Req, Res> {
+impl<Sh, St, K, F> fmt::Debug for ShardRouterBuilder<Sh, St, K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardRouterBuilder")
             .field("name", &self.name)
@@ -157,21 +201,21 @@ impl<Sh, St, K, Req, Res> fmt::Debug for ShardRouterBuilder<Sh, St, K, Req, Res>
     }
 }
 
-impl<Sh, St, K, Req, Res> ShardRouterBuilder<Sh, St, K, Req, Res> {
+impl<Sh, St, K, F> ShardRouterBuilder<Sh, St, K, F> {
     /// The shard services, as many as the strategy places keys on (more are allowed: a
     /// [`Directory`](crate::Directory) may grow into them). Required.
-    pub fn shards<S>(self, shards: Vec<S>) -> ShardRouterBuilder<Vec<S>, St, K, Req, Res> {
+    pub fn shards<S>(self, shards: Vec<S>) -> ShardRouterBuilder<Vec<S>, St, K, F> {
         ShardRouterBuilder {
             name: self.name,
             shards,
             strategy: self.strategy,
             key: self.key,
-            fallback_when: self.fallback_when,
+            fallback: self.fallback,
         }
     }
 
     /// The placement strategy. Required (or [`Self::shared_strategy`]).
-    pub fn strategy<P: Strategy>(self, strategy: P) -> ShardRouterBuilder<Sh, Arc<P>, K, Req, Res> {
+    pub fn strategy<P: Strategy>(self, strategy: P) -> ShardRouterBuilder<Sh, Arc<P>, K, F> {
         self.shared_strategy(Arc::new(strategy))
     }
 
@@ -180,24 +224,24 @@ impl<Sh, St, K, Req, Res> ShardRouterBuilder<Sh, St, K, Req, Res> {
     pub fn shared_strategy<P: Strategy>(
         self,
         strategy: Arc<P>,
-    ) -> ShardRouterBuilder<Sh, Arc<P>, K, Req, Res> {
+    ) -> ShardRouterBuilder<Sh, Arc<P>, K, F> {
         ShardRouterBuilder {
             name: self.name,
             shards: self.shards,
             strategy,
             key: self.key,
-            fallback_when: self.fallback_when,
+            fallback: self.fallback,
         }
     }
 
     /// Takes each request's key. Required.
-    pub fn key<K2>(self, extractor: K2) -> ShardRouterBuilder<Sh, St, K2, Req, Res> {
+    pub fn key<K2>(self, extractor: K2) -> ShardRouterBuilder<Sh, St, K2, F> {
         ShardRouterBuilder {
             name: self.name,
             shards: self.shards,
             strategy: self.strategy,
             key: extractor,
-            fallback_when: self.fallback_when,
+            fallback: self.fallback,
         }
     }
 
@@ -205,30 +249,34 @@ impl<Sh, St, K, Req, Res> ShardRouterBuilder<Sh, St, K, Req, Res> {
     /// new shard is retried on the old one, with a copy of the request made by `copy` before
     /// the first call (return `None` for requests that must not be sent twice, such as
     /// writes). Without it, migrating slots read the new shard only.
-    #[must_use]
-    pub fn fallback_when(
-        mut self,
+    pub fn fallback_when<Req, Res>(
+        self,
         is_miss: fn(&Res) -> bool,
         copy: fn(&Req) -> Option<Req>,
-    ) -> Self {
-        self.fallback_when = Some(MissPolicy { is_miss, copy });
-        self
+    ) -> ShardRouterBuilder<Sh, St, K, FallbackWhen<Req, Res>> {
+        ShardRouterBuilder {
+            name: self.name,
+            shards: self.shards,
+            strategy: self.strategy,
+            key: self.key,
+            fallback: FallbackWhen { is_miss, copy },
+        }
     }
 }
 
-impl<S, P: Strategy, K, Req, Res> ShardRouterBuilder<Vec<S>, Arc<P>, K, Req, Res> {
+impl<S, P: Strategy, K, F> ShardRouterBuilder<Vec<S>, Arc<P>, K, F> {
     /// Builds the router.
     ///
     /// # Errors
     ///
     /// When there are fewer shards than the strategy places keys on.
-    pub fn build(self) -> Result<ShardRouter<S, P, K, Req, Res>, ConfigError> {
+    pub fn build(self) -> Result<ShardRouter<S, P, K, F>, ConfigError> {
         let Self {
             name,
             shards,
             strategy,
             key,
-            fallback_when,
+            fallback,
         } = self;
         if shards.len() < strategy.shards() {
             return Err(ConfigError::new(
@@ -259,7 +307,7 @@ impl<S, P: Strategy, K, Req, Res> ShardRouterBuilder<Vec<S>, Arc<P>, K, Req, Res
             strategy,
             extractor: key,
             loads,
-            fallback_when,
+            fallback,
             shared: Arc::new(Shared {
                 name,
                 key_errors,
@@ -270,7 +318,7 @@ impl<S, P: Strategy, K, Req, Res> ShardRouterBuilder<Vec<S>, Arc<P>, K, Req, Res
     }
 }
 
-impl<S, P: Strategy, K, Req, Res> ShardRouter<S, P, K, Req, Res> {
+impl<S, P: Strategy, K, F> ShardRouter<S, P, K, F> {
     /// A handle on the router: its name, shards, strategy and slots migrating.
     pub fn handle(&self) -> ShardRouterHandle {
         ShardRouterHandle::new(
@@ -289,13 +337,14 @@ impl<S, P: Strategy, K, Req, Res> ShardRouter<S, P, K, Req, Res> {
     }
 }
 
-impl<S, P, K, Req> Service<Req> for ShardRouter<S, P, K, Req, S::Response>
+impl<S, P, K, F, Req> Service<Req> for ShardRouter<S, P, K, F>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: Strategy,
     K: KeyExtractor<Req>,
     K::Key: ShardKey,
+    F: MigrationFallback<Req, S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -322,7 +371,7 @@ where
             Route::To(s) => (s, None),
             Route::Migrating { to, from } => {
                 self.shared.migrating_reads.increment(1);
-                (to, self.fallback_when.map(|f| (from, f)))
+                (to, Some(from))
             }
         };
         let Some(shard) = self.shards.get(primary) else {
@@ -333,12 +382,12 @@ where
             .loads
             .as_ref()
             .map(|l| LoadGuard::new(l.clone(), primary));
-        let fallback = fallback.and_then(|(from, policy)| {
-            let old = self.shards.get(from)?.clone();
+        let fallback = fallback.and_then(|from| {
+            let (copy, is_miss) = self.fallback.prepare(&req)?;
             Some(Fallback {
-                service: old,
-                req: (policy.copy)(&req)?,
-                is_miss: policy.is_miss,
+                service: self.shards.get(from)?.clone(),
+                req: copy,
+                is_miss,
             })
         });
         ResponseFuture::new(Oneshot::new(shard.clone(), req), fallback, load)
