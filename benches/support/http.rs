@@ -24,7 +24,7 @@ use tower_patterns::{
     BoxError, KeyError,
     cache::{CacheLayer, store::MokaStore},
     key::{ExtensionKey, HeaderKey, key_fn},
-    ratelimit::{GcraLimiter, Rate, RateLimitLayer},
+    ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
     tenant::{Registry, StaticTenants, TenancyLayer, TenantId},
 };
 
@@ -189,20 +189,20 @@ where
     S::Future: Send,
     S::Error: Into<BoxError>,
 {
-    let limiter = GcraLimiter::builder(
-        "bench",
-        HeaderKey::new(http::HeaderName::from_static("x-tenant-id")),
-    )
-    .rate(RATE)
-    .build()
-    .unwrap();
-    RateLimitLayer::new(limiter).headers(headers).layer(inner)
+    let limiter = GcraLimiter::builder("bench")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-tenant-id")))
+        .rate(RATE)
+        .build()
+        .unwrap();
+    KeyedRateLimitLayer::new(limiter).headers(headers).layer(inner)
 }
 
 /// Our rate limit per resolved tenant.
-pub fn ours_tenant_limit_layer() -> RateLimitLayer<GcraLimiter<ExtensionKey<TenantId>, TenantId>> {
-    RateLimitLayer::new(
-        GcraLimiter::builder("bench", ExtensionKey::<TenantId>::new())
+pub fn ours_tenant_limit_layer()
+-> KeyedRateLimitLayer<GcraLimiter<ExtensionKey<TenantId>, TenantId>> {
+    KeyedRateLimitLayer::new(
+        GcraLimiter::builder("bench")
+            .key(ExtensionKey::<TenantId>::new())
             .rate(RATE)
             .build()
             .unwrap(),

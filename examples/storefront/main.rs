@@ -77,7 +77,7 @@ use tower_patterns::{
     bulkhead::KeyedBulkheadLayer,
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
-    ratelimit::{GcraLimiter, Rate, RateLimitLayer},
+    ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
     tenant::{StaticTenants, TenancyLayer, TenantContext, TenantId},
 };
 
@@ -189,7 +189,8 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
         provider_attempts,
         queue,
     };
-    let limiter = GcraLimiter::builder("tenant", ExtensionKey::<TenantId>::new())
+    let limiter = GcraLimiter::builder("tenant")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(plan_rate("free"))
         .rate_for(
             |req: &Request<Body>| {
@@ -199,7 +200,7 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
             },
             plan_rate("free").refill(),
         )
-        .build::<TenantId>()?;
+        .build()?;
     let bulkheads = KeyedBulkheadLayer::builder("tenant")
         .key(ExtensionKey::<TenantId>::new())
         .default_size(TENANT_CONCURRENCY)
@@ -214,7 +215,7 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(tower_patterns::http::handle_error))
                 .layer(tenant_layer(tenants, auth)?)
-                .layer(RateLimitLayer::new(limiter))
+                .layer(KeyedRateLimitLayer::new(limiter))
                 .layer(bulkheads),
         );
     let router = Router::new()

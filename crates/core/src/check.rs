@@ -47,9 +47,11 @@
 //! // A check that finishes later (a lookup over the network) ...
 //! let check = ready(Ok::<_, Infallible>(true));
 //! assert_eq!(CheckThenCall::checking(check, &mut svc, 20, Even).await.unwrap(), 41);
-//! // ... or one already decided.
+//! // ... or one already decided (the check future's type is then the service's to name).
 //! svc.ready().await.unwrap();
-//! let refused = CheckThenCall::decided(Ok::<_, Infallible>(false), &mut svc, 20, Even);
+//! type Decided = std::future::Ready<Result<bool, Infallible>>;
+//! let refused: CheckThenCall<_, _, Decided, _> =
+//!     CheckThenCall::decided(Ok::<_, Infallible>(false), &mut svc, 20, Even);
 //! assert_eq!(refused.await.unwrap_err().to_string(), "odd");
 //! # }
 //! ```

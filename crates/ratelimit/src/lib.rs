@@ -7,9 +7,28 @@
 //!   known time.
 //! - `redis::RedisLimiter` (feature `redis`): GCRA in one atomic Lua script on Redis, so many
 //!   instances share one budget, with a chosen behaviour when Redis is unreachable.
-//! - [`RateLimitLayer`] applies any of them to an HTTP service: refusals are 429 with
+//! - [`KeyedRateLimitLayer`] applies any of them to an HTTP service: refusals are 429 with
 //!   `Retry-After`; every response carries `RateLimit-Limit`, `RateLimit-Remaining` and
-//!   `RateLimit-Reset`.
+//!   `RateLimit-Reset`. (Named apart from tower's own `RateLimitLayer`, one budget for all
+//!   requests, and from governor's `RateLimiter`: every limit here is per key.)
+//!
+//! Each limiter is built the same way, `X::builder(name).key(extractor)`, then its settings,
+//! then `build()`; the key type is the extractor's, found from the requests. A per-request
+//! setting (a rate or quota per plan) is any `Fn(&Req) -> Option<T>` ([`PerRequest`]).
+//!
+//! # Handles and metrics
+//!
+//! `layer.handle()` (or `limiter.handle()`) reads a limiter's state as core's
+//! [`StateHandle`](tower_patterns_core::observe::StateHandle), pattern `ratelimit`:
+//! [`GcraLimiterHandle`], [`QuotaLimiterHandle`], `redis::RedisLimiterHandle`. Metrics,
+//! registered when a limiter is built and touched only by refusals (an admitted request
+//! costs nothing):
+//!
+//! - `tower_patterns_ratelimit_rejected_total{name, kind}`, `kind` one of `rate_limited`,
+//!   `quota_exceeded`, `load_shed` (Redis unreachable, failing closed), `bad_key` (no usable
+//!   key) and `invalid_limit` (an invalid rate or quota chosen for the request);
+//! - for the Redis limiter, `tower_patterns_ratelimit_unavailable_total{name}` and the gauge
+//!   `tower_patterns_ratelimit_degraded{name}`.
 //!
 //! Per-plan rates, the tenant from the request extensions:
 //!
@@ -18,12 +37,14 @@
 //! use http::{Request, Response, StatusCode};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_patterns_core::{http::ErrorResponseLayer, key::ExtensionKey, tenant::TenantId};
-//! use tower_patterns_ratelimit::{GcraLimiter, Rate, RateLimitLayer};
+//! use tower_patterns_core::observe::StateHandle;
+//! use tower_patterns_ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! let gold = Rate::per_second(100);
-//! let limiter = GcraLimiter::builder("api", ExtensionKey::<TenantId>::new())
+//! let limiter = GcraLimiter::builder("api")
+//!     .key(ExtensionKey::<TenantId>::new())
 //!     .rate(Rate::per_second(1)) // everyone else
 //!     .rate_for(
 //!         move |req: &Request<()>| {
@@ -34,9 +55,10 @@
 //!     )
 //!     .build()
 //!     .unwrap();
+//! let layer = KeyedRateLimitLayer::new(limiter);
 //! let svc = ServiceBuilder::new()
 //!     .layer(ErrorResponseLayer::new())
-//!     .layer(RateLimitLayer::new(limiter))
+//!     .layer(layer.clone())
 //!     .service(service_fn(|_: Request<()>| async {
 //!         Ok::<_, Infallible>(Response::new(String::new()))
 //!     }));
@@ -53,18 +75,25 @@
 //! for _ in 0..100 {
 //!     assert_eq!(call("gold-co").await.unwrap().status(), StatusCode::OK);
 //! }
+//! let handle = layer.handle();
+//! assert_eq!((handle.keys(), handle.rate_limited()), (2, 1));
+//! assert!(handle.report().to_json().contains(r#""rejected_rate_limited":1.0"#));
 //! # }
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod future;
 mod gcra;
+mod layer;
+mod limiter;
 mod quota;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-mod service;
+mod stats;
 
-pub use gcra::{DefaultRate, GcraLimiter, GcraLimiterBuilder, Rate, RateFor};
-pub use quota::{DefaultQuota, Period, Quota, QuotaFor, QuotaLimiter, QuotaLimiterBuilder};
-pub use service::{Decision, Limiter, RateLimit, RateLimitLayer, ResponseFuture};
+pub use gcra::{GcraLimiter, GcraLimiterBuilder, GcraLimiterHandle, Rate};
+pub use layer::{KeyedRateLimit, KeyedRateLimitLayer};
+pub use limiter::{Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault};
+pub use quota::{NoQuota, Period, Quota, QuotaLimiter, QuotaLimiterBuilder, QuotaLimiterHandle};

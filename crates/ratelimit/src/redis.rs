@@ -17,17 +17,25 @@
 //! Redis answers again. After a failure it does not call Redis for a short pause
 //! (`fail_fast_for`), so a dead Redis does not add its timeout to every request.
 //!
+//! Metrics: `tower_patterns_ratelimit_rejected_total{name, kind}` (as every limiter),
+//! `tower_patterns_ratelimit_unavailable_total{name}` (checks that could not reach Redis) and
+//! the gauge `tower_patterns_ratelimit_degraded{name}` (1 from a failure until Redis answers
+//! again). The handle ([`RedisLimiterHandle`]) reports the same.
+//!
 //! ```no_run
-//! use tower_patterns_core::{key::ExtensionKey, tenant::TenantId};
-//! use tower_patterns_ratelimit::{Rate, RateLimitLayer, redis::{RedisLimiter, Unavailable}};
+//! use tower_patterns_core::{key::ExtensionKey, observe::StateHandle, tenant::TenantId};
+//! use tower_patterns_ratelimit::{KeyedRateLimitLayer, Rate, redis::{RedisLimiter, Unavailable}};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let limiter = RedisLimiter::builder("api", ExtensionKey::<TenantId>::new())
+//! let limiter = RedisLimiter::builder("api")
+//!     .key(ExtensionKey::<TenantId>::new())
+//!     .url("redis://127.0.0.1:6379")
 //!     .rate(Rate::per_second(100))
 //!     .on_unavailable(Unavailable::FailClosed)
-//!     .connect("redis://127.0.0.1:6379")?;
-//! let layer = RateLimitLayer::new(limiter);
-//! # let _ = layer; Ok(()) }
+//!     .build()?;
+//! let layer = KeyedRateLimitLayer::new(limiter);
+//! assert_eq!(layer.handle().pattern(), "ratelimit");
+//! # Ok(()) }
 //! ```
 
 use std::{
@@ -41,13 +49,19 @@ use std::{
     time::Duration,
 };
 
+use metrics::{Counter, Gauge};
 use redis::aio::ConnectionManager;
 use tower_patterns_core::{
-    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind, error::RateLimitInfo,
-    observe::Health,
+    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind,
+    error::RateLimitInfo,
+    metric_name,
+    observe::{Health, Report, StateHandle, labels},
 };
 
-use crate::{Decision, Limiter, Rate, RateFor, gcra::DefaultRate};
+use crate::{
+    Decision, HasHandle, Limiter, NoKey, PerRequest, Rate, UseDefault,
+    stats::{Refusal, Stats},
+};
 
 /// GCRA in one step. KEYS[1]: the key. ARGV: burst, interval in microseconds.
 /// Returns {allowed (0/1), remaining, retry after µs, reset µs}.
@@ -95,6 +109,9 @@ struct Shared {
     epoch: tokio::time::Instant,
     degraded: AtomicBool,
     failures: AtomicU64,
+    stats: Stats,
+    unavailable_total: Counter,
+    degraded_gauge: Gauge,
 }
 
 impl Shared {
@@ -104,16 +121,20 @@ impl Shared {
 
     fn unavailable(&self, why: &dyn fmt::Display) -> Result<Option<RateLimitInfo>, BoxError> {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.unavailable_total.increment(1);
         if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.degraded_gauge.set(1.0);
             tracing::warn!(target: "tower_patterns::ratelimit", limiter = %self.name, error = %why,
                 on_unavailable = ?self.on_unavailable, "Redis unreachable");
         }
         match self.on_unavailable {
             Unavailable::FailOpen => Ok(None),
-            Unavailable::FailClosed => Err(Rejected::new(RejectionKind::LoadShed)
-                .with_name(self.name.clone())
-                .with_retry_after(self.fail_fast_for)
-                .into()),
+            Unavailable::FailClosed => Err(self.stats.refuse(
+                Refusal::Unavailable,
+                Rejected::new(RejectionKind::LoadShed)
+                    .with_name(self.name.clone())
+                    .with_retry_after(self.fail_fast_for),
+            )),
         }
     }
 
@@ -134,7 +155,8 @@ impl Shared {
         // Before Redis, and never through `failed`: an invalid rate is refused, whether Redis
         // answers or not (a zero interval would otherwise admit every request, and a refill
         // beyond the script's exact range would make Redis fail and the limiter fail open).
-        rate.validate()?;
+        rate.validate()
+            .map_err(|err| self.stats.refuse(Refusal::InvalidLimit, err))?;
         if self.now_ms() < self.paused_until.load(Ordering::Relaxed) {
             return self.unavailable(&"in the pause after a failure");
         }
@@ -152,6 +174,7 @@ impl Shared {
             Err(_) => return self.failed(&"timed out"),
         };
         if self.degraded.swap(false, Ordering::Relaxed) {
+            self.degraded_gauge.set(0.0);
             tracing::info!(target: "tower_patterns::ratelimit", limiter = %self.name, "Redis reachable again");
         }
         let limit = u64::from(rate.burst_size());
@@ -164,21 +187,23 @@ impl Shared {
             }))
         } else {
             let wait = Duration::from_micros(retry_us);
-            Err(Rejected::new(RejectionKind::RateLimited)
-                .with_name(self.name.clone())
-                .with_retry_after(wait)
-                .with_limit(RateLimitInfo {
-                    limit,
-                    remaining: 0,
-                    reset: reset.max(wait),
-                })
-                .into())
+            Err(self.stats.refuse(
+                Refusal::RateLimited,
+                Rejected::new(RejectionKind::RateLimited)
+                    .with_name(self.name.clone())
+                    .with_retry_after(wait)
+                    .with_limit(RateLimitInfo {
+                        limit,
+                        remaining: 0,
+                        reset: reset.max(wait),
+                    }),
+            ))
         }
     }
 }
 
 /// A GCRA limiter over Redis; see the [module docs](self).
-pub struct RedisLimiter<X, P = DefaultRate> {
+pub struct RedisLimiter<X, P = UseDefault> {
     shared: Arc<Shared>,
     extractor: X,
     rate_for: P,
@@ -195,15 +220,16 @@ impl<X, P> fmt::Debug for RedisLimiter<X, P> {
     }
 }
 
-impl<X> RedisLimiter<X, DefaultRate> {
-    /// A builder named `name` (also the Redis key prefix `tp:rl:{name}:`) keying with
-    /// `extractor`. Defaults: 10 per second, fail open, 100 ms timeout, 1 s pause after a
-    /// failure.
-    pub fn builder(name: &str, extractor: X) -> RedisLimiterBuilder<X, DefaultRate> {
+impl RedisLimiter<NoKey, UseDefault> {
+    /// A builder named `name` (for errors, logs, metrics and the handle; also the Redis key
+    /// prefix `tp:rl:{name}:`). Two parts are required: `.key(extractor)` and `.url(url)`.
+    /// Defaults: 10 per second, fail open, 100 ms timeout, 1 s pause after a failure.
+    pub fn builder(name: impl Into<Arc<str>>) -> RedisLimiterBuilder {
         RedisLimiterBuilder {
             name: name.into(),
-            extractor,
-            rate_for: DefaultRate,
+            extractor: NoKey,
+            url: NoUrl,
+            rate_for: UseDefault,
             default: Rate::per_second(10),
             on_unavailable: Unavailable::FailOpen,
             timeout: Duration::from_millis(100),
@@ -225,6 +251,15 @@ impl<X, P> RedisLimiter<X, P> {
     /// How many checks could not reach Redis.
     pub fn failures(&self) -> u64 {
         self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the limiter's state (health, failures, rejections), for health endpoints
+    /// and dashboards.
+    pub fn handle(&self) -> RedisLimiterHandle {
+        RedisLimiterHandle {
+            shared: self.shared.clone(),
+            default: self.default,
+        }
     }
 
     /// Takes one request from `key`'s limit at `rate`.
@@ -252,29 +287,36 @@ impl<Req, X, P> Limiter<Req> for RedisLimiter<X, P>
 where
     X: KeyExtractor<Req>,
     X::Key: fmt::Display,
-    P: RateFor<Req>,
+    P: PerRequest<Req, Rate>,
 {
     type Future = CheckFuture;
 
     fn check(&self, req: &Req) -> Decision<Self::Future> {
+        let stats = &self.shared.stats;
         let key = match self.extractor.extract(req) {
             Ok(key) => key,
-            Err(err) => return Decision::Now(Err(err.into())),
+            Err(err) => return Decision::Now(Err(stats.refuse(Refusal::BadKey, err))),
         };
-        let rate = self.rate_for.rate_for(req).unwrap_or(self.default);
+        let rate = self.rate_for.choose(req).unwrap_or(self.default);
         if let Err(err) = rate.validate() {
-            return Decision::Now(Err(err.into()));
+            return Decision::Now(Err(stats.refuse(Refusal::InvalidLimit, err)));
         }
         let key = format!("{}{key}", self.shared.prefix);
         Decision::Later(Box::pin(self.shared.clone().check(key, rate)))
     }
 }
 
-/// Builds a [`RedisLimiter`].
+/// A Redis limiter builder's URL before `url(url)` sets one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoUrl;
+
+/// Builds a [`RedisLimiter`]: `RedisLimiter::builder(name).key(extractor).url(url)`, then the
+/// optional settings, then `build()` (which exists once the URL is set).
 #[derive(Debug)]
-pub struct RedisLimiterBuilder<X, P> {
+pub struct RedisLimiterBuilder<X = NoKey, P = UseDefault, U = NoUrl> {
     name: Arc<str>,
     extractor: X,
+    url: U,
     rate_for: P,
     default: Rate,
     on_unavailable: Unavailable,
@@ -282,7 +324,39 @@ pub struct RedisLimiterBuilder<X, P> {
     fail_fast_for: Duration,
 }
 
-impl<X, P> RedisLimiterBuilder<X, P> {
+impl<P, U> RedisLimiterBuilder<NoKey, P, U> {
+    /// Takes each request's key with `extractor` (its `Display` form names the Redis key):
+    /// every key has its own limit. Required.
+    pub fn key<X>(self, extractor: X) -> RedisLimiterBuilder<X, P, U> {
+        RedisLimiterBuilder {
+            name: self.name,
+            extractor,
+            url: self.url,
+            rate_for: self.rate_for,
+            default: self.default,
+            on_unavailable: self.on_unavailable,
+            timeout: self.timeout,
+            fail_fast_for: self.fail_fast_for,
+        }
+    }
+}
+
+impl<X, P, U> RedisLimiterBuilder<X, P, U> {
+    /// The Redis to count in (`redis://host:port`); the connection is made on first use and
+    /// re-made after failures. Required.
+    pub fn url(self, url: impl Into<String>) -> RedisLimiterBuilder<X, P, String> {
+        RedisLimiterBuilder {
+            name: self.name,
+            extractor: self.extractor,
+            url: url.into(),
+            rate_for: self.rate_for,
+            default: self.default,
+            on_unavailable: self.on_unavailable,
+            timeout: self.timeout,
+            fail_fast_for: self.fail_fast_for,
+        }
+    }
+
     /// The rate of keys `rate_for` says nothing about (default 10 per second).
     #[must_use]
     pub const fn rate(mut self, rate: Rate) -> Self {
@@ -290,11 +364,12 @@ impl<X, P> RedisLimiterBuilder<X, P> {
         self
     }
 
-    /// Chooses the rate per request; `None` takes the default.
-    pub fn rate_for<F>(self, rate_for: F) -> RedisLimiterBuilder<X, F> {
+    /// Chooses the rate per request; `None` takes the default (see [`PerRequest`]).
+    pub fn rate_for<F>(self, rate_for: F) -> RedisLimiterBuilder<X, F, U> {
         RedisLimiterBuilder {
             name: self.name,
             extractor: self.extractor,
+            url: self.url,
             rate_for,
             default: self.default,
             on_unavailable: self.on_unavailable,
@@ -323,16 +398,17 @@ impl<X, P> RedisLimiterBuilder<X, P> {
         self.fail_fast_for = pause;
         self
     }
+}
 
-    /// Builds the limiter over the Redis at `url`; the connection is made on first use and
-    /// re-made after failures.
+impl<X, P> RedisLimiterBuilder<X, P, String> {
+    /// Builds the limiter; the connection to Redis is made on first use.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] for an invalid rate or URL.
-    pub fn connect(self, url: &str) -> Result<RedisLimiter<X, P>, ConfigError> {
+    pub fn build(self) -> Result<RedisLimiter<X, P>, ConfigError> {
         self.default.validate()?;
-        let client = redis::Client::open(url)
+        let client = redis::Client::open(self.url.as_str())
             .map_err(|e| ConfigError::new("url", format!("not a Redis URL: {e}")))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -341,6 +417,16 @@ impl<X, P> RedisLimiterBuilder<X, P> {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| ConfigError::new("url", e.to_string()))?;
         let prefix = format!("tp:rl:{}:", self.name);
+        let stats = Stats::register(&self.name);
+        let unavailable_total = metrics::counter!(
+            metric_name!("ratelimit", "unavailable_total"),
+            labels::NAME => self.name.to_string()
+        );
+        let degraded_gauge = metrics::gauge!(
+            metric_name!("ratelimit", "degraded"),
+            labels::NAME => self.name.to_string()
+        );
+        degraded_gauge.set(0.0);
         Ok(RedisLimiter {
             shared: Arc::new(Shared {
                 name: self.name,
@@ -354,10 +440,88 @@ impl<X, P> RedisLimiterBuilder<X, P> {
                 epoch: tokio::time::Instant::now(),
                 degraded: AtomicBool::new(false),
                 failures: AtomicU64::new(0),
+                stats,
+                unavailable_total,
+                degraded_gauge,
             }),
             extractor: self.extractor,
             rate_for: self.rate_for,
             default: self.default,
         })
+    }
+}
+
+impl<X, P> HasHandle for RedisLimiter<X, P> {
+    type Handle = RedisLimiterHandle;
+
+    fn handle(&self) -> Self::Handle {
+        Self::handle(self)
+    }
+}
+
+/// Reads a [`RedisLimiter`]'s state: health, checks that could not reach Redis, the default
+/// rate and the rejections by kind. Get it with `limiter.handle()` or
+/// [`KeyedRateLimitLayer::handle`](crate::KeyedRateLimitLayer::handle).
+///
+/// As a [`StateHandle`]: pattern `ratelimit`; state `connected`, or `unreachable` (health
+/// `degraded`) from a failure until Redis answers again; values `unavailable` (failed
+/// checks), `burst`, `interval_seconds`, `rejected` and `rejected_<kind>` for each kind. The
+/// keys live in Redis, so none are counted here.
+#[derive(Clone)]
+pub struct RedisLimiterHandle {
+    shared: Arc<Shared>,
+    default: Rate,
+}
+
+impl RedisLimiterHandle {
+    /// How many checks could not reach Redis.
+    pub fn failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused so far, of every kind.
+    pub fn rejected(&self) -> u64 {
+        self.shared.stats.total()
+    }
+}
+
+impl fmt::Debug for RedisLimiterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiterHandle")
+            .field("name", &self.shared.name)
+            .field("rate", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateHandle for RedisLimiterHandle {
+    fn pattern(&self) -> &'static str {
+        "ratelimit"
+    }
+
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn health(&self) -> Health {
+        if self.shared.degraded.load(Ordering::Relaxed) {
+            Health::Degraded
+        } else {
+            Health::Ready
+        }
+    }
+
+    fn report(&self) -> Report {
+        let health = self.health();
+        let state = if health == Health::Ready {
+            "connected"
+        } else {
+            "unreachable"
+        };
+        let report = Report::new("ratelimit", self.shared.name.to_string(), health, state)
+            .with_value("unavailable", self.failures() as f64)
+            .with_value("burst", f64::from(self.default.burst_size()))
+            .with_value("interval_seconds", self.default.interval().as_secs_f64());
+        self.shared.stats.report(report)
     }
 }

@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use tower::{Layer, service_fn};
 use tower_patterns_core::{key::ExtensionKey, tenant::TenantId};
-use tower_patterns_ratelimit::{GcraLimiter, Period, Quota, QuotaLimiter, Rate, RateLimitLayer};
+use tower_patterns_ratelimit::{
+    GcraLimiter, KeyedRateLimitLayer, Period, Quota, QuotaLimiter, Rate,
+};
 use tower_patterns_testkit::{
     alloc::{Alloc, Counter},
     call_now,
@@ -23,17 +25,19 @@ fn admitted_requests_allocate_at_most_once_in_60() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let gcra = GcraLimiter::builder("alloc", ExtensionKey::<TenantId>::new())
+    let gcra = GcraLimiter::builder("alloc")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_second(4000))
         .build()
         .unwrap();
-    let quota = QuotaLimiter::builder(
-        "alloc",
-        ExtensionKey::<TenantId>::new(),
-        Quota::new(4000, Period::Every(std::time::Duration::from_secs(3600))),
-    )
-    .build()
-    .unwrap();
+    let quota = QuotaLimiter::builder("alloc")
+        .key(ExtensionKey::<TenantId>::new())
+        .quota(Quota::new(
+            4000,
+            Period::Every(std::time::Duration::from_secs(3600)),
+        ))
+        .build()
+        .unwrap();
     // Like a real handler's, the response already has headers (its map is allocated by the
     // handler, not by the limiter).
     let inner = service_fn(|_: Request<()>| {
@@ -44,7 +48,8 @@ fn admitted_requests_allocate_at_most_once_in_60() {
         std::future::ready(Ok::<_, Infallible>(res))
     });
     let mut bare = inner;
-    let mut svc = RateLimitLayer::new(gcra).layer(RateLimitLayer::new(quota).layer(inner));
+    let mut svc =
+        KeyedRateLimitLayer::new(gcra).layer(KeyedRateLimitLayer::new(quota).layer(inner));
     let tenants: Vec<TenantId> = (0..64)
         .map(|i| TenantId::new(&format!("t{i}")).unwrap())
         .collect();

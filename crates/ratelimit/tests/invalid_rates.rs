@@ -14,7 +14,7 @@ use tower_patterns_core::{
     tenant::TenantId,
 };
 use tower_patterns_ratelimit::{
-    GcraLimiter, Limiter, Period, Quota, QuotaLimiter, Rate, RateLimitLayer,
+    GcraLimiter, KeyedRateLimitLayer, Limiter, Period, Quota, QuotaLimiter, Rate,
 };
 
 fn tenant_req(tenant: &str) -> Request<()> {
@@ -30,7 +30,7 @@ where
 {
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
-        .layer(RateLimitLayer::new(limiter))
+        .layer(KeyedRateLimitLayer::new(limiter))
         .service(service_fn(|_: Request<()>| async {
             Ok::<_, Infallible>(Response::new(String::new()))
         }));
@@ -48,7 +48,8 @@ where
 }
 
 fn gcra_with(rate: Rate) -> impl Limiter<Request<()>> {
-    GcraLimiter::builder("plans", ExtensionKey::<TenantId>::new())
+    GcraLimiter::builder("plans")
+        .key(ExtensionKey::<TenantId>::new())
         .rate_for(move |_: &Request<()>| Some(rate), Duration::from_secs(1))
         .build()
         .unwrap()
@@ -79,14 +80,12 @@ async fn an_invalid_quota_for_a_request_is_refused_as_a_server_error() {
         Quota::new(5, Period::Every(Duration::ZERO)),
         Quota::new(5, Period::Every(Duration::from_millis(999))),
     ] {
-        let limiter = QuotaLimiter::builder(
-            "plans",
-            ExtensionKey::<TenantId>::new(),
-            Quota::new(10, Period::Day),
-        )
-        .quota_for(move |_: &Request<()>| Some(quota))
-        .build()
-        .unwrap();
+        let limiter = QuotaLimiter::builder("plans")
+            .key(ExtensionKey::<TenantId>::new())
+            .quota(Quota::new(10, Period::Day))
+            .quota_for(move |_: &Request<()>| Some(quota))
+            .build()
+            .unwrap();
         let got = limiter
             .check_key(TenantId::new("acme").unwrap(), quota)
             .unwrap_err();
@@ -147,8 +146,9 @@ proptest! {
             .build()
             .unwrap();
         rt.block_on(async {
-            let limiter = GcraLimiter::builder("prop", ())
-                .build::<u32>()
+            let limiter = GcraLimiter::builder("prop")
+.key(())
+                .build()
                 .unwrap();
             let burst = u64::from(rate.burst_size());
             let tries = burst.min(24) + 2;

@@ -10,10 +10,11 @@ use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use tower_patterns_core::{
     http::ErrorResponseLayer,
     key::{ExtensionKey, HeaderKey},
+    keyed::KeyBounds,
     tenant::TenantId,
 };
 use tower_patterns_ratelimit::{
-    GcraLimiter, Limiter, Period, Quota, QuotaLimiter, Rate, RateLimitLayer,
+    GcraLimiter, KeyedRateLimitLayer, Limiter, Period, Quota, QuotaLimiter, Rate,
 };
 
 type Svc = BoxCloneService<Request<()>, Response<String>, Infallible>;
@@ -35,7 +36,7 @@ where
     BoxCloneService::new(
         ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
-            .layer(RateLimitLayer::new(limiter))
+            .layer(KeyedRateLimitLayer::new(limiter))
             .service(ok()),
     )
 }
@@ -63,7 +64,8 @@ fn plans(req: &Request<()>) -> Option<Rate> {
 
 #[tokio::test(start_paused = true)]
 async fn a_gold_tenant_gets_its_rate_while_a_free_tenant_is_limited() {
-    let limiter = GcraLimiter::builder("api", ExtensionKey::<TenantId>::new())
+    let limiter = GcraLimiter::builder("api")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_second(5))
         .rate_for(plans, Duration::from_secs(1))
         .build()
@@ -83,13 +85,11 @@ async fn a_gold_tenant_gets_its_rate_while_a_free_tenant_is_limited() {
 
 #[tokio::test(start_paused = true)]
 async fn refusals_carry_retry_after_and_the_ratelimit_headers() {
-    let limiter = GcraLimiter::builder(
-        "api",
-        HeaderKey::new(http::HeaderName::from_static("x-api-key")),
-    )
-    .rate(Rate::per_minute(3))
-    .build()
-    .unwrap();
+    let limiter = GcraLimiter::builder("api")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-api-key")))
+        .rate(Rate::per_minute(3))
+        .build()
+        .unwrap();
     let svc = serve(limiter);
     let req = || {
         Request::builder()
@@ -132,7 +132,8 @@ async fn refusals_carry_retry_after_and_the_ratelimit_headers() {
 async fn a_plan_change_takes_effect_at_once() {
     let upgraded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = upgraded.clone();
-    let limiter = GcraLimiter::builder("api", ExtensionKey::<TenantId>::new())
+    let limiter = GcraLimiter::builder("api")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_hour(2))
         .rate_for(
             move |_: &Request<()>| {
@@ -158,23 +159,22 @@ async fn a_plan_change_takes_effect_at_once() {
 async fn stacked_limits_report_the_nearer_one_and_a_quota_resets_at_the_month_end() {
     // 2028-02-29 23:59:00 UTC: a minute before the month ends.
     let start = UNIX_EPOCH + Duration::from_secs(1_835_481_540);
-    let quota = QuotaLimiter::builder(
-        "monthly",
-        ExtensionKey::<TenantId>::new(),
-        Quota::new(3, Period::Month),
-    )
-    .starting_at(start)
-    .build()
-    .unwrap();
-    let burst = GcraLimiter::builder("burst", ExtensionKey::<TenantId>::new())
+    let quota = QuotaLimiter::builder("monthly")
+        .key(ExtensionKey::<TenantId>::new())
+        .quota(Quota::new(3, Period::Month))
+        .starting_at(start)
+        .build()
+        .unwrap();
+    let burst = GcraLimiter::builder("burst")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_second(10))
         .build()
         .unwrap();
     let svc: Svc = BoxCloneService::new(
         ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
-            .layer(RateLimitLayer::new(burst))
-            .layer(RateLimitLayer::new(quota))
+            .layer(KeyedRateLimitLayer::new(burst))
+            .layer(KeyedRateLimitLayer::new(quota))
             .service(ok()),
     );
     let first = svc.clone().oneshot(tenant_req("acme")).await.unwrap();
@@ -207,13 +207,11 @@ async fn stacked_limits_report_the_nearer_one_and_a_quota_resets_at_the_month_en
 #[tokio::test(start_paused = true)]
 async fn concurrent_quota_checks_never_overspend() {
     let quota = std::sync::Arc::new(
-        QuotaLimiter::builder(
-            "q",
-            ExtensionKey::<TenantId>::new(),
-            Quota::new(1000, Period::Day),
-        )
-        .build::<TenantId>()
-        .unwrap(),
+        QuotaLimiter::builder("q")
+            .key(ExtensionKey::<TenantId>::new())
+            .quota(Quota::new(1000, Period::Day))
+            .build()
+            .unwrap(),
     );
     let tenant = TenantId::new("acme").unwrap();
     let handles: Vec<_> = (0..4)
@@ -238,14 +236,15 @@ async fn concurrent_quota_checks_never_overspend() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_thousand_keys_leave_memory_bounded() {
-    let limiter = GcraLimiter::builder(
-        "ip",
-        HeaderKey::new(http::HeaderName::from_static("x-client")),
-    )
-    .rate(Rate::per_second(1))
-    .max_keys(1000)
-    .build()
-    .unwrap();
+    let limiter = GcraLimiter::builder("ip")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-client")))
+        .rate(Rate::per_second(1))
+        .key_bounds(KeyBounds {
+            max_keys: 1000,
+            idle: None,
+        })
+        .build()
+        .unwrap();
     // Ten keys in steady use survive a flood of one-off keys.
     for round in 0..100_000u32 {
         let key = if round % 10 == 0 {
@@ -275,9 +274,10 @@ fn racing_first_requests_share_one_limit() {
     // Four threads meet every key for the first time together: each key's burst of 3 is
     // spent once, not once per thread that created a limiter for it.
     let limiter = std::sync::Arc::new(
-        GcraLimiter::builder("race", ())
+        GcraLimiter::builder("race")
+            .key(())
             .rate(Rate::per_hour(3))
-            .build::<u32>()
+            .build()
             .unwrap(),
     );
     let start = std::sync::Arc::new(std::sync::Barrier::new(4));

@@ -12,7 +12,7 @@ use tower_patterns_core::{
     tenant::TenantId,
 };
 use tower_patterns_ratelimit::{
-    Rate, RateLimitLayer,
+    KeyedRateLimitLayer, Rate,
     redis::{RedisLimiter, Unavailable},
 };
 use tower_patterns_testkit::{Server, server_url};
@@ -39,14 +39,16 @@ async fn two_instances_share_one_budget() {
     let name = unique("shared");
     // 10 per minute: no allowance comes back while the test runs.
     let instance = || {
-        let limiter = RedisLimiter::builder(&name, ExtensionKey::<TenantId>::new())
+        let limiter = RedisLimiter::builder(name.as_str())
+            .key(ExtensionKey::<TenantId>::new())
             .rate(Rate::per_minute(10))
             .timeout(Duration::from_secs(2))
-            .connect(&url)
+            .url(&url)
+            .build()
             .unwrap();
         ServiceBuilder::new()
             .layer(ErrorResponseLayer::new())
-            .layer(RateLimitLayer::new(limiter))
+            .layer(KeyedRateLimitLayer::new(limiter))
             .service(service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(String::new()))
             }))
@@ -93,15 +95,19 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured_and_is_reported
         listener.local_addr().unwrap().port()
     };
     let url = format!("redis://127.0.0.1:{port}");
-    let open = RedisLimiter::builder("open", ExtensionKey::<TenantId>::new())
+    let open = RedisLimiter::builder("open")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_minute(1))
         .on_unavailable(Unavailable::FailOpen)
-        .connect(&url)
+        .url(&url)
+        .build()
         .unwrap();
-    let closed = RedisLimiter::builder("closed", ExtensionKey::<TenantId>::new())
+    let closed = RedisLimiter::builder("closed")
+        .key(ExtensionKey::<TenantId>::new())
         .rate(Rate::per_minute(1))
         .on_unavailable(Unavailable::FailClosed)
-        .connect(&url)
+        .url(&url)
+        .build()
         .unwrap();
     assert_eq!(open.health(), Health::Ready);
     let shown = format!("{open:?}");
@@ -130,7 +136,7 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured_and_is_reported
     // Through the layer, the failure maps to 503.
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
-        .layer(RateLimitLayer::new(closed))
+        .layer(KeyedRateLimitLayer::new(closed))
         .service(service_fn(|_: Request<()>| async {
             Ok::<_, Infallible>(Response::new(String::new()))
         }));
@@ -155,10 +161,12 @@ fn the_redis_limiter_admits_no_more_than_a_valid_rate_allows_and_refuses_invalid
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let limiter = RedisLimiter::builder(&unique("prop"), ())
+    let limiter = RedisLimiter::builder(unique("prop"))
+        .key(())
         .timeout(Duration::from_secs(2))
         .on_unavailable(Unavailable::FailOpen)
-        .connect(&url)
+        .url(&url)
+        .build()
         .unwrap();
     let mut runner = TestRunner::new(Config {
         cases: 96,
@@ -238,15 +246,17 @@ async fn an_invalid_rate_for_a_request_is_refused_before_redis_is_asked() {
         listener.local_addr().unwrap().port()
     };
     let limiter = std::sync::Arc::new(
-        RedisLimiter::builder("plans", ExtensionKey::<TenantId>::new())
+        RedisLimiter::builder("plans")
+            .key(ExtensionKey::<TenantId>::new())
             .rate_for(|_: &Request<()>| Some(Rate::new(3, Duration::ZERO)))
             .on_unavailable(Unavailable::FailOpen)
-            .connect(&format!("redis://127.0.0.1:{port}"))
+            .url(format!("redis://127.0.0.1:{port}"))
+            .build()
             .unwrap(),
     );
     let svc = ServiceBuilder::new()
         .layer(ErrorResponseLayer::new())
-        .layer(RateLimitLayer::from_shared(limiter.clone()))
+        .layer(KeyedRateLimitLayer::from_shared(limiter.clone()))
         .service(service_fn(|_: Request<()>| async {
             Ok::<_, Infallible>(Response::new(String::new()))
         }));
