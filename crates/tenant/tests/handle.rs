@@ -112,6 +112,8 @@ fn built(store: Flaky) -> (TenancyLayer<Flaky>, TenancyHandle<Flaky>) {
     let layer = TenancyLayer::builder("shop")
         .store(store)
         .header("x-tenant-id")
+        .subdomain("shop.example")
+        .api_key("x-api-key")
         .allow_unverified()
         .build()
         .unwrap();
@@ -199,12 +201,50 @@ async fn refusals_are_counted_by_kind_and_lookups_only_when_the_store_is_asked()
         "{}",
         report.to_json()
     );
+    // Sources that disagree, and an API key no tenant owns (looked up once, then cached).
+    let conflict = Request::builder()
+        .header("host", "globex.shop.example")
+        .header("x-tenant-id", "acme")
+        .body(())
+        .unwrap();
+    let res = svc.clone().oneshot(conflict).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    for _ in 0..2 {
+        let req = Request::builder()
+            .header("x-api-key", "sk_nobody")
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(handle.lookups(), 4);
+    assert_eq!(handle.refusals_of(TenantErrorKind::Conflict), 1);
+    assert_eq!(handle.refusals_of(TenantErrorKind::InvalidCredentials), 2);
+    assert_eq!(handle.refusals(), 8);
+    let counts = snapshot(&snapshotter);
+    let counted: Vec<(String, u64)> = counters(&counts, "tower_patterns_tenant_refusals_total")
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("name=shop,kind=conflict".to_owned(), 1),
+            ("name=shop,kind=invalid_credentials".to_owned(), 2),
+        ]
+    );
+    let report = handle.report();
+    assert_eq!(report.value("refused_conflict"), Some(1.0));
+    assert_eq!(report.value("refused_invalid_credentials"), Some(2.0));
+    assert_eq!(report.value("cached_unknown_keys"), Some(1.0));
+    assert_eq!(report.value("refused_other"), None);
+
     // The service reaches the same handle.
     let inner = layer.layer(service_fn(|_: Request<()>| async {
         Ok::<_, Infallible>(Response::new(String::new()))
     }));
-    assert_eq!(inner.handle().refusals(), 5);
-    assert!(format!("{handle:?}").contains("refusals: 5"));
+    assert_eq!(inner.handle().refusals(), 8);
+    assert!(format!("{handle:?}").contains("refusals: 8"));
 }
 
 #[tokio::test]
