@@ -79,6 +79,27 @@
 //! Place retries **outside** the breaker (so each retry is one more call it judges, and an
 //! open circuit is not retried), and a timeout **inside** it (so a hung call becomes a
 //! failure it counts). See `docs/patterns/circuit-breaker.md` in the repository.
+//!
+//! # One breaker per key
+//!
+//! [`KeyedCircuitBreakerLayer::builder(name)`](KeyedCircuitBreakerLayer)`.key(extractor)` takes
+//! the same settings and gives every key (host, route, tenant) its own breaker, in a map
+//! bounded by one [`KeyBounds`](tower_patterns_core::keyed::KeyBounds); its handle looks a
+//! key's breaker up with a `&str` and reports on all of them.
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade, registered when the layer is built (install the recorder
+//! first), labelled with the layer's `name` (keyed breakers count under it: keys are not
+//! labels, so the number of series stays bounded):
+//!
+//! | metric | kind | when |
+//! |---|---|---|
+//! | `tower_patterns_breaker_state{name, state}` | gauge | 1 for the state now, 0 for the others (not for keyed breakers) |
+//! | `tower_patterns_breaker_transitions_total{name, from, to}` | counter | each transition |
+//! | `tower_patterns_breaker_rejected_total{name}` | counter | each call rejected |
+//! | `tower_patterns_breaker_calls_total{name, outcome}` | counter | each call's outcome, with [`call_metrics(true)`](CircuitBreakerBuilder::call_metrics) only |
+//! | `tower_patterns_breaker_keys_total{name}` | counter | keyed: each breaker made (a new key, or one back after it was dropped) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

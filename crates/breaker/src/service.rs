@@ -25,7 +25,7 @@ use crate::{
 
 /// Middleware that stops calling a failing service and fails fast instead.
 ///
-/// Built by [`CircuitBreakerLayer`]. By default the service is always ready (it polls its
+/// Built by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer). By default the service is always ready (it polls its
 /// inner service only while the circuit lets calls through) and `call` returns a
 /// [`Rejected`] with [`RejectionKind::CircuitOpen`] and the time left open, without touching
 /// the inner service. In backpressure mode `poll_ready` waits instead.

@@ -158,7 +158,8 @@ pub enum PermitKind {
     Free,
 }
 
-/// The admission of one call; give it back to [`Machine::record`] or [`Machine::release`].
+/// The admission of one call; give it back to [`Machine::record`](crate::__private::Machine::record) or
+/// [`Machine::release`](crate::__private::Machine::release).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permit {
     /// The generation of the state machine the call was admitted in.

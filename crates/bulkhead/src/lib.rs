@@ -49,6 +49,22 @@
 //! # let _ = defaults;
 //! # }
 //! ```
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade, registered when the layer is built (install the recorder
+//! first), labelled `name`: the pool's name, or for a keyed layer's on-demand pools the
+//! layer's (keys are not labels, so the number of series stays bounded; fixed partitions are
+//! named `layer/key`):
+//!
+//! | metric | kind | when |
+//! |---|---|---|
+//! | `tower_patterns_bulkhead_rejected_total{name}` | counter | each call rejected (full, or shed because the inner service was not ready) |
+//! | `tower_patterns_bulkhead_waited_total{name}` | counter | each call that had to wait for a permit |
+//! | `tower_patterns_bulkhead_keys_total{name}` | counter | keyed: each pool made on demand (a new key, or one back after it was dropped) |
+//!
+//! The permits in use, the waiters and the limit are read through the handles
+//! ([`BulkheadHandle`], and [`KeyedBulkheadHandle`]'s report), which cost nothing per call.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

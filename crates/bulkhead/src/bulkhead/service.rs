@@ -22,7 +22,7 @@ use crate::{
     semaphore::{Full, Waiter},
 };
 
-/// Middleware that bounds the calls in flight to its inner service; see [`BulkheadLayer`].
+/// Middleware that bounds the calls in flight to its inner service; see [`BulkheadLayer`](crate::BulkheadLayer).
 ///
 /// A call takes a permit when one is free; otherwise it waits in FIFO order for up to
 /// `max_wait` (the waiting room holds `max_waiting` calls), and is rejected with

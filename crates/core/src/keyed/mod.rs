@@ -56,7 +56,7 @@ use std::{
 
 use crate::ConfigError;
 
-mod layer;
+pub mod layer;
 pub use layer::{CallThrough, Keyed, KeyedHandle, KeyedLayer, MakeFor, PerKey};
 
 /// A bounded map of per-key instances; see the [module docs](self).
