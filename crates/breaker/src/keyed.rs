@@ -14,10 +14,10 @@ use tower_service::Service;
 
 use crate::{
     CircuitBreakerHandle, Config,
-    builder::{ByKey, CircuitBreakerBuilder, KeyedCircuitBreakerBuilder, NoKey},
-    future::{Guard, ResponseFuture},
-    machine::Machine,
-    observer::{Metrics, Observer},
+    circuit::builder::{ByKey, CircuitBreakerBuilder, KeyedCircuitBreakerBuilder, NoKey},
+    circuit::future::{Guard, ResponseFuture},
+    circuit::machine::Machine,
+    circuit::observer::{Metrics, Observer},
 };
 
 /// Layer that gives every key its own breaker: `KeyedCircuitBreakerLayer::builder(name)
@@ -157,7 +157,7 @@ where
         classifier: &C,
         _inner_ready: bool,
     ) -> Self::Future {
-        crate::service::call(breaker.machine(), inner, req, classifier, true, None)
+        crate::circuit::service::call(breaker.machine(), inner, req, classifier, true, None)
     }
 
     fn failed(&self, err: BoxError) -> Self::Future {

@@ -103,39 +103,27 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod builder;
-mod config;
+mod circuit;
 pub mod fallback;
-mod future;
-mod handle;
 mod keyed;
-mod layer;
-mod machine;
-mod observer;
 mod rng;
-mod service;
-mod state;
 mod sync;
-mod window;
 
-pub use builder::{ByKey, CircuitBreakerBuilder, KeyedCircuitBreakerBuilder, NoKey, Unkeyed};
-pub use config::{Config, MAX_PROBES, OpenDuration, Reason, SlidingWindow};
+pub use circuit::{
+    ByKey, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer,
+    Config, Guard, KeyedCircuitBreakerBuilder, MAX_PROBES, NoKey, OpenDuration, Reason,
+    ResponseFuture, SlidingWindow, Snapshot, State, Transition, Unkeyed, future,
+};
 pub use fallback::{Fallback, FallbackLayer};
-pub use future::{Guard, ResponseFuture};
-pub use handle::{CircuitBreakerHandle, Snapshot};
 pub use keyed::{
     Breakers, KeyedCircuitBreaker, KeyedCircuitBreakerHandle, KeyedCircuitBreakerLayer,
 };
-pub use layer::CircuitBreakerLayer;
-pub use observer::Transition;
-pub use service::CircuitBreaker;
-pub use state::State;
 
 #[doc(hidden)]
 pub mod __private {
     //! The state machine with injected time, for this crate's loom model and model tests.
     //! Not part of the public API.
-    pub use crate::{
+    pub use crate::circuit::{
         machine::Machine,
         state::{Admission, Permit, PermitKind},
     };

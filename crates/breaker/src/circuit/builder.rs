@@ -7,8 +7,8 @@ use tower_patterns_core::{ConfigError, classify::ErrorsAsFailures, keyed::KeyBou
 
 use crate::{
     CircuitBreakerLayer, Config, OpenDuration, SlidingWindow,
-    machine::Machine,
-    observer::{Metrics, Observer},
+    circuit::machine::Machine,
+    circuit::observer::{Metrics, Observer},
 };
 
 /// Builds a [`CircuitBreakerLayer`] (from [`CircuitBreakerLayer::builder`]) or, as a

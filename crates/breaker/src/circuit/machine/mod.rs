@@ -20,15 +20,15 @@ use std::{
 use tower_patterns_core::classify::Outcome;
 
 use crate::{
-    config::{Config, Reason},
-    observer::Observer,
-    rng::AtomicRng,
-    state::{
+    circuit::config::{Config, Reason},
+    circuit::observer::Observer,
+    circuit::state::{
         Admission, FAIL_SHIFT, FIELD_MASK, ISSUED_SHIFT, Permit, PermitKind, SUCC_SHIFT, State,
         Word,
     },
+    circuit::window::{CountWindow, FAILURE, SLOW, TimeWindow, Window},
+    rng::AtomicRng,
     sync::{AtomicU64, Mutex, Ordering, lock},
-    window::{CountWindow, FAILURE, SLOW, TimeWindow, Window},
 };
 
 #[derive(Debug, Default)]
@@ -77,7 +77,7 @@ impl Machine {
             crate::SlidingWindow::Count(n) => Window::Count(CountWindow::new(n as usize)),
             crate::SlidingWindow::Time { size, buckets } => Window::Time(TimeWindow::new(
                 buckets as usize,
-                crate::config::saturating_nanos(size / buckets),
+                crate::circuit::config::saturating_nanos(size / buckets),
             )),
         };
         observer.init(State::Closed);
@@ -96,7 +96,7 @@ impl Machine {
             me,
             slow_call: config
                 .slow_call_duration
-                .map(crate::config::saturating_nanos),
+                .map(crate::circuit::config::saturating_nanos),
             config,
             observer,
         }
@@ -126,7 +126,7 @@ impl Machine {
     /// Nanoseconds since the breaker's base instant, on tokio's clock.
     pub(crate) fn now(&self) -> u64 {
         let elapsed = tokio::time::Instant::now().saturating_duration_since(self.observer.base());
-        crate::config::saturating_nanos(elapsed)
+        crate::circuit::config::saturating_nanos(elapsed)
     }
 
     /// Admits or rejects one call. `now` is read only when the circuit is not closed;
@@ -563,7 +563,7 @@ impl Machine {
 }
 
 fn nanos(d: std::time::Duration) -> u64 {
-    crate::config::saturating_nanos(d)
+    crate::circuit::config::saturating_nanos(d)
 }
 
 #[derive(Clone, Copy, Debug)]

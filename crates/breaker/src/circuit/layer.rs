@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use tower_layer::Layer;
 use tower_patterns_core::classify::ErrorsAsFailures;
 
-use crate::{CircuitBreaker, CircuitBreakerHandle, machine::Machine};
+use crate::{CircuitBreaker, CircuitBreakerHandle, circuit::machine::Machine};
 
 /// Layer that wraps services in a [`CircuitBreaker`].
 ///

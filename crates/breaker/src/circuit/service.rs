@@ -18,9 +18,9 @@ use tower_service::Service;
 
 use crate::{
     State,
-    future::{Guard, ResponseFuture, SlowCall},
-    machine::Machine,
-    state::{Admission, Permit, PermitKind},
+    circuit::future::{Guard, ResponseFuture, SlowCall},
+    circuit::machine::Machine,
+    circuit::state::{Admission, Permit, PermitKind},
 };
 
 /// Middleware that stops calling a failing service and fails fast instead.

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tokio::sync::broadcast;
 use tower_patterns_core::observe::{Health, Report, StateHandle};
 
-use crate::{Reason, State, Transition, machine::Machine};
+use crate::{Reason, State, Transition, circuit::machine::Machine};
 
 /// A handle on a breaker: reads its state and metrics, forces it, subscribes to its
 /// transitions. Cheap to clone; every clone sees the same breaker.

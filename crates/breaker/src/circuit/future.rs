@@ -17,8 +17,8 @@ use tower_patterns_core::{
 };
 
 use crate::{
-    machine::Machine,
-    state::{Permit, PermitKind},
+    circuit::machine::Machine,
+    circuit::state::{Permit, PermitKind},
 };
 
 pin_project! {

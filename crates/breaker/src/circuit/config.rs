@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tower_patterns_core::ConfigError;
 
-use crate::window::Stats;
+use crate::circuit::window::Stats;
 
 /// Which calls the failure and slow-call rates are computed over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
