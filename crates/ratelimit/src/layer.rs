@@ -12,7 +12,7 @@ use tower_patterns_core::{BoxError, check::CheckThenCall};
 use tower_service::Service;
 
 use crate::{
-    Decision, HasHandle, Limiter,
+    Decision, HasHandle, KeyedRateLimitHandle, Limiter,
     future::{HeaderGate, ResponseFuture},
 };
 
@@ -78,10 +78,8 @@ impl<L> KeyedRateLimitLayer<L> {
         &self.limiter
     }
 
-    /// A handle on the limiter's state (keys held, limit, rejections): a
-    /// [`GcraLimiterHandle`](crate::GcraLimiterHandle), a
-    /// [`QuotaLimiterHandle`](crate::QuotaLimiterHandle) or the Redis limiter's.
-    pub fn handle(&self) -> L::Handle
+    /// A handle on the limiter's state (keys held, limit, rejections), whichever the limiter.
+    pub fn handle(&self) -> KeyedRateLimitHandle
     where
         L: HasHandle,
     {
@@ -157,7 +155,7 @@ impl<S, L> KeyedRateLimit<S, L> {
     tower_patterns_core::inner_service_accessors!();
 
     /// A handle on the limiter's state; see [`KeyedRateLimitLayer::handle`].
-    pub fn handle(&self) -> L::Handle
+    pub fn handle(&self) -> KeyedRateLimitHandle
     where
         L: HasHandle,
     {

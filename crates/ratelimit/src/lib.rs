@@ -20,7 +20,7 @@
 //!
 //! `layer.handle()` (or `limiter.handle()`) reads a limiter's state as core's
 //! [`StateHandle`](tower_patterns_core::observe::StateHandle), pattern `ratelimit`:
-//! [`GcraLimiterHandle`], [`QuotaLimiterHandle`], `redis::RedisLimiterHandle`. Metrics,
+//! one [`KeyedRateLimitHandle`] whichever the limiter. Metrics,
 //! registered when a limiter is built and touched only by refusals (an admitted request
 //! costs nothing):
 //!
@@ -76,7 +76,7 @@
 //!     assert_eq!(call("gold-co").await.unwrap().status(), StatusCode::OK);
 //! }
 //! let handle = layer.handle();
-//! assert_eq!((handle.keys(), handle.rate_limited()), (2, 1));
+//! assert_eq!((handle.keys(), handle.rate_limited()), (Some(2), 1));
 //! assert!(handle.report().to_json().contains(r#""rejected_rate_limited":1.0"#));
 //! # }
 //! ```
@@ -85,6 +85,7 @@
 
 pub mod future;
 mod gcra;
+mod handle;
 mod layer;
 mod limiter;
 mod quota;
@@ -93,7 +94,8 @@ mod quota;
 pub mod redis;
 mod stats;
 
-pub use gcra::{GcraLimiter, GcraLimiterBuilder, GcraLimiterHandle, Rate};
+pub use gcra::{GcraLimiter, GcraLimiterBuilder, Rate};
+pub use handle::{KeyedRateLimitHandle, Limit};
 pub use layer::{KeyedRateLimit, KeyedRateLimitLayer};
 pub use limiter::{Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault};
-pub use quota::{NoQuota, Period, Quota, QuotaLimiter, QuotaLimiterBuilder, QuotaLimiterHandle};
+pub use quota::{NoQuota, Period, Quota, QuotaLimiter, QuotaLimiterBuilder};

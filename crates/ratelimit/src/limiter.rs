@@ -2,7 +2,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use tower_patterns_core::{BoxError, error::RateLimitInfo, observe::StateHandle};
+use tower_patterns_core::{BoxError, error::RateLimitInfo};
+
+use crate::KeyedRateLimitHandle;
 
 /// What a limiter decided about one request.
 #[derive(Debug)]
@@ -35,21 +37,15 @@ impl<Req, L: Limiter<Req>> Limiter<Req> for Arc<L> {
     }
 }
 
-/// A limiter whose shared state a handle reads (keys held, limit, rejections); see
-/// [`KeyedRateLimitLayer::handle`](crate::KeyedRateLimitLayer::handle).
+/// A limiter whose shared state a [`KeyedRateLimitHandle`] reads (keys held, limit,
+/// rejections); see [`KeyedRateLimitLayer::handle`](crate::KeyedRateLimitLayer::handle).
 pub trait HasHandle {
-    /// The handle: cheap to clone, reads the limiter's state without touching the request
-    /// path.
-    type Handle: StateHandle + Clone;
-
     /// A handle on this limiter's state.
-    fn handle(&self) -> Self::Handle;
+    fn handle(&self) -> KeyedRateLimitHandle;
 }
 
 impl<L: HasHandle> HasHandle for Arc<L> {
-    type Handle = L::Handle;
-
-    fn handle(&self) -> Self::Handle {
+    fn handle(&self) -> KeyedRateLimitHandle {
         (**self).handle()
     }
 }

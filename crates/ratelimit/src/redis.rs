@@ -20,7 +20,8 @@
 //! Metrics: `tower_patterns_ratelimit_rejected_total{name, kind}` (as every limiter),
 //! `tower_patterns_ratelimit_unavailable_total{name}` (checks that could not reach Redis) and
 //! the gauge `tower_patterns_ratelimit_degraded{name}` (1 from a failure until Redis answers
-//! again). The handle ([`RedisLimiterHandle`]) reports the same.
+//! again). The handle ([`KeyedRateLimitHandle`](crate::KeyedRateLimitHandle)) reports the
+//! same: health `degraded` and state `unreachable` meanwhile.
 //!
 //! ```no_run
 //! use tower_patterns_core::{key::ExtensionKey, observe::StateHandle, tenant::TenantId};
@@ -55,11 +56,12 @@ use tower_patterns_core::{
     BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind,
     error::RateLimitInfo,
     metric_name,
-    observe::{Health, Report, StateHandle, labels},
+    observe::{Health, labels},
 };
 
 use crate::{
-    Decision, HasHandle, Limiter, NoKey, PerRequest, Rate, UseDefault,
+    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, Rate, UseDefault,
+    handle::Source,
     stats::{Refusal, Stats},
 };
 
@@ -109,7 +111,7 @@ struct Shared {
     epoch: tokio::time::Instant,
     degraded: AtomicBool,
     failures: AtomicU64,
-    stats: Stats,
+    stats: Arc<Stats>,
     unavailable_total: Counter,
     degraded_gauge: Gauge,
 }
@@ -255,11 +257,13 @@ impl<X, P> RedisLimiter<X, P> {
 
     /// A handle on the limiter's state (health, failures, rejections), for health endpoints
     /// and dashboards.
-    pub fn handle(&self) -> RedisLimiterHandle {
-        RedisLimiterHandle {
-            shared: self.shared.clone(),
-            default: self.default,
-        }
+    pub fn handle(&self) -> KeyedRateLimitHandle {
+        KeyedRateLimitHandle::new(
+            self.shared.name.clone(),
+            Limit::Rate(self.default),
+            self.shared.clone(),
+            self.shared.stats.clone(),
+        )
     }
 
     /// Takes one request from `key`'s limit at `rate`.
@@ -417,7 +421,7 @@ impl<X, P> RedisLimiterBuilder<X, P, String> {
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| ConfigError::new("url", e.to_string()))?;
         let prefix = format!("tp:rl:{}:", self.name);
-        let stats = Stats::register(&self.name);
+        let stats = Arc::new(Stats::register(&self.name));
         let unavailable_total = metrics::counter!(
             metric_name!("ratelimit", "unavailable_total"),
             labels::NAME => self.name.to_string()
@@ -452,76 +456,21 @@ impl<X, P> RedisLimiterBuilder<X, P, String> {
 }
 
 impl<X, P> HasHandle for RedisLimiter<X, P> {
-    type Handle = RedisLimiterHandle;
-
-    fn handle(&self) -> Self::Handle {
+    fn handle(&self) -> KeyedRateLimitHandle {
         Self::handle(self)
     }
 }
 
-/// Reads a [`RedisLimiter`]'s state: health, checks that could not reach Redis, the default
-/// rate and the rejections by kind. Get it with `limiter.handle()` or
-/// [`KeyedRateLimitLayer::handle`](crate::KeyedRateLimitLayer::handle).
-///
-/// As a [`StateHandle`]: pattern `ratelimit`; state `connected`, or `unreachable` (health
-/// `degraded`) from a failure until Redis answers again; values `unavailable` (failed
-/// checks), `burst`, `interval_seconds`, `rejected` and `rejected_<kind>` for each kind. The
-/// keys live in Redis, so none are counted here.
-#[derive(Clone)]
-pub struct RedisLimiterHandle {
-    shared: Arc<Shared>,
-    default: Rate,
-}
-
-impl RedisLimiterHandle {
-    /// How many checks could not reach Redis.
-    pub fn failures(&self) -> u64 {
-        self.shared.failures.load(Ordering::Relaxed)
-    }
-
-    /// Requests refused so far, of every kind.
-    pub fn rejected(&self) -> u64 {
-        self.shared.stats.total()
-    }
-}
-
-impl fmt::Debug for RedisLimiterHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLimiterHandle")
-            .field("name", &self.shared.name)
-            .field("rate", &self.default)
-            .finish_non_exhaustive()
-    }
-}
-
-impl StateHandle for RedisLimiterHandle {
-    fn pattern(&self) -> &'static str {
-        "ratelimit"
-    }
-
-    fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    fn health(&self) -> Health {
-        if self.shared.degraded.load(Ordering::Relaxed) {
-            Health::Degraded
+impl Source for Shared {
+    fn health(&self) -> Option<(Health, &'static str)> {
+        Some(if self.degraded.load(Ordering::Relaxed) {
+            (Health::Degraded, "unreachable")
         } else {
-            Health::Ready
-        }
+            (Health::Ready, "connected")
+        })
     }
 
-    fn report(&self) -> Report {
-        let health = self.health();
-        let state = if health == Health::Ready {
-            "connected"
-        } else {
-            "unreachable"
-        };
-        let report = Report::new("ratelimit", self.shared.name.to_string(), health, state)
-            .with_value("unavailable", self.failures() as f64)
-            .with_value("burst", f64::from(self.default.burst_size()))
-            .with_value("interval_seconds", self.default.interval().as_secs_f64());
-        self.shared.stats.report(report)
+    fn unavailable(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 }

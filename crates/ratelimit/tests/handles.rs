@@ -16,7 +16,7 @@ use tower_patterns_core::{
     tenant::TenantId,
 };
 use tower_patterns_ratelimit::{
-    GcraLimiter, HasHandle, KeyedRateLimitLayer, Limiter, Period, Quota, QuotaLimiter, Rate,
+    GcraLimiter, HasHandle, KeyedRateLimitLayer, Limit, Limiter, Period, Quota, QuotaLimiter, Rate,
 };
 
 fn tenant_req(tenant: &str) -> Request<()> {
@@ -129,9 +129,10 @@ async fn the_gcra_handle_reports_keys_and_refusals_by_kind() {
     assert_eq!(handle.health(), Health::Ready);
     assert_eq!(
         (handle.keys(), handle.rejected(), handle.rate_limited()),
-        (2, 3, 1)
+        (Some(2), 3, 1)
     );
-    assert_eq!(handle.rate(), Rate::per_second(2));
+    assert_eq!((handle.quota_exceeded(), handle.unavailable()), (0, 0));
+    assert_eq!(handle.limit(), Limit::Rate(Rate::per_second(2)));
     let report = handle.report();
     assert_eq!(report.state, "limiting");
     for (what, value) in [
@@ -206,9 +207,9 @@ async fn the_quota_handle_reports_counts_and_exceeded_quotas() {
     assert_eq!(handle.health(), Health::Ready);
     assert_eq!(
         (handle.keys(), handle.rejected(), handle.quota_exceeded()),
-        (1, 1, 1)
+        (Some(1), 1, 1)
     );
-    assert_eq!(handle.quota(), Quota::new(1, Period::Month));
+    assert_eq!(handle.limit(), Limit::Quota(Quota::new(1, Period::Month)));
     let report = handle.report();
     assert_eq!(report.state, "counting");
     assert_eq!(report.value("limit"), Some(1.0));
@@ -289,7 +290,10 @@ async fn the_redis_handle_reports_an_unreachable_redis() {
         ("ratelimit", "shared")
     );
     assert_eq!(handle.health(), Health::Degraded);
-    assert_eq!((handle.failures(), handle.rejected()), (1, 2));
+    assert_eq!(
+        (handle.unavailable(), handle.rejected(), handle.keys()),
+        (1, 2, None)
+    );
     let report = handle.report();
     assert_eq!(report.state, "unreachable");
     assert_eq!(report.value("unavailable"), Some(1.0));

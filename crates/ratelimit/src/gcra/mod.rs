@@ -10,16 +10,14 @@ use tower_patterns_core::{
 };
 
 use crate::{
-    Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault,
+    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
     stats::{Refusal, Stats},
 };
 
 mod clock;
-mod handle;
 mod rate;
 
 use clock::{Governor, TokioClock, check_fresh};
-pub use handle::GcraLimiterHandle;
 pub use rate::Rate;
 
 struct Cell {
@@ -162,11 +160,11 @@ where
 
     /// A handle on the limiter's state (keys held, default rate, rejections), for health
     /// endpoints and dashboards.
-    pub fn handle(&self) -> GcraLimiterHandle<Key> {
-        GcraLimiterHandle::new(
+    pub fn handle(&self) -> KeyedRateLimitHandle {
+        KeyedRateLimitHandle::new(
             self.name.clone(),
-            self.default,
-            self.cells.clone(),
+            Limit::Rate(self.default),
+            Arc::new(self.cells.clone()),
             self.stats.clone(),
         )
     }
@@ -183,9 +181,7 @@ impl<X, Key, P> HasHandle for GcraLimiter<X, Key, P>
 where
     Key: Hash + Eq + Send + Sync + 'static,
 {
-    type Handle = GcraLimiterHandle<Key>;
-
-    fn handle(&self) -> Self::Handle {
+    fn handle(&self) -> KeyedRateLimitHandle {
         Self::handle(self)
     }
 }

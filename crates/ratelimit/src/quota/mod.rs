@@ -18,21 +18,19 @@ use tower_patterns_core::{
 };
 
 use crate::{
-    Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault,
+    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
     gcra::DEFAULT_BOUNDS,
     stats::{Refusal, Stats},
 };
 
-mod handle;
 mod period;
 
-pub use handle::QuotaLimiterHandle;
 pub use period::{Period, Quota};
 
 /// The wall clock, as Tokio's clock advances from a fixed anchor: calendar windows follow
 /// paused test time, and a wall-clock step (NTP) never moves a window backwards.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct WallClock {
+struct WallClock {
     anchor_unix: Duration,
     anchor: tokio::time::Instant,
 }
@@ -46,7 +44,7 @@ impl WallClock {
 
 /// One key's usage: the window index in the high 32 bits, the count in the low 32, so a
 /// check is one compare-and-swap and a new window resets the count in the same step.
-pub(crate) struct Usage(AtomicU64);
+struct Usage(AtomicU64);
 
 /// The count a packed usage word holds for `window` (0 when it is from another window).
 const fn used_in(word: u64, window: u64) -> u64 {
@@ -177,11 +175,11 @@ where
 
     /// A handle on the limiter's state (keys held, default quota, rejections), for health
     /// endpoints and dashboards.
-    pub fn handle(&self) -> QuotaLimiterHandle<Key> {
-        QuotaLimiterHandle::new(
+    pub fn handle(&self) -> KeyedRateLimitHandle {
+        KeyedRateLimitHandle::new(
             self.name.clone(),
-            self.default,
-            self.usage.clone(),
+            Limit::Quota(self.default),
+            Arc::new(self.usage.clone()),
             self.stats.clone(),
         )
     }
@@ -198,9 +196,7 @@ impl<X, Key, P> HasHandle for QuotaLimiter<X, Key, P>
 where
     Key: Hash + Eq + Send + Sync + 'static,
 {
-    type Handle = QuotaLimiterHandle<Key>;
-
-    fn handle(&self) -> Self::Handle {
+    fn handle(&self) -> KeyedRateLimitHandle {
         Self::handle(self)
     }
 }
