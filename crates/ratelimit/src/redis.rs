@@ -20,7 +20,7 @@
 //! Metrics: `tower_patterns_ratelimit_rejected_total{name, kind}` (as every limiter),
 //! `tower_patterns_ratelimit_unavailable_total{name}` (checks that could not reach Redis) and
 //! the gauge `tower_patterns_ratelimit_degraded{name}` (1 from a failure until Redis answers
-//! again). The handle ([`KeyedRateLimitHandle`](crate::KeyedRateLimitHandle)) reports the
+//! again). The handle ([`KeyedRateLimitHandle`]) reports the
 //! same: health `degraded` and state `unreachable` meanwhile.
 //!
 //! ```no_run
@@ -189,17 +189,9 @@ impl Shared {
             }))
         } else {
             let wait = Duration::from_micros(retry_us);
-            Err(self.stats.refuse(
-                Refusal::RateLimited,
-                Rejected::new(RejectionKind::RateLimited)
-                    .with_name(self.name.clone())
-                    .with_retry_after(wait)
-                    .with_limit(RateLimitInfo {
-                        limit,
-                        remaining: 0,
-                        reset: reset.max(wait),
-                    }),
-            ))
+            Err(self
+                .stats
+                .spent(false, &self.name, wait, limit, reset.max(wait)))
         }
     }
 }

@@ -2,10 +2,18 @@
 //! `tower_patterns_ratelimit_rejected_total{name, kind}`, registered once when a limiter is
 //! built. Only refusals touch them: an admitted request costs nothing here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use metrics::Counter;
-use tower_patterns_core::{BoxError, metric_name, observe::labels};
+use tower_patterns_core::{
+    BoxError, Rejected, RejectionKind, error::RateLimitInfo, metric_name, observe::labels,
+};
 
 /// Why a limiter refused a request, as the `kind` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +96,35 @@ impl Stats {
     pub(crate) fn refuse(&self, kind: Refusal, err: impl Into<BoxError>) -> BoxError {
         self.refused(kind);
         err.into()
+    }
+
+    /// Counts a spent limit (`RateLimited` for a rate, `QuotaExceeded` for a quota) and returns
+    /// its [`Rejected`]: retry after `wait`, the limit's state with nothing remaining.
+    #[cold]
+    pub(crate) fn spent(
+        &self,
+        quota: bool,
+        name: &Arc<str>,
+        wait: Duration,
+        limit: u64,
+        reset: Duration,
+    ) -> BoxError {
+        let (refusal, kind) = if quota {
+            (Refusal::QuotaExceeded, RejectionKind::QuotaExceeded)
+        } else {
+            (Refusal::RateLimited, RejectionKind::RateLimited)
+        };
+        self.refuse(
+            refusal,
+            Rejected::new(kind)
+                .with_name(name.clone())
+                .with_retry_after(wait)
+                .with_limit(RateLimitInfo {
+                    limit,
+                    remaining: 0,
+                    reset,
+                }),
+        )
     }
 
     /// The refusals of `kind` so far.

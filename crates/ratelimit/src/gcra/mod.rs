@@ -4,10 +4,13 @@ use std::{fmt, future::Pending, hash::Hash, sync::Arc, time::Duration};
 
 use governor::state::InMemoryState;
 use tower_patterns_core::{
-    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind,
+    BoxError, ConfigError, KeyExtractor,
     error::RateLimitInfo,
     keyed::{KeyBounds, KeyedMap},
 };
+
+#[cfg(doc)]
+use tower_patterns_core::Rejected;
 
 use crate::{
     Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
@@ -129,16 +132,12 @@ where
                         .saturating_mul((limit - remaining.min(limit)) as u32),
                 })
             }
-            Err(wait) => Err(self.stats.refuse(
-                Refusal::RateLimited,
-                Rejected::new(RejectionKind::RateLimited)
-                    .with_name(self.name.clone())
-                    .with_retry_after(wait)
-                    .with_limit(RateLimitInfo {
-                        limit,
-                        remaining: 0,
-                        reset: wait + rate.interval().saturating_mul(rate.burst_size() - 1),
-                    }),
+            Err(wait) => Err(self.stats.spent(
+                false,
+                &self.name,
+                wait,
+                limit,
+                wait + rate.interval().saturating_mul(rate.burst_size() - 1),
             )),
         }
     }

@@ -12,10 +12,13 @@ use std::{
 };
 
 use tower_patterns_core::{
-    BoxError, ConfigError, KeyExtractor, Rejected, RejectionKind,
+    BoxError, ConfigError, KeyExtractor,
     error::RateLimitInfo,
     keyed::{KeyBounds, KeyedMap},
 };
+
+#[cfg(doc)]
+use tower_patterns_core::Rejected;
 
 use crate::{
     Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
@@ -132,17 +135,7 @@ where
         loop {
             let used = used_in(current, window);
             if used >= limit {
-                return Err(self.stats.refuse(
-                    Refusal::QuotaExceeded,
-                    Rejected::new(RejectionKind::QuotaExceeded)
-                        .with_name(self.name.clone())
-                        .with_retry_after(reset)
-                        .with_limit(RateLimitInfo {
-                            limit,
-                            remaining: 0,
-                            reset,
-                        }),
-                ));
+                return Err(self.stats.spent(true, &self.name, reset, limit, reset));
             }
             let next = (window << 32) | (used + 1);
             match usage
