@@ -16,8 +16,10 @@
 //! The pool is this crate's own FIFO semaphore (see `semaphore.rs`): one atomic word for the
 //! permits in use and the callers waiting, so an uncontended call is one compare-and-swap to
 //! take a permit and one to give it back, with no lock; a mutex guards the wait queue only
-//! once someone waits. tokio's `Semaphore` takes its mutex on every release, cannot bound its
-//! waiters, and cannot lower a limit while its permits are out.
+//! once someone waits. Measured against tokio's `Semaphore` (callgrind, a permit taken and
+//! given back): 47 instructions against 129 (`try_acquire`) or 141 (`try_acquire_owned`), as
+//! tokio's takes its mutex on every release; and tokio's cannot bound its waiters, nor lower
+//! a limit while its permits are out (which the adaptive limits need).
 //!
 //! # Example
 //!
