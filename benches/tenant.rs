@@ -5,7 +5,7 @@
 //! Rate limit alone, over an empty 200:
 //! - `bare_http`: the inner service;
 //! - `tower_governor_0_8`: GCRA keyed by the raw header on governor's keyed store;
-//! - ours: `RateLimitLayer` + `GcraLimiter` keyed by the header, with and without the
+//! - ours: `KeyedRateLimitLayer` + `GcraLimiter` keyed by the header, with and without the
 //!   `RateLimit-*` headers; and the tenant layer (header, cached registry) before a limit per
 //!   tenant.
 //!
