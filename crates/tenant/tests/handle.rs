@@ -87,6 +87,14 @@ fn counters(snapshot: &[(String, String, u64)], metric: &str) -> Vec<(String, u6
     out
 }
 
+/// The refusal counters of a snapshot that counted something.
+fn refused(snapshot: &[(String, String, u64)]) -> Vec<(String, u64)> {
+    counters(snapshot, "tower_patterns_tenant_refusals_total")
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// Every counter: `(name, labels, value)`.
 fn snapshot(snapshotter: &Snapshotter) -> Vec<(String, String, u64)> {
     snapshotter
@@ -159,10 +167,7 @@ async fn refusals_are_counted_by_kind_and_lookups_only_when_the_store_is_asked()
     assert_eq!(handle.refusals_of(TenantErrorKind::MissingCredentials), 1);
     assert_eq!(handle.refusals_of(TenantErrorKind::Malformed), 1);
     let counts = snapshot(&snapshotter);
-    let counted: Vec<(String, u64)> = counters(&counts, "tower_patterns_tenant_refusals_total")
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let counted = refused(&counts);
     assert_eq!(
         counted,
         [
@@ -222,10 +227,7 @@ async fn refusals_are_counted_by_kind_and_lookups_only_when_the_store_is_asked()
     assert_eq!(handle.refusals_of(TenantErrorKind::InvalidCredentials), 2);
     assert_eq!(handle.refusals(), 8);
     let counts = snapshot(&snapshotter);
-    let counted: Vec<(String, u64)> = counters(&counts, "tower_patterns_tenant_refusals_total")
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect();
+    let counted = refused(&counts);
     assert_eq!(
         counted,
         [
