@@ -114,6 +114,37 @@ fn the_retry_handle_reports_the_budget_and_turns_degraded_when_it_is_spent() {
     ));
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_handle_counts_retries_in_flight_until_they_end() {
+    let policy = RetryPolicy::builder("slow")
+        .backoff(Backoff::Constant(Duration::ZERO))
+        .build()
+        .unwrap();
+    let handle = policy.handle();
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = service_fn(move |x: u32| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                return Err::<u32, BoxError>("first attempt fails".into());
+            }
+            std::future::pending::<()>().await;
+            Ok(x)
+        }
+    });
+    let mut call = Box::pin(policy.layer().layer(inner).oneshot(1));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut call)
+            .await
+            .is_err(),
+        "the retry hangs"
+    );
+    assert_eq!(handle.report().value("retries_in_flight"), Some(1.0));
+    assert!(format!("{handle:?}").contains("\"slow\""));
+    drop(call);
+    assert_eq!(handle.report().value("retries_in_flight"), Some(0.0));
+}
+
 #[test]
 fn a_policy_without_a_budget_is_ready_and_says_so() {
     let handle = RetryPolicy::builder("free")
@@ -231,6 +262,7 @@ async fn the_hedging_handle_and_metrics_count_copies_and_refusals() {
     // Fast: no copy, nothing recorded.
     let svc = layer.layer(slow_first(Duration::from_millis(5)));
     assert_eq!(svc.oneshot(1).await.unwrap(), 1);
+    assert_eq!(handle.copies(), 0);
     assert_eq!(copies_and_declined(), (Some(0), Some(0)));
 
     // Slow: one copy.
@@ -249,6 +281,11 @@ async fn the_hedging_handle_and_metrics_count_copies_and_refusals() {
         "no new copy, one refusal"
     );
 
+    let debug = format!("{handle:?}");
+    assert!(
+        debug.contains("\"reads\"") && debug.contains("copies: 1"),
+        "{debug}"
+    );
     assert_eq!(
         handle.report().to_json(),
         r#"{"pattern":"hedging","name":"reads","health":"ready","state":"fixed","values":{"delay_seconds":0.01,"samples":3.0,"copies":1.0}}"#

@@ -226,6 +226,19 @@ fn every_strategy_names_its_kind_and_only_a_directory_moves_slots() {
         .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
         .build()
         .unwrap();
+    let with_fallback = ShardRouter::builder("fallback")
+        .shards(shards(1))
+        .strategy(Jump::new(1))
+        .key(key_fn(|u: &u64| Ok::<_, KeyError>(*u)))
+        .fallback_when(
+            |(_, found): &(usize, Option<u64>)| found.is_none(),
+            |u: &u64| Some(*u),
+        )
+        .build()
+        .unwrap();
+    assert!(format!("{with_fallback:?}").contains("\"fallback\""));
+    let builder = ShardRouter::builder("b").fallback_when(|_: &()| true, |_: &()| None);
+    assert!(format!("{builder:?}").contains("\"b\""));
     let debug = format!("{:?}", router.handle());
     assert!(
         debug.contains("\"debugged\"") && debug.contains("shards: 1") && debug.contains("custom"),
