@@ -1,8 +1,10 @@
 //! The keyed breaker's handle (a `StateHandle` over every key's breaker) and metrics.
 
+use std::task::{Context, Poll, Waker};
+
 use http::{HeaderName, Request};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_patterns_breaker::{KeyedCircuitBreakerLayer, State};
 use tower_patterns_core::{
     BoxError, Rejected, RejectionKind,
@@ -130,4 +132,35 @@ fn keyed_settings_are_validated_by_build() {
         .build::<tower_patterns_core::key::AsciiKey>()
         .unwrap_err();
     assert_eq!(err.field(), "failure_rate");
+}
+
+/// An inner service that is never ready.
+#[derive(Clone)]
+struct NeverReady;
+
+impl Service<Request<()>> for NeverReady {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_keyed_breaker_is_ready_when_its_inner_service_is() {
+    // The circuit to judge is only known from the request, so readiness is the inner
+    // service's: an unready dependency is not called unready.
+    let layer = KeyedCircuitBreakerLayer::builder("hosts")
+        .key(HeaderKey::new(HeaderName::from_static("x-host")))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(NeverReady);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Service::<Request<()>>::poll_ready(&mut svc, &mut cx).is_pending());
 }
