@@ -3,7 +3,11 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -109,6 +113,97 @@ async fn the_http_cache_handle_reports_and_publishes_its_counts() {
         assert_eq!(metric(&seen, name, "pages", None), Some(want), "{name}");
     }
     assert!(metric(&seen, "tower_patterns_cache_entries", "pages", None).is_some());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_http_cache_handle_counts_stale_answers_and_waits_and_purges() {
+    // 0: fresh for 1 s, stale-while-revalidate 5 s, stale-if-error 100 s; 1: a server error.
+    let mode = Arc::new(AtomicU32::new(0));
+    let origin = {
+        let mode = mode.clone();
+        service_fn(move |req: Request<()>| {
+            let mode = mode.load(Ordering::SeqCst);
+            async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let res = match mode {
+                    0 => Response::builder().header(
+                        "cache-control",
+                        "max-age=1, stale-while-revalidate=5, stale-if-error=100",
+                    ),
+                    _ => Response::builder().status(500),
+                };
+                Ok::<_, Infallible>(res.body(Full::new(Bytes::from_static(b"v"))).unwrap())
+            }
+        })
+    };
+    let layer = HttpCacheLayer::builder("pages").build().unwrap();
+    let svc = layer.layer(origin);
+    let get = |path: &str| {
+        Request::get(format!("http://shop.example{path}"))
+            .body(())
+            .unwrap()
+    };
+    let x_cache = |res: &Response<_>| res.headers()["x-cache"].to_str().unwrap().to_owned();
+
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "MISS"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Stale within stale-while-revalidate: answered, and revalidated in the background.
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "STALE"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Past that window, within stale-if-error, the origin fails: the stale copy answers.
+    mode.store(1, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(7)).await;
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "STALE"
+    );
+    // Two requests for one URL share one origin request.
+    mode.store(0, Ordering::SeqCst);
+    let (a, b) = tokio::join!(
+        svc.clone().oneshot(get("/slow")),
+        svc.clone().oneshot(get("/slow"))
+    );
+    assert_eq!(
+        (x_cache(&a.unwrap()), x_cache(&b.unwrap())),
+        ("MISS".into(), "HIT".into())
+    );
+
+    let handle = layer.handle();
+    let s = handle.stats();
+    assert_eq!(
+        (s.hits, s.misses, s.stale, s.coalesced),
+        (0, 3, 2, 1),
+        "{s:?}"
+    );
+    let report = handle.report();
+    assert_eq!(report.value("stale"), Some(2.0));
+    assert_eq!(report.value("stale_if_error"), Some(1.0));
+    assert_eq!(report.value("hit_ratio"), Some(2.0 / 6.0));
+    assert!(format!("{handle:?}").contains("pages"));
+    assert!(format!("{svc:?}").contains("HttpCache") && format!("{svc:?}").contains("pages"));
+
+    // A purge drops the URL's stored variants.
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "MISS"
+    );
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "HIT"
+    );
+    handle.purge(None, "shop.example", "/catalog");
+    assert_eq!(
+        x_cache(&svc.clone().oneshot(get("/catalog")).await.unwrap()),
+        "MISS"
+    );
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -82,13 +82,13 @@ impl HttpCacheLayer {
 
     /// Origin requests in flight now (as [`HttpCacheHandle::loads_in_flight`]).
     pub fn loads_in_flight(&self) -> usize {
-        self.shared.flights.in_flight()
+        self.handle().loads_in_flight()
     }
 
     /// Drops every stored variant of `host` + `path_and_query` in `tenant`'s scope (as
     /// [`HttpCacheHandle::purge`]).
     pub fn purge(&self, tenant: Option<&TenantId>, host: &str, path_and_query: &str) {
-        self.shared.purge(tenant, host, path_and_query);
+        self.handle().purge(tenant, host, path_and_query);
     }
 }
 
