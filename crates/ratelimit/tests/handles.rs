@@ -210,6 +210,12 @@ async fn the_quota_handle_reports_counts_and_exceeded_quotas() {
         (Some(1), 1, 1)
     );
     assert_eq!(handle.limit(), Limit::Quota(Quota::new(1, Period::Month)));
+    assert_eq!((handle.rate_limited(), handle.unavailable()), (0, 0));
+    assert!(
+        format!("{handle:?}")
+            .starts_with(r#"KeyedRateLimitHandle { name: "monthly", limit: Quota("#),
+        "{handle:?}"
+    );
     let report = handle.report();
     assert_eq!(report.state, "counting");
     assert_eq!(report.value("limit"), Some(1.0));
