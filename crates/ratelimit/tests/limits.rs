@@ -6,7 +6,7 @@ use std::{
 };
 
 use http::{Request, Response, StatusCode};
-use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn, util::BoxCloneService};
 use tower_patterns_core::{
     http::ErrorResponseLayer,
     key::{ExtensionKey, HeaderKey},
@@ -296,4 +296,88 @@ fn racing_first_requests_share_one_limit() {
         .collect();
     let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(admitted, 2_000 * 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outer_limit_nearer_to_refusing_reports_itself_and_a_tie_keeps_the_inner() {
+    let gcra = |name: &str, rate: Rate| {
+        KeyedRateLimitLayer::new(
+            GcraLimiter::builder(name.to_owned())
+                .key(ExtensionKey::<TenantId>::new())
+                .rate(rate)
+                .build()
+                .unwrap(),
+        )
+    };
+    // Outer 2 per second (1 left) over inner 10 per second (9 left): the outer one speaks.
+    let svc = ServiceBuilder::new()
+        .layer(gcra("outer", Rate::per_second(2)))
+        .layer(gcra("inner", Rate::per_second(10)))
+        .service(ok());
+    let res = svc.oneshot(tenant_req("acme")).await.unwrap();
+    assert_eq!(res.headers()["ratelimit-limit"], "2");
+    assert_eq!(res.headers()["ratelimit-remaining"], "1");
+    // Both 3 (2 left), the outer one refilling in 20 s, the inner one in 1 s: the inner stays.
+    let svc = ServiceBuilder::new()
+        .layer(gcra("outer", Rate::per_minute(3)))
+        .layer(gcra("inner", Rate::per_second(3)))
+        .service(ok());
+    let res = svc.oneshot(tenant_req("acme")).await.unwrap();
+    assert_eq!(res.headers()["ratelimit-remaining"], "2");
+    assert_eq!(res.headers()["ratelimit-reset"], "1");
+}
+
+/// A service that is never ready.
+#[derive(Clone, Debug)]
+struct Busy;
+
+impl tower::Service<Request<()>> for Busy {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(String::new())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_is_ready_when_its_inner_service_is_and_says_what_it_is() {
+    let layer = KeyedRateLimitLayer::new(
+        GcraLimiter::builder("api")
+            .key(ExtensionKey::<TenantId>::new())
+            .build()
+            .unwrap(),
+    )
+    .headers(false);
+    assert!(
+        format!("{layer:?}").starts_with("KeyedRateLimitLayer { headers: false"),
+        "{layer:?}"
+    );
+    let mut svc = tower::Layer::layer(&layer, Busy);
+    assert!(
+        format!("{svc:?}").starts_with("KeyedRateLimit { inner: Busy, headers: false"),
+        "{svc:?}"
+    );
+    let ready = tokio::time::timeout(Duration::from_secs(1), svc.ready()).await;
+    assert!(ready.is_err(), "pending while the inner service is");
+    let mut svc = tower::Layer::layer(&layer, ok());
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(tenant_req("acme"))
+        .await
+        .unwrap();
+    assert!(
+        !res.headers().contains_key("ratelimit-limit"),
+        "headers off"
+    );
 }
