@@ -331,6 +331,8 @@ async fn the_write_behind_handle_reports_its_queue_and_counts_written_batches() 
         Some(0.0)
     );
 
+    assert!(!handle.is_closed());
+    assert!(format!("{handle:?}").contains("prices-wb"));
     handle.shutdown().await;
     assert!(handle.is_closed());
     let closed = handle.report();
@@ -363,8 +365,61 @@ fn a_closed_write_behind_queue_maps_to_503_once_one_is_built() {
         handle.shutdown().await;
         let err: BoxError = wb.ready().await.expect_err("a shut-down queue refuses");
         assert!(err.is::<WriteBehindClosed>());
+        assert_eq!(err.to_string(), "write-behind queue is shut down");
         let mapping = classify_error(&*err);
         assert_eq!(mapping.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(mapping.message, "service unavailable");
     });
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_write_behind_that_dropped_a_batch_reports_degraded_and_counts_it() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let cache = CacheLayer::builder("stock")
+        .store(MokaStore::<u64, String>::builder().build())
+        .key(key_fn(|id: &u64| Ok::<_, KeyError>(*id)))
+        .unscoped()
+        .build()
+        .unwrap();
+    let refusing = service_fn(|_: Vec<(ScopedKey<u64>, String)>| async {
+        Err::<(), BoxError>("the source refuses".into())
+    });
+    let (wb, handle) = WriteBehind::builder("stock-wb")
+        .cache(cache.handle())
+        .writer(refusing)
+        .max_delay(Duration::ZERO)
+        .attempts(1, Duration::from_millis(1))
+        .build()
+        .unwrap();
+    assert_eq!(handle.report().health, Health::Ready);
+    wb.clone().oneshot((None, 1, "a".to_owned())).await.unwrap();
+    handle.flush().await;
+    assert_eq!(handle.dropped(), 1);
+    let report = handle.report();
+    assert_eq!(
+        (report.health, report.state),
+        (Health::Degraded, "dropping")
+    );
+    assert_eq!(report.value("dropped"), Some(1.0));
+    let seen = snapshot(&snap);
+    assert_eq!(
+        metric(
+            &seen,
+            "tower_patterns_cache_writes",
+            "stock-wb",
+            Some("dropped")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &seen,
+            "tower_patterns_cache_writes",
+            "stock-wb",
+            Some("written")
+        ),
+        None
+    );
 }
