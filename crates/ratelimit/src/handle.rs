@@ -8,7 +8,8 @@ use tower_patterns_core::{
 };
 
 use crate::{
-    Quota, Rate,
+    period::Quota,
+    rate::Rate,
     stats::{Refusal, Stats},
 };
 

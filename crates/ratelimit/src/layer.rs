@@ -12,8 +12,9 @@ use tower_patterns_core::{BoxError, check::CheckThenCall};
 use tower_service::Service;
 
 use crate::{
-    Decision, HasHandle, KeyedRateLimitHandle, Limiter,
     future::{HeaderGate, ResponseFuture},
+    handle::KeyedRateLimitHandle,
+    limiter::{Decision, HasHandle, Limiter},
 };
 
 /// Applies a [`Limiter`] to an HTTP service; see [`KeyedRateLimit`].

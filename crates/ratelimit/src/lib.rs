@@ -88,14 +88,18 @@ mod gcra;
 mod handle;
 mod layer;
 mod limiter;
+mod period;
 mod quota;
+mod rate;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod stats;
 
-pub use gcra::{GcraLimiter, GcraLimiterBuilder, Rate};
+pub use gcra::{GcraLimiter, GcraLimiterBuilder};
 pub use handle::{KeyedRateLimitHandle, Limit};
 pub use layer::{KeyedRateLimit, KeyedRateLimitLayer};
 pub use limiter::{Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault};
-pub use quota::{NoQuota, Period, Quota, QuotaLimiter, QuotaLimiterBuilder};
+pub use period::{Period, Quota};
+pub use quota::{NoQuota, QuotaLimiter, QuotaLimiterBuilder};
+pub use rate::Rate;

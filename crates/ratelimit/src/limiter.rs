@@ -2,9 +2,9 @@
 
 use std::{future::Future, sync::Arc};
 
-use tower_patterns_core::{BoxError, error::RateLimitInfo};
+use tower_patterns_core::{BoxError, error::RateLimitInfo, keyed::KeyBounds};
 
-use crate::KeyedRateLimitHandle;
+use crate::handle::KeyedRateLimitHandle;
 
 /// What a limiter decided about one request.
 #[derive(Debug)]
@@ -89,6 +89,13 @@ where
         self(req)
     }
 }
+
+/// The bounds of the in-process limiters unless `key_bounds` says otherwise: many keys, no
+/// idle timeout (moka's idle bookkeeping would add allocations to the admitted path).
+pub(crate) const DEFAULT_BOUNDS: KeyBounds = KeyBounds {
+    max_keys: 100_000,
+    idle: None,
+};
 
 /// A limiter builder's key extractor before `key(extractor)` sets one.
 #[derive(Clone, Copy, Debug, Default)]

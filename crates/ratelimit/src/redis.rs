@@ -60,8 +60,9 @@ use tower_patterns_core::{
 };
 
 use crate::{
-    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, Rate, UseDefault,
-    handle::Source,
+    handle::{KeyedRateLimitHandle, Limit, Source},
+    limiter::{Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault},
+    rate::Rate,
     stats::{Refusal, Stats},
 };
 

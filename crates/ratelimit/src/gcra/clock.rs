@@ -66,7 +66,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::Rate;
+    use crate::rate::Rate;
 
     /// A clock that reads out a script, one instant per reading, repeating the last.
     #[derive(Clone)]

@@ -13,15 +13,15 @@ use tower_patterns_core::{
 use tower_patterns_core::Rejected;
 
 use crate::{
-    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
+    handle::{KeyedRateLimitHandle, Limit},
+    limiter::{DEFAULT_BOUNDS, Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault},
+    rate::Rate,
     stats::{Refusal, Stats},
 };
 
 mod clock;
-mod rate;
 
 use clock::{Governor, TokioClock, check_fresh};
-pub use rate::Rate;
 
 struct Cell {
     rate: Rate,
@@ -78,13 +78,6 @@ impl GcraLimiter<NoKey, (), UseDefault> {
         }
     }
 }
-
-/// The bounds of the in-process limiters unless `key_bounds` says otherwise: many keys, no
-/// idle timeout (moka's idle bookkeeping would add allocations to the admitted path).
-pub(crate) const DEFAULT_BOUNDS: KeyBounds = KeyBounds {
-    max_keys: 100_000,
-    idle: None,
-};
 
 impl<X, Key, P> GcraLimiter<X, Key, P>
 where

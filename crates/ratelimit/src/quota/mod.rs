@@ -21,14 +21,11 @@ use tower_patterns_core::{
 use tower_patterns_core::Rejected;
 
 use crate::{
-    Decision, HasHandle, KeyedRateLimitHandle, Limit, Limiter, NoKey, PerRequest, UseDefault,
-    gcra::DEFAULT_BOUNDS,
+    handle::{KeyedRateLimitHandle, Limit},
+    limiter::{DEFAULT_BOUNDS, Decision, HasHandle, Limiter, NoKey, PerRequest, UseDefault},
+    period::{Period, Quota},
     stats::{Refusal, Stats},
 };
-
-mod period;
-
-pub use period::{Period, Quota};
 
 /// The wall clock, as Tokio's clock advances from a fixed anchor: calendar windows follow
 /// paused test time, and a wall-clock step (NTP) never moves a window backwards.

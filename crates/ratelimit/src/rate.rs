@@ -121,7 +121,7 @@ impl Rate {
     }
 
     /// governor's quota for a rate, or the reason it has none.
-    pub(super) fn quota(&self) -> Result<governor::Quota, ConfigError> {
+    pub(crate) fn quota(&self) -> Result<governor::Quota, ConfigError> {
         self.validate()?;
         match (
             NonZeroU32::new(self.burst),
