@@ -386,7 +386,7 @@ async fn every_handle_reports_itself_and_publishes_metrics_under_its_name() {
                 name: "users",
                 health: Health::Ready,
                 state: "ok",
-                metric: "tower_patterns_cache_hits",
+                metric: "tower_patterns_cache_hits_total",
                 value: 1.0,
             },
             || {
@@ -417,7 +417,7 @@ async fn every_handle_reports_itself_and_publishes_metrics_under_its_name() {
                 name: "pages",
                 health: Health::Ready,
                 state: "ok",
-                metric: "tower_patterns_cache_hits",
+                metric: "tower_patterns_cache_hits_total",
                 value: 2.0,
             },
             || {
@@ -699,6 +699,17 @@ async fn every_handle_reports_itself_and_publishes_metrics_under_its_name() {
     );
     for h in &handles {
         assert_eq!(h.health(), h.report().health, "{}", h.name());
+    }
+    // Both caches count the one entry they stored (moka counts lazily; the report settles it).
+    for name in ["users", "pages"] {
+        let cache = handles
+            .iter()
+            .find(|h| h.pattern() == "cache" && h.name() == name);
+        assert_eq!(
+            cache.unwrap().report().value("entries"),
+            Some(1.0),
+            "{name}"
+        );
     }
     let worst = handles.iter().map(|h| h.health()).max();
     assert_eq!(worst, Some(Health::Unavailable), "the open breaker");

@@ -79,7 +79,7 @@ pub struct Breakers {
 impl Breakers {
     pub(crate) fn new(config: Arc<Config>) -> Self {
         Self {
-            metrics: Metrics::register(&config.name),
+            metrics: Metrics::register(&config.name, false),
             keys: metrics::counter!(
                 metric_name!("breaker", "keys_total"),
                 labels::NAME => config.name.to_string()

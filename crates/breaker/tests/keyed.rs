@@ -106,6 +106,15 @@ async fn the_keyed_handle_reports_every_key_and_its_metrics_count_keys_and_rejec
         Some(1),
         "rejections count under the layer's name"
     );
+    // One state per key cannot show in the layer's series: a keyed layer has no state gauge
+    // (registered and never set, it would show the layer in no state at all).
+    let state_gauges = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tower_patterns_breaker_state")
+        .count();
+    assert_eq!(state_gauges, 0);
 }
 
 #[test]

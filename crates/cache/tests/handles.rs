@@ -83,7 +83,12 @@ async fn the_http_cache_handle_reports_and_publishes_its_counts() {
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     assert_eq!(
-        metric(&snapshot(&snap), "tower_patterns_cache_hits", "pages", None),
+        metric(
+            &snapshot(&snap),
+            "tower_patterns_cache_hits_total",
+            "pages",
+            None
+        ),
         None
     );
     let report = metrics::with_local_recorder(&recorder, || handle.report());
@@ -101,13 +106,13 @@ async fn the_http_cache_handle_reports_and_publishes_its_counts() {
         "{json}"
     );
     for (name, want) in [
-        ("tower_patterns_cache_hits", 2.0),
-        ("tower_patterns_cache_misses", 1.0),
-        ("tower_patterns_cache_stale", 0.0),
-        ("tower_patterns_cache_coalesced", 0.0),
-        ("tower_patterns_cache_refreshes", 0.0),
-        ("tower_patterns_cache_bypassed", 0.0),
-        ("tower_patterns_cache_evictions", 0.0),
+        ("tower_patterns_cache_hits_total", 2.0),
+        ("tower_patterns_cache_misses_total", 1.0),
+        ("tower_patterns_cache_stale_total", 0.0),
+        ("tower_patterns_cache_coalesced_total", 0.0),
+        ("tower_patterns_cache_refreshes_total", 0.0),
+        ("tower_patterns_cache_bypassed_total", 0.0),
+        ("tower_patterns_cache_evictions_total", 0.0),
         ("tower_patterns_cache_loads_in_flight", 0.0),
     ] {
         assert_eq!(metric(&seen, name, "pages", None), Some(want), "{name}");
@@ -230,22 +235,27 @@ async fn the_cache_aside_handle_publishes_its_counts_when_it_reports() {
     // Hits publish nothing by themselves: the counts reach the recorder when the handle reports.
     metrics::with_local_recorder(&recorder, || users.clone().oneshot(7));
     assert_eq!(
-        metric(&snapshot(&snap), "tower_patterns_cache_hits", "users", None),
+        metric(
+            &snapshot(&snap),
+            "tower_patterns_cache_hits_total",
+            "users",
+            None
+        ),
         None
     );
     let report = metrics::with_local_recorder(&recorder, || handle.report());
     let seen = snapshot(&snap);
     assert_eq!(report.value("hits"), Some(1.0));
     for (name, want) in [
-        ("tower_patterns_cache_hits", 1.0),
-        ("tower_patterns_cache_misses", 1.0),
-        ("tower_patterns_cache_stale", 0.0),
-        ("tower_patterns_cache_coalesced", 0.0),
-        ("tower_patterns_cache_refreshes", 0.0),
-        ("tower_patterns_cache_load_errors", 0.0),
-        ("tower_patterns_cache_store_errors", 0.0),
-        ("tower_patterns_cache_bypassed", 0.0),
-        ("tower_patterns_cache_evictions", 0.0),
+        ("tower_patterns_cache_hits_total", 1.0),
+        ("tower_patterns_cache_misses_total", 1.0),
+        ("tower_patterns_cache_stale_total", 0.0),
+        ("tower_patterns_cache_coalesced_total", 0.0),
+        ("tower_patterns_cache_refreshes_total", 0.0),
+        ("tower_patterns_cache_load_errors_total", 0.0),
+        ("tower_patterns_cache_store_errors_total", 0.0),
+        ("tower_patterns_cache_bypassed_total", 0.0),
+        ("tower_patterns_cache_evictions_total", 0.0),
         ("tower_patterns_cache_loads_in_flight", 0.0),
     ] {
         assert_eq!(metric(&seen, name, "users", None), Some(want), "{name}");
@@ -311,7 +321,7 @@ async fn the_write_behind_handle_reports_its_queue_and_counts_written_batches() 
     assert_eq!(
         metric(
             &seen,
-            "tower_patterns_cache_writes",
+            "tower_patterns_cache_writes_total",
             "prices-wb",
             Some("written")
         ),
@@ -320,7 +330,7 @@ async fn the_write_behind_handle_reports_its_queue_and_counts_written_batches() 
     assert_eq!(
         metric(
             &seen,
-            "tower_patterns_cache_writes",
+            "tower_patterns_cache_writes_total",
             "prices-wb",
             Some("dropped")
         ),
@@ -407,7 +417,7 @@ async fn a_write_behind_that_dropped_a_batch_reports_degraded_and_counts_it() {
     assert_eq!(
         metric(
             &seen,
-            "tower_patterns_cache_writes",
+            "tower_patterns_cache_writes_total",
             "stock-wb",
             Some("dropped")
         ),
@@ -416,7 +426,7 @@ async fn a_write_behind_that_dropped_a_batch_reports_degraded_and_counts_it() {
     assert_eq!(
         metric(
             &seen,
-            "tower_patterns_cache_writes",
+            "tower_patterns_cache_writes_total",
             "stock-wb",
             Some("written")
         ),

@@ -238,7 +238,7 @@ impl<C> CircuitBreakerBuilder<C, Unkeyed> {
     /// When a setting is out of range or the settings contradict each other.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let config = self.config.validated()?;
-        let metrics = Metrics::register(&config.name);
+        let metrics = Metrics::register(&config.name, true);
         let observer = Observer::new(
             config.name.clone(),
             metrics,

@@ -32,7 +32,9 @@ pub(crate) struct Metrics {
     failure: Counter,
     ignored: Counter,
     rejected: Counter,
-    states: [Gauge; 5],
+    /// The state gauges: a plain breaker's only. Keyed instances share their layer's series,
+    /// where one state per key cannot show, so a keyed layer registers none.
+    states: Option<[Gauge; 5]>,
     name: String,
 }
 
@@ -43,8 +45,9 @@ impl fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Registers the handles with the installed `metrics` recorder (install it first).
-    pub(crate) fn register(name: &str) -> Arc<Self> {
+    /// Registers the handles with the installed `metrics` recorder (install it first), the
+    /// state gauges only `with_states`.
+    pub(crate) fn register(name: &str, with_states: bool) -> Arc<Self> {
         let calls = |outcome: Outcome| {
             metrics::counter!(
                 metric_name!("breaker", "calls_total"),
@@ -60,19 +63,23 @@ impl Metrics {
                 metric_name!("breaker", "rejected_total"),
                 labels::NAME => name.to_owned()
             ),
-            states: State::ALL.map(|state| {
-                metrics::gauge!(
-                    metric_name!("breaker", "state"),
-                    labels::NAME => name.to_owned(),
-                    labels::STATE => state.as_str()
-                )
+            states: with_states.then(|| {
+                State::ALL.map(|state| {
+                    metrics::gauge!(
+                        metric_name!("breaker", "state"),
+                        labels::NAME => name.to_owned(),
+                        labels::STATE => state.as_str()
+                    )
+                })
             }),
             name: name.to_owned(),
         })
     }
 
-    fn gauge(&self, state: State) -> &Gauge {
-        &self.states[State::ALL.iter().position(|s| *s == state).unwrap_or(0)]
+    fn set_state(&self, state: State, value: f64) {
+        if let Some(states) = &self.states {
+            states[State::ALL.iter().position(|s| *s == state).unwrap_or(0)].set(value);
+        }
     }
 }
 
@@ -120,8 +127,7 @@ impl Observer {
         if self.state_gauge {
             for s in State::ALL {
                 self.metrics
-                    .gauge(s)
-                    .set(if s == state { 1.0 } else { 0.0 });
+                    .set_state(s, if s == state { 1.0 } else { 0.0 });
             }
         }
     }
@@ -149,8 +155,8 @@ impl Observer {
     /// Called under the transition lock, so subscribers see transitions in order.
     pub(crate) fn transition(&self, from: State, to: State, reason: Reason, stage: u32, now: u64) {
         if self.state_gauge {
-            self.metrics.gauge(from).set(0.0);
-            self.metrics.gauge(to).set(1.0);
+            self.metrics.set_state(from, 0.0);
+            self.metrics.set_state(to, 1.0);
         }
         metrics::counter!(
             metric_name!("breaker", "transitions_total"),

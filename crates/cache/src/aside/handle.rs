@@ -215,15 +215,18 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static, St: Store<K, V>> StateHandle
         export_counts(
             &self.shared.name,
             &[
-                ("tower_patterns_cache_hits", s.hits),
-                ("tower_patterns_cache_misses", s.misses),
-                ("tower_patterns_cache_stale", s.stale + s.stale_if_error),
-                ("tower_patterns_cache_coalesced", s.coalesced),
-                ("tower_patterns_cache_refreshes", s.refreshes),
-                ("tower_patterns_cache_load_errors", s.load_errors),
-                ("tower_patterns_cache_store_errors", s.store_errors),
-                ("tower_patterns_cache_bypassed", s.bypassed),
-                ("tower_patterns_cache_evictions", s.evictions),
+                ("tower_patterns_cache_hits_total", s.hits),
+                ("tower_patterns_cache_misses_total", s.misses),
+                (
+                    "tower_patterns_cache_stale_total",
+                    s.stale + s.stale_if_error,
+                ),
+                ("tower_patterns_cache_coalesced_total", s.coalesced),
+                ("tower_patterns_cache_refreshes_total", s.refreshes),
+                ("tower_patterns_cache_load_errors_total", s.load_errors),
+                ("tower_patterns_cache_store_errors_total", s.store_errors),
+                ("tower_patterns_cache_bypassed_total", s.bypassed),
+                ("tower_patterns_cache_evictions_total", s.evictions),
             ],
             &[
                 ("tower_patterns_cache_entries", s.entries),

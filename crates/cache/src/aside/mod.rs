@@ -46,15 +46,15 @@
 //!
 //! | metric | kind | what |
 //! |---|---|---|
-//! | `tower_patterns_cache_hits` | counter | fresh values served |
-//! | `tower_patterns_cache_misses` | counter | loads started for a missing or expired key |
-//! | `tower_patterns_cache_stale` | counter | stale values served (while reloading, or on error) |
-//! | `tower_patterns_cache_coalesced` | counter | callers that waited on another's load |
-//! | `tower_patterns_cache_refreshes` | counter | background reloads started |
-//! | `tower_patterns_cache_load_errors` | counter | loads that failed |
-//! | `tower_patterns_cache_store_errors` | counter | store operations that failed |
-//! | `tower_patterns_cache_bypassed` | counter | requests passed through uncached |
-//! | `tower_patterns_cache_evictions` | counter | entries evicted (where the store counts them) |
+//! | `tower_patterns_cache_hits_total` | counter | fresh values served |
+//! | `tower_patterns_cache_misses_total` | counter | loads started for a missing or expired key |
+//! | `tower_patterns_cache_stale_total` | counter | stale values served (while reloading, or on error) |
+//! | `tower_patterns_cache_coalesced_total` | counter | callers that waited on another's load |
+//! | `tower_patterns_cache_refreshes_total` | counter | background reloads started |
+//! | `tower_patterns_cache_load_errors_total` | counter | loads that failed |
+//! | `tower_patterns_cache_store_errors_total` | counter | store operations that failed |
+//! | `tower_patterns_cache_bypassed_total` | counter | requests passed through uncached |
+//! | `tower_patterns_cache_evictions_total` | counter | entries evicted (where the store counts them) |
 //! | `tower_patterns_cache_entries` | gauge | entries in the local tier |
 //! | `tower_patterns_cache_loads_in_flight` | gauge | loads in flight |
 

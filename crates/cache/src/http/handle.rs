@@ -94,13 +94,13 @@ impl StateHandle for HttpCacheHandle {
         export_counts(
             &self.shared.name,
             &[
-                ("tower_patterns_cache_hits", s.hits),
-                ("tower_patterns_cache_misses", s.misses),
-                ("tower_patterns_cache_stale", s.stale),
-                ("tower_patterns_cache_coalesced", s.coalesced),
-                ("tower_patterns_cache_refreshes", s.revalidated),
-                ("tower_patterns_cache_bypassed", s.bypassed),
-                ("tower_patterns_cache_evictions", store.evictions),
+                ("tower_patterns_cache_hits_total", s.hits),
+                ("tower_patterns_cache_misses_total", s.misses),
+                ("tower_patterns_cache_stale_total", s.stale),
+                ("tower_patterns_cache_coalesced_total", s.coalesced),
+                ("tower_patterns_cache_refreshes_total", s.revalidated),
+                ("tower_patterns_cache_bypassed_total", s.bypassed),
+                ("tower_patterns_cache_evictions_total", store.evictions),
             ],
             &[
                 ("tower_patterns_cache_entries", store.entries),

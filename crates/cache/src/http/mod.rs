@@ -58,13 +58,13 @@
 //!
 //! | metric | kind | what |
 //! |---|---|---|
-//! | `tower_patterns_cache_hits` | counter | fresh stored responses served |
-//! | `tower_patterns_cache_misses` | counter | requests that went to the origin |
-//! | `tower_patterns_cache_stale` | counter | stale responses served (while revalidating, or on error) |
-//! | `tower_patterns_cache_coalesced` | counter | requests that waited for another's origin request |
-//! | `tower_patterns_cache_refreshes` | counter | stored responses revalidated (304) |
-//! | `tower_patterns_cache_bypassed` | counter | requests not eligible for caching |
-//! | `tower_patterns_cache_evictions` | counter | stored URLs evicted (where counted) |
+//! | `tower_patterns_cache_hits_total` | counter | fresh stored responses served |
+//! | `tower_patterns_cache_misses_total` | counter | requests that went to the origin |
+//! | `tower_patterns_cache_stale_total` | counter | stale responses served (while revalidating, or on error) |
+//! | `tower_patterns_cache_coalesced_total` | counter | requests that waited for another's origin request |
+//! | `tower_patterns_cache_refreshes_total` | counter | stored responses revalidated (304) |
+//! | `tower_patterns_cache_bypassed_total` | counter | requests not eligible for caching |
+//! | `tower_patterns_cache_evictions_total` | counter | stored URLs evicted (where counted) |
 //! | `tower_patterns_cache_entries` | gauge | URLs stored |
 //! | `tower_patterns_cache_loads_in_flight` | gauge | origin requests in flight |
 //!

@@ -217,6 +217,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> Store<K, V> for MokaStore<K,
     }
 
     fn stats(&self) -> StoreStats {
+        // moka counts entries lazily (after its pending work runs): without this, a report
+        // right after a store reads 0. Stats are read by handles, never per request.
+        self.cache.run_pending_tasks();
         StoreStats {
             entries: self.cache.entry_count(),
             evictions: self.evictions.load(Ordering::Relaxed),

@@ -28,7 +28,7 @@
 //!
 //! | metric | kind | when |
 //! |---|---|---|
-//! | `tower_patterns_cache_writes` | counter, label `outcome` = `written` or `dropped` | each batch the writer finishes |
+//! | `tower_patterns_cache_writes_total` | counter, label `outcome` = `written` or `dropped` | each batch the writer finishes |
 //! | `tower_patterns_cache_write_queue` | gauge | writes queued, when the handle reports |
 //!
 //! ```

@@ -107,7 +107,7 @@ pub(crate) async fn run_writer<K, V, W>(
         }
         // A batch is the slow path: its count goes to the metrics at once.
         let outcome = if written { "written" } else { "dropped" };
-        metrics::counter!("tower_patterns_cache_writes", "name" => name.to_string(), "outcome" => outcome)
+        metrics::counter!("tower_patterns_cache_writes_total", "name" => name.to_string(), "outcome" => outcome)
             .increment(n as u64);
         if written {
             shared.written.fetch_add(n as u64, Relaxed);
