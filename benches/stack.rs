@@ -46,7 +46,13 @@ macro_rules! each_peer {
         $case!(
             "tower_patterns_stack",
             ServiceBuilder::new()
-                .layer(RetryPolicy::builder("stack").build().unwrap().leak().layer())
+                .layer(
+                    RetryPolicy::builder("stack")
+                        .build()
+                        .unwrap()
+                        .leak()
+                        .layer()
+                )
                 .layer(CircuitBreakerLayer::builder("stack").build().unwrap())
                 .timeout(Duration::from_secs(10))
                 .layer(

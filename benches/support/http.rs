@@ -194,7 +194,9 @@ where
         .rate(RATE)
         .build()
         .unwrap();
-    KeyedRateLimitLayer::new(limiter).headers(headers).layer(inner)
+    KeyedRateLimitLayer::new(limiter)
+        .headers(headers)
+        .layer(inner)
 }
 
 /// Our rate limit per resolved tenant.
