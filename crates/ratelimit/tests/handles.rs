@@ -249,6 +249,21 @@ fn a_quota_refuses_an_idle_time_shorter_than_its_window() {
     assert!(build(Some(Duration::from_secs(31 * 86_400)), Period::Month).is_ok());
     assert!(build(Some(Duration::from_secs(86_400)), Period::Day).is_ok());
     assert!(build(None, Period::Month).is_ok());
+
+    // Quotas chosen per request may have longer windows than the default's: no idle time
+    // then, or a monthly tenant idle for a day would start its month again from zero.
+    let per_request = |idle: Option<Duration>| {
+        QuotaLimiter::builder("q")
+            .key(ExtensionKey::<TenantId>::new())
+            .quota(Quota::new(10, Period::Day))
+            .quota_for(|_: &()| Some(Quota::new(100, Period::Month)))
+            .key_bounds(KeyBounds { max_keys: 10, idle })
+            .build()
+            .map(|limiter: QuotaLimiter<_, TenantId, _>| limiter.name().to_owned())
+    };
+    let err = per_request(Some(Duration::from_secs(40 * 86_400))).unwrap_err();
+    assert_eq!(err.field(), "key_bounds");
+    assert!(per_request(None).is_ok());
 }
 
 #[cfg(feature = "redis")]

@@ -97,6 +97,7 @@ impl QuotaLimiter<NoKey, (), UseDefault> {
             default: NoQuota,
             bounds: DEFAULT_BOUNDS,
             now: None,
+            per_request: false,
         }
     }
 }
@@ -223,6 +224,8 @@ pub struct QuotaLimiterBuilder<X = NoKey, P = UseDefault, Q = NoQuota> {
     default: Q,
     bounds: KeyBounds,
     now: Option<SystemTime>,
+    /// Whether `quota_for` was set: then windows are known only per request.
+    per_request: bool,
 }
 
 impl<P, Q> QuotaLimiterBuilder<NoKey, P, Q> {
@@ -236,6 +239,7 @@ impl<P, Q> QuotaLimiterBuilder<NoKey, P, Q> {
             default: self.default,
             bounds: self.bounds,
             now: self.now,
+            per_request: self.per_request,
         }
     }
 }
@@ -250,6 +254,7 @@ impl<X, P, Q> QuotaLimiterBuilder<X, P, Q> {
             default: quota,
             bounds: self.bounds,
             now: self.now,
+            per_request: self.per_request,
         }
     }
 
@@ -263,6 +268,7 @@ impl<X, P, Q> QuotaLimiterBuilder<X, P, Q> {
             default: self.default,
             bounds: self.bounds,
             now: self.now,
+            per_request: true,
         }
     }
 
@@ -270,7 +276,9 @@ impl<X, P, Q> QuotaLimiterBuilder<X, P, Q> {
     /// one is kept (default 100,000 keys and no idle timeout, not [`KeyBounds::default`]).
     ///
     /// A count must outlive its window: `build()` refuses an idle time shorter than the
-    /// default quota's longest window (a month counts 31 days). An idle timeout also adds
+    /// default quota's longest window (a month counts 31 days), and any idle time once
+    /// `quota_for` chooses quotas per request (their windows are not known before the
+    /// requests come, and a longer one than the default's would be cut short). An idle timeout also adds
     /// moka's idle bookkeeping to the admitted path.
     #[must_use]
     pub const fn key_bounds(mut self, bounds: KeyBounds) -> Self {
@@ -298,6 +306,12 @@ impl<X, P> QuotaLimiterBuilder<X, P, Quota> {
         Key: Hash + Eq + Send + Sync + 'static,
     {
         self.default.validate()?;
+        if self.per_request && self.bounds.idle.is_some() {
+            return Err(ConfigError::new(
+                "key_bounds",
+                "an idle time with quotas chosen per request: a longer window than the default's would be cut short; use idle: None",
+            ));
+        }
         if let Some(idle) = self.bounds.idle
             && idle < self.default.period().longest()
         {
