@@ -122,4 +122,29 @@ fn repository_errors_are_409_422_or_as_the_store_error() {
         (StatusCode::UNPROCESSABLE_ENTITY, "command refused"),
         "the domain's words stay out of the body"
     );
+    // A domain error with a mapping of its own keeps it (the repository registered as a
+    // repository of an aggregate refusing with `OutOfStock` would).
+    tower_patterns_core::http::register_error_response::<RepositoryError<OutOfStock>>();
+    tower_patterns_core::http::register_error_response::<OutOfStock>();
+    assert_eq!(
+        mapped(RepositoryError::Domain(OutOfStock)),
+        (StatusCode::CONFLICT, "out of stock")
+    );
+}
+
+#[derive(Debug)]
+struct OutOfStock;
+
+impl std::fmt::Display for OutOfStock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sku 42: 0 left")
+    }
+}
+
+impl std::error::Error for OutOfStock {}
+
+impl tower_patterns_core::http::IntoErrorResponse for OutOfStock {
+    fn error_mapping(&self) -> tower_patterns_core::http::ErrorMapping {
+        tower_patterns_core::http::ErrorMapping::new(StatusCode::CONFLICT, "out of stock")
+    }
 }

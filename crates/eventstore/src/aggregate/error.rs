@@ -3,7 +3,7 @@
 use std::fmt;
 
 use http::StatusCode;
-use tower_patterns_core::http::{ErrorMapping, IntoErrorResponse};
+use tower_patterns_core::http::{ErrorMapping, IntoErrorResponse, classify_error};
 
 use crate::Error;
 
@@ -12,10 +12,9 @@ use crate::Error;
 /// Its HTTP mapping (core's `IntoErrorResponse`, registered by [`Repository::new`] for the
 /// aggregate's error type): [`Conflict`](Self::Conflict) is `409 Conflict` "concurrent
 /// update", a [`Store`](Self::Store) error maps as [`Error`] does (`409` for a version
-/// conflict, `500` for a corrupt event), and [`Domain`](Self::Domain) is `422 Unprocessable
-/// Entity` "command refused". core reads the outermost registered error first, so a domain
-/// error's own mapping is not consulted: a handler that needs a status per domain error
-/// matches `RepositoryError::Domain` before falling back to core's mapping.
+/// conflict, `500` for a corrupt event), and [`Domain`](Self::Domain) maps as the domain error
+/// does when its type has a mapping (registered with core's `register_error_response`, or
+/// one of core's kinds), else `422 Unprocessable Entity` "command refused".
 ///
 /// [`Repository::new`]: crate::Repository::new
 #[derive(Debug)]
@@ -66,8 +65,15 @@ impl<E> From<Error> for RepositoryError<E> {
 impl<E: std::error::Error + Send + Sync + 'static> IntoErrorResponse for RepositoryError<E> {
     fn error_mapping(&self) -> ErrorMapping {
         match self {
-            Self::Domain(_) => {
-                ErrorMapping::new(StatusCode::UNPROCESSABLE_ENTITY, "command refused")
+            Self::Domain(e) => {
+                // The domain's own mapping when it has one; core answers 500 for an error it
+                // cannot place, which here means a refusal without a status of its own.
+                let own = classify_error(e);
+                if own.status == StatusCode::INTERNAL_SERVER_ERROR {
+                    ErrorMapping::new(StatusCode::UNPROCESSABLE_ENTITY, "command refused")
+                } else {
+                    own
+                }
             }
             Self::Store(e) => e.error_mapping(),
             Self::Conflict { .. } => ErrorMapping::new(StatusCode::CONFLICT, "concurrent update"),
