@@ -134,7 +134,7 @@ fn keyed_settings_are_validated_by_build() {
         })
         .build::<tower_patterns_core::key::AsciiKey>()
         .unwrap_err();
-    assert_eq!(err.field(), "max_entries");
+    assert_eq!(err.field(), "key_bounds");
     let err = KeyedCircuitBreakerLayer::builder("rate")
         .key(key())
         .failure_rate(2.0)

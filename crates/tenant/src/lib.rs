@@ -7,13 +7,13 @@
 //!   unverified, so a token or API key is required and they may only agree with it, unless
 //!   the builder opts in with `allow_unverified()` (trusted internal callers). Forwarded
 //!   headers count only from trusted proxies. The
-//!   request then carries a [`TenantId`](tower_patterns_core::tenant::TenantId) and a
+//!   request then carries a [`TenantId`] and a
 //!   [`TenantContext`] (plan, record).
 //! - [`Registry`] over a [`TenantStore`] ([`StaticTenants`] from TOML, `PostgresTenants` with
 //!   feature `postgres`): cached, unknown tenants cached too; a change applies to the next
 //!   request once invalidated through the registry handle, or, on PostgreSQL, as soon as
 //!   `postgres::listen` hears the table's notification.
-//! - Errors are [`TenantError`](tower_patterns_core::tenant::TenantError)s: 400 malformed, 401
+//! - Errors are [`TenantError`]s: 400 malformed, 401
 //!   missing or invalid credentials, 403 conflict, 403 for unknown and suspended tenants alike
 //!   (one answer, so callers cannot probe which ids exist), 503 registry down.
 //! - The `Tenant` extractor for axum (feature `axum`).
@@ -86,7 +86,7 @@ pub use registry::{
 };
 pub use resolve::{
     ClientIp, NoStore, PeerAddr, ResponseFuture, Tenancy, TenancyBuilder, TenancyHandle,
-    TenancyLayer, TenantContext,
+    TenancyLayer, TenantContext, future,
 };
 // The tenant vocabulary of core, so that `tower_patterns::tenant` is one module either way.
 pub use tower_patterns_core::tenant::{MAX_TENANT_ID_LEN, TenantError, TenantErrorKind, TenantId};

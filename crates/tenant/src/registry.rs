@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tower_patterns_core::{
     ConfigError,
-    http::{ErrorMapping, IntoErrorResponse},
+    http::{ErrorMapping, IntoErrorResponse, register_error_response},
     tenant::{TenantError, TenantErrorKind, TenantId},
 };
 
@@ -69,7 +69,9 @@ impl std::error::Error for StoreError {}
 
 /// 503 with the phrase of an unavailable registry, for a store's error that reaches a
 /// response unconverted (a handler that queried the store itself). The layer never returns
-/// one: it answers a failing store with a `TenantError` of kind `Unavailable`.
+/// one: it answers a failing store with a `TenantError` of kind `Unavailable`. Registered
+/// with core's error mapping when a [`Registry`], a tenancy layer or a PostgreSQL registry
+/// is built.
 impl IntoErrorResponse for StoreError {
     fn error_mapping(&self) -> ErrorMapping {
         ErrorMapping::new(
@@ -320,6 +322,7 @@ impl<S: TenantStore> Registry<S> {
 
     /// A registry with explicit cache lifetimes and bound.
     pub fn with_ttls(store: S, ttl: Duration, negative_ttl: Duration, max: u64) -> Self {
+        register_error_response::<StoreError>();
         Self {
             store: Arc::new(store),
             tenants: cache(ttl, max),

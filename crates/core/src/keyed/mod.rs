@@ -270,6 +270,9 @@ impl Default for KeyBounds {
 pub struct KeyedMapBuilder<K, V> {
     max_entries: u64,
     idle_timeout: Option<Duration>,
+    /// Set through [`bounds`](Self::bounds): errors name `key_bounds`, the setting the user
+    /// wrote.
+    from_bounds: bool,
     _marker: PhantomData<fn() -> (K, V)>,
 }
 
@@ -278,6 +281,7 @@ impl<K, V> Default for KeyedMapBuilder<K, V> {
         Self {
             max_entries: 10_000,
             idle_timeout: Some(Duration::from_secs(600)),
+            from_bounds: false,
             _marker: PhantomData,
         }
     }
@@ -288,6 +292,7 @@ impl<K, V> Clone for KeyedMapBuilder<K, V> {
         Self {
             max_entries: self.max_entries,
             idle_timeout: self.idle_timeout,
+            from_bounds: self.from_bounds,
             _marker: PhantomData,
         }
     }
@@ -326,6 +331,7 @@ where
     pub const fn bounds(mut self, bounds: KeyBounds) -> Self {
         self.max_entries = bounds.max_keys;
         self.idle_timeout = bounds.idle;
+        self.from_bounds = true;
         self
     }
 
@@ -343,14 +349,24 @@ where
     /// When `max_entries` is 0 or `idle_timeout` is zero.
     pub fn build(self) -> Result<KeyedMap<K, V>, ConfigError> {
         if self.max_entries == 0 {
-            return Err(ConfigError::new("max_entries", "must be at least 1"));
+            let (field, reason) = if self.from_bounds {
+                ("key_bounds", "max_keys must be at least 1")
+            } else {
+                ("max_entries", "must be at least 1")
+            };
+            return Err(ConfigError::new(field, reason));
         }
         let mut builder = moka::sync::Cache::builder().max_capacity(self.max_entries);
         if let Some(idle) = self.idle_timeout {
             if idle.is_zero() {
+                let field = if self.from_bounds {
+                    "key_bounds"
+                } else {
+                    "idle_timeout"
+                };
                 return Err(ConfigError::new(
-                    "idle_timeout",
-                    "must be greater than zero",
+                    field,
+                    "the idle time must be greater than zero",
                 ));
             }
             builder = builder.time_to_idle(idle);

@@ -212,6 +212,16 @@ fn settings_are_validated_and_applied() {
         .idle_timeout(Duration::ZERO)
         .build();
     assert_eq!(err.unwrap_err().field(), "idle_timeout");
+    // Set as one `KeyBounds`, errors name the setting the user wrote.
+    let bounds = |max_keys, idle| {
+        KeyedMap::<u8, u8>::builder()
+            .bounds(KeyBounds { max_keys, idle })
+            .build()
+            .unwrap_err()
+            .field()
+    };
+    assert_eq!(bounds(0, None), "key_bounds");
+    assert_eq!(bounds(1, Some(Duration::ZERO)), "key_bounds");
 
     let map = KeyedMapBuilder::<u8, u8>::default()
         .max_entries(7)

@@ -31,7 +31,8 @@ pub(super) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> St
 
 impl PostgresTenants {
     /// A registry over `pool`.
-    pub const fn new(pool: Pool) -> Self {
+    pub fn new(pool: Pool) -> Self {
+        tower_patterns_core::http::register_error_response::<StoreError>();
         Self { pool }
     }
 

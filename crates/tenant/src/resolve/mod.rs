@@ -80,7 +80,7 @@
 mod admit;
 mod builder;
 mod context;
-mod future;
+pub mod future;
 mod handle;
 mod layer;
 mod net;
