@@ -80,7 +80,7 @@ mod sync;
 pub use adaptive::{Aimd, Gradient2, LimitAlgorithm, Sample};
 pub use bulkhead::{
     BodyEnded, Bulkhead, BulkheadBuilder, BulkheadHandle, BulkheadLayer, ByKey, Hold,
-    KeyedBulkheadBuilder, NoKey, ResponseFuture, Unkeyed, UntilBodyEnd, UntilResponse,
+    KeyedBulkheadBuilder, NoKey, ResponseFuture, Unkeyed, UntilBodyEnd, UntilResponse, future,
 };
 pub use executor::{Isolated, IsolatedExecutor, IsolatedFuture, IsolatedLayer};
 pub use keyed::{KeyedBulkhead, KeyedBulkheadHandle, KeyedBulkheadLayer, Pools};

@@ -58,7 +58,7 @@ impl Counter {
     }
 
     /// The fewest blocks allocated by one run of `body`, over up to `windows` runs (see
-    /// [`fewest`](crate::fewest) for why the quietest window is the honest figure).
+    /// [`fewest`] for why the quietest window is the honest figure).
     pub fn fewest(&self, windows: usize, mut body: impl FnMut()) -> u64 {
         fewest(windows, || self.during(&mut body))
     }

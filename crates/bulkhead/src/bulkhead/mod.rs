@@ -6,7 +6,7 @@
 //!   `handle.rs`: [`BulkheadHandle`]; `hold.rs`: how long a permit is held; `pool.rs`: what every service of one pool shares.
 
 mod builder;
-mod future;
+pub mod future;
 mod handle;
 mod hold;
 mod layer;

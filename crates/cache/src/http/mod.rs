@@ -19,7 +19,7 @@
 //!   entry. Concurrent misses for one URL make one origin request (the cache-aside layer's
 //!   single flight); if the request that started it is dropped, the origin request goes on for
 //!   the others. The waiting requests share its stored response, or its error (a
-//!   [`LoadError`], or a stale copy within stale-if-error); a waiting request
+//!   [`LoadError`](crate::LoadError), or a stale copy within stale-if-error); a waiting request
 //!   the stored response does not suit (other `Vary` values, or `Authorization` and a response
 //!   not shared with it), or whose response was not stored, makes its own origin request.
 //! - **Hits** are answered by a future that is ready at once (no allocation for the future;
