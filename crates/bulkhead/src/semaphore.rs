@@ -21,7 +21,10 @@
 //!   permit in its future needs) **141**. tokio's release always takes its waiters' mutex;
 //!   here a release with nobody waiting is one compare-and-swap. (The program: a loop of
 //!   `Permit::try_new(&s)` and drop against one of `s.clone().try_acquire_owned()` and drop,
-//!   each in an `#[inline(never)]` function callgrind toggles on.)
+//!   each in an `#[inline(never)]` function callgrind toggles on.) The repository's own probe
+//!   shows the same side by side, layer for layer: `scripts/bench-callgrind` counts 169
+//!   instructions per call for a `BulkheadLayer` against 219 for tower's `ConcurrencyLimit`,
+//!   which is built on tokio's semaphore.
 //! - **A limit lowered while its permits are out**, as the adaptive limiters
 //!   ([`Gradient2`](crate::Gradient2), [`Aimd`](crate::Aimd)) need: [`Semaphore::set_limit`]
 //!   takes effect as permits come back, whatever is in flight. tokio's `forget_permits` only
