@@ -29,6 +29,9 @@
 //! | `shard`     | [`shard`]: shard router with per-shard readiness, seven strategies, scatter-gather, rebalancing | landed |
 //! | `eventstore`| [`eventstore`]: event store on SQLite (and in memory), aggregates, snapshots, upcasting, time travel, commands as a `Service` | landed |
 //! | `eventstore-postgres` | the event store on PostgreSQL, with gap-safe global reads | landed |
+//! | `cqrs`      | [`cqrs`]: checkpointed projections (SQLite), the command/query layer, the in-process bus | landed |
+//! | `cqrs-postgres` | projections, the inbox and the one-runner lease on PostgreSQL | landed |
+//! | `cqrs-nats` | the transactional outbox relay and durable consumers over NATS JetStream | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -86,6 +89,10 @@
     doc = "[`shard`]: https://docs.rs/tower-patterns-shard"
 )]
 #![cfg_attr(
+    not(feature = "cqrs"),
+    doc = "[`cqrs`]: https://docs.rs/tower-patterns-cqrs"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -123,6 +130,10 @@ pub use tower_patterns_cache as cache;
 #[cfg(feature = "eventstore")]
 #[cfg_attr(docsrs, doc(cfg(feature = "eventstore")))]
 pub use tower_patterns_eventstore as eventstore;
+
+#[cfg(feature = "cqrs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cqrs")))]
+pub use tower_patterns_cqrs as cqrs;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]

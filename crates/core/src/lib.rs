@@ -5,6 +5,8 @@
 //!   instance that rejected.
 //! - [`http`]: errors to HTTP responses (503/429 with `Retry-After`, 504, 400, 500), for
 //!   axum's `HandleErrorLayer` and for plain hyper.
+//! - [`backoff`]: the delays between attempts (constant, exponential, the jitter families),
+//!   shared by retry, projections and sagas.
 //! - [`check`]: the one response future of a middleware that checks (a limit, a lookup)
 //!   before it calls its inner service.
 //! - [`classify`]: success, failure or neither, for generic services and for HTTP and gRPC
@@ -33,6 +35,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod check;
 pub mod classify;
 pub mod error;

@@ -97,6 +97,47 @@ pub trait EventStore: Send + Sync + 'static {
         snapshot: Snapshot,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// The last event [`read_all`](EventStore::read_all) can return now, if any: what a
+    /// reader's lag is measured against. The default reads the whole log; the stores of this
+    /// crate answer with one indexed query.
+    fn head(&self) -> impl Future<Output = Result<Option<RecordedEvent>, Error>> + Send {
+        async move {
+            let mut after = GlobalPosition::START;
+            let mut last = None;
+            loop {
+                let page = self.read_all(after, 512).await?;
+                match page.last() {
+                    None => return Ok(last),
+                    Some(e) => after = e.position,
+                }
+                last = page.into_iter().last();
+            }
+        }
+    }
+
+    /// How many events [`read_all`](EventStore::read_all) would return after `after`, counting
+    /// no further than `limit` (a reader's lag in events, cheap to ask when small). The default
+    /// reads them; the stores of this crate count with one query.
+    fn count_after(
+        &self,
+        after: GlobalPosition,
+        limit: u64,
+    ) -> impl Future<Output = Result<u64, Error>> + Send {
+        async move {
+            let mut after = after;
+            let mut n = 0u64;
+            while n < limit {
+                let page = self.read_all(after, 512).await?;
+                match page.last() {
+                    None => break,
+                    Some(e) => after = e.position,
+                }
+                n += page.len() as u64;
+            }
+            Ok(n.min(limit))
+        }
+    }
+
     /// Returns when events after `after` may exist: at once if they do, else when an append
     /// commits or a polling interval passes. May return early; callers read and wait again.
     fn wait_for_events(&self, after: GlobalPosition) -> impl Future<Output = ()> + Send;

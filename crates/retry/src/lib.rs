@@ -73,7 +73,10 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod backoff;
+/// Delays between attempts (the backoff families live in core, shared with the other crates).
+pub mod backoff {
+    pub use tower_patterns_core::backoff::*;
+}
 pub mod budget;
 mod handle;
 pub mod hedging;

@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_patterns_retry::Backoff;
+//! use tower_patterns_core::backoff::Backoff;
 //! use tower_patterns_core::rng::SplitMix64;
 //!
 //! let backoff = Backoff::Exponential { base: Duration::from_millis(100), multiplier: 2.0 };
@@ -35,7 +35,7 @@
 
 use std::time::Duration;
 
-use tower_patterns_core::{ConfigError, rng::SplitMix64};
+use crate::{ConfigError, rng::SplitMix64};
 
 /// How long to wait before each retry; see the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,7 +152,12 @@ impl Backoff {
         from_secs(s, cap)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the settings, as a builder's `build()` does.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `backoff` when a multiplier is below 1 or not finite.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let multiplier_ok = |m: f64| m.is_finite() && m >= 1.0;
         match *self {
             Self::Exponential { multiplier, .. } | Self::Grpc { multiplier, .. }

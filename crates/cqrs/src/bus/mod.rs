@@ -1,0 +1,2 @@
+//! The event bus: in process for one node, NATS JetStream through a transactional outbox for
+//! many. (Skeleton.)

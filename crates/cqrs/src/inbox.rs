@@ -1,0 +1,2 @@
+//! The inbox: drops a repeated delivery by event id, inside the effect's own transaction.
+//! (Skeleton.)

@@ -1,0 +1,1 @@
+//! The CQRS layer: commands to the write side, queries to the read side. (Skeleton.)

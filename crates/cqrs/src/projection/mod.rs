@@ -1,0 +1,228 @@
+//! Projections: read models kept by the event store's global log, checkpointed.
+
+use std::{error::Error as StdError, fmt, future::Future, sync::Arc};
+
+use tower_patterns_core::BoxError;
+use tower_patterns_eventstore::RecordedEvent;
+
+mod builder;
+mod error;
+mod handle;
+mod policy;
+pub(crate) mod runner;
+
+pub use builder::{NoSource, NoTarget, Projection, ProjectionBuilder, Source};
+pub use error::ProjectionError;
+pub use handle::{Lag, ProjectionHandle, Status};
+pub use policy::{Action, Exhausted, FailurePolicy};
+
+pub use ErrorKind as ApplyErrorKind;
+
+/// The names of one copy of a read model's tables.
+///
+/// A projection names every table it creates or writes through [`Tables::name`], so a rebuild
+/// can fill a fresh copy (the next version) beside the live one and swap them in one
+/// transaction. Readers ask the projection's handle ([`ProjectionHandle::tables`]) or, from
+/// another process, the checkpoint row, for the live version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    projection: Arc<str>,
+    version: u32,
+}
+
+impl Tables {
+    /// The tables of version `version` of projection `projection` (a name of ASCII letters,
+    /// digits and `_`, checked by the projection's builder).
+    pub fn new(projection: impl Into<Arc<str>>, version: u32) -> Self {
+        Self {
+            projection: projection.into(),
+            version,
+        }
+    }
+
+    /// The physical name of table `table` in this copy: `{projection}_v{version}_{table}`.
+    pub fn name(&self, table: &str) -> String {
+        format!("{}_v{}_{}", self.projection, self.version, table)
+    }
+
+    /// The prefix every table of this copy starts with: `{projection}_v{version}_`.
+    pub fn prefix(&self) -> String {
+        format!("{}_v{}_", self.projection, self.version)
+    }
+
+    /// The projection's name.
+    pub fn projection(&self) -> &str {
+        &self.projection
+    }
+
+    /// This copy's version (1 for the first build, one more per rebuild).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The tables of the next version (what a rebuild fills).
+    #[must_use]
+    pub fn next(&self) -> Self {
+        Self::new(self.projection.clone(), self.version + 1)
+    }
+}
+
+/// Whether trying again may help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// It may pass on a later attempt (a busy database, a lost connection, a deadlock).
+    Transient,
+    /// It will fail again (an event that does not decode, a constraint the event breaks):
+    /// a retry policy gives up on it at once.
+    Permanent,
+}
+
+/// Why a projection could not apply an event.
+#[derive(Debug)]
+pub struct ApplyError {
+    kind: ErrorKind,
+    source: BoxError,
+}
+
+impl ApplyError {
+    /// An error that may pass on a later attempt.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            source: source.into(),
+        }
+    }
+
+    /// An error that will not pass by trying again.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            source: source.into(),
+        }
+    }
+
+    /// Whether trying again may help.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// True when trying again may help.
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl StdError for ApplyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// An event that does not decode will not decode next time: permanent.
+impl From<tower_patterns_eventstore::Error> for ApplyError {
+    fn from(e: tower_patterns_eventstore::Error) -> Self {
+        Self::permanent(e)
+    }
+}
+
+/// Busy and locked databases are transient; everything else is permanent.
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => Self::transient(e),
+            _ => Self::permanent(e),
+        }
+    }
+}
+
+/// Lost connections, serialization failures, deadlocks and lack of resources are transient
+/// (SQLSTATE classes 08, 40, 53, 57); everything else is permanent.
+#[cfg(feature = "postgres")]
+impl From<tokio_postgres::Error> for ApplyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let transient = match e.code() {
+            None => true,
+            Some(code) => matches!(&code.code()[..2], "08" | "40" | "53" | "57"),
+        };
+        if transient {
+            Self::transient(e)
+        } else {
+            Self::permanent(e)
+        }
+    }
+}
+
+/// A read model in a SQLite database: its effects and its checkpoint are written in one
+/// transaction, so each event takes effect exactly once.
+#[cfg(feature = "sqlite")]
+pub trait SqliteProjection: Send + Sync + 'static {
+    /// Creates this copy's tables (named through `tables`). Runs once per copy, in the
+    /// transaction that creates its checkpoint row.
+    ///
+    /// # Errors
+    ///
+    /// Any error of the database; the projection does not start.
+    fn create(&self, tx: &rusqlite::Transaction<'_>, tables: &Tables) -> Result<(), ApplyError>;
+
+    /// Applies one event (an event of a type it does not handle is ignored by returning
+    /// `Ok`).
+    ///
+    /// # Errors
+    ///
+    /// An [`ApplyError`]: its projection's [`FailurePolicy`] decides what follows.
+    fn apply(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        tables: &Tables,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError>;
+}
+
+/// A read model in a PostgreSQL database: its effects and its checkpoint are written in one
+/// transaction, so each event takes effect exactly once.
+#[cfg(feature = "postgres")]
+pub trait PostgresProjection: Send + Sync + 'static {
+    /// Creates this copy's tables (named through `tables`).
+    ///
+    /// # Errors
+    ///
+    /// Any error of the database; the projection does not start.
+    fn create(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        tables: &Tables,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+
+    /// Applies one event (an event of a type it does not handle is ignored by returning
+    /// `Ok`).
+    ///
+    /// # Errors
+    ///
+    /// An [`ApplyError`]: its projection's [`FailurePolicy`] decides what follows.
+    fn apply(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        tables: &Tables,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+}
+
+/// An effect outside the checkpoint's database (a search service, a cache, a bus): delivered
+/// at least once, so the effect drops repeats itself, with an [`Inbox`](crate::inbox) or by
+/// being idempotent.
+pub trait ExternalProjection: Send + Sync + 'static {
+    /// Applies one event.
+    ///
+    /// # Errors
+    ///
+    /// An [`ApplyError`]: its projection's [`FailurePolicy`] decides what follows.
+    fn apply(&self, event: &RecordedEvent) -> impl Future<Output = Result<(), ApplyError>> + Send;
+}

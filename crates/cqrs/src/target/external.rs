@@ -1,0 +1,2 @@
+//! An effect elsewhere, checkpointed in a [`CheckpointStore`](crate::CheckpointStore):
+//! at-least-once. (Skeleton.)

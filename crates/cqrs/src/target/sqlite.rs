@@ -1,0 +1,1 @@
+//! A read model in SQLite, checkpointed in the same transaction. (Skeleton.)
