@@ -10,6 +10,16 @@ use std::{
 use tower_patterns_core::BoxError;
 use tower_patterns_eventstore::{GlobalPosition, RecordedEvent};
 
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteCheckpoints;
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::PgCheckpoints;
+
 /// A stored checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Checkpoint {
