@@ -52,13 +52,14 @@ impl fmt::Display for ExpectedVersion {
 /// Where an event sits in the global log. Ordered: a reader that has seen position `p` has
 /// seen every event before it, and no event will ever appear before it later.
 ///
-/// Two numbers: `commit` orders transactions (always 0 on SQLite and in memory, whose single
-/// writer makes `index` enough; on PostgreSQL the 64-bit id of the appending transaction), and
-/// `index` orders events (a global sequence). Compare and store positions; do no arithmetic on
-/// them.
+/// Two numbers: `commit` orders appends (always 0 on SQLite and in memory, whose single writer
+/// makes `index` enough; on PostgreSQL the append's number from the store's append-order
+/// sequence, the same for every event of one append), and `index` orders events (a global
+/// sequence). Compare and store positions; do no arithmetic on them: both may have gaps (a
+/// rolled-back append on PostgreSQL uses up its numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct GlobalPosition {
-    /// The transaction's order (0 where one writer makes it unnecessary).
+    /// The append's order (0 where one writer makes it unnecessary).
     pub commit: u64,
     /// The event's sequence number.
     pub index: u64,

@@ -165,6 +165,17 @@ impl EventStore for InMemoryStore {
         Ok(state.events.iter().skip(start).take(max).cloned().collect())
     }
 
+    async fn head(&self) -> Result<Option<RecordedEvent>, Error> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(state.events.last().cloned())
+    }
+
+    async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let total = state.events.len() as u64;
+        Ok(total.saturating_sub(after.index).min(limit))
+    }
+
     async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         Ok(state.ids.get(&id).map(|&i| state.events[i].clone()))

@@ -410,6 +410,34 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn head(&self) -> Result<Option<RecordedEvent>, Error> {
+        self.blocking(move |inner| {
+            let conn = inner.read();
+            let mut stmt = conn
+                .prepare_cached(&format!("{SELECT} ORDER BY position DESC LIMIT 1"))
+                .map_err(Error::backend)?;
+            Ok(collect(&mut stmt, [])?.pop())
+        })
+        .await
+    }
+
+    async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
+        self.blocking(move |inner| {
+            let conn = inner.read();
+            conn.prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM tp_events WHERE position > ?1 LIMIT ?2)",
+            )
+            .and_then(|mut q| {
+                q.query_row(params![to_i64(after.index), to_i64(limit)], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(to_u64)
+            .map_err(Error::backend)
+        })
+        .await
+    }
+
     async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
         self.blocking(move |inner| {
             let conn = inner.read();

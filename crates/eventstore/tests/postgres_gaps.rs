@@ -64,9 +64,15 @@ async fn a_late_commit_is_not_skipped() {
             .unwrap()
             .is_empty()
     );
+    // Nor do the lag measures: B is not counted while A may still take the place before it.
+    assert!(store.head().await.unwrap().is_none());
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        0
+    );
     tx.commit().await.unwrap();
-    // Other transactions of the cluster (tests running beside this one) may hold the horizon
-    // back a little longer: wait for both, checking that B never shows before A.
+    // Wait for both (the read is not ordered with the commit's reply on another connection),
+    // checking that B never shows before A.
     let mut log = Vec::new();
     for _ in 0..200 {
         log = store.read_all(GlobalPosition::START, 10).await.unwrap();
@@ -89,6 +95,16 @@ async fn a_late_commit_is_not_skipped() {
     assert!(log[0].position < log[1].position);
 }
 
+/// How a writer of the follower test appends: alone, in its own transaction (committed or
+/// rolled back), or twice in one transaction.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    Append,
+    InTx,
+    RolledBack,
+    TwiceInTx,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_sees_every_event_once_under_concurrent_writers() {
     let Some(url) = common::fresh_postgres("gapfollow").await else {
@@ -97,12 +113,41 @@ async fn a_follower_sees_every_event_once_under_concurrent_writers() {
     let store = Arc::new(PostgresStore::connect(&url, 12).await.unwrap());
     const WRITERS: u64 = 8;
     const EACH: u64 = 20;
+    let plans: Vec<Vec<Write>> = (0..WRITERS)
+        .map(|w| {
+            let mut rng = SplitMix64::new(1_000 + w);
+            (0..EACH)
+                .map(|_| match rng.next_u64() % 4 {
+                    0 => Write::Append,
+                    1 => Write::InTx,
+                    2 => Write::RolledBack,
+                    _ => Write::TwiceInTx,
+                })
+                .collect()
+        })
+        .collect();
+    let expected: u64 = plans
+        .iter()
+        .flatten()
+        .map(|p| match p {
+            Write::Append | Write::InTx => 1,
+            Write::RolledBack => 0,
+            Write::TwiceInTx => 2,
+        })
+        .sum();
+    assert!(
+        plans
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, Write::RolledBack)),
+        "the plan rolls some appends back"
+    );
     let follower = {
         let store = store.clone();
         tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut sub = Box::pin(subscribe(store, GlobalPosition::START));
-            while (seen.len() as u64) < WRITERS * EACH {
+            while (seen.len() as u64) < expected {
                 let e = tokio::time::timeout(Duration::from_secs(20), sub.next())
                     .await
                     .expect("the follower keeps up")
@@ -113,29 +158,62 @@ async fn a_follower_sees_every_event_once_under_concurrent_writers() {
             seen
         })
     };
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
+    // Positions in the order their transactions committed.
+    let committed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rolled_back = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let writers: Vec<_> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(w, plan)| {
             let store = store.clone();
+            let committed = committed.clone();
+            let rolled_back = rolled_back.clone();
             tokio::spawn(async move {
-                let mut rng = SplitMix64::new(w);
-                for i in 0..EACH {
+                let mut rng = SplitMix64::new(w as u64);
+                let stream = format!("w{w}");
+                for (i, how) in plan.into_iter().enumerate() {
+                    let n = w as u64 * 100 + i as u64;
+                    if let Write::Append = how {
+                        let done = store
+                            .append(&stream, ExpectedVersion::Any, vec![ev(n)])
+                            .await
+                            .unwrap();
+                        committed.lock().unwrap().extend(done.positions);
+                        continue;
+                    }
                     let mut client = store.pool().get().await.unwrap();
                     let tx = client.transaction().await.unwrap();
-                    store
-                        .append_in(
-                            &tx,
-                            &format!("w{w}"),
-                            ExpectedVersion::Any,
-                            vec![ev(w * 100 + i)],
-                        )
+                    let mut positions = store
+                        .append_in(&tx, &stream, ExpectedVersion::Any, vec![ev(n)])
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .positions;
+                    if let Write::TwiceInTx = how {
+                        positions.extend(
+                            store
+                                .append_in(
+                                    &tx,
+                                    &format!("{stream}-b"),
+                                    ExpectedVersion::Any,
+                                    vec![ev(n + 50)],
+                                )
+                                .await
+                                .unwrap()
+                                .positions,
+                        );
+                    }
                     // Hold the transaction open a little, so commits interleave out of order.
                     let ms = rng.next_u64() % 5;
                     tx.batch_execute(&format!("SELECT pg_sleep({})", ms as f64 / 1000.0))
                         .await
                         .unwrap();
-                    tx.commit().await.unwrap();
+                    if let Write::RolledBack = how {
+                        tx.rollback().await.unwrap();
+                        rolled_back.lock().unwrap().extend(positions);
+                    } else {
+                        tx.commit().await.unwrap();
+                        committed.lock().unwrap().extend(positions);
+                    }
                 }
             })
         })
@@ -145,24 +223,41 @@ async fn a_follower_sees_every_event_once_under_concurrent_writers() {
     }
     let seen = follower.await.unwrap();
     let ids: HashSet<_> = seen.iter().map(|e| e.id).collect();
-    assert_eq!(ids.len() as u64, WRITERS * EACH, "every event exactly once");
+    assert_eq!(ids.len() as u64, expected, "every event exactly once");
     assert!(
         seen.windows(2).all(|w| w[0].position < w[1].position),
         "in order"
     );
-    let all = store.read_all(GlobalPosition::START, 10_000).await.unwrap();
-    assert_eq!(all.len() as u64, WRITERS * EACH);
-    // The sequence numbers the follower saw were not in order: commits interleaved.
+    let rolled_back = std::mem::take(&mut *rolled_back.lock().unwrap());
     assert!(
-        seen.windows(2)
-            .any(|w| w[0].position.index > w[1].position.index),
-        "the writers committed out of sequence order at least once (else the test proves little)"
+        seen.iter().all(|e| !rolled_back.contains(&e.position)),
+        "nothing rolled back is read"
+    );
+    let all = store.read_all(GlobalPosition::START, 10_000).await.unwrap();
+    assert_eq!(all.len() as u64, expected);
+    assert_eq!(
+        store
+            .count_after(GlobalPosition::START, 10_000)
+            .await
+            .unwrap(),
+        expected
+    );
+    assert_eq!(
+        store.head().await.unwrap().map(|e| e.position),
+        seen.last().map(|e| e.position)
+    );
+    // The transactions committed out of append order at least once (else the test proves
+    // little): the follower was held back behind an open append.
+    let committed = std::mem::take(&mut *committed.lock().unwrap());
+    assert!(
+        committed.windows(2).any(|w| w[0] > w[1]),
+        "the writers committed out of append order at least once"
     );
 }
 
-/// Transaction ids compare as numbers, not text: 9 comes before 10 and 100. (Found by the
-/// follower test on a fresh cluster, whose transaction ids cross 1,000 during the suite: the
-/// read sorted by the text form of the id and a follower went backwards.)
+/// Append numbers compare as numbers: 9 comes before 10 and 100, whatever order the rows were
+/// written in. (The first layout kept transaction ids and once sorted them as text: a follower
+/// went backwards when the ids crossed 1,000.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_order_numerically_across_digit_boundaries() {
     let Some(url) = common::fresh_postgres("digits").await else {
@@ -173,19 +268,21 @@ async fn positions_order_numerically_across_digit_boundaries() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    // Rows as transactions 9, 10 and 100 would have written them, inserted out of order. Ids
-    // this small are below any running transaction (initdb alone uses hundreds), so all are
-    // readable; as text they sort "10" < "100" < "9".
-    for (tx, n) in [("100", 2), ("9", 0), ("10", 1)] {
+    // Rows as appends 9, 10 and 100 would have written them, inserted out of order, then the
+    // sequence moved past them as those appends would have left it.
+    for (commit, n) in [(100i64, 2), (9, 0), (10, 1)] {
         raw.execute(
-            "INSERT INTO tp_events (tx_id, stream_id, version, event_id, event_type, \
+            "INSERT INTO tp_events (commit_no, stream_id, version, event_id, event_type, \
              schema_version, payload, metadata, recorded_at) \
-             VALUES ($1::text::xid8, 's', $2, gen_random_uuid(), 'E', 1, '{}', '{}', 0)",
-            &[&tx, &(n + 1i64)],
+             VALUES ($1, 's', $2, gen_random_uuid(), 'E', 1, '{}', '{}', 0)",
+            &[&commit, &(n + 1i64)],
         )
         .await
         .unwrap();
     }
+    raw.execute("SELECT setval('tp_commit_seq', 100)", &[])
+        .await
+        .unwrap();
     let all = store.read_all(GlobalPosition::START, 10).await.unwrap();
     let commits: Vec<u64> = all.iter().map(|e| e.position.commit).collect();
     assert_eq!(commits, [9, 10, 100]);
@@ -203,5 +300,275 @@ async fn positions_order_numerically_across_digit_boundaries() {
     assert_eq!(
         back.iter().map(|e| e.version).collect::<Vec<_>>(),
         [3, 2, 1]
+    );
+}
+/// Reads until `n` events after `after` are readable, or `within` passes (then `None`).
+async fn readable_within(
+    store: &PostgresStore,
+    after: GlobalPosition,
+    n: usize,
+    within: Duration,
+) -> Option<Vec<tower_patterns_eventstore::RecordedEvent>> {
+    tokio::time::timeout(within, async {
+        loop {
+            let page = store.read_all(after, 100).await.unwrap();
+            if page.len() >= n {
+                return page;
+            }
+            store
+                .wait_for_events(page.last().map_or(after, |e| e.position))
+                .await;
+        }
+    })
+    .await
+    .ok()
+}
+
+/// An open writing transaction in another database of the cluster (a plain table, and an
+/// append to that database's own event store) does not hold back this store's readers: the
+/// photo feed keeps moving while a batch job elsewhere keeps its transaction open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_writer_in_another_database_does_not_delay_reads() {
+    let Some(url) = common::fresh_postgres("gateown").await else {
+        return;
+    };
+    let other_url = common::fresh_postgres("gateother").await.unwrap();
+    let store = PostgresStore::connect(&url, 4).await.unwrap();
+    let other = PostgresStore::connect(&other_url, 2).await.unwrap();
+
+    let mut client = other.pool().get().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE batch_job (n int)")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO batch_job VALUES (1)", &[])
+        .await
+        .unwrap();
+    other
+        .append_in(&tx, "elsewhere", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .unwrap();
+    let xid: String = tx
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!xid.is_empty(), "the other transaction has written");
+
+    let done = store
+        .append("feed-1", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let log = readable_within(&store, GlobalPosition::START, 1, Duration::from_secs(1))
+        .await
+        .expect("the append is readable while the other database's transaction stays open");
+    assert_eq!(log[0].position, done.positions[0]);
+    tx.rollback().await.unwrap();
+}
+
+/// The same for an open writing transaction in the store's own database that touches no table
+/// of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_open_writer_in_the_same_database_does_not_delay_reads() {
+    let Some(url) = common::fresh_postgres("gatesame").await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, 4).await.unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    client
+        .batch_execute("CREATE TABLE unrelated (n int)")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO unrelated VALUES (1)", &[])
+        .await
+        .unwrap();
+
+    let done = store
+        .append("feed-1", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let log = readable_within(&store, GlobalPosition::START, 1, Duration::from_secs(1))
+        .await
+        .expect("the append is readable while the unrelated transaction stays open");
+    assert_eq!(log[0].position, done.positions[0]);
+    tx.commit().await.unwrap();
+}
+
+/// The old layout's append, as the first store called it: (stream, expected, ids, types,
+/// schema versions, payloads, metadata, recorded at).
+const OLD_APPEND: &str = "SELECT * FROM tp_append($1, -1, ARRAY[$2::uuid], ARRAY['E'], ARRAY[1], \
+                          ARRAY[$3], ARRAY['{\"recorded_at_micros\":1}'], 1)";
+
+async fn old_append(c: &impl tokio_postgres::GenericClient, stream: &str, n: u64) {
+    let payload = serde_json::json!({ "n": n }).to_string();
+    c.execute(OLD_APPEND, &[&stream, &uuid::Uuid::now_v7(), &payload])
+        .await
+        .unwrap();
+}
+
+/// A database the first layout wrote (positions were transaction ids, reads gated on the
+/// cluster's oldest transaction) is migrated on connect: the log reads back in the same order,
+/// with append numbers as positions, and later appends come after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_first_layout_is_migrated_in_order() {
+    let Some(url) = common::fresh_postgres("migrate").await else {
+        return;
+    };
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    let mut first = connect().await;
+    let second = connect().await;
+    first
+        .batch_execute(include_str!("fixtures/postgres_schema_v1.sql"))
+        .await
+        .unwrap();
+    // Transaction T1 takes its id first but appends last; T2 appends in between and commits
+    // first. The first layout orders by transaction id: T1's events (higher sequence numbers)
+    // before T2's.
+    let t1 = first.transaction().await.unwrap();
+    t1.execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    old_append(&second, "b", 1).await;
+    for n in [1, 2] {
+        old_append(&t1, "a", n).await;
+    }
+    t1.commit().await.unwrap();
+    old_append(&second, "c", 1).await;
+    let old: Vec<(String, i64, i64)> = second
+        .query(
+            "SELECT stream_id, version, seq FROM tp_events ORDER BY tx_id, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        old.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+        ["a", "a", "b", "c"],
+        "the first layout's order differs from the sequence's"
+    );
+    assert!(
+        old[0].2 > old[2].2,
+        "T1's events have the higher sequence numbers"
+    );
+
+    let store = PostgresStore::connect(&url, 2).await.unwrap();
+    let log = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    let read: Vec<(String, i64, i64)> = log
+        .iter()
+        .map(|e| {
+            (
+                e.stream_id.clone(),
+                e.version as i64,
+                e.position.index as i64,
+            )
+        })
+        .collect();
+    assert_eq!(read, old, "same events, same order, same sequence numbers");
+    assert_eq!(
+        log.iter().map(|e| e.position.commit).collect::<Vec<_>>(),
+        [1, 1, 2, 3],
+        "one append number per old transaction, in their order"
+    );
+    assert_eq!(log[1].payload.get(), r#"{"n":2}"#);
+    // Later appends come after every migrated event; a second connect changes nothing.
+    let done = store
+        .append("d", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    assert!(done.positions[0] > log[3].position);
+    let again = PostgresStore::connect(&url, 2).await.unwrap();
+    let all = again.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        all[..4].iter().map(|e| e.id).collect::<Vec<_>>(),
+        log.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(all[4].position, done.positions[0]);
+    let tx_id_left: bool = second
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tp_events'::regclass \
+             AND attname = 'tx_id' AND NOT attisdropped)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!tx_id_left, "the transaction id column is gone");
+}
+
+/// Sessions whose default isolation is above READ COMMITTED cannot gate and read in one call
+/// (one snapshot would predate the gate): the function refuses, and the store computes the gate
+/// and reads in two statements, still never passing an open append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_gap_safe_when_sessions_default_to_repeatable_read() {
+    let Some(url) = common::fresh_postgres("isolation").await else {
+        return;
+    };
+    let db = url.rsplit_once('/').unwrap().1.to_owned();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET default_transaction_isolation = 'repeatable read'"
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(&url, 4).await.unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    let refused = client
+        .query("SELECT * FROM tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().map(|c| c.code()), Some("TP001"), "{refused}");
+
+    let tx = client.transaction().await.unwrap();
+    let a = store
+        .append_in(&tx, "iso-a", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let b = store
+        .append("iso-b", ExpectedVersion::Any, vec![ev(2)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .read_all(GlobalPosition::START, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.head().await.unwrap().is_none());
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        0
+    );
+    tx.commit().await.unwrap();
+    let log = readable_within(&store, GlobalPosition::START, 2, Duration::from_secs(5))
+        .await
+        .expect("both readable once A commits");
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [a.positions[0], b.positions[0]]
+    );
+    assert_eq!(
+        store.head().await.unwrap().unwrap().position,
+        b.positions[0]
+    );
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        2
     );
 }

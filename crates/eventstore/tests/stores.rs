@@ -42,6 +42,56 @@ async fn postgres() {
     common::run_all(Arc::new(store)).await;
 }
 
+/// On PostgreSQL, `head` and `count_after` are gated like `read_all`: an open append holds back
+/// the later appends, which count as nothing until it commits.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_head_and_count_after_hide_what_the_gate_hides() {
+    use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, GlobalPosition};
+    let Some(url) = common::fresh_postgres("headgate").await else {
+        return;
+    };
+    let store = tower_patterns_eventstore::postgres::PostgresStore::connect(&url, 4)
+        .await
+        .unwrap();
+    let ev = |n: u64| EventData::json("E", &serde_json::json!({ "n": n })).unwrap();
+    let x = store
+        .append("x", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let a = store
+        .append_in(&tx, "a", ExpectedVersion::Any, vec![ev(2)])
+        .await
+        .unwrap();
+    let b = store
+        .append("b", ExpectedVersion::Any, vec![ev(3), ev(4)])
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!(
+        head.position, x.positions[0],
+        "B is hidden behind the open A"
+    );
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        1
+    );
+    assert_eq!(store.count_after(x.positions[0], 10).await.unwrap(), 0);
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.head().await.unwrap().unwrap().position,
+        b.positions[1]
+    );
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        4
+    );
+    assert_eq!(store.count_after(x.positions[0], 2).await.unwrap(), 2);
+    assert_eq!(store.count_after(a.positions[0], 10).await.unwrap(), 2);
+}
+
 /// Bytes in the database that are not an event: a typed error naming the event, never a panic.
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

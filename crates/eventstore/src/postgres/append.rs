@@ -73,7 +73,7 @@ pub(super) async fn append_tx<C: tokio_postgres::GenericClient + Sync>(
                         (
                             r.get::<_, String>(1),
                             to_u64(r.get(3)),
-                            position(&r.get::<_, String>(4), r.get(5)),
+                            position(r.get(4), r.get(5)),
                         )
                     })
                 })
@@ -94,10 +94,7 @@ pub(super) async fn append_tx<C: tokio_postgres::GenericClient + Sync>(
             rows.sort_by_key(|r| r.get::<_, i64>(3));
             Ok(AppendResult {
                 version: rows.last().map_or(0, |r| to_u64(r.get(3))),
-                positions: rows
-                    .iter()
-                    .map(|r| position(&r.get::<_, String>(4), r.get(5)))
-                    .collect(),
+                positions: rows.iter().map(|r| position(r.get(4), r.get(5))).collect(),
                 duplicate: false,
             })
         }

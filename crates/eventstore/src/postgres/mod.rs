@@ -4,14 +4,22 @@
 //!
 //! A global sequence alone is not safe to follow: transaction A takes number 10, transaction B
 //! takes 11 and commits first, a reader sees 11 and moves past 10, then A commits and event 10
-//! is never read. This store records with each event the 64-bit id of the transaction that
-//! wrote it (`pg_current_xact_id()`), orders the global log by (transaction id, sequence), and
-//! reads only events of transactions older than the oldest transaction still running
-//! (`pg_snapshot_xmin(pg_current_snapshot())`). Every such transaction has ended, and every
-//! later one gets a larger id, so nothing can ever appear behind a reader. The price: while any
-//! transaction that has written something is open (in any database of the cluster), readers of
-//! the global log wait for it. Keep transactions short. Appenders do not wait for each other
-//! (except on the same stream).
+//! is never read. This store numbers each append from a sequence (`commit_no`, the
+//! [`GlobalPosition::commit`] of its events; `index` is the event's row number), and gates
+//! reads on the appends still open: each append, before it takes its number, announces a lower
+//! bound of it with two shared advisory locks held until its transaction ends, and a reader
+//! reads only up to the smallest number an open append may still get, in a snapshot taken
+//! after it looked (the proof is in `schema.rs`). Nothing can ever appear behind a reader.
+//!
+//! Only appends to this store hold readers back, and only while their transaction is open: an
+//! [`append_in`](PostgresStore::append_in) inside a long transaction delays every later
+//! position until it commits, so keep those short. Open transactions in other databases of the
+//! cluster, or in this one without an append, do not matter. (The first layout gated on the
+//! cluster's oldest running transaction, so any writer anywhere stalled every reader; its
+//! positions were transaction ids. [`connect`](PostgresStore::connect) migrates such a
+//! database: stored positions from before must be reset, see the changelog.) Read from the
+//! primary: a hot standby does not see the primary's locks. Appenders do not wait for each
+//! other (except on the same stream).
 //!
 //! Appends lock their stream's row (`SELECT ... FOR UPDATE`), insert all their events in one
 //! statement (`UNNEST`), and `NOTIFY tp_events` on commit; [`wait_for_events`] listens for that
@@ -30,19 +38,22 @@
 //! ```
 
 //!
-//! By role: `schema.rs` (the tables and the append function, as SQL), `rows.rs` (rows to
+//! By role: `schema.rs` (the tables, the append and the gate, as SQL), `rows.rs` (rows to
 //! events), `append.rs` (one append through `tp_append`), `listen.rs` (the `LISTEN` wake-up),
 //! and this file (the store).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Row, error::SqlState, types::ToSql};
 use uuid::Uuid;
 
 use crate::{
@@ -59,7 +70,10 @@ mod schema;
 use append::{append_tx, is_race};
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
-use schema::{APPEND, COLUMNS, SCHEMA};
+use schema::{
+    APPEND, COLUMNS, COUNT_AFTER, COUNT_AFTER_AT_GATE, GATE, HEAD, READ_ALL, SCHEMA, head_at_gate,
+    read_all_at_gate,
+};
 
 const POLL: Duration = Duration::from_millis(250);
 
@@ -68,6 +82,8 @@ struct Inner {
     head: watch::Sender<u64>,
     clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// The sessions run above READ COMMITTED: gate and read in two statements.
+    two_step: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -120,10 +136,9 @@ impl PostgresStore {
         {
             let client = pool.get().await.map_err(Error::backend)?;
             // Two sessions creating the tables at once can collide on the catalog: serialise.
+            // One implicit transaction: the lock goes with it, also when a statement fails.
             client
-                .batch_execute(&format!(
-                    "SELECT pg_advisory_lock(7403524); {SCHEMA} SELECT pg_advisory_unlock(7403524);"
-                ))
+                .batch_execute(&format!("SELECT pg_advisory_xact_lock(7403524); {SCHEMA}"))
                 .await
                 .map_err(Error::backend)?;
         }
@@ -135,6 +150,7 @@ impl PostgresStore {
                 head,
                 clock: Box::new(SystemTime::now),
                 listener,
+                two_step: AtomicBool::new(false),
             }),
         })
     }
@@ -188,6 +204,38 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
         self.inner.pool.get().await.map_err(Error::backend)
+    }
+
+    /// A gated read: `one` computes the gate and reads in one call (READ COMMITTED sessions);
+    /// where the sessions run at a higher isolation level (it answers `TP001`), the gate and
+    /// then `two` (the gate as its last parameter) run as two autocommit statements, each with
+    /// its own snapshot.
+    async fn gated(
+        &self,
+        one: &str,
+        two: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let client = self.client().await?;
+        if !self.inner.two_step.load(Ordering::Relaxed) {
+            let stmt = client.prepare_cached(one).await.map_err(Error::backend)?;
+            match client.query(&stmt, params).await {
+                Err(e) if e.code() == Some(&SqlState::from_code("TP001")) => {
+                    self.inner.two_step.store(true, Ordering::Relaxed);
+                }
+                other => return other.map_err(Error::backend),
+            }
+        }
+        let stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
+        let gate: i64 = client
+            .query_one(&stmt, &[])
+            .await
+            .map_err(Error::backend)?
+            .get(0);
+        let stmt = client.prepare_cached(two).await.map_err(Error::backend)?;
+        let mut all = params.to_vec();
+        all.push(&gate);
+        client.query(&stmt, &all).await.map_err(Error::backend)
     }
 }
 
@@ -254,28 +302,34 @@ impl EventStore for PostgresStore {
         after: GlobalPosition,
         max: usize,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM tp_events \
-                 WHERE (tx_id, seq) > ($1::text::xid8, $2) \
-                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY tp_events.tx_id, tp_events.seq LIMIT $3"
-            ))
-            .await
-            .map_err(Error::backend)?;
-        let rows = client
-            .query(
-                &stmt,
+        let rows = self
+            .gated(
+                READ_ALL,
+                &read_all_at_gate(),
                 &[
-                    &after.commit.to_string(),
+                    &to_i64(after.commit),
                     &to_i64(after.index),
                     &i64::try_from(max).unwrap_or(i64::MAX),
                 ],
             )
-            .await
-            .map_err(Error::backend)?;
+            .await?;
         rows.iter().map(row_to_event).collect()
+    }
+
+    async fn head(&self) -> Result<Option<RecordedEvent>, Error> {
+        let rows = self.gated(HEAD, &head_at_gate(), &[]).await?;
+        rows.first().map(row_to_event).transpose()
+    }
+
+    async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
+        let rows = self
+            .gated(
+                COUNT_AFTER,
+                COUNT_AFTER_AT_GATE,
+                &[&to_i64(after.commit), &to_i64(after.index), &to_i64(limit)],
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |r| to_u64(r.get(0))))
     }
 
     async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {

@@ -12,15 +12,15 @@ pub(super) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-pub(super) fn position(tx: &str, seq: i64) -> GlobalPosition {
-    GlobalPosition::new(tx.parse().unwrap_or(0), to_u64(seq))
+pub(super) fn position(commit: i64, seq: i64) -> GlobalPosition {
+    GlobalPosition::new(to_u64(commit), to_u64(seq))
 }
 
 pub(super) fn row_to_event(r: &Row) -> Result<RecordedEvent, Error> {
-    let tx: String = r.try_get(0).map_err(Error::backend)?;
+    let commit: i64 = r.try_get(0).map_err(Error::backend)?;
     let seq: i64 = r.try_get(1).map_err(Error::backend)?;
     RawEvent {
-        position: position(&tx, seq),
+        position: position(commit, seq),
         stream_id: r.try_get(2).map_err(Error::backend)?,
         version: to_u64(r.try_get(3).map_err(Error::backend)?),
         id: Ok(r.try_get(4).map_err(Error::backend)?),

@@ -1,9 +1,50 @@
-//! The tables, indexes and the append function, as SQL.
+//! The tables, indexes and functions, as SQL: the append, the gate, and the gated reads.
+//!
+//! # The gate, and why it never passes an event that can still appear
+//!
+//! Every append (`tp_append`, which [`append`](crate::EventStore::append) and `append_in` both
+//! call) does, in its transaction:
+//!
+//! 1. `floor` := the last number `tp_commit_seq` handed out (0 before the first);
+//! 2. takes two *shared* transaction-level advisory locks, keys (7403525, high 32 bits of
+//!    `floor`) and (7403526, low 32 bits): they stay until the transaction commits or aborts;
+//! 3. `c` := `nextval('tp_commit_seq')` (so `c > floor`), and stores its events with
+//!    `commit_no = c`.
+//!
+//! A reader's gate (`tp_gate()`) reads the sequence's last value `v` (at instant t1), *then*
+//! the smallest `floor` any transaction of this database still holds a lock pair for
+//! (`pg_locks`, at t2 > t1), and answers `g = min(v, smallest floor)`. The read itself runs as
+//! the next statement, with a snapshot taken at t3 > t2, and returns only `commit_no <= g`.
+//!
+//! Proof that no event is skipped: let X be an append with `c <= g <= v`. Its `nextval`
+//! happened before t1 (the sequence only grows, and has `CACHE 1`, so every session sees each
+//! number handed out), and its locks were taken before that. Had X not ended by t2, `pg_locks`
+//! would have shown its pair and `g <= floor_X < c`: contradiction. So X ended before t2.
+//! PostgreSQL releases a transaction's locks only after its commit is visible to new
+//! snapshots, so X is committed and visible at t3, or aborted and never visible. Every event
+//! that becomes readable later therefore has `commit_no > g`, above every position a reader
+//! was handed. Several appends in one transaction hold several pairs: the minimum over their
+//! cross product is at most the true minimum (conservative). A rolled-back append, or one in a
+//! rolled-back savepoint, releases its locks and leaves a gap in the numbers, nothing else.
+//! Only this database's locks with these two keys count: an open transaction elsewhere in the
+//! cluster, or one here that does not append, no longer holds readers back.
+//!
+//! The two steps need two snapshots: `tp_read_all`, `tp_head` and `tp_count_after` are
+//! `VOLATILE` plpgsql (each statement takes a fresh snapshot under READ COMMITTED) and refuse
+//! other isolation levels, whose one snapshot would predate the gate (SQLSTATE `TP001`); the
+//! store then computes the gate and reads in two autocommit statements instead.
+//!
+//! # Migration
+//!
+//! The first layout ordered the log by the appending transaction's id (`tx_id xid8`) and gated
+//! reads on the cluster's oldest running transaction. `SCHEMA` finds that column and, in the
+//! same transaction as the rest of the setup, numbers the existing events by it (dense rank:
+//! one number per old transaction, same order), moves the sequence past them, and drops it.
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tp_events (
     seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tx_id          xid8   NOT NULL DEFAULT pg_current_xact_id(),
+    commit_no      bigint NOT NULL,
     stream_id      text   NOT NULL,
     version        bigint NOT NULL,
     event_id       uuid   NOT NULL UNIQUE,
@@ -14,7 +55,31 @@ CREATE TABLE IF NOT EXISTS tp_events (
     recorded_at    bigint NOT NULL,
     UNIQUE (stream_id, version)
 );
-CREATE INDEX IF NOT EXISTS tp_events_global ON tp_events (tx_id, seq);
+-- CACHE 1 (the default, spelled out): every number handed out is the sequence's last value at
+-- once, for every session. The gate depends on it.
+CREATE SEQUENCE IF NOT EXISTS tp_commit_seq CACHE 1;
+DO $migrate$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tp_events'::regclass
+               AND attname = 'tx_id' AND NOT attisdropped) THEN
+        LOCK TABLE tp_events IN ACCESS EXCLUSIVE MODE;
+        -- Its rows change shape: CREATE OR REPLACE below cannot change a function's result.
+        DROP FUNCTION IF EXISTS tp_append(text, bigint, uuid[], text[], int[], text[], text[],
+                                          bigint);
+        ALTER TABLE tp_events ADD COLUMN IF NOT EXISTS commit_no bigint;
+        UPDATE tp_events e SET commit_no = r.n
+          FROM (SELECT seq, dense_rank() OVER (ORDER BY tx_id) AS n FROM tp_events) r
+         WHERE e.seq = r.seq;
+        PERFORM setval('tp_commit_seq', m) FROM (SELECT max(commit_no) AS m FROM tp_events) x
+          WHERE m IS NOT NULL AND m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END
+                                         FROM tp_commit_seq);
+        ALTER TABLE tp_events ALTER COLUMN commit_no SET NOT NULL;
+        DROP INDEX IF EXISTS tp_events_global;
+        ALTER TABLE tp_events DROP COLUMN tx_id;
+    END IF;
+END
+$migrate$;
+CREATE INDEX IF NOT EXISTS tp_events_commit ON tp_events (commit_no, seq);
 CREATE TABLE IF NOT EXISTS tp_streams (
     stream_id text   PRIMARY KEY,
     version   bigint NOT NULL,
@@ -27,21 +92,24 @@ CREATE TABLE IF NOT EXISTS tp_snapshots (
     state            json   NOT NULL
 );
 -- One round trip per append. p_expected: -1 any, -2 no stream, -3 stream exists, >= 0 exact.
--- Rows: ('dup', stream, id, version, tx, seq) for ids already stored (nothing written);
+-- Rows: ('dup', stream, id, version, commit, seq) for ids already stored (nothing written);
 -- ('conflict', NULL, NULL, current version, NULL, NULL); or ('ok', ...) per appended event.
 CREATE OR REPLACE FUNCTION tp_append(
     p_stream text, p_expected bigint, p_ids uuid[], p_types text[], p_schema int[],
     p_payloads text[], p_metadata text[], p_recorded bigint)
-RETURNS TABLE (r_status text, r_stream text, r_id uuid, r_version bigint, r_tx text, r_seq bigint)
+RETURNS TABLE (r_status text, r_stream text, r_id uuid, r_version bigint, r_commit bigint,
+               r_seq bigint)
 LANGUAGE plpgsql
 -- Plans made while the tables were empty (sequential scans) must not be kept as they grow.
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     cur bigint;
+    low bigint;
+    c bigint;
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_ids) AS i(id) JOIN tp_events e ON e.event_id = i.id) THEN
-        RETURN QUERY SELECT 'dup'::text, e.stream_id, e.event_id, e.version, e.tx_id::text, e.seq
+        RETURN QUERY SELECT 'dup'::text, e.stream_id, e.event_id, e.version, e.commit_no, e.seq
             FROM unnest(p_ids) AS i(id) JOIN tp_events e ON e.event_id = i.id;
         RETURN;
     END IF;
@@ -49,26 +117,135 @@ BEGIN
     SELECT s.version INTO cur FROM tp_streams s WHERE s.stream_id = p_stream FOR UPDATE;
     IF NOT (p_expected = -1 OR (p_expected = -2 AND cur = 0) OR (p_expected = -3 AND cur > 0)
             OR p_expected = cur) THEN
-        RETURN QUERY SELECT 'conflict'::text, NULL::text, NULL::uuid, cur, NULL::text, NULL::bigint;
+        RETURN QUERY SELECT 'conflict'::text, NULL::text, NULL::uuid, cur, NULL::bigint,
+                            NULL::bigint;
         RETURN;
     END IF;
+    -- The gate's half: announce a lower bound of this append's number before taking it.
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO low
+      FROM tp_commit_seq;
+    PERFORM pg_advisory_xact_lock_shared(7403525, (low >> 32)::int);
+    PERFORM pg_advisory_xact_lock_shared(7403526, (low & 4294967295)::bit(32)::int);
+    c := nextval('tp_commit_seq');
     RETURN QUERY
-        INSERT INTO tp_events AS e (stream_id, version, event_id, event_type, schema_version,
-                                    payload, metadata, recorded_at)
-        SELECT p_stream, cur + u.ord, u.id, u.t, u.sv, u.p::json, u.m::json, p_recorded
+        INSERT INTO tp_events AS e (commit_no, stream_id, version, event_id, event_type,
+                                    schema_version, payload, metadata, recorded_at)
+        SELECT c, p_stream, cur + u.ord, u.id, u.t, u.sv, u.p::json, u.m::json, p_recorded
         FROM UNNEST(p_ids, p_types, p_schema, p_payloads, p_metadata)
              WITH ORDINALITY AS u(id, t, sv, p, m, ord)
-        RETURNING 'ok'::text, e.stream_id, e.event_id, e.version, e.tx_id::text, e.seq;
+        RETURNING 'ok'::text, e.stream_id, e.event_id, e.version, e.commit_no, e.seq;
     UPDATE tp_streams SET version = cur + cardinality(p_ids) WHERE stream_id = p_stream;
     PERFORM pg_notify('tp_events', '');
 END;
 $$;
+-- The highest append number below which every append has ended (see schema.rs).
+CREATE OR REPLACE FUNCTION tp_gate() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v bigint;
+    pending bigint;
+    db oid;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v
+      FROM tp_commit_seq;
+    SELECT d.oid INTO db FROM pg_database d WHERE d.datname = current_database();
+    -- Pairs by transaction (a prepared transaction has no pid, but a virtual transaction id).
+    SELECT min((hi.objid::bigint << 32) | lo.objid::bigint) INTO pending
+      FROM pg_locks hi JOIN pg_locks lo ON lo.virtualtransaction = hi.virtualtransaction
+     WHERE hi.locktype = 'advisory' AND hi.database = db AND hi.classid = 7403525
+       AND hi.objsubid = 2
+       AND lo.locktype = 'advisory' AND lo.database = db AND lo.classid = 7403526
+       AND lo.objsubid = 2;
+    RETURN LEAST(v, COALESCE(pending, v));
+END;
+$$;
+CREATE OR REPLACE FUNCTION tp_read_all(p_commit bigint, p_seq bigint, p_max bigint)
+RETURNS TABLE (r_commit bigint, r_seq bigint, r_stream text, r_version bigint, r_id uuid,
+               r_type text, r_schema int, r_payload text, r_metadata text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    g bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'tp_read_all needs READ COMMITTED (one snapshot would predate the gate)'
+            USING ERRCODE = 'TP001';
+    END IF;
+    g := tp_gate();
+    RETURN QUERY SELECT e.commit_no, e.seq, e.stream_id, e.version, e.event_id, e.event_type,
+                        e.schema_version, e.payload::text, e.metadata::text
+      FROM tp_events e
+     WHERE (e.commit_no, e.seq) > (p_commit, p_seq) AND e.commit_no <= g
+     ORDER BY e.commit_no, e.seq LIMIT p_max;
+END;
+$$;
+CREATE OR REPLACE FUNCTION tp_head()
+RETURNS TABLE (r_commit bigint, r_seq bigint, r_stream text, r_version bigint, r_id uuid,
+               r_type text, r_schema int, r_payload text, r_metadata text)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    g bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'tp_head needs READ COMMITTED (one snapshot would predate the gate)'
+            USING ERRCODE = 'TP001';
+    END IF;
+    g := tp_gate();
+    RETURN QUERY SELECT e.commit_no, e.seq, e.stream_id, e.version, e.event_id, e.event_type,
+                        e.schema_version, e.payload::text, e.metadata::text
+      FROM tp_events e WHERE e.commit_no <= g
+     ORDER BY e.commit_no DESC, e.seq DESC LIMIT 1;
+END;
+$$;
+CREATE OR REPLACE FUNCTION tp_count_after(p_commit bigint, p_seq bigint, p_limit bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    g bigint;
+    n bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'tp_count_after needs READ COMMITTED (one snapshot would predate the gate)'
+            USING ERRCODE = 'TP001';
+    END IF;
+    g := tp_gate();
+    SELECT count(*) INTO n FROM (
+        SELECT 1 FROM tp_events e
+         WHERE (e.commit_no, e.seq) > (p_commit, p_seq) AND e.commit_no <= g LIMIT p_limit) s;
+    RETURN n;
+END;
+$$;
 ";
 
-pub(super) const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_tx, r_seq \
+pub(super) const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_commit, r_seq \
                       FROM tp_append($1, $2, $3, $4, $5, $6, $7, $8)";
 
-// The transaction id goes out as text under another name: an output column named `tx_id`
-// would capture `ORDER BY tx_id` and sort as text ("1000" before "999").
-pub(super) const COLUMNS: &str = "tx_id::text AS tx_text, seq, stream_id, version, event_id, event_type, \
+/// The columns [`row_to_event`](super::rows::row_to_event) reads, in its order.
+pub(super) const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, event_type, \
                        schema_version, payload::text AS payload_text, metadata::text AS metadata_text";
+
+/// The gated reads, each in one statement (READ COMMITTED sessions) ...
+pub(super) const READ_ALL: &str = "SELECT * FROM tp_read_all($1, $2, $3)";
+pub(super) const HEAD: &str = "SELECT * FROM tp_head()";
+pub(super) const COUNT_AFTER: &str = "SELECT tp_count_after($1, $2, $3)";
+
+/// ... or after `GATE` in a statement of its own (sessions whose default isolation is higher):
+/// the gate is the last parameter.
+pub(super) const GATE: &str = "SELECT tp_gate()";
+pub(super) fn read_all_at_gate() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tp_events WHERE (commit_no, seq) > ($1, $2) AND commit_no <= $4 \
+         ORDER BY tp_events.commit_no, tp_events.seq LIMIT $3"
+    )
+}
+pub(super) fn head_at_gate() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tp_events WHERE commit_no <= $1 \
+         ORDER BY tp_events.commit_no DESC, tp_events.seq DESC LIMIT 1"
+    )
+}
+pub(super) const COUNT_AFTER_AT_GATE: &str = "SELECT count(*) FROM (SELECT 1 FROM tp_events \
+     WHERE (commit_no, seq) > ($1, $2) AND commit_no <= $4 LIMIT $3) s";

@@ -469,7 +469,70 @@ pub async fn metadata_and_snapshots<S: EventStore>(store: &S) {
     assert_eq!((got.version, got.state.get()), (10, r#"{"v":10}"#));
 }
 
+/// `head` and `count_after` answer what `read_all` shows: nothing on an empty log, the last
+/// event, counts strictly after a position, never beyond the limit. Runs on an empty store.
+pub async fn head_and_count_after<S: EventStore>(store: &S) {
+    assert!(
+        store.head().await.unwrap().is_none(),
+        "an empty log has no head"
+    );
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        0
+    );
+    let first = store
+        .append(
+            "conf-head-a",
+            ExpectedVersion::Any,
+            vec![ev("A", 1), ev("A", 2)],
+        )
+        .await
+        .unwrap();
+    let one = store.head().await.unwrap().unwrap();
+    assert_eq!(one.position, first.positions[1]);
+    let second = store
+        .append(
+            "conf-head-b",
+            ExpectedVersion::Any,
+            vec![ev("B", 1), ev("B", 2), ev("B", 3)],
+        )
+        .await
+        .unwrap();
+    let log = store.read_all(GlobalPosition::START, 100).await.unwrap();
+    assert_eq!(log.len(), 5);
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            head.id,
+            head.position,
+            head.version,
+            head.stream_id.as_str()
+        ),
+        (log[4].id, second.positions[2], 3, "conf-head-b"),
+        "the head is the last event read_all shows"
+    );
+    assert_eq!(head.payload.get(), r#"{"n":3}"#);
+    let count = |after: GlobalPosition, limit: u64| async move {
+        store.count_after(after, limit).await.unwrap()
+    };
+    assert_eq!(count(GlobalPosition::START, 100).await, 5);
+    assert_eq!(count(GlobalPosition::START, 5).await, 5);
+    assert_eq!(
+        count(GlobalPosition::START, 3).await,
+        3,
+        "the limit is reached"
+    );
+    assert_eq!(count(GlobalPosition::START, 0).await, 0);
+    assert_eq!(count(log[0].position, 100).await, 4, "strictly after");
+    assert_eq!(count(log[1].position, 2).await, 2);
+    assert_eq!(count(log[3].position, 100).await, 1);
+    assert_eq!(count(head.position, 100).await, 0, "at the head");
+    let beyond = GlobalPosition::new(head.position.commit, head.position.index + 1_000);
+    assert_eq!(count(beyond, 100).await, 0, "after the head");
+}
+
 pub async fn run_all<S: EventStore>(store: Arc<S>) {
+    head_and_count_after(&*store).await;
     appends_and_reads(&*store).await;
     expectations_are_enforced(&*store).await;
     appends_are_idempotent(&*store).await;
