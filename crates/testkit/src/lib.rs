@@ -23,9 +23,12 @@
 //! # }
 //! ```
 //!
-//! Server-backed tests take their server from [`server_url`] (see the [`servers`] module).
+//! Server-backed tests take their server from [`server_url`] (see the [`servers`] module), or
+//! a fresh PostgreSQL database from [`fresh_postgres`]; crash tests run a child process with
+//! [`process::ChildTest`].
 
 pub mod alloc;
+pub mod process;
 pub mod servers;
 
 use std::{
@@ -44,7 +47,7 @@ use std::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-pub use servers::{Server, server_url};
+pub use servers::{Server, fresh_postgres, server_url};
 
 use tower_patterns_core::BoxError;
 

@@ -108,6 +108,53 @@ fn act(decision: Decision) -> Option<String> {
     }
 }
 
+/// A fresh, empty database on the test command's PostgreSQL (named `tp_{tag}_{pid}_{uuid}`,
+/// so concurrent tests never share one), as a URL; `None` (skipped, see [`server_url`])
+/// without a server.
+///
+/// # Panics
+///
+/// When the server does not answer or the database cannot be created (`tag` must be a
+/// lowercase identifier of at most 18 characters), or outside a Tokio runtime.
+pub async fn fresh_postgres(tag: &str) -> Option<String> {
+    let url = server_url(Server::Postgres)?;
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    let conn = tokio::spawn(conn);
+    let db = format!(
+        "tp_{tag}_{}_{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create a test database");
+    drop(admin);
+    let _ = conn.await;
+    Some(with_database(&url, &db))
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/') {
+            Some((host, _)) => format!("{scheme}://{host}"),
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +191,19 @@ mod tests {
         assert!(
             panicked.is_err(),
             "a required server that is missing fails the test"
+        );
+    }
+
+    #[test]
+    fn a_database_replaces_the_urls() {
+        assert_eq!(
+            with_database("postgres://u@h:5/postgres", "x"),
+            "postgres://u@h:5/x"
+        );
+        assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
+        assert_eq!(
+            with_database("postgres://u@h/a?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
         );
     }
 
