@@ -16,6 +16,9 @@ pub use error::ProjectionError;
 pub use handle::{Lag, ProjectionHandle, Status};
 pub use policy::{Action, Exhausted, FailurePolicy};
 
+#[cfg(feature = "postgres")]
+pub use crate::target::postgres::PostgresTarget;
+
 pub use ErrorKind as ApplyErrorKind;
 
 /// The names of one copy of a read model's tables.
