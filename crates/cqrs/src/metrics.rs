@@ -21,3 +21,26 @@ pub(crate) fn register(name: &str) {
         metrics::gauge!(gauge, "name" => name.clone()).set(0.0);
     }
 }
+
+/// Sets a projection's lag gauges.
+pub(crate) fn set_lag(name: &str, lag: crate::projection::Lag) {
+    metrics::gauge!(LAG_EVENTS, "name" => name.to_owned()).set(lag.events as f64);
+    metrics::gauge!(LAG_SECONDS, "name" => name.to_owned()).set(lag.seconds);
+}
+
+/// A runner's counters, looked up once when it starts.
+pub(crate) struct Meters {
+    pub(crate) applied: metrics::Counter,
+    pub(crate) retries: metrics::Counter,
+    pub(crate) dead_letters: metrics::Counter,
+}
+
+impl Meters {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            applied: metrics::counter!(APPLIED, "name" => name.to_owned()),
+            retries: metrics::counter!(RETRIES, "name" => name.to_owned()),
+            dead_letters: metrics::counter!(DEAD_LETTERS, "name" => name.to_owned()),
+        }
+    }
+}

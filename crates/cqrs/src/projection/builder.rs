@@ -170,12 +170,15 @@ impl Projection {
         self.handle.clone()
     }
 
-    /// Runs the projection until it is shut down through its handle (`Ok`) or its policy
-    /// stops it (`Err`).
+    /// Runs the projection until it is shut down through its handle (`Ok`). A failure policy
+    /// that stops parks it ([`Status::Stopped`](super::Status::Stopped), until
+    /// [`resume`](ProjectionHandle::resume)); errors of the store or the read model's
+    /// database between events are retried with a backoff ([`Status::Retrying`](super::Status::Retrying)).
     ///
     /// # Errors
     ///
-    /// The [`ProjectionError`] that stopped it.
+    /// The [`ProjectionError`] that kept it from starting: the target could not be opened,
+    /// or the projection's `create` failed.
     pub async fn run(self) -> Result<(), ProjectionError> {
         self.run.await
     }

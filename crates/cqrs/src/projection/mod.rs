@@ -16,8 +16,11 @@ pub use error::ProjectionError;
 pub use handle::{Lag, ProjectionHandle, Status};
 pub use policy::{Action, Exhausted, FailurePolicy};
 
+pub use crate::target::external::ExternalTarget;
 #[cfg(feature = "postgres")]
 pub use crate::target::postgres::PostgresTarget;
+#[cfg(feature = "sqlite")]
+pub use crate::target::sqlite::{SqliteTarget, sqlite_reader};
 
 pub use ErrorKind as ApplyErrorKind;
 

@@ -1,19 +1,480 @@
-//! The loop that drives one projection. (Skeleton: the runner's owner writes it.)
+//! The loop that drives one projection.
+//!
+//! ```text
+//! acquire (the lease, where the target has one) → open the live copy's checkpoint
+//! loop: read a page after the checkpoint
+//!       empty         → Live, lag 0, wait for appends (or a command from the handle)
+//!       events        → apply them and the checkpoint in one transaction (compare-and-set)
+//!       an event fails → the failure policy: retry it alone after a backoff, dead-letter it
+//!                       (checkpoint past it, same transaction), or stop before it
+//!       a corrupt row → smaller pages isolate it, the good events before it are applied,
+//!                       then it fails as an event does (permanent): never skipped silently
+//!       fenced        → another runner moved the checkpoint: back to acquire
+//! ```
+//!
+//! A rebuild fills the next version of the tables from the start of the log (its own
+//! checkpoint row `name#rebuild`), alternating a page for it and a page for the live copy;
+//! when it reaches the live copy's position the target swaps them in one transaction. A
+//! rebuild that a crash or a shutdown interrupts is discarded (its tables dropped) when the
+//! runner starts again: ask for it again.
+//!
+//! Errors of the event store (a lost connection) and of the read model's database between
+//! events are retried with a backoff (100 ms doubling to 10 s), the status showing them;
+//! only a failure to start (the first `open`, where the projection creates its tables)
+//! ends `run` with an error.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use tower_patterns_eventstore::EventStore;
+use tokio::{sync::watch, time::Instant};
+use tower_patterns_core::{backoff::Backoff, rng::SplitMix64};
+use tower_patterns_eventstore::{Error as StoreError, EventStore, GlobalPosition, RecordedEvent};
 
-use super::{ProjectionError, builder::Settings, handle::Shared};
-use crate::target::Target;
+use super::{
+    ApplyError, ProjectionError, Status, Tables,
+    builder::Settings,
+    handle::{Control, Lag, Shared, measure_lag},
+};
+mod failure;
 
-/// Runs the projection until shut down or stopped by its policy.
+use crate::{
+    metrics::Meters,
+    target::{Slot, Target},
+};
+use failure::unreadable;
+
+/// The suffix of a rebuild's checkpoint row.
+pub(crate) const REBUILD_SUFFIX: &str = "#rebuild";
+
+/// The event type a dead letter of a row that could not be read carries (with the nil id).
+pub(crate) const UNREADABLE: &str = "(unreadable)";
+
+/// How often, at most, the runner measures its lag while behind.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// The backoff between tries after an error of the store or the database.
+const ERROR_BACKOFF: Backoff = Backoff::Exponential {
+    base: Duration::from_millis(100),
+    multiplier: 2.0,
+};
+const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Why a step ended early.
+enum Exit {
+    Shutdown,
+    Fenced,
+    /// A store or database error: try again after a backoff.
+    Transient(ProjectionError),
+}
+
+impl From<ProjectionError> for Exit {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::Fenced { .. } => Self::Fenced,
+            ProjectionError::Shutdown => Self::Shutdown,
+            e => Self::Transient(e),
+        }
+    }
+}
+
+impl From<StoreError> for Exit {
+    fn from(e: StoreError) -> Self {
+        Self::Transient(ProjectionError::Store(e))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Live,
+    Rebuild,
+}
+
+/// One copy being filled, and where it stands.
+struct Cursor {
+    slot: Slot,
+    position: GlobalPosition,
+    /// The page size: the batch, smaller while a corrupt row is being isolated.
+    limit: usize,
+}
+
+struct Runner<S, T> {
+    store: Arc<S>,
+    target: T,
+    settings: Settings,
+    shared: Arc<Shared>,
+    control: watch::Receiver<Control>,
+    seen: Control,
+    rng: SplitMix64,
+    meters: Meters,
+    live: Cursor,
+    rebuild: Option<Cursor>,
+    rebuild_wanted: bool,
+    lag_measured: Option<Instant>,
+    failures: u32,
+    previous_delay: Duration,
+}
+
+/// Runs the projection until shut down.
 pub(crate) async fn run<S: EventStore, T: Target>(
     store: Arc<S>,
     target: T,
     settings: Settings,
     shared: Arc<Shared>,
 ) -> Result<(), ProjectionError> {
-    let _ = (store, target, settings, shared);
-    Ok(())
+    let control = shared.control.subscribe();
+    let live = Cursor {
+        slot: Slot {
+            checkpoint: settings.name.to_string(),
+            tables: Tables::new(settings.name.clone(), 1),
+        },
+        position: GlobalPosition::START,
+        limit: settings.batch,
+    };
+    let seen = *control.borrow();
+    let mut runner = Runner {
+        rng: SplitMix64::new(settings.seed),
+        meters: Meters::new(&settings.name),
+        seen,
+        control,
+        store,
+        target,
+        settings,
+        shared,
+        live,
+        rebuild: None,
+        rebuild_wanted: false,
+        lag_measured: None,
+        failures: 0,
+        previous_delay: Duration::ZERO,
+    };
+    // A rebuild asked for before the runner started counts.
+    runner.seen.rebuilds = 0;
+    let result = runner.run().await;
+    match &result {
+        Ok(()) => runner.shared.set_status(Status::ShutDown),
+        Err(e) => runner.shared.set_status(Status::Stopped {
+            error: e.to_string(),
+        }),
+    }
+    result
+}
+
+/// Returns when the handle asks for a shutdown.
+async fn until_shutdown(control: &mut watch::Receiver<Control>) {
+    // The sender lives in `Shared`, which the runner holds: `wait_for` cannot fail.
+    let _ = control.wait_for(|c| c.shutdown).await;
+}
+
+impl<S: EventStore, T: Target> Runner<S, T> {
+    async fn run(&mut self) -> Result<(), ProjectionError> {
+        let mut started = false;
+        loop {
+            match self.start().await {
+                Ok(()) => started = true,
+                Err(Exit::Shutdown) => return Ok(()),
+                Err(Exit::Fenced) => continue,
+                Err(Exit::Transient(e)) if !started => return Err(e),
+                Err(Exit::Transient(e)) => {
+                    if self.back_off(e).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
+            loop {
+                match self.step().await {
+                    Ok(()) => {
+                        self.failures = 0;
+                        self.previous_delay = Duration::ZERO;
+                    }
+                    Err(Exit::Shutdown) => return Ok(()),
+                    Err(Exit::Fenced) => {
+                        tracing::warn!(
+                            target: "tower_patterns::cqrs",
+                            projection = %self.settings.name,
+                            "fenced: another runner moved the checkpoint"
+                        );
+                        if self.rebuild.take().is_some() {
+                            self.rebuild_wanted = true;
+                        }
+                        break;
+                    }
+                    Err(Exit::Transient(e)) => {
+                        if self.back_off(e).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits after an error of the store or database; `Err` on shutdown.
+    async fn back_off(&mut self, error: ProjectionError) -> Result<(), ()> {
+        self.failures = self.failures.saturating_add(1);
+        let delay = ERROR_BACKOFF.delay(
+            self.failures,
+            self.previous_delay,
+            ERROR_BACKOFF_CAP,
+            &mut self.rng,
+        );
+        self.previous_delay = delay;
+        tracing::warn!(
+            target: "tower_patterns::cqrs",
+            projection = %self.settings.name,
+            attempt = self.failures,
+            error = %error,
+            "projection error; trying again after a backoff"
+        );
+        self.shared.set_status(Status::Retrying {
+            attempt: self.failures,
+            error: error.to_string(),
+        });
+        self.sleep(delay).await.map_err(drop)
+    }
+
+    async fn sleep(&mut self, delay: Duration) -> Result<(), Exit> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = until_shutdown(&mut self.control) => Err(Exit::Shutdown),
+        }
+    }
+
+    /// Acquires the right to run, opens the live copy and discards an interrupted rebuild.
+    async fn start(&mut self) -> Result<(), Exit> {
+        if self.control.borrow().shutdown {
+            return Err(Exit::Shutdown);
+        }
+        {
+            let name = self.settings.name.clone();
+            let acquire = self.target.acquire(&name);
+            tokio::pin!(acquire);
+            let acquired = tokio::select! {
+                biased;
+                r = &mut acquire => r,
+                () = std::future::ready(()) => {
+                    self.shared.set_status(Status::Standby);
+                    tokio::select! {
+                        r = &mut acquire => r,
+                        () = until_shutdown(&mut self.control) => return Err(Exit::Shutdown),
+                    }
+                }
+            };
+            acquired?;
+        }
+        let name = self.settings.name.clone();
+        let opening = Slot {
+            checkpoint: name.to_string(),
+            tables: Tables::new(name.clone(), 1),
+        };
+        let stored = self.target.open(&opening).await?;
+        let slot = Slot {
+            checkpoint: name.to_string(),
+            tables: Tables::new(name, stored.version),
+        };
+        self.shared.set_tables(slot.tables.clone());
+        self.shared.publish(stored.position);
+        self.live = Cursor {
+            slot,
+            position: stored.position,
+            limit: self.settings.batch,
+        };
+        self.rebuild = None;
+        let leftover = self.rebuild_slot();
+        self.target.discard(&leftover).await?;
+        self.shared.set_status(Status::CatchingUp);
+        Ok(())
+    }
+
+    fn rebuild_slot(&self) -> Slot {
+        Slot {
+            checkpoint: format!("{}{REBUILD_SUFFIX}", self.settings.name),
+            tables: self.live.slot.tables.next(),
+        }
+    }
+
+    fn cursor(&mut self, which: Which) -> &mut Cursor {
+        match which {
+            Which::Live => &mut self.live,
+            Which::Rebuild => self.rebuild.as_mut().unwrap_or(&mut self.live),
+        }
+    }
+
+    /// Takes the handle's commands: a shutdown, or a rebuild.
+    async fn take_commands(&mut self) -> Result<(), Exit> {
+        let control = *self.control.borrow_and_update();
+        if control.shutdown {
+            return Err(Exit::Shutdown);
+        }
+        if control.rebuilds > self.seen.rebuilds {
+            self.seen.rebuilds = control.rebuilds;
+            if self.rebuild.is_none() {
+                self.rebuild_wanted = true;
+            }
+        }
+        if self.rebuild_wanted {
+            let slot = self.rebuild_slot();
+            self.target.discard(&slot).await?;
+            let stored = self.target.open(&slot).await?;
+            tracing::info!(
+                target: "tower_patterns::cqrs",
+                projection = %self.settings.name,
+                version = slot.tables.version(),
+                "rebuild started"
+            );
+            self.shared.set_status(Status::Rebuilding {
+                position: stored.position,
+            });
+            self.rebuild = Some(Cursor {
+                slot,
+                position: stored.position,
+                limit: self.settings.batch,
+            });
+            self.rebuild_wanted = false;
+        }
+        Ok(())
+    }
+
+    /// One turn: a page of the rebuild (or the swap), a page of the live copy, or a wait.
+    async fn step(&mut self) -> Result<(), Exit> {
+        self.take_commands().await?;
+        let mut rebuilt = false;
+        if let Some(rebuild) = &self.rebuild {
+            if rebuild.position >= self.live.position {
+                self.swap().await?;
+            } else {
+                let upper = self.live.position;
+                rebuilt = self.step_cursor(Which::Rebuild, Some(upper)).await?;
+            }
+        }
+        let progressed = self.step_cursor(Which::Live, None).await?;
+        if !progressed && !rebuilt {
+            self.idle().await?;
+        }
+        Ok(())
+    }
+
+    async fn swap(&mut self) -> Result<(), Exit> {
+        let Some(rebuild) = &self.rebuild else {
+            return Ok(());
+        };
+        self.target.swap(&self.live.slot, &rebuild.slot).await?;
+        let tables = rebuild.slot.tables.clone();
+        tracing::info!(
+            target: "tower_patterns::cqrs",
+            projection = %self.settings.name,
+            version = tables.version(),
+            "rebuild swapped in"
+        );
+        self.rebuild = None;
+        self.live.slot.tables = tables.clone();
+        self.shared.set_tables(tables);
+        self.shared.set_status(Status::CatchingUp);
+        Ok(())
+    }
+
+    /// Caught up and nothing to rebuild: waits for appends or a command.
+    async fn idle(&mut self) -> Result<(), Exit> {
+        if self.rebuild.is_none() {
+            self.shared.set_status(Status::Live);
+            self.shared.set_lag(Lag::default());
+            self.lag_measured = None;
+        }
+        let after = self.live.position;
+        tokio::select! {
+            () = self.store.wait_for_events(after) => {}
+            _ = self.control.changed() => {}
+        }
+        Ok(())
+    }
+
+    /// Reads and applies one page of `which`; false when there was nothing to read.
+    async fn step_cursor(
+        &mut self,
+        which: Which,
+        upper: Option<GlobalPosition>,
+    ) -> Result<bool, Exit> {
+        let (slot, after, limit) = {
+            let c = self.cursor(which);
+            (c.slot.clone(), c.position, c.limit)
+        };
+        let mut page = match self.store.read_all(after, limit).await {
+            Ok(page) => page,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                if limit > 1 {
+                    // Isolate the row: smaller pages apply the good events before it.
+                    self.cursor(which).limit = (limit / 2).max(1);
+                    return Ok(true);
+                }
+                let StoreError::Corrupt {
+                    stream,
+                    version,
+                    position,
+                    ..
+                } = &e
+                else {
+                    unreachable!()
+                };
+                let event = unreadable(stream, *version, *position);
+                self.fail(which, &slot, event, ApplyError::from(e)).await?;
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(upper) = upper {
+            page.retain(|e| e.position <= upper);
+        }
+        if page.is_empty() {
+            return Ok(false);
+        }
+        let full = page.len() >= self.settings.batch;
+        let applied = self.target.apply(&slot, after, &page).await?;
+        if applied.count > 0 {
+            self.advance(which, &page[applied.count - 1], applied.count);
+        }
+        if let Some(error) = applied.failed {
+            let event = page.swap_remove(applied.count);
+            self.fail(which, &slot, event, error).await?;
+        }
+        self.after_page(which, full).await;
+        Ok(true)
+    }
+
+    /// Sets the status after a page, and measures the lag while behind (once a second).
+    async fn after_page(&mut self, which: Which, full: bool) {
+        if let Some(rebuild) = &self.rebuild {
+            self.shared.set_status(Status::Rebuilding {
+                position: rebuild.position,
+            });
+        } else if which == Which::Live && (full || *self.shared.status.borrow() != Status::Live) {
+            self.shared.set_status(Status::CatchingUp);
+        }
+        if which == Which::Live
+            && full
+            && self.lag_measured.is_none_or(|t| t.elapsed() >= LAG_EVERY)
+        {
+            self.lag_measured = Some(Instant::now());
+            match measure_lag(&*self.store, self.live.position).await {
+                Ok(lag) => self.shared.set_lag(lag),
+                Err(e) => tracing::debug!(
+                    target: "tower_patterns::cqrs",
+                    projection = %self.settings.name,
+                    error = %e,
+                    "lag not measured"
+                ),
+            }
+        }
+    }
+
+    /// Records that `which` applied up to `last` (`count` events).
+    fn advance(&mut self, which: Which, last: &RecordedEvent, count: usize) {
+        self.meters.applied.increment(count as u64);
+        self.pass(which, last.position);
+    }
+
+    fn pass(&mut self, which: Which, position: GlobalPosition) {
+        self.cursor(which).position = position;
+        if which == Which::Live {
+            self.shared.publish(position);
+        }
+    }
 }
