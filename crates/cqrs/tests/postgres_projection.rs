@@ -1,0 +1,221 @@
+//! A read model in PostgreSQL: catches up, follows live appends, restarts from its checkpoint,
+//! dead-letters a poison event with every other event applied once, rebuilds into fresh
+//! tables and drops the old ones; PgCheckpoints' compare-and-set.
+#![cfg(feature = "postgres")]
+
+mod pg_support;
+
+use std::time::Duration;
+
+use pg_support::{Ledger, append, checkpoint, client, ledger, store, tables_like};
+use tower_patterns_cqrs::{
+    Checkpoint, CheckpointStore, FailurePolicy, Projection, Status, checkpoint::PgCheckpoints,
+};
+use tower_patterns_eventstore::{EventStore, GlobalPosition};
+use tower_patterns_testkit::fresh_postgres;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catches_up_follows_live_appends_and_restarts_from_its_checkpoint() {
+    let Some(url) = fresh_postgres("pgproj_live").await else {
+        return;
+    };
+    let store = store(&url).await;
+    let head = append(&store, "catalog-1", "PriceUpdated", 300).await;
+    let model = Ledger::default();
+    let build = || {
+        Projection::builder("catalog")
+            .source(store.clone())
+            .postgres(store.pool().clone(), model.clone())
+            .batch(64)
+            .build()
+            .unwrap()
+    };
+    let (handle, task) = build().spawn();
+    assert!(handle.wait_for(head, WITHIN).await, "caught up");
+    let db = client(&url).await;
+    assert_eq!(ledger(&db, "catalog_v1_applied").await, (300, 1));
+
+    let head = append(&store, "catalog-2", "PriceUpdated", 20).await;
+    assert!(handle.wait_for(head, WITHIN).await, "live appends applied");
+    assert_eq!(
+        handle.wait_for_status(WITHIN, |s| *s == Status::Live).await,
+        Status::Live
+    );
+    assert_eq!(checkpoint(&db, "catalog").await, Some((head, Some(1))));
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+
+    // Restarted: it applies only what came after its checkpoint.
+    let before = model.applies();
+    let (handle, task) = build().spawn();
+    let head = append(&store, "catalog-3", "PriceUpdated", 5).await;
+    assert!(handle.wait_for(head, WITHIN).await);
+    assert_eq!(model.applies() - before, 5, "nothing applied again");
+    assert_eq!(ledger(&db, "catalog_v1_applied").await, (325, 1));
+    assert_eq!(checkpoint(&db, "catalog").await, Some((head, Some(1))));
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_in_a_batch_is_dead_lettered_and_every_other_event_applies_once() {
+    let Some(url) = fresh_postgres("pgproj_dead").await else {
+        return;
+    };
+    let store = store(&url).await;
+    append(&store, "feed-1", "Liked", 10).await;
+    let poison = append(&store, "feed-1", "Poison", 1).await;
+    let head = append(&store, "feed-1", "Liked", 10).await;
+    let model = Ledger::default();
+    let (handle, task) = Projection::builder("feed")
+        .source(store.clone())
+        .postgres(store.pool().clone(), model.clone())
+        .policy(FailurePolicy::DeadLetter)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WITHIN).await);
+    let db = client(&url).await;
+    // The ten before the poison were applied, rolled back with it, and applied again: once.
+    assert_eq!(ledger(&db, "feed_v1_applied").await, (20, 1));
+    assert!(model.applies() >= 21);
+    let dead = PgCheckpoints::new(store.pool().clone())
+        .await
+        .unwrap()
+        .dead_letters("feed")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (
+            dead[0].position,
+            dead[0].event_type.as_str(),
+            dead[0].stream.as_str()
+        ),
+        (poison, "Poison", "feed-1")
+    );
+    assert!(dead[0].error.contains("refuses"), "{}", dead[0].error);
+    assert_eq!(checkpoint(&db, "feed").await, Some((head, Some(1))));
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_swaps_in_the_next_tables_and_drops_the_old_ones() {
+    let Some(url) = fresh_postgres("pgproj_swap").await else {
+        return;
+    };
+    let store = store(&url).await;
+    let head = append(&store, "catalog-1", "PriceUpdated", 120).await;
+    let (handle, task) = Projection::builder("shop")
+        .source(store.clone())
+        .postgres(store.pool().clone(), Ledger::default())
+        .batch(32)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WITHIN).await);
+    let db = client(&url).await;
+    assert_eq!(tables_like(&db, "shop_v1_").await, ["shop_v1_applied"]);
+    handle.rebuild();
+    let mut swapped = false;
+    for _ in 0..3000 {
+        if handle.tables().version() == 2 {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        swapped,
+        "swapped within 30 s (status {:?})",
+        handle.status()
+    );
+    assert!(
+        tables_like(&db, "shop_v1_").await.is_empty(),
+        "old tables dropped"
+    );
+    assert_eq!(tables_like(&db, "shop_v2_").await, ["shop_v2_applied"]);
+    assert_eq!(ledger(&db, "shop_v2_applied").await, (120, 1));
+    assert_eq!(checkpoint(&db, "shop").await, Some((head, Some(2))));
+    assert_eq!(checkpoint(&db, "shop#rebuild").await, None);
+    // The swapped-in copy follows the log.
+    let head = append(&store, "catalog-2", "PriceUpdated", 3).await;
+    assert!(handle.wait_for(head, WITHIN).await);
+    assert_eq!(ledger(&db, "shop_v2_applied").await, (123, 1));
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn pg_checkpoints_compare_and_set_and_record_dead_letters() {
+    let Some(url) = fresh_postgres("pgproj_cp").await else {
+        return;
+    };
+    let store = store(&url).await;
+    let cps = PgCheckpoints::new(store.pool().clone()).await.unwrap();
+    let cps = {
+        drop(cps);
+        PgCheckpoints::new(store.pool().clone()).await.unwrap() // idempotent
+    };
+    let name = "relay";
+    assert_eq!(cps.load(name).await.unwrap(), None);
+    let a = Checkpoint {
+        position: GlobalPosition::new(1, 7),
+        version: 1,
+    };
+    let b = Checkpoint {
+        position: GlobalPosition::new(2, 9),
+        version: 1,
+    };
+    assert!(cps.save(name, Checkpoint::default(), a).await.unwrap());
+    assert!(
+        !cps.save(name, Checkpoint::default(), b).await.unwrap(),
+        "stale expectation"
+    );
+    assert_eq!(cps.load(name).await.unwrap(), Some(a));
+    assert!(cps.save(name, a, b).await.unwrap());
+    assert!(!cps.save(name, a, b).await.unwrap());
+    assert_eq!(cps.load(name).await.unwrap(), Some(b));
+
+    let head = append(&store, "orders-1", "Placed", 1).await;
+    let event = store
+        .read_all(GlobalPosition::START, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(event.position, head);
+    let c = Checkpoint {
+        position: head,
+        version: 1,
+    };
+    assert!(
+        !cps.dead_letter(name, &event, "boom", 3, a, c)
+            .await
+            .unwrap()
+    );
+    assert!(
+        cps.dead_letters(name).await.unwrap().is_empty(),
+        "rolled back"
+    );
+    assert!(
+        cps.dead_letter(name, &event, "boom", 3, b, c)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cps.load(name).await.unwrap(), Some(c));
+    let dead = cps.dead_letters(name).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].event_id,
+            dead[0].attempts,
+            dead[0].error.as_str(),
+            dead[0].version
+        ),
+        (event.id, 3, "boom", 1)
+    );
+    assert!(cps.dead_letters("other").await.unwrap().is_empty());
+}
