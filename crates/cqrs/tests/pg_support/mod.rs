@@ -32,7 +32,8 @@ impl PostgresProjection for Ledger {
     async fn create(&self, tx: &Transaction<'_>, tables: &Tables) -> Result<(), ApplyError> {
         tx.batch_execute(&format!(
             "CREATE TABLE {} (event_id uuid PRIMARY KEY, n int NOT NULL DEFAULT 1, \
-             commit bigint NOT NULL, idx bigint NOT NULL)",
+             commit bigint NOT NULL, idx bigint NOT NULL, \
+             seq bigint GENERATED ALWAYS AS IDENTITY)",
             tables.name("applied")
         ))
         .await?;
