@@ -266,7 +266,7 @@ impl ProjectionHandle {
         lock(&self.shared.tables).clone()
     }
 
-    /// The error that stopped the projection (or the last failure it retried), typed: an
+    /// The error that last stopped the projection (or abandoned a rebuild), typed: a
     /// [`ProjectionError::Apply`] names the event's stream, version and position.
     pub fn last_error(&self) -> Option<Arc<ProjectionError>> {
         lock(&self.shared.last_error).clone()
@@ -310,7 +310,11 @@ impl ProjectionHandle {
     /// Builds the next version of the read model from the start of the log into fresh
     /// tables while the live copy keeps up, then swaps them in one transaction
     /// ([`tables`](Self::tables) then names the new copy). A rebuild already under way is
-    /// not restarted. For an external effect a rebuild replays the log into the same effect.
+    /// not restarted; one interrupted by a shutdown or a crash is discarded when the runner
+    /// starts again. If the failure policy stops it, the rebuild is abandoned (its tables
+    /// dropped; [`last_error`](Self::last_error) names the event) and the live copy goes on.
+    /// For an external effect a rebuild replays the log into the same effect (which must take
+    /// repeats: an inbox, or idempotent writes).
     pub fn rebuild(&self) {
         self.shared.control.send_modify(|c| c.rebuilds += 1);
     }

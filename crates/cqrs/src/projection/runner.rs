@@ -16,7 +16,10 @@
 //! checkpoint row `name#rebuild`), alternating a page for it and a page for the live copy;
 //! when it reaches the live copy's position the target swaps them in one transaction. A
 //! rebuild that a crash or a shutdown interrupts is discarded (its tables dropped) when the
-//! runner starts again: ask for it again.
+//! runner starts again: ask for it again. The failure policy applies to the rebuild's events
+//! too, except that a stop abandons the rebuild (its tables dropped, the handle's
+//! `last_error` naming the event) rather than the live copy, which goes on; a retry's backoff
+//! holds both copies.
 //!
 //! Errors of the event store (a lost connection) and of the read model's database between
 //! events are retried with a backoff (100 ms doubling to 10 s), the status showing them;
@@ -64,6 +67,8 @@ enum Exit {
     Fenced,
     /// A store or database error: try again after a backoff.
     Transient(ProjectionError),
+    /// The failure policy stopped the rebuild (the live copy goes on).
+    RebuildStopped(ProjectionError),
 }
 
 impl From<ProjectionError> for Exit {
@@ -172,8 +177,8 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                 Ok(()) => started = true,
                 Err(Exit::Shutdown) => return Ok(()),
                 Err(Exit::Fenced) => continue,
-                Err(Exit::Transient(e)) if !started => return Err(e),
-                Err(Exit::Transient(e)) => {
+                Err(Exit::Transient(e) | Exit::RebuildStopped(e)) if !started => return Err(e),
+                Err(Exit::Transient(e) | Exit::RebuildStopped(e)) => {
                     if self.back_off(e).await.is_err() {
                         return Ok(());
                     }
@@ -198,7 +203,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                         }
                         break;
                     }
-                    Err(Exit::Transient(e)) => {
+                    Err(Exit::Transient(e) | Exit::RebuildStopped(e)) => {
                         if self.back_off(e).await.is_err() {
                             return Ok(());
                         }
@@ -343,13 +348,34 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                 self.swap().await?;
             } else {
                 let upper = self.live.position;
-                rebuilt = self.step_cursor(Which::Rebuild, Some(upper)).await?;
+                match self.step_cursor(Which::Rebuild, Some(upper)).await {
+                    Ok(progressed) => rebuilt = progressed,
+                    Err(Exit::RebuildStopped(e)) => self.abandon_rebuild(e).await?,
+                    Err(e) => return Err(e),
+                }
             }
         }
         let progressed = self.step_cursor(Which::Live, None).await?;
         if !progressed && !rebuilt {
             self.idle().await?;
         }
+        Ok(())
+    }
+
+    /// The failure policy stopped the rebuild: it is dropped, the live copy goes on, and the
+    /// handle's `last_error` tells why.
+    async fn abandon_rebuild(&mut self, error: ProjectionError) -> Result<(), Exit> {
+        tracing::error!(
+            target: "tower_patterns::cqrs",
+            projection = %self.settings.name,
+            error = %error,
+            "rebuild stopped by the failure policy and abandoned; the live copy goes on"
+        );
+        self.shared.set_error(error);
+        if let Some(rebuild) = self.rebuild.take() {
+            self.target.discard(&rebuild.slot).await?;
+        }
+        self.shared.set_status(Status::CatchingUp);
         Ok(())
     }
 

@@ -92,6 +92,8 @@ pub struct Ledger {
     pub calls: Arc<AtomicU32>,
     /// Once set, `Poison` events apply (an operator fixed the cause).
     pub cured: Arc<AtomicBool>,
+    /// `Poison` fails only in this version of the tables (a rebuild's, say).
+    pub only_version: Option<u32>,
 }
 
 impl Ledger {
@@ -135,7 +137,8 @@ impl SqliteProjection for Ledger {
         {
             panic!("the ledger crashes at {at}");
         }
-        let poison = if self.cured.load(Ordering::SeqCst) {
+        let other_version = self.only_version.is_some_and(|v| v != t.version());
+        let poison = if other_version || self.cured.load(Ordering::SeqCst) {
             None
         } else {
             self.poison
@@ -245,4 +248,18 @@ pub fn dead_letters(conn: &Connection, name: &str) -> Vec<(u64, String, u64, Str
     .unwrap()
     .map(Result::unwrap)
     .collect()
+}
+
+/// The names of the tables, views and triggers in a read model's file starting with `prefix`.
+pub fn objects(path: &Path, prefix: &str) -> Vec<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map(params![prefix], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }

@@ -86,6 +86,14 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                     self.cursor(which).limit = self.settings.batch;
                     return Ok(());
                 }
+                Action::Stop if which == Which::Rebuild => {
+                    return Err(Exit::RebuildStopped(ProjectionError::apply(
+                        &self.settings.name,
+                        &event,
+                        attempt,
+                        error,
+                    )));
+                }
                 Action::Stop => {
                     let resumes = self.control.borrow().resumes;
                     let stopped =
