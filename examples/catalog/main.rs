@@ -1,0 +1,187 @@
+//! The product catalog as a CQRS service: commands go to the `Product` aggregate in the event
+//! store, queries to a read model kept by a projection (a product row and an FTS5 search
+//! index in its own SQLite file).
+//!
+//! ```text
+//! cargo run --example catalog --features cqrs          # listens on 127.0.0.1:3000
+//! curl -i -XPOST localhost:3000/products/p1 \
+//!   -d '{"op":"create","name":"Red kettle","description":"A loud kettle","price_cents":2500}'
+//! #   -> 200, tp-position: v1.0.1
+//! curl -XPOST localhost:3000/products/p1 -d '{"op":"set_price","price_cents":1999}'
+//! curl -H 'tp-position: v1.0.2' 'localhost:3000/products?text=kett&max_cents=2000'
+//! ```
+//!
+//! A command answers with the position it reached (`tp-position`); a query that sends it back
+//! waits (up to 2 s) until the read model has applied it, so a client reads its own writes.
+//! Bad JSON is a `400` with a fixed phrase, a refused command `422`, a conflict `409`.
+//! `TP_CATALOG_DIR` picks the directory of the two SQLite files (default: the current one).
+#![allow(clippy::print_stdout, reason = "an example says where it listens")]
+#![allow(unreachable_pub, reason = "the tests include this file as a module")]
+
+#[path = "model.rs"]
+mod model;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tower::Layer;
+use tower_patterns::{
+    BoxError,
+    cqrs::{
+        Projection, ProjectionHandle,
+        layer::{
+            BadCommand, CqrsLayer, HttpClassifier, HttpCommands, POSITION_HEADER, PositionToken,
+        },
+        projection::sqlite_reader,
+    },
+    eventstore::{Command, CommandService, Repository, sqlite::SqliteStore},
+    http::ErrorResponseLayer,
+};
+
+use model::{PRODUCT_PREFIX, Product, ProductCommand, Search};
+
+/// The read side's state: the read model's file and its projection.
+#[derive(Clone, Debug)]
+pub struct Reads {
+    path: Arc<PathBuf>,
+    projection: ProjectionHandle,
+}
+
+/// `POST /products/{id}` with a JSON `ProductCommand`.
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "the adapter hands the body over"
+)]
+pub fn product_command(
+    parts: &http::request::Parts,
+    body: bytes::Bytes,
+) -> Result<Command<(String, ProductCommand)>, BadCommand> {
+    let id = match parts.uri.path().split('/').collect::<Vec<_>>()[..] {
+        ["", "products", id] if !id.is_empty() => id.to_owned(),
+        _ => {
+            return Err(BadCommand::with_status(
+                StatusCode::NOT_FOUND,
+                "no such route",
+            ));
+        }
+    };
+    let command: ProductCommand =
+        serde_json::from_slice(&body).map_err(|_| BadCommand::new("not a product command"))?;
+    Ok(Command::new(id.clone(), (id, command)))
+}
+
+/// Waits until the read model has applied the position the request names, if it names one.
+async fn consistent(reads: &Reads, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(value) = headers.get(POSITION_HEADER) else {
+        return Ok(());
+    };
+    let token = PositionToken::from_header_value(value)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "malformed position").into_response())?;
+    if reads
+        .projection
+        .wait_for(token.position(), Duration::from_secs(2))
+        .await
+    {
+        Ok(())
+    } else {
+        Err((StatusCode::SERVICE_UNAVAILABLE, "read model behind").into_response())
+    }
+}
+
+async fn read<T: Send + 'static>(
+    reads: &Reads,
+    f: impl FnOnce(&rusqlite::Connection, &tower_patterns::cqrs::Tables) -> rusqlite::Result<T>
+    + Send
+    + 'static,
+) -> Result<T, Response> {
+    let (path, tables) = (reads.path.clone(), reads.projection.tables());
+    tokio::task::spawn_blocking(move || f(&sqlite_reader(&*path)?, &tables))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| (StatusCode::INTERNAL_SERVER_ERROR, "read failed").into_response())
+}
+
+async fn search(
+    State(reads): State<Reads>,
+    headers: HeaderMap,
+    Query(q): Query<Search>,
+) -> Response {
+    if let Err(r) = consistent(&reads, &headers).await {
+        return r;
+    }
+    match read(&reads, move |c, t| model::search_sqlite(c, t, &q)).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn product(
+    State(reads): State<Reads>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = consistent(&reads, &headers).await {
+        return r;
+    }
+    match read(&reads, move |c, t| model::product_sqlite(c, t, &id)).await {
+        Ok(Some(row)) => Json(row).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such product").into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The catalog's service over the SQLite files in `dir`, with its projection running.
+///
+/// # Errors
+///
+/// When a file cannot be opened or the projection does not start.
+pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHandle), BoxError> {
+    let store = Arc::new(SqliteStore::open(dir.join("catalog-events.db"))?);
+    let path = dir.join("catalog-read.db");
+    let (projection, _task) = Projection::builder("catalog")
+        .source(store.clone())
+        .sqlite(&path, model::Catalog)
+        .build()?
+        .spawn();
+    let started = projection
+        .wait_for_status(Duration::from_secs(10), |s| {
+            s.as_str() == "live" || s.as_str() == "catching_up"
+        })
+        .await;
+    if !matches!(started.as_str(), "live" | "catching_up") {
+        return Err(format!("the catalog projection did not start: {started:?}").into());
+    }
+    let reads = Reads {
+        path: Arc::new(path),
+        projection: projection.clone(),
+    };
+    let queries = Router::new()
+        .route("/products", get(search))
+        .route("/products/{id}", get(product))
+        .with_state(reads);
+    let commands = CommandService::new(Repository::<Product, _>::new(store, PRODUCT_PREFIX));
+    let cqrs = CqrsLayer::builder("catalog")
+        .commands(commands)
+        .classify(HttpClassifier::new())
+        .adapter(HttpCommands::new(product_command))
+        .build()?;
+    let service = ErrorResponseLayer::new().layer(cqrs.layer(queries));
+    Ok((Router::new().fallback_service(service), projection))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let dir = std::env::var_os("TP_CATALOG_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let (app, _projection) = sqlite_app(&dir).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    println!("the catalog listens on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
