@@ -64,6 +64,13 @@ async fn a_late_commit_is_not_skipped() {
             .unwrap()
             .is_empty()
     );
+    // Nor does the gated read for SQL readers.
+    let in_sql: i64 = peek
+        .query_one("SELECT count(*) FROM tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_sql, 0);
     // Nor do the lag measures: B is not counted while A may still take the place before it.
     assert!(store.head().await.unwrap().is_none());
     assert_eq!(
@@ -71,8 +78,7 @@ async fn a_late_commit_is_not_skipped() {
         0
     );
     tx.commit().await.unwrap();
-    // Wait for both (the read is not ordered with the commit's reply on another connection),
-    // checking that B never shows before A.
+    // Both now (the commit's reply comes after its locks are gone), and never B before A.
     let mut log = Vec::new();
     for _ in 0..200 {
         log = store.read_all(GlobalPosition::START, 10).await.unwrap();
@@ -93,6 +99,17 @@ async fn a_late_commit_is_not_skipped() {
         "A, then B: nothing skipped"
     );
     assert!(log[0].position < log[1].position);
+    let in_sql: Vec<i64> = peek
+        .query("SELECT r_seq FROM tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        in_sql,
+        [log[0].position.index as i64, log[1].position.index as i64]
+    );
 }
 
 /// How a writer of the follower test appends: alone, in its own transaction (committed or
@@ -107,10 +124,25 @@ enum Write {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_sees_every_event_once_under_concurrent_writers() {
-    let Some(url) = common::fresh_postgres("gapfollow").await else {
+    follow_concurrent_writers("gapfollow", Duration::ZERO).await;
+}
+
+/// The same with the gate reused for up to 2 ms: reads may wait a little longer, never skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reusing_the_gate_sees_every_event_once() {
+    follow_concurrent_writers("gapreuse", Duration::from_millis(2)).await;
+}
+
+async fn follow_concurrent_writers(tag: &str, reuse: Duration) {
+    let Some(url) = common::fresh_postgres(tag).await else {
         return;
     };
-    let store = Arc::new(PostgresStore::connect(&url, 12).await.unwrap());
+    let store = Arc::new(
+        PostgresStore::connect(&url, 12)
+            .await
+            .unwrap()
+            .with_gate_reuse(reuse),
+    );
     const WRITERS: u64 = 8;
     const EACH: u64 = 20;
     let plans: Vec<Vec<Write>> = (0..WRITERS)
@@ -508,8 +540,8 @@ async fn a_database_of_the_first_layout_is_migrated_in_order() {
 }
 
 /// Sessions whose default isolation is above READ COMMITTED cannot gate and read in one call
-/// (one snapshot would predate the gate): the function refuses, and the store computes the gate
-/// and reads in two statements, still never passing an open append.
+/// (one snapshot would predate the gate): `tp_read_all` refuses; the store, which computes the
+/// gate and reads in two autocommit statements, still never passes an open append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_stay_gap_safe_when_sessions_default_to_repeatable_read() {
     let Some(url) = common::fresh_postgres("isolation").await else {
@@ -571,4 +603,69 @@ async fn reads_stay_gap_safe_when_sessions_default_to_repeatable_read() {
         store.count_after(GlobalPosition::START, 10).await.unwrap(),
         2
     );
+}
+
+/// Two appends open at once (one of them appending twice in its transaction): the older one
+/// holds back everything after its place, whichever commits first; nothing shows out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_open_append_holds_back_later_positions() {
+    let Some(url) = common::fresh_postgres("oldest").await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, 6).await.unwrap();
+    let streams = |log: &[tower_patterns_eventstore::RecordedEvent]| {
+        log.iter().map(|e| e.stream_id.clone()).collect::<Vec<_>>()
+    };
+    let read = || async { store.read_all(GlobalPosition::START, 100).await.unwrap() };
+    store
+        .append("e0", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .unwrap();
+    let mut ca = store.pool().get().await.unwrap();
+    let a = ca.transaction().await.unwrap();
+    store
+        .append_in(&a, "a", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    store
+        .append("x", ExpectedVersion::Any, vec![ev(2)])
+        .await
+        .unwrap();
+    let mut cb = store.pool().get().await.unwrap();
+    let b = cb.transaction().await.unwrap();
+    store
+        .append_in(&b, "b", ExpectedVersion::Any, vec![ev(3)])
+        .await
+        .unwrap();
+    store
+        .append("y", ExpectedVersion::Any, vec![ev(4)])
+        .await
+        .unwrap();
+    // A appends again in the same transaction, after the others.
+    store
+        .append_in(&a, "a2", ExpectedVersion::Any, vec![ev(5)])
+        .await
+        .unwrap();
+    assert_eq!(
+        streams(&read().await),
+        ["e0"],
+        "A, open, holds back x, b and y"
+    );
+    b.commit().await.unwrap();
+    assert_eq!(
+        streams(&read().await),
+        ["e0"],
+        "B committed first: A still holds back x, b and y"
+    );
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 100).await.unwrap(),
+        1
+    );
+    a.commit().await.unwrap();
+    assert_eq!(
+        streams(&read().await),
+        ["e0", "a", "x", "b", "y", "a2"],
+        "all, in append order"
+    );
+    assert_eq!(store.head().await.unwrap().unwrap().stream_id, "a2");
 }

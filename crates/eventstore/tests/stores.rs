@@ -42,6 +42,21 @@ async fn postgres() {
     common::run_all(Arc::new(store)).await;
 }
 
+/// PostgreSQL with the gate reused between reads: the same guarantees (an append through the
+/// store is readable at once by the process that made it).
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reusing_the_gate() {
+    let Some(url) = common::fresh_postgres("confreuse").await else {
+        return;
+    };
+    let store = tower_patterns_eventstore::postgres::PostgresStore::connect(&url, 8)
+        .await
+        .unwrap()
+        .with_gate_reuse(std::time::Duration::from_secs(3600));
+    common::run_all(Arc::new(store)).await;
+}
+
 /// On PostgreSQL, `head` and `count_after` are gated like `read_all`: an open append holds back
 /// the later appends, which count as nothing until it commits.
 #[cfg(feature = "postgres")]

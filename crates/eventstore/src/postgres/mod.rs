@@ -43,17 +43,14 @@
 //! and this file (the store).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tokio_postgres::{NoTls, Row, error::SqlState, types::ToSql};
+use tokio_postgres::{NoTls, Row, types::ToSql};
 use uuid::Uuid;
 
 use crate::{
@@ -63,27 +60,28 @@ use crate::{
 };
 
 mod append;
+mod gate;
 mod listen;
 mod rows;
 mod schema;
 
 use append::{append_tx, is_race};
+use gate::GateCache;
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
-use schema::{
-    APPEND, COLUMNS, COUNT_AFTER, COUNT_AFTER_AT_GATE, GATE, HEAD, READ_ALL, SCHEMA, head_at_gate,
-    read_all_at_gate,
-};
+use schema::{APPEND, COLUMNS, COUNT_AFTER_AT_GATE, GATE, SCHEMA, head_at_gate, read_all_at_gate};
 
 const POLL: Duration = Duration::from_millis(250);
+/// How long a gate is reused by default (see [`PostgresStore::with_gate_reuse`]).
+const GATE_REUSE: Duration = Duration::ZERO;
 
 struct Inner {
     pool: Pool,
     head: watch::Sender<u64>,
     clock: Box<dyn Fn() -> SystemTime + Send + Sync>,
     listener: Option<tokio::task::JoinHandle<()>>,
-    /// The sessions run above READ COMMITTED: gate and read in two statements.
-    two_step: AtomicBool,
+    /// The last gate, for readers that come within the reuse interval.
+    gate: GateCache,
 }
 
 impl Drop for Inner {
@@ -150,7 +148,7 @@ impl PostgresStore {
                 head,
                 clock: Box::new(SystemTime::now),
                 listener,
-                two_step: AtomicBool::new(false),
+                gate: GateCache::new(GATE_REUSE),
             }),
         })
     }
@@ -166,6 +164,27 @@ impl PostgresStore {
         Arc::get_mut(&mut self.inner)
             .expect("with_clock before the store is cloned")
             .clock = Box::new(clock);
+        self
+    }
+
+    /// Lets readers of this store reuse a gate computed at most `interval` ago, as long as no
+    /// append has woken the store since (default: never reuse). Computing the gate scans
+    /// `pg_locks` (about 0.1 ms of server time, taking the lock manager's partition locks in
+    /// shared mode); with many readers in one process, reuse lets those a wake-up sends to the
+    /// log share one scan. Safe: an older gate is smaller, and a smaller gate only delays
+    /// events. The price: after an [`append_in`](Self::append_in) commits, a read in this
+    /// process may not show it for up to `interval` (until its `NOTIFY` arrives); appends
+    /// through [`append`](crate::EventStore::append) are seen at once. Call it before cloning
+    /// the store.
+    ///
+    /// # Panics
+    ///
+    /// When the store has been cloned already.
+    #[must_use]
+    pub fn with_gate_reuse(mut self, interval: Duration) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_gate_reuse before the store is cloned")
+            .gate = GateCache::new(interval);
         self
     }
 
@@ -206,33 +225,26 @@ impl PostgresStore {
         self.inner.pool.get().await.map_err(Error::backend)
     }
 
-    /// A gated read: `one` computes the gate and reads in one call (READ COMMITTED sessions);
-    /// where the sessions run at a higher isolation level (it answers `TP001`), the gate and
-    /// then `two` (the gate as its last parameter) run as two autocommit statements, each with
-    /// its own snapshot.
-    async fn gated(
-        &self,
-        one: &str,
-        two: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, Error> {
+    /// A gated read: the gate (reused or computed in a statement of its own), then `sql`
+    /// with it as the last parameter, in the next statement and so a later snapshot.
+    async fn gated(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
         let client = self.client().await?;
-        if !self.inner.two_step.load(Ordering::Relaxed) {
-            let stmt = client.prepare_cached(one).await.map_err(Error::backend)?;
-            match client.query(&stmt, params).await {
-                Err(e) if e.code() == Some(&SqlState::from_code("TP001")) => {
-                    self.inner.two_step.store(true, Ordering::Relaxed);
-                }
-                other => return other.map_err(Error::backend),
+        let wakeups = *self.inner.head.borrow();
+        let gate = match self.inner.gate.get(wakeups) {
+            Some(gate) => gate,
+            None => {
+                let asked = Instant::now();
+                let stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
+                let gate: i64 = client
+                    .query_one(&stmt, &[])
+                    .await
+                    .map_err(Error::backend)?
+                    .get(0);
+                self.inner.gate.put(asked, wakeups, gate);
+                gate
             }
-        }
-        let stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
-        let gate: i64 = client
-            .query_one(&stmt, &[])
-            .await
-            .map_err(Error::backend)?
-            .get(0);
-        let stmt = client.prepare_cached(two).await.map_err(Error::backend)?;
+        };
+        let stmt = client.prepare_cached(sql).await.map_err(Error::backend)?;
         let mut all = params.to_vec();
         all.push(&gate);
         client.query(&stmt, &all).await.map_err(Error::backend)
@@ -259,6 +271,14 @@ impl EventStore for PostgresStore {
                 .map_err(Error::backend)?;
             match append_tx(&**client, &stmt, stream, expected, &events, recorded_at).await {
                 Err(e) if is_race(&e) && attempt < 3 => {}
+                Ok(done) => {
+                    // Committed: wake this process's readers now (the NOTIFY comes later), and
+                    // keep them from reusing a gate computed before it.
+                    if !done.duplicate {
+                        self.inner.head.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    return Ok(done);
+                }
                 other => return other,
             }
         }
@@ -304,7 +324,6 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, Error> {
         let rows = self
             .gated(
-                READ_ALL,
                 &read_all_at_gate(),
                 &[
                     &to_i64(after.commit),
@@ -317,14 +336,13 @@ impl EventStore for PostgresStore {
     }
 
     async fn head(&self) -> Result<Option<RecordedEvent>, Error> {
-        let rows = self.gated(HEAD, &head_at_gate(), &[]).await?;
+        let rows = self.gated(&head_at_gate(), &[]).await?;
         rows.first().map(row_to_event).transpose()
     }
 
     async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
         let rows = self
             .gated(
-                COUNT_AFTER,
                 COUNT_AFTER_AT_GATE,
                 &[&to_i64(after.commit), &to_i64(after.index), &to_i64(limit)],
             )

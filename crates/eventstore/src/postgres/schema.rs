@@ -29,10 +29,11 @@
 //! Only this database's locks with these two keys count: an open transaction elsewhere in the
 //! cluster, or one here that does not append, no longer holds readers back.
 //!
-//! The two steps need two snapshots: `tp_read_all`, `tp_head` and `tp_count_after` are
-//! `VOLATILE` plpgsql (each statement takes a fresh snapshot under READ COMMITTED) and refuse
-//! other isolation levels, whose one snapshot would predate the gate (SQLSTATE `TP001`); the
-//! store then computes the gate and reads in two autocommit statements instead.
+//! The two steps need two snapshots. The store runs `SELECT tp_gate()` and then the read as two
+//! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
+//! `VOLATILE` plpgsql, whose statements each take a fresh snapshot under READ COMMITTED; it
+//! refuses other isolation levels, whose one snapshot would predate the gate (SQLSTATE
+//! `TP001`).
 //!
 //! # Migration
 //!
@@ -121,7 +122,9 @@ BEGIN
                             NULL::bigint;
         RETURN;
     END IF;
-    -- The gate's half: announce a lower bound of this append's number before taking it.
+    -- The gate's half: say an append is under way, and announce a lower bound of its number,
+    -- before taking it.
+    PERFORM pg_advisory_xact_lock_shared(7403529, 0);
     SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO low
       FROM tp_commit_seq;
     PERFORM pg_advisory_xact_lock_shared(7403525, (low >> 32)::int);
@@ -145,18 +148,27 @@ AS $$
 DECLARE
     v bigint;
     pending bigint;
-    db oid;
 BEGIN
     SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v
       FROM tp_commit_seq;
-    SELECT d.oid INTO db FROM pg_database d WHERE d.datname = current_database();
-    -- Pairs by transaction (a prepared transaction has no pid, but a virtual transaction id).
-    SELECT min((hi.objid::bigint << 32) | lo.objid::bigint) INTO pending
-      FROM pg_locks hi JOIN pg_locks lo ON lo.virtualtransaction = hi.virtualtransaction
-     WHERE hi.locktype = 'advisory' AND hi.database = db AND hi.classid = 7403525
-       AND hi.objsubid = 2
-       AND lo.locktype = 'advisory' AND lo.database = db AND lo.classid = 7403526
-       AND lo.objsubid = 2;
+    -- No append under way (none holds its shared lock): all up to v have ended. Taken and
+    -- given back at once, so appenders wait for it a few microseconds at most.
+    IF pg_try_advisory_lock(7403529, 0) THEN
+        PERFORM pg_advisory_unlock(7403529, 0);
+        RETURN v;
+    END IF;
+    -- Else the smallest announced lower bound, per transaction (a prepared transaction has no
+    -- pid, but a virtual transaction id); a transaction's smallest high and low halves give at
+    -- most its smallest pair, and one with a single half has not taken its number yet.
+    SELECT min((t.hi << 32) | t.lo) INTO pending FROM (
+        SELECT min(l.objid::bigint) FILTER (WHERE l.classid = 7403525) AS hi,
+               min(l.objid::bigint) FILTER (WHERE l.classid = 7403526) AS lo
+          FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2
+           AND l.classid IN (7403525, 7403526)
+           AND l.database = (SELECT d.oid FROM pg_database d
+                              WHERE d.datname = current_database())
+         GROUP BY l.virtualtransaction) t;
     RETURN LEAST(v, COALESCE(pending, v));
 END;
 $$;
@@ -180,44 +192,6 @@ BEGIN
      ORDER BY e.commit_no, e.seq LIMIT p_max;
 END;
 $$;
-CREATE OR REPLACE FUNCTION tp_head()
-RETURNS TABLE (r_commit bigint, r_seq bigint, r_stream text, r_version bigint, r_id uuid,
-               r_type text, r_schema int, r_payload text, r_metadata text)
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    g bigint;
-BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'tp_head needs READ COMMITTED (one snapshot would predate the gate)'
-            USING ERRCODE = 'TP001';
-    END IF;
-    g := tp_gate();
-    RETURN QUERY SELECT e.commit_no, e.seq, e.stream_id, e.version, e.event_id, e.event_type,
-                        e.schema_version, e.payload::text, e.metadata::text
-      FROM tp_events e WHERE e.commit_no <= g
-     ORDER BY e.commit_no DESC, e.seq DESC LIMIT 1;
-END;
-$$;
-CREATE OR REPLACE FUNCTION tp_count_after(p_commit bigint, p_seq bigint, p_limit bigint)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE
-AS $$
-DECLARE
-    g bigint;
-    n bigint;
-BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'tp_count_after needs READ COMMITTED (one snapshot would predate the gate)'
-            USING ERRCODE = 'TP001';
-    END IF;
-    g := tp_gate();
-    SELECT count(*) INTO n FROM (
-        SELECT 1 FROM tp_events e
-         WHERE (e.commit_no, e.seq) > (p_commit, p_seq) AND e.commit_no <= g LIMIT p_limit) s;
-    RETURN n;
-END;
-$$;
 ";
 
 pub(super) const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_commit, r_seq \
@@ -227,13 +201,8 @@ pub(super) const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_c
 pub(super) const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, event_type, \
                        schema_version, payload::text AS payload_text, metadata::text AS metadata_text";
 
-/// The gated reads, each in one statement (READ COMMITTED sessions) ...
-pub(super) const READ_ALL: &str = "SELECT * FROM tp_read_all($1, $2, $3)";
-pub(super) const HEAD: &str = "SELECT * FROM tp_head()";
-pub(super) const COUNT_AFTER: &str = "SELECT tp_count_after($1, $2, $3)";
-
-/// ... or after `GATE` in a statement of its own (sessions whose default isolation is higher):
-/// the gate is the last parameter.
+/// The gate, in a statement of its own; the gated reads take it as their last parameter, in
+/// the next statement (see `gate.rs`).
 pub(super) const GATE: &str = "SELECT tp_gate()";
 pub(super) fn read_all_at_gate() -> String {
     format!(
