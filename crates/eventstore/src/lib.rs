@@ -2,10 +2,11 @@
 //! the sum of its history), as the base of CQRS and sagas.
 //!
 //! - [`EventStore`]: streams with optimistic concurrency ([`ExpectedVersion`]), idempotent
-//!   appends by event id, stream reads both ways, one global log in order, and [`subscribe`]
-//!   (catch up, then live). Stores: `sqlite::SqliteStore` (the embedded default),
-//!   `postgres::PostgresStore` (feature `postgres`; gap-safe global reads) and
-//!   [`InMemoryStore`].
+//!   appends by event id, stream reads both ways, one global log in order, [`subscribe`]
+//!   (catch up, then live), and the log's [`head`](EventStore::head) and
+//!   [`count_after`](EventStore::count_after) for a reader's lag. Stores:
+//!   `sqlite::SqliteStore` (the embedded default), `postgres::PostgresStore` (feature
+//!   `postgres`; gap-safe global reads) and [`InMemoryStore`].
 //! - The envelope: [`EventData`] and [`RecordedEvent`], with a time-ordered id (UUID v7), a
 //!   type, a schema version, a JSON payload and [`Metadata`] (correlation, causation, tenant,
 //!   recorded at). [`Upcasters`] bring old schema versions up to date on read.
@@ -14,6 +15,21 @@
 //!   as of a version or a moment (time travel) and the full history.
 //! - [`CommandService`]: commands as a tower `Service`, so breakers, timeouts, bulkheads and
 //!   retries stack on them.
+//!
+//! # The global log: what can hold a reader back
+//!
+//! A reader of the global log ([`read_all`](EventStore::read_all), [`subscribe`], a CQRS
+//! projection) never skips an event: once it has passed a position, nothing appears before it.
+//! On SQLite and in memory one writer numbers events in commit order, so nothing ever waits. On
+//! PostgreSQL many transactions append at once and may commit out of order, so a reader stops
+//! before the first place an append still under way may fill (the gate). Only appends to the
+//! event store can hold readers back, for as long as their transaction stays open: an
+//! `append_in` inside a long transaction of the caller delays every later event until it
+//! commits or rolls back. Open transactions in other databases of the cluster, or in the
+//! store's database without an append (a batch job, a report), do not. Each append announces
+//! itself with shared advisory locks before it takes its number from a sequence, and a reader
+//! looks at those locks before it takes its snapshot (the reasoning is in the `postgres`
+//! module's `schema.rs`). A PostgreSQL position's `commit` is that append number.
 //!
 //! # Errors and HTTP
 //!
@@ -51,6 +67,9 @@
 //!
 //! let log = store.read_all(GlobalPosition::START, 10).await?;
 //! assert_eq!(log.len(), 2);
+//! // A reader that has handled the first event is one behind the head.
+//! assert_eq!(store.head().await?.map(|e| e.position), Some(log[1].position));
+//! assert_eq!(store.count_after(log[0].position, 1_000).await?, 1);
 //! # Ok(()) }
 //! ```
 

@@ -14,12 +14,23 @@
 //! Only appends to this store hold readers back, and only while their transaction is open: an
 //! [`append_in`](PostgresStore::append_in) inside a long transaction delays every later
 //! position until it commits, so keep those short. Open transactions in other databases of the
-//! cluster, or in this one without an append, do not matter. (The first layout gated on the
-//! cluster's oldest running transaction, so any writer anywhere stalled every reader; its
-//! positions were transaction ids. [`connect`](PostgresStore::connect) migrates such a
-//! database: stored positions from before must be reset, see the changelog.) Read from the
-//! primary: a hot standby does not see the primary's locks. Appenders do not wait for each
-//! other (except on the same stream).
+//! cluster, or in this one without an append, do not matter. Read from the primary: a hot
+//! standby does not see the primary's locks. Appenders do not wait for each other (except on
+//! the same stream). Stores in several schemas of one database share the lock keys: an open
+//! append in one delays the others' readers too (never skips).
+//!
+//! The gate costs a reader one more statement: about 0.03 ms of server time when no append is
+//! under way (a try-lock), about 0.13 ms when one is (a `pg_locks` scan). With many readers in
+//! one process, [`with_gate_reuse`](PostgresStore::with_gate_reuse) lets them share a gate for
+//! a millisecond or so. Readers in SQL call `tp_read_all(commit, index, max)` (READ COMMITTED).
+//!
+//! The first layout ordered the log by transaction id and gated on the cluster's oldest
+//! running transaction, so any writing transaction anywhere stalled every reader.
+//! [`connect`](PostgresStore::connect) migrates such a database in place (same order; one
+//! append number per old transaction). Positions stored from before are transaction ids and no
+//! longer mean anything: start such readers again from [`GlobalPosition::START`], or translate a
+//! stored `(commit, index)` to `SELECT commit_no, seq FROM tp_events WHERE seq = index` (the
+//! index, a row number, is unchanged).
 //!
 //! Appends lock their stream's row (`SELECT ... FOR UPDATE`), insert all their events in one
 //! statement (`UNNEST`), and `NOTIFY tp_events` on commit; [`wait_for_events`] listens for that
@@ -38,7 +49,8 @@
 //! ```
 
 //!
-//! By role: `schema.rs` (the tables, the append and the gate, as SQL), `rows.rs` (rows to
+//! By role: `schema.rs` (the tables, the append and the gate, as SQL, and why the gate is
+//! safe), `gate.rs` (the reader's side: two statements, a gate reused), `rows.rs` (rows to
 //! events), `append.rs` (one append through `tp_append`), `listen.rs` (the `LISTEN` wake-up),
 //! and this file (the store).
 

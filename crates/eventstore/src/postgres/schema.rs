@@ -5,29 +5,38 @@
 //! Every append (`tp_append`, which [`append`](crate::EventStore::append) and `append_in` both
 //! call) does, in its transaction:
 //!
-//! 1. `floor` := the last number `tp_commit_seq` handed out (0 before the first);
-//! 2. takes two *shared* transaction-level advisory locks, keys (7403525, high 32 bits of
-//!    `floor`) and (7403526, low 32 bits): they stay until the transaction commits or aborts;
-//! 3. `c` := `nextval('tp_commit_seq')` (so `c > floor`), and stores its events with
+//! 1. takes a *shared* transaction-level advisory lock on (7403529, 0), "an append is under
+//!    way";
+//! 2. `floor` := the last number `tp_commit_seq` handed out (0 before the first);
+//! 3. takes two more shared transaction-level advisory locks, (7403525, high 32 bits of
+//!    `floor`) and (7403526, low 32 bits). All three stay until the transaction ends;
+//! 4. `c` := `nextval('tp_commit_seq')` (so `c > floor`), and stores its events with
 //!    `commit_no = c`.
 //!
 //! A reader's gate (`tp_gate()`) reads the sequence's last value `v` (at instant t1), *then*
-//! the smallest `floor` any transaction of this database still holds a lock pair for
-//! (`pg_locks`, at t2 > t1), and answers `g = min(v, smallest floor)`. The read itself runs as
-//! the next statement, with a snapshot taken at t3 > t2, and returns only `commit_no <= g`.
+//! (at t2 > t1) either takes and at once gives back (7403529, 0) in exclusive mode, which
+//! succeeds only when no transaction holds it shared, and answers `g = v`; or, when that
+//! fails, finds in `pg_locks` the smallest `floor` a transaction of this database still holds
+//! a pair for, and answers `g = min(v, smallest floor)`. The read runs as the next statement,
+//! with a snapshot taken at t3 > t2, and returns only `commit_no <= g`.
 //!
 //! Proof that no event is skipped: let X be an append with `c <= g <= v`. Its `nextval`
 //! happened before t1 (the sequence only grows, and has `CACHE 1`, so every session sees each
-//! number handed out), and its locks were taken before that. Had X not ended by t2, `pg_locks`
-//! would have shown its pair and `g <= floor_X < c`: contradiction. So X ended before t2.
+//! number handed out at once), and its locks were taken before that. Had X not ended by t2,
+//! it would have held (7403529, 0), so the try-lock would have failed, and `pg_locks` would
+//! have shown its pair, so `g <= floor_X < c`: contradiction. So X ended before t2.
 //! PostgreSQL releases a transaction's locks only after its commit is visible to new
-//! snapshots, so X is committed and visible at t3, or aborted and never visible. Every event
-//! that becomes readable later therefore has `commit_no > g`, above every position a reader
-//! was handed. Several appends in one transaction hold several pairs: the minimum over their
-//! cross product is at most the true minimum (conservative). A rolled-back append, or one in a
-//! rolled-back savepoint, releases its locks and leaves a gap in the numbers, nothing else.
-//! Only this database's locks with these two keys count: an open transaction elsewhere in the
-//! cluster, or one here that does not append, no longer holds readers back.
+//! snapshots (also for a prepared transaction: `pg_locks` pairs by virtual transaction, which
+//! it has, not by pid, which it lacks), so X is committed and visible at t3, or aborted and
+//! never visible. Every event that becomes readable later therefore has `commit_no > g`, above
+//! every position a reader was handed. Several appends in one transaction hold several pairs:
+//! the smallest high half with the smallest low half is at most its smallest pair
+//! (conservative); a transaction with only a high half has not taken its number yet. A
+//! rolled-back append, or one in a rolled-back savepoint, releases its locks and leaves a gap
+//! in the numbers, nothing else. A gate is only ever too small for a later snapshot, never too
+//! large, so reusing one only delays. Only this database's locks with these keys count: an open
+//! transaction elsewhere in the cluster, or one here that does not append, holds no reader
+//! back.
 //!
 //! The two steps need two snapshots. The store runs `SELECT tp_gate()` and then the read as two
 //! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
