@@ -34,6 +34,14 @@ use cqrs_es::{
 };
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
+use tower_patterns::{
+    cqrs::{Projection, ProjectionHandle, projection::sqlite_reader},
+    eventstore::{
+        EventData, EventStore, ExpectedVersion, GlobalPosition,
+        postgres::PostgresStore,
+        sqlite::{Durability, SqliteStore},
+    },
+};
 
 /// Events per run: 1,000 products, ten events each.
 const EVENTS: u64 = 10_000;
@@ -51,38 +59,40 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The product catalog's events, shared by both sides.
+// The product catalog's events (the read model of `examples/catalog`), shared by both sides.
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum CatalogEvent {
-    ProductCreated { name: String, price_cents: i64 },
-    PriceChanged { price_cents: i64 },
-}
+#[path = "../examples/catalog/model.rs"]
+mod catalog;
 
-impl CatalogEvent {
-    fn type_name(&self) -> &'static str {
-        match self {
-            Self::ProductCreated { .. } => "ProductCreated",
-            Self::PriceChanged { .. } => "PriceChanged",
-        }
-    }
-}
+use catalog::ProductEvent;
 
-/// Event `k` of the run: product `k % 1000`, its `k / 1000 + 1`th event.
-fn event(k: u64) -> (String, u64, CatalogEvent) {
+/// Event `k` of the run: product `k % 1000`, its `k / 1000 + 1`th event (a listing, then
+/// price changes).
+fn event(k: u64) -> (String, u64, ProductEvent) {
     let product = k % PRODUCTS;
-    let stream = format!("product-{product}");
+    let id = format!("{product}");
     let event = if k < PRODUCTS {
-        CatalogEvent::ProductCreated {
+        ProductEvent::ProductCreated {
+            id,
             name: format!("Walnut side table no. {product}"),
+            description: "Solid walnut, oiled finish, 45 cm high".into(),
             price_cents: 10_000 + i64::try_from(product).expect("small"),
         }
     } else {
-        CatalogEvent::PriceChanged {
+        ProductEvent::PriceUpdated {
+            id,
             price_cents: 9_000 + i64::try_from(k % 2_000).expect("small"),
         }
     };
-    (stream, k / PRODUCTS + 1, event)
+    (
+        format!("{}{product}", catalog::PRODUCT_PREFIX),
+        k / PRODUCTS + 1,
+        event,
+    )
+}
+
+fn type_name(event: &ProductEvent) -> &'static str {
+    tower_patterns::eventstore::DomainEvent::event_type(event)
 }
 
 async fn fresh_database(url: &str) -> String {
@@ -122,12 +132,14 @@ fn full_run() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// Whether the command line's filter (criterion's first free argument) selects `id`.
+/// The command line's filter (criterion's first free argument).
+fn filter() -> Option<String> {
+    std::env::args().skip(1).find(|a| !a.starts_with('-'))
+}
+
+/// Whether the command line's filter selects `id` (a part of it, as criterion's does).
 fn selected(id: &str) -> bool {
-    std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .is_none_or(|filter| id.contains(&filter))
+    filter().is_none_or(|f| id.contains(&f))
 }
 
 fn samples() -> usize {
@@ -198,6 +210,201 @@ fn throughput_group<'a>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ours: the catalog read model (products + search index) kept by a projection.
+
+fn event_data(e: &ProductEvent) -> EventData {
+    EventData::json(type_name(e), e).expect("json")
+}
+
+/// Appends the 10,000 events, one append each, in order; the last position.
+async fn fill<S: EventStore>(store: &S) -> GlobalPosition {
+    let mut last = GlobalPosition::START;
+    for k in 0..EVENTS {
+        let (stream, _, e) = event(k);
+        let appended = store
+            .append(&stream, ExpectedVersion::Any, vec![event_data(&e)])
+            .await
+            .expect("append");
+        last = *appended.positions.last().expect("a position");
+    }
+    last
+}
+
+/// Runs `projection` from its start until it has applied `head`; the time it took.
+async fn catch_up(projection: Projection, head: GlobalPosition) -> (Duration, ProjectionHandle) {
+    let start = Instant::now();
+    let (handle, task) = projection.spawn();
+    assert!(
+        handle.wait_for(head, Duration::from_secs(600)).await,
+        "caught up: {:?}",
+        handle.status()
+    );
+    let elapsed = start.elapsed();
+    handle.shutdown();
+    task.await.expect("join").expect("the projection ran");
+    (elapsed, handle)
+}
+
+/// Append-to-applied: appends one price change, waits until `handle` has applied it.
+async fn append_to_applied<S: EventStore>(store: &S, handle: &ProjectionHandle) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(samples());
+    for i in 0..WARM_UP + samples() {
+        let product = i as u64 % PRODUCTS;
+        let e = ProductEvent::PriceUpdated {
+            id: product.to_string(),
+            price_cents: 20_000 + i as i64,
+        };
+        let stream = format!("{}{product}", catalog::PRODUCT_PREFIX);
+        let start = Instant::now();
+        let appended = store
+            .append(&stream, ExpectedVersion::Any, vec![event_data(&e)])
+            .await
+            .expect("append");
+        assert!(
+            handle
+                .wait_for(appended.positions[0], Duration::from_secs(10))
+                .await,
+            "applied within 10 s: {:?}",
+            handle.status()
+        );
+        if i >= WARM_UP {
+            out.push(start.elapsed());
+        }
+    }
+    out
+}
+
+/// Every product listed once in the read model at `path`.
+fn check_sqlite_model(path: &std::path::Path, handle: &ProjectionHandle) {
+    let conn = sqlite_reader(path).expect("open the read model");
+    let n: i64 = conn
+        .query_row(
+            &format!("SELECT count(*) FROM {}", handle.tables().name("products")),
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(n, i64::try_from(PRODUCTS).expect("small"));
+}
+
+fn ours(c: &mut Criterion) {
+    if filter().is_some_and(|f| f.contains("cqrs_es")) {
+        return;
+    }
+    let rt = runtime();
+    let dir = tempfile_dir();
+    let store_path = dir.join("events.db");
+    let store = Arc::new(SqliteStore::open_with(&store_path, Durability::Normal).expect("open"));
+    let head = rt.block_on(fill(&*store));
+    let mut run = 0u32;
+    let mut group = throughput_group(c);
+    let mut last = None;
+    group.bench_function("tower_patterns_sqlite", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                run += 1;
+                let path = dir.join(format!("catalog-{run}.db"));
+                let projection = Projection::builder(format!("catalog_{run}"))
+                    .source(store.clone())
+                    .sqlite(&path, catalog::Catalog)
+                    .batch(256)
+                    .build()
+                    .expect("build");
+                let (elapsed, handle) = rt.block_on(catch_up(projection, head));
+                total += elapsed;
+                last = Some((path, handle));
+            }
+            total
+        })
+    });
+    if let Some((path, handle)) = last.take() {
+        check_sqlite_model(&path, &handle);
+    }
+    let postgres = postgres_url().map(|url| {
+        let url = rt.block_on(fresh_database(&url));
+        let store = Arc::new(
+            rt.block_on(PostgresStore::connect(&url, 8))
+                .expect("connect"),
+        );
+        let head = rt.block_on(fill(&*store));
+        (store, head)
+    });
+    if let Some((store, head)) = &postgres {
+        group.bench_function("tower_patterns_postgres", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    run += 1;
+                    let projection = Projection::builder(format!("catalog_{run}"))
+                        .source(store.clone())
+                        .postgres(store.pool().clone(), catalog::Catalog)
+                        .batch(256)
+                        .build()
+                        .expect("build");
+                    total += rt.block_on(catch_up(projection, *head)).0;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+
+    // Latency: a live projection over the same log, one append at a time.
+    for (row, durability) in [
+        ("tower_patterns_sqlite_full", Durability::Full),
+        ("tower_patterns_sqlite_normal", Durability::Normal),
+    ] {
+        if !selected(&format!("projection_latency/{row}")) {
+            continue;
+        }
+        run += 1;
+        // The filled file, reopened with this row's durability (a connection setting).
+        let store = Arc::new(SqliteStore::open_with(&store_path, durability).expect("open"));
+        let head = rt.block_on(async { store.head().await.expect("head") });
+        let path = dir.join(format!("catalog-{run}.db"));
+        let projection = Projection::builder(format!("catalog_{run}"))
+            .source(store.clone())
+            .sqlite(&path, catalog::Catalog)
+            .build()
+            .expect("build");
+        let samples = rt.block_on(live_latency(&*store, projection, head.map(|h| h.position)));
+        report_latency(row, samples);
+    }
+    if let Some((store, head)) = postgres
+        && selected("projection_latency/tower_patterns_postgres")
+    {
+        run += 1;
+        let projection = Projection::builder(format!("catalog_{run}"))
+            .source(store.clone())
+            .postgres(store.pool().clone(), catalog::Catalog)
+            .build()
+            .expect("build");
+        let samples = rt.block_on(live_latency(&*store, projection, Some(head)));
+        report_latency("tower_patterns_postgres", samples);
+    }
+}
+
+/// Starts `projection`, lets it catch up with `head`, then measures append-to-applied.
+async fn live_latency<S: EventStore>(
+    store: &S,
+    projection: Projection,
+    head: Option<GlobalPosition>,
+) -> Vec<Duration> {
+    let (handle, task) = projection.spawn();
+    if let Some(head) = head {
+        assert!(
+            handle.wait_for(head, Duration::from_secs(600)).await,
+            "caught up"
+        );
+    }
+    let samples = append_to_applied(store, &handle).await;
+    handle.shutdown();
+    task.await.expect("join").expect("the projection ran");
+    samples
+}
+
+// ---------------------------------------------------------------------------------------------
 // cqrs-es: the product aggregate, its view, and an in-memory view repository.
 
 #[derive(Default, Serialize, Deserialize)]
@@ -216,9 +423,9 @@ impl std::fmt::Display for Never {
 
 impl std::error::Error for Never {}
 
-impl cqrs_es::DomainEvent for CatalogEvent {
+impl cqrs_es::DomainEvent for ProductEvent {
     fn event_type(&self) -> String {
-        self.type_name().into()
+        type_name(self).into()
     }
     fn event_version(&self) -> String {
         "1.0".into()
@@ -228,7 +435,7 @@ impl cqrs_es::DomainEvent for CatalogEvent {
 impl cqrs_es::Aggregate for Product {
     const TYPE: &'static str = "product";
     type Command = i64;
-    type Event = CatalogEvent;
+    type Event = ProductEvent;
     type Error = Never;
     type Services = ();
 
@@ -238,23 +445,28 @@ impl cqrs_es::Aggregate for Product {
         _: &(),
         sink: &cqrs_es::event_sink::EventSink<Self>,
     ) -> Result<(), Never> {
-        sink.write(CatalogEvent::PriceChanged { price_cents }, self)
+        let id = String::new(); // the stream names the product; the event repeats it
+        sink.write(ProductEvent::PriceUpdated { id, price_cents }, self)
             .await;
         Ok(())
     }
 
-    fn apply(&mut self, event: CatalogEvent) {
-        match event {
-            CatalogEvent::ProductCreated { price_cents, .. }
-            | CatalogEvent::PriceChanged { price_cents } => self.price_cents = price_cents,
+    fn apply(&mut self, event: ProductEvent) {
+        if let ProductEvent::ProductCreated { price_cents, .. }
+        | ProductEvent::PriceUpdated { price_cents, .. } = event
+        {
+            self.price_cents = price_cents;
         }
     }
 }
 
-/// The cached product, as the catalog's read side shows it.
+/// The cached product, as the catalog's read side shows it (cqrs-es keeps no search index:
+/// ours does more per event).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ProductView {
+    id: String,
     name: String,
+    description: String,
     price_cents: i64,
     price_changes: u32,
 }
@@ -262,14 +474,28 @@ struct ProductView {
 impl View<Product> for ProductView {
     fn update(&mut self, event: &EventEnvelope<Product>) {
         match &event.payload {
-            CatalogEvent::ProductCreated { name, price_cents } => {
+            ProductEvent::ProductCreated {
+                id,
+                name,
+                description,
+                price_cents,
+            } => {
+                self.id.clone_from(id);
                 self.name.clone_from(name);
+                self.description.clone_from(description);
                 self.price_cents = *price_cents;
             }
-            CatalogEvent::PriceChanged { price_cents } => {
+            ProductEvent::PriceUpdated { price_cents, .. } => {
                 self.price_cents = *price_cents;
                 self.price_changes += 1;
             }
+            ProductEvent::Renamed {
+                name, description, ..
+            } => {
+                self.name.clone_from(name);
+                self.description.clone_from(description);
+            }
+            ProductEvent::Deleted { .. } => {}
         }
     }
 }
@@ -371,7 +597,7 @@ async fn cqrs_es_database(url: &str) -> sqlx::PgPool {
             stream,
             usize::try_from(sequence).expect("small"),
             "product".into(),
-            payload.type_name().into(),
+            type_name(&payload).into(),
             "1.0".into(),
             serde_json::to_value(&payload).expect("json"),
             serde_json::json!({}),
@@ -391,6 +617,9 @@ async fn truncate_views(pool: &sqlx::PgPool) {
 }
 
 fn cqrs_es_throughput(c: &mut Criterion) {
+    if !selected("projection_throughput/cqrs_es") {
+        return;
+    }
     let rt = runtime();
     let envelopes = envelopes();
     let mut group = throughput_group(c);
@@ -513,6 +742,6 @@ fn cqrs_es_latency(_: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = cqrs_es_throughput, cqrs_es_latency
+    targets = ours, cqrs_es_throughput, cqrs_es_latency
 }
 criterion_main!(benches);
