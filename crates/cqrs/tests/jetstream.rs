@@ -355,6 +355,81 @@ async fn a_publish_without_a_stream_is_retried_and_never_checkpointed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_counts_unpublished_events_and_their_age() {
+    let Some(js) = nats().await else { return };
+    let (_stream, prefix) = fresh_stream(&js, "LAG").await;
+    // The store's clock moves one second per append.
+    let tick = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = tick.clone();
+    let store = Arc::new(InMemoryStore::new().with_clock(move || {
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(1_000 + t.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+    }));
+    let events = append_catalog(&store, 30, "lag").await;
+    let name = name("lag");
+    let r = relay(&name, &store, &MemoryCheckpoints::new(), &js, &prefix, 8);
+    let handle = r.handle();
+    let lag = handle.lag().await.unwrap();
+    assert_eq!(
+        (lag.events, lag.seconds),
+        (30, 29.0),
+        "nothing published yet"
+    );
+    assert_eq!(handle.report().value("lag_events"), Some(30.0));
+    assert_eq!(handle.status(), RelayStatus::Starting);
+    let task = tokio::spawn(r.run());
+    caught_up(&handle, &events).await;
+    let lag = handle.lag().await.unwrap();
+    assert_eq!((lag.events, lag.seconds), (0, 0.0));
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_checkpoint_moved_under_it_stops_fenced() {
+    let Some(js) = nats().await else { return };
+    let (_stream, prefix) = fresh_stream(&js, "FENCE").await;
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_catalog(&store, 10, "fence").await;
+    let checkpoints = MemoryCheckpoints::new();
+    let name = name("fence");
+    let (handle, task) = relay(&name, &store, &checkpoints, &js, &prefix, 4).spawn();
+    caught_up(&handle, &events).await;
+    // Another relay of the same name moves the checkpoint.
+    let key = format!("outbox:{name}");
+    let stored = tower_patterns_cqrs::CheckpointStore::load(&checkpoints, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = tower_patterns_cqrs::Checkpoint {
+        position: events[4].position,
+        ..stored
+    };
+    assert!(
+        tower_patterns_cqrs::CheckpointStore::save(&checkpoints, &key, stored, moved)
+            .await
+            .unwrap()
+    );
+    append_catalog(&store, 1, "after").await;
+    let err = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the relay stops")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), bus::BusErrorKind::Fenced, "{err}");
+    assert_eq!(handle.status(), RelayStatus::Stopped);
+    assert_eq!(handle.report().health, Health::Unavailable);
+    assert_eq!(
+        tower_patterns_cqrs::CheckpointStore::load(&checkpoints, &key)
+            .await
+            .unwrap()
+            .unwrap(),
+        moved,
+        "the other relay's checkpoint stands"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_stream_refuses_a_shorter_duplicate_window() {
     let Some(js) = nats().await else { return };
     let id = uuid::Uuid::now_v7().simple().to_string();

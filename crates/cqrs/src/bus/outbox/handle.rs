@@ -54,7 +54,6 @@ pub(crate) struct Shared {
     pub(crate) duplicates: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) lag_events: AtomicU64,
-    pub(crate) last_recorded_micros: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
     pub(crate) lag: LagFn,
 }
@@ -71,7 +70,6 @@ impl Shared {
             duplicates: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             lag_events: AtomicU64::new(0),
-            last_recorded_micros: AtomicU64::new(0),
             last_error: Mutex::new(None),
             lag,
         }
@@ -164,15 +162,15 @@ impl OutboxRelayHandle {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The events after the checkpoint (counted up to 100,000) and the seconds between the
-    /// last published event and the head of the log, as the store recorded them; sets the
-    /// `tower_patterns_cqrs_outbox_lag_events` gauge.
+    /// The events after the checkpoint (counted up to 100,000), and how much older the
+    /// oldest of them is than the head of the log, in seconds as the store recorded them (0
+    /// when none waits); sets the `tower_patterns_cqrs_outbox_lag_events` gauge.
     ///
     /// # Errors
     ///
     /// [`BusErrorKind::Store`] when the store cannot count.
     pub async fn lag(&self) -> Result<Lag, BusError> {
-        let (events, head_micros) = (self.shared.lag)(self.position()).await.map_err(|e| {
+        let (events, seconds) = (self.shared.lag)(self.position()).await.map_err(|e| {
             BusError::with(
                 BusErrorKind::Store,
                 format!("relay {}: lag", self.shared.name),
@@ -182,13 +180,6 @@ impl OutboxRelayHandle {
         self.shared.lag_events.store(events, Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(LAG_EVENTS, "name" => self.shared.name.to_string()).set(events as f64);
-        let last = self.shared.last_recorded_micros.load(Ordering::Relaxed);
-        #[allow(clippy::cast_precision_loss)]
-        let seconds = if events == 0 {
-            0.0
-        } else {
-            head_micros.saturating_sub(last) as f64 / 1e6
-        };
         Ok(Lag { events, seconds })
     }
 

@@ -247,8 +247,18 @@ where
             let store = lag_store.clone();
             Box::pin(async move {
                 let events = store.count_after(after, LAG_LIMIT).await?;
+                if events == 0 {
+                    return Ok((0, 0.0));
+                }
+                // The oldest unpublished event's age against the head, in the log's time.
+                let oldest = store.read_all(after, 1).await?;
                 let head = store.head().await?;
-                Ok((events, head.map_or(0, |h| h.metadata.recorded_at_micros)))
+                let micros =
+                    |e: Option<&RecordedEvent>| e.map_or(0, |e| e.metadata.recorded_at_micros);
+                #[allow(clippy::cast_precision_loss)]
+                let seconds =
+                    micros(head.as_ref()).saturating_sub(micros(oldest.first())) as f64 / 1e6;
+                Ok((events, seconds))
             })
         });
         let shared = Arc::new(Shared::new(name, lag));
@@ -273,7 +283,7 @@ where
 
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 type LagFuture =
-    Pin<Box<dyn Future<Output = Result<(u64, u64), tower_patterns_eventstore::Error>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(u64, f64), tower_patterns_eventstore::Error>> + Send>>;
 pub(crate) type LagFn = Box<dyn Fn(GlobalPosition) -> LagFuture + Send + Sync>;
 
 /// A built relay: run it (or spawn it) and watch it through its handle.

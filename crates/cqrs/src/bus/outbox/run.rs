@@ -152,9 +152,6 @@ where
             match self.checkpoints.save(key, cp, next).await {
                 Ok(true) => {
                     self.shared.position.send_replace(next.position);
-                    self.shared
-                        .last_recorded_micros
-                        .store(last.metadata.recorded_at_micros, Ordering::Relaxed);
                 }
                 Ok(false) => {
                     return Err((
