@@ -429,6 +429,106 @@ async fn a_relay_whose_checkpoint_moved_under_it_stops_fenced() {
     );
 }
 
+/// A TCP forwarder to the NATS server that the test can cut (every connection closed, new
+/// ones refused) and restore: a lost connection without touching the shared server.
+struct Proxy {
+    url: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn to(nats_url: &str) -> Self {
+        let target = nats_url.trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { url, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_retried_and_never_checkpointed_past_an_unacked_event() {
+    let Some(js) = nats().await else { return };
+    let (mut stream, prefix) = fresh_stream(&js, "LOST").await;
+    let proxy = Proxy::to(&server_url(Server::Nats).unwrap()).await;
+    let client = async_nats::ConnectOptions::new()
+        .reconnect_delay_callback(|_| Duration::from_millis(20))
+        .connect(&proxy.url)
+        .await
+        .unwrap();
+    let through_proxy = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(300))
+        .build(client);
+    let store = Arc::new(InMemoryStore::new());
+    let first = append_catalog(&store, 50, "before").await;
+    let name = name("lost");
+    let (handle, task) = relay(
+        &name,
+        &store,
+        &MemoryCheckpoints::new(),
+        &through_proxy,
+        &prefix,
+        16,
+    )
+    .spawn();
+    caught_up(&handle, &first).await;
+    let before = handle.position();
+
+    proxy.cut();
+    let all = append_catalog(&store, 50, "during").await;
+    until(
+        "the relay retries",
+        || matches!(handle.status(), RelayStatus::Retrying { attempt } if attempt >= 2),
+    )
+    .await;
+    assert_eq!(
+        handle.position(),
+        before,
+        "no checkpoint past an unacknowledged event"
+    );
+    assert_eq!(handle.report().health, Health::Degraded);
+
+    proxy.restore();
+    caught_up(&handle, &all).await;
+    let ids_stored = msg_ids(&stored(&mut stream).await);
+    assert_eq!(
+        ids_stored.iter().collect::<HashSet<_>>().len(),
+        ids_stored.len(),
+        "no event twice"
+    );
+    assert_eq!(ids_stored, ids(&all), "every event, in log order");
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_stream_refuses_a_shorter_duplicate_window() {
     let Some(js) = nats().await else { return };

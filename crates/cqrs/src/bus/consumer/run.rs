@@ -79,6 +79,7 @@ where
             .map_err(|e| self.error("pull messages", e))?;
         self.shared.status.store(RUNNING, Ordering::Relaxed);
         let mut stop = self.shared.stop.subscribe();
+        let mut failures = 0u32;
         loop {
             let next = tokio::select! {
                 next = messages.next() => next,
@@ -91,11 +92,26 @@ where
                         format!("consumer {}: the message stream ended", self.settings.name),
                     ));
                 }
-                // Missed heartbeats and the like: the stream reconnects by itself.
+                // Missed heartbeats, a lost connection: the stream pulls again by itself;
+                // back off so that a server away for long is not asked in a tight loop.
                 Some(Err(e)) => {
-                    tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, error = %e, "pulling messages failed");
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, error = %e, failures, "pulling messages failed");
+                    let delay = self.settings.backoff.delay(
+                        failures,
+                        Duration::ZERO,
+                        self.settings.cap,
+                        &mut self.rng,
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
                 }
-                Some(Ok(message)) => self.handle(message, &mut stop).await?,
+                Some(Ok(message)) => {
+                    failures = 0;
+                    self.handle(message, &mut stop).await?;
+                }
             }
         }
     }
