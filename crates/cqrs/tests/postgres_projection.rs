@@ -76,7 +76,12 @@ async fn a_poison_event_in_a_batch_is_dead_lettered_and_every_other_event_applie
         .build()
         .unwrap()
         .spawn();
-    assert!(handle.wait_for(head, WITHIN).await);
+    assert!(
+        handle.wait_for(head, WITHIN).await,
+        "{:?} {:?}",
+        handle.status(),
+        handle.last_error()
+    );
     let db = client(&url).await;
     // The ten before the poison were applied, rolled back with it, and applied again: once.
     assert_eq!(ledger(&db, "feed_v1_applied").await, (20, 1));

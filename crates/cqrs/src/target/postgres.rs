@@ -1,38 +1,9 @@
 //! A read model in PostgreSQL, checkpointed in the same transaction, one runner per
-//! projection across processes.
-//!
-//! # The lease
-//!
-//! Every process may run the same projections against one database; each projection is driven
-//! by one of them at a time. The runner takes a connection out of the pool for itself (a
-//! session-level lock must never go back to a pool) and tries
-//! `pg_try_advisory_lock(7403527, id)`, where `id` is the number of the projection's row in
-//! `tp_checkpoints`, every `lease_poll` (1 s by default) until it holds it; meanwhile its
-//! handle shows [`Status::Standby`](crate::Status::Standby). The holder runs every
-//! transaction of the projection on that same connection, so the lock and the right to write
-//! end together:
-//!
-//! - a process that exits or is killed closes its socket, PostgreSQL ends the session and
-//!   releases the lock at once, and a standby takes over within `lease_poll`, from the
-//!   checkpoint;
-//! - a client that vanishes without closing its socket (a host down, a network cut) is found
-//!   by TCP keepalives, which the runner sets on its session to 5 s idle, 2 s apart, 3 probes;
-//! - a holder that finds its connection closed stops writing and waits for the lease again.
-//!
-//! Each batch is one transaction that first locks the projection's checkpoint row and checks
-//! it stands where the runner expects, and last moves it (compare-and-set): a runner that
-//! lost the lease without noticing cannot write, even in the instant before it notices.
-//!
-//! # A failing event
-//!
-//! The batch is applied without savepoints (one round trip less per event). When event `k`
-//! fails, the transaction rolls back, events `0..k` are applied again in a new one and
-//! committed with their checkpoint, and `k`'s error goes to the failure policy: the same
-//! outcome as a savepoint per event, paid only on failure.
+//! projection across processes: see [`PostgresTarget`].
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use deadpool_postgres::{ClientWrapper, Object, Pool};
+use deadpool_postgres::{ClientWrapper, Object, Pool, Transaction};
 use tokio_postgres::GenericClient;
 use tower_patterns_eventstore::{GlobalPosition, RecordedEvent};
 
@@ -51,7 +22,87 @@ const DEFAULT_LEASE_POLL: Duration = Duration::from_secs(1);
 const MIN_LEASE_POLL: Duration = Duration::from_millis(10);
 const MAX_LEASE_POLL: Duration = Duration::from_secs(60);
 
-/// The target of a PostgreSQL read model: set with [`ProjectionBuilder::postgres`].
+/// The target of a PostgreSQL read model: set with [`ProjectionBuilder::postgres`]. The read
+/// model and its checkpoint (table `tp_checkpoints`) commit in one transaction, so each event
+/// takes effect once.
+///
+/// # One runner per projection
+///
+/// Every process may run the same projections against one database; each projection is driven
+/// by one of them at a time. The runner takes a connection out of the pool for itself (a
+/// session-level lock must never go back to a pool) and tries
+/// `pg_try_advisory_lock(7403527, id)`, where `id` is the number of the projection's row in
+/// `tp_checkpoints`, every [`lease_poll`](ProjectionBuilder::lease_poll) (1 s by default)
+/// until it holds it; meanwhile its handle shows [`Status::Standby`](crate::Status::Standby).
+/// The session is named `tp-projection <pid> <projection>` (`pg_stat_activity`), so
+/// `pg_locks` tells which process holds a lease. The holder runs every transaction of the
+/// projection on that same connection, so the lock and the right to write end together:
+///
+/// - a process that exits or is killed closes its socket, PostgreSQL ends the session and
+///   releases the lock at once, and a standby takes over within `lease_poll`, from the
+///   checkpoint;
+/// - a client that vanishes without closing its socket (a host down, a network cut) is found
+///   by TCP keepalives, which the runner sets on its session to 5 s idle, then 3 probes 2 s
+///   apart;
+/// - a holder that finds its connection closed stops writing and waits for the lease again
+///   (an idle holder notices at its next batch).
+///
+/// Each batch is one transaction that first locks the projection's checkpoint row and checks
+/// it stands where the runner expects, and last moves it (compare-and-set): a runner that
+/// lost the lease without noticing cannot write, even in the instant before it notices.
+///
+/// A failing event: the batch runs without a savepoint per event (two round trips fewer per
+/// event); when event `k` fails the transaction rolls back, events `0..k` are applied again in
+/// a new one and committed with their checkpoint, and `k`'s error goes to the failure policy:
+/// the outcome of a savepoint per event, paid only on failure.
+///
+/// ```no_run
+/// use std::{sync::Arc, time::Duration};
+/// use tokio_postgres::Transaction;
+/// use tower_patterns_cqrs::{ApplyError, PostgresProjection, Projection, Tables};
+/// use tower_patterns_eventstore::{RecordedEvent, postgres::PostgresStore};
+///
+/// /// The product catalog's prices.
+/// struct Prices;
+///
+/// #[derive(serde::Deserialize)]
+/// struct PriceUpdated {
+///     id: String,
+///     price: i64,
+/// }
+///
+/// impl PostgresProjection for Prices {
+///     async fn create(&self, tx: &Transaction<'_>, t: &Tables) -> Result<(), ApplyError> {
+///         let sql = format!("CREATE TABLE {} (id text PRIMARY KEY, price bigint)", t.name("prices"));
+///         tx.batch_execute(&sql).await?;
+///         Ok(())
+///     }
+///
+///     async fn apply(&self, tx: &Transaction<'_>, t: &Tables, e: &RecordedEvent) -> Result<(), ApplyError> {
+///         if e.event_type != "PriceUpdated" {
+///             return Ok(());
+///         }
+///         let p: PriceUpdated = e.decode()?;
+///         let sql = format!(
+///             "INSERT INTO {} VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET price = EXCLUDED.price",
+///             t.name("prices")
+///         );
+///         tx.execute(&sql, &[&p.id, &p.price]).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Arc::new(PostgresStore::connect("postgres://app@db/app", 8).await?);
+/// // Run this in every process: one of them drives the projection at a time.
+/// let (handle, _task) = Projection::builder("prices")
+///     .source(store.clone())
+///     .postgres(store.pool().clone(), Prices) // the read model beside the events
+///     .lease_poll(Duration::from_millis(500))
+///     .build()?
+///     .spawn();
+/// # let _ = handle; Ok(()) }
+/// ```
 pub struct PostgresTarget<P> {
     pool: Pool,
     projection: Arc<P>,
@@ -167,48 +218,48 @@ async fn drop_prefix<C: GenericClient + Sync>(
 }
 
 /// The checkpoint of `name`, locked for this transaction.
-async fn lock_row<C: GenericClient + Sync>(
-    client: &C,
+async fn lock_row(
+    tx: &Transaction<'_>,
     name: &str,
 ) -> Result<Option<(GlobalPosition, Option<i32>)>, ProjectionError> {
-    let row = client
-        .query_opt(
+    let stmt = tx
+        .prepare_cached(
             "SELECT commit, idx, version FROM tp_checkpoints WHERE name = $1 FOR UPDATE",
-            &[&name],
         )
         .await?;
+    let row = tx.query_opt(&stmt, &[&name]).await?;
     row.map(|r| Ok((position_of(r.get(0), r.get(1)).map_err(db)?, r.get(2))))
         .transpose()
 }
 
 /// Fails with `Fenced` unless `name`'s checkpoint stands at `expected` (and locks it).
-async fn check<C: GenericClient + Sync>(
-    client: &C,
+async fn check(
+    tx: &Transaction<'_>,
     name: &str,
     expected: GlobalPosition,
 ) -> Result<(), ProjectionError> {
-    match lock_row(client, name).await? {
+    match lock_row(tx, name).await? {
         Some((at, Some(_))) if at == expected => Ok(()),
         _ => Err(fenced(name)),
     }
 }
 
 /// Moves `name`'s checkpoint from `expected` to `to`; `Fenced` when it was not at `expected`.
-async fn store_position<C: GenericClient + Sync>(
-    client: &C,
+async fn store_position(
+    tx: &Transaction<'_>,
     name: &str,
     expected: GlobalPosition,
     to: GlobalPosition,
 ) -> Result<(), ProjectionError> {
     let (c, i) = position_params(to).map_err(db)?;
     let (ec, ei) = position_params(expected).map_err(db)?;
-    let n = client
-        .execute(
+    let stmt = tx
+        .prepare_cached(
             "UPDATE tp_checkpoints SET commit = $2, idx = $3, updated_at = now() \
              WHERE name = $1 AND commit = $4 AND idx = $5",
-            &[&name, &c, &i, &ec, &ei],
         )
         .await?;
+    let n = tx.execute(&stmt, &[&name, &c, &i, &ec, &ei]).await?;
     if n == 1 { Ok(()) } else { Err(fenced(name)) }
 }
 
@@ -284,7 +335,7 @@ impl<P: PostgresProjection> PostgresTarget<P> {
         let projection = self.projection.clone();
         let client = self.client(&slot.checkpoint)?;
         let tx = client.transaction().await?;
-        check(&*tx, &slot.checkpoint, expected).await?;
+        check(&tx, &slot.checkpoint, expected).await?;
         for (k, event) in events.iter().enumerate() {
             if let Err(e) = projection.apply(&tx, &slot.tables, event).await {
                 drop(tx); // rolls back
@@ -292,7 +343,7 @@ impl<P: PostgresProjection> PostgresTarget<P> {
             }
         }
         if let Some(last) = events.last() {
-            store_position(&*tx, &slot.checkpoint, expected, last.position).await?;
+            store_position(&tx, &slot.checkpoint, expected, last.position).await?;
         }
         tx.commit().await?;
         Ok(Ok(()))
@@ -350,7 +401,7 @@ impl<P: PostgresProjection> Target for PostgresTarget<P> {
         let result = async {
             let client = self.client(&slot.checkpoint)?;
             let tx = client.transaction().await?;
-            let stored = match lock_row(&*tx, &slot.checkpoint).await? {
+            let stored = match lock_row(&tx, &slot.checkpoint).await? {
                 Some((position, Some(version))) => Stored {
                     position,
                     version: u32::try_from(version).unwrap_or(1),
@@ -424,11 +475,11 @@ impl<P: PostgresProjection> Target for PostgresTarget<P> {
         let result = async {
             let client = self.client(&slot.checkpoint)?;
             let tx = client.transaction().await?;
-            check(&*tx, &slot.checkpoint, expected).await?;
+            check(&tx, &slot.checkpoint, expected).await?;
             rows::insert_dead_letter(&*tx, &slot.checkpoint, event, &error, attempts)
                 .await
                 .map_err(db)?;
-            store_position(&*tx, &slot.checkpoint, expected, event.position).await?;
+            store_position(&tx, &slot.checkpoint, expected, event.position).await?;
             tx.commit().await?;
             Ok(())
         }
@@ -440,8 +491,8 @@ impl<P: PostgresProjection> Target for PostgresTarget<P> {
         let result = async {
             let client = self.client(&live.checkpoint)?;
             let tx = client.transaction().await?;
-            let l = lock_row(&*tx, &live.checkpoint).await?;
-            let r = lock_row(&*tx, &rebuilt.checkpoint).await?;
+            let l = lock_row(&tx, &live.checkpoint).await?;
+            let r = lock_row(&tx, &rebuilt.checkpoint).await?;
             let (Some((lp, Some(lv))), Some((rp, Some(rv)))) = (l, r) else {
                 return Err(fenced(&live.checkpoint));
             };
