@@ -81,7 +81,7 @@ use append::{append_tx, is_race};
 use gate::GateCache;
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
-use schema::{APPEND, COLUMNS, COUNT_AFTER_AT_GATE, GATE, SCHEMA, head_at_gate, read_all_at_gate};
+use schema::{APPEND, COLUMNS, GATE, SCHEMA, count_after_at_gate, head_at_gate, read_all_at_gate};
 
 const POLL: Duration = Duration::from_millis(250);
 /// How long a gate is reused by default (see [`PostgresStore::with_gate_reuse`]).
@@ -237,29 +237,29 @@ impl PostgresStore {
         self.inner.pool.get().await.map_err(Error::backend)
     }
 
-    /// A gated read: the gate (reused or computed in a statement of its own), then `sql`
-    /// with it as the last parameter, in the next statement and so a later snapshot.
+    /// A gated read: `sql` with the gate as its last parameter when one is reused, else
+    /// pipelined right behind the statement that computes it (one round trip; two statements,
+    /// so two snapshots, the read's taken after the gate was computed).
     async fn gated(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
         let client = self.client().await?;
-        let wakeups = *self.inner.head.borrow();
-        let gate = match self.inner.gate.get(wakeups) {
-            Some(gate) => gate,
-            None => {
-                let asked = Instant::now();
-                let stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
-                let gate: i64 = client
-                    .query_one(&stmt, &[])
-                    .await
-                    .map_err(Error::backend)?
-                    .get(0);
-                self.inner.gate.put(asked, wakeups, gate);
-                gate
-            }
-        };
         let stmt = client.prepare_cached(sql).await.map_err(Error::backend)?;
+        let wakeups = *self.inner.head.borrow();
+        let reused = self.inner.gate.get(wakeups);
         let mut all = params.to_vec();
-        all.push(&gate);
-        client.query(&stmt, &all).await.map_err(Error::backend)
+        all.push(&reused);
+        if reused.is_some() {
+            return client.query(&stmt, &all).await.map_err(Error::backend);
+        }
+        let asked = Instant::now();
+        let gate_stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
+        let (gate, rows) = futures_util::future::join(
+            client.query_one(&gate_stmt, &[]),
+            client.query(&stmt, &all),
+        )
+        .await;
+        let gate: i64 = gate.map_err(Error::backend)?.get(0);
+        self.inner.gate.put(asked, wakeups, gate);
+        rows.map_err(Error::backend)
     }
 }
 
@@ -355,7 +355,7 @@ impl EventStore for PostgresStore {
     async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
         let rows = self
             .gated(
-                COUNT_AFTER_AT_GATE,
+                &count_after_at_gate(),
                 &[&to_i64(after.commit), &to_i64(after.index), &to_i64(limit)],
             )
             .await?;

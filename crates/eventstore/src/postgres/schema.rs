@@ -38,7 +38,7 @@
 //! transaction elsewhere in the cluster, or one here that does not append, holds no reader
 //! back.
 //!
-//! The two steps need two snapshots. The store runs `SELECT tp_gate()` and then the read as two
+//! The two steps need two snapshots. The store runs `tp_gate()` and then the read as two
 //! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
 //! `VOLATILE` plpgsql, whose statements each take a fresh snapshot under READ COMMITTED; it
 //! refuses other isolation levels, whose one snapshot would predate the gate (SQLSTATE
@@ -210,20 +210,37 @@ pub(super) const APPEND: &str = "SELECT r_status, r_stream, r_id, r_version, r_c
 pub(super) const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, event_type, \
                        schema_version, payload::text AS payload_text, metadata::text AS metadata_text";
 
-/// The gate, in a statement of its own; the gated reads take it as their last parameter, in
-/// the next statement (see `gate.rs`).
-pub(super) const GATE: &str = "SELECT tp_gate()";
+/// Computes the gate and keeps it in the session (`tp.gate`) for the read pipelined right
+/// after it (see `gate.rs`); answers it too, for reuse.
+pub(super) const GATE: &str = "SELECT set_config('tp.gate', tp_gate()::text, false)::bigint";
+
+/// The read's bound: parameter `$n` when given (a gate reused), else the session's `tp.gate`.
+/// A value left from an earlier read is an older gate: smaller, so only delaying; none at all
+/// (`NULL`) reads nothing.
+fn bound(n: u8) -> String {
+    format!("COALESCE(${n}::bigint, NULLIF(current_setting('tp.gate', true), '')::bigint)")
+}
+
 pub(super) fn read_all_at_gate() -> String {
     format!(
-        "SELECT {COLUMNS} FROM tp_events WHERE (commit_no, seq) > ($1, $2) AND commit_no <= $4 \
-         ORDER BY tp_events.commit_no, tp_events.seq LIMIT $3"
+        "SELECT {COLUMNS} FROM tp_events WHERE (commit_no, seq) > ($1, $2) AND commit_no <= {} \
+         ORDER BY tp_events.commit_no, tp_events.seq LIMIT $3",
+        bound(4)
     )
 }
+
 pub(super) fn head_at_gate() -> String {
     format!(
-        "SELECT {COLUMNS} FROM tp_events WHERE commit_no <= $1 \
-         ORDER BY tp_events.commit_no DESC, tp_events.seq DESC LIMIT 1"
+        "SELECT {COLUMNS} FROM tp_events WHERE commit_no <= {} \
+         ORDER BY tp_events.commit_no DESC, tp_events.seq DESC LIMIT 1",
+        bound(1)
     )
 }
-pub(super) const COUNT_AFTER_AT_GATE: &str = "SELECT count(*) FROM (SELECT 1 FROM tp_events \
-     WHERE (commit_no, seq) > ($1, $2) AND commit_no <= $4 LIMIT $3) s";
+
+pub(super) fn count_after_at_gate() -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM tp_events \
+         WHERE (commit_no, seq) > ($1, $2) AND commit_no <= {} LIMIT $3) s",
+        bound(4)
+    )
+}
