@@ -313,6 +313,25 @@ mod tests {
         );
         tx.commit().unwrap();
         assert_eq!(cache.prune_sqlite_before(&db, later).unwrap(), 1);
+
+        // By age: a row recorded two hours ago goes, a fresh one stays.
+        let (old, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+        let tx = db.transaction().unwrap();
+        assert!(search.first_sqlite(&tx, old).unwrap());
+        assert!(search.first_sqlite(&tx, fresh).unwrap());
+        tx.execute(
+            "UPDATE tp_inbox SET received_at = received_at - 7200000000 WHERE event_id = ?1",
+            [old.hyphenated().to_string()],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            search.prune_sqlite(&db, Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        let tx = db.transaction().unwrap();
+        assert!(search.first_sqlite(&tx, old).unwrap(), "pruned");
+        assert!(!search.first_sqlite(&tx, fresh).unwrap(), "kept");
         assert_eq!(micros(UNIX_EPOCH), 0);
         assert_eq!(cutoff(Duration::MAX), UNIX_EPOCH);
     }

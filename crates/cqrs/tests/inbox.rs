@@ -156,4 +156,26 @@ async fn pruning_deletes_the_old_rows_of_one_consumer() {
     assert!(search.first_postgres(&tx, id).await.unwrap(), "pruned");
     assert!(!cache.first_postgres(&tx, id).await.unwrap(), "kept");
     tx.commit().await.unwrap();
+
+    // By age: a row recorded two hours ago goes, a fresh one stays.
+    let (old, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+    let tx = client.transaction().await.unwrap();
+    assert!(search.first_postgres(&tx, old).await.unwrap());
+    assert!(search.first_postgres(&tx, fresh).await.unwrap());
+    tx.execute(
+        "UPDATE tp_inbox SET received_at = received_at - 7200000000 WHERE event_id = $1",
+        &[&old],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let pruned = search
+        .prune_postgres(&client, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let tx = client.transaction().await.unwrap();
+    assert!(search.first_postgres(&tx, old).await.unwrap(), "pruned");
+    assert!(!search.first_postgres(&tx, fresh).await.unwrap(), "kept");
+    tx.commit().await.unwrap();
 }

@@ -7,7 +7,7 @@ mod pg_support;
 
 use std::time::Duration;
 
-use pg_support::{Ledger, append, checkpoint, client, ledger, store, tables_like};
+use pg_support::{Ledger, append, checkpoint, client, ledger, relations_like, store, tables_like};
 use tower_patterns_cqrs::{
     Checkpoint, CheckpointStore, FailurePolicy, Projection, Status, checkpoint::PgCheckpoints,
 };
@@ -47,12 +47,22 @@ async fn catches_up_follows_live_appends_and_restarts_from_its_checkpoint() {
     handle.shutdown();
     task.await.unwrap().unwrap();
 
+    // A rebuild interrupted by a crash left its tables and checkpoint row: discarded at start.
+    db.batch_execute(
+        "CREATE TABLE catalog_v2_applied (x int); CREATE VIEW catalog_v2_repeated AS SELECT 1; \
+         INSERT INTO tp_checkpoints (name, version) VALUES ('catalog#rebuild', 2)",
+    )
+    .await
+    .unwrap();
+
     // Restarted: it applies only what came after its checkpoint.
     let before = model.applies();
     let (handle, task) = build().spawn();
     let head = append(&store, "catalog-3", "PriceUpdated", 5).await;
     assert!(handle.wait_for(head, WITHIN).await);
     assert_eq!(model.applies() - before, 5, "nothing applied again");
+    assert!(relations_like(&db, "catalog_v2_").await.is_empty());
+    assert_eq!(checkpoint(&db, "catalog#rebuild").await, None);
     assert_eq!(ledger(&db, "catalog_v1_applied").await, (325, 1));
     assert_eq!(checkpoint(&db, "catalog").await, Some((head, Some(1))));
     handle.shutdown();
@@ -138,9 +148,20 @@ async fn a_rebuild_swaps_in_the_next_tables_and_drops_the_old_ones() {
         "swapped within 30 s (status {:?})",
         handle.status()
     );
-    assert!(
-        tables_like(&db, "shop_v1_").await.is_empty(),
-        "old tables dropped"
+    assert_eq!(
+        relations_like(&db, "shop_v1_").await,
+        Vec::<String>::new(),
+        "old tables, views and sequences dropped"
+    );
+    assert_eq!(
+        relations_like(&db, "shop_v2_").await,
+        [
+            "shop_v2_applied",
+            "shop_v2_applied_pkey",
+            "shop_v2_applied_seq_seq",
+            "shop_v2_repeated",
+            "shop_v2_ticket"
+        ]
     );
     assert_eq!(tables_like(&db, "shop_v2_").await, ["shop_v2_applied"]);
     assert_eq!(ledger(&db, "shop_v2_applied").await, (120, 1));

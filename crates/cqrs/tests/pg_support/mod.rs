@@ -37,6 +37,14 @@ impl PostgresProjection for Ledger {
             tables.name("applied")
         ))
         .await?;
+        // A view and a sequence beside the table: a swap drops every kind of relation.
+        tx.batch_execute(&format!(
+            "CREATE VIEW {} AS SELECT event_id FROM {} WHERE n > 1; CREATE SEQUENCE {};",
+            tables.name("repeated"),
+            tables.name("applied"),
+            tables.name("ticket")
+        ))
+        .await?;
         Ok(())
     }
 
@@ -134,6 +142,22 @@ pub(crate) async fn checkpoint(
                 r.get(2),
             )
         })
+}
+
+/// The relations (tables, views, sequences, indexes) of the current schema whose names start
+/// with `prefix`.
+pub(crate) async fn relations_like(client: &tokio_postgres::Client, prefix: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND left(c.relname, length($1)) = $1 ORDER BY 1",
+            &[&prefix],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// The tables of the current schema whose names start with `prefix`.
