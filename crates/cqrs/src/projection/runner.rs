@@ -115,6 +115,10 @@ struct Runner<S, T> {
     rebuild_wanted: bool,
     lag_measured: Option<Instant>,
     failures: u32,
+    /// Fences in a row with no progress of the stored checkpoint between them.
+    fences: u32,
+    /// The live checkpoint the last `start` found.
+    opened_at: Option<GlobalPosition>,
     previous_delay: Duration,
 }
 
@@ -149,6 +153,8 @@ pub(crate) async fn run<S: EventStore, T: Target>(
         rebuild_wanted: false,
         lag_measured: None,
         failures: 0,
+        fences: 0,
+        opened_at: None,
         previous_delay: Duration::ZERO,
     };
     // A rebuild asked for before the runner started counts.
@@ -173,6 +179,16 @@ impl<S: EventStore, T: Target> Runner<S, T> {
     async fn run(&mut self) -> Result<(), ProjectionError> {
         let mut started = false;
         loop {
+            if self.fences >= 2 {
+                // Fenced again with the checkpoint where it was: no rival is making progress,
+                // so something else moves it; do not spin.
+                let fenced = ProjectionError::Fenced {
+                    projection: self.settings.name.to_string(),
+                };
+                if self.back_off(fenced).await.is_err() {
+                    return Ok(());
+                }
+            }
             match self.start().await {
                 Ok(()) => started = true,
                 Err(Exit::Shutdown) => return Ok(()),
@@ -201,6 +217,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                         if self.rebuild.take().is_some() {
                             self.rebuild_wanted = true;
                         }
+                        self.fences += 1;
                         break;
                     }
                     Err(Exit::Transient(e) | Exit::RebuildStopped(e)) => {
@@ -272,6 +289,10 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             tables: Tables::new(name.clone(), 1),
         };
         let stored = self.target.open(&opening).await?;
+        if self.opened_at.is_none_or(|p| stored.position > p) {
+            self.fences = 0;
+        }
+        self.opened_at = Some(stored.position);
         let slot = Slot {
             checkpoint: name.to_string(),
             tables: Tables::new(name, stored.version),
