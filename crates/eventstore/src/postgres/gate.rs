@@ -1,8 +1,8 @@
-//! The reader's side of the gate: `tp_gate()` in a statement of its own, which keeps the gate in
-//! the session (`set_config('tp.gate', ...)`), and the read as the next statement, pipelined
-//! behind it on the same connection (one round trip). Each runs in its own autocommit
+//! The reader's side of the gate: `tp_gate_alone()` in a statement of its own, which keeps the
+//! gate in the session (`set_config('tp.gate', ...)`), and the read as the next statement,
+//! pipelined behind it on the same connection (one round trip). Each runs in its own autocommit
 //! transaction, so the read's snapshot is taken after the gate was computed, at any isolation
-//! level. And the brief reuse of a gate.
+//! level, and the gate's try-lock is given back at once. And the brief reuse of a gate.
 //!
 //! Reusing a gate is safe: the proof (in `schema.rs`) holds for any snapshot taken after the
 //! gate was computed, so an older gate is only smaller than a fresh one, and a smaller gate

@@ -13,11 +13,13 @@
 //! 4. `c` := `nextval('tp_commit_seq')` (so `c > floor`), and stores its events with
 //!    `commit_no = c`.
 //!
-//! A reader's gate (`tp_gate()`) reads the sequence's last value `v` (at instant t1), *then*
-//! (at t2 > t1) either takes and at once gives back (7403529, 0) in exclusive mode, which
-//! succeeds only when no transaction holds it shared, and answers `g = v`; or, when that
-//! fails, finds in `pg_locks` the smallest `floor` a transaction of this database still holds
-//! a pair for, and answers `g = min(v, smallest floor)`. The read runs as the next statement,
+//! A reader's gate reads the sequence's last value `v` (at instant t1), *then* (at t2 > t1)
+//! either takes (7403529, 0) in exclusive mode for the rest of its transaction, which succeeds
+//! only when no transaction holds it shared, and answers `g = v` (`tp_gate_alone()`, which the
+//! store calls in a statement alone in its transaction, so appenders wait for it a few
+//! microseconds at most); or finds in `pg_locks` the smallest `floor` a transaction of this
+//! database still holds a pair for, and answers `g = min(v, smallest floor)` (`tp_gate()`,
+//! safe anywhere; `tp_gate_alone()` falls back to it). The read runs as the next statement,
 //! with a snapshot taken at t3 > t2, and returns only `commit_no <= g`.
 //!
 //! Proof that no event is skipped: let X be an append with `c <= g <= v`. Its `nextval`
@@ -38,7 +40,7 @@
 //! transaction elsewhere in the cluster, or one here that does not append, holds no reader
 //! back.
 //!
-//! The two steps need two snapshots. The store runs `tp_gate()` and then the read as two
+//! The two steps need two snapshots. The store runs `tp_gate_alone()` and then the read as two
 //! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
 //! `VOLATILE` plpgsql, whose statements each take a fresh snapshot under READ COMMITTED; it
 //! refuses other isolation levels, whose one snapshot would predate the gate (SQLSTATE
@@ -150,7 +152,7 @@ BEGIN
     PERFORM pg_notify('tp_events', '');
 END;
 $$;
--- The highest append number below which every append has ended (see schema.rs).
+-- The highest append number below which every append has ended (see schema.rs): `pg_locks`.
 CREATE OR REPLACE FUNCTION tp_gate() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -160,15 +162,9 @@ DECLARE
 BEGIN
     SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v
       FROM tp_commit_seq;
-    -- No append under way (none holds its shared lock): all up to v have ended. Taken and
-    -- given back at once, so appenders wait for it a few microseconds at most.
-    IF pg_try_advisory_lock(7403529, 0) THEN
-        PERFORM pg_advisory_unlock(7403529, 0);
-        RETURN v;
-    END IF;
-    -- Else the smallest announced lower bound, per transaction (a prepared transaction has no
-    -- pid, but a virtual transaction id); a transaction's smallest high and low halves give at
-    -- most its smallest pair, and one with a single half has not taken its number yet.
+    -- The smallest announced lower bound, per transaction (a prepared transaction has no pid,
+    -- but a virtual transaction id); a transaction's smallest high and low halves give at most
+    -- its smallest pair, and one with a single half has not taken its number yet.
     SELECT min((t.hi << 32) | t.lo) INTO pending FROM (
         SELECT min(l.objid::bigint) FILTER (WHERE l.classid = 7403525) AS hi,
                min(l.objid::bigint) FILTER (WHERE l.classid = 7403526) AS lo
@@ -179,6 +175,24 @@ BEGIN
                               WHERE d.datname = current_database())
          GROUP BY l.virtualtransaction) t;
     RETURN LEAST(v, COALESCE(pending, v));
+END;
+$$;
+-- The same, first trying the cheap way: when no append is under way (none holds its shared
+-- lock), all up to the sequence's value have ended. The try-lock is held until the caller's
+-- transaction ends (appenders wait for it), so call this only as a statement alone in its
+-- transaction, as the store does.
+CREATE OR REPLACE FUNCTION tp_gate_alone() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v bigint;
+BEGIN
+    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO v
+      FROM tp_commit_seq;
+    IF pg_try_advisory_xact_lock(7403529, 0) THEN
+        RETURN v;
+    END IF;
+    RETURN tp_gate();
 END;
 $$;
 CREATE OR REPLACE FUNCTION tp_read_all(p_commit bigint, p_seq bigint, p_max bigint)
@@ -212,7 +226,7 @@ pub(super) const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, 
 
 /// Computes the gate and keeps it in the session (`tp.gate`) for the read pipelined right
 /// after it (see `gate.rs`); answers it too, for reuse.
-pub(super) const GATE: &str = "SELECT set_config('tp.gate', tp_gate()::text, false)::bigint";
+pub(super) const GATE: &str = "SELECT set_config('tp.gate', tp_gate_alone()::text, false)::bigint";
 
 /// The read's bound: parameter `$n` when given (a gate reused), else the session's `tp.gate`.
 /// A value left from an earlier read is an older gate: smaller, so only delaying; none at all
