@@ -130,6 +130,6 @@ pub use projection::PostgresProjection;
 #[cfg(feature = "sqlite")]
 pub use projection::SqliteProjection;
 pub use projection::{
-    ApplyError, ExternalProjection, FailurePolicy, Lag, Projection, ProjectionBuilder,
+    ApplyError, Exhausted, ExternalProjection, FailurePolicy, Lag, Projection, ProjectionBuilder,
     ProjectionError, ProjectionHandle, Status, Tables,
 };
