@@ -97,8 +97,9 @@ impl<S: EventStore, T: Target> ProjectionBuilder<Source<S>, T> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `name` (empty, longer than 40 characters, or other than
-    /// ASCII letters, digits and `_`: it names tables), `batch` (zero) or `policy`.
+    /// A [`ConfigError`] naming `name` (empty, longer than 40 characters, other than ASCII
+    /// letters, digits and `_`, or containing `_v` and digits followed by `_` or the end, as
+    /// in `search_v2`: it prefixes tables, `{name}_v{n}_`), `batch` (zero) or `policy`.
     pub fn build(self) -> Result<Projection, ConfigError> {
         let name = &self.settings.name;
         if name.is_empty()
@@ -108,6 +109,13 @@ impl<S: EventStore, T: Target> ProjectionBuilder<Source<S>, T> {
             return Err(ConfigError::new(
                 "name",
                 "must be 1 to 40 ASCII letters, digits or underscores (it names tables)",
+            ));
+        }
+        if has_version_marker(name) {
+            return Err(ConfigError::new(
+                "name",
+                "must not contain `_v` and digits followed by `_` or the end (a copy's tables \
+                 are `{name}_v{n}_`: such a name would share another projection's prefix)",
             ));
         }
         if self.settings.batch == 0 {
@@ -123,6 +131,19 @@ impl<S: EventStore, T: Target> ProjectionBuilder<Source<S>, T> {
             run: Box::pin(run),
         })
     }
+}
+
+/// Whether `name` contains `_v<digits>` followed by `_` or the end: the marker of a copy's
+/// version in table names.
+fn has_version_marker(name: &str) -> bool {
+    let b = name.as_bytes();
+    (0..b.len()).any(|i| {
+        if !b[i..].starts_with(b"_v") {
+            return false;
+        }
+        let digits = b[i + 2..].iter().take_while(|c| c.is_ascii_digit()).count();
+        digits > 0 && matches!(b.get(i + 2 + digits), None | Some(b'_'))
+    })
 }
 
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send>>;
@@ -186,5 +207,28 @@ impl Projection {
     /// Runs the projection on a Tokio task.
     pub fn spawn(self) -> (ProjectionHandle, JoinHandle<Result<(), ProjectionError>>) {
         (self.handle, tokio::spawn(self.run))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_version_marker;
+
+    #[test]
+    fn names_with_a_version_marker_are_found() {
+        for name in ["search_v2", "a_v1_b", "x_v10", "feed_v3_"] {
+            assert!(has_version_marker(name), "{name}");
+        }
+        for name in [
+            "search",
+            "photo_feed",
+            "v2",
+            "search_v",
+            "search_vx_1",
+            "a_v1b",
+            "_version",
+        ] {
+            assert!(!has_version_marker(name), "{name}");
+        }
     }
 }

@@ -211,7 +211,7 @@ impl Shared {
         crate::metrics::set_lag(&self.name, lag);
     }
 
-    fn lag_now(&self) -> Lag {
+    pub(crate) fn lag_now(&self) -> Lag {
         Lag {
             events: self.lag_events.load(Ordering::Relaxed),
             seconds: f64::from_bits(self.lag_seconds.load(Ordering::Relaxed)),

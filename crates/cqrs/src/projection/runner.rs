@@ -423,7 +423,9 @@ impl<S: EventStore, T: Target> Runner<S, T> {
     async fn idle(&mut self) -> Result<(), Exit> {
         if self.rebuild.is_none() {
             self.shared.set_status(Status::Live);
-            self.shared.set_lag(Lag::default());
+            if self.shared.lag_now() != Lag::default() {
+                self.shared.set_lag(Lag::default());
+            }
             self.lag_measured = None;
         }
         let after = self.live.position;

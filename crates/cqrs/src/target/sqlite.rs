@@ -333,3 +333,37 @@ impl<P: SqliteProjection> Target for SqliteTarget<P> {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn dropping_a_copy_drops_its_tables_views_triggers_and_full_text_indexes_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE catalog_v1_products (id INTEGER PRIMARY KEY, name TEXT);
+             CREATE INDEX catalog_v1_products_name ON catalog_v1_products (name);
+             CREATE VIRTUAL TABLE catalog_v1_search USING fts5 (name);
+             CREATE VIEW catalog_v1_cheap AS SELECT * FROM catalog_v1_products;
+             CREATE TABLE catalog_v1_log (n INTEGER);
+             CREATE TRIGGER catalog_v1_logged AFTER INSERT ON catalog_v1_products
+               BEGIN INSERT INTO catalog_v1_log VALUES (1); END;
+             CREATE TABLE catalog_v2_products (id INTEGER PRIMARY KEY);
+             CREATE TABLE catalogue (id INTEGER);",
+        )
+        .unwrap();
+        drop_prefix(&conn, "catalog_v1_").unwrap();
+        assert_eq!(names(&conn), ["catalog_v2_products", "catalogue"]);
+    }
+}
