@@ -669,3 +669,91 @@ async fn the_oldest_open_append_holds_back_later_positions() {
     );
     assert_eq!(store.head().await.unwrap().unwrap().stream_id, "a2");
 }
+
+/// A transaction's appends announce themselves once (its first append's locks hold back the
+/// rest), so a transaction of many appends takes three locks, not one per append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_appends_in_one_transaction_take_the_gate_locks_once() {
+    let Some(url) = common::fresh_postgres("manyappends").await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, 4).await.unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    for n in 0..50 {
+        store
+            .append_in(&tx, &format!("bulk-{n}"), ExpectedVersion::Any, vec![ev(n)])
+            .await
+            .unwrap();
+        // Another append commits in between, so each of ours sees a new sequence value.
+        store
+            .append("between", ExpectedVersion::Any, vec![ev(n)])
+            .await
+            .unwrap();
+    }
+    let locks: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+             AND classid IN (7403525, 7403526, 7403529)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locks, 3);
+    assert!(
+        store
+            .read_all(GlobalPosition::START, 200)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the first append holds back all that follow"
+    );
+    tx.commit().await.unwrap();
+    let log = store.read_all(GlobalPosition::START, 200).await.unwrap();
+    assert_eq!(log.len(), 100);
+    assert!(log.windows(2).all(|w| w[0].position < w[1].position));
+}
+
+/// An append in a savepoint that is rolled back takes its locks with it; the transaction's next
+/// append announces itself again and still holds back later appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_a_rolled_back_savepoint_still_holds_back_later_ones() {
+    let Some(url) = common::fresh_postgres("savepoint").await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, 4).await.unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    let mut tx = client.transaction().await.unwrap();
+    {
+        let sp = tx.savepoint("first").await.unwrap();
+        store
+            .append_in(&sp, "gone", ExpectedVersion::Any, vec![ev(0)])
+            .await
+            .unwrap();
+        sp.rollback().await.unwrap();
+    }
+    let kept = store
+        .append_in(&tx, "kept", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let later = store
+        .append("later", ExpectedVersion::Any, vec![ev(2)])
+        .await
+        .unwrap();
+    assert!(kept.positions[0] < later.positions[0]);
+    assert!(
+        store
+            .read_all(GlobalPosition::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the open append holds back the later one"
+    );
+    tx.commit().await.unwrap();
+    let log = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.stream_id.as_str()).collect::<Vec<_>>(),
+        ["kept", "later"]
+    );
+}

@@ -5,8 +5,8 @@
 //! Every append (`tp_append`, which [`append`](crate::EventStore::append) and `append_in` both
 //! call) does, in its transaction:
 //!
-//! 1. takes a *shared* transaction-level advisory lock on (7403529, 0), "an append is under
-//!    way";
+//! 1. (the transaction's first append only, see below) takes a *shared* transaction-level
+//!    advisory lock on (7403529, 0), "an append is under way";
 //! 2. `floor` := the last number `tp_commit_seq` handed out (0 before the first);
 //! 3. takes two more shared transaction-level advisory locks, (7403525, high 32 bits of
 //!    `floor`) and (7403526, low 32 bits). All three stay until the transaction ends;
@@ -31,11 +31,15 @@
 //! snapshots (also for a prepared transaction: `pg_locks` pairs by virtual transaction, which
 //! it has, not by pid, which it lacks), so X is committed and visible at t3, or aborted and
 //! never visible. Every event that becomes readable later therefore has `commit_no > g`, above
-//! every position a reader was handed. Several appends in one transaction hold several pairs:
-//! the smallest high half with the smallest low half is at most its smallest pair
-//! (conservative); a transaction with only a high half has not taken its number yet. A
-//! rolled-back append, or one in a rolled-back savepoint, releases its locks and leaves a gap
-//! in the numbers, nothing else. A gate is only ever too small for a later snapshot, never too
+//! every position a reader was handed. Steps 1 to 3 run in a transaction's first append only
+//! (a transaction-local setting, `tp.append_floor`, marks them done): a later append of the
+//! same transaction has a larger `c` than that first `floor`, which the transaction holds
+//! until it ends, so the argument holds for it too, and a transaction of thousands of appends
+//! takes three locks, not thousands. A savepoint rolled back takes its locks and the marker
+//! with it, so the next append locks again. The smallest high half with the smallest low half
+//! of one transaction is at most its smallest pair (conservative); a transaction with only a
+//! high half has not taken its number yet. A rolled-back append leaves a gap in the numbers,
+//! nothing else. A gate is only ever too small for a later snapshot, never too
 //! large, so reusing one only delays. Only this database's locks with these keys count: an open
 //! transaction elsewhere in the cluster, or one here that does not append, holds no reader
 //! back.
@@ -134,12 +138,18 @@ BEGIN
         RETURN;
     END IF;
     -- The gate's half: say an append is under way, and announce a lower bound of its number,
-    -- before taking it.
-    PERFORM pg_advisory_xact_lock_shared(7403529, 0);
-    SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO low
-      FROM tp_commit_seq;
-    PERFORM pg_advisory_xact_lock_shared(7403525, (low >> 32)::int);
-    PERFORM pg_advisory_xact_lock_shared(7403526, (low & 4294967295)::bit(32)::int);
+    -- before taking it. Once per transaction: the first append's bound is below every later
+    -- one's (the transaction keeps the locks, and so holds back all its appends), and a
+    -- transaction of many appends would otherwise fill the lock table. The marker is
+    -- transaction-local, and goes with the locks when a savepoint rolls back.
+    IF NULLIF(current_setting('tp.append_floor', true), '') IS NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(7403529, 0);
+        SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO low
+          FROM tp_commit_seq;
+        PERFORM pg_advisory_xact_lock_shared(7403525, (low >> 32)::int);
+        PERFORM pg_advisory_xact_lock_shared(7403526, (low & 4294967295)::bit(32)::int);
+        PERFORM set_config('tp.append_floor', low::text, true);
+    END IF;
     c := nextval('tp_commit_seq');
     RETURN QUERY
         INSERT INTO tp_events AS e (commit_no, stream_id, version, event_id, event_type,
