@@ -143,6 +143,63 @@ async fn after_a_crash_mid_batch_a_restart_continues_from_the_checkpoint_and_app
     task.await.unwrap().unwrap();
 }
 
+/// The child of the crash test: runs the ledger until it hangs in the middle of a batch.
+#[tokio::test]
+async fn child_runner_until_killed() {
+    let Ok(dir) = std::env::var("TP_CQRS_CRASH_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let store = Arc::new(SqliteStore::open(dir.join("events.db")).unwrap());
+    let ledger = Ledger {
+        stuck_at: Some(250),
+        ..Ledger::default()
+    };
+    let projection = Projection::builder("ledger")
+        .source(store)
+        .sqlite(dir.join("model.db"), ledger)
+        .batch(100)
+        .build()
+        .unwrap();
+    let _ = projection.run().await;
+    unreachable!("the ledger hangs at 250 until the parent kills the process");
+}
+
+#[tokio::test]
+async fn a_runner_killed_mid_batch_loses_the_batch_whole_and_its_restart_applies_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("events.db")).unwrap());
+    let model = dir.path().join("model.db");
+    let head = append_n(&*store, "shop", 400).await;
+
+    let mut child = tower_patterns_testkit::process::ChildTest::spawn(
+        "child_runner_until_killed",
+        &[("TP_CQRS_CRASH_DIR", dir.path().to_str().unwrap())],
+    );
+    // Events 201 to 249 are applied in the open transaction of the third batch.
+    child.wait_for("stuck 250", WAIT).await;
+    child.kill9();
+    let tables = Tables::new("ledger", 1);
+    assert_eq!(checkpoint_row(&model, "ledger"), Some((0, 200, 1)));
+    assert_eq!(seen_at(&model, &tables).len(), 200);
+
+    let (handle, task) = Projection::builder("ledger")
+        .source(store.clone())
+        .sqlite(&model, Ledger::default())
+        .batch(100)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WAIT).await);
+    assert_eq!(
+        seen_at(&model, &tables),
+        (1..=400).map(|i| (i, 1)).collect::<Vec<_>>()
+    );
+    assert_eq!(checkpoint_row(&model, "ledger"), Some((0, 400, 1)));
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runners_on_one_read_model_file_apply_each_event_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -94,6 +94,9 @@ pub struct Ledger {
     pub cured: Arc<AtomicBool>,
     /// `Poison` fails only in this version of the tables (a rebuild's, say).
     pub only_version: Option<u32>,
+    /// Prints `stuck <index>` (flushed) when applying the event at this index, then hangs
+    /// inside the transaction: where a crash test kills the process.
+    pub stuck_at: Option<u64>,
 }
 
 impl Ledger {
@@ -143,6 +146,15 @@ impl SqliteProjection for Ledger {
         } else {
             self.poison
         };
+        if self.stuck_at == Some(e.position.index) {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "stuck {}", e.position.index).unwrap();
+            out.flush().unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
         match (shop, poison) {
             (Shop::Poison {}, Some(ApplyErrorKind::Transient)) => {
                 Err(ApplyError::transient("poison (transient)"))
