@@ -610,6 +610,7 @@ async fn a_consumer_acks_what_it_handled() {
     let name = name("search-index");
     let consumer = JetStreamConsumer::builder(name.as_str())
         .stream(stream)
+        .ack_wait(Duration::from_secs(7))
         .handler(tower::service_fn(move |d: Delivery| {
             let s = s.clone();
             async move {
@@ -640,6 +641,7 @@ async fn a_consumer_acks_what_it_handled() {
             jetstream::consumer::AckPolicy::Explicit
         );
         assert_eq!(info.config.max_deliver, 5);
+        assert_eq!(info.config.ack_wait, Duration::from_secs(7));
         if info.num_ack_pending == 0 && info.num_pending == 0 {
             acked = true;
             break;
@@ -652,6 +654,58 @@ async fn a_consumer_acks_what_it_handled() {
     assert_eq!(counter(bus::REDELIVERED, &name), Some(0));
     handle.stop();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_a_filter_gets_only_its_subjects() {
+    let Some(js) = nats().await else { return };
+    let (stream, prefix, events) = published(&js, "FILTER", 9, false).await;
+    let created: Vec<String> = events
+        .iter()
+        .filter(|e| e.event_type == "ProductCreated")
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(created.len(), 3);
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let stream_name = stream.cached_info().config.name.clone();
+    let consumer_name = name("created");
+    let (handle, task) = JetStreamConsumer::builder(consumer_name.as_str())
+        .stream(stream)
+        .filter_subject(format!("{prefix}.ProductCreated"))
+        .handler(tower::service_fn(move |d: Delivery| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push((d.event.id, d.delivered));
+                Ok::<_, BoxError>(())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    until("the product creations handled", || handle.handled() >= 3).await;
+    // Nothing else pending on the server: the price updates never came to this consumer.
+    let server = js.get_stream(&stream_name).await.unwrap();
+    let mut settled = false;
+    for _ in 0..2_000 {
+        let info = server.consumer_info(&consumer_name).await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settled, "the consumer settles");
+    handle.stop();
+    task.await.unwrap().unwrap();
+    let got: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(got, created, "nothing but the filter's subject");
+    assert_eq!(handle.handled(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
