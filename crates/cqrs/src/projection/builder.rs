@@ -150,8 +150,38 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send
 
 /// A built projection: run it (or spawn it) and watch it through its handle.
 ///
-/// ```no_run
-/// # // The full example lives in the crate docs.
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use tower_patterns_cqrs::{ApplyError, ExternalProjection, MemoryCheckpoints, Projection, Status};
+/// use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, InMemoryStore, RecordedEvent};
+///
+/// /// Sends each product to a search service (here: nowhere).
+/// struct SearchIndex;
+///
+/// impl ExternalProjection for SearchIndex {
+///     async fn apply(&self, _event: &RecordedEvent) -> Result<(), ApplyError> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_patterns_core::BoxError> {
+/// let store = Arc::new(InMemoryStore::new());
+/// let (handle, task) = Projection::builder("search")
+///     .source(store.clone())
+///     .external(MemoryCheckpoints::new(), SearchIndex)
+///     .build()?
+///     .spawn();
+/// let appended = store
+///     .append("product-1", ExpectedVersion::Any, vec![EventData::json("Created", &"lamp")?])
+///     .await?;
+/// // Read-your-writes: wait until the projection has applied the append.
+/// assert!(handle.wait_for(appended.positions[0], Duration::from_secs(5)).await);
+/// handle.shutdown();
+/// task.await??;
+/// assert_eq!(handle.status(), Status::ShutDown);
+/// # Ok(())
+/// # }
 /// ```
 pub struct Projection {
     handle: ProjectionHandle,

@@ -192,7 +192,10 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             match self.start().await {
                 Ok(()) => started = true,
                 Err(Exit::Shutdown) => return Ok(()),
-                Err(Exit::Fenced) => continue,
+                Err(Exit::Fenced) => {
+                    self.fences += 1;
+                    continue;
+                }
                 Err(Exit::Transient(e) | Exit::RebuildStopped(e)) if !started => return Err(e),
                 Err(Exit::Transient(e) | Exit::RebuildStopped(e)) => {
                     if self.back_off(e).await.is_err() {
