@@ -110,7 +110,10 @@ fn every_crate_is_in_the_readme_and_the_architecture() {
 fn nats_is_claimed_only_with_its_feature() {
     // The feature exists, and brings the client.
     let cqrs = read("crates/cqrs/Cargo.toml");
-    assert!(cqrs.contains("nats = [\"dep:async-nats\"]"), "crates/cqrs has no nats feature");
+    assert!(
+        cqrs.contains("nats = [\"dep:async-nats\"]"),
+        "crates/cqrs has no nats feature"
+    );
     let manifest = read("Cargo.toml");
     let description = manifest
         .lines()
