@@ -93,6 +93,20 @@ fn ids(rows: &[(String, i64)]) -> Vec<&str> {
 async fn a_price_change_updates_the_product_row_and_the_search_results() {
     let dir = temp_dir();
     let (router, projection) = catalog::sqlite_app(&dir).await.unwrap();
+    price_change(router, &projection).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_change_updates_the_product_row_and_the_search_results_on_postgres() {
+    let Some(url) = tower_patterns_testkit::fresh_postgres("catalog").await else {
+        return; // skipped: no PostgreSQL (the reason is printed)
+    };
+    let (router, projection) = catalog::postgres_app(&url).await.unwrap();
+    price_change(router, &projection).await;
+}
+
+async fn price_change(router: Router, projection: &tower_patterns::cqrs::ProjectionHandle) {
     let mut app = App { router, last: None };
 
     let first = app
@@ -181,8 +195,6 @@ async fn a_price_change_updates_the_product_row_and_the_search_results() {
     assert_eq!(ids(&app.search("text=kettle").await), ["p1"]);
     let (status, _) = app.send("GET", "/products/p2", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn app_position(app: &App) -> tower_patterns::eventstore::GlobalPosition {

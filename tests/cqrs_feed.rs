@@ -77,6 +77,20 @@ fn temp_dir() -> std::path::PathBuf {
 async fn posts_fan_out_to_followers_likes_count_once_and_pages_are_newest_first() {
     let dir = temp_dir();
     let (router, _projection) = feed::sqlite_app(&dir).await.unwrap();
+    fan_out(router).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_fan_out_to_followers_likes_count_once_and_pages_are_newest_first_on_postgres() {
+    let Some(url) = tower_patterns_testkit::fresh_postgres("feed").await else {
+        return; // skipped: no PostgreSQL (the reason is printed)
+    };
+    let (router, _projection) = feed::postgres_app(&url).await.unwrap();
+    fan_out(router).await;
+}
+
+async fn fan_out(router: Router) {
     let mut app = App { router, last: None };
 
     app.command("/members/bo", json!({"op": "follow", "author": "ada"}))
@@ -188,5 +202,4 @@ async fn posts_fan_out_to_followers_likes_count_once_and_pages_are_newest_first(
         (status, text.as_str()),
         (StatusCode::BAD_REQUEST, "not a feed command")
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

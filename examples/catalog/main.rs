@@ -15,6 +15,8 @@
 //! waits (up to 2 s) until the read model has applied it, so a client reads its own writes.
 //! Bad JSON is a `400` with a fixed phrase, a refused command `422`, a conflict `409`.
 //! `TP_CATALOG_DIR` picks the directory of the two SQLite files (default: the current one).
+//! Built with `--features cqrs-postgres` and given `TP_POSTGRES_URL` (or `DATABASE_URL`), it
+//! keeps the events and the read model in PostgreSQL instead (full-text search by `tsvector`).
 #![allow(clippy::print_stdout, reason = "an example says where it listens")]
 #![allow(unreachable_pub, reason = "the tests include this file as a module")]
 
@@ -34,22 +36,35 @@ use tower::Layer;
 use tower_patterns::{
     BoxError,
     cqrs::{
-        Projection, ProjectionHandle,
+        Projection, ProjectionHandle, Tables,
         layer::{
             BadCommand, CqrsLayer, HttpClassifier, HttpCommands, POSITION_HEADER, PositionToken,
         },
         projection::sqlite_reader,
     },
-    eventstore::{Command, CommandService, Repository, sqlite::SqliteStore},
+    eventstore::{Command, CommandService, EventStore, Repository, sqlite::SqliteStore},
     http::ErrorResponseLayer,
 };
 
+#[cfg(feature = "cqrs-postgres")]
+use tower_patterns::eventstore::postgres::PostgresStore;
+
 use model::{PRODUCT_PREFIX, Product, ProductCommand, Search};
 
-/// The read side's state: the read model's file and its projection.
+/// Where the read model lives.
+#[derive(Clone, Debug)]
+enum Db {
+    /// A SQLite file of its own, read with a connection per query.
+    Sqlite(Arc<PathBuf>),
+    /// The event store's PostgreSQL database, read through its pool.
+    #[cfg(feature = "cqrs-postgres")]
+    Postgres(Arc<PostgresStore>),
+}
+
+/// The read side's state: the read model and its projection.
 #[derive(Clone, Debug)]
 pub struct Reads {
-    path: Arc<PathBuf>,
+    db: Db,
     projection: ProjectionHandle,
 }
 
@@ -94,50 +109,98 @@ async fn consistent(reads: &Reads, headers: &HeaderMap) -> Result<(), Response> 
     }
 }
 
-async fn read<T: Send + 'static>(
-    reads: &Reads,
-    f: impl FnOnce(&rusqlite::Connection, &tower_patterns::cqrs::Tables) -> rusqlite::Result<T>
-    + Send
-    + 'static,
+fn failed() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "read failed").into_response()
+}
+
+/// Runs a read on a SQLite read model, on the blocking pool.
+async fn read_sqlite<T: Send + 'static>(
+    path: &Arc<PathBuf>,
+    tables: Tables,
+    f: impl FnOnce(&rusqlite::Connection, &Tables) -> rusqlite::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
-    let (path, tables) = (reads.path.clone(), reads.projection.tables());
+    let path = path.clone();
     tokio::task::spawn_blocking(move || f(&sqlite_reader(&*path)?, &tables))
         .await
         .ok()
         .and_then(Result::ok)
-        .ok_or_else(|| (StatusCode::INTERNAL_SERVER_ERROR, "read failed").into_response())
+        .ok_or_else(failed)
 }
 
 async fn search(
     State(reads): State<Reads>,
     headers: HeaderMap,
     Query(q): Query<Search>,
-) -> Response {
-    if let Err(r) = consistent(&reads, &headers).await {
-        return r;
-    }
-    match read(&reads, move |c, t| model::search_sqlite(c, t, &q)).await {
-        Ok(rows) => Json(rows).into_response(),
-        Err(r) => r,
-    }
+) -> Result<Response, Response> {
+    consistent(&reads, &headers).await?;
+    let tables = reads.projection.tables();
+    let rows = match &reads.db {
+        Db::Sqlite(path) => {
+            read_sqlite(path, tables, move |c, t| model::search_sqlite(c, t, &q)).await?
+        }
+        #[cfg(feature = "cqrs-postgres")]
+        Db::Postgres(store) => {
+            let client = store.pool().get().await.map_err(|_| failed())?;
+            model::search_postgres(&**client, &tables, &q)
+                .await
+                .map_err(|_| failed())?
+        }
+    };
+    Ok(Json(rows).into_response())
 }
 
 async fn product(
     State(reads): State<Reads>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = consistent(&reads, &headers).await {
-        return r;
-    }
-    match read(&reads, move |c, t| model::product_sqlite(c, t, &id)).await {
-        Ok(Some(row)) => Json(row).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, "no such product").into_response(),
-        Err(r) => r,
-    }
+) -> Result<Response, Response> {
+    consistent(&reads, &headers).await?;
+    let tables = reads.projection.tables();
+    let row = match &reads.db {
+        Db::Sqlite(path) => {
+            read_sqlite(path, tables, move |c, t| model::product_sqlite(c, t, &id)).await?
+        }
+        #[cfg(feature = "cqrs-postgres")]
+        Db::Postgres(store) => {
+            let client = store.pool().get().await.map_err(|_| failed())?;
+            model::product_postgres(&**client, &tables, &id)
+                .await
+                .map_err(|_| failed())?
+        }
+    };
+    Ok(match row {
+        Some(row) => Json(row).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such product").into_response(),
+    })
 }
 
-/// The catalog's service over the SQLite files in `dir`, with its projection running.
+/// The catalog's HTTP service: commands to `Product` aggregates in `store`, queries to the
+/// read model, once its projection has started.
+async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, BoxError> {
+    let started = reads
+        .projection
+        .wait_for_status(Duration::from_secs(10), |s| {
+            matches!(s.as_str(), "live" | "catching_up")
+        })
+        .await;
+    if !matches!(started.as_str(), "live" | "catching_up") {
+        return Err(format!("the catalog projection did not start: {started:?}").into());
+    }
+    let queries = Router::new()
+        .route("/products", get(search))
+        .route("/products/{id}", get(product))
+        .with_state(reads);
+    let commands = CommandService::new(Repository::<Product, _>::new(store, PRODUCT_PREFIX));
+    let cqrs = CqrsLayer::builder("catalog")
+        .commands(commands)
+        .classify(HttpClassifier::new())
+        .adapter(HttpCommands::new(product_command))
+        .build()?;
+    let service = ErrorResponseLayer::new().layer(cqrs.layer(queries));
+    Ok(Router::new().fallback_service(service))
+}
+
+/// The catalog over the SQLite files in `dir` (events, and the read model apart).
 ///
 /// # Errors
 ///
@@ -150,35 +213,47 @@ pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHand
         .sqlite(&path, model::Catalog)
         .build()?
         .spawn();
-    let started = projection
-        .wait_for_status(Duration::from_secs(10), |s| {
-            s.as_str() == "live" || s.as_str() == "catching_up"
-        })
-        .await;
-    if !matches!(started.as_str(), "live" | "catching_up") {
-        return Err(format!("the catalog projection did not start: {started:?}").into());
-    }
     let reads = Reads {
-        path: Arc::new(path),
+        db: Db::Sqlite(Arc::new(path)),
         projection: projection.clone(),
     };
-    let queries = Router::new()
-        .route("/products", get(search))
-        .route("/products/{id}", get(product))
-        .with_state(reads);
-    let commands = CommandService::new(Repository::<Product, _>::new(store, PRODUCT_PREFIX));
-    let cqrs = CqrsLayer::builder("catalog")
-        .commands(commands)
-        .classify(HttpClassifier::new())
-        .adapter(HttpCommands::new(product_command))
-        .build()?;
-    let service = ErrorResponseLayer::new().layer(cqrs.layer(queries));
-    Ok((Router::new().fallback_service(service), projection))
+    Ok((service(store, reads).await?, projection))
+}
+
+/// The catalog on the PostgreSQL database at `url`: the events and, beside them, the read
+/// model with its full-text index (one runner per projection across processes).
+///
+/// # Errors
+///
+/// When the database cannot be reached or the projection does not start.
+#[cfg(feature = "cqrs-postgres")]
+pub async fn postgres_app(url: &str) -> Result<(Router, ProjectionHandle), BoxError> {
+    let store = Arc::new(PostgresStore::connect(url, 8).await?);
+    let (projection, _task) = Projection::builder("catalog")
+        .source(store.clone())
+        .postgres(store.pool().clone(), model::Catalog)
+        .build()?
+        .spawn();
+    let reads = Reads {
+        db: Db::Postgres(store.clone()),
+        projection: projection.clone(),
+    };
+    Ok((service(store, reads).await?, projection))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let dir = std::env::var_os("TP_CATALOG_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    #[cfg(feature = "cqrs-postgres")]
+    let url = std::env::var("TP_POSTGRES_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .ok();
+    #[cfg(feature = "cqrs-postgres")]
+    let (app, _projection) = match url {
+        Some(url) => postgres_app(&url).await?,
+        None => sqlite_app(&dir).await?,
+    };
+    #[cfg(not(feature = "cqrs-postgres"))]
     let (app, _projection) = sqlite_app(&dir).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("the catalog listens on http://{}", listener.local_addr()?);

@@ -126,6 +126,10 @@
 //! # }
 //! ```
 
+pub mod local;
+
+pub use local::{LocalBus, LocalBusBuilder, Subscriber, SubscriberError};
+
 #[cfg(feature = "nats")]
 mod consumer;
 #[cfg(feature = "nats")]
