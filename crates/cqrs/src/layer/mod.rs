@@ -9,10 +9,10 @@
 //! response ([`Direct`] by default, [`MapCommand`] for two closures, [`HttpCommands`] for
 //! HTTP).
 //!
-//! **Commands answer with the global position they reached**: the [`Committed`]
-//! (`positions.last()`) for other services, and for HTTP the [`POSITION_HEADER`]
-//! (`tp-position: v1.<commit>.<index>`, a [`PositionToken`]) plus the `Committed` in the
-//! response's extensions. A client that sends the token back can wait until the read models
+//! **Commands answer with the global position they reached**: the
+//! [`Committed`](tower_patterns_eventstore::Committed) (`positions.last()`) for other
+//! services, and for HTTP the [`POSITION_HEADER`] (`tp-position: v1.<commit>.<index>`, a
+//! [`PositionToken`]) plus the `Committed` in the response's extensions. A client that sends the token back can wait until the read models
 //! have applied its write.
 //!
 //! **Readiness.** A router cannot know in `poll_ready` which side the next request goes to.
