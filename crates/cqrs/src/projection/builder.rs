@@ -64,7 +64,7 @@ impl<Src, Tgt> ProjectionBuilder<Src, Tgt> {
         self
     }
 
-    /// The seed of the backoff's jitter (default: fixed per name), for repeatable tests.
+    /// Seeds the backoff's jitter, for repeatable tests (by default a value derived from the name).
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.settings.seed = seed;
