@@ -336,11 +336,10 @@ impl<P: PostgresProjection> PostgresTarget<P> {
         let client = self.client(&slot.checkpoint)?;
         let tx = client.transaction().await?;
         check(&tx, &slot.checkpoint, expected).await?;
-        for (k, event) in events.iter().enumerate() {
-            if let Err(e) = projection.apply(&tx, &slot.tables, event).await {
-                drop(tx); // rolls back
-                return Ok(Err((k, e)));
-            }
+        if let Err((k, e)) = projection.apply_batch(&tx, &slot.tables, events).await {
+            drop(tx); // rolls back
+            // A projection answering past the batch is a bug of its own; never past the end.
+            return Ok(Err((k.min(events.len().saturating_sub(1)), e)));
         }
         if let Some(last) = events.last() {
             store_position(&tx, &slot.checkpoint, expected, last.position).await?;
