@@ -62,11 +62,10 @@ where
                     self.shared.position.send_replace(cp.position);
                     checkpoint = Some(cp);
                 }),
-                Some(cp) => match self.step(&key, cp, &mut stop).await {
-                    Ok(next) => {
-                        checkpoint = next;
-                        Ok(())
-                    }
+                // `step` moves `cp` to every checkpoint it stores, a failure after part of
+                // a page included: the next compare-and-set must start from what is stored.
+                Some(ref mut cp) => match self.step(&key, cp, &mut stop).await {
+                    Ok(()) => Ok(()),
                     Err((e, _)) if e.kind() == BusErrorKind::Fenced => return Err(e),
                     Err((e, reload)) => {
                         if reload {
@@ -118,14 +117,15 @@ where
         )
     }
 
-    /// One page: read after `cp`, publish, checkpoint the last acknowledged event. Returns
-    /// the new checkpoint, or the error and whether the checkpoint must be loaded again.
+    /// One page: read after `cp`, publish, checkpoint the last acknowledged event and move
+    /// `cp` to it (also when a later event of the page failed). Returns the error and whether
+    /// the checkpoint must be loaded again.
     async fn step(
         &self,
         key: &str,
-        cp: Checkpoint,
+        cp: &mut Checkpoint,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Checkpoint>, (BusError, bool)> {
+    ) -> Result<(), (BusError, bool)> {
         let page = self
             .store
             .read_all(cp.position, self.batch)
@@ -137,20 +137,20 @@ where
                 () = self.store.wait_for_events(cp.position) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
-            return Ok(Some(cp));
+            return Ok(());
         }
         if page.len() == self.batch {
             self.shared.set_status(CATCHING_UP);
         }
         let (acked, failure) = self.publish(&page).await;
-        let mut next = cp;
         if let Some(last) = acked.checked_sub(1).map(|i| &page[i]) {
-            next = Checkpoint {
+            let next = Checkpoint {
                 position: last.position,
                 version: cp.version,
             };
-            match self.checkpoints.save(key, cp, next).await {
+            match self.checkpoints.save(key, *cp, next).await {
                 Ok(true) => {
+                    *cp = next;
                     self.shared.position.send_replace(next.position);
                 }
                 Ok(false) => {
@@ -179,7 +179,7 @@ where
                 if page.len() < self.batch {
                     self.shared.set_status(LIVE);
                 }
-                Ok(Some(next))
+                Ok(())
             }
             Some(e) => Err((e, false)),
         }

@@ -1,0 +1,249 @@
+//! The outbox relay when a publish fails in the middle of a batch (it retries from the first
+//! unacknowledged event and goes on, never fenced by its own checkpoint), and against
+//! PostgreSQL with an append left open in the caller's transaction (nothing uncommitted is
+//! published, nothing after it either until it ends; a rolled-back event never is).
+#![cfg(feature = "nats")]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{header::NATS_MESSAGE_ID, jetstream};
+use serde_json::json;
+use tower_patterns_core::backoff::Backoff;
+use tower_patterns_cqrs::{
+    CheckpointStore, MemoryCheckpoints,
+    bus::{self, BusError, OutboxRelayHandle},
+};
+use tower_patterns_eventstore::{
+    EventData, EventStore, ExpectedVersion, GlobalPosition, InMemoryStore, RecordedEvent,
+};
+use tower_patterns_testkit::{Server, server_url};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn nats() -> Option<jetstream::Context> {
+    let url = server_url(Server::Nats)?;
+    let client = async_nats::connect(url)
+        .await
+        .expect("the test NATS answers");
+    Some(jetstream::new(client))
+}
+
+/// A unique stream capturing `tp_<id>.>`: (stream, subject prefix).
+async fn fresh_stream(js: &jetstream::Context, tag: &str) -> (jetstream::stream::Stream, String) {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("tp_{id}");
+    let stream = bus::ensure_stream(
+        js,
+        &format!("TP_{tag}_{id}"),
+        &[&format!("{prefix}.>")],
+        bus::DEFAULT_DUPLICATE_WINDOW,
+    )
+    .await
+    .unwrap();
+    (stream, prefix)
+}
+
+/// The `Nats-Msg-Id` of every message of `stream`, in stream order.
+async fn stored_ids(stream: &mut jetstream::stream::Stream) -> Vec<String> {
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut all = Vec::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        all.push(m.headers.get(NATS_MESSAGE_ID).unwrap().to_string());
+    }
+    all
+}
+
+fn ids(events: &[RecordedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.id.to_string()).collect()
+}
+
+fn event(i: u64) -> EventData {
+    EventData::json("PriceUpdated", &json!({ "sku": i, "price": i * 10 })).unwrap()
+}
+
+/// Waits until the relay's checkpoint reaches `position`; fails at once if the relay stops.
+async fn reaches(
+    handle: &OutboxRelayHandle,
+    task: &mut tokio::task::JoinHandle<Result<(), BusError>>,
+    position: GlobalPosition,
+) {
+    tokio::select! {
+        reached = handle.wait_for(position, WAIT) => assert!(
+            reached,
+            "relay at {} of {position}; last error {:?}",
+            handle.position(),
+            handle.last_error()
+        ),
+        stopped = task => panic!("the relay stopped: {stopped:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_failing_mid_batch_is_retried_and_the_relay_goes_on() {
+    let Some(js) = nats().await else { return };
+    let (mut stream, prefix) = fresh_stream(&js, "MIDBATCH").await;
+    let store = Arc::new(InMemoryStore::new());
+    for i in 0..40 {
+        store
+            .append(
+                &format!("product-{}", i % 5),
+                ExpectedVersion::Any,
+                vec![event(i)],
+            )
+            .await
+            .unwrap();
+    }
+    let events = store.read_all(GlobalPosition::START, 1_000).await.unwrap();
+    // Batches of 10: the 7th event of the second batch goes, once, to a subject no stream
+    // captures (JetStream answers "no responders"); the six before it are acknowledged.
+    let failing = events[16].position;
+    let failed = Arc::new(AtomicBool::new(false));
+    let f = failed.clone();
+    let nowhere = format!("tp_nowhere_{}.x", uuid::Uuid::now_v7().simple());
+    let checkpoints = MemoryCheckpoints::new();
+    let name = format!("midbatch-{}", uuid::Uuid::now_v7().simple());
+    let (handle, mut task) = bus::OutboxRelay::builder(name.as_str())
+        .source(store.clone())
+        .checkpoints(checkpoints.clone())
+        .jetstream(js.clone())
+        .subject(move |e| {
+            if e.position == failing && !f.swap(true, Ordering::SeqCst) {
+                return nowhere.clone();
+            }
+            format!("{prefix}.{}", e.event_type)
+        })
+        .batch(10)
+        .backoff(
+            Backoff::Constant(Duration::from_millis(20)),
+            Duration::from_millis(50),
+        )
+        .build()
+        .unwrap()
+        .spawn();
+    let last = events.last().unwrap().position;
+    reaches(&handle, &mut task, last).await;
+    assert!(failed.load(Ordering::SeqCst), "the failure happened");
+    assert_eq!(handle.errors(), 1, "one failure, one retry");
+
+    // Every event once. The failed one was stored on its retry, after the three events of
+    // its batch that had already been published behind it (JetStream dropped their repeats).
+    let mut expected = ids(&events);
+    let moved = expected.remove(16);
+    expected.insert(19, moved);
+    assert_eq!(stored_ids(&mut stream).await, expected);
+    assert_eq!((handle.published(), handle.duplicates()), (40, 3));
+    let cp = checkpoints
+        .load(&format!("outbox:{name}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.position, last);
+
+    // Still live: a later event is published.
+    store
+        .append("product-9", ExpectedVersion::Any, vec![event(99)])
+        .await
+        .unwrap();
+    let more = store.read_all(last, 10).await.unwrap();
+    reaches(&handle, &mut task, more[0].position).await;
+    assert_eq!(stored_ids(&mut stream).await.len(), 41);
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_uncommitted_is_published_nor_anything_after_it() {
+    use tower_patterns_eventstore::postgres::PostgresStore;
+
+    let Some(js) = nats().await else { return };
+    let Some(url) = tower_patterns_testkit::fresh_postgres("relay_open").await else {
+        return;
+    };
+    let (mut stream, prefix) = fresh_stream(&js, "OPEN").await;
+    let store = Arc::new(PostgresStore::connect(&url, 4).await.unwrap());
+    let append = |stream: &'static str, i: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .append(stream, ExpectedVersion::Any, vec![event(i)])
+                .await
+                .unwrap()
+                .positions[0]
+        }
+    };
+    for i in 0..3 {
+        append("product-0", i).await;
+    }
+    let first = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    let (handle, mut task) = bus::OutboxRelay::builder("open")
+        .source(store.clone())
+        .checkpoints(MemoryCheckpoints::new())
+        .jetstream(js.clone())
+        .subject(move |e| format!("{prefix}.{}", e.event_type))
+        .backoff(
+            Backoff::Constant(Duration::from_millis(20)),
+            Duration::from_millis(50),
+        )
+        .build()
+        .unwrap()
+        .spawn();
+    reaches(&handle, &mut task, first[2].position).await;
+
+    // A: appended in the caller's transaction, left open; B: a later append, committed.
+    let mut conn = store.pool().get().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let a = store
+        .append_in(&tx, "product-a", ExpectedVersion::Any, vec![event(100)])
+        .await
+        .unwrap();
+    let pb = append("product-b", 101).await;
+    assert!(a.positions[0] < pb, "A holds the earlier position");
+    assert!(
+        !handle.wait_for(pb, Duration::from_secs(2)).await,
+        "B published while A is open"
+    );
+    assert_eq!(stored_ids(&mut stream).await, ids(&first));
+
+    // A rolled back: never published; B is.
+    tx.rollback().await.unwrap();
+    reaches(&handle, &mut task, pb).await;
+    let b = store.read_all(first[2].position, 10).await.unwrap();
+    assert_eq!(b.len(), 1, "A is not in the log");
+    let mut expected = ids(&first);
+    expected.extend(ids(&b));
+    assert_eq!(stored_ids(&mut stream).await, expected);
+
+    // C: open again, D committed after it; C committed: both published once, in log order.
+    let tx = conn.transaction().await.unwrap();
+    let c = store
+        .append_in(&tx, "product-c", ExpectedVersion::Any, vec![event(102)])
+        .await
+        .unwrap();
+    let pd = append("product-d", 103).await;
+    assert!(c.positions[0] < pd);
+    assert!(
+        !handle.wait_for(pd, Duration::from_secs(2)).await,
+        "D published while C is open"
+    );
+    assert_eq!(stored_ids(&mut stream).await, expected);
+    tx.commit().await.unwrap();
+    reaches(&handle, &mut task, pd).await;
+    let cd = store.read_all(pb, 10).await.unwrap();
+    assert_eq!(
+        cd.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [c.positions[0], pd]
+    );
+    expected.extend(ids(&cd));
+    assert_eq!(stored_ids(&mut stream).await, expected);
+    assert_eq!((handle.published(), handle.duplicates()), (6, 0));
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
