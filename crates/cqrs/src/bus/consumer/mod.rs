@@ -138,10 +138,10 @@ impl<St, H> JetStreamConsumerBuilder<St, H> {
         self
     }
 
-    /// The starting state of the backoff's jitter (default: fixed), for repeatable tests.
+    /// Seeds the backoff's jitter, for repeatable tests (by default a fixed value).
     #[must_use]
-    pub fn jitter(mut self, state: u64) -> Self {
-        self.settings.rng = state;
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.rng = seed;
         self
     }
 }

@@ -106,10 +106,10 @@ impl<Src, Ck, Js, Sub> OutboxRelayBuilder<Src, Ck, Js, Sub> {
         self
     }
 
-    /// The starting state of the backoff's jitter (default: fixed), for repeatable tests.
+    /// Seeds the backoff's jitter, for repeatable tests (by default a fixed value).
     #[must_use]
-    pub fn jitter(mut self, state: u64) -> Self {
-        self.settings.rng = state;
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.settings.rng = seed;
         self
     }
 
