@@ -244,3 +244,146 @@ async fn bad_input_gets_a_client_error_with_a_fixed_phrase() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[path = "../examples/catalog/model.rs"]
+mod model;
+
+/// The PostgreSQL read model pipelines each batch (`apply_batch`): a log of interleaved
+/// listings, price changes, renames and deletions caught up in batches of 64 ends as applying
+/// the events one by one would, and an event the database refuses in the middle of a batch (a
+/// name holding a NUL byte, which PostgreSQL's `text` cannot store) is the one dead-lettered,
+/// with the events before and after it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_postgres_batch_applies_in_log_order_and_blames_the_failing_event() {
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    use model::{ProductEvent, ProductRow};
+    use tower_patterns::{
+        cqrs::{FailurePolicy, Projection, checkpoint::PgCheckpoints},
+        eventstore::{EventData, EventStore as _, ExpectedVersion, postgres::PostgresStore},
+    };
+
+    let Some(url) = tower_patterns_testkit::fresh_postgres("catalog_batch").await else {
+        return; // skipped: no PostgreSQL (the reason is printed)
+    };
+    let store = Arc::new(PostgresStore::connect(&url, 4).await.unwrap());
+    let append = |stream: String, event: ProductEvent| {
+        let store = store.clone();
+        async move {
+            let data = EventData::json(
+                tower_patterns::eventstore::DomainEvent::event_type(&event),
+                &event,
+            )
+            .unwrap();
+            store
+                .append(&stream, ExpectedVersion::Any, vec![data])
+                .await
+                .unwrap();
+        }
+    };
+    // Round k touches every product once, so each batch holds several events of each.
+    let mut expected: BTreeMap<String, Option<ProductRow>> = BTreeMap::new();
+    for round in 0..8_i64 {
+        for p in 0..30_i64 {
+            let id = format!("p{p}");
+            let row = expected.entry(id.clone()).or_insert(None);
+            let event = match (round, row.as_mut()) {
+                (0, _) | (_, None) => ProductEvent::ProductCreated {
+                    id: id.clone(),
+                    name: format!("Lamp {p}"),
+                    description: "Brass".into(),
+                    price_cents: 1_000 + p,
+                },
+                (_, Some(_)) if round == 5 && p % 4 == 0 => {
+                    ProductEvent::Deleted { id: id.clone() }
+                }
+                (_, Some(_)) if round % 3 == 2 => ProductEvent::Renamed {
+                    id: id.clone(),
+                    name: format!("Lamp {p} mark {round}"),
+                    description: "Brass, rewired".into(),
+                },
+                (_, Some(_)) => ProductEvent::PriceUpdated {
+                    id: id.clone(),
+                    price_cents: 2_000 + 10 * round + p,
+                },
+            };
+            match &event {
+                ProductEvent::ProductCreated {
+                    name,
+                    description,
+                    price_cents,
+                    ..
+                } => {
+                    // A deleted product's stream goes on: its next listing is a new version.
+                    *row = Some(ProductRow {
+                        id: id.clone(),
+                        name: name.clone(),
+                        description: description.clone(),
+                        price_cents: *price_cents,
+                    });
+                }
+                ProductEvent::PriceUpdated { price_cents, .. } => {
+                    row.as_mut().unwrap().price_cents = *price_cents;
+                }
+                ProductEvent::Renamed {
+                    name, description, ..
+                } => {
+                    let r = row.as_mut().unwrap();
+                    r.name.clone_from(name);
+                    r.description.clone_from(description);
+                }
+                ProductEvent::Deleted { .. } => *row = None,
+            }
+            append(format!("{}{id}", model::PRODUCT_PREFIX), event).await;
+            if round == 3 && p == 10 {
+                // The poison, in the middle of the log (and of a batch).
+                append(
+                    format!("{}bad", model::PRODUCT_PREFIX),
+                    ProductEvent::ProductCreated {
+                        id: "bad".into(),
+                        name: "nul\u{0}".into(),
+                        description: String::new(),
+                        price_cents: 1,
+                    },
+                )
+                .await;
+            }
+        }
+    }
+    let head = store.head().await.unwrap().unwrap().position;
+    let (handle, _task) = Projection::builder("catalog")
+        .source(store.clone())
+        .postgres(store.pool().clone(), model::Catalog)
+        .policy(FailurePolicy::dead_letter())
+        .batch(64)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(
+        handle.wait_for(head, Duration::from_secs(30)).await,
+        "caught up: {:?}",
+        handle.status()
+    );
+    let client = store.pool().get().await.unwrap();
+    let tables = handle.tables();
+    for (id, row) in &expected {
+        let got = model::product_postgres(&**client, &tables, id)
+            .await
+            .unwrap();
+        assert_eq!(got.as_ref(), row.as_ref(), "product {id}");
+    }
+    assert_eq!(
+        model::product_postgres(&**client, &tables, "bad")
+            .await
+            .unwrap(),
+        None
+    );
+    let dead = PgCheckpoints::new(store.pool().clone())
+        .await
+        .unwrap()
+        .dead_letters("catalog")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].stream, format!("{}bad", model::PRODUCT_PREFIX));
+}

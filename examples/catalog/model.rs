@@ -468,6 +468,94 @@ mod postgres_model {
             }
             Ok(())
         }
+
+        async fn apply_batch(
+            &self,
+            tx: &Transaction<'_>,
+            t: &Tables,
+            events: &[RecordedEvent],
+        ) -> Result<(), (usize, ApplyError)> {
+            apply_pipelined(tx, t, events).await
+        }
+    }
+
+    /// The batch, pipelined: its four statements prepared once (in one round trip), then
+    /// every event's statement sent without waiting for the one before; the server runs them
+    /// in log order. About one round trip per batch instead of two per event.
+    pub(super) async fn apply_pipelined(
+        tx: &Transaction<'_>,
+        t: &Tables,
+        events: &[RecordedEvent],
+    ) -> Result<(), (usize, ApplyError)> {
+        // Decoded first: an event that cannot be decoded ends the batch before it.
+        let mut decoded = Vec::with_capacity(events.len());
+        let mut undecodable = None;
+        for (k, e) in events.iter().enumerate() {
+            match decode(e) {
+                Ok(event) => decoded.push((event, version(e))),
+                Err(err) => {
+                    undecodable = Some((k, err));
+                    break;
+                }
+            }
+        }
+        let products = t.name("products");
+        let create = format!(
+            "INSERT INTO {products} (id, name, description, price_cents, version)
+                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING"
+        );
+        let reprice = format!(
+            "UPDATE {products} SET price_cents = $2, version = $3 WHERE id = $1 AND version < $3"
+        );
+        let rename = format!(
+            "UPDATE {products} SET name = $2, description = $3, version = $4 \
+             WHERE id = $1 AND version < $4"
+        );
+        let delete = format!("DELETE FROM {products} WHERE id = $1");
+        let (create, reprice, rename, delete) = futures::try_join!(
+            tx.prepare(&create),
+            tx.prepare(&reprice),
+            tx.prepare(&rename),
+            tx.prepare(&delete),
+        )
+        .map_err(|e| (0, ApplyError::from(e)))?;
+        let (create, reprice, rename, delete) = (&create, &reprice, &rename, &delete);
+        // Each future sends its statement when first polled; `join_all` polls them first in
+        // the order given.
+        let results = futures::future::join_all(decoded.iter().map(|(event, v)| async move {
+            match event {
+                None => Ok(0),
+                Some(ProductEvent::ProductCreated {
+                    id,
+                    name,
+                    description,
+                    price_cents,
+                }) => {
+                    tx.execute(create, &[id, name, description, price_cents, v])
+                        .await
+                }
+                Some(ProductEvent::PriceUpdated { id, price_cents }) => {
+                    tx.execute(reprice, &[id, price_cents, v]).await
+                }
+                Some(ProductEvent::Renamed {
+                    id,
+                    name,
+                    description,
+                }) => tx.execute(rename, &[id, name, description, v]).await,
+                Some(ProductEvent::Deleted { id }) => tx.execute(delete, &[id]).await,
+            }
+        }))
+        .await;
+        // The first failure is the event that failed; those after it only found the
+        // transaction aborted.
+        if let Some((k, e)) = results
+            .into_iter()
+            .enumerate()
+            .find_map(|(k, r)| r.err().map(|e| (k, e)))
+        {
+            return Err((k, e.into()));
+        }
+        undecodable.map_or(Ok(()), Err)
     }
 
     fn row(r: &tokio_postgres::Row) -> ProductRow {
