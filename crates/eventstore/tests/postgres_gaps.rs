@@ -757,3 +757,151 @@ async fn an_append_after_a_rolled_back_savepoint_still_holds_back_later_ones() {
         ["kept", "later"]
     );
 }
+
+/// A store in schema `schema` of the database at `url` (its own tables, sequence and functions,
+/// reached through the connection's `search_path`).
+async fn store_in_schema(url: &str, schema: &str) -> PostgresStore {
+    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .unwrap();
+    PostgresStore::connect(&format!("{url}?options=-csearch_path%3D{schema}"), 4)
+        .await
+        .unwrap()
+}
+
+/// One transaction (on a connection of the store in schema `a`) appends to that store, then to
+/// the store in schema `b`, whose sequence is far behind `a`'s. Each store's first append in the
+/// transaction announces itself in that store's numbers: `b`'s readers are held back by the open
+/// append to `b`, not let past it by the bound `a`'s append announced, and see it once it
+/// commits, before what `b` appended after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_appending_to_two_schemas_holds_back_each_stores_readers() {
+    two_schemas_in_one_transaction("twoschemas", false).await;
+}
+
+/// The same where both schemas still have the append of a release whose transaction-local marker
+/// every schema shared: connecting replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_replaces_an_append_whose_marker_every_schema_shared() {
+    two_schemas_in_one_transaction("oldmarker", true).await;
+}
+
+async fn two_schemas_in_one_transaction(tag: &str, old_appends_first: bool) {
+    let Some(url) = common::fresh_postgres(tag).await else {
+        return;
+    };
+    let mut a = store_in_schema(&url, "a").await;
+    let mut b = store_in_schema(&url, "b").await;
+    if old_appends_first {
+        for (store, schema) in [(&a, "a"), (&b, "b")] {
+            let client = store.pool().get().await.unwrap();
+            client
+                .batch_execute(include_str!("fixtures/postgres_append_shared_marker.sql"))
+                .await
+                .unwrap();
+            let src: String = client
+                .query_one(
+                    &format!(
+                        "SELECT prosrc FROM pg_proc WHERE oid = '{schema}.tp_append'::regproc"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(
+                src.contains("'tp.append_floor'"),
+                "the old append is in {schema}"
+            );
+        }
+        a = store_in_schema(&url, "a").await;
+        b = store_in_schema(&url, "b").await;
+    }
+    // Schema a's numbers far ahead of b's.
+    a.pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("SELECT setval('a.tp_commit_seq', 1000)")
+        .await
+        .unwrap();
+
+    let mut client = a.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let in_a = a
+        .append_in(&tx, "in-a", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let in_b = b
+        .append_in(&tx, "in-b", ExpectedVersion::Any, vec![ev(2)])
+        .await
+        .unwrap();
+    assert!(
+        in_a.positions[0].commit > 1000 && in_b.positions[0].commit < 1000,
+        "each store appends to its own schema, numbered by its own sequence: {in_a:?} {in_b:?}"
+    );
+    // Each store once more in the same transaction (no more locks: counted below).
+    a.append_in(&tx, "in-a", ExpectedVersion::Any, vec![ev(3)])
+        .await
+        .unwrap();
+    let in_b2 = b
+        .append_in(&tx, "in-b", ExpectedVersion::Any, vec![ev(4)])
+        .await
+        .unwrap();
+
+    // b appends after the open transaction and commits first.
+    let later = b
+        .append("later", ExpectedVersion::Any, vec![ev(5)])
+        .await
+        .unwrap();
+    assert!(later.positions[0] > in_b2.positions[0]);
+    assert!(
+        b.read_all(GlobalPosition::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "b's reader does not pass b's open append"
+    );
+    assert!(b.head().await.unwrap().is_none());
+    assert_eq!(b.count_after(GlobalPosition::START, 10).await.unwrap(), 0);
+    let (peek, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let in_sql: i64 = peek
+        .query_one("SELECT count(*) FROM b.tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_sql, 0, "nor does b's reader in SQL");
+    let locks: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+             AND classid IN (7403525, 7403526, 7403529)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // (7403529, 0); a's floor 1000 and b's 0 share the high half (7403525, 0); the low halves
+    // (7403526, 1000) and (7403526, 0). A store's second append takes none.
+    assert_eq!(locks, 4, "the gate's locks, once per store");
+
+    tx.commit().await.unwrap();
+    let log = readable_within(&b, GlobalPosition::START, 3, Duration::from_secs(5))
+        .await
+        .expect("b's events readable once the transaction commits");
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [in_b.positions[0], in_b2.positions[0], later.positions[0]],
+        "nothing skipped, in append order"
+    );
+    let log_a = a.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(log_a.len(), 2);
+    assert_eq!(log_a[0].position, in_a.positions[0]);
+}

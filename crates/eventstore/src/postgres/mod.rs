@@ -16,8 +16,16 @@
 //! position until it commits, so keep those short. Open transactions in other databases of the
 //! cluster, or in this one without an append, do not matter. Read from the primary: a hot
 //! standby does not see the primary's locks. Appenders do not wait for each other (except on
-//! the same stream). Stores in several schemas of one database share the lock keys: an open
-//! append in one delays the others' readers too (never skips).
+//! the same stream).
+//!
+//! Stores in several schemas of one database (each connected with its schema first in the
+//! `search_path`, e.g. `?options=-csearch_path%3Dorders`) each keep their own log, numbers and
+//! functions. One transaction may append to several of them
+//! ([`append_in`](PostgresStore::append_in) appends to its store's schema whichever
+//! connection the transaction is on): it holds back each store's readers from its first append
+//! to that store. They share the lock keys, though: an open append to one store may delay the
+//! other stores' readers until it ends too (never skips), and makes their gate take the
+//! `pg_locks` scan while it is open.
 //!
 //! The gate costs a reader one more statement, pipelined with the read (no extra round trip):
 //! about 0.015 ms of server time when no append is under way (a try-lock), about 0.15 ms when
@@ -83,7 +91,9 @@ use append::{append_tx, is_race};
 use gate::GateCache;
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
-use schema::{APPEND, COLUMNS, GATE, SCHEMA, count_after_at_gate, head_at_gate, read_all_at_gate};
+use schema::{
+    COLUMNS, GATE, SCHEMA, append_sql, count_after_at_gate, head_at_gate, read_all_at_gate,
+};
 
 const POLL: Duration = Duration::from_millis(250);
 /// How long a gate is reused by default (see [`PostgresStore::with_gate_reuse`]).
@@ -96,6 +106,8 @@ struct Inner {
     listener: Option<tokio::task::JoinHandle<()>>,
     /// The last gate, for readers that come within the reuse interval.
     gate: GateCache,
+    /// The append, through the `tp_append` of the schema the store was set up in.
+    append_sql: String,
 }
 
 impl Drop for Inner {
@@ -145,6 +157,7 @@ impl PostgresStore {
             .max_size(pool_size.max(1))
             .build()
             .map_err(Error::backend)?;
+        let schema: String;
         {
             let client = pool.get().await.map_err(Error::backend)?;
             // Two sessions creating the tables at once can collide on the catalog: serialise.
@@ -153,6 +166,12 @@ impl PostgresStore {
                 .batch_execute(&format!("SELECT pg_advisory_xact_lock(7403524); {SCHEMA}"))
                 .await
                 .map_err(Error::backend)?;
+            // Where the tables were created: the first schema of the search_path that exists.
+            schema = client
+                .query_one("SELECT current_schema()", &[])
+                .await
+                .map_err(Error::backend)?
+                .get(0);
         }
         let head = watch::Sender::new(0u64);
         let listener = Some(tokio::spawn(listen(config, head.clone())));
@@ -163,6 +182,7 @@ impl PostgresStore {
                 clock: Box::new(SystemTime::now),
                 listener,
                 gate: GateCache::new(GATE_REUSE),
+                append_sql: append_sql(&schema),
             }),
         })
     }
@@ -213,6 +233,10 @@ impl PostgresStore {
     /// Appends within `tx`, a transaction the caller commits (or rolls back). Same rules as
     /// [`EventStore::append`]; subscribers are woken when `tx` commits.
     ///
+    /// `tx` may be on any connection to the store's database, also one of another store's pool:
+    /// the events go to this store's schema (the one [`connect`](Self::connect) set up), so
+    /// one transaction can append to stores in several schemas and commit them together.
+    ///
     /// # Errors
     ///
     /// As [`EventStore::append`].
@@ -224,7 +248,10 @@ impl PostgresStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult, Error> {
         validate(stream, &events)?;
-        let stmt = tx.prepare(APPEND).await.map_err(Error::backend)?;
+        let stmt = tx
+            .prepare(&self.inner.append_sql)
+            .await
+            .map_err(Error::backend)?;
         append_tx(
             tx,
             &stmt,
@@ -281,7 +308,7 @@ impl EventStore for PostgresStore {
             // One statement, so one implicit transaction: no BEGIN/COMMIT round trips.
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached(APPEND)
+                .prepare_cached(&self.inner.append_sql)
                 .await
                 .map_err(Error::backend)?;
             match append_tx(&**client, &stmt, stream, expected, &events, recorded_at).await {
