@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use metrics_util::debugging::DebuggingRecorder;
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use runner_support::{
     Ledger, Shop, append, append_n, dead_letters, event, metric, metrics_now, seen,
 };
@@ -93,12 +93,24 @@ async fn assert_keep_up(log: &Log, others: &[Running]) {
 }
 
 /// The metrics of the two healthy projections (read once, at the end).
-fn assert_others_counted(seen: &HashMap<(String, String), f64>) {
+/// Adds a snapshot to `seen`. A snapshot drains the recorder (counters and gauges go back
+/// to 0), so counters (`_total`) add up across snapshots and gauges keep the value seen last.
+fn take(snap: &Snapshotter, seen: &mut HashMap<(String, String), f64>) {
+    for (key, value) in metrics_now(snap) {
+        if key.0.ends_with("_total") {
+            *seen.entry(key).or_default() += value;
+        } else {
+            seen.insert(key, value);
+        }
+    }
+}
+
+fn assert_others_counted(seen: &HashMap<(String, String), f64>, applied: f64) {
     for name in ["search", "stats"] {
         let m = |what: &str| metric(seen, what, name);
         assert_eq!(
             m("tower_patterns_cqrs_applied_total"),
-            Some(101.0),
+            Some(applied),
             "{name}"
         );
         assert_eq!(m("tower_patterns_cqrs_lag_events"), Some(0.0), "{name}");
@@ -173,7 +185,7 @@ async fn retry_three_times_then_dead_letter_goes_on_past_the_poison() {
     let [a, b] = others;
     shut_down([bad, a, b]).await;
     let seen = metrics_now(&snap);
-    assert_others_counted(&seen);
+    assert_others_counted(&seen, 101.0);
     let m = |what: &str| metric(&seen, what, "feed");
     assert_eq!(m("tower_patterns_cqrs_retries_total"), Some(2.0));
     assert_eq!(m("tower_patterns_cqrs_dead_letters_total"), Some(1.0));
@@ -220,10 +232,23 @@ async fn stop_holds_the_checkpoint_before_the_poison_until_resumed() {
     // Stopped for good: no time makes it move.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(bad.handle.position(), log.before);
+    // While stopped the runner measures its lag once a second: the gauge and the report show
+    // the poison and the 50 after it, and follow the log as it grows.
+    let mut so_far = HashMap::new();
+    let mut lag_gauge = || {
+        take(&snap, &mut so_far);
+        metric(&so_far, "tower_patterns_cqrs_lag_events", "feed")
+    };
+    assert_eq!(lag_gauge(), Some(51.0));
+    assert_eq!(bad.handle.report().value("lag_events"), Some(51.0));
+    let later = append_n(&*log.store, "later", 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lag_gauge(), Some(55.0));
+    assert_eq!(bad.handle.report().value("lag_events"), Some(55.0));
     assert_eq!(
         bad.handle.lag().await.unwrap().events,
-        51,
-        "the poison and the 50 after it"
+        55,
+        "the poison, the 50 after it and the 4 appended while stopped"
     );
     assert_eq!(
         seen(&bad.conn.lock().unwrap(), &bad.handle.tables()).len(),
@@ -235,19 +260,20 @@ async fn stop_holds_the_checkpoint_before_the_poison_until_resumed() {
     // The cause fixed, resume tries the poison again: it applies and the rest follows.
     ledger.cured.store(true, Ordering::SeqCst);
     bad.handle.resume();
-    assert!(bad.handle.wait_for(log.head, WAIT).await);
+    assert!(bad.handle.wait_for(later, WAIT).await);
     assert_eq!(
         seen(&bad.conn.lock().unwrap(), &bad.handle.tables()).len(),
-        101
+        105
     );
     let [a, b] = others;
     shut_down([bad, a, b]).await;
-    let seen = metrics_now(&snap);
-    assert_others_counted(&seen);
+    take(&snap, &mut so_far);
+    let seen = so_far;
+    assert_others_counted(&seen, 105.0);
     let m = |what: &str| metric(&seen, what, "feed");
     assert_eq!(m("tower_patterns_cqrs_retries_total"), Some(0.0));
     assert_eq!(m("tower_patterns_cqrs_dead_letters_total"), Some(0.0));
-    assert_eq!(m("tower_patterns_cqrs_applied_total"), Some(101.0));
+    assert_eq!(m("tower_patterns_cqrs_applied_total"), Some(105.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -274,6 +300,15 @@ async fn retry_for_ever_shows_its_attempts_and_holds_the_checkpoint() {
     assert!(error.contains("position 51"), "{error}");
     assert_eq!(bad.handle.health(), Health::Degraded);
     assert_eq!(bad.handle.position(), log.before);
+    // Measured once a second while retrying: the poison and the 50 after it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut so_far = HashMap::new();
+    take(&snap, &mut so_far);
+    assert_eq!(
+        metric(&so_far, "tower_patterns_cqrs_lag_events", "feed"),
+        Some(51.0)
+    );
+    assert_eq!(bad.handle.report().value("lag_events"), Some(51.0));
     assert!(dead_letters(&bad.conn.lock().unwrap(), "feed").is_empty());
 
     ledger.cured.store(true, Ordering::SeqCst);
@@ -286,8 +321,9 @@ async fn retry_for_ever_shows_its_attempts_and_holds_the_checkpoint() {
     );
     let [a, b] = others;
     shut_down([bad, a, b]).await;
-    let seen = metrics_now(&snap);
-    assert_others_counted(&seen);
+    take(&snap, &mut so_far);
+    let seen = so_far;
+    assert_others_counted(&seen, 101.0);
     let retries = metric(&seen, "tower_patterns_cqrs_retries_total", "feed").unwrap();
     assert!(retries >= f64::from(attempt), "{retries} {attempt}");
     assert_eq!(

@@ -17,7 +17,7 @@ use runner_support::{
 use tower_patterns_core::{BoxError, observe::StateHandle};
 use tower_patterns_cqrs::{
     ApplyError, Checkpoint, CheckpointStore, ExternalProjection, FailurePolicy, MemoryCheckpoints,
-    Projection, Status, Tables, projection::ApplyErrorKind,
+    Projection, SqliteProjection, Status, Tables, projection::ApplyErrorKind,
 };
 use tower_patterns_eventstore::{
     GlobalPosition, InMemoryStore, RecordedEvent, sqlite::SqliteStore,
@@ -221,6 +221,69 @@ async fn a_rebuild_its_policy_stops_is_abandoned_and_the_live_copy_goes_on() {
     assert!(objects(&model, "ledger_v2_").is_empty());
     assert_eq!(checkpoint_row(&model, "ledger#rebuild"), None);
     assert_eq!(seen_at(&model, &Tables::new("ledger", 1)).len(), 46);
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+/// The ledger, except that its tables cannot be created for version 2 (as a release whose
+/// `create` is broken): the table is made, then the error rolls it back.
+struct CreateFailsForV2(Ledger);
+
+impl SqliteProjection for CreateFailsForV2 {
+    fn create(&self, tx: &rusqlite::Transaction<'_>, tables: &Tables) -> Result<(), ApplyError> {
+        self.0.create(tx, tables)?;
+        if tables.version() == 2 {
+            return Err(ApplyError::permanent("no room for version 2"));
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        tables: &Tables,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        self.0.apply(tx, tables, event)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_whose_tables_cannot_be_created_is_abandoned_and_the_live_copy_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let model = dir.path().join("model.db");
+    let head = append_n(&*store, "shop", 20).await;
+    let (handle, task) = Projection::builder("ledger")
+        .source(store.clone())
+        .sqlite(&model, CreateFailsForV2(Ledger::default()))
+        .batch(8)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WAIT).await);
+    handle.rebuild();
+    handle
+        .wait_for_status(WAIT, |_| handle.last_error().is_some())
+        .await;
+    let error = handle
+        .last_error()
+        .expect("the rebuild's failure is recorded");
+    assert!(
+        error.to_string().contains("no room for version 2"),
+        "{error}"
+    );
+    // The live copy goes on, the failed copy leaves nothing behind.
+    let later = append_n(&*store, "later", 5).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        handle.wait_for_status(WAIT, |s| *s == Status::Live).await,
+        Status::Live
+    );
+    assert_eq!(handle.tables(), Tables::new("ledger", 1));
+    assert!(objects(&model, "ledger_v2_").is_empty());
+    assert_eq!(checkpoint_row(&model, "ledger#rebuild"), None);
+    assert_eq!(seen_at(&model, &Tables::new("ledger", 1)).len(), 25);
     handle.shutdown();
     task.await.unwrap().unwrap();
 }

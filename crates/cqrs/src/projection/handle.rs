@@ -224,8 +224,8 @@ impl Shared {
 /// It implements [`StateHandle`] (pattern `cqrs`): live, catching up or rebuilding is
 /// [`Health::Ready`], starting, on standby or retrying is [`Health::Degraded`], stopped or shut
 /// down is [`Health::Unavailable`]; the report carries `position`, `commit`, `version`,
-/// `lag_events` and `lag_seconds` (as last measured: the runner measures while behind, at most
-/// once a second, and [`lag`](Self::lag) measures now).
+/// `lag_events` and `lag_seconds` (as last measured: the runner measures once a second while
+/// behind, stopped or retrying an event, and [`lag`](Self::lag) measures now).
 #[derive(Clone)]
 pub struct ProjectionHandle {
     shared: Arc<Shared>,

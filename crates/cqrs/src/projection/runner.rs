@@ -19,7 +19,12 @@
 //! runner starts again: ask for it again. The failure policy applies to the rebuild's events
 //! too, except that a stop abandons the rebuild (its tables dropped, the handle's
 //! `last_error` naming the event) rather than the live copy, which goes on; a retry's backoff
-//! holds both copies.
+//! holds both copies. Any other failure of the rebuild's copy (its `create`, a write, the
+//! swap) abandons it the same way; only errors of the event store, which hold the live copy
+//! too, are waited out.
+//!
+//! While the live copy is held (stopped, or retrying after a backoff) the runner measures
+//! its lag once a second, so the gauges show the log running ahead.
 //!
 //! Errors of the event store (a lost connection) and of the read model's database between
 //! events are retried with a backoff (100 ms doubling to 10 s), the status showing them;
@@ -250,18 +255,59 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             error = %error,
             "projection error; trying again after a backoff"
         );
+        // The lag is measured through the store: not while the store is what fails.
+        let measure = !matches!(error, ProjectionError::Store(_));
         self.shared.set_status(Status::Retrying {
             attempt: self.failures,
             error: error.to_string(),
         });
-        self.sleep(delay).await.map_err(drop)
+        self.sleep(delay, measure).await.map_err(drop)
     }
 
-    async fn sleep(&mut self, delay: Duration) -> Result<(), Exit> {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(()),
-            () = until_shutdown(&mut self.control) => Err(Exit::Shutdown),
+    /// Waits `delay` (or until a shutdown), measuring the lag once a second meanwhile when
+    /// `measure`: a projection held back by retries shows how far the log runs ahead of it.
+    async fn sleep(&mut self, delay: Duration, measure: bool) -> Result<(), Exit> {
+        let until = Instant::now() + delay;
+        loop {
+            if measure {
+                self.measure_lag_due().await?;
+            }
+            let next = self
+                .lag_measured
+                .filter(|_| measure)
+                .map_or(until, |t| t + LAG_EVERY)
+                .min(until);
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = until_shutdown(&mut self.control) => return Err(Exit::Shutdown),
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
         }
+    }
+
+    /// Measures the live copy's lag and sets the gauges, unless it was measured less than a
+    /// second ago.
+    async fn measure_lag_due(&mut self) -> Result<(), Exit> {
+        if self.lag_measured.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+            return Ok(());
+        }
+        self.lag_measured = Some(Instant::now());
+        let measured = tokio::select! {
+            r = measure_lag(&*self.store, self.live.position) => r,
+            () = until_shutdown(&mut self.control) => return Err(Exit::Shutdown),
+        };
+        match measured {
+            Ok(lag) => self.shared.set_lag(lag),
+            Err(e) => tracing::debug!(
+                target: "tower_patterns::cqrs",
+                projection = %self.settings.name,
+                error = %e,
+                "lag not measured"
+            ),
+        }
+        Ok(())
     }
 
     /// Acquires the right to run, opens the live copy and discards an interrupted rebuild.
@@ -341,9 +387,22 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             }
         }
         if self.rebuild_wanted {
+            self.rebuild_wanted = false;
             let slot = self.rebuild_slot();
-            self.target.discard(&slot).await?;
-            let stored = self.target.open(&slot).await?;
+            let opened = match self.target.discard(&slot).await {
+                Ok(()) => self.target.open(&slot).await,
+                Err(e) => Err(e),
+            };
+            let stored = match opened.map_err(Exit::from) {
+                Ok(stored) => stored,
+                // The rebuild's copy cannot be opened (its `create` failed): the live copy
+                // goes on without it.
+                Err(Exit::Transient(e)) => return self.abandon_rebuild(e).await,
+                Err(e) => {
+                    self.rebuild_wanted = true;
+                    return Err(e);
+                }
+            };
             tracing::info!(
                 target: "tower_patterns::cqrs",
                 projection = %self.settings.name,
@@ -358,7 +417,6 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                 position: stored.position,
                 limit: self.settings.batch,
             });
-            self.rebuild_wanted = false;
         }
         Ok(())
     }
@@ -368,38 +426,30 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         self.take_commands().await?;
         let mut rebuilt = false;
         if let Some(rebuild) = &self.rebuild {
-            if rebuild.position >= self.live.position {
-                self.swap().await?;
+            let result = if rebuild.position >= self.live.position {
+                self.swap().await.map(|()| false)
             } else {
                 let upper = self.live.position;
-                match self.step_cursor(Which::Rebuild, Some(upper)).await {
-                    Ok(progressed) => rebuilt = progressed,
-                    Err(Exit::RebuildStopped(e)) => self.abandon_rebuild(e).await?,
-                    Err(e) => return Err(e),
+                self.step_cursor(Which::Rebuild, Some(upper)).await
+            };
+            match result {
+                Ok(progressed) => rebuilt = progressed,
+                // The event store failing fails the live copy too: both wait it out.
+                Err(Exit::Transient(e @ ProjectionError::Store(_))) => {
+                    return Err(Exit::Transient(e));
                 }
+                // The rebuild's database work failed, or its failure policy stopped it:
+                // abandoned, so it cannot hold the live copy back.
+                Err(Exit::RebuildStopped(e) | Exit::Transient(e)) => {
+                    self.abandon_rebuild(e).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
         let progressed = self.step_cursor(Which::Live, None).await?;
         if !progressed && !rebuilt {
             self.idle().await?;
         }
-        Ok(())
-    }
-
-    /// The failure policy stopped the rebuild: it is dropped, the live copy goes on, and the
-    /// handle's `last_error` tells why.
-    async fn abandon_rebuild(&mut self, error: ProjectionError) -> Result<(), Exit> {
-        tracing::error!(
-            target: "tower_patterns::cqrs",
-            projection = %self.settings.name,
-            error = %error,
-            "rebuild stopped by the failure policy and abandoned; the live copy goes on"
-        );
-        self.shared.set_error(error);
-        if let Some(rebuild) = self.rebuild.take() {
-            self.target.discard(&rebuild.slot).await?;
-        }
-        self.shared.set_status(Status::CatchingUp);
         Ok(())
     }
 
@@ -487,12 +537,13 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             let event = page.swap_remove(applied.count);
             self.fail(which, &slot, event, error).await?;
         }
-        self.after_page(which, full).await;
+        self.after_page(which, full).await?;
         Ok(true)
     }
 
-    /// Sets the status after a page, and measures the lag while behind (once a second).
-    async fn after_page(&mut self, which: Which, full: bool) {
+    /// Sets the status after a page, and measures the lag while behind (at most once a
+    /// second).
+    async fn after_page(&mut self, which: Which, full: bool) -> Result<(), Exit> {
         if let Some(rebuild) = &self.rebuild {
             self.shared.set_status(Status::Rebuilding {
                 position: rebuild.position,
@@ -500,21 +551,10 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         } else if which == Which::Live && (full || *self.shared.status.borrow() != Status::Live) {
             self.shared.set_status(Status::CatchingUp);
         }
-        if which == Which::Live
-            && full
-            && self.lag_measured.is_none_or(|t| t.elapsed() >= LAG_EVERY)
-        {
-            self.lag_measured = Some(Instant::now());
-            match measure_lag(&*self.store, self.live.position).await {
-                Ok(lag) => self.shared.set_lag(lag),
-                Err(e) => tracing::debug!(
-                    target: "tower_patterns::cqrs",
-                    projection = %self.settings.name,
-                    error = %e,
-                    "lag not measured"
-                ),
-            }
+        if which == Which::Live && full {
+            self.measure_lag_due().await?;
         }
+        Ok(())
     }
 
     /// Records that `which` applied up to `last` (`count` events).

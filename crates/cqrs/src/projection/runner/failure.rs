@@ -7,7 +7,9 @@ use tower_patterns_eventstore::{
     Error as StoreError, EventStore, GlobalPosition, Metadata, RecordedEvent,
 };
 
-use super::{Exit, Runner, UNREADABLE, Which};
+use tokio::time::Instant;
+
+use super::{Exit, LAG_EVERY, Runner, UNREADABLE, Which};
 use crate::{
     projection::{Action, ApplyError, ProjectionError, Status},
     target::{Slot, Target},
@@ -63,7 +65,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                         )
                         .to_string(),
                     });
-                    self.sleep(delay).await?;
+                    self.sleep(delay, true).await?;
                     previous = delay;
                     attempt = attempt.saturating_add(1);
                 }
@@ -124,15 +126,50 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         }
     }
 
-    /// Waits for a resume after `resumes` resumes, or a shutdown.
+    /// The rebuild failed (its copy could not be opened, advanced or swapped in, or its
+    /// failure policy stopped it): it is dropped, the live copy goes on, and the handle's
+    /// `last_error` tells why.
+    pub(super) async fn abandon_rebuild(&mut self, error: ProjectionError) -> Result<(), Exit> {
+        tracing::error!(
+            target: "tower_patterns::cqrs",
+            projection = %self.settings.name,
+            error = %error,
+            "rebuild failed and abandoned; the live copy goes on"
+        );
+        self.shared.set_error(error);
+        self.rebuild = None;
+        let slot = self.rebuild_slot();
+        if let Err(e) = self.target.discard(&slot).await {
+            match Exit::from(e) {
+                // Left for the next rebuild or start, which discard it first.
+                Exit::Transient(e) | Exit::RebuildStopped(e) => tracing::warn!(
+                    target: "tower_patterns::cqrs",
+                    projection = %self.settings.name,
+                    error = %e,
+                    "the abandoned rebuild's tables could not be dropped yet"
+                ),
+                e => return Err(e),
+            }
+        }
+        self.shared.set_status(Status::CatchingUp);
+        Ok(())
+    }
+
+    /// Waits for a resume after `resumes` resumes, or a shutdown, measuring the lag once a
+    /// second meanwhile.
     async fn park(&mut self, resumes: u64) -> Result<(), Exit> {
-        let control = match self
-            .control
-            .wait_for(|c| c.shutdown || c.resumes > resumes)
-            .await
-        {
-            Ok(c) => *c,
-            Err(_) => return Err(Exit::Shutdown),
+        let control = loop {
+            self.measure_lag_due().await?;
+            let next = self
+                .lag_measured
+                .map_or_else(Instant::now, |t| t + LAG_EVERY);
+            tokio::select! {
+                r = self.control.wait_for(|c| c.shutdown || c.resumes > resumes) => match r {
+                    Ok(c) => break *c,
+                    Err(_) => return Err(Exit::Shutdown),
+                },
+                () = tokio::time::sleep_until(next) => {}
+            }
         };
         if control.shutdown {
             return Err(Exit::Shutdown);
