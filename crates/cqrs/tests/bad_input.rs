@@ -341,3 +341,33 @@ async fn a_run_of_broken_rows_is_isolated_one_by_one() {
     handle.shutdown();
     task.await.unwrap().unwrap();
 }
+
+/// A name prefixes the read model's tables, and PostgreSQL folds unquoted names to lowercase
+/// and cuts them at 63 bytes: `build()` refuses what would not survive that.
+#[test]
+fn a_name_that_cannot_prefix_tables_everywhere_is_refused_at_build() {
+    let build = |name: &str| {
+        let conn = Arc::new(std::sync::Mutex::new(
+            rusqlite::Connection::open_in_memory().unwrap(),
+        ));
+        Projection::builder(name.to_owned())
+            .source(Arc::new(tower_patterns_eventstore::InMemoryStore::new()))
+            .sqlite_connection(conn, Ledger::default())
+            .build()
+    };
+    let longest = "a".repeat(32);
+    for name in ["catalog", "photo_feed2", longest.as_str()] {
+        assert!(build(name).is_ok(), "{name}");
+    }
+    let too_long = "a".repeat(33);
+    for name in [
+        "Catalog",
+        "catalogPrices",
+        "_catalog",
+        "9lives",
+        too_long.as_str(),
+    ] {
+        let err = build(name).expect_err(name);
+        assert_eq!(err.field(), "name", "{name}");
+    }
+}

@@ -97,27 +97,11 @@ impl<S: EventStore, T: Target> ProjectionBuilder<Source<S>, T> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `name` (empty, longer than 40 characters, other than ASCII
-    /// letters, digits and `_`, or containing `_v` and digits followed by `_` or the end, as
-    /// in `search_v2`: it prefixes tables, `{name}_v{n}_`), `batch` (zero) or `policy`.
+    /// A [`ConfigError`] naming `name` (see [`Projection::builder`] for what it may be),
+    /// `batch` (zero) or `policy`.
     pub fn build(self) -> Result<Projection, ConfigError> {
         let name = &self.settings.name;
-        if name.is_empty()
-            || name.len() > 40
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(ConfigError::new(
-                "name",
-                "must be 1 to 40 ASCII letters, digits or underscores (it names tables)",
-            ));
-        }
-        if has_version_marker(name) {
-            return Err(ConfigError::new(
-                "name",
-                "must not contain `_v` and digits followed by `_` or the end (a copy's tables \
-                 are `{name}_v{n}_`: such a name would share another projection's prefix)",
-            ));
-        }
+        check_name(name)?;
         if self.settings.batch == 0 {
             return Err(ConfigError::new("batch", "must be at least 1"));
         }
@@ -131,6 +115,39 @@ impl<S: EventStore, T: Target> ProjectionBuilder<Source<S>, T> {
             run: Box::pin(run),
         })
     }
+}
+
+/// The longest projection name, in bytes. A table's name is `{name}_v{version}_{table}`, and
+/// PostgreSQL cuts identifiers at 63 bytes: with at most 32 here and `_v` plus up to 10
+/// digits plus `_`, at least 18 bytes are left for the table's own name.
+pub(crate) const MAX_NAME: usize = 32;
+
+/// Refuses a name that cannot prefix tables on every target: it must be lowercase ASCII
+/// letters, digits and `_`, start with a letter (PostgreSQL folds unquoted names to
+/// lowercase: a name with capitals would name tables that the name no longer matches), be
+/// at most [`MAX_NAME`] bytes, and carry no version marker.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let b = name.as_bytes();
+    if !b.first().is_some_and(u8::is_ascii_lowercase)
+        || b.len() > MAX_NAME
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    {
+        return Err(ConfigError::new(
+            "name",
+            "must be 1 to 32 lowercase ASCII letters, digits or underscores, starting with a \
+             letter (it prefixes the read model's tables)",
+        ));
+    }
+    if has_version_marker(name) {
+        return Err(ConfigError::new(
+            "name",
+            "must not contain `_v` and digits followed by `_` or the end (a copy's tables \
+             are `{name}_v{n}_`: such a name would share another projection's prefix)",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `name` contains `_v<digits>` followed by `_` or the end: the marker of a copy's
@@ -197,8 +214,12 @@ impl fmt::Debug for Projection {
 }
 
 impl Projection {
-    /// A builder for the projection named `name` (ASCII letters, digits and `_`: it names
-    /// the checkpoint row and prefixes the read model's tables).
+    /// A builder for the projection named `name`: it names the checkpoint row and prefixes
+    /// the read model's tables (`{name}_v{version}_{table}`), so `build()` refuses a name
+    /// that is not 1 to 32 lowercase ASCII letters, digits and `_` starting with a letter
+    /// (PostgreSQL folds unquoted names to lowercase and cuts them at 63 bytes), or that
+    /// contains `_v` and digits followed by `_` or the end (`search_v2`: another projection's
+    /// copy would share its prefix).
     pub fn builder(name: impl Into<Arc<str>>) -> ProjectionBuilder {
         let name = name.into();
         let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -242,7 +263,31 @@ impl Projection {
 
 #[cfg(test)]
 mod tests {
-    use super::has_version_marker;
+    use super::{MAX_NAME, check_name, has_version_marker};
+
+    #[test]
+    fn names_are_lowercase_identifiers_of_at_most_32_bytes() {
+        let longest = format!("a{}", "b".repeat(MAX_NAME - 1));
+        for name in ["search", "photo_feed2", "a", "a_", longest.as_str()] {
+            assert!(check_name(name).is_ok(), "{name}");
+        }
+        let too_long = format!("{longest}c");
+        for name in [
+            "",
+            "Catalog",
+            "catalogV",
+            "_search",
+            "2search",
+            "search-feed",
+            "s\u{e9}ance",
+            "search feed",
+            too_long.as_str(),
+            "search_v2",
+        ] {
+            let err = check_name(name).expect_err(name);
+            assert_eq!(err.field(), "name", "{name}");
+        }
+    }
 
     #[test]
     fn names_with_a_version_marker_are_found() {
