@@ -176,3 +176,59 @@ async fn a_failing_effect_goes_by_the_policy_with_dead_letters_in_the_checkpoint
     handle.shutdown();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_the_two_checkpoint_writes_of_a_swap_is_tidied_at_start() {
+    let store = Arc::new(InMemoryStore::new());
+    let head = append_n(&*store, "shop", 10).await;
+    // A swap's first write landed (the live checkpoint took the rebuilt copy's position and
+    // version); the crash came before the second (the rebuild's row reset).
+    let checkpoints = MemoryCheckpoints::new();
+    let rebuilt = Checkpoint {
+        position: head,
+        version: 2,
+    };
+    assert!(
+        checkpoints
+            .save("search", Checkpoint::default(), rebuilt)
+            .await
+            .unwrap()
+    );
+    assert!(
+        checkpoints
+            .save("search#rebuild", Checkpoint::default(), rebuilt)
+            .await
+            .unwrap()
+    );
+    let effect = Effect::default();
+    let (handle, task) = Projection::builder("search")
+        .source(store.clone())
+        .external(checkpoints.clone(), effect.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    assert_eq!(
+        handle.wait_for_status(WAIT, |s| *s == Status::Live).await,
+        Status::Live
+    );
+    // The swap stands (version 2 from where the rebuild stood), the leftover row is reset,
+    // and the live copy goes on from there: nothing delivered again.
+    assert_eq!(handle.tables().version(), 2);
+    assert_eq!(handle.position(), head);
+    assert_eq!(
+        checkpoints
+            .load("search#rebuild")
+            .await
+            .unwrap()
+            .unwrap_or_default(),
+        Checkpoint::default()
+    );
+    let later = append_n(&*store, "more", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        effect.delivered.lock().unwrap().clone(),
+        (11..=13).map(|i| (i, 1)).collect()
+    );
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}

@@ -8,7 +8,9 @@
 //!
 //! A rebuild has no fresh tables to fill here: it replays the log from the start into the
 //! same effect (under the checkpoint `name#rebuild`), then the live checkpoint takes the
-//! rebuild's; effects must be idempotent for that too.
+//! rebuild's; effects must be idempotent for that too. The swap is two compare-and-set
+//! writes, the live checkpoint first: once it lands the swap is made, and a crash before
+//! the second (the rebuild's row reset) leaves a row that the next start discards.
 
 use std::fmt;
 
@@ -160,8 +162,18 @@ impl<C: CheckpointStore, P: ExternalProjection> Target for ExternalTarget<C, P> 
         if l.position != r.position {
             return Err(fenced(live));
         }
+        // The swap is made by this write; the next one only tidies (see the module docs), so
+        // its failure leaves a row for the next start or rebuild to discard.
         self.save(live, l, r).await?;
-        self.save(rebuilt, r, Checkpoint::default()).await
+        if let Err(e) = self.save(rebuilt, r, Checkpoint::default()).await {
+            tracing::warn!(
+                target: "tower_patterns::cqrs",
+                projection = %live.checkpoint,
+                error = %e,
+                "rebuild swapped in; its checkpoint row is left for the next start to discard"
+            );
+        }
+        Ok(())
     }
 
     async fn discard(&mut self, slot: &Slot) -> Result<(), ProjectionError> {

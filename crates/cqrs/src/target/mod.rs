@@ -86,9 +86,15 @@ pub trait Target: Send + 'static {
         attempts: u32,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
-    /// Makes `rebuilt` the live copy in one transaction: the live checkpoint row takes the
-    /// rebuilt one's position and version, the rebuild row is deleted and the old tables are
+    /// Makes `rebuilt` the live copy: the live checkpoint row takes the rebuilt one's
+    /// position and version, the rebuild row is deleted (or reset) and the old tables are
     /// dropped. Only called when both slots stand at the same position.
+    ///
+    /// The SQLite and PostgreSQL targets do all of it in one transaction. The external
+    /// target has no tables and its [`CheckpointStore`](crate::CheckpointStore) writes one
+    /// checkpoint at a time, so it writes two in turn: the live checkpoint first (the swap
+    /// is then made), then the rebuild's reset. A crash between the two leaves only the
+    /// rebuild's row, which the next start discards as it discards any interrupted rebuild.
     fn swap(
         &mut self,
         live: &Slot,
