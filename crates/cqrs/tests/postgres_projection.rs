@@ -135,18 +135,15 @@ async fn a_rebuild_swaps_in_the_next_tables_and_drops_the_old_ones() {
     let db = client(&url).await;
     assert_eq!(tables_like(&db, "shop_v1_").await, ["shop_v1_applied"]);
     handle.rebuild();
-    let mut swapped = false;
-    for _ in 0..3000 {
-        if handle.tables().version() == 2 {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        swapped,
-        "swapped within 30 s (status {:?})",
-        handle.status()
+    // The swap names the new tables before it changes the status: the status watch wakes
+    // this wait once they are in.
+    let status = handle
+        .wait_for_status(WITHIN, |_| handle.tables().version() == 2)
+        .await;
+    assert_eq!(
+        handle.tables().version(),
+        2,
+        "swapped within {WITHIN:?} (status {status:?})"
     );
     assert_eq!(
         relations_like(&db, "shop_v1_").await,
