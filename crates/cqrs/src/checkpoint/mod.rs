@@ -1,5 +1,72 @@
 //! Checkpoints kept apart from the effect they track: for external projections and the
 //! outbox relay, on SQLite, PostgreSQL or in memory.
+//!
+//! A [`CheckpointStore`] keeps, per name, the position of the last event handled and the live
+//! version of the read model. Every write is a compare-and-set, so a runner that lost its turn
+//! stores nothing. [`MemoryCheckpoints`] starts from scratch each run;
+//! [`SqliteCheckpoints`] (a file, or a connection shared with other code) and `PgCheckpoints`
+//! (feature `postgres`) survive restarts and keep the dead letters too.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//!
+//! use tower_patterns_cqrs::{
+//!     ApplyError, ExternalProjection, Projection,
+//!     checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, SqliteCheckpoints},
+//! };
+//! use tower_patterns_eventstore::{
+//!     EventData, EventStore, ExpectedVersion, GlobalPosition, InMemoryStore, RecordedEvent,
+//! };
+//!
+//! /// Sends each event to a search service (here: nowhere).
+//! struct SearchIndex;
+//!
+//! impl ExternalProjection for SearchIndex {
+//!     async fn apply(&self, _event: &RecordedEvent) -> Result<(), ApplyError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let store = Arc::new(InMemoryStore::new());
+//! let appended = store
+//!     .append("product-1", ExpectedVersion::Any, vec![EventData::json("Created", &"lamp")?])
+//!     .await?;
+//! let position = appended.positions[0];
+//!
+//! // In memory: the projection starts from the beginning of the log each run.
+//! let (handle, task) = Projection::builder("search_scratch")
+//!     .source(store.clone())
+//!     .external(MemoryCheckpoints::new(), SearchIndex)
+//!     .build()?
+//!     .spawn();
+//! assert!(handle.wait_for(position, Duration::from_secs(5)).await);
+//! handle.shutdown();
+//! task.await??;
+//!
+//! // In SQLite (`SqliteCheckpoints::open(path)` in an application): a restart goes on
+//! // from the stored checkpoint.
+//! let checkpoints = SqliteCheckpoints::in_memory()?;
+//! let (handle, task) = Projection::builder("search")
+//!     .source(store.clone())
+//!     .external(checkpoints.clone(), SearchIndex)
+//!     .build()?
+//!     .spawn();
+//! assert!(handle.wait_for(position, Duration::from_secs(5)).await);
+//! handle.shutdown();
+//! task.await??;
+//! let stored = Checkpoint { position, version: 1 };
+//! assert_eq!(checkpoints.load("search").await?, Some(stored));
+//!
+//! // A write that expects another checkpoint than the stored one stores nothing.
+//! let later = GlobalPosition::new(position.commit, position.index + 1);
+//! let moved = Checkpoint { position: later, version: 1 };
+//! assert!(!checkpoints.save("search", Checkpoint::default(), moved).await?);
+//! assert!(checkpoints.save("search", stored, moved).await?);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

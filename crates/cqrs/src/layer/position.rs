@@ -1,7 +1,7 @@
 //! The position a command reached, as a versioned token: `v1.<commit>.<index>`.
 //!
-//! The token is what a client sends back to read its own writes (the next step makes it an
-//! opaque consistency token): the format is versioned and the parser strict, so a malformed
+//! The token is what a client sends back to read its own writes: the format is versioned
+//! (the `v1.` prefix) and the parser strict, so a malformed
 //! token is a typed error ([`PositionError`], `400 Bad Request` "malformed position"), never a
 //! panic and never a guess.
 

@@ -1,4 +1,98 @@
 //! Projections: read models kept by the event store's global log, checkpointed.
+//!
+//! A [`Projection`] follows the log from its checkpoint and applies each event to a read
+//! model: a [`SqliteProjection`] or [`PostgresProjection`] writes the model and the checkpoint
+//! in one transaction (each event takes effect once), an [`ExternalProjection`] is delivered
+//! at least once. Its [`ProjectionHandle`] waits for a position (read your writes), shows the
+//! status and the lag, resumes a stopped projection and rebuilds the model into fresh tables.
+//!
+//! The number of events of each stream, as a SQLite read model, with the default settings and
+//! with a customised batch and failure policy; then a rebuild:
+//!
+//! ```
+//! use std::{sync::{Arc, Mutex}, time::Duration};
+//!
+//! use rusqlite::{Connection, Transaction};
+//! use tower_patterns_cqrs::projection::{
+//!     ApplyError, Exhausted, FailurePolicy, Projection, SqliteProjection, Status, Tables,
+//! };
+//! use tower_patterns_eventstore::{
+//!     EventData, EventStore, ExpectedVersion, InMemoryStore, RecordedEvent,
+//! };
+//!
+//! /// Events per stream.
+//! struct StreamSizes;
+//!
+//! impl SqliteProjection for StreamSizes {
+//!     fn create(&self, tx: &Transaction<'_>, t: &Tables) -> Result<(), ApplyError> {
+//!         let sizes = t.name("sizes");
+//!         tx.execute_batch(&format!(
+//!             "CREATE TABLE {sizes} (stream TEXT PRIMARY KEY, events INTEGER NOT NULL)"
+//!         ))?;
+//!         Ok(())
+//!     }
+//!
+//!     fn apply(&self, tx: &Transaction<'_>, t: &Tables, e: &RecordedEvent) -> Result<(), ApplyError> {
+//!         tx.execute(
+//!             &format!(
+//!                 "INSERT INTO {} VALUES (?1, 1) \
+//!                  ON CONFLICT (stream) DO UPDATE SET events = events + 1",
+//!                 t.name("sizes")
+//!             ),
+//!             [&e.stream_id],
+//!         )?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn size(db: &Mutex<Connection>, t: &Tables, stream: &str) -> rusqlite::Result<i64> {
+//!     let sql = format!("SELECT events FROM {} WHERE stream = ?1", t.name("sizes"));
+//!     db.lock().unwrap().query_row(&sql, [stream], |row| row.get(0))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let store = Arc::new(InMemoryStore::new());
+//! let db = Arc::new(Mutex::new(Connection::open_in_memory()?));
+//! // The defaults: 256 events per transaction; an event that fails is tried 10 times, then
+//! // the projection stops before it.
+//! let (sizes, sizes_task) = Projection::builder("stream_sizes")
+//!     .source(store.clone())
+//!     .sqlite_connection(db.clone(), StreamSizes)
+//!     .build()?
+//!     .spawn();
+//! // Customised: smaller transactions, and an event that fails 3 times is set aside as a
+//! // dead letter so the projection goes on.
+//! let (audit, audit_task) = Projection::builder("audit")
+//!     .source(store.clone())
+//!     .sqlite_connection(db.clone(), StreamSizes)
+//!     .batch(16)
+//!     .policy(FailurePolicy::retry(3).then(Exhausted::DeadLetter))
+//!     .build()?
+//!     .spawn();
+//!
+//! let events = vec![EventData::json("Created", &"lamp")?, EventData::json("Priced", &1999)?];
+//! let appended = store.append("product-1", ExpectedVersion::Any, events).await?;
+//! let last = appended.positions[1];
+//! assert!(sizes.wait_for(last, Duration::from_secs(5)).await);
+//! assert!(audit.wait_for(last, Duration::from_secs(5)).await);
+//! assert_eq!(size(&db, &sizes.tables(), "product-1")?, 2);
+//!
+//! // A rebuild fills the next version of the tables from the start of the log, then swaps
+//! // it in; readers ask the handle which tables are live.
+//! sizes.rebuild();
+//! sizes.wait_for_status(Duration::from_secs(5), |_| sizes.tables().version() == 2).await;
+//! assert_eq!(sizes.tables(), Tables::new("stream_sizes", 2));
+//! assert_eq!(size(&db, &sizes.tables(), "product-1")?, 2);
+//!
+//! sizes.shutdown();
+//! audit.shutdown();
+//! sizes_task.await??;
+//! audit_task.await??;
+//! assert_eq!(sizes.status(), Status::ShutDown);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::{error::Error as StdError, fmt, future::Future, sync::Arc};
 
@@ -22,8 +116,6 @@ pub use crate::target::postgres::PostgresTarget;
 #[cfg(feature = "sqlite")]
 pub use crate::target::sqlite::{SqliteTarget, sqlite_reader};
 
-pub use ErrorKind as ApplyErrorKind;
-
 /// The names of one copy of a read model's tables.
 ///
 /// A projection names every table it creates or writes through [`Tables::name`], so a rebuild
@@ -37,8 +129,9 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// The tables of version `version` of projection `projection` (a name of ASCII letters,
-    /// digits and `_`, checked by the projection's builder).
+    /// The tables of version `version` of projection `projection` (a name of lowercase
+    /// ASCII letters, digits and `_`, at most 32 bytes, checked by the projection's
+    /// builder).
     pub fn new(projection: impl Into<Arc<str>>, version: u32) -> Self {
         Self {
             projection: projection.into(),
@@ -47,6 +140,10 @@ impl Tables {
     }
 
     /// The physical name of table `table` in this copy: `{projection}_v{version}_{table}`.
+    ///
+    /// PostgreSQL cuts identifiers at 63 bytes and folds unquoted ones to lowercase: keep
+    /// `table` lowercase and within 18 bytes (what a 32-byte projection name and a 10-digit
+    /// version leave), so every copy's names stay distinct and start with its prefix.
     pub fn name(&self, table: &str) -> String {
         format!("{}_v{}_{}", self.projection, self.version, table)
     }
@@ -73,9 +170,9 @@ impl Tables {
     }
 }
 
-/// Whether trying again may help.
+/// Whether trying again may help: an [`ApplyError`]'s kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
+pub enum ApplyErrorKind {
     /// It may pass on a later attempt (a busy database, a lost connection, a deadlock).
     Transient,
     /// It will fail again (an event that does not decode, a constraint the event breaks):
@@ -86,7 +183,7 @@ pub enum ErrorKind {
 /// Why a projection could not apply an event.
 #[derive(Debug)]
 pub struct ApplyError {
-    kind: ErrorKind,
+    kind: ApplyErrorKind,
     source: BoxError,
 }
 
@@ -94,7 +191,7 @@ impl ApplyError {
     /// An error that may pass on a later attempt.
     pub fn transient(source: impl Into<BoxError>) -> Self {
         Self {
-            kind: ErrorKind::Transient,
+            kind: ApplyErrorKind::Transient,
             source: source.into(),
         }
     }
@@ -102,19 +199,19 @@ impl ApplyError {
     /// An error that will not pass by trying again.
     pub fn permanent(source: impl Into<BoxError>) -> Self {
         Self {
-            kind: ErrorKind::Permanent,
+            kind: ApplyErrorKind::Permanent,
             source: source.into(),
         }
     }
 
     /// Whether trying again may help.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> ApplyErrorKind {
         self.kind
     }
 
     /// True when trying again may help.
     pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
+        self.kind == ApplyErrorKind::Transient
     }
 }
 
