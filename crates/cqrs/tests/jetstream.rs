@@ -609,6 +609,7 @@ async fn a_consumer_acks_what_it_handled() {
     let s = seen.clone();
     let name = name("search-index");
     let consumer = JetStreamConsumer::builder(name.as_str())
+        .jetstream(js.clone())
         .stream(stream)
         .ack_wait(Duration::from_secs(7))
         .handler(tower::service_fn(move |d: Delivery| {
@@ -671,6 +672,7 @@ async fn a_consumer_with_a_filter_gets_only_its_subjects() {
     let stream_name = stream.cached_info().config.name.clone();
     let consumer_name = name("created");
     let (handle, task) = JetStreamConsumer::builder(consumer_name.as_str())
+        .jetstream(js.clone())
         .stream(stream)
         .filter_subject(format!("{prefix}.ProductCreated"))
         .handler(tower::service_fn(move |d: Delivery| {
@@ -717,6 +719,7 @@ async fn a_failed_event_is_delivered_again_after_a_backoff() {
     let s = seen.clone();
     let name = name("flaky");
     let (handle, task) = JetStreamConsumer::builder(name.as_str())
+        .jetstream(js.clone())
         .stream(stream)
         .backoff(
             Backoff::Constant(Duration::from_millis(50)),
@@ -774,6 +777,7 @@ async fn an_event_failing_max_deliver_times_is_dead_lettered() {
     let deliveries = Arc::new(Mutex::new(0u64));
     let d2 = deliveries.clone();
     let (handle, task) = JetStreamConsumer::builder(name.as_str())
+        .jetstream(js.clone())
         .stream(stream)
         .max_deliver(3)
         .backoff(
@@ -836,6 +840,7 @@ async fn a_permanent_error_is_dead_lettered_at_once() {
     let calls = Arc::new(Mutex::new(HashSet::new()));
     let c2 = calls.clone();
     let (handle, task) = JetStreamConsumer::builder(name("perm"))
+        .jetstream(js.clone())
         .stream(stream)
         .dead_letter(format!("{prefix}_dead.catalog"))
         .handler(tower::service_fn(move |d: Delivery| {
@@ -859,6 +864,170 @@ async fn a_permanent_error_is_dead_lettered_at_once() {
             .unwrap()
             .as_str(),
         "1"
+    );
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
+
+/// A consumer whose handler fails the poison's first delivery and never answers its second
+/// (the last, `max_deliver` 2); the others are handled. Returns the dead-letter stream.
+fn hanging_consumer(
+    js: &jetstream::Context,
+    stream: jetstream::stream::Stream,
+    name: &str,
+    dead_subject: String,
+    last_delivery: Arc<std::sync::atomic::AtomicBool>,
+) -> JetStreamConsumer {
+    JetStreamConsumer::builder(name)
+        .jetstream(js.clone())
+        .stream(stream)
+        .max_deliver(2)
+        .ack_wait(Duration::from_secs(1))
+        .backoff(
+            Backoff::Constant(Duration::from_millis(20)),
+            Duration::from_secs(1),
+        )
+        .dead_letter(dead_subject)
+        .handler(tower::service_fn(move |d: Delivery| {
+            let last = last_delivery.clone();
+            async move {
+                if d.event.event_type == "Poison" {
+                    if d.delivered < 2 {
+                        return Err::<(), BoxError>("the search index is down".into());
+                    }
+                    last.store(true, std::sync::atomic::Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        }))
+        .build()
+        .unwrap()
+}
+
+async fn dead_stream(
+    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    prefix: &str,
+) -> jetstream::stream::Stream {
+    bus::ensure_stream(
+        js,
+        &format!("{}_DEAD", stream.cached_info().config.name),
+        &[&format!("{prefix}_dead.>")],
+        bus::DEFAULT_DUPLICATE_WINDOW,
+    )
+    .await
+    .unwrap()
+}
+
+/// The dead letter of the poison (the last of 4 messages), set aside from JetStream's
+/// advisory: no answer to its last delivery.
+async fn lost_letter(dead: &mut jetstream::stream::Stream, poison: &RecordedEvent, name: &str) {
+    let letters = stored(dead).await;
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let h = &letters[0].headers;
+    assert_eq!(h.get(bus::HEADER_SOURCE_SEQUENCE).unwrap().as_str(), "4");
+    assert_eq!(h.get(bus::HEADER_DELIVERIES).unwrap().as_str(), "2");
+    assert_eq!(h.get(bus::HEADER_CONSUMER).unwrap().as_str(), name);
+    assert_eq!(h.get(bus::HEADER_TYPE).unwrap().as_str(), "Poison");
+    assert!(
+        h.get(bus::HEADER_ERROR)
+            .unwrap()
+            .as_str()
+            .contains("ack_wait"),
+        "{:?}",
+        h.get(bus::HEADER_ERROR)
+    );
+    assert_eq!(
+        h.get(NATS_MESSAGE_ID).unwrap().as_str(),
+        format!("{}:dead:{name}", poison.id)
+    );
+    assert_eq!(&letters[0].payload[..], poison.payload.get().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_delivery_left_unanswered_past_ack_wait_is_dead_lettered() {
+    let Some(js) = nats().await else { return };
+    let (stream, prefix, events) = published(&js, "LOSTWAIT", 3, true).await;
+    let poison = events.last().unwrap().clone();
+    let mut dead = dead_stream(&js, &stream, &prefix).await;
+    let name = name("slow");
+    let last = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (handle, task) = hanging_consumer(
+        &js,
+        stream,
+        &name,
+        format!("{prefix}_dead.catalog"),
+        last.clone(),
+    )
+    .spawn();
+    // The handler never answers the last delivery: JetStream gives up after ack_wait and
+    // says so; the consumer sets the message aside meanwhile.
+    until("dead-lettered from the advisory", || {
+        handle.dead_lettered() == 1
+    })
+    .await;
+    assert!(last.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(handle.handled(), 3);
+    lost_letter(&mut dead, &poison, &name).await;
+    assert_eq!(counter(bus::DEAD_LETTERED, &name), Some(1));
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_crashed_on_a_last_delivery_leaves_it_to_the_next_to_dead_letter() {
+    let Some(js) = nats().await else { return };
+    let (stream, prefix, events) = published(&js, "LOSTCRASH", 3, true).await;
+    let poison = events.last().unwrap().clone();
+    let mut dead = dead_stream(&js, &stream, &prefix).await;
+    let name = name("crashed");
+    let last = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first, task) = hanging_consumer(
+        &js,
+        stream.clone(),
+        &name,
+        format!("{prefix}_dead.catalog"),
+        last.clone(),
+    )
+    .spawn();
+    until("the last delivery reaches the handler", || {
+        last.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    // The process dies in the middle of it.
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(first.dead_lettered(), 0);
+
+    // The next instance of the consumer: JetStream gives up on the message when it would
+    // deliver it again, and this one dead-letters it; the handler never sees it.
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let (handle, task) = JetStreamConsumer::builder(name.as_str())
+        .jetstream(js.clone())
+        .stream(stream)
+        .max_deliver(2)
+        .ack_wait(Duration::from_secs(1))
+        .dead_letter(format!("{prefix}_dead.catalog"))
+        .handler(tower::service_fn(move |d: Delivery| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push((d.event.id, d.delivered));
+                Ok::<_, BoxError>(())
+            }
+        }))
+        .build()
+        .unwrap()
+        .spawn();
+    until("dead-lettered by the next instance", || {
+        handle.dead_lettered() == 1
+    })
+    .await;
+    lost_letter(&mut dead, &poison, &name).await;
+    assert!(
+        seen.lock().unwrap().iter().all(|(id, _)| *id != poison.id),
+        "delivered beyond max_deliver: {:?}",
+        seen.lock().unwrap()
     );
     handle.stop();
     task.await.unwrap().unwrap();

@@ -227,6 +227,7 @@ async fn a_relay_killed_mid_batch_publishes_every_event_once() {
         }
     });
     let (consumer, task) = JetStreamConsumer::builder("effects")
+        .jetstream(js.clone())
         .stream(stream)
         .batch(200)
         .backoff(

@@ -33,9 +33,13 @@
 //! its stream sequence and deliveries). `Ok` acknowledges it; an error asks for it again
 //! after a backoff delay, and at `max_deliver` deliveries (or a permanent
 //! [`ApplyError`](crate::ApplyError)) publishes it to a dead-letter subject with its stream
-//! sequence and the error as headers, then terminates it. Delivery is at least once: a
-//! handler whose effect must happen once records the event id with the effect, in one
-//! transaction ([`Inbox`](crate::inbox)).
+//! sequence and the error as headers, then terminates it. A last delivery that gets no
+//! answer within `ack_wait` (a handler too slow, a consumer that crashed in the middle) is
+//! set aside too, from JetStream's max-deliveries advisory, by whichever instance of the
+//! consumer is running when JetStream gives up on it; with none running then, it gets no
+//! dead letter (see [`JetStreamConsumer`]'s limits). Delivery is at least once: a handler
+//! whose effect must happen once records the event id with the effect, in one transaction
+//! ([`Inbox`](crate::inbox)).
 //!
 //! # Metrics
 //!
@@ -111,6 +115,7 @@
 //!     .spawn();
 //!
 //! let (consumer, _task) = JetStreamConsumer::builder("search-index")
+//!     .jetstream(jetstream.clone())
 //!     .stream(stream)
 //!     .handler(tower::service_fn(|d: Delivery| async move {
 //!         println!("reindex {} after {}", d.event.stream_id, d.event.event_type);

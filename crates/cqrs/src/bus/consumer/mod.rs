@@ -26,9 +26,9 @@ use tower_patterns_core::{
 use tower_patterns_eventstore::RecordedEvent;
 use tower_service::Service;
 
-use super::nats::BusError;
 #[cfg(doc)]
 use super::nats::BusErrorKind;
+use super::{nats::BusError, outbox::NoJetStream};
 #[cfg(doc)]
 use crate::projection::ApplyError;
 use run::Runner;
@@ -76,14 +76,16 @@ pub(crate) struct Settings {
 }
 
 /// Builds a [`JetStreamConsumer`]: `JetStreamConsumer::builder(name)` (the durable consumer's
-/// name) then the required `.stream(s)` and `.handler(h)`, optional settings, `build()`.
-pub struct JetStreamConsumerBuilder<St = NoStream, H = NoHandler> {
+/// name) then the required `.jetstream(ctx)`, `.stream(s)` and `.handler(h)`, optional
+/// settings, `build()`.
+pub struct JetStreamConsumerBuilder<St = NoStream, Js = NoJetStream, H = NoHandler> {
     settings: Settings,
     stream: St,
+    jetstream: Js,
     handler: H,
 }
 
-impl<St, H> fmt::Debug for JetStreamConsumerBuilder<St, H> {
+impl<St, Js, H> fmt::Debug for JetStreamConsumerBuilder<St, Js, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JetStreamConsumerBuilder")
             .field("settings", &self.settings)
@@ -91,8 +93,9 @@ impl<St, H> fmt::Debug for JetStreamConsumerBuilder<St, H> {
     }
 }
 
-impl<St, H> JetStreamConsumerBuilder<St, H> {
-    /// Deliveries of one message before it goes to the dead-letter subject (default 5).
+impl<St, Js, H> JetStreamConsumerBuilder<St, Js, H> {
+    /// Deliveries of one message before it goes to the dead-letter subject (default 5): after
+    /// the handler fails the last one, or gives no answer to it within `ack_wait`.
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u32) -> Self {
         self.settings.max_deliver = deliveries;
@@ -100,7 +103,8 @@ impl<St, H> JetStreamConsumerBuilder<St, H> {
     }
 
     /// How long a delivered message may stay unacknowledged before JetStream delivers it
-    /// again (default 30 s): longer than the handler's slowest call.
+    /// again, or after the last delivery gives up on it (default 30 s): longer than the
+    /// handler's slowest call.
     #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.settings.ack_wait = wait;
@@ -146,27 +150,45 @@ impl<St, H> JetStreamConsumerBuilder<St, H> {
     }
 }
 
-impl<H> JetStreamConsumerBuilder<NoStream, H> {
+impl<Js, H> JetStreamConsumerBuilder<NoStream, Js, H> {
     /// The JetStream stream to consume (required), as [`ensure_stream`](super::ensure_stream)
     /// or `jetstream.get_stream(name)` returns it.
     pub fn stream(
         self,
         stream: jetstream::stream::Stream,
-    ) -> JetStreamConsumerBuilder<jetstream::stream::Stream, H> {
+    ) -> JetStreamConsumerBuilder<jetstream::stream::Stream, Js, H> {
         JetStreamConsumerBuilder {
             settings: self.settings,
             stream,
+            jetstream: self.jetstream,
             handler: self.handler,
         }
     }
 }
 
-impl<St> JetStreamConsumerBuilder<St, NoHandler> {
+impl<St, H> JetStreamConsumerBuilder<St, NoJetStream, H> {
+    /// The JetStream context (required): the consumer listens on it for JetStream's
+    /// advisory that a message reached `max_deliver` deliveries without an answer, and sets
+    /// that message aside too.
+    pub fn jetstream(
+        self,
+        jetstream: jetstream::Context,
+    ) -> JetStreamConsumerBuilder<St, jetstream::Context, H> {
+        JetStreamConsumerBuilder {
+            settings: self.settings,
+            stream: self.stream,
+            jetstream,
+            handler: self.handler,
+        }
+    }
+}
+
+impl<St, Js> JetStreamConsumerBuilder<St, Js, NoHandler> {
     /// What handles each event (required): a `tower::Service<Delivery>`, or an async closure
     /// through `tower::service_fn`. `Ok` acknowledges the message; an error has it delivered
     /// again, except an [`ApplyError`] that is not transient, which goes to the dead-letter
     /// subject at once.
-    pub fn handler<H>(self, handler: H) -> JetStreamConsumerBuilder<St, H>
+    pub fn handler<H>(self, handler: H) -> JetStreamConsumerBuilder<St, Js, H>
     where
         H: Service<Delivery, Response = ()> + Send + 'static,
         H::Error: Into<BoxError>,
@@ -175,12 +197,13 @@ impl<St> JetStreamConsumerBuilder<St, NoHandler> {
         JetStreamConsumerBuilder {
             settings: self.settings,
             stream: self.stream,
+            jetstream: self.jetstream,
             handler,
         }
     }
 }
 
-impl<H> JetStreamConsumerBuilder<jetstream::stream::Stream, H>
+impl<H> JetStreamConsumerBuilder<jetstream::stream::Stream, jetstream::Context, H>
 where
     H: Service<Delivery, Response = ()> + Send + 'static,
     H::Error: Into<BoxError>,
@@ -234,6 +257,7 @@ where
             rng: SplitMix64::new(s.rng),
             settings: s,
             stream: self.stream,
+            jetstream: self.jetstream,
             handler: self.handler,
             shared: shared.clone(),
         }
@@ -248,6 +272,28 @@ where
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 
 /// A built consumer: run it (or spawn it) and watch it through its handle.
+///
+/// # Dead letters
+///
+/// A message goes to the dead-letter subject when the handler fails its last delivery (or
+/// fails it permanently), and also when the last delivery gets no answer at all: the
+/// handler runs past `ack_wait`, or the process stops or crashes in the middle of it.
+/// JetStream then delivers the message no more and announces it with the advisory
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`; every running instance
+/// of the consumer listens for it (one of them takes each, as a queue group), reads the
+/// message back from the stream by its sequence and sets it aside, with the error header
+/// saying that no answer came within `ack_wait`.
+///
+/// The limits: JetStream sends the advisory once, when it would have delivered the message
+/// again (when a pull request is waiting, such as the one a restarted instance makes), and
+/// does not keep it. If no instance of the consumer is connected at that moment, the
+/// message gets no dead letter; it stays in the stream (up to the stream's limits), but no
+/// consumer is given it again. To keep a record of such messages, capture
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>` in a stream of its own.
+/// A handler that answers `Ok` after `ack_wait` on the last delivery has its event both
+/// handled and dead-lettered: replaying a dead letter into a handler that records event ids
+/// with the [`Inbox`](crate::inbox) is harmless. A message gone from the stream by then
+/// (its limits, or deleted) is logged, not dead-lettered.
 pub struct JetStreamConsumer {
     handle: JetStreamConsumerHandle,
     run: RunFuture,
@@ -280,6 +326,7 @@ impl JetStreamConsumer {
                 rng: 0x636f_6e73_756d_6572,
             },
             stream: NoStream,
+            jetstream: NoJetStream,
             handler: NoHandler,
         }
     }
@@ -294,8 +341,9 @@ impl JetStreamConsumer {
     ///
     /// # Errors
     ///
-    /// [`BusErrorKind::Consumer`] when the consumer cannot be created or its messages read
-    /// (the message stream ended: connection closed for good).
+    /// [`BusErrorKind::Consumer`] when the consumer cannot be created, the max-deliveries
+    /// advisory cannot be subscribed to, or its messages cannot be read (the message stream
+    /// ended: connection closed for good).
     pub async fn run(self) -> Result<(), BusError> {
         self.run.await
     }

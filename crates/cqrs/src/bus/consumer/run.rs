@@ -1,12 +1,16 @@
 //! The consumer's loop: pull, decode, call the handler, then ack, nak with a delay, or
-//! dead-letter and terminate.
+//! dead-letter and terminate. Beside it, a task that dead-letters the messages JetStream
+//! reports (by advisory) as out of deliveries without an answer.
 
 use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::{
+    HeaderMap, Subscriber,
+    jetstream::{self, AckKind, consumer::pull, stream::LastRawMessageErrorKind},
+};
 use futures_util::{StreamExt as _, future::poll_fn};
 use tokio::sync::watch;
 use tower_patterns_core::{BoxError, rng::SplitMix64};
@@ -24,6 +28,7 @@ use crate::{
 pub(crate) struct Runner<H> {
     pub(crate) settings: Settings,
     pub(crate) stream: jetstream::stream::Stream,
+    pub(crate) jetstream: jetstream::Context,
     pub(crate) handler: H,
     pub(crate) rng: SplitMix64,
     pub(crate) shared: Arc<Shared>,
@@ -57,6 +62,22 @@ where
     }
 
     async fn run_inner(&mut self) -> Result<(), BusError> {
+        // Listening before the first pull: JetStream gives up on a message (and says so)
+        // only when it would deliver it again, which a pull request makes it try.
+        let advisories = Self::advisories(
+            &self.jetstream,
+            &self.stream.cached_info().config.name,
+            &self.settings.name,
+        )
+        .await?;
+        let lost = Lost {
+            jetstream: self.jetstream.clone(),
+            stream: self.stream.clone(),
+            settings: self.settings.clone(),
+            shared: self.shared.clone(),
+            rng: SplitMix64::new(self.settings.rng ^ 0x6c6f_7374),
+        };
+        let _lost = AbortOnDrop(tokio::spawn(lost.run(advisories)));
         let s = &self.settings;
         let config = pull::Config {
             durable_name: Some(s.name.to_string()),
@@ -114,6 +135,31 @@ where
                 }
             }
         }
+    }
+
+    /// Subscribes to JetStream's advisory that a message of this consumer ran out of
+    /// deliveries; in a queue group, so one instance of the consumer takes each.
+    async fn advisories(
+        jetstream: &jetstream::Context,
+        stream: &str,
+        name: &str,
+    ) -> Result<Subscriber, BusError> {
+        let client = jetstream.client();
+        let failed = |e: BoxError| {
+            BusError::with(
+                BusErrorKind::Consumer,
+                format!("consumer {name}: subscribe to the max-deliveries advisory"),
+                e,
+            )
+        };
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{name}");
+        let queue = format!("tp_dead_letter_{name}");
+        let advisories = client
+            .queue_subscribe(subject, queue)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        client.flush().await.map_err(|e| failed(e.into()))?;
+        Ok(advisories)
     }
 
     async fn handle(
@@ -208,23 +254,14 @@ where
     ) {
         let info = message.info().ok();
         let source = info.as_ref().map_or("", |i| i.stream).to_owned();
-        let subject = self
-            .settings
-            .dead_letter
-            .clone()
-            .unwrap_or_else(|| format!("tp.dead_letter.{source}.{}", self.settings.name));
-        let mut headers = message.headers.clone().unwrap_or_default();
-        // Its own id, so a dead letter set aside twice (a crash before the Term) is stored
-        // once, and never taken for the original when both land in one stream.
-        let id = headers
-            .get(MSG_ID)
-            .map_or_else(|| stream_sequence.to_string(), |v| v.as_str().to_owned());
-        headers.insert(MSG_ID, format!("{id}:dead:{}", self.settings.name));
-        headers.insert(HEADER_SOURCE_STREAM, source);
-        headers.insert(HEADER_SOURCE_SEQUENCE, stream_sequence.to_string());
-        headers.insert(HEADER_CONSUMER, self.settings.name.to_string());
-        headers.insert(HEADER_DELIVERIES, delivered.to_string());
-        headers.insert(HEADER_ERROR, one_line(error));
+        let (subject, headers) = letter(
+            &self.settings,
+            message.headers.clone().unwrap_or_default(),
+            source,
+            stream_sequence,
+            delivered,
+            error,
+        );
         let mut attempt = 0u32;
         loop {
             let stored = match message
@@ -258,7 +295,149 @@ where
         if let Err(e) = message.ack_with(AckKind::Term).await {
             tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, error = %e, "term failed");
         }
-        self.shared.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(DEAD_LETTERED, "name" => self.settings.name.to_string()).increment(1);
+        counted(&self.shared, &self.settings);
+    }
+}
+
+fn counted(shared: &Shared, settings: &Settings) {
+    shared.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(DEAD_LETTERED, "name" => settings.name.to_string()).increment(1);
+}
+
+/// The dead-letter subject, and the headers of the dead letter of the message that had
+/// `headers`, from stream `source` at `sequence`.
+fn letter(
+    settings: &Settings,
+    mut headers: HeaderMap,
+    source: String,
+    sequence: u64,
+    delivered: u64,
+    error: &str,
+) -> (String, HeaderMap) {
+    let subject = settings
+        .dead_letter
+        .clone()
+        .unwrap_or_else(|| format!("tp.dead_letter.{source}.{}", settings.name));
+    // Its own id, so a dead letter set aside twice (a crash before the Term, or both the
+    // handler's last failure and the advisory) is stored once, and never taken for the
+    // original when both land in one stream.
+    let id = headers
+        .get(MSG_ID)
+        .map_or_else(|| sequence.to_string(), |v| v.as_str().to_owned());
+    headers.insert(MSG_ID, format!("{id}:dead:{}", settings.name));
+    headers.insert(HEADER_SOURCE_STREAM, source);
+    headers.insert(HEADER_SOURCE_SEQUENCE, sequence.to_string());
+    headers.insert(HEADER_CONSUMER, settings.name.to_string());
+    headers.insert(HEADER_DELIVERIES, delivered.to_string());
+    headers.insert(HEADER_ERROR, one_line(error));
+    (subject, headers)
+}
+
+/// Aborts the task when the consumer's loop ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Dead-letters what JetStream gave up on without an answer from the handler: the last
+/// delivery's `ack_wait` ran out (a handler slower than it, a consumer that crashed or
+/// stopped in the middle). JetStream delivers such a message no more and publishes an
+/// advisory with its stream sequence; this reads the message back from the stream.
+struct Lost {
+    jetstream: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    settings: Settings,
+    shared: Arc<Shared>,
+    rng: SplitMix64,
+}
+
+impl Lost {
+    async fn run(mut self, mut advisories: Subscriber) {
+        let mut stop = self.shared.stop.subscribe();
+        loop {
+            let advisory = tokio::select! {
+                a = advisories.next() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(advisory) = advisory else { return };
+            let fields = serde_json::from_slice::<serde_json::Value>(&advisory.payload)
+                .ok()
+                .and_then(|v| Some((v["stream_seq"].as_u64()?, v["deliveries"].as_u64()?)));
+            let Some((sequence, deliveries)) = fields else {
+                tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, "a max-deliveries advisory without stream_seq or deliveries");
+                continue;
+            };
+            if !self.set_aside(sequence, deliveries, &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// Reads message `sequence` back and publishes its dead letter, retrying until stored;
+    /// `false` when stopped first.
+    async fn set_aside(
+        &mut self,
+        sequence: u64,
+        deliveries: u64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let source = self.stream.cached_info().config.name.clone();
+        let error = format!(
+            "no answer to delivery {deliveries} of {} within ack_wait (the handler ran longer, or the consumer stopped)",
+            self.settings.max_deliver
+        );
+        let mut attempt = 0u32;
+        loop {
+            let stored = match self.stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    let (subject, headers) = letter(
+                        &self.settings,
+                        message.headers,
+                        source.clone(),
+                        sequence,
+                        deliveries,
+                        &error,
+                    );
+                    match self
+                        .jetstream
+                        .publish_with_headers(subject, headers, message.payload)
+                        .await
+                    {
+                        Ok(ack) => ack.await.map(|_| ()).map_err(BoxError::from),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                // Gone from the stream (its limits, or deleted): nothing left to set aside.
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                    tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, sequence, "out of deliveries, but no longer in the stream: no dead letter");
+                    return true;
+                }
+                Err(e) => Err(e.into()),
+            };
+            match stored {
+                Ok(()) => {
+                    tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, sequence, deliveries, "out of deliveries without an answer: dead-lettered");
+                    counted(&self.shared, &self.settings);
+                    return true;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, sequence, error = %e, attempt, "dead letter not stored, retrying");
+                    let delay = self.settings.backoff.delay(
+                        attempt,
+                        Duration::ZERO,
+                        self.settings.cap,
+                        &mut self.rng,
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return false,
+                    }
+                }
+            }
+        }
     }
 }
