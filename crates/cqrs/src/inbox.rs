@@ -36,15 +36,15 @@
 //! ```
 //!
 //! The inbox grows by one row per event and consumer: prune rows older than any redelivery can
-//! be ([`Inbox::prune_sqlite`], [`Inbox::prune_postgres`]; a JetStream consumer's redeliveries
+//! be (`Inbox::prune_sqlite`, `Inbox::prune_postgres`; a JetStream consumer's redeliveries
 //! stop after `max_deliver` attempts, a relay's after its restart), for example daily with a
 //! week's margin.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use uuid::Uuid;
 
 /// The SQLite table (one row per consumer and event; `received_at` in microseconds since the
@@ -100,11 +100,13 @@ impl Inbox {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn cutoff(age: Duration) -> SystemTime {
     SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH)
 }

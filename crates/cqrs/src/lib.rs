@@ -9,7 +9,7 @@
 //! # The parts
 //!
 //! - **Projections** ([`Projection`]): a runner follows the global log from its checkpoint and
-//!   applies each event to a read model. A [`SqliteProjection`] or `PostgresProjection` (feature
+//!   applies each event to a read model. A `SqliteProjection` or `PostgresProjection` (feature
 //!   `postgres`) writes the model and its checkpoint in one transaction, 256 events at a time:
 //!   each event takes effect exactly once. An [`ExternalProjection`] (a search service, a
 //!   cache, a bus) is delivered at least once and drops repeats with the [`inbox`]. A
@@ -30,7 +30,7 @@
 //! # Example
 //!
 //! The product catalog's prices as a read model in SQLite (in memory here; give a file path
-//! to [`ProjectionBuilder::sqlite`] in an application), following an event store:
+//! to `ProjectionBuilder::sqlite` in an application), following an event store:
 //!
 //! ```
 //! use std::{sync::{Arc, Mutex}, time::Duration};

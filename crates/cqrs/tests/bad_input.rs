@@ -5,6 +5,8 @@
 //! whose metadata was broken behind the store's back (raw SQL: the store cannot read the row
 //! at all, so the runner isolates it with smaller pages).
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

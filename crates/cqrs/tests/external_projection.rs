@@ -2,6 +2,8 @@
 //! each batch (compare-and-set) in a checkpoint store, failures by the policy (dead letters in
 //! the checkpoint store).
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{

@@ -2,6 +2,8 @@
 //! failure to start, errors of the event store retried with a backoff (shown in the status),
 //! the lag measured at most once a second while behind, and `wait_for` woken by the commit.
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{

@@ -4,6 +4,8 @@
 //! reach `Live` with no lag, and the failing one shows its dead letter, its stop or its
 //! retries, counted in the metrics.
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{

@@ -3,6 +3,8 @@
 //! position the two are swapped in one transaction and the old tables dropped. A rebuild
 //! interrupted by a shutdown (or a crash) is discarded when the runner starts again.
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{

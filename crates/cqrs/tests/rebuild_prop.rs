@@ -19,6 +19,7 @@
 //! An external effect with the inbox, crashed between applying a batch and storing its
 //! checkpoint, takes each event once.
 
+#![cfg(feature = "sqlite")]
 // The models are written against the facade (`tower_patterns::cqrs`, `::eventstore`): this
 // crate stands in for it. Their PostgreSQL half is behind the facade's feature, unknown here.
 #![allow(unexpected_cfgs)]

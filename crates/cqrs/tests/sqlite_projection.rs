@@ -2,6 +2,8 @@
 //! with nothing applied twice, two runners on one file, and the handle's position, status and
 //! lag.
 
+#![cfg(feature = "sqlite")]
+
 mod runner_support;
 
 use std::{

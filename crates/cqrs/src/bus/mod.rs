@@ -4,12 +4,12 @@
 //! | bus | what it gives | when |
 //! |---|---|---|
 //! | `LocalBus` (module `local`, in process) | a Tokio broadcast of each event as a projection applies it; nothing survives a restart, a slow receiver skips | one node: caches, web sockets, tests |
-//! | [`OutboxRelay`] + [`JetStreamConsumer`] (feature `nats`) | every committed event published once into a JetStream stream, in log order; durable consumers that acknowledge after handling, redeliver with backoff, and set aside what keeps failing | many nodes and services |
+//! | `OutboxRelay` + `JetStreamConsumer` (feature `nats`) | every committed event published once into a JetStream stream, in log order; durable consumers that acknowledge after handling, redeliver with backoff, and set aside what keeps failing | many nodes and services |
 //!
 //! # The transactional outbox
 //!
 //! The event store's global log *is* the outbox: a command's events and its "to publish"
-//! record are the same rows, committed in one transaction. The [`OutboxRelay`] reads the log
+//! record are the same rows, committed in one transaction. The `OutboxRelay` reads the log
 //! after its own checkpoint (only committed events can be read), publishes each event with
 //! its id as `Nats-Msg-Id` and headers for its stream, version, position and type, then
 //! stores the checkpoint of the last event JetStream acknowledged. Nothing uncommitted is
@@ -17,7 +17,7 @@
 //!
 //! - a crash between a publish and its checkpoint republishes the rest of that batch, which
 //!   JetStream drops inside the stream's duplicate window, answering `duplicate` (counted as
-//!   `tower_patterns_cqrs_outbox_duplicates_total`); [`ensure_stream`] sets the window;
+//!   `tower_patterns_cqrs_outbox_duplicates_total`); `ensure_stream` sets the window;
 //! - a lost connection or a missing stream fails the publish: the relay backs off and tries
 //!   again from the first unacknowledged event, never checkpointing past it;
 //! - a repeat after the window (a relay down longer than it) reaches consumers, which drop it
@@ -28,8 +28,8 @@
 //!
 //! # Consumers
 //!
-//! A [`JetStreamConsumer`] is a durable pull consumer with explicit acks: each message goes
-//! to a handler (a `tower::Service<Delivery>`) as a [`Delivery`] (the event decoded back, and
+//! A `JetStreamConsumer` is a durable pull consumer with explicit acks: each message goes
+//! to a handler (a `tower::Service<Delivery>`) as a `Delivery` (the event decoded back, and
 //! its stream sequence and deliveries). `Ok` acknowledges it; an error asks for it again
 //! after a backoff delay, and at `max_deliver` deliveries (or a permanent
 //! [`ApplyError`](crate::ApplyError)) publishes it to a dead-letter subject with its stream
@@ -37,7 +37,7 @@
 //! answer within `ack_wait` (a handler too slow, a consumer that crashed in the middle) is
 //! set aside too, from JetStream's max-deliveries advisory, by whichever instance of the
 //! consumer is running when JetStream gives up on it; with none running then, it gets no
-//! dead letter (see [`JetStreamConsumer`]'s limits). Delivery is at least once: a handler
+//! dead letter (see `JetStreamConsumer`'s limits). Delivery is at least once: a handler
 //! whose effect must happen once records the event id with the effect, in one transaction
 //! ([`Inbox`](crate::inbox)).
 //!

@@ -4,7 +4,7 @@
 //! A [`CheckpointStore`] keeps, per name, the position of the last event handled and the live
 //! version of the read model. Every write is a compare-and-set, so a runner that lost its turn
 //! stores nothing. [`MemoryCheckpoints`] starts from scratch each run;
-//! [`SqliteCheckpoints`] (a file, or a connection shared with other code) and `PgCheckpoints`
+//! `SqliteCheckpoints` (a file, or a connection shared with other code) and `PgCheckpoints`
 //! (feature `postgres`) survive restarts and keep the dead letters too.
 //!
 //! ```

@@ -64,6 +64,10 @@ impl ProjectionError {
     }
 
     /// The database error `e`.
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(dead_code, reason = "the SQL targets' errors")
+    )]
     pub(crate) fn database(e: impl Into<BoxError>) -> Self {
         Self::Database(e.into())
     }

@@ -1,7 +1,7 @@
 //! Projections: read models kept by the event store's global log, checkpointed.
 //!
 //! A [`Projection`] follows the log from its checkpoint and applies each event to a read
-//! model: a [`SqliteProjection`] or `PostgresProjection` (feature `postgres`) writes the
+//! model: a `SqliteProjection` or `PostgresProjection` (feature `postgres`) writes the
 //! model and the checkpoint in one transaction (each event takes effect once), an
 //! [`ExternalProjection`] is delivered at least once. Its [`ProjectionHandle`] waits for a position (read your writes), shows the
 //! status and the lag, resumes a stopped projection and rebuilds the model into fresh tables.
