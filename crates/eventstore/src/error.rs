@@ -89,6 +89,10 @@ impl Error {
         matches!(self, Self::WrongExpectedVersion { .. })
     }
 
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(dead_code, reason = "used by the SQL backends only")
+    )]
     pub(crate) fn backend(e: impl Into<BoxError>) -> Self {
         Self::Backend(e.into())
     }

@@ -271,6 +271,10 @@ impl RecordedEvent {
 }
 
 /// An event's columns as a database returns them, before checking.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, reason = "used by the SQL backends only")
+)]
 pub(crate) struct RawEvent {
     pub(crate) stream_id: String,
     pub(crate) version: u64,
@@ -285,6 +289,10 @@ pub(crate) struct RawEvent {
 impl RawEvent {
     /// Checks the columns: a bad id, payload, metadata or schema version is
     /// [`Error::Corrupt`] naming the stream, version and position.
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(dead_code, reason = "used by the SQL backends only")
+    )]
     pub(crate) fn check(self) -> Result<RecordedEvent, Error> {
         let corrupt = |reason: String| Error::Corrupt {
             stream: self.stream_id.clone(),

@@ -172,6 +172,10 @@ pub fn subscribe<S: EventStore>(
 }
 
 /// Parses stored stream metadata; bad JSON is [`Error::Corrupt`] naming the stream.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, reason = "used by the SQL backends only")
+)]
 pub(crate) fn parse_stream_metadata(
     stream: &str,
     raw: Option<String>,
