@@ -245,8 +245,7 @@ async fn bad_input_gets_a_client_error_with_a_fixed_phrase() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[path = "../examples/catalog/model.rs"]
-mod model;
+use catalog::model;
 
 /// The PostgreSQL read model pipelines each batch (`apply_batch`): a log of interleaved
 /// listings, price changes, renames and deletions caught up in batches of 64 ends as applying

@@ -21,7 +21,7 @@
 #![allow(unreachable_pub, reason = "the tests include this file as a module")]
 
 #[path = "model.rs"]
-mod model;
+pub(crate) mod model;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
