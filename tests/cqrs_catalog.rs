@@ -385,4 +385,10 @@ async fn a_pipelined_postgres_batch_applies_in_log_order_and_blames_the_failing_
         .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].stream, format!("{}bad", model::PRODUCT_PREFIX));
+    // The server's own words, not tokio-postgres's bare "db error".
+    assert!(
+        dead[0].error.contains("invalid byte sequence") && dead[0].error.contains("22021"),
+        "{}",
+        dead[0].error
+    );
 }

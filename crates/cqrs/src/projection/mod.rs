@@ -217,7 +217,18 @@ impl ApplyError {
 
 impl fmt::Display for ApplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)
+        fmt::Display::fmt(&self.source, f)?;
+        // tokio-postgres shows a refusal of the server as "db error" alone; a dead letter's
+        // text is what an operator reads, so it says what the server said.
+        #[cfg(feature = "postgres")]
+        if let Some(db) = self
+            .source
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            write!(f, ": {} (SQLSTATE {})", db.message(), db.code().code())?;
+        }
+        Ok(())
     }
 }
 
@@ -326,8 +337,10 @@ pub trait PostgresProjection: Send + Sync + 'static {
     /// product catalog's read model does this (`examples/catalog/model.rs`); it is what makes
     /// a catch-up several times faster than a round trip per event.
     ///
-    /// An override must keep each event's effects in log order and must not read results that
-    /// a later event's statements change before those statements run.
+    /// An override must send each event's statements in log order. The server runs them in
+    /// that order, so a statement may read what an earlier one wrote; what a pipeline cannot
+    /// do is decide in Rust, from one statement's result, what to send next (keep the default
+    /// for such a model, or move the decision into SQL).
     ///
     /// # Errors
     ///
