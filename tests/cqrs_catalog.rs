@@ -258,7 +258,7 @@ async fn a_pipelined_postgres_batch_applies_in_log_order_and_blames_the_failing_
 
     use model::{ProductEvent, ProductRow};
     use tower_patterns::{
-        cqrs::{FailurePolicy, Projection, checkpoint::PgCheckpoints},
+        cqrs::{FailurePolicy, Projection, checkpoint::PostgresCheckpoints},
         eventstore::{EventData, EventStore as _, ExpectedVersion, postgres::PostgresStore},
     };
 
@@ -377,7 +377,7 @@ async fn a_pipelined_postgres_batch_applies_in_log_order_and_blames_the_failing_
             .unwrap(),
         None
     );
-    let dead = PgCheckpoints::new(store.pool().clone())
+    let dead = PostgresCheckpoints::new(store.pool().clone())
         .await
         .unwrap()
         .dead_letters("catalog")

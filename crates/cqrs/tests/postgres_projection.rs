@@ -1,6 +1,6 @@
 //! A read model in PostgreSQL: catches up, follows live appends, restarts from its checkpoint,
 //! dead-letters a poison event with every other event applied once, rebuilds into fresh
-//! tables and drops the old ones; PgCheckpoints' compare-and-set.
+//! tables and drops the old ones; PostgresCheckpoints' compare-and-set.
 #![cfg(feature = "postgres")]
 
 mod pg_support;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pg_support::{Ledger, append, checkpoint, client, ledger, relations_like, store, tables_like};
 use tower_patterns_cqrs::{
-    Checkpoint, CheckpointStore, FailurePolicy, Projection, Status, checkpoint::PgCheckpoints,
+    Checkpoint, CheckpointStore, FailurePolicy, Projection, Status, checkpoint::PostgresCheckpoints,
 };
 use tower_patterns_eventstore::{EventStore, GlobalPosition};
 use tower_patterns_testkit::fresh_postgres;
@@ -96,7 +96,7 @@ async fn a_poison_event_in_a_batch_is_dead_lettered_and_every_other_event_applie
     // The ten before the poison were applied, rolled back with it, and applied again: once.
     assert_eq!(ledger(&db, "feed_v1_applied").await, (20, 1));
     assert!(model.applies() >= 21);
-    let dead = PgCheckpoints::new(store.pool().clone())
+    let dead = PostgresCheckpoints::new(store.pool().clone())
         .await
         .unwrap()
         .dead_letters("feed")
@@ -178,10 +178,14 @@ async fn pg_checkpoints_compare_and_set_and_record_dead_letters() {
         return;
     };
     let store = store(&url).await;
-    let cps = PgCheckpoints::new(store.pool().clone()).await.unwrap();
+    let cps = PostgresCheckpoints::new(store.pool().clone())
+        .await
+        .unwrap();
     let cps = {
         drop(cps);
-        PgCheckpoints::new(store.pool().clone()).await.unwrap() // idempotent
+        PostgresCheckpoints::new(store.pool().clone())
+            .await
+            .unwrap() // idempotent
     };
     let name = "relay";
     assert_eq!(cps.load(name).await.unwrap(), None);

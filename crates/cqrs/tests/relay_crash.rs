@@ -12,7 +12,7 @@ use serde_json::json;
 use tower_patterns_core::BoxError;
 use tower_patterns_cqrs::{
     bus::{self, Delivery, JetStreamConsumer, OutboxRelay},
-    checkpoint::PgCheckpoints,
+    checkpoint::PostgresCheckpoints,
     inbox::Inbox,
 };
 use tower_patterns_eventstore::{
@@ -58,7 +58,9 @@ async fn child_relay() {
         Arc::new(all.iter().zip(1..).map(|(e, r)| (e.position, r)).collect());
     let ranks = rank.clone();
     let last = all.last().unwrap().position;
-    let checkpoints = PgCheckpoints::new(store.pool().clone()).await.unwrap();
+    let checkpoints = PostgresCheckpoints::new(store.pool().clone())
+        .await
+        .unwrap();
     let client = async_nats::connect(server_url(Server::Nats).unwrap())
         .await
         .unwrap();

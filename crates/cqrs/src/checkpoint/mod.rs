@@ -4,7 +4,7 @@
 //! A [`CheckpointStore`] keeps, per name, the position of the last event handled and the live
 //! version of the read model. Every write is a compare-and-set, so a runner that lost its turn
 //! stores nothing. [`MemoryCheckpoints`] starts from scratch each run;
-//! `SqliteCheckpoints` (a file, or a connection shared with other code) and `PgCheckpoints`
+//! `SqliteCheckpoints` (a file, or a connection shared with other code) and `PostgresCheckpoints`
 //! (feature `postgres`) survive restarts and keep the dead letters too.
 //!
 //! ```
@@ -85,7 +85,7 @@ pub use sqlite::SqliteCheckpoints;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "postgres")]
-pub use postgres::PgCheckpoints;
+pub use postgres::PostgresCheckpoints;
 
 /// A stored checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

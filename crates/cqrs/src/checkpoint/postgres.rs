@@ -169,29 +169,29 @@ fn dead_letter_of(row: &Row) -> Result<DeadLetter, BoxError> {
 /// external projections and the outbox relay whose effects live elsewhere.
 ///
 /// ```no_run
-/// use tower_patterns_cqrs::{Checkpoint, CheckpointStore, checkpoint::PgCheckpoints};
+/// use tower_patterns_cqrs::{Checkpoint, CheckpointStore, checkpoint::PostgresCheckpoints};
 ///
 /// # async fn demo(pool: deadpool_postgres::Pool) -> Result<(), tower_patterns_core::BoxError> {
-/// let checkpoints = PgCheckpoints::new(pool).await?; // creates the tables when missing
+/// let checkpoints = PostgresCheckpoints::new(pool).await?; // creates the tables when missing
 /// let stored = checkpoints.load("relay").await?.unwrap_or_default();
 /// let next = Checkpoint { position: tower_patterns_eventstore::GlobalPosition::new(1, 42), ..stored };
 /// assert!(checkpoints.save("relay", stored, next).await?); // false: another relay moved it
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct PgCheckpoints {
+pub struct PostgresCheckpoints {
     pool: Pool,
 }
 
-impl std::fmt::Debug for PgCheckpoints {
+impl std::fmt::Debug for PostgresCheckpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgCheckpoints")
+        f.debug_struct("PostgresCheckpoints")
             .field("pool", &self.pool.status())
             .finish()
     }
 }
 
-impl PgCheckpoints {
+impl PostgresCheckpoints {
     /// Checkpoints in `pool`'s database, creating the tables when missing.
     ///
     /// # Errors
@@ -212,7 +212,7 @@ impl PgCheckpoints {
     }
 }
 
-impl CheckpointStore for PgCheckpoints {
+impl CheckpointStore for PostgresCheckpoints {
     async fn load(&self, name: &str) -> Result<Option<Checkpoint>, BoxError> {
         let client = self.pool.get().await?;
         let row = client
