@@ -13,8 +13,8 @@ use http::{Method, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt, limit::ConcurrencyLimit, service_fn};
 use tower_patterns_core::{BoxError, http::ErrorResponseLayer, observe::StateHandle};
 use tower_patterns_cqrs::layer::{
-    BadCommand, CqrsLayer, HttpClassifier, HttpCommands, MapCommand, POSITION_HEADER,
-    PositionToken, Side,
+    BadCommand, CommandAdapter, CqrsLayer, HttpClassifier, HttpCommands, MapCommand,
+    POSITION_HEADER, PositionToken, Side,
 };
 use tower_patterns_eventstore::{
     Aggregate, Command, CommandService, Committed, DomainEvent, GlobalPosition, InMemoryStore,
@@ -350,6 +350,68 @@ async fn http_commands_answer_with_their_position_and_errors_map_to_statuses() {
         (handle.commands(), handle.queries(), handle.command_errors()),
         (5, 2, 3)
     );
+}
+
+/// The default body limit is 64 KiB: a body under it is read whole (a command whose body the
+/// closure refuses by its own phrase, not 413), one over it is 413; a body that fails for
+/// another reason is that error, not a 413.
+#[tokio::test]
+async fn the_default_body_limit_is_64_kib_and_only_an_overflow_is_413() {
+    let store = Arc::new(InMemoryStore::new());
+    let commands = CommandService::new(Repository::<Product, _>::new(store, "product-"));
+    let layer = CqrsLayer::builder("limits")
+        .commands(commands)
+        .classify(HttpClassifier::new())
+        .adapter(HttpCommands::new(price_command))
+        .build()
+        .unwrap();
+    let svc = ErrorResponseLayer::new().layer(layer.layer(reads()));
+    let res = send(&svc, Method::POST, "/products/7/price", &"1".repeat(2_000)).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_REQUEST,
+        "read whole, then refused"
+    );
+    assert_eq!(res.body(), "price must be a whole number of cents");
+    let res = send(
+        &svc,
+        Method::POST,
+        "/products/7/price",
+        &"1".repeat(64 * 1024 + 1),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // A body whose stream fails is not "too large".
+    let adapter = HttpCommands::new(price_command);
+    let failing = http_body_util::StreamBody::new(futures_util::stream::iter([Err::<
+        http_body::Frame<bytes::Bytes>,
+        std::io::Error,
+    >(
+        std::io::Error::other("connection reset"),
+    )]));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/products/7/price")
+        .body(failing)
+        .unwrap();
+    let err = CommandAdapter::<_, Response<String>>::command(&adapter, req)
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<BadCommand>().is_none(), "{err}");
+    assert_eq!(err.to_string(), "connection reset");
+}
+
+#[test]
+fn a_bad_command_keeps_its_phrase_and_status() {
+    let e = BadCommand::new("no product id");
+    assert_eq!(
+        (e.status(), e.phrase()),
+        (StatusCode::BAD_REQUEST, "no product id")
+    );
+    assert_eq!(e.to_string(), "bad command: no product id");
+    let e = BadCommand::with_status(StatusCode::CONFLICT, "taken");
+    assert_eq!((e.status(), e.phrase()), (StatusCode::CONFLICT, "taken"));
 }
 
 #[tokio::test]

@@ -175,5 +175,12 @@ mod tests {
         assert_eq!(lit.side(&Method::GET, "/p/1/other"), Side::Query);
         assert_eq!(lit.side(&Method::GET, "/q/1/touch"), Side::Query);
         assert!(format!("{lit:?}").contains("routes: 1"));
+        // A parameter is a whole `{...}` segment: a brace on one side only is a literal.
+        let half = HttpClassifier::new()
+            .query(Method::POST, "/p/{id")
+            .query(Method::POST, "/q/id}");
+        assert_eq!(half.side(&Method::POST, "/p/{id"), Side::Query);
+        assert_eq!(half.side(&Method::POST, "/p/7"), Side::Command);
+        assert_eq!(half.side(&Method::POST, "/q/7"), Side::Command);
     }
 }

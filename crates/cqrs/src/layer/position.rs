@@ -154,6 +154,13 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        // Zero itself is canonical, in either place.
+        let zero = "v1.0.0".parse::<PositionToken>().unwrap();
+        assert_eq!(GlobalPosition::from(zero), GlobalPosition::START);
+        assert_eq!(
+            GlobalPosition::from("v1.10.0".parse::<PositionToken>().unwrap()),
+            GlobalPosition::new(10, 0)
+        );
         let not_ascii = HeaderValue::from_bytes(b"v1.\xff.1").unwrap();
         assert!(PositionToken::from_header_value(&not_ascii).is_err());
     }
