@@ -24,8 +24,8 @@
 //! ```
 //!
 //! Server-backed tests take their server from [`server_url`] (see the [`servers`] module), or
-//! a fresh PostgreSQL database from [`fresh_postgres`]; crash tests run a child process with
-//! [`process::ChildTest`].
+//! a fresh PostgreSQL database from `fresh_postgres` (feature `postgres`); crash tests run a
+//! child process with [`process::ChildTest`].
 
 pub mod alloc;
 pub mod process;
@@ -47,7 +47,9 @@ use std::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-pub use servers::{Server, fresh_postgres, server_url};
+#[cfg(feature = "postgres")]
+pub use servers::fresh_postgres;
+pub use servers::{Server, server_url};
 
 use tower_patterns_core::BoxError;
 

@@ -116,6 +116,7 @@ fn act(decision: Decision) -> Option<String> {
 ///
 /// When the server does not answer or the database cannot be created (`tag` must be a
 /// lowercase identifier of at most 18 characters), or outside a Tokio runtime.
+#[cfg(feature = "postgres")]
 pub async fn fresh_postgres(tag: &str) -> Option<String> {
     let url = server_url(Server::Postgres)?;
     let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
