@@ -392,3 +392,82 @@ async fn a_pipelined_postgres_batch_applies_in_log_order_and_blames_the_failing_
         dead[0].error
     );
 }
+
+/// When the batch's statements cannot be prepared (here the read model's table was dropped
+/// behind the projection's back), the failure is blamed on the first catalog event of the
+/// batch, not on another aggregate's event before it, which needs no statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prepare_is_blamed_on_the_first_event_with_a_statement() {
+    use std::{sync::Arc, time::Duration};
+
+    use model::ProductEvent;
+    use tower_patterns::{
+        cqrs::{FailurePolicy, Projection, checkpoint::PostgresCheckpoints},
+        eventstore::{EventData, EventStore as _, ExpectedVersion, postgres::PostgresStore},
+    };
+
+    let Some(url) = tower_patterns_testkit::fresh_postgres("catalog_prep").await else {
+        return; // skipped: no PostgreSQL (the reason is printed)
+    };
+    let store = Arc::new(PostgresStore::connect(&url, 4).await.unwrap());
+    let (handle, _task) = Projection::builder("catalog")
+        .source(store.clone())
+        .postgres(store.pool().clone(), model::Catalog)
+        .policy(FailurePolicy::dead_letter())
+        .build()
+        .unwrap()
+        .spawn();
+    // Live (its tables created); then the table goes.
+    let status = handle
+        .wait_for_status(Duration::from_secs(30), |s| {
+            matches!(s, tower_patterns::cqrs::Status::Live)
+        })
+        .await;
+    assert!(
+        matches!(status, tower_patterns::cqrs::Status::Live),
+        "{status:?}"
+    );
+    let client = store.pool().get().await.unwrap();
+    let products = handle.tables().name("products");
+    client
+        .batch_execute(&format!("DROP TABLE {products}"))
+        .await
+        .unwrap();
+    let member = EventData::json("Joined", &serde_json::json!({"user": "ann"})).unwrap();
+    let product = ProductEvent::PriceUpdated {
+        id: "p1".into(),
+        price_cents: 5,
+    };
+    let product = EventData::json(
+        tower_patterns::eventstore::DomainEvent::event_type(&product),
+        &product,
+    )
+    .unwrap();
+    store
+        .append("member-ann", ExpectedVersion::Any, vec![member])
+        .await
+        .unwrap();
+    let last = store
+        .append(
+            &format!("{}p1", model::PRODUCT_PREFIX),
+            ExpectedVersion::Any,
+            vec![product],
+        )
+        .await
+        .unwrap();
+    assert!(
+        handle
+            .wait_for(last.positions[0], Duration::from_secs(30))
+            .await,
+        "{:?}",
+        handle.status()
+    );
+    let dead = PostgresCheckpoints::new(store.pool().clone())
+        .await
+        .unwrap()
+        .dead_letters("catalog")
+        .await
+        .unwrap();
+    let streams: Vec<&str> = dead.iter().map(|d| d.stream.as_str()).collect();
+    assert_eq!(streams, [format!("{}p1", model::PRODUCT_PREFIX)]);
+}

@@ -499,6 +499,10 @@ mod postgres_model {
                 }
             }
         }
+        if decoded.iter().all(|(event, _)| event.is_none()) {
+            // Nothing of the catalog's in this batch: no statement to prepare.
+            return undecodable.map_or(Ok(()), Err);
+        }
         let products = t.name("products");
         let create = format!(
             "INSERT INTO {products} (id, name, description, price_cents, version)
@@ -518,7 +522,12 @@ mod postgres_model {
             tx.prepare(&rename),
             tx.prepare(&delete),
         )
-        .map_err(|e| (0, ApplyError::from(e)))?;
+        .map_err(|e| {
+            // Blamed on the first event with a statement to run: an event of another
+            // aggregate before it needs none.
+            let first = decoded.iter().position(|(event, _)| event.is_some());
+            (first.unwrap_or(0), ApplyError::from(e))
+        })?;
         let (create, reprice, rename, delete) = (&create, &reprice, &rename, &delete);
         // Each future sends its statement when first polled; `join_all` polls them first in
         // the order given.
