@@ -529,36 +529,48 @@ mod postgres_model {
             (first.unwrap_or(0), ApplyError::from(e))
         })?;
         let (create, reprice, rename, delete) = (&create, &reprice, &rename, &delete);
-        // Each future sends its statement when first polled; `join_all` polls them first in
-        // the order given.
-        let results = futures::future::join_all(decoded.iter().map(|(event, v)| async move {
-            match event {
-                None => Ok(0),
-                Some(ProductEvent::ProductCreated {
-                    id,
-                    name,
-                    description,
-                    price_cents,
-                }) => {
-                    tx.execute(create, &[id, name, description, price_cents, v])
-                        .await
-                }
-                Some(ProductEvent::PriceUpdated { id, price_cents }) => {
-                    tx.execute(reprice, &[id, price_cents, v]).await
-                }
-                Some(ProductEvent::Renamed {
-                    id,
-                    name,
-                    description,
-                }) => tx.execute(rename, &[id, name, description, v]).await,
-                Some(ProductEvent::Deleted { id }) => tx.execute(delete, &[id]).await,
-            }
-        }))
-        .await;
+        // tokio-postgres sends a request when its future is first polled: each event's
+        // future is polled once here, in log order, so the server gets the statements in
+        // that order whatever order they finish in; `join_all` then drives them all.
+        let mut statements: Vec<_> = decoded
+            .iter()
+            .map(|(event, v)| {
+                Box::pin(futures::future::maybe_done(async move {
+                    match event {
+                        None => Ok(0),
+                        Some(ProductEvent::ProductCreated {
+                            id,
+                            name,
+                            description,
+                            price_cents,
+                        }) => {
+                            tx.execute(create, &[id, name, description, price_cents, v])
+                                .await
+                        }
+                        Some(ProductEvent::PriceUpdated { id, price_cents }) => {
+                            tx.execute(reprice, &[id, price_cents, v]).await
+                        }
+                        Some(ProductEvent::Renamed {
+                            id,
+                            name,
+                            description,
+                        }) => tx.execute(rename, &[id, name, description, v]).await,
+                        Some(ProductEvent::Deleted { id }) => tx.execute(delete, &[id]).await,
+                    }
+                }))
+            })
+            .collect();
+        for statement in &mut statements {
+            let _ = futures::poll!(statement.as_mut());
+        }
+        futures::future::join_all(statements.iter_mut().map(|s| s.as_mut())).await;
+        let results = statements
+            .iter_mut()
+            // Every one is done (join_all drove them): take_output has each result.
+            .map(|s| s.as_mut().take_output().unwrap_or(Ok(0)));
         // The first failure is the event that failed; those after it only found the
         // transaction aborted.
         if let Some((k, e)) = results
-            .into_iter()
             .enumerate()
             .find_map(|(k, r)| r.err().map(|e| (k, e)))
         {
