@@ -905,3 +905,228 @@ async fn two_schemas_in_one_transaction(tag: &str, old_appends_first: bool) {
     assert_eq!(log_a.len(), 2);
     assert_eq!(log_a[0].position, in_a.positions[0]);
 }
+
+/// A role that owns a schema with a store of its own (the default `search_path`, `"$user",
+/// public`, finds it first) appends through the store in `public` and reads it in SQL: the event
+/// goes to `public`'s log, numbered by `public`'s sequence, and the read is `public`'s; the
+/// role's store is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_owning_a_store_reaches_the_store_it_calls() {
+    let Some(url) = common::fresh_postgres("callerrole").await else {
+        return;
+    };
+    // The database's name: unique, so a role of the same name is too (roles are the cluster's).
+    let role = url.rsplit('/').next().unwrap().to_owned();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role}; CREATE SCHEMA {role} AUTHORIZATION {role}"
+        ))
+        .await
+        .unwrap();
+    // The checks in a task of their own, so the role is dropped (it is the cluster's) also when
+    // one fails.
+    let outcome = tokio::spawn(role_calls_public(url.clone(), role.clone())).await;
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {role} CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn role_calls_public(url: String, role: String) {
+    let public = PostgresStore::connect(&url, 2).await.unwrap();
+    let own = PostgresStore::connect(&format!("{url}?options=-csearch_path%3D{role}"), 2)
+        .await
+        .unwrap();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA public TO {role};
+             GRANT ALL ON ALL TABLES IN SCHEMA public, {role} TO {role};
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA public, {role} TO {role};
+             SELECT setval('{role}.tp_commit_seq', 1000)"
+        ))
+        .await
+        .unwrap();
+
+    let (mut caller, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    caller
+        .batch_execute(&format!("SET ROLE {role}"))
+        .await
+        .unwrap();
+    let tx = caller.transaction().await.unwrap();
+    let appended = public
+        .append_in(&tx, "s", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        appended.positions[0].commit < 1000,
+        "numbered by public's sequence, not the role's: {appended:?}"
+    );
+    let log = public.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        appended.positions,
+        "the event is in public's log"
+    );
+    assert!(
+        own.read_all(GlobalPosition::START, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "and not in the role's"
+    );
+    let in_sql: i64 = caller
+        .query_one("SELECT count(*) FROM public.tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        in_sql, 1,
+        "public's reader in SQL reads public's log for the role too"
+    );
+}
+
+/// A store in a schema whose name needs quoting (a double quote, a dollar quote) is set up, its
+/// functions pinned to that schema; functions an earlier release created without the setting
+/// get it back at the next connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_name_that_needs_quoting_is_set_up_and_pinned() {
+    let Some(url) = common::fresh_postgres("oddschema").await else {
+        return;
+    };
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(r#"CREATE SCHEMA "odd""$$name""#)
+        .await
+        .unwrap();
+    // search_path="odd""$$name"
+    let odd_url = format!("{url}?options=-csearch_path%3D%22odd%22%22%24%24name%22");
+    let pinned = || async {
+        admin
+            .query(
+                "SELECT p.proname, array_to_string(p.proconfig, ';') FROM pg_proc p \
+                 JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE n.nspname = 'odd\"$$name' ORDER BY p.proname",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+            .collect::<Vec<_>>()
+    };
+    let expected = |append_extra: &str| {
+        let path = r#"search_path="odd""$$name", pg_temp"#;
+        vec![
+            (
+                "tp_append".to_owned(),
+                Some(format!("{append_extra}{path}")),
+            ),
+            ("tp_gate".to_owned(), Some(path.to_owned())),
+            ("tp_gate_alone".to_owned(), Some(path.to_owned())),
+            ("tp_read_all".to_owned(), Some(path.to_owned())),
+        ]
+    };
+
+    let store = PostgresStore::connect(&odd_url, 2).await.unwrap();
+    assert_eq!(
+        pinned().await,
+        expected("plan_cache_mode=force_custom_plan;")
+    );
+    let appended = store
+        .append("s", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    let log = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        appended.positions
+    );
+
+    // As an earlier release left them: no search_path of their own.
+    admin
+        .batch_execute(
+            r#"ALTER FUNCTION "odd""$$name".tp_append RESET search_path;
+               ALTER FUNCTION "odd""$$name".tp_gate RESET search_path;
+               ALTER FUNCTION "odd""$$name".tp_gate_alone RESET search_path;
+               ALTER FUNCTION "odd""$$name".tp_read_all RESET search_path"#,
+        )
+        .await
+        .unwrap();
+    assert_ne!(
+        pinned().await,
+        expected("plan_cache_mode=force_custom_plan;")
+    );
+    drop(store);
+    PostgresStore::connect(&odd_url, 2).await.unwrap();
+    assert_eq!(
+        pinned().await,
+        expected("plan_cache_mode=force_custom_plan;"),
+        "connecting pins them again"
+    );
+}
+
+/// A temporary table named `tp_events` in the session that appends (temporary tables are found
+/// first unless the `search_path` places them) captures neither the append nor a read in SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_tp_events_captures_no_append() {
+    let Some(url) = common::fresh_postgres("temptable").await else {
+        return;
+    };
+    let store = PostgresStore::connect(&url, 2).await.unwrap();
+    let (mut caller, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    caller
+        .batch_execute("CREATE TEMP TABLE tp_events (LIKE public.tp_events INCLUDING ALL)")
+        .await
+        .unwrap();
+    let tx = caller.transaction().await.unwrap();
+    let appended = store
+        .append_in(&tx, "s", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let temp: i64 = caller
+        .query_one("SELECT count(*) FROM pg_temp.tp_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temp, 0, "the temporary table took no event");
+    let log = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.position).collect::<Vec<_>>(),
+        appended.positions,
+        "the event is in the store's log"
+    );
+    let in_sql: i64 = caller
+        .query_one("SELECT count(*) FROM tp_read_all(0, 0, 10)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        in_sql, 1,
+        "the reader in SQL reads the store's log, not the temporary table"
+    );
+}

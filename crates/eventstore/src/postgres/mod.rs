@@ -92,7 +92,7 @@ use gate::GateCache;
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
 use schema::{
-    COLUMNS, GATE, SCHEMA, append_sql, count_after_at_gate, head_at_gate, read_all_at_gate,
+    COLUMNS, GATE, append_sql, count_after_at_gate, head_at_gate, read_all_at_gate, schema_sql,
 };
 
 const POLL: Duration = Duration::from_millis(250);
@@ -160,18 +160,27 @@ impl PostgresStore {
         let schema: String;
         {
             let client = pool.get().await.map_err(Error::backend)?;
-            // Two sessions creating the tables at once can collide on the catalog: serialise.
-            // One implicit transaction: the lock goes with it, also when a statement fails.
-            client
-                .batch_execute(&format!("SELECT pg_advisory_xact_lock(7403524); {SCHEMA}"))
-                .await
-                .map_err(Error::backend)?;
-            // Where the tables were created: the first schema of the search_path that exists.
+            // Where the tables go: the first schema of the search_path that exists. The
+            // functions are pinned to it by name (see schema.rs).
             schema = client
                 .query_one("SELECT current_schema()", &[])
                 .await
                 .map_err(Error::backend)?
-                .get(0);
+                .get::<_, Option<String>>(0)
+                .ok_or_else(|| {
+                    Error::backend(
+                        "no schema to set up the store in: the search_path names none that exists",
+                    )
+                })?;
+            // Two sessions creating the tables at once can collide on the catalog: serialise.
+            // One implicit transaction: the lock goes with it, also when a statement fails.
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock(7403524); {}",
+                    schema_sql(&schema)
+                ))
+                .await
+                .map_err(Error::backend)?;
         }
         let head = watch::Sender::new(0u64);
         let listener = Some(tokio::spawn(listen(config, head.clone())));

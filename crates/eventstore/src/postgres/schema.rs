@@ -57,13 +57,18 @@
 //! store's `v` holds that store's readers back until it ends (a delay, never a skip), and an
 //! append under way to any store sends every store's `tp_gate_alone()` to the scan.
 //!
-//! `tp_append`, `tp_gate` and `tp_read_all` run with the `search_path` they were created with
-//! (`SET search_path FROM CURRENT`), so `b.tp_read_all(...)` reads the store in schema `b` and
-//! `b.tp_append(...)` appends to it, whatever the caller's `search_path`. The store calls its
-//! own schema's `tp_append` by name, so one transaction, on any connection to the database,
-//! can append to stores in several schemas. `tp_gate_alone()`, which only the store calls, on
-//! its own connections, resolves through the connection's `search_path` (the clause costs
-//! about 1.5 microseconds a call, a tenth of the gate's cheap path).
+//! Every function the store creates runs with `search_path` set to the store's schema, then
+//! `pg_temp` (`SET search_path = "<schema>", pg_temp`, the schema named as an identifier, not
+//! the text of the `search_path` that created it): `b.tp_read_all(...)` reads the store in
+//! schema `b` and `b.tp_append(...)` appends to it, whatever the caller's `search_path`, role
+//! (a `"$user"` in a saved `search_path` would be the caller's, so a role owning a schema with
+//! its own store would reach that one) or temporary tables (`pg_temp`, searched first unless
+//! named, comes last). The store calls its own schema's `tp_append` by name, so one
+//! transaction, on any connection to the database, can append to stores in several schemas.
+//! `tp_gate_alone()` too, though only the store calls it: the clause costs about 2 microseconds
+//! of server time a call (measured on its cheap path), against the connection's search
+//! resolving it elsewhere (a temporary `tp_commit_seq`, a schema named after a role the
+//! connection was switched to).
 //!
 //! The two steps need two snapshots. The store runs `tp_gate_alone()` and then the read as two
 //! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
@@ -78,11 +83,25 @@
 //! same transaction as the rest of the setup, numbers the existing events by it (dense rank:
 //! one number per old transaction, same order), moves the sequence past them, and drops it.
 //!
-//! The functions are replaced on every connect (`CREATE OR REPLACE`), so a database an
-//! earlier release set up gets this release's append and gate at its first connect (and an
-//! earlier release connecting again puts its own back).
+//! The functions are replaced on every connect (`CREATE OR REPLACE`, their options too), so a
+//! database an earlier release set up gets this release's append and gate at its first connect
+//! (and an earlier release connecting again puts its own back).
 
-pub(super) const SCHEMA: &str = "
+/// Creates (or upgrades) the store in `schema`, the connection's `current_schema()`: the
+/// tables are created through the connection's `search_path`, the functions pinned to `schema`.
+pub(super) fn schema_sql(schema: &str) -> String {
+    SCHEMA.replace("@schema@", &quote_ident(schema))
+}
+
+/// `name` as an SQL identifier: double-quoted, its double quotes doubled. Only for use outside
+/// dollar-quoted text (a function body would end at a `$$` in the name).
+pub(super) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The setup, with `@schema@` for the store's schema as a quoted identifier (outside any
+/// function body: see [`quote_ident`]).
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tp_events (
     seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     commit_no      bigint NOT NULL,
@@ -143,8 +162,9 @@ RETURNS TABLE (r_status text, r_stream text, r_id uuid, r_version bigint, r_comm
 LANGUAGE plpgsql
 -- Plans made while the tables were empty (sequential scans) must not be kept as they grow.
 SET plan_cache_mode = force_custom_plan
--- This schema's tables, whatever the caller's search_path (see schema.rs).
-SET search_path FROM CURRENT
+-- This schema's tables, whatever the caller's search_path, role or temporary tables (see
+-- schema.rs).
+SET search_path = @schema@, pg_temp
 AS $$
 DECLARE
     cur bigint;
@@ -196,7 +216,7 @@ $$;
 -- The highest append number below which every append has ended (see schema.rs): `pg_locks`.
 CREATE OR REPLACE FUNCTION tp_gate() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
+SET search_path = @schema@, pg_temp
 AS $$
 DECLARE
     v bigint;
@@ -223,10 +243,9 @@ $$;
 -- lock), all up to the sequence's value have ended. The try-lock is held until the caller's
 -- transaction ends (appenders wait for it), so call this only as a statement alone in its
 -- transaction, as the store does.
--- Unlike the others, resolves through the caller's search_path (only the store calls it, on its
--- own connections): a SET clause costs about 1.5 microseconds a call.
 CREATE OR REPLACE FUNCTION tp_gate_alone() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+SET search_path = @schema@, pg_temp
 AS $$
 DECLARE
     v bigint;
@@ -243,7 +262,7 @@ CREATE OR REPLACE FUNCTION tp_read_all(p_commit bigint, p_seq bigint, p_max bigi
 RETURNS TABLE (r_commit bigint, r_seq bigint, r_stream text, r_version bigint, r_id uuid,
                r_type text, r_schema int, r_payload text, r_metadata text)
 LANGUAGE plpgsql VOLATILE
-SET search_path FROM CURRENT
+SET search_path = @schema@, pg_temp
 AS $$
 DECLARE
     g bigint;
@@ -267,8 +286,8 @@ $$;
 pub(super) fn append_sql(schema: &str) -> String {
     format!(
         "SELECT r_status, r_stream, r_id, r_version, r_commit, r_seq \
-         FROM \"{}\".tp_append($1, $2, $3, $4, $5, $6, $7, $8)",
-        schema.replace('"', "\"\"")
+         FROM {}.tp_append($1, $2, $3, $4, $5, $6, $7, $8)",
+        quote_ident(schema)
     )
 }
 
