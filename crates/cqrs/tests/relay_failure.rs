@@ -1,5 +1,6 @@
 //! The outbox relay when a publish fails in the middle of a batch (it retries from the first
-//! unacknowledged event and goes on, never fenced by its own checkpoint), and against
+//! unacknowledged event and goes on, never fenced by its own checkpoint, and sends the events
+//! behind it again once, not at every retry), and against
 //! PostgreSQL with an append left open in the caller's transaction (nothing uncommitted is
 //! published, nothing after it either until it ends; a rolled-back event never is).
 #![cfg(feature = "nats")]
@@ -154,6 +155,72 @@ async fn a_publish_failing_mid_batch_is_retried_and_the_relay_goes_on() {
     let more = store.read_all(last, 10).await.unwrap();
     reaches(&handle, &mut task, more[0].position).await;
     assert_eq!(stored_ids(&mut stream).await.len(), 41);
+    handle.stop();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_a_failure_do_not_resend_the_rest_of_the_batch_each_time() {
+    let Some(js) = nats().await else { return };
+    let (mut stream, prefix) = fresh_stream(&js, "RETRIES").await;
+    let store = Arc::new(InMemoryStore::new());
+    for i in 0..20 {
+        store
+            .append(
+                &format!("product-{}", i % 5),
+                ExpectedVersion::Any,
+                vec![event(i)],
+            )
+            .await
+            .unwrap();
+    }
+    let events = store.read_all(GlobalPosition::START, 1_000).await.unwrap();
+    // Batches of 10: the 4th event of the second batch goes four times to a subject no
+    // stream captures. Every publish of each event is counted (the relay asks its subject
+    // once per publish).
+    const FAILURES: u32 = 4;
+    let failing = events[13].position;
+    let sends: Arc<std::sync::Mutex<std::collections::HashMap<GlobalPosition, u32>>> =
+        Arc::default();
+    let s = sends.clone();
+    let nowhere = format!("tp_nowhere_{}.x", uuid::Uuid::now_v7().simple());
+    let name = format!("retries-{}", uuid::Uuid::now_v7().simple());
+    let (handle, mut task) = bus::OutboxRelay::builder(name.as_str())
+        .source(store.clone())
+        .checkpoints(MemoryCheckpoints::new())
+        .jetstream(js.clone())
+        .subject(move |e| {
+            let mut sends = s.lock().unwrap();
+            let n = sends.entry(e.position).or_default();
+            *n += 1;
+            if e.position == failing && *n <= FAILURES {
+                return nowhere.clone();
+            }
+            format!("{prefix}.{}", e.event_type)
+        })
+        .batch(10)
+        .backoff(
+            Backoff::Constant(Duration::from_millis(20)),
+            Duration::from_millis(50),
+        )
+        .build()
+        .unwrap()
+        .spawn();
+    reaches(&handle, &mut task, events.last().unwrap().position).await;
+    assert_eq!(handle.errors(), u64::from(FAILURES));
+    let sends = sends.lock().unwrap().clone();
+    for (i, e) in events.iter().enumerate() {
+        let expected = match i {
+            13 => FAILURES + 1,
+            // Sent behind the first failure, then once more after the retry got through.
+            14..20 => 2,
+            _ => 1,
+        };
+        assert_eq!(sends[&e.position], expected, "publishes of event {i}");
+    }
+    // Every event stored once; the repeats of the six behind the failed one were dropped.
+    assert_eq!(stored_ids(&mut stream).await.len(), 20);
+    assert_eq!((handle.published(), handle.duplicates()), (20, 6));
     handle.stop();
     task.await.unwrap().unwrap();
 }

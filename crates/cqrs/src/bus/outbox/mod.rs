@@ -6,7 +6,9 @@
 //! the checkpoint never passes an unacknowledged event, so nothing committed is lost. A crash
 //! between a publish and its checkpoint republishes the rest of that batch, which JetStream
 //! drops inside the stream's duplicate window (the acknowledgement says `duplicate`, and the
-//! relay counts it).
+//! relay counts it). After a failed publish the relay retries one event at a time until the
+//! failed one is acknowledged, so retries do not send the rest of its batch again and again
+//! (past the window, those repeats would be stored again).
 
 mod handle;
 mod run;
@@ -90,7 +92,9 @@ impl<Src, Ck, Js, Sub> fmt::Debug for OutboxRelayBuilder<Src, Ck, Js, Sub> {
 
 impl<Src, Ck, Js, Sub> OutboxRelayBuilder<Src, Ck, Js, Sub> {
     /// Events read, published and checkpointed together (default 256, at most 10,000): their
-    /// publishes are pipelined, and a crash republishes at most one batch.
+    /// publishes are pipelined, and a crash republishes at most one batch. After a failure,
+    /// the relay publishes one event at a time until the failed event is acknowledged: the
+    /// events behind it in its batch are sent again once, not at every retry.
     #[must_use]
     pub fn batch(mut self, events: usize) -> Self {
         self.settings.batch = events;

@@ -53,6 +53,10 @@ where
         let mut attempt = 0u32;
         let mut previous = Duration::ZERO;
         let mut checkpoint = None;
+        // After a failure, pages of one event until the failing event is acknowledged: a
+        // full page would send the events behind it again at every retry, and a retry past
+        // JetStream's duplicate window would store them again.
+        let mut page = self.batch;
         loop {
             if *stop.borrow() {
                 return Ok(());
@@ -64,7 +68,7 @@ where
                 }),
                 // `step` moves `cp` to every checkpoint it stores, a failure after part of
                 // a page included: the next compare-and-set must start from what is stored.
-                Some(ref mut cp) => match self.step(&key, cp, &mut stop).await {
+                Some(ref mut cp) => match self.step(&key, cp, page, &mut stop).await {
                     Ok(()) => Ok(()),
                     Err((e, _)) if e.kind() == BusErrorKind::Fenced => return Err(e),
                     Err((e, reload)) => {
@@ -79,8 +83,10 @@ where
                 Ok(()) => {
                     attempt = 0;
                     previous = Duration::ZERO;
+                    page = self.batch;
                 }
                 Err(e) => {
+                    page = 1;
                     attempt = attempt.saturating_add(1);
                     self.shared.failed(attempt, &e);
                     let delay = self
@@ -117,18 +123,20 @@ where
         )
     }
 
-    /// One page: read after `cp`, publish, checkpoint the last acknowledged event and move
+    /// One page of up to `limit` events: read after `cp`, publish, checkpoint the last
+    /// acknowledged event and move
     /// `cp` to it (also when a later event of the page failed). Returns the error and whether
     /// the checkpoint must be loaded again.
     async fn step(
         &self,
         key: &str,
         cp: &mut Checkpoint,
+        limit: usize,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), (BusError, bool)> {
         let page = self
             .store
-            .read_all(cp.position, self.batch)
+            .read_all(cp.position, limit)
             .await
             .map_err(|e| (self.error(BusErrorKind::Store, "read the log", e), false))?;
         if page.is_empty() {
@@ -139,7 +147,7 @@ where
             }
             return Ok(());
         }
-        if page.len() == self.batch {
+        if page.len() == limit {
             self.shared.set_status(CATCHING_UP);
         }
         let (acked, failure) = self.publish(&page).await;
@@ -176,7 +184,7 @@ where
         }
         match failure {
             None => {
-                if page.len() < self.batch {
+                if page.len() < limit {
                     self.shared.set_status(LIVE);
                 }
                 Ok(())
