@@ -34,10 +34,10 @@
 //! after a backoff delay, and at `max_deliver` deliveries (or a permanent
 //! [`ApplyError`](crate::ApplyError)) publishes it to a dead-letter subject with its stream
 //! sequence and the error as headers, then terminates it. A last delivery that gets no
-//! answer within `ack_wait` (a handler too slow, a consumer that crashed in the middle) is
-//! set aside too, from JetStream's max-deliveries advisory, by whichever instance of the
-//! consumer is running when JetStream gives up on it; with none running then, it gets no
-//! dead letter (see `JetStreamConsumer`'s limits). Delivery is at least once: a handler
+//! answer within `ack_wait` (a consumer that crashed in the middle, a message that waited in
+//! the client's buffer too long) is set aside too, from JetStream's max-deliveries advisory,
+//! by whichever instance of the consumer is running when JetStream gives up on it; with none
+//! running then, it gets no dead letter (see `JetStreamConsumer`'s limits). Delivery is at least once: a handler
 //! whose effect must happen once records the event id with the effect, in one transaction
 //! ([`Inbox`](crate::inbox)).
 //!

@@ -7,12 +7,13 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+mod ledger;
 mod run;
 
 use async_nats::jetstream;
@@ -31,6 +32,7 @@ use super::nats::BusErrorKind;
 use super::{nats::BusError, outbox::NoJetStream};
 #[cfg(doc)]
 use crate::projection::ApplyError;
+use ledger::Ledger;
 use run::Runner;
 
 /// Events handled and acknowledged, per consumer.
@@ -103,8 +105,10 @@ impl<St, Js, H> JetStreamConsumerBuilder<St, Js, H> {
     }
 
     /// How long a delivered message may stay unacknowledged before JetStream delivers it
-    /// again, or after the last delivery gives up on it (default 30 s): longer than the
-    /// handler's slowest call.
+    /// again, or after the last delivery gives up on it (default 30 s). JetStream starts
+    /// this clock when it sends the message, not when the handler starts on it, and a pull
+    /// brings up to [`batch`](Self::batch) messages that wait their turn: `ack_wait` must
+    /// exceed `batch` times the handler's slowest call (or lower the batch).
     #[must_use]
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.settings.ack_wait = wait;
@@ -120,7 +124,9 @@ impl<St, Js, H> JetStreamConsumerBuilder<St, Js, H> {
         self
     }
 
-    /// Messages asked for per pull (default 64).
+    /// Messages asked for per pull (default 64). They wait in the client, one handled after
+    /// another, while their `ack_wait` runs: with a slow handler, a smaller batch keeps the
+    /// last of them from expiring before their turn (see [`ack_wait`](Self::ack_wait)).
     #[must_use]
     pub fn batch(mut self, messages: usize) -> Self {
         self.settings.batch = messages;
@@ -245,6 +251,11 @@ where
             metrics::counter!(counter, "name" => s.name.to_string()).absolute(0);
         }
         let shared = Arc::new(Shared {
+            // An advisory comes about ack_wait after the delivery it is about.
+            ledger: Mutex::new(Ledger::new(
+                s.ack_wait.saturating_mul(4).max(Duration::from_secs(60)),
+                s.batch.saturating_mul(16).max(4096),
+            )),
             name: s.name.clone(),
             stop: watch::Sender::new(false),
             status: AtomicU8::new(STARTING),
@@ -276,13 +287,22 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 /// # Dead letters
 ///
 /// A message goes to the dead-letter subject when the handler fails its last delivery (or
-/// fails it permanently), and also when the last delivery gets no answer at all: the
-/// handler runs past `ack_wait`, or the process stops or crashes in the middle of it.
+/// fails it permanently), and also when the last delivery gets no answer within `ack_wait`
+/// from an instance that no longer holds it: the process stopped or crashed in the middle of
+/// it, or the message waited in the client's buffer past `ack_wait`.
 /// JetStream then delivers the message no more and announces it with the advisory
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`; every running instance
 /// of the consumer listens for it (one of them takes each, as a queue group), reads the
 /// message back from the stream by its sequence and sets it aside, with the error header
 /// saying that no answer came within `ack_wait`.
+///
+/// An instance never does both to one message: it keeps a bounded record of the stream
+/// sequences its loop holds (taken, not yet answered) and answered lately (for a few
+/// `ack_wait`s), and of those its listener set aside. The listener leaves a message its own
+/// loop holds or answered to that loop (which dead-letters it itself if the handler fails
+/// the last delivery; an `Ok` after `ack_wait` counts as handled), and the loop skips a
+/// message the listener set aside while it still waited in the client's buffer (its last
+/// `ack_wait` ran out before its turn: see [`ack_wait`](JetStreamConsumerBuilder::ack_wait)).
 ///
 /// The limits: JetStream sends the advisory once, when it would have delivered the message
 /// again (when a pull request is waiting, such as the one a restarted instance makes), and
@@ -290,8 +310,10 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 /// message gets no dead letter; it stays in the stream (up to the stream's limits), but no
 /// consumer is given it again. To keep a record of such messages, capture
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>` in a stream of its own.
-/// A handler that answers `Ok` after `ack_wait` on the last delivery has its event both
-/// handled and dead-lettered: replaying a dead letter into a handler that records event ids
+/// With several instances, the advisory goes to any one of them: one that does not hold the
+/// message dead-letters it even while another still has it in its buffer or its handler,
+/// and that other then handles it too (as does a handler that answers `Ok` after the
+/// record forgot the message). Replaying a dead letter into a handler that records event ids
 /// with the [`Inbox`](crate::inbox) is harmless. A message gone from the stream by then
 /// (its limits, or deleted) is logged, not dead-lettered.
 pub struct JetStreamConsumer {
@@ -367,6 +389,14 @@ pub(crate) struct Shared {
     pub(crate) redelivered: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) ledger: Mutex<Ledger>,
+}
+
+impl Shared {
+    /// The ledger, also after a panic elsewhere while it was held (it stays consistent).
+    pub(crate) fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A consumer's handle: `Clone`, cheap. Reports as pattern `cqrs`, as the relay's does.

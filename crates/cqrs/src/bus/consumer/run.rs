@@ -175,6 +175,11 @@ where
             Err(_) => (0, 1),
         };
         let name = self.settings.name.to_string();
+        // Sequence 0: no metadata to read it from, nothing to record.
+        if stream_sequence != 0 && !self.shared.ledger().take(stream_sequence) {
+            tracing::debug!(target: "tower_patterns::cqrs", consumer = %name, stream_sequence, delivered, "set aside from the max-deliveries advisory while it waited its turn: skipped");
+            return Ok(());
+        }
         if delivered > 1 {
             self.shared.redelivered.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(REDELIVERED, "name" => name.clone()).increment(1);
@@ -211,6 +216,7 @@ where
                 if let Err(e) = message.ack().await {
                     tracing::warn!(target: "tower_patterns::cqrs", consumer = %name, error = %e, "ack failed");
                 }
+                self.shared.ledger().answered(stream_sequence);
                 self.shared.handled.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(HANDLED, "name" => name).increment(1);
             }
@@ -226,10 +232,18 @@ where
                 if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
                     tracing::warn!(target: "tower_patterns::cqrs", consumer = %name, error = %e, "nak failed");
                 }
+                self.shared.ledger().released(stream_sequence);
             }
             Outcome::DeadLetter(error) => {
-                self.dead_letter(&message, stream_sequence, delivered, &error, stop)
+                let stored = self
+                    .dead_letter(&message, stream_sequence, delivered, &error, stop)
                     .await;
+                let mut ledger = self.shared.ledger();
+                if stored {
+                    ledger.answered(stream_sequence);
+                } else {
+                    ledger.released(stream_sequence);
+                }
             }
         }
         Ok(())
@@ -243,7 +257,9 @@ where
     }
 
     /// Publishes the message to the dead-letter subject (retrying until JetStream stores
-    /// it, keeping the message in progress meanwhile), then terminates it.
+    /// it, keeping the message in progress meanwhile: a progress ack before each wait, and
+    /// no wait as long as half of `ack_wait`), then terminates it; `false` when stopped
+    /// first.
     async fn dead_letter(
         &mut self,
         message: &jetstream::Message,
@@ -251,7 +267,7 @@ where
         delivered: u64,
         error: &str,
         stop: &mut watch::Receiver<bool>,
-    ) {
+    ) -> bool {
         let info = message.info().ok();
         let source = info.as_ref().map_or("", |i| i.stream).to_owned();
         let (subject, headers) = letter(
@@ -278,16 +294,19 @@ where
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, %subject, error = %e, attempt, "dead letter not stored, retrying");
                     let _ = message.ack_with(AckKind::Progress).await;
-                    let delay = self.settings.backoff.delay(
-                        attempt,
-                        Duration::ZERO,
-                        self.settings.cap,
-                        &mut self.rng,
-                    );
+                    let cap = self
+                        .settings
+                        .cap
+                        .min(self.settings.ack_wait / 2)
+                        .max(Duration::from_millis(1));
+                    let delay =
+                        self.settings
+                            .backoff
+                            .delay(attempt, Duration::ZERO, cap, &mut self.rng);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         // Left unacknowledged: JetStream delivers it again after ack_wait.
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = stop.wait_for(|s| *s) => return false,
                     }
                 }
             }
@@ -296,6 +315,7 @@ where
             tracing::warn!(target: "tower_patterns::cqrs", consumer = %self.settings.name, error = %e, "term failed");
         }
         counted(&self.shared, &self.settings);
+        true
     }
 }
 
@@ -384,9 +404,15 @@ impl Lost {
         deliveries: u64,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
+        // This instance's loop holds it or answered it lately: the loop deals with it (and
+        // dead-letters it itself if the handler fails it).
+        if !self.shared.ledger().claim(sequence) {
+            tracing::debug!(target: "tower_patterns::cqrs", consumer = %self.settings.name, sequence, deliveries, "out of deliveries, but handled here: left to the consumer's loop");
+            return true;
+        }
         let source = self.stream.cached_info().config.name.clone();
         let error = format!(
-            "no answer to delivery {deliveries} of {} within ack_wait (the handler ran longer, or the consumer stopped)",
+            "no answer to delivery {deliveries} of {} within ack_wait (the consumer stopped, or it waited its turn too long)",
             self.settings.max_deliver
         );
         let mut attempt = 0u32;
