@@ -11,7 +11,8 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 use tower_patterns_core::rng::SplitMix64;
 use tower_patterns_eventstore::{
-    EventData, EventStore, ExpectedVersion, GlobalPosition, postgres::PostgresStore, subscribe,
+    Direction, EventData, EventStore, ExpectedVersion, GlobalPosition, postgres::PostgresStore,
+    subscribe,
 };
 
 fn ev(n: u64) -> EventData {
@@ -1129,4 +1130,70 @@ async fn a_temporary_tp_events_captures_no_append() {
         in_sql, 1,
         "the reader in SQL reads the store's log, not the temporary table"
     );
+}
+
+/// A connection of the store's own pool given a temporary `tp_events` (with an event of its
+/// own) still reads and writes the store: its statements name the store's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_tp_events_on_the_stores_connection_captures_no_read() {
+    let Some(url) = common::fresh_postgres("temppool").await else {
+        return;
+    };
+    // One connection, so every statement below runs on the one with the temporary table.
+    let store = PostgresStore::connect(&url, 1).await.unwrap();
+    store
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TEMP TABLE tp_events (LIKE public.tp_events INCLUDING ALL);
+             INSERT INTO tp_events (commit_no, stream_id, version, event_id, event_type,
+                                    schema_version, payload, metadata, recorded_at)
+             VALUES (1, 's', 1, gen_random_uuid(), 'Bogus', 1, '{}', '{}', 0)",
+        )
+        .await
+        .unwrap();
+    let appended = store
+        .append("s", ExpectedVersion::NoStream, vec![ev(1)])
+        .await
+        .unwrap();
+    let pos = appended.positions[0];
+
+    let log = store.read_all(GlobalPosition::START, 10).await.unwrap();
+    assert_eq!(
+        log.iter()
+            .map(|e| (e.position, e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        [(pos, "E")],
+        "read_all reads the store's log"
+    );
+    let head = store.head().await.unwrap().unwrap();
+    assert_eq!((head.position, head.event_type.as_str()), (pos, "E"));
+    assert_eq!(
+        store.count_after(GlobalPosition::START, 10).await.unwrap(),
+        1
+    );
+    let stream = store
+        .read_stream("s", 0, Direction::Forward, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        stream
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["E"],
+        "read_stream too"
+    );
+    let temp: i64 = store
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM pg_temp.tp_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temp, 1, "the temporary table took no event");
 }

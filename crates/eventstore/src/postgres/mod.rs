@@ -20,12 +20,14 @@
 //!
 //! Stores in several schemas of one database (each connected with its schema first in the
 //! `search_path`, e.g. `?options=-csearch_path%3Dorders`) each keep their own log, numbers and
-//! functions. One transaction may append to several of them
-//! ([`append_in`](PostgresStore::append_in) appends to its store's schema whichever
-//! connection the transaction is on): it holds back each store's readers from its first append
-//! to that store. They share the lock keys, though: an open append to one store may delay the
-//! other stores' readers until it ends too (never skips), and makes their gate take the
-//! `pg_locks` scan while it is open.
+//! functions. A store keeps to the schema [`connect`](PostgresStore::connect) set it up in
+//! (the first of the `search_path` that exists), whatever the `search_path`, role or temporary
+//! tables of the session its statements, or calls of its functions in SQL, run in. One
+//! transaction may append to several of them ([`append_in`](PostgresStore::append_in) appends
+//! to its store's schema whichever connection the transaction is on): it holds back each
+//! store's readers from its first append to that store. They share the lock keys, though: an
+//! open append to one store may delay the other stores' readers until it ends too (never
+//! skips), and makes their gate take the `pg_locks` scan while it is open.
 //!
 //! The gate costs a reader one more statement, pipelined with the read (no extra round trip):
 //! about 0.015 ms of server time when no append is under way (a try-lock), about 0.15 ms when
@@ -91,9 +93,7 @@ use append::{append_tx, is_race};
 use gate::GateCache;
 use listen::listen;
 use rows::{row_to_event, to_i64, to_u64};
-use schema::{
-    COLUMNS, GATE, append_sql, count_after_at_gate, head_at_gate, read_all_at_gate, schema_sql,
-};
+use schema::{Statements, schema_sql};
 
 const POLL: Duration = Duration::from_millis(250);
 /// How long a gate is reused by default (see [`PostgresStore::with_gate_reuse`]).
@@ -106,8 +106,8 @@ struct Inner {
     listener: Option<tokio::task::JoinHandle<()>>,
     /// The last gate, for readers that come within the reuse interval.
     gate: GateCache,
-    /// The append, through the `tp_append` of the schema the store was set up in.
-    append_sql: String,
+    /// The statements, naming the schema the store was set up in.
+    sql: Statements,
 }
 
 impl Drop for Inner {
@@ -191,7 +191,7 @@ impl PostgresStore {
                 clock: Box::new(SystemTime::now),
                 listener,
                 gate: GateCache::new(GATE_REUSE),
-                append_sql: append_sql(&schema),
+                sql: Statements::new(&schema),
             }),
         })
     }
@@ -258,7 +258,7 @@ impl PostgresStore {
     ) -> Result<AppendResult, Error> {
         validate(stream, &events)?;
         let stmt = tx
-            .prepare(&self.inner.append_sql)
+            .prepare(&self.inner.sql.append)
             .await
             .map_err(Error::backend)?;
         append_tx(
@@ -290,7 +290,10 @@ impl PostgresStore {
             return client.query(&stmt, &all).await.map_err(Error::backend);
         }
         let asked = Instant::now();
-        let gate_stmt = client.prepare_cached(GATE).await.map_err(Error::backend)?;
+        let gate_stmt = client
+            .prepare_cached(&self.inner.sql.gate)
+            .await
+            .map_err(Error::backend)?;
         let (gate, rows) = futures_util::future::join(
             client.query_one(&gate_stmt, &[]),
             client.query(&stmt, &all),
@@ -317,7 +320,7 @@ impl EventStore for PostgresStore {
             // One statement, so one implicit transaction: no BEGIN/COMMIT round trips.
             let client = self.client().await?;
             let stmt = client
-                .prepare_cached(&self.inner.append_sql)
+                .prepare_cached(&self.inner.sql.append)
                 .await
                 .map_err(Error::backend)?;
             match append_tx(&**client, &stmt, stream, expected, &events, recorded_at).await {
@@ -344,16 +347,10 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, Error> {
         let client = self.client().await?;
         let sql = match direction {
-            Direction::Forward => format!(
-                "SELECT {COLUMNS} FROM tp_events WHERE stream_id = $1 AND version >= $2 \
-                 ORDER BY tp_events.version LIMIT $3"
-            ),
-            Direction::Backward => format!(
-                "SELECT {COLUMNS} FROM tp_events WHERE stream_id = $1 AND version <= $2 \
-                 ORDER BY tp_events.version DESC LIMIT $3"
-            ),
+            Direction::Forward => &self.inner.sql.stream_forward,
+            Direction::Backward => &self.inner.sql.stream_backward,
         };
-        let stmt = client.prepare_cached(&sql).await.map_err(Error::backend)?;
+        let stmt = client.prepare_cached(sql).await.map_err(Error::backend)?;
         let rows = client
             .query(
                 &stmt,
@@ -375,7 +372,7 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, Error> {
         let rows = self
             .gated(
-                &read_all_at_gate(),
+                &self.inner.sql.read_all_at_gate,
                 &[
                     &to_i64(after.commit),
                     &to_i64(after.index),
@@ -387,14 +384,14 @@ impl EventStore for PostgresStore {
     }
 
     async fn head(&self) -> Result<Option<RecordedEvent>, Error> {
-        let rows = self.gated(&head_at_gate(), &[]).await?;
+        let rows = self.gated(&self.inner.sql.head_at_gate, &[]).await?;
         rows.first().map(row_to_event).transpose()
     }
 
     async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
         let rows = self
             .gated(
-                &count_after_at_gate(),
+                &self.inner.sql.count_after_at_gate,
                 &[&to_i64(after.commit), &to_i64(after.index), &to_i64(limit)],
             )
             .await?;
@@ -404,10 +401,7 @@ impl EventStore for PostgresStore {
     async fn find_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, Error> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM tp_events WHERE event_id = $1"),
-                &[&id],
-            )
+            .query_opt(&self.inner.sql.find_event, &[&id])
             .await
             .map_err(Error::backend)?;
         row.as_ref().map(row_to_event).transpose()
@@ -416,10 +410,7 @@ impl EventStore for PostgresStore {
     async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "SELECT version FROM tp_streams WHERE stream_id = $1",
-                &[&stream],
-            )
+            .query_opt(&self.inner.sql.stream_version, &[&stream])
             .await
             .map_err(Error::backend)?;
         Ok(row.map_or(0, |r| to_u64(r.get(0))))
@@ -428,10 +419,7 @@ impl EventStore for PostgresStore {
     async fn stream_metadata(&self, stream: &str) -> Result<Option<serde_json::Value>, Error> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "SELECT metadata::text FROM tp_streams WHERE stream_id = $1",
-                &[&stream],
-            )
+            .query_opt(&self.inner.sql.stream_metadata, &[&stream])
             .await
             .map_err(Error::backend)?;
         parse_stream_metadata(stream, row.and_then(|r| r.get::<_, Option<String>>(0)))
@@ -445,8 +433,7 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO tp_streams (stream_id, version, metadata) VALUES ($1, 0, $2::text::json) \
-                 ON CONFLICT (stream_id) DO UPDATE SET metadata = excluded.metadata",
+                &self.inner.sql.set_stream_metadata,
                 &[&stream, &metadata.to_string()],
             )
             .await
@@ -457,10 +444,7 @@ impl EventStore for PostgresStore {
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, Error> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "SELECT version, snapshot_version, state::text FROM tp_snapshots WHERE stream_id = $1",
-                &[&stream],
-            )
+            .query_opt(&self.inner.sql.load_snapshot, &[&stream])
             .await
             .map_err(Error::backend)?;
         Ok(row.and_then(|r| {
@@ -477,10 +461,7 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO tp_snapshots (stream_id, version, snapshot_version, state) \
-                 VALUES ($1, $2, $3, $4::text::json) ON CONFLICT (stream_id) DO UPDATE SET \
-                 version = excluded.version, snapshot_version = excluded.snapshot_version, \
-                 state = excluded.state WHERE excluded.version >= tp_snapshots.version",
+                &self.inner.sql.save_snapshot,
                 &[
                     &stream,
                     &to_i64(snapshot.version),

@@ -63,12 +63,12 @@
 //! schema `b` and `b.tp_append(...)` appends to it, whatever the caller's `search_path`, role
 //! (a `"$user"` in a saved `search_path` would be the caller's, so a role owning a schema with
 //! its own store would reach that one) or temporary tables (`pg_temp`, searched first unless
-//! named, comes last). The store calls its own schema's `tp_append` by name, so one
-//! transaction, on any connection to the database, can append to stores in several schemas.
-//! `tp_gate_alone()` too, though only the store calls it: the clause costs about 2 microseconds
-//! of server time a call (measured on its cheap path), against the connection's search
-//! resolving it elsewhere (a temporary `tp_commit_seq`, a schema named after a role the
-//! connection was switched to).
+//! named, comes last). `tp_gate_alone()` too, though only the store calls it: the clause costs
+//! about 2 microseconds of server time a call (measured on its cheap path). The store's own
+//! statements name the schema `connect` found (`current_schema()`) too (`Statements`), so
+//! one transaction, on any connection to the database, can append to stores in several
+//! schemas, and a connection of the store's pool switched to another role, or given a
+//! temporary `tp_events`, still reads and writes the store.
 //!
 //! The two steps need two snapshots. The store runs `tp_gate_alone()` and then the read as two
 //! autocommit statements (`gate.rs`). `tp_read_all(commit, seq, max)`, for readers in SQL, is
@@ -281,23 +281,91 @@ END;
 $$;
 ";
 
-/// The append, through the `tp_append` of `schema` (the store's own, whatever the search_path
-/// of the connection it runs on).
-pub(super) fn append_sql(schema: &str) -> String {
-    format!(
-        "SELECT r_status, r_stream, r_id, r_version, r_commit, r_seq \
-         FROM {}.tp_append($1, $2, $3, $4, $5, $6, $7, $8)",
-        quote_ident(schema)
-    )
+/// The store's statements, every table and function named with the store's schema: they reach
+/// the store whatever the `search_path` of the connection they run on (also one of another
+/// store's pool, for the append; also one a caller switched to another role, or gave a
+/// temporary `tp_events`, for the rest).
+pub(super) struct Statements {
+    /// The append, through the schema's `tp_append`.
+    pub(super) append: String,
+    /// Computes the gate and keeps it in the session (`tp.gate`) for the read pipelined right
+    /// after it (see `gate.rs`); answers it too, for reuse.
+    pub(super) gate: String,
+    pub(super) read_all_at_gate: String,
+    pub(super) head_at_gate: String,
+    pub(super) count_after_at_gate: String,
+    pub(super) stream_forward: String,
+    pub(super) stream_backward: String,
+    pub(super) find_event: String,
+    pub(super) stream_version: String,
+    pub(super) stream_metadata: String,
+    pub(super) set_stream_metadata: String,
+    pub(super) load_snapshot: String,
+    pub(super) save_snapshot: String,
+}
+
+impl Statements {
+    pub(super) fn new(schema: &str) -> Self {
+        let s = quote_ident(schema);
+        let read_all_at_gate = format!(
+            "SELECT {COLUMNS} FROM {s}.tp_events WHERE (commit_no, seq) > ($1, $2) \
+             AND commit_no <= {} ORDER BY tp_events.commit_no, tp_events.seq LIMIT $3",
+            bound(4)
+        );
+        let head_at_gate = format!(
+            "SELECT {COLUMNS} FROM {s}.tp_events WHERE commit_no <= {} \
+             ORDER BY tp_events.commit_no DESC, tp_events.seq DESC LIMIT 1",
+            bound(1)
+        );
+        let count_after_at_gate = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {s}.tp_events \
+             WHERE (commit_no, seq) > ($1, $2) AND commit_no <= {} LIMIT $3) s",
+            bound(4)
+        );
+        Self {
+            append: format!(
+                "SELECT r_status, r_stream, r_id, r_version, r_commit, r_seq \
+                 FROM {s}.tp_append($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            gate: format!("SELECT set_config('tp.gate', {s}.tp_gate_alone()::text, false)::bigint"),
+            read_all_at_gate,
+            head_at_gate,
+            count_after_at_gate,
+            stream_forward: format!(
+                "SELECT {COLUMNS} FROM {s}.tp_events WHERE stream_id = $1 AND version >= $2 \
+                 ORDER BY tp_events.version LIMIT $3"
+            ),
+            stream_backward: format!(
+                "SELECT {COLUMNS} FROM {s}.tp_events WHERE stream_id = $1 AND version <= $2 \
+                 ORDER BY tp_events.version DESC LIMIT $3"
+            ),
+            find_event: format!("SELECT {COLUMNS} FROM {s}.tp_events WHERE event_id = $1"),
+            stream_version: format!("SELECT version FROM {s}.tp_streams WHERE stream_id = $1"),
+            stream_metadata: format!(
+                "SELECT metadata::text FROM {s}.tp_streams WHERE stream_id = $1"
+            ),
+            set_stream_metadata: format!(
+                "INSERT INTO {s}.tp_streams (stream_id, version, metadata) \
+                 VALUES ($1, 0, $2::text::json) \
+                 ON CONFLICT (stream_id) DO UPDATE SET metadata = excluded.metadata"
+            ),
+            load_snapshot: format!(
+                "SELECT version, snapshot_version, state::text FROM {s}.tp_snapshots \
+                 WHERE stream_id = $1"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.tp_snapshots (stream_id, version, snapshot_version, state) \
+                 VALUES ($1, $2, $3, $4::text::json) ON CONFLICT (stream_id) DO UPDATE SET \
+                 version = excluded.version, snapshot_version = excluded.snapshot_version, \
+                 state = excluded.state WHERE excluded.version >= tp_snapshots.version"
+            ),
+        }
+    }
 }
 
 /// The columns [`row_to_event`](super::rows::row_to_event) reads, in its order.
-pub(super) const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, event_type, \
+const COLUMNS: &str = "commit_no, seq, stream_id, version, event_id, event_type, \
                        schema_version, payload::text AS payload_text, metadata::text AS metadata_text";
-
-/// Computes the gate and keeps it in the session (`tp.gate`) for the read pipelined right
-/// after it (see `gate.rs`); answers it too, for reuse.
-pub(super) const GATE: &str = "SELECT set_config('tp.gate', tp_gate_alone()::text, false)::bigint";
 
 /// The read's bound: parameter `$n` when given (a gate reused), else the session's `tp.gate`.
 /// A value left from an earlier read is an older gate: smaller, so only delaying; none at all
@@ -306,26 +374,38 @@ fn bound(n: u8) -> String {
     format!("COALESCE(${n}::bigint, NULLIF(current_setting('tp.gate', true), '')::bigint)")
 }
 
-pub(super) fn read_all_at_gate() -> String {
-    format!(
-        "SELECT {COLUMNS} FROM tp_events WHERE (commit_no, seq) > ($1, $2) AND commit_no <= {} \
-         ORDER BY tp_events.commit_no, tp_events.seq LIMIT $3",
-        bound(4)
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(super) fn head_at_gate() -> String {
-    format!(
-        "SELECT {COLUMNS} FROM tp_events WHERE commit_no <= {} \
-         ORDER BY tp_events.commit_no DESC, tp_events.seq DESC LIMIT 1",
-        bound(1)
-    )
-}
+    #[test]
+    fn a_name_is_quoted_as_one_identifier() {
+        assert_eq!(quote_ident("orders"), r#""orders""#);
+        assert_eq!(
+            quote_ident(r#"a"; DROP TABLE x; --"#),
+            r#""a""; DROP TABLE x; --""#
+        );
+    }
 
-pub(super) fn count_after_at_gate() -> String {
-    format!(
-        "SELECT count(*) FROM (SELECT 1 FROM tp_events \
-         WHERE (commit_no, seq) > ($1, $2) AND commit_no <= {} LIMIT $3) s",
-        bound(4)
-    )
+    #[test]
+    fn every_statement_names_the_schema() {
+        let st = Statements::new("s");
+        for sql in [
+            &st.append,
+            &st.gate,
+            &st.read_all_at_gate,
+            &st.head_at_gate,
+            &st.count_after_at_gate,
+            &st.stream_forward,
+            &st.stream_backward,
+            &st.find_event,
+            &st.stream_version,
+            &st.stream_metadata,
+            &st.set_stream_metadata,
+            &st.load_snapshot,
+            &st.save_snapshot,
+        ] {
+            assert!(sql.contains(r#""s".tp_"#), "{sql}");
+        }
+    }
 }
