@@ -532,6 +532,16 @@ impl<P: PostgresProjection> Target for PostgresTarget<P> {
         let result = async {
             let client = self.client(&slot.checkpoint)?;
             let tx = client.transaction().await?;
+            // Never the live copy's tables: when the live row holds this version (another
+            // runner swapped it in), the runner is told to reload instead.
+            let live = lock_row(&tx, slot.tables.projection()).await?;
+            if live
+                .and_then(|(_, v)| v)
+                .and_then(|v| u32::try_from(v).ok())
+                == Some(slot.tables.version())
+            {
+                return Err(fenced(&slot.checkpoint));
+            }
             drop_prefix(&*tx, &slot.tables.prefix()).await?;
             tx.execute(
                 "DELETE FROM tp_checkpoints WHERE name = $1",

@@ -325,6 +325,13 @@ impl<P: SqliteProjection> Target for SqliteTarget<P> {
         let slot = slot.clone();
         self.blocking(move |conn, _| {
             let tx = immediate(conn)?;
+            // Never the live copy's tables: when the live row holds this version (another
+            // runner swapped it in), the runner is told to reload instead.
+            if rows::load(&tx, slot.tables.projection())?
+                .is_some_and(|live| live.version == slot.tables.version())
+            {
+                return Err(fenced(&slot));
+            }
             drop_prefix(&tx, &slot.tables.prefix())?;
             rows::delete(&tx, &slot.checkpoint)?;
             tx.commit()?;
