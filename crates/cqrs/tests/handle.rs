@@ -9,16 +9,18 @@ mod runner_support;
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::Duration,
 };
 
 use metrics_util::debugging::DebuggingRecorder;
 use runner_support::{Ledger, append_n, metric, metrics_now, seen};
+use tower_patterns_core::BoxError;
 use tower_patterns_core::observe::{Health, StateHandle};
 use tower_patterns_cqrs::{
-    ApplyError, Projection, ProjectionError, SqliteProjection, Status, Tables,
+    ApplyError, Checkpoint, CheckpointStore, ExternalProjection, MemoryCheckpoints, Projection,
+    ProjectionError, SqliteProjection, Status, Tables,
 };
 use tower_patterns_eventstore::{
     AppendResult, Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition,
@@ -166,6 +168,9 @@ struct Flaky {
     inner: InMemoryStore,
     failures: Arc<AtomicU32>,
     heads: Arc<AtomicU32>,
+    /// While set, `count_after` (the lag's measurement) never answers: a database that is
+    /// down, whose pool waits.
+    hang_counts: Arc<AtomicBool>,
 }
 
 impl EventStore for Flaky {
@@ -227,6 +232,9 @@ impl EventStore for Flaky {
         self.inner.head().await
     }
     async fn count_after(&self, after: GlobalPosition, limit: u64) -> Result<u64, Error> {
+        if self.hang_counts.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.count_after(after, limit).await
     }
     async fn wait_for_events(&self, after: GlobalPosition) {
@@ -300,6 +308,86 @@ async fn wait_for_wakes_on_the_commit_not_on_a_polling_interval() {
     assert!(handle.wait_for(at, Duration::from_secs(3600)).await);
     // Paused time moves only when every task waits on a timer: none did.
     assert_eq!(started.elapsed(), Duration::ZERO);
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+/// Checkpoints in memory whose first `failures` advances fail (the database is down).
+#[derive(Clone, Default)]
+struct Down {
+    inner: MemoryCheckpoints,
+    failures: Arc<AtomicU32>,
+}
+
+impl CheckpointStore for Down {
+    async fn load(&self, name: &str) -> Result<Option<Checkpoint>, BoxError> {
+        self.inner.load(name).await
+    }
+
+    async fn save(
+        &self,
+        name: &str,
+        expected: Checkpoint,
+        new: Checkpoint,
+    ) -> Result<bool, BoxError> {
+        let failing = new.position > GlobalPosition::START
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if failing {
+            return Err("database is down".into());
+        }
+        self.inner.save(name, expected, new).await
+    }
+
+    async fn dead_letter(
+        &self,
+        name: &str,
+        event: &RecordedEvent,
+        error: &str,
+        attempts: u32,
+        expected: Checkpoint,
+        new: Checkpoint,
+    ) -> Result<bool, BoxError> {
+        self.inner
+            .dead_letter(name, event, error, attempts, expected, new)
+            .await
+    }
+}
+
+struct Nothing;
+
+impl ExternalProjection for Nothing {
+    async fn apply(&self, _: &RecordedEvent) -> Result<(), ApplyError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lag_measurement_that_hangs_does_not_put_off_the_next_try() {
+    let store = Arc::new(Flaky::default());
+    let head = append_n(&*store, "shop", 10).await;
+    // The read model's database is down, and so is the store's (the same database): the
+    // lag cannot be measured while the runner waits to try again.
+    store.hang_counts.store(true, Ordering::SeqCst);
+    let checkpoints = Down::default();
+    checkpoints.failures.store(3, Ordering::SeqCst);
+    let (handle, task) = Projection::builder("catalog")
+        .source(store.clone())
+        .external(checkpoints.clone(), Nothing)
+        .build()
+        .unwrap()
+        .spawn();
+    let started = tokio::time::Instant::now();
+    // Three backoffs (100 ms doubling, jittered): the retries come on time.
+    assert!(handle.wait_for(head, Duration::from_secs(60)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(checkpoints.failures.load(Ordering::SeqCst), 0);
     handle.shutdown();
     task.await.unwrap().unwrap();
 }

@@ -344,3 +344,310 @@ async fn an_external_rebuild_replays_the_log_into_the_same_effect() -> Result<()
     task.await??;
     Ok(())
 }
+
+/// Decides, for each checkpoint write (name, expected, new), whether it fails and with what.
+type Script = Box<dyn FnMut(&str, Checkpoint, Checkpoint) -> Option<BoxError> + Send>;
+
+/// Checkpoints in memory whose writes fail as a script says (a checkpoint service that is
+/// down for a while, or refuses for good).
+#[derive(Clone)]
+struct Scripted {
+    inner: MemoryCheckpoints,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Scripted {
+    fn new(
+        script: impl FnMut(&str, Checkpoint, Checkpoint) -> Option<BoxError> + Send + 'static,
+    ) -> Self {
+        Self {
+            inner: MemoryCheckpoints::new(),
+            script: Arc::new(Mutex::new(Box::new(script))),
+        }
+    }
+}
+
+impl CheckpointStore for Scripted {
+    async fn load(&self, name: &str) -> Result<Option<Checkpoint>, BoxError> {
+        self.inner.load(name).await
+    }
+
+    async fn save(
+        &self,
+        name: &str,
+        expected: Checkpoint,
+        new: Checkpoint,
+    ) -> Result<bool, BoxError> {
+        let failure = (self.script.lock().unwrap())(name, expected, new);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.inner.save(name, expected, new).await
+    }
+
+    async fn dead_letter(
+        &self,
+        name: &str,
+        event: &RecordedEvent,
+        error: &str,
+        attempts: u32,
+        expected: Checkpoint,
+        new: Checkpoint,
+    ) -> Result<bool, BoxError> {
+        self.inner
+            .dead_letter(name, event, error, attempts, expected, new)
+            .await
+    }
+}
+
+/// Whether a write is a rebuild's advance (not its opening, not its reset).
+fn rebuild_advance(name: &str, new: Checkpoint) -> bool {
+    name == "search#rebuild" && new.position > GlobalPosition::START && new != Checkpoint::default()
+}
+
+/// Runs an external projection over 40 events with `checkpoints`, asks for a rebuild and
+/// returns once it is swapped in or abandoned, with the handle and the runner's task.
+async fn rebuild_with(
+    store: &Arc<InMemoryStore>,
+    checkpoints: Scripted,
+) -> (
+    tower_patterns_cqrs::ProjectionHandle,
+    tokio::task::JoinHandle<Result<(), tower_patterns_cqrs::ProjectionError>>,
+) {
+    let head = append_n(&**store, "shop", 40).await;
+    let (handle, task) = Projection::builder("search")
+        .source(store.clone())
+        .external(checkpoints, Deliveries::default())
+        .batch(8)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WAIT).await);
+    handle.rebuild();
+    // Long enough for every attempt of a rebuild that keeps failing (paused time).
+    handle
+        .wait_for_status(Duration::from_secs(600), |_| {
+            handle.tables().version() == 2 || handle.last_error().is_some()
+        })
+        .await;
+    (handle, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_whose_writes_fail_for_a_while_waits_them_out_and_is_swapped_in()
+-> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    let failed = Arc::new(Mutex::new(0u32));
+    let checkpoints = Scripted::new({
+        let failed = failed.clone();
+        move |name, _, new| {
+            let mut failed = failed.lock().unwrap();
+            (rebuild_advance(name, new) && *failed < 3).then(|| {
+                *failed += 1;
+                "checkpoint service unavailable".into()
+            })
+        }
+    });
+    let (handle, task) = rebuild_with(&store, checkpoints.clone()).await;
+    assert_eq!(*failed.lock().unwrap(), 3);
+    assert!(handle.last_error().is_none(), "{:?}", handle.last_error());
+    assert_eq!(handle.tables().version(), 2);
+    // The live copy goes on after the swap.
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        checkpoints.load("search").await?.map(|c| c.version),
+        Some(2)
+    );
+    handle.shutdown();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_whose_writes_keep_failing_is_abandoned_after_its_attempts_in_a_row()
+-> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    let failed = Arc::new(Mutex::new(0u32));
+    let checkpoints = Scripted::new({
+        let failed = failed.clone();
+        move |name, _, new| {
+            rebuild_advance(name, new).then(|| {
+                *failed.lock().unwrap() += 1;
+                "checkpoint service unavailable".into()
+            })
+        }
+    });
+    let (handle, task) = rebuild_with(&store, checkpoints.clone()).await;
+    let error = handle.last_error().expect("abandoned");
+    assert!(
+        error.to_string().contains("checkpoint service unavailable"),
+        "{error}"
+    );
+    assert_eq!(*failed.lock().unwrap(), 20);
+    assert_eq!(handle.tables().version(), 1);
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        checkpoints.load("search").await?.map(|c| c.version),
+        Some(1)
+    );
+    handle.shutdown();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_whose_advance_fails_for_good_is_abandoned_at_once() -> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    let failed = Arc::new(Mutex::new(0u32));
+    let checkpoints = Scripted::new({
+        let failed = failed.clone();
+        move |name, _, new| {
+            rebuild_advance(name, new).then(|| {
+                *failed.lock().unwrap() += 1;
+                ApplyError::permanent("checkpoint quota exceeded").into()
+            })
+        }
+    });
+    let (handle, task) = rebuild_with(&store, checkpoints.clone()).await;
+    let error = handle.last_error().expect("abandoned");
+    assert!(
+        error.to_string().contains("checkpoint quota exceeded"),
+        "{error}"
+    );
+    assert_eq!(*failed.lock().unwrap(), 1);
+    assert_eq!(handle.tables().version(), 1);
+    assert_eq!(
+        checkpoints
+            .load("search#rebuild")
+            .await?
+            .unwrap_or_default(),
+        Checkpoint::default()
+    );
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    handle.shutdown();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuild_whose_swap_fails_for_good_is_abandoned_and_the_live_copy_goes_on()
+-> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    // The swap's first write: the live checkpoint taking version 2.
+    let failed = Arc::new(Mutex::new(0u32));
+    let checkpoints = Scripted::new({
+        let failed = failed.clone();
+        move |name, _, new| {
+            (name == "search" && new.version == 2).then(|| {
+                *failed.lock().unwrap() += 1;
+                ApplyError::permanent("checkpoint schema rejects version 2").into()
+            })
+        }
+    });
+    let (handle, task) = rebuild_with(&store, checkpoints.clone()).await;
+    let error = handle.last_error().expect("abandoned");
+    assert!(error.to_string().contains("rejects version 2"), "{error}");
+    assert_eq!(*failed.lock().unwrap(), 1);
+    assert_eq!(handle.tables().version(), 1);
+    assert_eq!(
+        checkpoints
+            .load("search#rebuild")
+            .await?
+            .unwrap_or_default(),
+        Checkpoint::default()
+    );
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        checkpoints.load("search").await?.map(|c| c.version),
+        Some(1)
+    );
+    handle.shutdown();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_external_swap_whose_second_write_fails_stands() -> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    // The swap's second write: the rebuild's row reset once the live one took it.
+    let failed = Arc::new(Mutex::new(0u32));
+    let checkpoints = Scripted::new({
+        let failed = failed.clone();
+        move |name, expected, new| {
+            let mut failed = failed.lock().unwrap();
+            (name == "search#rebuild"
+                && new == Checkpoint::default()
+                && expected.position > GlobalPosition::START
+                && *failed == 0)
+                .then(|| {
+                    *failed += 1;
+                    ApplyError::permanent("checkpoint service gone").into()
+                })
+        }
+    });
+    let (handle, task) = rebuild_with(&store, checkpoints.clone()).await;
+    assert_eq!(*failed.lock().unwrap(), 1);
+    assert!(handle.last_error().is_none(), "{:?}", handle.last_error());
+    assert_eq!(handle.tables().version(), 2);
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, WAIT).await);
+    assert_eq!(
+        checkpoints.load("search").await?,
+        Some(Checkpoint {
+            position: later,
+            version: 2
+        })
+    );
+    handle.shutdown();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_rebuild_never_drops_tables_the_live_row_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let model = dir.path().join("model.db");
+    append_n(&*store, "shop", 20).await;
+    append(&*store, "poison", vec![event(&Shop::Poison {})]).await;
+    let head = append_n(&*store, "more", 20).await;
+    // The poison fails only in the rebuild's copy, which its policy abandons after retries.
+    let ledger = Ledger {
+        only_version: Some(2),
+        ..Ledger::failing(ApplyErrorKind::Transient)
+    };
+    let (handle, task) = Projection::builder("ledger")
+        .source(store.clone())
+        .sqlite(&model, ledger)
+        .batch(8)
+        .policy(FailurePolicy::retry(3))
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WAIT).await);
+    handle.rebuild();
+    handle
+        .wait_for_status(WAIT, |s| matches!(s, Status::Retrying { attempt: 1, .. }))
+        .await;
+    // Meanwhile another runner on the same file made version 2 live (as after a swap).
+    let conn = rusqlite::Connection::open(&model).unwrap();
+    conn.execute(
+        "UPDATE tp_checkpoints SET version = 2 WHERE name = 'ledger'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    // The abandon refuses to drop what the live row names: the runner reloads it instead.
+    handle
+        .wait_for_status(WAIT, |_| handle.tables().version() == 2)
+        .await;
+    assert_eq!(handle.tables(), Tables::new("ledger", 2));
+    assert_eq!(objects(&model, "ledger_v2_"), ["ledger_v2_seen"]);
+    assert_eq!(checkpoint_row(&model, "ledger#rebuild"), None);
+    handle.shutdown();
+    task.await.unwrap().unwrap();
+}

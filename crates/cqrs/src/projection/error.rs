@@ -71,6 +71,32 @@ impl ProjectionError {
     pub(crate) fn database(e: impl Into<BoxError>) -> Self {
         Self::Database(e.into())
     }
+
+    /// Whether trying the same work again cannot help: an event its failure policy gave up
+    /// on, or a database error that is an [`ApplyError`] of kind permanent (what a failing
+    /// `create` returns), a SQLite error other than busy or locked, or a PostgreSQL error
+    /// the server gave outside SQLSTATE classes 08, 40, 53 and 57. Anything else (the event
+    /// store, an unknown error of a checkpoint store, a lost connection) may pass.
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            Self::Apply { .. } => true,
+            Self::Database(e) => {
+                if let Some(e) = e.downcast_ref::<ApplyError>() {
+                    return !e.is_transient();
+                }
+                #[cfg(feature = "sqlite")]
+                if let Some(e) = e.downcast_ref::<rusqlite::Error>() {
+                    return !super::sqlite_transient(e);
+                }
+                #[cfg(feature = "postgres")]
+                if let Some(e) = e.downcast_ref::<tokio_postgres::Error>() {
+                    return !super::postgres_transient(e);
+                }
+                false
+            }
+            Self::Store(_) | Self::Fenced { .. } | Self::Shutdown => false,
+        }
+    }
 }
 
 impl fmt::Display for ProjectionError {
@@ -129,5 +155,33 @@ impl From<rusqlite::Error> for ProjectionError {
 impl From<tokio_postgres::Error> for ProjectionError {
     fn from(e: tokio_postgres::Error) -> Self {
         Self::database(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_that_cannot_pass_are_permanent() {
+        fn db(e: impl Into<BoxError>) -> ProjectionError {
+            ProjectionError::database(e)
+        }
+        assert!(db(ApplyError::permanent("no room")).is_permanent());
+        assert!(!db(ApplyError::transient("busy")).is_permanent());
+        assert!(!db("a checkpoint service's own error").is_permanent());
+        assert!(!ProjectionError::Shutdown.is_permanent());
+        #[cfg(feature = "sqlite")]
+        {
+            let sqlite = |code| {
+                db(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(code),
+                    None,
+                ))
+            };
+            assert!(!sqlite(rusqlite::ffi::SQLITE_BUSY).is_permanent());
+            assert!(!sqlite(rusqlite::ffi::SQLITE_LOCKED).is_permanent());
+            assert!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_permanent());
+        }
     }
 }

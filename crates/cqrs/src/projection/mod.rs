@@ -249,11 +249,28 @@ impl From<tower_patterns_eventstore::Error> for ApplyError {
 #[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for ApplyError {
     fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
-        match e.sqlite_error_code() {
-            Some(DatabaseBusy | DatabaseLocked) => Self::transient(e),
-            _ => Self::permanent(e),
+        if sqlite_transient(&e) {
+            Self::transient(e)
+        } else {
+            Self::permanent(e)
         }
+    }
+}
+
+/// Whether a SQLite error may pass on a later attempt: a busy or locked database.
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
+}
+
+/// Whether a PostgreSQL error may pass on a later attempt: no answer from the server, or
+/// SQLSTATE class 08, 40, 53 or 57.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(code) => matches!(&code.code()[..2], "08" | "40" | "53" | "57"),
     }
 }
 
@@ -262,11 +279,7 @@ impl From<rusqlite::Error> for ApplyError {
 #[cfg(feature = "postgres")]
 impl From<tokio_postgres::Error> for ApplyError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let transient = match e.code() {
-            None => true,
-            Some(code) => matches!(&code.code()[..2], "08" | "40" | "53" | "57"),
-        };
-        if transient {
+        if postgres_transient(&e) {
             Self::transient(e)
         } else {
             Self::permanent(e)

@@ -66,6 +66,11 @@ const ERROR_BACKOFF: Backoff = Backoff::Exponential {
 };
 const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(10);
 
+/// How many failures in a row of a rebuild's copy that may pass (a busy database, a lost
+/// connection) the rebuild waits out, with the backoff above, before it is abandoned: about
+/// two and a half minutes.
+pub(crate) const REBUILD_ATTEMPTS: u32 = 20;
+
 /// Why a step ended early.
 enum Exit {
     Shutdown,
@@ -125,6 +130,10 @@ struct Runner<S, T> {
     /// The live checkpoint the last `start` found.
     opened_at: Option<GlobalPosition>,
     previous_delay: Duration,
+    /// Failures in a row of the rebuild's copy, its last backoff, and when it may try again.
+    rebuild_failures: u32,
+    rebuild_previous: Duration,
+    rebuild_retry_at: Option<Instant>,
 }
 
 /// Runs the projection until shut down.
@@ -161,6 +170,9 @@ pub(crate) async fn run<S: EventStore, T: Target>(
         fences: 0,
         opened_at: None,
         previous_delay: Duration::ZERO,
+        rebuild_failures: 0,
+        rebuild_previous: Duration::ZERO,
+        rebuild_retry_at: None,
     };
     // A rebuild asked for before the runner started counts.
     runner.seen.rebuilds = 0;
@@ -225,6 +237,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                         if self.rebuild.take().is_some() {
                             self.rebuild_wanted = true;
                         }
+                        self.rebuild_recovered();
                         self.fences += 1;
                         break;
                     }
@@ -270,7 +283,9 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         let until = Instant::now() + delay;
         loop {
             if measure {
-                self.measure_lag_due().await?;
+                // Bounded by the backoff: a measurement waiting on a database that is down
+                // (the read model's may be the store's) must not put the next try off.
+                self.measure_lag_due(Some(until)).await?;
             }
             let next = self
                 .lag_measured
@@ -288,19 +303,31 @@ impl<S: EventStore, T: Target> Runner<S, T> {
     }
 
     /// Measures the live copy's lag and sets the gauges, unless it was measured less than a
-    /// second ago.
-    async fn measure_lag_due(&mut self) -> Result<(), Exit> {
+    /// second ago; gives up on the measurement at `deadline`.
+    async fn measure_lag_due(&mut self, deadline: Option<Instant>) -> Result<(), Exit> {
         if self.lag_measured.is_some_and(|t| t.elapsed() < LAG_EVERY) {
             return Ok(());
         }
         self.lag_measured = Some(Instant::now());
+        let expired = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let measured = tokio::select! {
-            r = measure_lag(&*self.store, self.live.position) => r,
+            r = measure_lag(&*self.store, self.live.position) => Some(r),
+            () = expired => None,
             () = until_shutdown(&mut self.control) => return Err(Exit::Shutdown),
         };
         match measured {
-            Ok(lag) => self.shared.set_lag(lag),
-            Err(e) => tracing::debug!(
+            Some(Ok(lag)) => self.shared.set_lag(lag),
+            None => tracing::debug!(
+                target: "tower_patterns::cqrs",
+                projection = %self.settings.name,
+                "lag not measured in time"
+            ),
+            Some(Err(e)) => tracing::debug!(
                 target: "tower_patterns::cqrs",
                 projection = %self.settings.name,
                 error = %e,
@@ -354,6 +381,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             limit: self.settings.batch,
         };
         self.rebuild = None;
+        self.rebuild_recovered();
         let leftover = self.rebuild_slot();
         self.target.discard(&leftover).await?;
         self.shared.set_status(Status::CatchingUp);
@@ -386,7 +414,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                 self.rebuild_wanted = true;
             }
         }
-        if self.rebuild_wanted {
+        if self.rebuild_wanted && self.rebuild_due() {
             self.rebuild_wanted = false;
             let slot = self.rebuild_slot();
             let opened = match self.target.discard(&slot).await {
@@ -395,14 +423,20 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             };
             let stored = match opened.map_err(Exit::from) {
                 Ok(stored) => stored,
-                // The rebuild's copy cannot be opened (its `create` failed): the live copy
-                // goes on without it.
-                Err(Exit::Transient(e)) => return self.abandon_rebuild(e).await,
+                // The rebuild's copy cannot be opened: tried again later if that may help
+                // (the live copy goes on meanwhile), abandoned if not (its `create` failed).
+                Err(Exit::Transient(e)) => {
+                    if self.rebuild_failed(e).await? {
+                        self.rebuild_wanted = true;
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     self.rebuild_wanted = true;
                     return Err(e);
                 }
             };
+            self.rebuild_recovered();
             tracing::info!(
                 target: "tower_patterns::cqrs",
                 projection = %self.settings.name,
@@ -425,7 +459,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
     async fn step(&mut self) -> Result<(), Exit> {
         self.take_commands().await?;
         let mut rebuilt = false;
-        if let Some(rebuild) = &self.rebuild {
+        if let Some(rebuild) = self.rebuild.as_ref().filter(|_| self.rebuild_due()) {
             let result = if rebuild.position >= self.live.position {
                 self.swap().await.map(|()| false)
             } else {
@@ -433,15 +467,21 @@ impl<S: EventStore, T: Target> Runner<S, T> {
                 self.step_cursor(Which::Rebuild, Some(upper)).await
             };
             match result {
-                Ok(progressed) => rebuilt = progressed,
+                Ok(progressed) => {
+                    rebuilt = progressed;
+                    self.rebuild_recovered();
+                }
                 // The event store failing fails the live copy too: both wait it out.
                 Err(Exit::Transient(e @ ProjectionError::Store(_))) => {
                     return Err(Exit::Transient(e));
                 }
-                // The rebuild's database work failed, or its failure policy stopped it:
-                // abandoned, so it cannot hold the live copy back.
-                Err(Exit::RebuildStopped(e) | Exit::Transient(e)) => {
-                    self.abandon_rebuild(e).await?;
+                // Its failure policy stopped the rebuild: abandoned, so it cannot hold the
+                // live copy back.
+                Err(Exit::RebuildStopped(e)) => self.abandon_rebuild(e).await?,
+                // The rebuild's database work failed: the rebuild alone waits if that may
+                // pass (the live copy goes on), and is abandoned if not.
+                Err(Exit::Transient(e)) => {
+                    self.rebuild_failed(e).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -482,9 +522,18 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             self.lag_measured = None;
         }
         let after = self.live.position;
+        // A rebuild waiting out a failure is tried again when its backoff ends.
+        let retry_at = self.rebuild_retry_at;
+        let rebuild_due = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = self.store.wait_for_events(after) => {}
             _ = self.control.changed() => {}
+            () = rebuild_due => {}
         }
         Ok(())
     }
@@ -552,7 +601,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
             self.shared.set_status(Status::CatchingUp);
         }
         if which == Which::Live && full {
-            self.measure_lag_due().await?;
+            self.measure_lag_due(None).await?;
         }
         Ok(())
     }

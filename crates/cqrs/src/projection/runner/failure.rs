@@ -9,7 +9,9 @@ use tower_patterns_eventstore::{
 
 use tokio::time::Instant;
 
-use super::{Exit, LAG_EVERY, Runner, UNREADABLE, Which};
+use super::{
+    ERROR_BACKOFF, ERROR_BACKOFF_CAP, Exit, LAG_EVERY, REBUILD_ATTEMPTS, Runner, UNREADABLE, Which,
+};
 use crate::{
     projection::{Action, ApplyError, ProjectionError, Status},
     target::{Slot, Target},
@@ -126,9 +128,50 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         }
     }
 
-    /// The rebuild failed (its copy could not be opened, advanced or swapped in, or its
-    /// failure policy stopped it): it is dropped, the live copy goes on, and the handle's
-    /// `last_error` tells why.
+    /// Whether the rebuild may take its next step (no backoff pending).
+    pub(super) fn rebuild_due(&self) -> bool {
+        self.rebuild_retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// The rebuild's copy worked: the next failure counts from one.
+    pub(super) fn rebuild_recovered(&mut self) {
+        self.rebuild_failures = 0;
+        self.rebuild_previous = Duration::ZERO;
+        self.rebuild_retry_at = None;
+    }
+
+    /// The rebuild's copy could not be opened, advanced or swapped in with `error` (not the
+    /// event store's): abandoned at once when trying again cannot help
+    /// ([`ProjectionError::is_permanent`]) or after [`REBUILD_ATTEMPTS`] failures in a row;
+    /// otherwise the rebuild alone waits a backoff while the live copy goes on. True when it
+    /// is to be tried again.
+    pub(super) async fn rebuild_failed(&mut self, error: ProjectionError) -> Result<bool, Exit> {
+        self.rebuild_failures = self.rebuild_failures.saturating_add(1);
+        if error.is_permanent() || self.rebuild_failures >= REBUILD_ATTEMPTS {
+            self.abandon_rebuild(error).await?;
+            return Ok(false);
+        }
+        let delay = ERROR_BACKOFF.delay(
+            self.rebuild_failures,
+            self.rebuild_previous,
+            ERROR_BACKOFF_CAP,
+            &mut self.rng,
+        );
+        self.rebuild_previous = delay;
+        self.rebuild_retry_at = Some(Instant::now() + delay);
+        tracing::warn!(
+            target: "tower_patterns::cqrs",
+            projection = %self.settings.name,
+            attempt = self.rebuild_failures,
+            error = %error,
+            "rebuild failed; trying it again after a backoff while the live copy goes on"
+        );
+        Ok(true)
+    }
+
+    /// The rebuild failed for good (its copy could not be opened, advanced or swapped in,
+    /// or its failure policy stopped it): it is dropped, the live copy goes on, and the
+    /// handle's `last_error` tells why.
     pub(super) async fn abandon_rebuild(&mut self, error: ProjectionError) -> Result<(), Exit> {
         tracing::error!(
             target: "tower_patterns::cqrs",
@@ -138,6 +181,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
         );
         self.shared.set_error(error);
         self.rebuild = None;
+        self.rebuild_recovered();
         let slot = self.rebuild_slot();
         if let Err(e) = self.target.discard(&slot).await {
             match Exit::from(e) {
@@ -159,7 +203,7 @@ impl<S: EventStore, T: Target> Runner<S, T> {
     /// second meanwhile.
     async fn park(&mut self, resumes: u64) -> Result<(), Exit> {
         let control = loop {
-            self.measure_lag_due().await?;
+            self.measure_lag_due(None).await?;
             let next = self
                 .lag_measured
                 .map_or_else(Instant::now, |t| t + LAG_EVERY);
