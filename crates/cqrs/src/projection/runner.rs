@@ -19,12 +19,16 @@
 //! runner starts again: ask for it again. The failure policy applies to the rebuild's events
 //! too, except that a stop abandons the rebuild (its tables dropped, the handle's
 //! `last_error` naming the event) rather than the live copy, which goes on; a retry's backoff
-//! holds both copies. Any other failure of the rebuild's copy (its `create`, a write, the
-//! swap) abandons it the same way; only errors of the event store, which hold the live copy
-//! too, are waited out.
+//! holds both copies. A failure of the rebuild's copy itself (opening it, a write, the swap)
+//! that cannot pass (a permanent error, such as a failing `create` or a schema error)
+//! abandons it the same way; one that may pass (a busy database, a lost connection) is
+//! tried again after the backoff below, the rebuild alone waiting while the live copy goes
+//! on, and abandons it after 20 failures in a row. Errors of the event store hold both
+//! copies and are waited out.
 //!
 //! While the live copy is held (stopped, or retrying after a backoff) the runner measures
-//! its lag once a second, so the gauges show the log running ahead.
+//! its lag once a second, so the gauges show the log running ahead; a measurement during a
+//! backoff gives up when the backoff ends.
 //!
 //! Errors of the event store (a lost connection) and of the read model's database between
 //! events are retried with a backoff (100 ms doubling to 10 s), the status showing them;
@@ -56,7 +60,7 @@ pub(crate) const REBUILD_SUFFIX: &str = "#rebuild";
 /// The event type a dead letter of a row that could not be read carries (with the nil id).
 pub(crate) const UNREADABLE: &str = "(unreadable)";
 
-/// How often, at most, the runner measures its lag while behind.
+/// How often, at most, the runner measures its lag while behind, stopped or retrying.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// The backoff between tries after an error of the store or the database.

@@ -101,6 +101,8 @@ pub trait Target: Send + 'static {
         rebuilt: &Slot,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
-    /// Drops the tables of an abandoned rebuild and its checkpoint row.
+    /// Drops the tables of an abandoned rebuild and its checkpoint row. The SQL targets
+    /// refuse, in the same transaction, to drop a version the live checkpoint row holds
+    /// (another runner swapped it in): [`ProjectionError::Fenced`], and the runner reloads.
     fn discard(&mut self, slot: &Slot) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
