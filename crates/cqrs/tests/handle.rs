@@ -1,6 +1,7 @@
 //! The projection's handle: its report and health, shutdown before and during a run, a
 //! failure to start, errors of the event store retried with a backoff (shown in the status),
-//! the lag measured at most once a second while behind, and `wait_for` woken by the commit.
+//! the lag measured at most once a second while behind (and never delaying a retry), and
+//! `wait_for` woken by the commit.
 
 #![cfg(feature = "sqlite")]
 

@@ -1,17 +1,21 @@
 //! A read model in PostgreSQL: catches up, follows live appends, restarts from its checkpoint,
 //! dead-letters a poison event with every other event applied once, rebuilds into fresh
-//! tables and drops the old ones; PostgresCheckpoints' compare-and-set.
+//! tables and drops the old ones, an abandoned rebuild never drops the version the live row
+//! holds; PostgresCheckpoints' compare-and-set.
 #![cfg(feature = "postgres")]
 
 mod pg_support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use pg_support::{Ledger, append, checkpoint, client, ledger, relations_like, store, tables_like};
+use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::Transaction;
 use tower_patterns_cqrs::{
-    Checkpoint, CheckpointStore, FailurePolicy, Projection, Status, checkpoint::PostgresCheckpoints,
+    ApplyError, Checkpoint, CheckpointStore, FailurePolicy, PostgresProjection, Projection, Status,
+    Tables, checkpoint::PostgresCheckpoints,
 };
-use tower_patterns_eventstore::{EventStore, GlobalPosition};
+use tower_patterns_eventstore::{EventStore, GlobalPosition, RecordedEvent};
 use tower_patterns_testkit::fresh_postgres;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -245,4 +249,83 @@ async fn pg_checkpoints_compare_and_set_and_record_dead_letters() {
         (event.id, 3, "boom", 1)
     );
     assert!(cps.dead_letters("other").await.unwrap().is_empty());
+}
+
+/// The ledger, except that `Poison` passes in version 1 and, in version 2, waits for a permit
+/// (saying it got there) and then fails for good.
+#[derive(Clone)]
+struct Gated {
+    inner: Ledger,
+    reached: Arc<Notify>,
+    open: Arc<Semaphore>,
+}
+
+impl PostgresProjection for Gated {
+    async fn create(&self, tx: &Transaction<'_>, tables: &Tables) -> Result<(), ApplyError> {
+        self.inner.create(tx, tables).await
+    }
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        tables: &Tables,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        if event.event_type != "Poison" {
+            return self.inner.apply(tx, tables, event).await;
+        }
+        if tables.version() == 2 {
+            self.reached.notify_one();
+            let _permit = self.open.acquire().await;
+            return Err(ApplyError::permanent("version 2 refuses the poison"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_rebuild_never_drops_tables_the_live_row_holds() {
+    let Some(url) = fresh_postgres("pgproj_keep").await else {
+        return;
+    };
+    let store = store(&url).await;
+    append(&store, "feed-1", "Liked", 10).await;
+    append(&store, "feed-1", "Poison", 1).await;
+    let head = append(&store, "feed-1", "Liked", 10).await;
+    let model = Gated {
+        inner: Ledger::default(),
+        reached: Arc::new(Notify::new()),
+        open: Arc::new(Semaphore::new(0)),
+    };
+    let (handle, task) = Projection::builder("feed")
+        .source(store.clone())
+        .postgres(store.pool().clone(), model.clone())
+        .batch(4)
+        .policy(FailurePolicy::stop())
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(handle.wait_for(head, WITHIN).await);
+    handle.rebuild();
+    tokio::time::timeout(WITHIN, model.reached.notified())
+        .await
+        .expect("the rebuild reaches the poison");
+    // Meanwhile another runner made version 2 live (as a swap does).
+    let db = client(&url).await;
+    db.execute(
+        "UPDATE tp_checkpoints SET version = 2 WHERE name = 'feed'",
+        &[],
+    )
+    .await
+    .unwrap();
+    model.open.add_permits(1);
+    // The abandon refuses to drop what the live row names: the runner reloads it instead.
+    handle
+        .wait_for_status(WITHIN, |_| handle.tables().version() == 2)
+        .await;
+    assert_eq!(handle.tables(), Tables::new("feed", 2));
+    assert!(!relations_like(&db, "feed_v2_").await.is_empty());
+    assert_eq!(checkpoint(&db, "feed#rebuild").await, None);
+    handle.shutdown();
+    task.await.unwrap().unwrap();
 }

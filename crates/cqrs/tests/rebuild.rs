@@ -1,7 +1,9 @@
 //! Rebuild and swap: the next version of a read model is built from the start of the log
 //! beside the live one, which keeps up with appends; when the rebuild reaches the live
 //! position the two are swapped in one transaction and the old tables dropped. A rebuild
-//! interrupted by a shutdown (or a crash) is discarded when the runner starts again.
+//! interrupted by a shutdown (or a crash) is discarded when the runner starts again. A rebuild
+//! whose own copy fails waits out what may pass and is abandoned for what cannot, without
+//! ever dropping the version the live row holds.
 
 #![cfg(feature = "sqlite")]
 
