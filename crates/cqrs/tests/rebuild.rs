@@ -11,7 +11,10 @@ mod runner_support;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -652,4 +655,64 @@ async fn an_abandoned_rebuild_never_drops_tables_the_live_row_holds() {
     assert_eq!(checkpoint_row(&model, "ledger#rebuild"), None);
     handle.shutdown();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_a_rebuild_waits_out_a_failure_the_live_copy_goes_on() -> Result<(), BoxError> {
+    let store = Arc::new(InMemoryStore::new());
+    let head = append_n(&*store, "shop", 40).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let failed = Arc::new(AtomicU32::new(0));
+    let checkpoints = Scripted::new({
+        let (down, failed) = (down.clone(), failed.clone());
+        move |name, _, new| {
+            (rebuild_advance(name, new) && down.load(Ordering::SeqCst)).then(|| {
+                failed.fetch_add(1, Ordering::SeqCst);
+                "checkpoint service unavailable".into()
+            })
+        }
+    });
+    let (handle, task) = Projection::builder("search")
+        .source(store.clone())
+        .external(checkpoints.clone(), Deliveries::default())
+        .batch(8)
+        .build()?
+        .spawn();
+    assert!(handle.wait_for(head, WAIT).await);
+    handle.rebuild();
+    // Six failures in a row: the rebuild's backoff is now seconds long.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while failed.load(Ordering::SeqCst) < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rebuild stopped trying"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let later = append_n(&*store, "later", 3).await;
+    assert!(handle.wait_for(later, Duration::from_millis(100)).await);
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(
+        matches!(handle.status(), Status::Rebuilding { .. }),
+        "{:?}",
+        handle.status()
+    );
+    assert!(handle.last_error().is_none(), "{:?}", handle.last_error());
+    // The service comes back: the rebuild goes on from where it stood and is swapped in.
+    down.store(false, Ordering::SeqCst);
+    handle
+        .wait_for_status(WAIT, |_| handle.tables().version() == 2)
+        .await;
+    assert_eq!(handle.tables().version(), 2);
+    assert_eq!(
+        checkpoints.load("search").await?,
+        Some(Checkpoint {
+            position: later,
+            version: 2
+        })
+    );
+    handle.shutdown();
+    task.await??;
+    Ok(())
 }
