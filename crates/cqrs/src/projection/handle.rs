@@ -313,6 +313,10 @@ impl ProjectionHandle {
     /// not restarted; one interrupted by a shutdown or a crash is discarded when the runner
     /// starts again. If the failure policy stops it, the rebuild is abandoned (its tables
     /// dropped; [`last_error`](Self::last_error) names the event) and the live copy goes on.
+    /// A failure of the new copy itself (its tables' creation, a write, the swap) abandons
+    /// it the same way when trying again cannot help; one that may pass (a busy or
+    /// unreachable database) is tried again after a backoff while the live copy goes on,
+    /// up to 20 times in a row.
     /// For an external effect a rebuild replays the log into the same effect (which must take
     /// repeats: an inbox, or idempotent writes).
     pub fn rebuild(&self) {
