@@ -15,6 +15,10 @@ use tokio::time::Instant;
 enum Mark {
     /// Taken by the loop, not yet answered.
     Handling,
+    /// Taken by the loop, and JetStream has given up on it (its max-deliveries advisory came
+    /// while the loop held an earlier delivery, the last one having gone elsewhere): the
+    /// loop's answer is final, so a failure is dead-lettered, not given back.
+    Owed,
     /// Answered by the loop: acknowledged, or dead-lettered by it.
     Answered,
     /// Dead-lettered by the advisory listener.
@@ -60,20 +64,36 @@ impl Ledger {
     /// The loop gave `sequence` back to JetStream (a nak, or stopped before an answer): a
     /// later advisory about it concerns a delivery elsewhere.
     pub(crate) fn released(&mut self, sequence: u64) {
-        if matches!(self.marks.get(&sequence), Some((Mark::Handling, _))) {
+        if matches!(
+            self.marks.get(&sequence),
+            Some((Mark::Handling | Mark::Owed, _))
+        ) {
             self.marks.remove(&sequence);
         }
     }
 
     /// The listener asks to set `sequence` aside: `true` (and marked) unless the loop holds
-    /// it, answered it lately, or it was set aside already.
+    /// it (then the loop owes the final answer: see [`owed`](Self::owed)), answered it lately,
+    /// or it was set aside already.
     pub(crate) fn claim(&mut self, sequence: u64) -> bool {
         self.prune(Instant::now());
-        if self.marks.contains_key(&sequence) {
-            return false;
+        match self.marks.get_mut(&sequence) {
+            Some((mark @ Mark::Handling, _)) => {
+                *mark = Mark::Owed;
+                false
+            }
+            Some(_) => false,
+            None => {
+                self.settle(sequence, Mark::SetAside);
+                true
+            }
         }
-        self.settle(sequence, Mark::SetAside);
-        true
+    }
+
+    /// Whether JetStream gave up on `sequence` while the loop held it: a failure of the
+    /// handler is then dead-lettered, since no delivery will follow.
+    pub(crate) fn owed(&self, sequence: u64) -> bool {
+        matches!(self.marks.get(&sequence), Some((Mark::Owed, _)))
     }
 
     fn settle(&mut self, sequence: u64, mark: Mark) {
@@ -93,7 +113,7 @@ impl Ledger {
             if self
                 .marks
                 .get(&sequence)
-                .is_some_and(|&(mark, t)| t == at && mark != Mark::Handling)
+                .is_some_and(|&(mark, t)| t == at && !matches!(mark, Mark::Handling | Mark::Owed))
             {
                 self.marks.remove(&sequence);
             }
@@ -118,6 +138,15 @@ mod tests {
         assert!(l.take(3));
         l.released(3);
         assert!(l.claim(3), "given back to JetStream");
+        // The advisory comes while the loop holds an earlier delivery: the loop owes the
+        // final answer, and a later advisory changes nothing.
+        assert!(l.take(4));
+        assert!(!l.owed(4));
+        assert!(!l.claim(4), "held by the loop");
+        assert!(l.owed(4));
+        assert!(!l.claim(4));
+        l.answered(4);
+        assert!(!l.owed(4) && !l.claim(4), "answered lately");
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(l.claim(1), "forgotten after keep");
     }

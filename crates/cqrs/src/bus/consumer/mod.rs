@@ -300,7 +300,8 @@ type RunFuture = Pin<Box<dyn Future<Output = Result<(), BusError>> + Send>>;
 /// sequences its loop holds (taken, not yet answered) and answered lately (for a few
 /// `ack_wait`s), and of those its listener set aside. The listener leaves a message its own
 /// loop holds or answered to that loop (which dead-letters it itself if the handler fails
-/// the last delivery; an `Ok` after `ack_wait` counts as handled), and the loop skips a
+/// the last delivery, or fails an earlier one it still held when JetStream gave up; an `Ok`
+/// after `ack_wait` counts as handled), and the loop skips a
 /// message the listener set aside while it still waited in the client's buffer (its last
 /// `ack_wait` ran out before its turn: see [`ack_wait`](JetStreamConsumerBuilder::ack_wait)).
 ///

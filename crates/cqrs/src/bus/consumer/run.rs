@@ -210,6 +210,15 @@ where
                 }
             }
         };
+        // JetStream gave up on this message while the loop held it (its last delivery went
+        // to an instance that then vanished): no delivery follows a nak, so a failure now is
+        // dead-lettered here.
+        let outcome = match outcome {
+            Outcome::Retry(error) if self.shared.ledger().owed(stream_sequence) => {
+                Outcome::DeadLetter(error)
+            }
+            other => other,
+        };
         match outcome {
             Outcome::Ack => {
                 // A lost ack only redelivers: the handler's Inbox drops the repeat.
@@ -405,7 +414,7 @@ impl Lost {
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         // This instance's loop holds it or answered it lately: the loop deals with it (and
-        // dead-letters it itself if the handler fails it).
+        // dead-letters it itself if the handler fails it, whichever delivery it holds).
         if !self.shared.ledger().claim(sequence) {
             tracing::debug!(target: "tower_patterns::cqrs", consumer = %self.settings.name, sequence, deliveries, "out of deliveries, but handled here: left to the consumer's loop");
             return true;
