@@ -4,6 +4,8 @@
 //! redeliver and dead-letter.
 #![cfg(feature = "nats")]
 
+mod nats_support;
+
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, OnceLock},
@@ -12,6 +14,7 @@ use std::{
 
 use async_nats::{header::NATS_MESSAGE_ID, jetstream};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use nats_support::fresh_stream;
 use serde_json::json;
 use tower_patterns_core::{
     BoxError,
@@ -67,26 +70,7 @@ fn counter(metric: &str, name: &str) -> Option<u64> {
 /// A JetStream context, or `None` (skipped) without a NATS server.
 async fn nats() -> Option<jetstream::Context> {
     snapshotter(); // before any build(), which registers the metrics
-    let url = server_url(Server::Nats)?;
-    let client = async_nats::connect(url)
-        .await
-        .expect("the test NATS answers");
-    Some(jetstream::new(client))
-}
-
-/// A unique stream `TP_<TAG>_<id>` capturing `tp_<id>.>`: (stream, subject prefix).
-async fn fresh_stream(js: &jetstream::Context, tag: &str) -> (jetstream::stream::Stream, String) {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let prefix = format!("tp_{id}");
-    let stream = bus::ensure_stream(
-        js,
-        &format!("TP_{tag}_{id}"),
-        &[&format!("{prefix}.>")],
-        bus::DEFAULT_DUPLICATE_WINDOW,
-    )
-    .await
-    .unwrap();
-    (stream, prefix)
+    nats_support::nats().await
 }
 
 /// Appends `n` catalog events over a few products; returns them as stored, in log order.

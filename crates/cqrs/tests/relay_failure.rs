@@ -5,6 +5,8 @@
 //! published, nothing after it either until it ends; a rolled-back event never is).
 #![cfg(feature = "nats")]
 
+mod nats_support;
+
 use std::{
     sync::{
         Arc,
@@ -14,6 +16,7 @@ use std::{
 };
 
 use async_nats::{header::NATS_MESSAGE_ID, jetstream};
+use nats_support::{fresh_stream, nats};
 use serde_json::json;
 use tower_patterns_core::backoff::Backoff;
 use tower_patterns_cqrs::{
@@ -23,32 +26,8 @@ use tower_patterns_cqrs::{
 use tower_patterns_eventstore::{
     EventData, EventStore, ExpectedVersion, GlobalPosition, InMemoryStore, RecordedEvent,
 };
-use tower_patterns_testkit::{Server, server_url};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn nats() -> Option<jetstream::Context> {
-    let url = server_url(Server::Nats)?;
-    let client = async_nats::connect(url)
-        .await
-        .expect("the test NATS answers");
-    Some(jetstream::new(client))
-}
-
-/// A unique stream capturing `tp_<id>.>`: (stream, subject prefix).
-async fn fresh_stream(js: &jetstream::Context, tag: &str) -> (jetstream::stream::Stream, String) {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    let prefix = format!("tp_{id}");
-    let stream = bus::ensure_stream(
-        js,
-        &format!("TP_{tag}_{id}"),
-        &[&format!("{prefix}.>")],
-        bus::DEFAULT_DUPLICATE_WINDOW,
-    )
-    .await
-    .unwrap();
-    (stream, prefix)
-}
 
 /// The `Nats-Msg-Id` of every message of `stream`, in stream order.
 async fn stored_ids(stream: &mut jetstream::stream::Stream) -> Vec<String> {
