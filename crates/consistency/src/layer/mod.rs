@@ -1,0 +1,99 @@
+//! Middleware that gives clients read-your-writes and monotonic reads over an eventually
+//! consistent read side.
+//!
+//! [`ConsistencyLayer`] sits in front of an HTTP service (axum, hyper, tonic) whose writes
+//! commit to a primary store and whose reads are answered by a read side that follows it: CQRS
+//! read models or PostgreSQL replicas.
+//!
+//! - **Writes** pass through; when the response carries the position the write reached (a
+//!   [`Committed`](tower_patterns_eventstore::Committed) in its extensions, as the CQRS
+//!   layer's HTTP adapter puts there, or a [`Mark`](crate::Mark), as the replica router
+//!   does), the layer answers with a signed token of it in the [`TOKEN_HEADER`]
+//!   (`tp-consistency`) and the [`TOKEN_COOKIE`] (`tp_consistency`).
+//! - **Reads** that carry a token (header or cookie, both verified; the later one counts) are
+//!   answered only once the read side has reached it: at once when it has (a check of tens of
+//!   nanoseconds, no allocation), otherwise after waiting for it at most
+//!   [`wait`](ConsistencyBuilder::wait). If the wait runs out, [`Behind`] decides: a 503 with
+//!   `Retry-After` ([`NotCaughtUp`]), a read from the primary, or the stale answer with the
+//!   [`STALE_HEADER`] saying how far behind it is.
+//! - **Sessions only move forward**: the token a response sets is the later of the request's
+//!   and what the response reached, so a client that sends back its last token never sees
+//!   older state after newer (monotonic reads), across replicas with different lag too.
+//! - A malformed, forged or foreign token is a [`TokenError`](crate::TokenError) (400), never a
+//!   wait: tokens are signed with the layer's key.
+//!
+//! Errors are `BoxError`s; `build()` registers [`TokenError`](crate::TokenError) (400) and
+//! [`NotCaughtUp`] (503) with core's HTTP mapping, so `ErrorResponseLayer` or axum's
+//! `HandleErrorLayer` with `tower_patterns_core::http::handle_error` answers them.
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_patterns_consistency::{
+//!     Mark, Progress, TokenKey,
+//!     layer::{Behind, ConsistencyLayer, STALE_HEADER, TOKEN_HEADER},
+//! };
+//! use tower_patterns_core::http::classify_error;
+//! use tower_patterns_eventstore::GlobalPosition;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let at = |i| Mark::Position(GlobalPosition::new(0, i));
+//! let read_model = Progress::new(at(0));
+//!
+//! // The default: wait up to a second, then 503.
+//! let layer = ConsistencyLayer::builder("orders")
+//!     .key(TokenKey::new(*b"sixteen byte key"))
+//!     .read_side(read_model.clone())
+//!     .build()?;
+//! // An app whose POST commits at position 5 (its response says so in its extensions).
+//! let app = service_fn(|req: Request<()>| async move {
+//!     let mut res = Response::new(());
+//!     if req.method() == http::Method::POST {
+//!         res.extensions_mut().insert(Mark::Position(GlobalPosition::new(0, 5)));
+//!     }
+//!     Ok::<_, Infallible>(res)
+//! });
+//! let svc = layer.layer(app);
+//!
+//! let write = svc.clone().oneshot(Request::post("/orders").body(())?).await?;
+//! let token = write.headers()[TOKEN_HEADER].clone();
+//! let read = || Request::get("/orders/1").header(TOKEN_HEADER, token.clone()).body(()).unwrap();
+//!
+//! // The read model is at 0: the read waits, then is refused.
+//! let err = svc.clone().oneshot(read()).await.unwrap_err();
+//! assert_eq!(classify_error(&*err).status, StatusCode::SERVICE_UNAVAILABLE);
+//! // Once it has applied position 5, the read goes through at once.
+//! read_model.advance(at(5));
+//! assert_eq!(svc.clone().oneshot(read()).await?.status(), StatusCode::OK);
+//!
+//! // Customised: answer stale rather than refuse, after 50 ms.
+//! let stale = ConsistencyLayer::builder("orders")
+//!     .key(TokenKey::new(*b"sixteen byte key"))
+//!     .read_side(Progress::new(at(2)))
+//!     .wait(Duration::from_millis(50))
+//!     .when_behind(Behind::Stale)
+//!     .build()?
+//!     .layer(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+//! let res = stale.oneshot(read()).await?;
+//! assert_eq!(res.headers()[STALE_HEADER], "events=3");
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+pub mod future;
+mod handle;
+#[allow(clippy::module_inception)]
+mod layer;
+mod service;
+
+pub use error::NotCaughtUp;
+pub use future::ResponseFuture;
+pub use handle::ConsistencyHandle;
+pub use layer::{
+    Behind, ConsistencyBuilder, ConsistencyLayer, NoKey, NoReadSide, STALE_HEADER, TOKEN_COOKIE,
+    TOKEN_HEADER,
+};
+pub use service::{After, Consistency, SessionGate};
