@@ -83,6 +83,22 @@ impl TokenKey {
         }
     }
 
+    /// A key no one else knows, for one process: tokens it signs are refused by other
+    /// processes and after a restart (a client then gets one 400 and must drop its token).
+    /// Instances behind one load balancer need a shared key: [`from_hex`](Self::from_hex).
+    ///
+    /// Drawn from the operating system's randomness, through the keys std seeds its
+    /// `RandomState` with (SipHash keyed by them is a pseudo-random function), so no random
+    /// number crate is needed.
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let state = RandomState::new();
+        Self {
+            k0: state.hash_one(0x7470_5f6b_6579_5f30_u64),
+            k1: state.hash_one(0x7470_5f6b_6579_5f31_u64),
+        }
+    }
+
     /// The key from 32 hexadecimal digits (as `openssl rand -hex 16` prints).
     ///
     /// # Errors
@@ -482,5 +498,9 @@ mod tests {
             assert!(TokenKey::from_hex(bad).is_err(), "{bad}");
         }
         assert_eq!(format!("{:?}", KEY), "TokenKey(..)");
+        assert_ne!(TokenKey::random(), TokenKey::random());
+        let (a, b) = (TokenKey::random(), TokenKey::random());
+        assert_ne!(a.k0, a.k1);
+        assert_ne!(a.k0, b.k0);
     }
 }
