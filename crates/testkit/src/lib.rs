@@ -24,11 +24,13 @@
 //! ```
 //!
 //! Server-backed tests take their server from [`server_url`] (see the [`servers`] module), or
-//! a fresh PostgreSQL database from `fresh_postgres` (feature `postgres`); crash tests run a
-//! child process with [`process::ChildTest`].
+//! a fresh PostgreSQL database from `fresh_postgres` (feature `postgres`), and the streaming
+//! replicas of that PostgreSQL, whose replay they can pause, from [`postgres_replicas`] (see
+//! the [`replica`] module); crash tests run a child process with [`process::ChildTest`].
 
 pub mod alloc;
 pub mod process;
+pub mod replica;
 pub mod servers;
 
 use std::{
@@ -47,6 +49,7 @@ use std::{
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+pub use replica::{ReplayPaused, Replica, postgres_replicas};
 #[cfg(feature = "postgres")]
 pub use servers::fresh_postgres;
 pub use servers::{Server, server_url};

@@ -1,7 +1,9 @@
 //! Where server-backed tests find their PostgreSQL, Redis and NATS.
 //!
 //! `scripts/test` starts the servers on loopback and exports their URLs in
-//! `TP_POSTGRES_URL`, `TP_REDIS_URL` and `TP_NATS_URL`, with `TP_REQUIRE_SERVICES=1`.
+//! `TP_POSTGRES_URL`, `TP_REDIS_URL` and `TP_NATS_URL`, with `TP_REQUIRE_SERVICES=1`. When
+//! it starts PostgreSQL itself it also starts two streaming replicas of it and exports their
+//! URLs in `TP_POSTGRES_REPLICA_URLS` (see [`postgres_replicas`](crate::postgres_replicas)).
 //!
 //! - Under plain `cargo test` a missing URL **skips** the test: it returns early after writing
 //!   the reason to stderr (unbuffered, so it shows even for passing tests).
@@ -33,6 +35,10 @@ pub enum Server {
     Redis,
     /// NATS with JetStream (`TP_NATS_URL`, a `nats://` URL).
     Nats,
+    /// Streaming replicas of the [`Postgres`](Self::Postgres) server
+    /// (`TP_POSTGRES_REPLICA_URLS`, comma-separated `postgres://` URLs); tests take them from
+    /// [`postgres_replicas`](crate::postgres_replicas), which also reads their PIDs.
+    PostgresReplicas,
 }
 
 impl Server {
@@ -42,6 +48,7 @@ impl Server {
             Self::Postgres => "TP_POSTGRES_URL",
             Self::Redis => "TP_REDIS_URL",
             Self::Nats => "TP_NATS_URL",
+            Self::PostgresReplicas => "TP_POSTGRES_REPLICA_URLS",
         }
     }
 }
@@ -52,6 +59,7 @@ impl fmt::Display for Server {
             Self::Postgres => "PostgreSQL",
             Self::Redis => "Redis",
             Self::Nats => "NATS",
+            Self::PostgresReplicas => "PostgreSQL streaming replica",
         })
     }
 }
@@ -218,5 +226,19 @@ mod tests {
             ]),
         );
         assert_eq!(d, Decision::Run("nats://127.0.0.1:54222".into()));
+    }
+
+    #[test]
+    fn replicas_follow_the_same_rule() {
+        let d = decide(Server::PostgresReplicas, env(&[]));
+        assert!(matches!(&d, Decision::Skip(r) if r.contains("TP_POSTGRES_REPLICA_URLS")));
+        let d = decide(Server::PostgresReplicas, env(&[(REQUIRE_VAR, "1")]));
+        assert!(matches!(&d, Decision::Fail(r) if r.contains("TP_POSTGRES_REPLICA_URLS")));
+        let urls = "postgres://postgres@127.0.0.1:55433/postgres,postgres://postgres@127.0.0.1:55434/postgres";
+        let d = decide(
+            Server::PostgresReplicas,
+            env(&[("TP_POSTGRES_REPLICA_URLS", urls), (REQUIRE_VAR, "1")]),
+        );
+        assert_eq!(d, Decision::Run(urls.into()));
     }
 }
