@@ -32,6 +32,8 @@
 //! | `cqrs`      | [`cqrs`]: checkpointed projections (SQLite), the command/query layer, the in-process bus | landed |
 //! | `cqrs-postgres` | projections, the inbox and the one-runner lease on PostgreSQL | landed |
 //! | `cqrs-nats` | the transactional outbox relay and durable consumers over NATS JetStream | landed |
+//! | `consistency` | [`consistency`]: signed consistency tokens, read-your-writes and monotonic reads over read models | landed |
+//! | `consistency-postgres` | read-replica routing: reads to PostgreSQL streaming replicas that have replayed the session's token, lag as metrics | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -93,6 +95,10 @@
     doc = "[`cqrs`]: https://docs.rs/tower-patterns-cqrs"
 )]
 #![cfg_attr(
+    not(feature = "consistency"),
+    doc = "[`consistency`]: https://docs.rs/tower-patterns-consistency"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -134,6 +140,10 @@ pub use tower_patterns_eventstore as eventstore;
 #[cfg(feature = "cqrs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cqrs")))]
 pub use tower_patterns_cqrs as cqrs;
+
+#[cfg(feature = "consistency")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consistency")))]
+pub use tower_patterns_consistency as consistency;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
