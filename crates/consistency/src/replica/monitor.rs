@@ -1,0 +1,216 @@
+//! The monitor: one connection per node, a probe every `probe_every` (every `probe_fast` while
+//! a request waits for a mark), results into the replicas' atomics and gauges.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::Ordering::{Relaxed, Release},
+    },
+    time::Duration,
+};
+
+use deadpool_postgres::{ClientWrapper, Object, Pool};
+use futures_util::future::join_all;
+use tokio::time::{Instant, timeout};
+
+use super::{
+    state::{ClientSlot, Replica, Shared},
+    wal::{self, ProbeError},
+};
+use crate::mark::Lsn;
+
+/// When a node whose connection failed may be tried again: a node that is down is retried at
+/// most every `probe_every`, even while the monitor probes at `probe_fast`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Schedule {
+    next_connect: Option<Instant>,
+}
+
+/// The reconnect schedule of every node, behind the set's probe lock.
+#[derive(Debug)]
+pub(crate) struct Prober {
+    primary: Schedule,
+    replicas: Vec<Schedule>,
+}
+
+impl Prober {
+    pub(crate) fn new(replicas: usize) -> Self {
+        Self {
+            primary: Schedule::default(),
+            replicas: vec![Schedule::default(); replicas],
+        }
+    }
+}
+
+/// Runs until the set is dropped or shut down.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    tracing::debug!(target: "tower_patterns::consistency", set = %shared.name, "replica monitor started");
+    while !*stop.borrow_and_update() {
+        tokio::select! {
+            () = shared.probe() => {}
+            _ = stop.changed() => break,
+        }
+        let pause = if shared.waiters.load(Relaxed) > 0 {
+            shared.options.probe_fast
+        } else {
+            shared.options.probe_every
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shared.wake.notified() => {}
+            changed = stop.changed() => if changed.is_err() { break },
+        }
+    }
+    shared.primary.client.set(None);
+    for replica in shared.replicas.iter() {
+        replica.client.set(None);
+    }
+    tracing::debug!(target: "tower_patterns::consistency", set = %shared.name, "replica monitor ended");
+}
+
+/// A connection of `pool`, taken out of it for good (the pool makes another in its place).
+async fn connect(pool: &Pool, within: Duration) -> Result<Arc<ClientWrapper>, ProbeError> {
+    match timeout(within, pool.get()).await {
+        Err(_) => Err(ProbeError::TimedOut),
+        Ok(Err(e)) => Err(ProbeError::NoConnection(e.to_string())),
+        Ok(Ok(object)) => Ok(Arc::new(Object::take(object))),
+    }
+}
+
+impl Shared {
+    /// Probes every node once (after any probe under way).
+    pub(crate) async fn probe(&self) {
+        let mut prober = self.prober.lock().await;
+        let Prober { primary, replicas } = &mut *prober;
+        let reference = self.probe_primary(primary).await;
+        let reference = reference.or_else(|| self.primary.last_lsn());
+        join_all(
+            self.replicas
+                .iter()
+                .zip(replicas.iter_mut())
+                .map(|(replica, schedule)| self.probe_replica(replica, schedule, reference)),
+        )
+        .await;
+        self.probed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The monitor's client of a node, connecting when it has none and the schedule allows:
+    /// the client and whether it is new.
+    async fn client(
+        &self,
+        slot: &ClientSlot,
+        pool: &Pool,
+        schedule: &mut Schedule,
+        node: &str,
+    ) -> Option<(Arc<ClientWrapper>, bool)> {
+        if let Some(client) = slot.get() {
+            return Some((client, false));
+        }
+        let now = Instant::now();
+        if schedule.next_connect.is_some_and(|at| now < at) {
+            return None;
+        }
+        match connect(pool, self.options.probe_timeout).await {
+            Ok(client) => {
+                schedule.next_connect = None;
+                Some((client, true))
+            }
+            Err(e) => {
+                schedule.next_connect = Some(now + self.options.probe_every);
+                tracing::debug!(target: "tower_patterns::consistency", set = %self.name, node, error = %e, "cannot connect");
+                None
+            }
+        }
+    }
+
+    async fn probe_primary(&self, schedule: &mut Schedule) -> Option<Lsn> {
+        let primary = &self.primary;
+        let (client, fresh) = self
+            .client(&primary.client, &primary.pool, schedule, "primary")
+            .await?;
+        let read = async {
+            if fresh {
+                primary.set_geometry(wal::geometry(&client).await?);
+            }
+            wal::insert_lsn(&client, primary.geometry()).await
+        };
+        match timeout(self.options.probe_timeout, read).await {
+            Ok(Ok(lsn)) => {
+                if fresh {
+                    primary.client.set(Some(client));
+                }
+                primary.lsn.store(lsn.0, Release);
+                Some(lsn)
+            }
+            failed => {
+                let error = failed.map_or(ProbeError::TimedOut, |r| {
+                    r.err().unwrap_or(ProbeError::TimedOut)
+                });
+                tracing::debug!(target: "tower_patterns::consistency", set = %self.name, error = %error, "primary probe failed");
+                primary.client.set(None);
+                None
+            }
+        }
+    }
+
+    async fn probe_replica(
+        &self,
+        replica: &Replica,
+        schedule: &mut Schedule,
+        primary: Option<Lsn>,
+    ) {
+        let answer = match self
+            .client(&replica.client, &replica.pool, schedule, &replica.name)
+            .await
+        {
+            None => None,
+            Some((client, fresh)) => {
+                match timeout(self.options.probe_timeout, wal::replica_probe(&client)).await {
+                    Ok(Ok(probe)) => {
+                        if fresh {
+                            replica.client.set(Some(client));
+                        }
+                        Some(probe)
+                    }
+                    failed => {
+                        let error = failed.map_or(ProbeError::TimedOut, |r| {
+                            r.err().unwrap_or(ProbeError::TimedOut)
+                        });
+                        tracing::debug!(target: "tower_patterns::consistency", set = %self.name, replica = %replica.name, error = %error, "replica probe failed");
+                        replica.client.set(None);
+                        None
+                    }
+                }
+            }
+        };
+        let Some(probe) = answer else {
+            replica.mark_down();
+            return;
+        };
+        let caught_up = match primary {
+            Some(p) => probe.replay >= p,
+            None => probe.receive.is_some_and(|r| probe.replay >= r),
+        };
+        let lag_bytes = primary.map_or(0, |p| p.bytes_after(probe.replay));
+        let lag_seconds = if caught_up {
+            0.0
+        } else {
+            probe.since_last_replayed
+        };
+        let options = &self.options;
+        let healthy =
+            lag_bytes <= options.max_lag_bytes && lag_seconds <= options.max_lag.as_secs_f64();
+        replica.replay.store(probe.replay.0, Release);
+        replica
+            .receive
+            .store(probe.receive.map_or(0, |r| r.0), Relaxed);
+        replica.lag_bytes.store(lag_bytes, Relaxed);
+        replica.lag_seconds.store(lag_seconds.to_bits(), Relaxed);
+        replica.up.store(true, Relaxed);
+        replica.healthy.store(healthy, Release);
+        replica.gauges.lag_bytes.set(lag_bytes as f64);
+        replica.gauges.lag_seconds.set(lag_seconds);
+        replica.gauges.up.set(1.0);
+    }
+}
