@@ -152,6 +152,12 @@ async fn postgres_replicas_follow_the_primary_and_pause_on_demand() {
         .expect("the replicas' primary is set too");
     let db = url.rsplit('/').next().unwrap().to_owned();
     let primary = pg_connect(&url, Duration::from_secs(10)).await;
+    // Each commit flushes its WAL, so the write position read after it covers it (with the
+    // server's default of off, the write position can trail a commit).
+    primary
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
     primary
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (0)")
         .await
@@ -174,7 +180,7 @@ async fn postgres_replicas_follow_the_primary_and_pause_on_demand() {
             .await
             .unwrap();
         let written: String = primary
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
             .unwrap()
             .get(0);
