@@ -1,25 +1,45 @@
 //! The product catalog end to end through its HTTP service (`examples/catalog`): a command
-//! answers with its position, a query that sends it back sees the write, a price change moves
-//! the product row and the search results, and bad input gets its 4xx.
+//! answers with a consistency token, a query that sends it back (header or cookie) sees the
+//! write, a price change moves the product row and the search results, bad input gets its
+//! 4xx, and a forged, malformed or unreachable token is refused rather than waited for.
 
 #[allow(dead_code)]
 #[path = "../examples/catalog/main.rs"]
 mod catalog;
 
+use std::time::{Duration, Instant};
+
 use axum::{Router, body::Body};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-use tower_patterns::cqrs::layer::{POSITION_HEADER, PositionToken};
+use tower_patterns::{
+    consistency::{Mark, TokenKey, Tokens, layer::TOKEN_HEADER},
+    cqrs::layer::{POSITION_HEADER, PositionToken},
+    eventstore::GlobalPosition,
+};
+
+/// The key the tests' apps sign their tokens with.
+const KEY: TokenKey = TokenKey::new(*b"catalog test key");
 
 struct App {
     router: Router,
-    /// The position of the last command, sent with every query.
+    /// The consistency token of the last command, sent with every request.
     last: Option<String>,
+    /// The position the last command reached (its informational `tp-position`).
+    position: Option<GlobalPosition>,
 }
 
 impl App {
+    fn new(router: Router) -> Self {
+        Self {
+            router,
+            last: None,
+            position: None,
+        }
+    }
+
     async fn send(
         &self,
         method: &str,
@@ -28,7 +48,7 @@ impl App {
     ) -> (StatusCode, Response<Body>) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(last) = &self.last {
-            req = req.header(POSITION_HEADER, last);
+            req = req.header(TOKEN_HEADER, last);
         }
         let body = body.map_or_else(Body::empty, |v| Body::from(v.to_string()));
         let res = self
@@ -43,9 +63,9 @@ impl App {
     async fn command(&mut self, uri: &str, body: Value) -> PositionToken {
         let (status, res) = self.send("POST", uri, Some(body)).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {}", text(res).await);
-        let value = res.headers()[POSITION_HEADER].clone();
-        let token = PositionToken::from_header_value(&value).unwrap();
-        self.last = Some(value.to_str().unwrap().to_owned());
+        let token = PositionToken::from_header_value(&res.headers()[POSITION_HEADER]).unwrap();
+        self.position = Some(token.position());
+        self.last = Some(res.headers()[TOKEN_HEADER].to_str().unwrap().to_owned());
         token
     }
 
@@ -92,7 +112,7 @@ fn ids(rows: &[(String, i64)]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_price_change_updates_the_product_row_and_the_search_results() {
     let dir = temp_dir();
-    let (router, projection) = catalog::sqlite_app(&dir).await.unwrap();
+    let (router, projection) = catalog::sqlite_app(&dir, KEY).await.unwrap();
     price_change(router, &projection).await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -102,12 +122,12 @@ async fn a_price_change_updates_the_product_row_and_the_search_results_on_postgr
     let Some(url) = tower_patterns_testkit::fresh_postgres("catalog").await else {
         return; // skipped: no PostgreSQL (the reason is printed)
     };
-    let (router, projection) = catalog::postgres_app(&url).await.unwrap();
+    let (router, projection) = catalog::postgres_app(&url, KEY).await.unwrap();
     price_change(router, &projection).await;
 }
 
 async fn price_change(router: Router, projection: &tower_patterns::cqrs::ProjectionHandle) {
-    let mut app = App { router, last: None };
+    let mut app = App::new(router);
 
     let first = app
         .command(
@@ -157,7 +177,7 @@ async fn price_change(router: Router, projection: &tower_patterns::cqrs::Project
     let row = app.get("/products/p1").await;
     assert_eq!(row["price_cents"], 999, "the product row");
     assert!(
-        projection.position() >= app_position(&app),
+        projection.position() >= app.position.unwrap(),
         "the query waited for the write"
     );
     assert_eq!(
@@ -197,20 +217,11 @@ async fn price_change(router: Router, projection: &tower_patterns::cqrs::Project
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-fn app_position(app: &App) -> tower_patterns::eventstore::GlobalPosition {
-    app.last
-        .as_deref()
-        .unwrap()
-        .parse::<PositionToken>()
-        .unwrap()
-        .position()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_client_error_with_a_fixed_phrase() {
     let dir = temp_dir();
-    let (router, _projection) = catalog::sqlite_app(&dir).await.unwrap();
-    let mut app = App { router, last: None };
+    let (router, _projection) = catalog::sqlite_app(&dir, KEY).await.unwrap();
+    let mut app = App::new(router);
     let (status, res) = app
         .send("POST", "/products/p1", Some(json!({"op": "fly"})))
         .await;
@@ -236,11 +247,182 @@ async fn bad_input_gets_a_client_error_with_a_fixed_phrase() {
         (status, text(res).await.as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, "command refused")
     );
+    // The CQRS layer's informational position is not a consistency token.
     app.last = Some("v1.0.01".into());
     let (status, res) = app.send("GET", "/products?text=kettle", None).await;
     assert_eq!(
         (status, text(res).await.as_str()),
-        (StatusCode::BAD_REQUEST, "malformed position")
+        (StatusCode::BAD_REQUEST, "malformed consistency token")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The `name=value` part of a response's `Set-Cookie`, as a client sends it back.
+fn cookie_of(res: &Response<Body>) -> String {
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// A request with `cookie` as its `Cookie` header.
+fn with_cookie(method: &str, uri: &str, cookie: &str, body: Option<Value>) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::COOKIE, cookie)
+        .body(body.map_or_else(Body::empty, |v| Body::from(v.to_string())))
+        .unwrap()
+}
+
+/// A token signed with another key (for a position far ahead, which would hold every read
+/// for the whole 2 s wait were it believed), in the header or the cookie, and a malformed
+/// token are refused with a 400 and a fixed phrase, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_malformed_token_is_a_400_at_once() {
+    let dir = temp_dir();
+    let (router, _projection) = catalog::sqlite_app(&dir, KEY).await.unwrap();
+    let mut app = App::new(router);
+    app.command("/products/p1", create("Kettle", "Steel", 100))
+        .await;
+    let head = app.position.unwrap();
+    let ahead = Mark::Position(GlobalPosition::new(head.commit, head.index + 1_000_000));
+    let forged = Tokens::new("catalog", TokenKey::new([7; 16])).issue(ahead);
+    let malformed = "1e00000000000000zz";
+    for (token, phrase) in [
+        (forged.as_str(), "invalid consistency token"),
+        (malformed, "malformed consistency token"),
+    ] {
+        app.last = Some(token.to_owned());
+        for uri in ["/products?text=kettle", "/products/p1"] {
+            let started = Instant::now();
+            let (status, res) = app.send("GET", uri, None).await;
+            assert_eq!(
+                (status, text(res).await.as_str()),
+                (StatusCode::BAD_REQUEST, phrase),
+                "{uri} with {token}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "{uri} with {token}: refused at once, not after the wait ({:?})",
+                started.elapsed()
+            );
+        }
+    }
+    // The forged token in the cookie instead of the header.
+    let started = Instant::now();
+    let res = app
+        .router
+        .clone()
+        .oneshot(with_cookie(
+            "GET",
+            "/products/p1",
+            &format!("tp_consistency={forged}"),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), text(res).await.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid consistency token")
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The session in a cookie, as a browser keeps it: a command's `Set-Cookie` sent back as
+/// `Cookie` holds a query until the read model has applied the command, and the query sees
+/// it. The read model is held behind by a write lock on its file while the query is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_with_the_session_cookie_waits_for_and_sees_the_write() {
+    let dir = temp_dir();
+    let (router, projection) = catalog::sqlite_app(&dir, KEY).await.unwrap();
+    let send = |req: Request<Body>| router.clone().oneshot(req);
+
+    let res = send(
+        Request::post("/products/p1")
+            .body(Body::from(create("Kettle", "Steel", 2500).to_string()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = cookie_of(&res);
+    assert_eq!(
+        cookie,
+        format!(
+            "tp_consistency={}",
+            res.headers()[TOKEN_HEADER].to_str().unwrap()
+        )
+    );
+    let res = send(with_cookie("GET", "/products/p1", &cookie, None))
+        .await
+        .unwrap();
+    let (status, body) = (res.status(), text(res).await);
+    assert_eq!(status, StatusCode::OK, "the new product is seen: {body}");
+    let row: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(row["price_cents"], 2500);
+
+    // Hold the read model's file: the projection cannot apply the next command.
+    let lock = rusqlite::Connection::open(dir.join("catalog-read.db")).unwrap();
+    lock.busy_timeout(Duration::from_secs(5)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let res = send(with_cookie(
+        "POST",
+        "/products/p1",
+        &cookie,
+        Some(json!({"op": "set_price", "price_cents": 999})),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = cookie_of(&res);
+    let wrote = PositionToken::from_header_value(&res.headers()[POSITION_HEADER])
+        .unwrap()
+        .position();
+    let pending = tokio::spawn(send(with_cookie("GET", "/products/p1", &cookie, None)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        projection.position() < wrote,
+        "the read model is held behind"
+    );
+    assert!(
+        !pending.is_finished(),
+        "the query waits for the read model to apply the price change"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    let res = pending.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let row: Value = serde_json::from_str(&text(res).await).unwrap();
+    assert_eq!(row["price_cents"], 999, "the query sees the write");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A genuine token (signed with the app's key) for a position the log has not reached: the
+/// query waits the whole 2 s for the read model, then gets a 503 with `Retry-After`. On
+/// paused time, so the test does not wait the 2 s.
+#[tokio::test(flavor = "current_thread")]
+async fn a_token_beyond_the_head_waits_two_seconds_then_gets_503() {
+    let dir = temp_dir();
+    let (router, _projection) = catalog::sqlite_app(&dir, KEY).await.unwrap();
+    let mut app = App::new(router);
+    app.command("/products/p1", create("Kettle", "Steel", 100))
+        .await;
+    let head = app.position.unwrap();
+    let ahead = Mark::Position(GlobalPosition::new(head.commit, head.index + 1_000_000));
+    app.last = Some(Tokens::new("catalog", KEY).issue(ahead));
+
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let (status, res) = app.send("GET", "/products/p1", None).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    assert_eq!(text(res).await, "read side has not caught up");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

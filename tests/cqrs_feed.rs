@@ -1,6 +1,7 @@
 //! The photo feed end to end through its HTTP service (`examples/feed`): a post fans out to
 //! its author's followers (and only to them), likes count once per user, and a feed reads
-//! newest first, 20 at a time, by keyset pages.
+//! newest first, 20 at a time, by keyset pages. Every request carries the consistency token
+//! of the last command, so each read sees the writes before it.
 
 #[allow(dead_code)]
 #[path = "../examples/feed/main.rs"]
@@ -11,10 +12,14 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
-use tower_patterns::cqrs::layer::POSITION_HEADER;
+use tower_patterns::consistency::{TokenKey, layer::TOKEN_HEADER};
+
+/// The key the tests' apps sign their tokens with.
+const KEY: TokenKey = TokenKey::new(*b"feed test key 16");
 
 struct App {
     router: Router,
+    /// The last consistency token a response carried, sent with every request.
     last: Option<String>,
 }
 
@@ -22,7 +27,7 @@ impl App {
     async fn send(&mut self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, String) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(last) = &self.last {
-            req = req.header(POSITION_HEADER, last);
+            req = req.header(TOKEN_HEADER, last);
         }
         let body = body.map_or_else(Body::empty, |v| Body::from(v.to_string()));
         let res = self
@@ -31,7 +36,7 @@ impl App {
             .oneshot(req.body(body).unwrap())
             .await
             .unwrap();
-        if let Some(p) = res.headers().get(POSITION_HEADER) {
+        if let Some(p) = res.headers().get(TOKEN_HEADER) {
             self.last = Some(p.to_str().unwrap().to_owned());
         }
         let status = res.status();
@@ -76,7 +81,7 @@ fn temp_dir() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_fan_out_to_followers_likes_count_once_and_pages_are_newest_first() {
     let dir = temp_dir();
-    let (router, _projection) = feed::sqlite_app(&dir).await.unwrap();
+    let (router, _projection) = feed::sqlite_app(&dir, KEY).await.unwrap();
     fan_out(router).await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -86,7 +91,7 @@ async fn posts_fan_out_to_followers_likes_count_once_and_pages_are_newest_first_
     let Some(url) = tower_patterns_testkit::fresh_postgres("feed").await else {
         return; // skipped: no PostgreSQL (the reason is printed)
     };
-    let (router, _projection) = feed::postgres_app(&url).await.unwrap();
+    let (router, _projection) = feed::postgres_app(&url, KEY).await.unwrap();
     fan_out(router).await;
 }
 

@@ -3,20 +3,37 @@
 //! index in its own SQLite file).
 //!
 //! ```text
-//! cargo run --example catalog --features cqrs          # listens on 127.0.0.1:3000
+//! cargo run --example catalog --features consistency   # listens on 127.0.0.1:3000
 //! curl -i -XPOST localhost:3000/products/p1 \
 //!   -d '{"op":"create","name":"Red kettle","description":"A loud kettle","price_cents":2500}'
-//! #   -> 200, tp-position: v1.0.1
-//! curl -XPOST localhost:3000/products/p1 -d '{"op":"set_price","price_cents":1999}'
-//! curl -H 'tp-position: v1.0.2' 'localhost:3000/products?text=kett&max_cents=2000'
+//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency=1e…; Path=/; HttpOnly; SameSite=Lax
+//! curl -i -XPOST localhost:3000/products/p1 -d '{"op":"set_price","price_cents":1999}'
+//! curl -H 'tp-consistency: 1e…' 'localhost:3000/products?text=kett&max_cents=2000'
+//! # The same session in a cookie jar: each command's cookie is sent with the next request.
+//! curl -c jar -b jar -XPOST localhost:3000/products/p2 \
+//!   -d '{"op":"create","name":"Blue kettle","description":"Quiet","price_cents":1500}'
+//! curl -c jar -b jar localhost:3000/products/p2
+//! # A token this server did not sign: 400 "invalid consistency token", at once.
+//! curl -i -H 'tp-consistency: 1e0000000000000000000000000000ffff0000000000000000' \
+//!   localhost:3000/products
 //! ```
 //!
-//! A command answers with the position it reached (`tp-position`); a query that sends it back
-//! waits (up to 2 s) until the read model has applied it, so a client reads its own writes.
+//! A command answers with a signed consistency token of the position it reached
+//! (`tp-consistency`, and the `tp_consistency` cookie); a query that sends it back (header or
+//! cookie) is answered once the read model has applied it, waiting up to 2 s, then `503` with
+//! `Retry-After`: a client reads its own writes. The [`ConsistencyLayer`] does this around the
+//! whole service. A malformed token is a `400` (`malformed consistency token`), a forged one
+//! too (`invalid consistency token`), so no client can hold reads with a position from the
+//! future. Tokens are signed with `TP_TOKEN_KEY` (32 hexadecimal digits, `openssl rand -hex
+//! 16`; every instance needs the same); without it, with a random key that does not survive a
+//! restart. The informational `tp-position` header and the JSON body of a command stay as the
+//! CQRS layer writes them.
+//!
 //! Bad JSON is a `400` with a fixed phrase, a refused command `422`, a conflict `409`.
 //! `TP_CATALOG_DIR` picks the directory of the two SQLite files (default: the current one).
-//! Built with `--features cqrs-postgres` and given `TP_POSTGRES_URL` (or `DATABASE_URL`), it
-//! keeps the events and the read model in PostgreSQL instead (full-text search by `tsvector`).
+//! Built with `--features consistency,cqrs-postgres` and given `TP_POSTGRES_URL` (or
+//! `DATABASE_URL`), it keeps the events and the read model in PostgreSQL instead (full-text
+//! search by `tsvector`).
 #![allow(clippy::print_stdout, reason = "an example says where it listens")]
 #![allow(unreachable_pub, reason = "the tests include this file as a module")]
 
@@ -28,18 +45,17 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use tower::Layer;
 use tower_patterns::{
     BoxError,
+    consistency::{TokenKey, layer::ConsistencyLayer},
     cqrs::{
         Projection, ProjectionHandle, Tables,
-        layer::{
-            BadCommand, CqrsLayer, HttpClassifier, HttpCommands, POSITION_HEADER, PositionToken,
-        },
+        layer::{BadCommand, CqrsLayer, HttpClassifier, HttpCommands},
         projection::sqlite_reader,
     },
     eventstore::{Command, CommandService, EventStore, Repository, sqlite::SqliteStore},
@@ -91,24 +107,6 @@ pub fn product_command(
     Ok(Command::new(id.clone(), (id, command)))
 }
 
-/// Waits until the read model has applied the position the request names, if it names one.
-async fn consistent(reads: &Reads, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(value) = headers.get(POSITION_HEADER) else {
-        return Ok(());
-    };
-    let token = PositionToken::from_header_value(value)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "malformed position").into_response())?;
-    if reads
-        .projection
-        .wait_for(token.position(), Duration::from_secs(2))
-        .await
-    {
-        Ok(())
-    } else {
-        Err((StatusCode::SERVICE_UNAVAILABLE, "read model behind").into_response())
-    }
-}
-
 fn failed() -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, "read failed").into_response()
 }
@@ -127,12 +125,7 @@ async fn read_sqlite<T: Send + 'static>(
         .ok_or_else(failed)
 }
 
-async fn search(
-    State(reads): State<Reads>,
-    headers: HeaderMap,
-    Query(q): Query<Search>,
-) -> Result<Response, Response> {
-    consistent(&reads, &headers).await?;
+async fn search(State(reads): State<Reads>, Query(q): Query<Search>) -> Result<Response, Response> {
     let tables = reads.projection.tables();
     let rows = match &reads.db {
         Db::Sqlite(path) => {
@@ -149,12 +142,7 @@ async fn search(
     Ok(Json(rows).into_response())
 }
 
-async fn product(
-    State(reads): State<Reads>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Response> {
-    consistent(&reads, &headers).await?;
+async fn product(State(reads): State<Reads>, Path(id): Path<String>) -> Result<Response, Response> {
     let tables = reads.projection.tables();
     let row = match &reads.db {
         Db::Sqlite(path) => {
@@ -175,8 +163,12 @@ async fn product(
 }
 
 /// The catalog's HTTP service: commands to `Product` aggregates in `store`, queries to the
-/// read model, once its projection has started.
-async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, BoxError> {
+/// read model, once its projection has started; consistency tokens signed with `key`.
+async fn service<S: EventStore>(
+    store: Arc<S>,
+    reads: Reads,
+    key: TokenKey,
+) -> Result<Router, BoxError> {
     let started = reads
         .projection
         .wait_for_status(Duration::from_secs(10), |s| {
@@ -186,6 +178,12 @@ async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, B
     if !matches!(started.as_str(), "live" | "catching_up") {
         return Err(format!("the catalog projection did not start: {started:?}").into());
     }
+    // A query carrying a command's token waits (up to 2 s) for the read model to reach it.
+    let consistency = ConsistencyLayer::builder("catalog")
+        .key(key)
+        .read_side(reads.projection.clone())
+        .wait(Duration::from_secs(2))
+        .build()?;
     let queries = Router::new()
         .route("/products", get(search))
         .route("/products/{id}", get(product))
@@ -196,16 +194,20 @@ async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, B
         .classify(HttpClassifier::new())
         .adapter(HttpCommands::new(product_command))
         .build()?;
-    let service = ErrorResponseLayer::new().layer(cqrs.layer(queries));
+    let service = ErrorResponseLayer::new().layer(consistency.layer(cqrs.layer(queries)));
     Ok(Router::new().fallback_service(service))
 }
 
-/// The catalog over the SQLite files in `dir` (events, and the read model apart).
+/// The catalog over the SQLite files in `dir` (events, and the read model apart), its
+/// consistency tokens signed with `key`.
 ///
 /// # Errors
 ///
 /// When a file cannot be opened or the projection does not start.
-pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHandle), BoxError> {
+pub async fn sqlite_app(
+    dir: &std::path::Path,
+    key: TokenKey,
+) -> Result<(Router, ProjectionHandle), BoxError> {
     let store = Arc::new(SqliteStore::open(dir.join("catalog-events.db"))?);
     let path = dir.join("catalog-read.db");
     let (projection, _task) = Projection::builder("catalog")
@@ -217,17 +219,21 @@ pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHand
         db: Db::Sqlite(Arc::new(path)),
         projection: projection.clone(),
     };
-    Ok((service(store, reads).await?, projection))
+    Ok((service(store, reads, key).await?, projection))
 }
 
 /// The catalog on the PostgreSQL database at `url`: the events and, beside them, the read
-/// model with its full-text index (one runner per projection across processes).
+/// model with its full-text index (one runner per projection across processes), its
+/// consistency tokens signed with `key`.
 ///
 /// # Errors
 ///
 /// When the database cannot be reached or the projection does not start.
 #[cfg(feature = "cqrs-postgres")]
-pub async fn postgres_app(url: &str) -> Result<(Router, ProjectionHandle), BoxError> {
+pub async fn postgres_app(
+    url: &str,
+    key: TokenKey,
+) -> Result<(Router, ProjectionHandle), BoxError> {
     let store = Arc::new(PostgresStore::connect(url, 8).await?);
     let (projection, _task) = Projection::builder("catalog")
         .source(store.clone())
@@ -238,11 +244,28 @@ pub async fn postgres_app(url: &str) -> Result<(Router, ProjectionHandle), BoxEr
         db: Db::Postgres(store.clone()),
         projection: projection.clone(),
     };
-    Ok((service(store, reads).await?, projection))
+    Ok((service(store, reads, key).await?, projection))
+}
+
+/// The key that signs consistency tokens: `TP_TOKEN_KEY` (32 hexadecimal digits), or else a
+/// random one for this process.
+fn token_key() -> Result<TokenKey, BoxError> {
+    match std::env::var("TP_TOKEN_KEY") {
+        Ok(hex) => TokenKey::from_hex(&hex).map_err(|e| format!("TP_TOKEN_KEY: {e}").into()),
+        Err(std::env::VarError::NotPresent) => {
+            eprintln!(
+                "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
+                 and will not survive a restart"
+            );
+            Ok(TokenKey::random())
+        }
+        Err(e) => Err(format!("TP_TOKEN_KEY: {e}").into()),
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let key = token_key()?;
     let dir = std::env::var_os("TP_CATALOG_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
     #[cfg(feature = "cqrs-postgres")]
     let url = std::env::var("TP_POSTGRES_URL")
@@ -250,11 +273,11 @@ async fn main() -> Result<(), BoxError> {
         .ok();
     #[cfg(feature = "cqrs-postgres")]
     let (app, _projection) = match url {
-        Some(url) => postgres_app(&url).await?,
-        None => sqlite_app(&dir).await?,
+        Some(url) => postgres_app(&url, key).await?,
+        None => sqlite_app(&dir, key).await?,
     };
     #[cfg(not(feature = "cqrs-postgres"))]
-    let (app, _projection) = sqlite_app(&dir).await?;
+    let (app, _projection) = sqlite_app(&dir, key).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("the catalog listens on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;

@@ -3,19 +3,31 @@
 //! counts likes, so reading a feed is one indexed scan of a precomputed table.
 //!
 //! ```text
-//! cargo run --example feed --features cqrs              # listens on 127.0.0.1:3001
+//! cargo run --example feed --features consistency      # listens on 127.0.0.1:3001
 //! curl -XPOST localhost:3001/members/bo -d '{"op":"follow","author":"ada"}'
 //! curl -i -XPOST localhost:3001/posts/p1 -d '{"op":"create","author":"ada","at":1700000000000}'
+//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency=1e…; Path=/; HttpOnly; SameSite=Lax
 //! curl -XPOST localhost:3001/posts/p1 -d '{"op":"like","user":"bo"}'
-//! curl -H 'tp-position: v1.0.3' localhost:3001/feed/bo  # newest first, 20 a page
+//! curl -H 'tp-consistency: 1e…' localhost:3001/feed/bo  # newest first, 20 a page
 //! curl 'localhost:3001/feed/bo?before_at=1700000000000&before_post=p1'   # the next page
+//! # The same session in a cookie jar: each command's cookie is sent with the next request.
+//! curl -c jar -b jar -XPOST localhost:3001/posts/p2 -d '{"op":"create","author":"ada","at":1700000001000}'
+//! curl -c jar -b jar localhost:3001/feed/bo
 //! ```
 //!
-//! A command answers with the position it reached (`tp-position`); a query that sends it back
-//! waits (up to 2 s) until the feed has applied it. `TP_FEED_DIR` picks the directory of the
-//! two SQLite files (default: the current one). Built with `--features cqrs-postgres` and
-//! given `TP_POSTGRES_URL` (or `DATABASE_URL`), it keeps the events and the read model in
-//! PostgreSQL instead.
+//! A command answers with a signed consistency token of the position it reached
+//! (`tp-consistency`, and the `tp_consistency` cookie); a query that sends it back (header or
+//! cookie) is answered once the feed has applied it, waiting up to 2 s, then `503` with
+//! `Retry-After`. The [`ConsistencyLayer`] does this around the whole service. A malformed or
+//! forged token is a `400` (`malformed consistency token`, `invalid consistency token`), never
+//! a wait. Tokens are signed with `TP_TOKEN_KEY` (32 hexadecimal digits, `openssl rand -hex
+//! 16`; every instance needs the same); without it, with a random key that does not survive a
+//! restart. The informational `tp-position` header and the JSON body of a command stay as the
+//! CQRS layer writes them.
+//!
+//! `TP_FEED_DIR` picks the directory of the two SQLite files (default: the current one). Built
+//! with `--features consistency,cqrs-postgres` and given `TP_POSTGRES_URL` (or
+//! `DATABASE_URL`), it keeps the events and the read model in PostgreSQL instead.
 #![allow(clippy::print_stdout, reason = "an example says where it listens")]
 #![allow(unreachable_pub, reason = "the tests include this file as a module")]
 
@@ -27,18 +39,17 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use tower::{Layer, ServiceExt, service_fn};
 use tower_patterns::{
     BoxError,
+    consistency::{TokenKey, layer::ConsistencyLayer},
     cqrs::{
         Projection, ProjectionHandle,
-        layer::{
-            BadCommand, CqrsLayer, HttpClassifier, HttpCommands, POSITION_HEADER, PositionToken,
-        },
+        layer::{BadCommand, CqrsLayer, HttpClassifier, HttpCommands},
         projection::sqlite_reader,
     },
     eventstore::{Command, CommandService, EventStore, Repository, sqlite::SqliteStore},
@@ -108,19 +119,9 @@ fn failed() -> Response {
 
 async fn feed(
     State(reads): State<Reads>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     Query(page): Query<FeedPage>,
 ) -> Result<Response, Response> {
-    if let Some(value) = headers.get(POSITION_HEADER) {
-        let Ok(token) = PositionToken::from_header_value(value) else {
-            return Err((StatusCode::BAD_REQUEST, "malformed position").into_response());
-        };
-        let within = Duration::from_secs(2);
-        if !reads.projection.wait_for(token.position(), within).await {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "read model behind").into_response());
-        }
-    }
     let tables = reads.projection.tables();
     let items = match &reads.db {
         Db::Sqlite(path) => {
@@ -145,8 +146,12 @@ async fn feed(
 }
 
 /// The feed's HTTP service: commands to `Post` and `Member` aggregates in `store`, queries
-/// to the read model, once its projection has started.
-async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, BoxError> {
+/// to the read model, once its projection has started; consistency tokens signed with `key`.
+async fn service<S: EventStore>(
+    store: Arc<S>,
+    reads: Reads,
+    key: TokenKey,
+) -> Result<Router, BoxError> {
     let started = reads
         .projection
         .wait_for_status(Duration::from_secs(10), |s| {
@@ -156,6 +161,12 @@ async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, B
     if !matches!(started.as_str(), "live" | "catching_up") {
         return Err(format!("the feed projection did not start: {started:?}").into());
     }
+    // A query carrying a command's token waits (up to 2 s) for the feed to reach it.
+    let consistency = ConsistencyLayer::builder("feed")
+        .key(key)
+        .read_side(reads.projection.clone())
+        .wait(Duration::from_secs(2))
+        .build()?;
     let queries = Router::new()
         .route("/feed/{user}", get(feed))
         .with_state(reads);
@@ -175,16 +186,20 @@ async fn service<S: EventStore>(store: Arc<S>, reads: Reads) -> Result<Router, B
         .classify(HttpClassifier::new())
         .adapter(HttpCommands::new(feed_command))
         .build()?;
-    let service = ErrorResponseLayer::new().layer(cqrs.layer(queries));
+    let service = ErrorResponseLayer::new().layer(consistency.layer(cqrs.layer(queries)));
     Ok(Router::new().fallback_service(service))
 }
 
-/// The feed over the SQLite files in `dir` (events, and the read model apart).
+/// The feed over the SQLite files in `dir` (events, and the read model apart), its
+/// consistency tokens signed with `key`.
 ///
 /// # Errors
 ///
 /// When a file cannot be opened or the projection does not start.
-pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHandle), BoxError> {
+pub async fn sqlite_app(
+    dir: &std::path::Path,
+    key: TokenKey,
+) -> Result<(Router, ProjectionHandle), BoxError> {
     let store = Arc::new(SqliteStore::open(dir.join("feed-events.db"))?);
     let path = dir.join("feed-read.db");
     let (projection, _task) = Projection::builder("feed")
@@ -196,17 +211,20 @@ pub async fn sqlite_app(dir: &std::path::Path) -> Result<(Router, ProjectionHand
         db: Db::Sqlite(Arc::new(path)),
         projection: projection.clone(),
     };
-    Ok((service(store, reads).await?, projection))
+    Ok((service(store, reads, key).await?, projection))
 }
 
 /// The feed on the PostgreSQL database at `url`: the events and, beside them, the read model
-/// (one runner per projection across processes).
+/// (one runner per projection across processes), its consistency tokens signed with `key`.
 ///
 /// # Errors
 ///
 /// When the database cannot be reached or the projection does not start.
 #[cfg(feature = "cqrs-postgres")]
-pub async fn postgres_app(url: &str) -> Result<(Router, ProjectionHandle), BoxError> {
+pub async fn postgres_app(
+    url: &str,
+    key: TokenKey,
+) -> Result<(Router, ProjectionHandle), BoxError> {
     let store = Arc::new(PostgresStore::connect(url, 8).await?);
     let (projection, _task) = Projection::builder("feed")
         .source(store.clone())
@@ -217,11 +235,28 @@ pub async fn postgres_app(url: &str) -> Result<(Router, ProjectionHandle), BoxEr
         db: Db::Postgres(store.clone()),
         projection: projection.clone(),
     };
-    Ok((service(store, reads).await?, projection))
+    Ok((service(store, reads, key).await?, projection))
+}
+
+/// The key that signs consistency tokens: `TP_TOKEN_KEY` (32 hexadecimal digits), or else a
+/// random one for this process.
+fn token_key() -> Result<TokenKey, BoxError> {
+    match std::env::var("TP_TOKEN_KEY") {
+        Ok(hex) => TokenKey::from_hex(&hex).map_err(|e| format!("TP_TOKEN_KEY: {e}").into()),
+        Err(std::env::VarError::NotPresent) => {
+            eprintln!(
+                "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
+                 and will not survive a restart"
+            );
+            Ok(TokenKey::random())
+        }
+        Err(e) => Err(format!("TP_TOKEN_KEY: {e}").into()),
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let key = token_key()?;
     let dir = std::env::var_os("TP_FEED_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
     #[cfg(feature = "cqrs-postgres")]
     let url = std::env::var("TP_POSTGRES_URL")
@@ -229,11 +264,11 @@ async fn main() -> Result<(), BoxError> {
         .ok();
     #[cfg(feature = "cqrs-postgres")]
     let (app, _projection) = match url {
-        Some(url) => postgres_app(&url).await?,
-        None => sqlite_app(&dir).await?,
+        Some(url) => postgres_app(&url, key).await?,
+        None => sqlite_app(&dir, key).await?,
     };
     #[cfg(not(feature = "cqrs-postgres"))]
-    let (app, _projection) = sqlite_app(&dir).await?;
+    let (app, _projection) = sqlite_app(&dir, key).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3001").await?;
     println!("the feed listens on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;
