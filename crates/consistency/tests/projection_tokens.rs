@@ -202,3 +202,62 @@ async fn without_the_token_reads_do_see_the_model_before_the_write() {
     assert!(stale > 0);
     handle.shutdown();
 }
+
+/// A caught-up projection answers a token at once (no wait counted); one that lags says how
+/// many events behind it is on a stale answer.
+#[tokio::test(start_paused = true)]
+async fn a_caught_up_projection_answers_at_once_and_a_lagging_one_says_how_far() {
+    use tower_patterns_consistency::layer::{Behind, STALE_HEADER};
+    use tower_patterns_eventstore::GlobalPosition;
+
+    let store = Arc::new(InMemoryStore::new());
+    let counts = Counts {
+        counts: Arc::default(),
+        rng: Arc::new(Mutex::new(SplitMix64::new(1))),
+        max_delay_ms: 0,
+    };
+    let (handle, _task) = Projection::builder("counts")
+        .source(store.clone())
+        .external(MemoryCheckpoints::new(), counts.clone())
+        .build()
+        .unwrap()
+        .spawn();
+    let mut last = GlobalPosition::START;
+    for _ in 0..3 {
+        last = *store
+            .append("a", ExpectedVersion::Any, vec![event()])
+            .await
+            .unwrap()
+            .positions
+            .last()
+            .unwrap();
+    }
+    assert!(handle.wait_for(last, Duration::from_secs(60)).await);
+    let layer = ConsistencyLayer::builder("counts")
+        .key(TokenKey::new(*b"proptest key 16b"))
+        .read_side(handle.clone())
+        .wait(Duration::ZERO)
+        .when_behind(Behind::Stale)
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(()))
+    }));
+    let read = |index: u64| {
+        Request::get("/a")
+            .header(
+                TOKEN_HEADER,
+                layer
+                    .tokens()
+                    .header_value(GlobalPosition::new(last.commit, index).into()),
+            )
+            .body(())
+            .unwrap()
+    };
+    let res = svc.clone().oneshot(read(last.index)).await.unwrap();
+    assert!(res.headers().get(STALE_HEADER).is_none());
+    let res = svc.clone().oneshot(read(last.index + 5)).await.unwrap();
+    assert_eq!(res.headers()[STALE_HEADER], "events=5");
+    assert_eq!(layer.handle().stale(), 1);
+    handle.shutdown();
+}
