@@ -44,6 +44,11 @@
 //! `wal_block_size` and `wal_segment_size` once per connection to the primary), so a mark is
 //! never out of a caught-up replica's reach.
 //!
+//! **Asynchronous commits.** With `synchronous_commit = off`, a commit is streamed to the
+//! replicas only once the WAL writer flushes it (within `wal_writer_delay`, 200 ms by
+//! default), so a read carrying that write's mark waits up to that long for a replica, or
+//! goes to the primary.
+//!
 //! ```
 //! use std::time::Duration;
 //! use deadpool_postgres::{Config, Runtime};

@@ -1,0 +1,705 @@
+//! Read-replica routing on real servers: the test command's PostgreSQL primary and its two
+//! streaming replicas (`scripts/test` starts them; without them the server tests skip, and
+//! fail under `TP_REQUIRE_SERVICES=1`).
+//!
+//! Pausing a replica's replay affects every test that reads from it, so the server tests of
+//! this binary run one at a time (`SERVERS`). Each uses a fresh database with one counter row,
+//! which the writes increment, so a read that returns a lower value than a write returned
+//! earlier is a stale read.
+
+#![cfg(feature = "postgres")]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use deadpool_postgres::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::sync::Mutex;
+use tokio_postgres::NoTls;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_patterns_consistency::{
+    ConcernOf, Lsn, Mark, MarkKind, MarkResponse, ReadConcern, ReadSide,
+    replica::{Node, ReplicaRouterLayer, ReplicaSet, ReplicaSetHandle, ReplicaStatus, Routed},
+};
+use tower_patterns_core::observe::{Health, StateHandle};
+use tower_patterns_cqrs::layer::Side;
+use tower_patterns_testkit::{Replica, fresh_postgres, postgres_replicas};
+
+/// One server test at a time: a paused replica would slow or skew the others.
+static SERVERS: Mutex<()> = Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------ requests and responses
+
+/// A write increments the counter; a read returns it.
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Write,
+    Read(ReadConcern),
+}
+
+impl Req {
+    fn read_at(mark: Option<Mark>) -> Self {
+        Self::Read(ReadConcern {
+            at_least: mark,
+            from_primary: false,
+        })
+    }
+}
+
+impl ConcernOf for Req {
+    fn read_concern(&self) -> ReadConcern {
+        match self {
+            Self::Write => ReadConcern::default(),
+            Self::Read(concern) => *concern,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Res {
+    value: i64,
+    node: Node,
+    mark: Option<Mark>,
+}
+
+impl MarkResponse for Res {
+    fn set_mark(&mut self, mark: Mark) {
+        self.mark = Some(mark);
+    }
+}
+
+fn classify(req: &Req) -> Side {
+    match req {
+        Req::Write => Side::Command,
+        Req::Read(_) => Side::Query,
+    }
+}
+
+/// The router over `set` in front of a service that runs the SQL on the connection it gets.
+fn router(
+    set: &ReplicaSet,
+) -> impl Service<Req, Response = Res, Error = tower_patterns_core::BoxError, Future: Send> + Clone + use<>
+{
+    ReplicaRouterLayer::new(set.clone())
+        .classify(classify)
+        .layer(service_fn(|routed: Routed<Req>| async move {
+            let sql = match routed.request {
+                Req::Write => FILLED_WRITE,
+                Req::Read(_) => "SELECT n FROM counter WHERE id = 1",
+            };
+            let row = routed.client.query_one(sql, &[]).await?;
+            Ok::<_, tokio_postgres::Error>(Res {
+                value: row.get(0),
+                node: routed.node,
+                mark: None,
+            })
+        }))
+}
+
+/// A write: the counter's increment, and with it some 32 kB of WAL (16 rows of 1,900 bytes
+/// of random text) for the replicas to stream and replay before they show the increment, so
+/// a read that does not wait for the write's mark often comes too early.
+const FILLED_WRITE: &str = "WITH filled AS (
+        INSERT INTO filler
+        SELECT string_agg(md5(random()::text || i || j), '')
+        FROM generate_series(1, 16) AS i, generate_series(1, 60) AS j GROUP BY i
+    )
+    UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n";
+
+async fn call<S>(svc: &mut S, req: Req) -> Res
+where
+    S: Service<Req, Response = Res, Error = tower_patterns_core::BoxError>,
+{
+    svc.ready().await.unwrap().call(req).await.unwrap()
+}
+
+// ------------------------------------------------------------------ servers
+
+fn pool(url: &str) -> Pool {
+    pool_with(url, PoolConfig::new(8))
+}
+
+fn pool_with(url: &str, pool: PoolConfig) -> Pool {
+    let mut config = Config::new();
+    config.url = Some(url.to_owned());
+    config.pool = Some(pool);
+    config
+        .create_pool(Some(Runtime::Tokio1), NoTls)
+        .expect("a pool")
+}
+
+/// A fresh database with the counter on the primary, once both replicas show it.
+struct Servers {
+    primary: String,
+    replicas: Vec<Replica>,
+    db: String,
+}
+
+impl Servers {
+    async fn new(tag: &str) -> Option<Self> {
+        let primary = fresh_postgres(tag).await?;
+        let replicas = postgres_replicas()?;
+        assert!(replicas.len() >= 2, "the test command starts two replicas");
+        let db = primary.rsplit('/').next().unwrap().to_owned();
+        let (client, conn) = tokio_postgres::connect(&primary, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL);
+                 INSERT INTO counter VALUES (1, 0);
+                 CREATE TABLE filler (line text NOT NULL);",
+            )
+            .await
+            .unwrap();
+        let servers = Self {
+            primary,
+            replicas,
+            db,
+        };
+        for replica in &servers.replicas {
+            servers.wait_for_counter(replica).await;
+        }
+        Some(servers)
+    }
+
+    /// The primary's pool, committing synchronously as production does (the test server runs
+    /// with `synchronous_commit = off`, where a commit reaches the replicas only after the WAL
+    /// writer's next flush, up to 200 ms later).
+    fn primary_pool(&self) -> Pool {
+        pool(&format!(
+            "{}?options=-c%20synchronous_commit%3Don",
+            self.primary
+        ))
+    }
+
+    fn replica_url(&self, i: usize) -> String {
+        self.replicas[i].database(&self.db)
+    }
+
+    /// Waits until `replica` has the database and its counter row.
+    async fn wait_for_counter(&self, replica: &Replica) {
+        let url = replica.database(&self.db);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, NoTls).await {
+                tokio::spawn(conn);
+                if client
+                    .query_opt("SELECT n FROM counter WHERE id = 1", &[])
+                    .await
+                    .is_ok_and(|row| row.is_some())
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {url} shows the counter"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The primary and both replicas as "a" and "b".
+    fn set(&self, name: &str) -> ReplicaSetBuilderWithReplicas {
+        ReplicaSet::builder(name)
+            .primary(self.primary_pool())
+            .replica("a", pool(&self.replica_url(0)))
+            .replica("b", pool(&self.replica_url(1)))
+    }
+}
+
+type ReplicaSetBuilderWithReplicas = tower_patterns_consistency::replica::ReplicaSetBuilder<Pool>;
+
+fn status(handle: &ReplicaSetHandle, name: &str) -> ReplicaStatus {
+    handle
+        .replicas()
+        .into_iter()
+        .find(|r| &*r.name == name)
+        .unwrap()
+}
+
+/// Refreshes until every replica named in `names` is healthy.
+async fn until_healthy(handle: &ReplicaSetHandle, names: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        handle.refresh().await;
+        if names.iter().all(|n| status(handle, n).healthy) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas {names:?} healthy: {:?}",
+            handle.replicas()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the consistency layer does before a read that carries `mark`: wait (up to 5 s) for
+/// the set to reach it, and read from the primary if it has not.
+async fn concern_for(set: &ReplicaSet, mark: Option<Mark>) -> Req {
+    let reached = match mark {
+        None => true,
+        Some(m) => set.reached(m) || set.wait(m, Duration::from_secs(5)).await,
+    };
+    Req::Read(ReadConcern {
+        at_least: mark,
+        from_primary: !reached,
+    })
+}
+
+fn is_replica(node: &Node, name: &str) -> bool {
+    matches!(node, Node::Replica(n) if &**n == name)
+}
+
+// ------------------------------------------------------------------ tests without a server
+
+#[test]
+fn the_builder_refuses_bad_settings_by_name() {
+    let p = || pool("postgres://postgres@127.0.0.1:1/none");
+    let field = |b: ReplicaSetBuilderWithReplicas| b.build().map(drop).unwrap_err().field();
+    assert_eq!(field(ReplicaSet::builder("").primary(p())), "name");
+    assert_eq!(
+        field(
+            ReplicaSet::builder("s")
+                .primary(p())
+                .replica("a", p())
+                .replica("a", p())
+        ),
+        "replica"
+    );
+    assert_eq!(
+        field(ReplicaSet::builder("s").primary(p()).replica("", p())),
+        "replica"
+    );
+    for (name, b) in [
+        (
+            "probe_every",
+            ReplicaSet::builder("s").probe_every(Duration::ZERO),
+        ),
+        (
+            "probe_fast",
+            ReplicaSet::builder("s").probe_fast(Duration::ZERO),
+        ),
+        (
+            "probe_timeout",
+            ReplicaSet::builder("s").probe_timeout(Duration::ZERO),
+        ),
+    ] {
+        assert_eq!(field(b.primary(p())), name);
+    }
+    // Settings before or after the primary, no replica at all: fine.
+    let set = ReplicaSet::builder("s")
+        .max_lag_bytes(0)
+        .primary(p())
+        .max_lag(Duration::ZERO)
+        .probe_fast(Duration::from_secs(9)) // more than probe_every: clamped
+        .observe_reads(false)
+        .build()
+        .unwrap();
+    assert_eq!(set.name(), "s");
+    assert_eq!(set.kind(), MarkKind::Lsn);
+    assert!(set.routes());
+    // Before any probe nothing is reached, and a position mark never is.
+    assert!(!set.reached(Mark::Lsn(Lsn(0))));
+    assert!(!set.reached(Mark::Position(Default::default())));
+    assert_eq!(set.handle().health(), Health::Ready); // no replica is unhealthy
+}
+
+#[test]
+fn metrics_are_registered_at_build_and_counters_published_by_reports() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let set = ReplicaSet::builder("metered")
+            .primary(pool("postgres://postgres@127.0.0.1:1/none"))
+            .replica("r1", pool("postgres://postgres@127.0.0.1:1/none"))
+            .build()
+            .unwrap();
+        for name in [
+            "tower_patterns_consistency_replica_lag_bytes",
+            "tower_patterns_consistency_replica_lag_seconds",
+            "tower_patterns_consistency_replica_up",
+        ] {
+            assert_eq!(
+                metric(&snapshotter, name, Some("r1")),
+                Some(DebugValue::Gauge(0.0.into())),
+                "{name}"
+            );
+        }
+        let report = set.handle().report();
+        assert_eq!(report.pattern, "consistency");
+        assert_eq!(report.health, Health::Degraded); // r1 not probed yet
+        assert_eq!(report.value("replicas"), Some(1.0));
+        for name in [
+            "tower_patterns_consistency_replica_reads_total",
+            "tower_patterns_consistency_replica_fallbacks_total",
+        ] {
+            assert_eq!(
+                metric(&snapshotter, name, Some("r1")),
+                Some(DebugValue::Counter(0)),
+                "{name}"
+            );
+        }
+        for name in [
+            "tower_patterns_consistency_router_primary_reads_total",
+            "tower_patterns_consistency_router_writes_total",
+            "tower_patterns_consistency_router_mark_errors_total",
+        ] {
+            assert_eq!(
+                metric(&snapshotter, name, None),
+                Some(DebugValue::Counter(0)),
+                "{name}"
+            );
+        }
+    });
+}
+
+/// The value of metric `name` (for `replica`, when given) in a recorder of one set.
+fn metric(snapshotter: &Snapshotter, name: &str, replica: Option<&str>) -> Option<DebugValue> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(k, ..)| {
+            let label = |l: &str| {
+                k.key()
+                    .labels()
+                    .find(|x| x.key() == l)
+                    .map(|x| x.value().to_owned())
+            };
+            k.key().name() == name && replica.is_none_or(|r| label("replica").as_deref() == Some(r))
+        })
+        .map(|(.., v)| v)
+}
+
+// ------------------------------------------------------------------ tests on the servers
+
+/// Read-your-writes: a write's mark sent with the next read (after waiting, as the
+/// consistency layer does) always shows the write, and most such reads are served by
+/// replicas; without marks the same run reads stale values (counted and printed).
+///
+/// Whether a replica is still replaying when the read arrives depends on the machine's load,
+/// so every tenth pair makes sure one is behind: replica a's replay is paused (once it has
+/// caught up, so its replay holds no lock) from before the write until after the read. A
+/// mark that stopped short of the write would then let the read reach a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_carrying_a_writes_mark_sees_the_write() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("ryw").await else {
+        return;
+    };
+    let set = servers.set("ryw").build().unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a", "b"]).await;
+    let mut svc = router(&set);
+
+    let mut replica_reads = 0;
+    for i in 0..1_000 {
+        let paused = if i % 10 == 9 {
+            until_caught_up(&handle, "a").await;
+            Some(servers.replicas[0].pause_replay())
+        } else {
+            None
+        };
+        let written = call(&mut svc, Req::Write).await;
+        assert_eq!(written.node, Node::Primary);
+        let mark = written.mark.expect("a write's response carries a mark");
+        assert_eq!(mark.kind(), MarkKind::Lsn);
+        let req = concern_for(&set, Some(mark)).await;
+        let read = call(&mut svc, req).await;
+        assert!(
+            read.value >= written.value,
+            "read {} on {} after writing {} (mark {mark})",
+            read.value,
+            read.node,
+            written.value
+        );
+        replica_reads += usize::from(!read.node.is_primary());
+        drop(paused);
+    }
+    assert!(
+        replica_reads >= 900,
+        "{replica_reads} of 1000 reads on replicas"
+    );
+
+    let mut stale = 0;
+    for _ in 0..1_000 {
+        let written = call(&mut svc, Req::Write).await;
+        let read = call(&mut svc, Req::read_at(None)).await;
+        stale += usize::from(read.value < written.value);
+    }
+    eprintln!("without marks: {stale} of 1000 reads right after a write were stale");
+    assert!(stale <= 1_000);
+    assert_eq!(handle.writes(), 2_000);
+    let served: u64 = handle.replicas().iter().map(|r| r.reads).sum();
+    assert_eq!(served + handle.primary_reads(), 2_000);
+    handle.shutdown();
+}
+
+/// A paused replica: reads whose mark it has not replayed go elsewhere, reads without a mark
+/// still reach it (it stays healthy under a large bound), its lag in bytes grows, and once
+/// the replay resumes it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_serves_only_reads_it_can() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("paused").await else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let set = metrics::with_local_recorder(&recorder, || {
+        servers
+            .set("paused")
+            .max_lag(Duration::from_secs(3_600))
+            .max_lag_bytes(1 << 30)
+            .probe_every(Duration::from_millis(20))
+            .build()
+            .unwrap()
+    });
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a", "b"]).await;
+    let mut svc = router(&set);
+    let before = call(&mut svc, Req::Write).await.value;
+    until_caught_up(&handle, "a").await;
+
+    let paused = servers.replicas[0].pause_replay();
+    let (mut on_b, mut on_primary) = (0, 0);
+    let mut lag = Vec::new();
+    for round in 0..100 {
+        let written = call(&mut svc, Req::Write).await;
+        let mark = written.mark.unwrap();
+        let read = call(&mut svc, concern_for(&set, Some(mark)).await).await;
+        assert!(
+            !is_replica(&read.node, "a"),
+            "round {round}: read on the paused replica"
+        );
+        assert!(read.value >= written.value);
+        if is_replica(&read.node, "b") {
+            on_b += 1;
+        } else {
+            on_primary += 1;
+        }
+        if round % 25 == 24 {
+            handle.refresh().await;
+            lag.push(status(&handle, "a").lag_bytes);
+        }
+    }
+    assert!(on_b > 50, "{on_b} reads on b, {on_primary} on the primary");
+    assert!(
+        lag.windows(2).all(|w| w[0] < w[1]) && lag[0] > 0,
+        "a's lag grows while paused: {lag:?}"
+    );
+    let a = status(&handle, "a");
+    assert!(a.up && a.healthy, "{a:?}");
+    let gauge = metric(
+        &snapshotter,
+        "tower_patterns_consistency_replica_lag_bytes",
+        Some("a"),
+    );
+    assert!(
+        matches!(gauge, Some(DebugValue::Gauge(g)) if g.into_inner() > 0.0),
+        "{gauge:?}"
+    );
+
+    // Without a mark the paused replica still serves, and shows the counter as it was.
+    let mut on_a = 0;
+    for _ in 0..100 {
+        let read = call(&mut svc, Req::read_at(None)).await;
+        if is_replica(&read.node, "a") {
+            on_a += 1;
+            assert_eq!(
+                read.value, before,
+                "the paused replica shows the counter as it was"
+            );
+        }
+    }
+    assert!(
+        on_a > 10,
+        "{on_a} of 100 reads without a mark on the paused replica"
+    );
+
+    let primary = handle.primary_lsn().unwrap();
+    drop(paused);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        handle.refresh().await;
+        let a = status(&handle, "a");
+        if a.replay >= primary && a.lag_bytes < 1 << 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a catches up: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.shutdown();
+}
+
+/// Refreshes until replica `name` has replayed all the primary had (as one probe reads them).
+async fn until_caught_up(handle: &ReplicaSetHandle, name: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        handle.refresh().await;
+        if handle
+            .primary_lsn()
+            .is_some_and(|p| status(handle, name).replay >= p)
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} catches up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Monotonic reads: with replay paused on one replica and writes going on, a session that
+/// carries each response's mark into its next read never sees the counter go back, over 200
+/// reads; the same reads without marks do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_carrying_its_marks_never_reads_backwards() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("monotonic").await else {
+        return;
+    };
+    let set = servers
+        .set("monotonic")
+        .max_lag(Duration::from_secs(3_600))
+        .max_lag_bytes(1 << 30)
+        .probe_every(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a", "b"]).await;
+    let mut svc = router(&set);
+    let frozen = call(&mut svc, Req::Write).await.value;
+    until_caught_up(&handle, "a").await;
+
+    let paused = servers.replicas[0].pause_replay();
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = tokio::spawn({
+        let mut svc = router(&set);
+        let writing = writing.clone();
+        async move {
+            while writing.load(Relaxed) {
+                call(&mut svc, Req::Write).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    // b shows writes made after the pause before the sessions start.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while call(&mut svc, Req::read_at(None)).await.value <= frozen + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "writes reach b");
+    }
+
+    let (mut seen, mut mark, mut nodes) = (0, None, Vec::new());
+    for i in 0..200 {
+        let read = call(&mut svc, concern_for(&set, mark).await).await;
+        assert!(
+            read.value >= seen,
+            "read {i} on {} saw {} after {seen}",
+            read.node,
+            read.value
+        );
+        seen = read.value;
+        mark = read
+            .mark
+            .map(|m| mark.map_or(m, |old: Mark| old.max_with(m)));
+        assert!(mark.is_some(), "an observed read carries its mark");
+        nodes.push(read.node);
+    }
+    let (mut backwards, mut last) = (0, 0);
+    for _ in 0..200 {
+        let read = call(&mut svc, Req::read_at(None)).await;
+        backwards += usize::from(read.value < last);
+        last = read.value;
+    }
+    writing.store(false, Relaxed);
+    writer.await.unwrap();
+    drop(paused);
+    let on = |name| nodes.iter().filter(|n| is_replica(n, name)).count();
+    eprintln!(
+        "with marks: {} reads on a, {} on b, {} on the primary; without: {backwards} went back",
+        on("a"),
+        on("b"),
+        200 - on("a") - on("b")
+    );
+    assert!(
+        on("b") > 50,
+        "most marked reads on the replica that keeps up"
+    );
+    assert!(backwards > 0, "without marks the session reads backwards");
+    handle.shutdown();
+}
+
+/// A replica that is down is skipped and shown down; a replica whose pool gives no
+/// connection is marked down, its read served by the primary, until the monitor reaches it
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_are_down_are_skipped() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("down").await else {
+        return;
+    };
+    let busy_pool = pool_with(
+        &servers.replica_url(0),
+        PoolConfig {
+            max_size: 1,
+            timeouts: Timeouts {
+                wait: Some(Duration::from_millis(100)),
+                ..Timeouts::default()
+            },
+            ..PoolConfig::default()
+        },
+    );
+    let set = ReplicaSet::builder("down")
+        .primary(servers.primary_pool())
+        .replica("gone", pool("postgres://postgres@127.0.0.1:1/postgres"))
+        .replica("b", pool(&servers.replica_url(1)))
+        .replica("busy", busy_pool.clone())
+        .probe_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["b", "busy"]).await;
+    let gone = status(&handle, "gone");
+    assert!(!gone.up && !gone.healthy, "{gone:?}");
+    assert_eq!(handle.health(), Health::Degraded);
+
+    let mut svc = router(&set);
+    for _ in 0..100 {
+        let read = call(&mut svc, Req::read_at(None)).await;
+        assert!(!is_replica(&read.node, "gone"));
+    }
+    let gone = status(&handle, "gone");
+    assert_eq!((gone.reads, gone.fallbacks), (0, 0), "never tried");
+
+    // The monitor took its connection out of the busy pool; the test holds the only other.
+    let held = busy_pool.get().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while status(&handle, "busy").fallbacks == 0 {
+        let read = call(&mut svc, Req::read_at(None)).await;
+        assert!(!is_replica(&read.node, "busy"));
+        assert!(tokio::time::Instant::now() < deadline, "a read tries busy");
+    }
+    let busy = status(&handle, "busy");
+    assert!(!busy.up && !busy.healthy && busy.fallbacks == 1, "{busy:?}");
+    assert!(handle.primary_reads() >= 1);
+    drop(held);
+    until_healthy(&handle, &["busy"]).await; // the monitor's own connection answers
+    let report = handle.report();
+    assert_eq!(report.value("healthy_replicas"), Some(2.0));
+    handle.shutdown();
+}
