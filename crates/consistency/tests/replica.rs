@@ -362,6 +362,46 @@ fn metrics_are_registered_at_build_and_counters_published_by_reports() {
     });
 }
 
+#[tokio::test]
+async fn the_monitor_ends_on_shutdown_or_once_the_set_and_its_routers_are_dropped() {
+    let p = || pool("postgres://postgres@127.0.0.1:1/none");
+    let build = |name: &str| {
+        ReplicaSet::builder(name)
+            .primary(p())
+            .replica("r", p())
+            .probe_every(Duration::from_millis(5))
+            .build()
+            .unwrap()
+    };
+    let ends = |monitor: tokio::task::JoinHandle<()>| async move {
+        tokio::time::timeout(WAIT, monitor)
+            .await
+            .expect("the monitor ends")
+            .unwrap();
+    };
+
+    let set = build("dropped");
+    let monitor = set.spawn();
+    let svc = router(&set);
+    drop(set);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !monitor.is_finished(),
+        "a router keeps the set, and its monitor, alive"
+    );
+    drop(svc);
+    ends(monitor).await;
+
+    let set = build("shut");
+    let handle = set.handle();
+    let monitor = set.spawn();
+    ends(set.spawn()).await; // a second spawn starts nothing
+    assert!(!monitor.is_finished());
+    handle.shutdown();
+    ends(monitor).await;
+    assert!(!status(&handle, "r").up, "the replica never answered");
+}
+
 /// The value of metric `name` (for `replica`, when given) in a recorder of one set.
 fn metric(snapshotter: &Snapshotter, name: &str, replica: Option<&str>) -> Option<DebugValue> {
     snapshotter

@@ -308,3 +308,61 @@ impl ReadSide for ReplicaSet {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{future::Future, pin::pin, task::Poll};
+
+    use deadpool_postgres::{Config, Runtime};
+
+    use super::*;
+
+    fn set() -> ReplicaSet {
+        let mut config = Config::new();
+        config.url = Some("postgres://postgres@127.0.0.1:1/none".into());
+        let pool = || {
+            config
+                .create_pool(Some(Runtime::Tokio1), tokio_postgres::NoTls)
+                .unwrap()
+        };
+        ReplicaSet::builder("waits")
+            .primary(pool())
+            .replica("r", pool())
+            .build()
+            .unwrap()
+    }
+
+    fn waiters(set: &ReplicaSet) -> usize {
+        set.shared().waiters.load(Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_counts_as_a_waiter_until_it_ends_or_is_dropped() {
+        let set = set();
+        let mark = Mark::Lsn(Lsn(1));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let mut dropped = pin!(set.wait(mark, Duration::from_secs(1)));
+            assert!(dropped.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(waiters(&set), 1);
+            let mut second = pin!(set.wait(mark, Duration::from_secs(1)));
+            assert!(second.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(waiters(&set), 2);
+        }
+        assert_eq!(
+            waiters(&set),
+            0,
+            "dropped (cancelled) waits are no longer counted"
+        );
+        assert!(!set.wait(mark, Duration::from_secs(1)).await, "timed out");
+        assert_eq!(
+            waiters(&set),
+            0,
+            "a wait that timed out is no longer counted"
+        );
+        // A mark of the other kind is refused at once, without waiting.
+        let mut other = pin!(set.wait(Mark::Position(Default::default()), Duration::from_secs(1)));
+        assert_eq!(other.as_mut().poll(&mut cx), Poll::Ready(false));
+        assert_eq!(waiters(&set), 0);
+    }
+}
