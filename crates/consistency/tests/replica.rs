@@ -113,11 +113,17 @@ const FILLED_WRITE: &str = "WITH filled AS (
     )
     UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n";
 
+/// Calls `svc`, failing the test after 30 s (a read stuck on a paused replica would
+/// otherwise hang it: the panic drops the pause's guard, which resumes the replay).
 async fn call<S>(svc: &mut S, req: Req) -> Res
 where
     S: Service<Req, Response = Res, Error = tower_patterns_core::BoxError>,
 {
-    svc.ready().await.unwrap().call(req).await.unwrap()
+    let answer = async { svc.ready().await?.call(req).await };
+    tokio::time::timeout(WAIT, answer)
+        .await
+        .unwrap_or_else(|_| panic!("{req:?} answered within {WAIT:?}"))
+        .unwrap()
 }
 
 // ------------------------------------------------------------------ servers
@@ -144,8 +150,8 @@ struct Servers {
 
 impl Servers {
     async fn new(tag: &str) -> Option<Self> {
-        let primary = fresh_postgres(tag).await?;
         let replicas = postgres_replicas()?;
+        let primary = fresh_postgres(tag).await?;
         assert!(replicas.len() >= 2, "the test command starts two replicas");
         let db = primary.rsplit('/').next().unwrap().to_owned();
         let (client, conn) = tokio_postgres::connect(&primary, NoTls).await.unwrap();
