@@ -7,7 +7,7 @@
 //! TP_POSTGRES_REPLICA_URLS=postgres://postgres@127.0.0.1:55433/postgres,postgres://postgres@127.0.0.1:55434/postgres \
 //!   cargo run --example replicas --features consistency-postgres     # 127.0.0.1:3002
 //! curl -i -c jar -XPUT localhost:3002/profiles/ada -d 'Counts things.'
-//! #   -> 200 {"id":"ada","version":1}, tp-consistency: 1w..., Set-Cookie: tp_consistency=...
+//! #   -> 200 {"id":"ada","version":1}, tp-consistency: 1w..., Set-Cookie: tp_consistency_profiles=...
 //! curl -b jar localhost:3002/profiles/ada
 //! #   -> {"id":"ada","bio":"Counts things.","version":1,"served_by":"replica replica-1"}
 //! TP_ADMIN_TOKEN=... curl -H "Authorization: Bearer $TP_ADMIN_TOKEN" localhost:3002/replicas
@@ -250,7 +250,7 @@ pub fn token_key() -> Result<TokenKey, BoxError> {
         Ok(hex) => Ok(TokenKey::from_hex(&hex)?),
         Err(_) => {
             println!("TP_TOKEN_KEY is not set: a random key, tokens do not survive a restart");
-            Ok(TokenKey::random())
+            Ok(TokenKey::random()?)
         }
     }
 }

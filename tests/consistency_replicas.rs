@@ -211,9 +211,19 @@ async fn a_read_with_its_writes_token_never_sees_the_state_before_the_write() {
         }
     }
     assert!(paused.is_none());
-    println!("without tokens, {stale} of 1000 reads right after their write were stale");
+    eprintln!("without tokens, {stale} of 1000 reads right after their write were stale");
+    assert!(stale > 0, "the run without tokens should show stale reads");
     let report = s.handles.consistency.clone();
     assert_eq!(report.unavailable(), 0);
+
+    // A write that fails on the server (PostgreSQL refuses a NUL in text) moves no session:
+    // no token, and no internals in the answer.
+    let writes = s.handles.replicas.writes();
+    let r = send(&s.app, "PUT", "/profiles/z", None, "a\0b").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.body, Value::String("database error".into()));
+    assert!(r.token.is_none());
+    assert_eq!(s.handles.replicas.writes(), writes + 1);
     s.handles.replicas.shutdown();
 }
 

@@ -6,7 +6,7 @@
 //! cargo run --example catalog --features consistency   # listens on 127.0.0.1:3000
 //! curl -i -XPOST localhost:3000/products/p1 \
 //!   -d '{"op":"create","name":"Red kettle","description":"A loud kettle","price_cents":2500}'
-//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency=1e…; Path=/; HttpOnly; SameSite=Lax
+//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency_catalog=1e…; Path=/; HttpOnly; SameSite=Lax
 //! curl -i -XPOST localhost:3000/products/p1 -d '{"op":"set_price","price_cents":1999}'
 //! curl -H 'tp-consistency: 1e…' 'localhost:3000/products?text=kett&max_cents=2000'
 //! # The same session in a cookie jar: each command's cookie is sent with the next request.
@@ -19,12 +19,12 @@
 //! ```
 //!
 //! A command answers with a signed consistency token of the position it reached
-//! (`tp-consistency`, and the `tp_consistency` cookie); a query that sends it back (header or
+//! (`tp-consistency`, and the `tp_consistency_catalog` cookie); a query that sends it back (header or
 //! cookie) is answered once the read model has applied it, waiting up to 2 s, then `503` with
 //! `Retry-After`: a client reads its own writes. The [`ConsistencyLayer`] does this around the
-//! whole service. A malformed token is a `400` (`malformed consistency token`), a forged one
-//! too (`invalid consistency token`), so no client can hold reads with a position from the
-//! future. Tokens are signed with `TP_TOKEN_KEY` (32 hexadecimal digits, `openssl rand -hex
+//! whole service. A malformed token in the header is a `400` (`malformed consistency token`),
+//! a forged one too (`invalid consistency token`), so no client can hold reads with a position
+//! from the future; a bad one in the cookie is ignored and the cookie cleared. Tokens are signed with `TP_TOKEN_KEY` (32 hexadecimal digits, `openssl rand -hex
 //! 16`; every instance needs the same); without it, with a random key that does not survive a
 //! restart. The informational `tp-position` header and the JSON body of a command stay as the
 //! CQRS layer writes them.
@@ -257,7 +257,7 @@ fn token_key() -> Result<TokenKey, BoxError> {
                 "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
                  and will not survive a restart"
             );
-            Ok(TokenKey::random())
+            Ok(TokenKey::random()?)
         }
         Err(e) => Err(format!("TP_TOKEN_KEY: {e}").into()),
     }

@@ -6,7 +6,7 @@
 //! cargo run --example feed --features consistency      # listens on 127.0.0.1:3001
 //! curl -XPOST localhost:3001/members/bo -d '{"op":"follow","author":"ada"}'
 //! curl -i -XPOST localhost:3001/posts/p1 -d '{"op":"create","author":"ada","at":1700000000000}'
-//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency=1e…; Path=/; HttpOnly; SameSite=Lax
+//! #   -> 200, tp-consistency: 1e…, set-cookie: tp_consistency_feed=1e…; Path=/; HttpOnly; SameSite=Lax
 //! curl -XPOST localhost:3001/posts/p1 -d '{"op":"like","user":"bo"}'
 //! curl -H 'tp-consistency: 1e…' localhost:3001/feed/bo  # newest first, 20 a page
 //! curl 'localhost:3001/feed/bo?before_at=1700000000000&before_post=p1'   # the next page
@@ -16,10 +16,11 @@
 //! ```
 //!
 //! A command answers with a signed consistency token of the position it reached
-//! (`tp-consistency`, and the `tp_consistency` cookie); a query that sends it back (header or
+//! (`tp-consistency`, and the `tp_consistency_feed` cookie); a query that sends it back (header or
 //! cookie) is answered once the feed has applied it, waiting up to 2 s, then `503` with
 //! `Retry-After`. The [`ConsistencyLayer`] does this around the whole service. A malformed or
-//! forged token is a `400` (`malformed consistency token`, `invalid consistency token`), never
+//! forged token in the header is a `400` (`malformed consistency token`, `invalid consistency
+//! token`; in the cookie it is ignored and the cookie cleared), never
 //! a wait. Tokens are signed with `TP_TOKEN_KEY` (32 hexadecimal digits, `openssl rand -hex
 //! 16`; every instance needs the same); without it, with a random key that does not survive a
 //! restart. The informational `tp-position` header and the JSON body of a command stay as the
@@ -248,7 +249,7 @@ fn token_key() -> Result<TokenKey, BoxError> {
                 "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
                  and will not survive a restart"
             );
-            Ok(TokenKey::random())
+            Ok(TokenKey::random()?)
         }
         Err(e) => Err(format!("TP_TOKEN_KEY: {e}").into()),
     }

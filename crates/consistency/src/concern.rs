@@ -36,10 +36,22 @@ impl<B> ConcernOf for http::Request<B> {
 pub trait MarkResponse {
     /// Records `mark` on the response.
     fn set_mark(&mut self, mark: Mark);
+
+    /// Whether the response deserves a mark (finding one costs a query): default yes.
+    fn wants_mark(&self) -> bool {
+        true
+    }
 }
 
+/// A server error (5xx) gets no mark: the write most likely did not commit, and the session
+/// should not move for it. Other answers do, a 404 included (the absence of a row is state
+/// too, which a session must not see come back).
 impl<B> MarkResponse for http::Response<B> {
     fn set_mark(&mut self, mark: Mark) {
         self.extensions_mut().insert(mark);
+    }
+
+    fn wants_mark(&self) -> bool {
+        !self.status().is_server_error()
     }
 }

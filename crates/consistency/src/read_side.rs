@@ -127,9 +127,9 @@ impl<R: ReadSide> ReadSide for AllOf<R> {
     fn wait(&self, mark: Mark, within: Duration) -> BoxWait {
         let sides = self.sides.clone();
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + within;
+            let start = tokio::time::Instant::now();
             for side in sides.iter() {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = within.saturating_sub(start.elapsed());
                 if !side.reached(mark) && !side.wait(mark, left).await {
                     return false;
                 }

@@ -3,7 +3,7 @@
 //!
 //! A token is opaque to clients and versioned: `1` (the format), a kind letter (`e` for an
 //! event store position, `w` for a WAL position), the mark in fixed-width hexadecimal, then a
-//! 64-bit SipHash-2-4 tag over the [`Tokens`]' scope, the kind and the mark. Parsing is a
+//! 64-bit SipHash-2-4 tag over the version, the [`Tokens`]' scope, the kind and the mark. Parsing is a
 //! length check, a hex decode and one SipHash of at most 60 bytes: tens of nanoseconds, no
 //! allocation.
 //!
@@ -83,20 +83,20 @@ impl TokenKey {
         }
     }
 
-    /// A key no one else knows, for one process: tokens it signs are refused by other
-    /// processes and after a restart (a client then gets one 400 and must drop its token).
-    /// Instances behind one load balancer need a shared key: [`from_hex`](Self::from_hex).
+    /// A key no one else knows, from the operating system's random number generator, for one
+    /// process: tokens it signs are refused by other processes and after a restart (a cookie
+    /// holding one is then cleared, a header holding one is a 400). Instances behind one load
+    /// balancer need a shared key: [`from_hex`](Self::from_hex).
     ///
-    /// Drawn from the operating system's randomness, through the keys std seeds its
-    /// `RandomState` with (SipHash keyed by them is a pseudo-random function), so no random
-    /// number crate is needed.
-    pub fn random() -> Self {
-        use std::hash::{BuildHasher, RandomState};
-        let state = RandomState::new();
-        Self {
-            k0: state.hash_one(0x7470_5f6b_6579_5f30_u64),
-            k1: state.hash_one(0x7470_5f6b_6579_5f31_u64),
-        }
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `key` when the operating system has no random number
+    /// generator to offer.
+    pub fn random() -> Result<Self, ConfigError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|_| ConfigError::new("key", "no random number generator to draw it from"))?;
+        Ok(Self::new(bytes))
     }
 
     /// The key from 32 hexadecimal digits (as `openssl rand -hex 16` prints).
@@ -152,6 +152,9 @@ impl fmt::Debug for Tokens {
 
 fn keyed(scope: &str, key: TokenKey) -> SipHasher24 {
     let mut h = SipHasher24::new_with_keys(key.k0, key.k1);
+    // The format's version, then the scope with its length: a tag of one version or scope is
+    // never a tag of another.
+    h.write(&[VERSION]);
     h.write(&(scope.len() as u64).to_le_bytes());
     h.write(scope.as_bytes());
     h
@@ -498,8 +501,8 @@ mod tests {
             assert!(TokenKey::from_hex(bad).is_err(), "{bad}");
         }
         assert_eq!(format!("{:?}", KEY), "TokenKey(..)");
-        assert_ne!(TokenKey::random(), TokenKey::random());
-        let (a, b) = (TokenKey::random(), TokenKey::random());
+        assert_ne!(TokenKey::random().unwrap(), TokenKey::random().unwrap());
+        let (a, b) = (TokenKey::random().unwrap(), TokenKey::random().unwrap());
         assert_ne!(a.k0, a.k1);
         assert_ne!(a.k0, b.k0);
     }

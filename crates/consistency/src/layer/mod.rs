@@ -9,7 +9,8 @@
 //!   [`Committed`](tower_patterns_eventstore::Committed) in its extensions, as the CQRS
 //!   layer's HTTP adapter puts there, or a [`Mark`](crate::Mark), as the replica router
 //!   does), the layer answers with a signed token of it in the [`TOKEN_HEADER`]
-//!   (`tp-consistency`) and the [`TOKEN_COOKIE`] (`tp_consistency`).
+//!   (`tp-consistency`), in a cookie (`tp_consistency_<name>`, see [`COOKIE_PREFIX`]) and,
+//!   for code in the same process, in the response's extensions ([`IssuedToken`]).
 //! - **Reads** that carry a token (header or cookie, both verified; the later one counts) are
 //!   answered only once the read side has reached it: at once when it has (a check of tens of
 //!   nanoseconds, no allocation), otherwise after waiting for it at most
@@ -17,10 +18,18 @@
 //!   `Retry-After` ([`NotCaughtUp`]), a read from the primary, or the stale answer with the
 //!   [`STALE_HEADER`] saying how far behind it is.
 //! - **Sessions only move forward**: the token a response sets is the later of the request's
-//!   and what the response reached, so a client that sends back its last token never sees
-//!   older state after newer (monotonic reads), across replicas with different lag too.
-//! - A malformed, forged or foreign token is a [`TokenError`](crate::TokenError) (400), never a
-//!   wait: tokens are signed with the layer's key.
+//!   and what the response reached (a write's position; for a read served by a replica
+//!   router, the replica's replay position after the read), so a client that sends back its
+//!   last token never sees older state after newer (monotonic reads), across replicas with
+//!   different lag too. A read model is one database that only moves forward, so its reads
+//!   need no token of their own.
+//! - A malformed, forged or foreign token in the header is a [`TokenError`](crate::TokenError)
+//!   (400), never a wait: tokens are signed with the layer's key. One in the cookie is
+//!   ignored and the cookie cleared: the client cannot see an `HttpOnly` cookie, so a 400
+//!   would stick until it expired.
+//! - **Readiness**: the layer forwards `poll_ready` and a read that waits holds the inner
+//!   service's readiness (a concurrency limit's permit, a buffer slot) while it waits; put
+//!   limiters outside the layer when that matters.
 //!
 //! Errors are `BoxError`s; `build()` registers [`TokenError`](crate::TokenError) (400) and
 //! [`NotCaughtUp`] (503) with core's HTTP mapping, so `ErrorResponseLayer` or axum's
@@ -93,7 +102,7 @@ pub use error::NotCaughtUp;
 pub use future::ResponseFuture;
 pub use handle::ConsistencyHandle;
 pub use layer::{
-    Behind, ConsistencyBuilder, ConsistencyLayer, NoKey, NoReadSide, STALE_HEADER, TOKEN_COOKIE,
+    Behind, COOKIE_PREFIX, ConsistencyBuilder, ConsistencyLayer, NoKey, NoReadSide, STALE_HEADER,
     TOKEN_HEADER,
 };
-pub use service::{After, Consistency, SessionGate};
+pub use service::{After, Consistency, IssuedToken, SessionGate};

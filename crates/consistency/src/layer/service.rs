@@ -19,7 +19,12 @@ use super::{
     handle::ConsistencyHandle,
     layer::{Behind, STALE_HEADER, Shared},
 };
-use crate::{concern::ReadConcern, mark::Mark, read_side::ReadSide, token::TokenError};
+use crate::{
+    concern::ReadConcern,
+    mark::{Distance, Mark},
+    read_side::ReadSide,
+    token::TokenError,
+};
 
 /// Service that answers reads only from a read side that has reached the session's token, and
 /// gives every write's response the token of what it wrote. Made by
@@ -59,32 +64,53 @@ impl<S, R, C> fmt::Debug for Consistency<S, R, C> {
     }
 }
 
+/// What a request says about its session.
+#[derive(Clone, Copy, Debug, Default)]
+struct Session {
+    /// The later of the verified tokens it carried.
+    mark: Option<Mark>,
+    /// Its cookie held a token that does not verify (another key, another app on the same
+    /// host, a restart with a random key): ignored, and cleared on the response.
+    clear_cookie: bool,
+}
+
 impl<R: ReadSide, C> Shared<R, C> {
-    /// The session's mark: the later of the header's and the cookie's tokens, each verified.
-    fn session_mark<B>(&self, req: &Request<B>) -> Result<Option<Mark>, TokenError> {
-        let mut mark: Option<Mark> = None;
-        let mut take = |bytes: &[u8]| -> Result<(), TokenError> {
-            let m = self.tokens.verify_kind(bytes, self.kind)?;
-            mark = Some(mark.map_or(m, |old| old.max_with(m)));
-            Ok(())
+    /// The session: the later of the header's and the cookie's tokens, each verified. A bad
+    /// header is the client's error (a 400); a bad cookie is one this layer set under a key or
+    /// for an app that no longer holds, which the client cannot see (it is `HttpOnly`) nor
+    /// fix: it is ignored and cleared, so the session starts over rather than fail for good.
+    fn session<B>(&self, req: &Request<B>) -> Result<Session, TokenError> {
+        let mut session = Session::default();
+        let add = |session: &mut Session, m: Mark| {
+            session.mark = Some(session.mark.map_or(m, |old| old.max_with(m)));
         };
         for value in req.headers().get_all(&self.settings.header) {
-            take(value.as_bytes())?;
+            add(
+                &mut session,
+                self.tokens.verify_kind(value.as_bytes(), self.kind)?,
+            );
         }
         if let Some(name) = self.settings.cookie.as_deref() {
             for value in req.headers().get_all(header::COOKIE) {
                 for pair in value.as_bytes().split(|&b| b == b';') {
-                    let pair = pair.trim_ascii();
-                    if let Some(v) = pair
+                    let Some(v) = pair
+                        .trim_ascii()
                         .strip_prefix(name.as_bytes())
                         .and_then(|rest| rest.strip_prefix(b"="))
-                    {
-                        take(v.trim_ascii())?;
+                    else {
+                        continue;
+                    };
+                    match self.tokens.verify_kind(v.trim_ascii(), self.kind) {
+                        Ok(m) => add(&mut session, m),
+                        Err(_) => {
+                            self.stats.bad_tokens.fetch_add(1, Relaxed);
+                            session.clear_cookie = true;
+                        }
                     }
                 }
             }
         }
-        Ok(mark)
+        Ok(session)
     }
 }
 
@@ -105,34 +131,35 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let mark = match shared.session_mark(&req) {
-            Ok(mark) => mark,
+        let Session { mark, clear_cookie } = match shared.session(&req) {
+            Ok(session) => session,
             Err(e) => {
                 shared.stats.bad_tokens.fetch_add(1, Relaxed);
                 return ResponseFuture::failed(e);
             }
         };
         let read = shared.classify.classify(&req) == Side::Query;
-        if !read {
-            let gate = SessionGate(GateState::Full {
+        let full = || {
+            SessionGate(GateState::Full {
                 shared: shared.clone(),
                 mark,
                 read,
-            });
+                clear_cookie,
+            })
+        };
+        if !read {
+            let gate = full();
             return ResponseFuture::decided(Ok::<_, BoxError>(true), &mut self.inner, req, gate);
         }
         let reached = mark.is_none_or(|m| shared.read_side.reached(m));
         // A read that reached its token needs nothing after the call unless a router behind
-        // the layer may report where it read (a replica's replay position).
-        let gate = SessionGate(if reached && !shared.routes {
-            GateState::Pass
+        // the layer may report where it read (a replica's replay position), or a cookie must
+        // be cleared.
+        let gate = if reached && !shared.routes && !clear_cookie {
+            SessionGate(GateState::Pass)
         } else {
-            GateState::Full {
-                shared: shared.clone(),
-                mark,
-                read,
-            }
-        });
+            full()
+        };
         match mark {
             Some(m) if !reached && !shared.settings.wait.is_zero() => {
                 shared.stats.waits.fetch_add(1, Relaxed);
@@ -159,6 +186,7 @@ enum GateState<R, C> {
         shared: Arc<Shared<R, C>>,
         mark: Option<Mark>,
         read: bool,
+        clear_cookie: bool,
     },
 }
 
@@ -179,7 +207,10 @@ impl<R, C> fmt::Debug for SessionGate<R, C> {
 pub struct After<R, C> {
     shared: Option<Arc<Shared<R, C>>>,
     mark: Option<Mark>,
-    stale: Option<HeaderValue>,
+    /// A stale read: the mark it should have reached, and how far behind the read side was
+    /// when the layer let it through.
+    stale: Option<(Mark, Option<Distance>)>,
+    clear_cookie: bool,
 }
 
 impl<R, C> fmt::Debug for After<R, C> {
@@ -187,6 +218,7 @@ impl<R, C> fmt::Debug for After<R, C> {
         f.debug_struct("After")
             .field("mark", &self.mark)
             .field("stale", &self.stale)
+            .field("clear_cookie", &self.clear_cookie)
             .finish_non_exhaustive()
     }
 }
@@ -196,15 +228,21 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
     type After = After<R, C>;
 
     fn before(self, reached: bool, req: &mut Request<B>) -> Result<Self::After, BoxError> {
-        let (shared, mark, read) = match self.0 {
+        let (shared, mark, read, clear_cookie) = match self.0 {
             GateState::Pass => {
                 return Ok(After {
                     shared: None,
                     mark: None,
                     stale: None,
+                    clear_cookie: false,
                 });
             }
-            GateState::Full { shared, mark, read } => (shared, mark, read),
+            GateState::Full {
+                shared,
+                mark,
+                read,
+                clear_cookie,
+            } => (shared, mark, read, clear_cookie),
         };
         let mut stale = None;
         if read {
@@ -224,13 +262,9 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
                     }
                     Behind::Stale => {
                         shared.stats.behind[2].fetch_add(1, Relaxed);
-                        let distance = mark.and_then(|m| shared.read_side.distance(m));
-                        stale = Some(distance.map_or(HeaderValue::from_static("unknown"), |d| {
-                            HeaderValue::try_from(d.to_string())
-                                .unwrap_or(HeaderValue::from_static("unknown"))
-                        }));
-                        // A stale read is not the read the token asked for: the router
-                        // may read anywhere.
+                        stale = mark.map(|m| (m, shared.read_side.distance(m)));
+                        // The token cannot be met: the read goes wherever reads go, and the
+                        // response says how far behind what it got was.
                         concern.at_least = None;
                     }
                 }
@@ -243,6 +277,7 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
             shared: Some(shared),
             mark,
             stale,
+            clear_cookie,
         })
     }
 
@@ -251,30 +286,71 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
             shared,
             mark,
             stale,
+            clear_cookie,
         } = after;
-        if let Some(stale) = stale {
-            res.headers_mut().insert(STALE_HEADER, stale);
-        }
         let Some(shared) = shared else { return };
-        let reached = res.extensions().get::<Mark>().copied().or_else(|| {
-            res.extensions()
-                .get::<Committed>()
-                .and_then(|c| c.positions.last().copied())
-                .map(Mark::Position)
-        });
-        let Some(reached) = reached.filter(|m| m.kind() == shared.kind) else {
-            return;
+        // Where the response says it read or wrote: a router's mark, or a commit's position.
+        let reached = res
+            .extensions()
+            .get::<Mark>()
+            .copied()
+            .or_else(|| {
+                res.extensions()
+                    .get::<Committed>()
+                    .and_then(|c| c.positions.last().copied())
+                    .map(Mark::Position)
+            })
+            .filter(|m| m.kind() == shared.kind);
+        if let Some((wanted, before)) = stale {
+            // Measured from where the read was served when the response says so (a router's
+            // replica), else from the read side when the layer let the read through.
+            let distance = match reached {
+                Some(seen) => between(seen, wanted),
+                None => before,
+            };
+            if reached.is_none() || distance.is_some() {
+                let value = distance.map_or(HeaderValue::from_static("unknown"), |d| {
+                    HeaderValue::try_from(d.to_string())
+                        .unwrap_or(HeaderValue::from_static("unknown"))
+                });
+                res.headers_mut().insert(STALE_HEADER, value);
+            }
+        }
+        let next = match (mark, reached) {
+            (Some(m), Some(r)) => Some(m.max_with(r)),
+            (m, r) => m.or(r),
         };
-        let next = mark.map_or(reached, |m| m.max_with(reached));
-        if Some(next) == mark {
+        if next.is_none() || next == mark {
+            if clear_cookie && let Some(clear) = shared.clear_cookie() {
+                res.headers_mut().append(header::SET_COOKIE, clear);
+            }
             return;
         }
+        let Some(next) = next else { return };
         let token = shared.tokens.header_value(next);
         if let Some(cookie) = shared.set_cookie(&token) {
             res.headers_mut().append(header::SET_COOKIE, cookie);
         }
+        res.extensions_mut().insert(IssuedToken(token.clone()));
         res.headers_mut()
             .insert(shared.settings.header.clone(), token);
         shared.stats.issued.fetch_add(1, Relaxed);
     }
 }
+
+/// How far `seen` is behind `wanted` (`None` when it is not behind).
+fn between(seen: Mark, wanted: Mark) -> Option<Distance> {
+    match (seen, wanted) {
+        (Mark::Position(s), Mark::Position(w)) if w > s => {
+            Some(Distance::Events(w.index.saturating_sub(s.index)))
+        }
+        (Mark::Lsn(s), Mark::Lsn(w)) if w > s => Some(Distance::WalBytes(w.bytes_after(s))),
+        _ => None,
+    }
+}
+
+/// The token the layer issued, in the response's extensions too: for code in the same
+/// process (a test, a gRPC interceptor, a service that is not HTTP-facing) that wants it
+/// without reading headers. Its [`Mark`] is the response's own (or the session's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken(pub HeaderValue);

@@ -68,7 +68,8 @@ pub struct ReplicaStatus {
 /// It implements [`StateHandle`] (pattern `consistency`): [`Health::Degraded`] while some
 /// replica is down or too far behind, else [`Health::Ready`]; never `Unavailable`, since the
 /// primary still serves every read. Its report carries `replicas`, `healthy_replicas`,
-/// `max_lag_bytes`, `max_lag_seconds`, `primary_reads`, `writes` and `mark_errors`, and
+/// `max_lag_bytes`, `max_lag_seconds`, `primary_reads`, `writes`, `mark_errors` and
+/// `wal_flushes`, and
 /// publishes the router's counters as metrics (`report()` is the only place they are
 /// published: call it from the scrape route).
 #[derive(Clone)]
@@ -141,6 +142,12 @@ impl ReplicaSetHandle {
     pub fn writes(&self) -> u64 {
         self.shared.writes.load(Relaxed)
     }
+
+    /// Times the monitor made the primary flush its WAL because a request waited for a
+    /// position written but not yet flushed (after an asynchronous commit, say).
+    pub fn wal_flushes(&self) -> u64 {
+        self.shared.nudges.load(Relaxed)
+    }
 }
 
 impl StateHandle for ReplicaSetHandle {
@@ -198,5 +205,6 @@ impl StateHandle for ReplicaSetHandle {
             .with_value("primary_reads", primary_reads as f64)
             .with_value("writes", writes as f64)
             .with_value("mark_errors", mark_errors as f64)
+            .with_value("wal_flushes", self.wal_flushes() as f64)
     }
 }

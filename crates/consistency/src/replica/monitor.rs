@@ -24,7 +24,14 @@ use crate::mark::Lsn;
 #[derive(Clone, Copy, Debug, Default)]
 struct Schedule {
     next_connect: Option<Instant>,
+    /// Since when (the primary's schedule only) a waited-for position has not been flushed.
+    unflushed_since: Option<Instant>,
 }
+
+/// How long a waited-for WAL position may stay unflushed on the primary before the monitor
+/// flushes it (a busy primary flushes on its next commit well before; an idle one, or one
+/// committing with `synchronous_commit = off`, may not for a WAL writer round or longer).
+const FLUSH_GRACE: Duration = Duration::from_millis(10);
 
 /// The reconnect schedule of every node, behind the set's probe lock.
 #[derive(Debug)]
@@ -137,6 +144,7 @@ impl Shared {
         };
         match timeout(self.options.probe_timeout, read).await {
             Ok(Ok(lsn)) => {
+                self.flush_for_waiters(&client, lsn, schedule).await;
                 if fresh {
                     primary.client.set(Some(client));
                 }
@@ -150,6 +158,48 @@ impl Shared {
                 tracing::debug!(target: "tower_patterns::consistency", set = %self.name, error = %error, "primary probe failed");
                 primary.client.set(None);
                 None
+            }
+        }
+    }
+
+    /// While a request waits for a position the primary has written but not flushed yet (so
+    /// no replica can have it), and that lasts over [`FLUSH_GRACE`], makes the primary flush
+    /// ([`wal::flush_now`]): without it, a token taken after an asynchronous commit waits for
+    /// the WAL writer's round (200 ms by default), and one taken after records that no commit
+    /// followed can wait out its whole wait on a quiet primary. At most one flush per grace
+    /// period; never for a position past the primary's insert position (no write made it).
+    async fn flush_for_waiters(
+        &self,
+        client: &ClientWrapper,
+        inserted: Lsn,
+        schedule: &mut Schedule,
+    ) {
+        let wanted = self.wanted.load(Relaxed);
+        if self.waiters.load(Relaxed) == 0 || wanted == 0 || wanted > inserted.0 {
+            schedule.unflushed_since = None;
+            return;
+        }
+        let Ok(Ok(flushed)) = timeout(self.options.probe_timeout, wal::flush_lsn(client)).await
+        else {
+            return;
+        };
+        if !should_flush(
+            Lsn(wanted),
+            flushed,
+            &mut schedule.unflushed_since,
+            Instant::now(),
+        ) {
+            return;
+        }
+        match timeout(self.options.probe_timeout, wal::flush_now(client)).await {
+            Ok(Ok(())) => {
+                self.nudges.fetch_add(1, Relaxed);
+            }
+            failed => {
+                let error = failed.map_or(ProbeError::TimedOut, |r| {
+                    r.err().unwrap_or(ProbeError::TimedOut)
+                });
+                tracing::debug!(target: "tower_patterns::consistency", set = %self.name, error = %error, "cannot flush the primary's WAL");
             }
         }
     }
@@ -212,5 +262,48 @@ impl Shared {
         replica.gauges.lag_bytes.set(lag_bytes as f64);
         replica.gauges.lag_seconds.set(lag_seconds);
         replica.gauges.up.set(1.0);
+    }
+}
+
+/// Whether to flush the primary now for a waited-for position `wanted`, given what it has
+/// `flushed`: once `wanted` has gone unflushed for [`FLUSH_GRACE`] (tracked in `since`), and
+/// then at most once per grace period.
+fn should_flush(wanted: Lsn, flushed: Lsn, since: &mut Option<Instant>, now: Instant) -> bool {
+    if flushed >= wanted {
+        *since = None;
+        return false;
+    }
+    let first = *since.get_or_insert(now);
+    if now.duration_since(first) < FLUSH_GRACE {
+        return false;
+    }
+    *since = Some(now);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_comes_after_the_grace_period_and_once_per_period() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut since = None;
+        // Flushed already: nothing, and nothing remembered.
+        assert!(!should_flush(Lsn(10), Lsn(10), &mut since, ms(0)));
+        assert_eq!(since, None);
+        // Unflushed: wait the grace period first.
+        assert!(!should_flush(Lsn(10), Lsn(9), &mut since, ms(0)));
+        assert!(!should_flush(Lsn(10), Lsn(9), &mut since, ms(9)));
+        assert!(should_flush(Lsn(10), Lsn(9), &mut since, ms(10)));
+        // Then once per period.
+        assert!(!should_flush(Lsn(10), Lsn(9), &mut since, ms(19)));
+        assert!(should_flush(Lsn(10), Lsn(9), &mut since, ms(20)));
+        // Flushed meanwhile: the clock starts over.
+        assert!(!should_flush(Lsn(10), Lsn(11), &mut since, ms(21)));
+        assert!(!should_flush(Lsn(12), Lsn(11), &mut since, ms(25)));
+        assert!(!should_flush(Lsn(12), Lsn(11), &mut since, ms(34)));
+        assert!(should_flush(Lsn(12), Lsn(11), &mut since, ms(35)));
     }
 }

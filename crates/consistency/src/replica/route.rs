@@ -137,7 +137,9 @@ where
         node: Node::Primary,
     };
     let mut res = call(&mut inner, routed).await?;
-    mark_primary(&shared, &mut res).await;
+    if res.wants_mark() {
+        mark_primary(&shared, &mut res).await;
+    }
     Ok(res)
 }
 
@@ -187,7 +189,7 @@ where
     let result = call(&mut inner, routed).await;
     drop(in_flight);
     let mut res = result?;
-    if shared.options.observe_reads {
+    if shared.options.observe_reads && res.wants_mark() {
         match served_by {
             Some(i) => match shared.replicas[i].replay_lsn_now().await {
                 Ok(lsn) => res.set_mark(Mark::Lsn(lsn)),

@@ -277,7 +277,7 @@ impl ReadSide for ReplicaSet {
             if reached(&shared) {
                 return true;
             }
-            let _waiting = Waiter::register(shared.clone());
+            let _waiting = Waiter::register(shared.clone(), lsn);
             let until = async {
                 loop {
                     if probed.changed().await.is_err() {

@@ -206,6 +206,11 @@ pub(crate) struct Shared {
     pub(crate) replicas: Box<[Replica]>,
     /// Requests waiting for a mark: the monitor probes at `probe_fast` while any are.
     pub(crate) waiters: AtomicUsize,
+    /// The latest WAL position any request has waited for (it only grows): while the
+    /// primary has not flushed that far, the monitor nudges it (see `monitor`).
+    pub(crate) wanted: AtomicU64,
+    /// Nudges sent to the primary.
+    pub(crate) nudges: AtomicU64,
     /// Bumped after every probe.
     pub(crate) probed: watch::Sender<u64>,
     /// Wakes the monitor early (a new waiter).
@@ -240,6 +245,8 @@ impl Shared {
             primary: Primary::new(primary),
             replicas,
             waiters: AtomicUsize::new(0),
+            wanted: AtomicU64::new(0),
+            nudges: AtomicU64::new(0),
             probed: watch::Sender::new(0),
             wake: Notify::new(),
             stop: watch::Sender::new(false),
@@ -268,7 +275,8 @@ impl Shared {
 pub(crate) struct Waiter(Arc<Shared>);
 
 impl Waiter {
-    pub(crate) fn register(shared: Arc<Shared>) -> Self {
+    pub(crate) fn register(shared: Arc<Shared>, wanted: Lsn) -> Self {
+        shared.wanted.fetch_max(wanted.0, Relaxed);
         if shared.waiters.fetch_add(1, Relaxed) == 0 {
             shared.wake.notify_one();
         }

@@ -131,6 +131,28 @@ pub(crate) async fn insert_lsn(
     Ok(normalise_insert(lsn, geometry))
 }
 
+/// The primary's WAL flush position: what it has written to disk, and so what its replicas
+/// can have received.
+pub(crate) async fn flush_lsn(client: &Client) -> Result<Lsn, ProbeError> {
+    let row = first_row(client, "SELECT pg_current_wal_flush_lsn()::text").await?;
+    lsn_at(&row, 0).ok_or(ProbeError::Unreadable("flush position"))
+}
+
+/// Makes the primary flush its WAL up to now: a transaction that takes a transaction id (so
+/// it writes a commit record) and commits synchronously. Replicas receive only flushed WAL,
+/// and a primary flushes on commit: records after the last commit (a non-transactional
+/// message, a standby snapshot, hint bits) or a commit made with `synchronous_commit = off`
+/// can wait in its buffers until the next commit or the WAL writer's round, while a token
+/// already points past them.
+pub(crate) async fn flush_now(client: &Client) -> Result<(), ProbeError> {
+    client
+        .batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_current_xact_id(); COMMIT",
+        )
+        .await
+        .map_err(ProbeError::Postgres)
+}
+
 /// A replica's replay position alone (what a read on it has seen at most, once the read is
 /// over).
 pub(crate) async fn replay_lsn(client: &Client) -> Result<Lsn, ProbeError> {
