@@ -74,6 +74,7 @@ use tower_patterns::{
     consistency::{
         Lsn, Mark, Progress, ReadSide, TokenKey, Tokens,
         layer::{ConsistencyLayer, TOKEN_HEADER},
+        replica::ReplicaSet,
     },
     cqrs::{
         ProjectionHandle,
@@ -505,6 +506,11 @@ enum Until {
     Lsn,
     /// The row can be read on the replica.
     Row,
+    /// A `ReplicaSet` over the primary and the replica (its monitor probing every 2 ms while a
+    /// request waits, and flushing the primary's WAL for it after 10 ms) says a replica has
+    /// reached the insert position: what a read carrying the write's token waits through the
+    /// consistency layer.
+    ReplicaSet,
 }
 
 /// One staleness row: how it waits, the primary session's `synchronous_commit`, and its
@@ -516,7 +522,7 @@ struct Row {
     samples: usize,
 }
 
-const ROWS: [Row; 3] = [
+const ROWS: [Row; 5] = [
     Row {
         name: "postgres_replica_lsn",
         until: Until::Lsn,
@@ -536,7 +542,48 @@ const ROWS: [Row; 3] = [
         synchronous_commit: "off",
         samples: SAMPLES / 10,
     },
+    Row {
+        name: "replica_set_wait",
+        until: Until::ReplicaSet,
+        synchronous_commit: "on",
+        samples: SAMPLES,
+    },
+    // The set's monitor flushes the primary for a waiting read: no WAL writer round.
+    Row {
+        name: "replica_set_wait_async_commit",
+        until: Until::ReplicaSet,
+        synchronous_commit: "off",
+        samples: SAMPLES / 4,
+    },
 ];
+
+/// A replica set over the primary and one replica, its monitor running, once it sees the
+/// replica healthy.
+async fn replica_set(primary_url: &str, replica_url: &str) -> ReplicaSet {
+    let pool = |url: &str| {
+        let mut config = deadpool_postgres::Config::new();
+        config.url = Some(url.to_owned());
+        config
+            .create_pool(
+                Some(deadpool_postgres::Runtime::Tokio1),
+                tokio_postgres::NoTls,
+            )
+            .expect("a pool")
+    };
+    let set = ReplicaSet::builder("bench")
+        .primary(pool(primary_url))
+        .replica("replica", pool(replica_url))
+        .build()
+        .expect("a replica set");
+    set.spawn();
+    let handle = set.handle();
+    let start = Instant::now();
+    while !handle.replicas().iter().all(|r| r.healthy) {
+        assert!(start.elapsed() < GIVE_UP, "the replica never got healthy");
+        handle.refresh().await;
+    }
+    set
+}
 
 /// Insert-to-visible samples of one row, in a fresh table of its own.
 async fn staleness(primary_url: &str, replica_url: &str, row: &Row) -> Vec<Duration> {
@@ -592,6 +639,10 @@ async fn staleness(primary_url: &str, replica_url: &str, row: &Row) -> Vec<Durat
         .await
         .expect("prepare");
 
+    let set = match until {
+        Until::ReplicaSet => Some(replica_set(primary_url, replica_url).await),
+        _ => None,
+    };
     let mut out = Vec::with_capacity(samples);
     for i in 0..warm_up() + samples {
         let id = i64::try_from(i).expect("small");
@@ -620,6 +671,19 @@ async fn staleness(primary_url: &str, replica_url: &str, row: &Row) -> Vec<Durat
                     );
                 }
             }
+            Until::ReplicaSet => {
+                let text: String = primary
+                    .query_one(&insert_lsn, &[])
+                    .await
+                    .expect("the insert position")
+                    .get(0);
+                let lsn = normalise(Lsn::parse(&text).expect("a pg_lsn"), geometry);
+                let set = set.as_ref().expect("the set");
+                assert!(
+                    set.wait(Mark::Lsn(lsn), GIVE_UP).await,
+                    "the replica set never reached {lsn}"
+                );
+            }
             Until::Row => loop {
                 let seen: bool = replica
                     .query_one(&row, &[&id])
@@ -640,11 +704,29 @@ async fn staleness(primary_url: &str, replica_url: &str, row: &Row) -> Vec<Durat
             out.push(elapsed);
         }
     }
+    if let Some(set) = set {
+        let flushes = set.handle().wal_flushes();
+        if flushes > 0 {
+            eprintln!(
+                "{}: the monitor flushed the primary {flushes} times",
+                row_name(until)
+            );
+        }
+        set.handle().shutdown();
+    }
     primary
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .expect("drop the table");
     out
+}
+
+fn row_name(until: Until) -> &'static str {
+    match until {
+        Until::Lsn => "replica lsn",
+        Until::Row => "replica row",
+        Until::ReplicaSet => "replica set",
+    }
 }
 
 fn replica_staleness(_: &mut Criterion) {

@@ -138,16 +138,20 @@ pub(crate) async fn flush_lsn(client: &Client) -> Result<Lsn, ProbeError> {
     lsn_at(&row, 0).ok_or(ProbeError::Unreadable("flush position"))
 }
 
-/// Makes the primary flush its WAL up to now: a transaction that takes a transaction id (so
-/// it writes a commit record) and commits synchronously. Replicas receive only flushed WAL,
-/// and a primary flushes on commit: records after the last commit (a non-transactional
-/// message, a standby snapshot, hint bits) or a commit made with `synchronous_commit = off`
-/// can wait in its buffers until the next commit or the WAL writer's round, while a token
-/// already points past them.
+/// Makes the primary flush its WAL up to now: a transaction that writes one WAL record (an
+/// empty transactional logical message, which touches no table and needs no privilege) and
+/// commits synchronously, which flushes everything before its commit record. Replicas
+/// receive only flushed WAL, and a primary flushes on commit: records after the last commit
+/// (a non-transactional message, a standby snapshot, hint bits) or a commit made with
+/// `synchronous_commit = off` can wait in its buffers until the next commit or the WAL
+/// writer's round, while a token already points past them. (A transaction that only takes a
+/// transaction id writes its commit record without flushing: PostgreSQL flushes only for
+/// transactions that wrote WAL before committing.)
 pub(crate) async fn flush_now(client: &Client) -> Result<(), ProbeError> {
     client
         .batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit TO on; SELECT pg_current_xact_id(); COMMIT",
+            "BEGIN; SET LOCAL synchronous_commit TO on; \
+             SELECT pg_logical_emit_message(true, 'tower_patterns.flush', ''); COMMIT",
         )
         .await
         .map_err(ProbeError::Postgres)
@@ -200,6 +204,44 @@ fn lsn_at(row: &[Option<String>], i: usize) -> Option<Lsn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the test PostgreSQL: after an asynchronous commit the insert position runs ahead of
+    /// the flush (for a WAL writer round); `flush_now` flushes it at once.
+    #[tokio::test]
+    async fn flush_now_flushes_what_an_asynchronous_commit_left_in_the_buffers() {
+        let Some(url) = tower_patterns_testkit::fresh_postgres("walflush").await else {
+            return;
+        };
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "SET synchronous_commit = off; CREATE TABLE t (id int); INSERT INTO t VALUES (1)",
+            )
+            .await
+            .unwrap();
+        let mut unflushed_seen = 0;
+        for i in 0..20 {
+            client
+                .execute("INSERT INTO t VALUES ($1)", &[&i])
+                .await
+                .unwrap();
+            let inserted = insert_lsn(&client, None).await.unwrap();
+            if flush_lsn(&client).await.unwrap() < inserted {
+                unflushed_seen += 1;
+            }
+            flush_now(&client).await.unwrap();
+            let flushed = flush_lsn(&client).await.unwrap();
+            assert!(
+                flushed >= inserted,
+                "{flushed} < {inserted} after flush_now"
+            );
+        }
+        // The test is only worth something if asynchronous commits did leave WAL unflushed.
+        assert!(unflushed_seen > 0);
+    }
 
     const G: Option<Geometry> = Some(Geometry::DEFAULT);
     const SEG: u64 = 16 * 1024 * 1024;
