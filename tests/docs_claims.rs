@@ -98,6 +98,7 @@ fn every_crate_is_in_the_readme_and_the_architecture() {
         "## Sharding",
         "## Event sourcing",
         "## CQRS",
+        "## Eventual consistency",
     ] {
         assert!(
             architecture.contains(section),
