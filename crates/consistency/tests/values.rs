@@ -57,6 +57,30 @@ fn http_responses_want_a_mark_unless_the_server_failed() {
 }
 
 #[test]
+fn requests_carry_their_concern_and_other_responses_want_marks() {
+    use tower_patterns_consistency::{ConcernOf, MarkResponse, ReadConcern};
+    let concern = ReadConcern {
+        at_least: Some(at(4)),
+        from_primary: true,
+    };
+    let mut req = Request::new(());
+    assert_eq!(req.read_concern(), ReadConcern::default());
+    req.extensions_mut().insert(concern);
+    assert_eq!(req.read_concern(), concern);
+
+    struct Reply(Option<Mark>);
+    impl MarkResponse for Reply {
+        fn set_mark(&mut self, mark: Mark) {
+            self.0 = Some(mark);
+        }
+    }
+    let mut reply = Reply(None);
+    assert!(reply.wants_mark());
+    reply.set_mark(at(1));
+    assert_eq!(reply.0, Some(at(1)));
+}
+
+#[test]
 fn keys_read_both_nibbles_in_either_case() {
     let lower = TokenKey::from_hex("f0e1d2c3b4a5968778695a4b3c2d1e0f").unwrap();
     let upper = TokenKey::from_hex("F0E1D2C3B4A5968778695A4B3C2D1E0F").unwrap();
