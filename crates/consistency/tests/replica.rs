@@ -298,6 +298,14 @@ fn the_builder_refuses_bad_settings_by_name() {
             "probe_timeout",
             ReplicaSet::builder("s").probe_timeout(Duration::ZERO),
         ),
+        (
+            "probe_every",
+            ReplicaSet::builder("s").probe_every(Duration::MAX),
+        ),
+        (
+            "probe_timeout",
+            ReplicaSet::builder("s").probe_timeout(Duration::from_secs(3601)),
+        ),
     ] {
         assert_eq!(field(b.primary(p())), name);
     }
@@ -358,6 +366,7 @@ fn metrics_are_registered_at_build_and_counters_published_by_reports() {
             "tower_patterns_consistency_router_primary_reads_total",
             "tower_patterns_consistency_router_writes_total",
             "tower_patterns_consistency_router_mark_errors_total",
+            "tower_patterns_consistency_wal_flushes_total",
         ] {
             assert_eq!(
                 metric(&snapshotter, name, None),
@@ -747,5 +756,117 @@ async fn replicas_that_are_down_are_skipped() {
     until_healthy(&handle, &["busy"]).await; // the monitor's own connection answers
     let report = handle.report();
     assert_eq!(report.value("healthy_replicas"), Some(2.0));
+    handle.shutdown();
+}
+
+/// A replica that hangs (a listener that accepts and never answers, as a stopped host does)
+/// delays only its own probes: the healthy replica's progress still reaches waiting reads
+/// within milliseconds, although each probe of the hung one takes the whole probe timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_does_not_slow_the_others() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("hung").await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_at = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket); // accepted, never answered
+        }
+    });
+    let set = ReplicaSet::builder("hung")
+        .primary(servers.primary_pool())
+        .replica(
+            "hung",
+            pool(&format!("postgres://postgres@{hung_at}/postgres")),
+        )
+        .replica("b", pool(&servers.replica_url(1)))
+        .probe_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["b"]).await;
+    let mut svc = router(&set);
+    for i in 0..20 {
+        let write = call(&mut svc, Req::Write).await;
+        let mark = write.mark.expect("a write's mark");
+        let started = tokio::time::Instant::now();
+        assert!(
+            set.wait(mark, Duration::from_millis(400)).await,
+            "write {i}: b reached it within 400 ms ({:?})",
+            handle.replicas()
+        );
+        assert!(started.elapsed() < Duration::from_millis(400));
+    }
+    assert!(!status(&handle, "hung").up);
+    handle.shutdown();
+    held.abort();
+}
+
+/// Lag in seconds counts from when the primary passed the replica, not from the replica's
+/// last replayed transaction: after a quiet spell longer than `max_lag`, a replica a write
+/// ago behind is still healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_spell_is_not_lag() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("quiet").await else {
+        return;
+    };
+    let set = servers
+        .set("quiet")
+        .max_lag(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    let mut svc = router(&set);
+    call(&mut svc, Req::Write).await;
+    until_healthy(&handle, &["a", "b"]).await;
+    // No writes for 1.5 s (a server-side quiet spell: real time).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let paused = servers.replicas[0].pause_replay();
+    call(&mut svc, Req::Write).await;
+    handle.refresh().await;
+    let a = status(&handle, "a");
+    assert!(a.lag_bytes > 0, "{a:?}");
+    assert!(a.lag < Duration::from_millis(900), "{a:?}");
+    assert!(a.healthy, "{a:?}");
+    drop(paused);
+    handle.shutdown();
+}
+
+/// A replica whose pool has no connection to give (all in use, and no wait timeout of its
+/// own) delays a read by the probe timeout at most: the primary serves it, and the replica
+/// is busy, not down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replica_pool_costs_a_read_the_probe_timeout_at_most() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("fullpool").await else {
+        return;
+    };
+    let small = pool_with(&servers.replica_url(0), PoolConfig::new(1));
+    let set = ReplicaSet::builder("fullpool")
+        .primary(servers.primary_pool())
+        .replica("a", small.clone())
+        .probe_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a"]).await;
+    let mut svc = router(&set);
+    // The monitor holds one connection out of the pool; the test takes the pool's only one.
+    let held = small.get().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let read = call(&mut svc, Req::read_at(None)).await;
+    assert_eq!(read.node, Node::Primary);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let a = status(&handle, "a");
+    assert_eq!(a.fallbacks, 1, "{a:?}");
+    assert!(a.up, "busy, not down: {a:?}");
+    drop(held);
     handle.shutdown();
 }

@@ -30,10 +30,13 @@ pub(crate) const WRITES: &str = "tower_patterns_consistency_router_writes_total"
 /// Responses left without a mark because the WAL position could not be read after them
 /// (counter; label `name`).
 pub(crate) const MARK_ERRORS: &str = "tower_patterns_consistency_router_mark_errors_total";
+/// Times the monitor made the primary flush its WAL for a waiting read (counter; label
+/// `name`).
+pub(crate) const WAL_FLUSHES: &str = "tower_patterns_consistency_wal_flushes_total";
 
 /// Registers the set's own counters (a replica registers its gauges and counters).
 pub(crate) fn register(name: &str) {
-    for counter in [PRIMARY_READS, WRITES, MARK_ERRORS] {
+    for counter in [PRIMARY_READS, WRITES, MARK_ERRORS, WAL_FLUSHES] {
         metrics::counter!(counter, "name" => name.to_owned()).absolute(0);
     }
 }
@@ -181,7 +184,8 @@ impl StateHandle for ReplicaSetHandle {
         let mark_errors = shared.mark_errors.load(Relaxed);
         metrics::counter!(PRIMARY_READS, "name" => name.clone()).absolute(primary_reads);
         metrics::counter!(WRITES, "name" => name.clone()).absolute(writes);
-        metrics::counter!(MARK_ERRORS, "name" => name).absolute(mark_errors);
+        metrics::counter!(MARK_ERRORS, "name" => name.clone()).absolute(mark_errors);
+        metrics::counter!(WAL_FLUSHES, "name" => name).absolute(self.wal_flushes());
         let healthy = replicas.iter().filter(|r| r.healthy).count();
         let (health, state) = if healthy == replicas.len() {
             (Health::Ready, "in_sync")

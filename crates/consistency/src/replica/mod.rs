@@ -4,9 +4,13 @@
 //! A [`ReplicaSet`] is a primary's pool and its replicas' pools, plus a monitor
 //! ([`ReplicaSet::spawn`]) that keeps one connection per node and every `probe_every` (250 ms)
 //! reads the primary's `pg_current_wal_insert_lsn()` and each replica's
-//! `pg_last_wal_replay_lsn()`, `pg_last_wal_receive_lsn()` and the age of its last replayed
-//! transaction. A replica is **up** when it answered within `probe_timeout`, and **healthy**
-//! when it is up and behind by at most `max_lag_bytes` of WAL (16 MiB) and `max_lag` (30 s).
+//! `pg_last_wal_replay_lsn()` and `pg_last_wal_receive_lsn()`. Each node has a loop of its
+//! own, so a node that hangs delays only its own probes; a node that fails is reconnected at
+//! most every `probe_every`. A replica is **up** when it answered within `probe_timeout`, and
+//! **healthy** when it is up and behind by at most `max_lag_bytes` of WAL (16 MiB) and
+//! `max_lag` (30 s). Lag in seconds is how long ago the primary first reached a position the
+//! replica has not replayed (from the primary's recent positions): on a quiet primary, the
+//! age of the replica's last replayed transaction would count minutes of no writes as lag.
 //! The results sit in atomics, so routing a request takes no lock and sends no query.
 //!
 //! [`ReplicaRouterLayer`] applies a set:
@@ -19,8 +23,10 @@
 //!   [`ReadConcern::at_least`](crate::ReadConcern::at_least) (any healthy replica without one),
 //!   chosen by the power of two choices on the reads each has in flight; to the primary when
 //!   none qualifies, when the concern says `from_primary`, or when the chosen replica's pool
-//!   gives no connection (that replica then counts as down until the monitor reaches it
-//!   again). With `observe_reads` (the default) the response's mark is where the read was
+//!   gives no connection within `probe_timeout` (an error marks the replica down until the
+//!   monitor reaches it again). A read that carries a mark and gets a connection its pool has
+//!   just made checks the replica's replay position on it first: the replica may have
+//!   restarted since its last probe and be replaying from an earlier point. With `observe_reads` (the default) the response's mark is where the read was
 //!   served: the replica's replay position read just after it, an upper bound of what the read
 //!   saw, so a session that sends it back never reads an older state (monotonic reads).
 //!
@@ -129,6 +135,7 @@
 //! | `tower_patterns_consistency_router_primary_reads_total` | counter (`name` only) | when the handle reports |
 //! | `tower_patterns_consistency_router_writes_total` | counter (`name` only) | when the handle reports |
 //! | `tower_patterns_consistency_router_mark_errors_total` | counter (`name` only) | when the handle reports |
+//! | `tower_patterns_consistency_wal_flushes_total` | counter (`name` only) | when the handle reports |
 //!
 //! Nothing is recorded per request: the router counts in atomics and
 //! [`ReplicaSetHandle`]'s `report()` publishes the counts.

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use tokio::time::{Instant, timeout};
 
 use super::{
-    state::{ClientSlot, Replica, Shared},
+    state::{Behind, ClientSlot, Replica, Shared},
     wal::{self, ProbeError},
 };
 use crate::mark::Lsn;
@@ -22,10 +22,18 @@ use crate::mark::Lsn;
 /// When a node whose connection failed may be tried again: a node that is down is retried at
 /// most every `probe_every`, even while the monitor probes at `probe_fast`.
 #[derive(Clone, Copy, Debug, Default)]
-struct Schedule {
+pub(crate) struct Schedule {
     next_connect: Option<Instant>,
     /// Since when (the primary's schedule only) a waited-for position has not been flushed.
     unflushed_since: Option<Instant>,
+}
+
+impl Schedule {
+    /// No new connection to this node before `every` from now (measured after the failure,
+    /// which may have taken the whole probe timeout).
+    fn back_off(&mut self, every: Duration) {
+        self.next_connect = Instant::now().checked_add(every);
+    }
 }
 
 /// How long a waited-for WAL position may stay unflushed on the primary before the monitor
@@ -33,42 +41,53 @@ struct Schedule {
 /// committing with `synchronous_commit = off`, may not for a WAL writer round or longer).
 const FLUSH_GRACE: Duration = Duration::from_millis(10);
 
-/// The reconnect schedule of every node, behind the set's probe lock.
+/// The reconnect schedule of every node, each behind its own lock (a node's loop and
+/// `refresh()` take turns on it; nodes never wait for each other).
 #[derive(Debug)]
 pub(crate) struct Prober {
-    primary: Schedule,
-    replicas: Vec<Schedule>,
+    primary: tokio::sync::Mutex<Schedule>,
+    replicas: Box<[tokio::sync::Mutex<Schedule>]>,
 }
 
 impl Prober {
     pub(crate) fn new(replicas: usize) -> Self {
         Self {
-            primary: Schedule::default(),
-            replicas: vec![Schedule::default(); replicas],
+            primary: tokio::sync::Mutex::default(),
+            replicas: (0..replicas)
+                .map(|_| tokio::sync::Mutex::default())
+                .collect(),
         }
     }
 }
 
-/// Runs until the set is dropped or shut down.
+/// Runs until the set is dropped or shut down: one loop per node, so a node that hangs (a
+/// stopped host, a black-holed address) delays only its own probes, never the others'.
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut stop = shared.stop.subscribe();
     tracing::debug!(target: "tower_patterns::consistency", set = %shared.name, "replica monitor started");
-    while !*stop.borrow_and_update() {
-        tokio::select! {
-            () = shared.probe() => {}
-            _ = stop.changed() => break,
+    let nodes = (0..=shared.replicas.len()).map(|node| {
+        let shared = shared.clone();
+        async move {
+            let mut stop = shared.stop.subscribe();
+            let mut wake = shared.wake.subscribe();
+            while !*stop.borrow_and_update() {
+                tokio::select! {
+                    () = shared.probe_node(node) => {}
+                    _ = stop.changed() => break,
+                }
+                let pause = if shared.waiters.load(Relaxed) > 0 {
+                    shared.options.probe_fast
+                } else {
+                    shared.options.probe_every
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = wake.changed() => {}
+                    changed = stop.changed() => if changed.is_err() { break },
+                }
+            }
         }
-        let pause = if shared.waiters.load(Relaxed) > 0 {
-            shared.options.probe_fast
-        } else {
-            shared.options.probe_every
-        };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shared.wake.notified() => {}
-            changed = stop.changed() => if changed.is_err() { break },
-        }
-    }
+    });
+    join_all(nodes).await;
     shared.primary.client.set(None);
     for replica in shared.replicas.iter() {
         replica.client.set(None);
@@ -86,19 +105,23 @@ async fn connect(pool: &Pool, within: Duration) -> Result<Arc<ClientWrapper>, Pr
 }
 
 impl Shared {
-    /// Probes every node once (after any probe under way).
+    /// Probes every node once (each after any probe of it under way): the primary first, so
+    /// the replicas' lag is measured against a fresh position.
     pub(crate) async fn probe(&self) {
-        let mut prober = self.prober.lock().await;
-        let Prober { primary, replicas } = &mut *prober;
-        let reference = self.probe_primary(primary).await;
-        let reference = reference.or_else(|| self.primary.last_lsn());
-        join_all(
-            self.replicas
-                .iter()
-                .zip(replicas.iter_mut())
-                .map(|(replica, schedule)| self.probe_replica(replica, schedule, reference)),
-        )
-        .await;
+        self.probe_node(0).await;
+        join_all((1..=self.replicas.len()).map(|node| self.probe_node(node))).await;
+    }
+
+    /// Probes node `node` (0: the primary; `i + 1`: replica `i`), then tells the waiters.
+    async fn probe_node(&self, node: usize) {
+        if node == 0 {
+            let mut schedule = self.prober.primary.lock().await;
+            self.probe_primary(&mut schedule).await;
+        } else {
+            let mut schedule = self.prober.replicas[node - 1].lock().await;
+            self.probe_replica(&self.replicas[node - 1], &mut schedule)
+                .await;
+        }
         self.probed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -114,8 +137,7 @@ impl Shared {
         if let Some(client) = slot.get() {
             return Some((client, false));
         }
-        let now = Instant::now();
-        if schedule.next_connect.is_some_and(|at| now < at) {
+        if schedule.next_connect.is_some_and(|at| Instant::now() < at) {
             return None;
         }
         match connect(pool, self.options.probe_timeout).await {
@@ -124,7 +146,7 @@ impl Shared {
                 Some((client, true))
             }
             Err(e) => {
-                schedule.next_connect = Some(now + self.options.probe_every);
+                schedule.back_off(self.options.probe_every);
                 tracing::debug!(target: "tower_patterns::consistency", set = %self.name, node, error = %e, "cannot connect");
                 None
             }
@@ -148,7 +170,7 @@ impl Shared {
                 if fresh {
                     primary.client.set(Some(client));
                 }
-                primary.lsn.store(lsn.0, Release);
+                primary.observe(lsn);
                 Some(lsn)
             }
             failed => {
@@ -157,6 +179,7 @@ impl Shared {
                 });
                 tracing::debug!(target: "tower_patterns::consistency", set = %self.name, error = %error, "primary probe failed");
                 primary.client.set(None);
+                schedule.back_off(self.options.probe_every);
                 None
             }
         }
@@ -204,12 +227,7 @@ impl Shared {
         }
     }
 
-    async fn probe_replica(
-        &self,
-        replica: &Replica,
-        schedule: &mut Schedule,
-        primary: Option<Lsn>,
-    ) {
+    async fn probe_replica(&self, replica: &Replica, schedule: &mut Schedule) {
         let answer = match self
             .client(&replica.client, &replica.pool, schedule, &replica.name)
             .await
@@ -229,6 +247,7 @@ impl Shared {
                         });
                         tracing::debug!(target: "tower_patterns::consistency", set = %self.name, replica = %replica.name, error = %error, "replica probe failed");
                         replica.client.set(None);
+                        schedule.back_off(self.options.probe_every);
                         None
                     }
                 }
@@ -238,15 +257,22 @@ impl Shared {
             replica.mark_down();
             return;
         };
-        let caught_up = match primary {
-            Some(p) => probe.replay >= p,
-            None => probe.receive.is_some_and(|r| probe.replay >= r),
-        };
+        let primary = self.primary.last_lsn();
         let lag_bytes = primary.map_or(0, |p| p.bytes_after(probe.replay));
-        let lag_seconds = if caught_up {
-            0.0
-        } else {
-            probe.since_last_replayed
+        // How long ago the primary first had WAL this replica has not replayed, from the
+        // primary's recent positions; the age of its last replayed transaction only when the
+        // primary has not been probed yet (on a quiet primary that age is minutes, not lag).
+        let lag_seconds = match self.primary.behind_since(probe.replay) {
+            Behind::CaughtUp => 0.0,
+            Behind::Since(at) => at.elapsed().as_secs_f64(),
+            Behind::Unknown => {
+                let caught_up = probe.receive.is_some_and(|r| probe.replay >= r);
+                if caught_up {
+                    0.0
+                } else {
+                    probe.since_last_replayed
+                }
+            }
         };
         let options = &self.options;
         let healthy =

@@ -11,6 +11,7 @@ use super::{
     error::PrimaryUnavailable,
     router::{Node, Routed},
     state::{InFlight, Shared},
+    wal,
 };
 use crate::{
     concern::{MarkResponse, ReadConcern},
@@ -98,19 +99,25 @@ where
     inner.call(routed).await.map_err(Into::into)
 }
 
+/// A connection of the primary's pool, waiting at most the probe timeout (a pool without a
+/// wait timeout of its own would otherwise wait for ever when full or stopped).
 async fn primary_client(shared: &Shared) -> Result<Object, PrimaryUnavailable> {
-    shared
-        .primary
-        .pool
-        .get()
-        .await
-        .map_err(PrimaryUnavailable::new)
+    match tokio::time::timeout(shared.options.probe_timeout, shared.primary.pool.get()).await {
+        Ok(got) => got.map_err(PrimaryUnavailable::new),
+        Err(_) => Err(PrimaryUnavailable::new(
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait),
+        )),
+    }
 }
 
 /// Sets the primary's insert position read now as `res`'s mark (nothing, and a count, when
 /// it cannot be read: the request itself went through).
 async fn mark_primary<Res: MarkResponse>(shared: &Shared, res: &mut Res) {
-    match shared.primary.insert_lsn_now().await {
+    match shared
+        .primary
+        .insert_lsn_now(shared.options.probe_timeout)
+        .await
+    {
         Ok(lsn) => res.set_mark(Mark::Lsn(lsn)),
         Err(e) => {
             shared.mark_errors.fetch_add(1, Relaxed);
@@ -150,6 +157,7 @@ pub(crate) async fn read<S, Req>(
     mut inner: S,
     request: Req,
     route: Route,
+    at_least: Option<Lsn>,
     in_flight: Option<InFlight>,
 ) -> Result<S::Response, BoxError>
 where
@@ -161,16 +169,28 @@ where
     let mut client = None;
     if let Route::Replica(i) = route {
         let replica = &shared.replicas[i];
-        match replica.pool.get().await {
-            Ok(c) => {
+        let got = tokio::time::timeout(shared.options.probe_timeout, replica.pool.get()).await;
+        match got {
+            Ok(Ok(c)) if !fresh_and_behind(&c, at_least).await => {
                 replica.reads.fetch_add(1, Relaxed);
                 served_by = Some(i);
                 client = Some((c, Node::Replica(replica.name.clone())));
             }
-            Err(e) => {
+            Ok(Ok(_)) => {
+                // A new connection to a node that has not replayed the mark: the replica
+                // restarted since its last probe (or the address now leads elsewhere).
+                replica.fallbacks.fetch_add(1, Relaxed);
+                tracing::debug!(target: "tower_patterns::consistency", set = %shared.name, replica = %replica.name, "a new connection to the replica is behind the read's mark: read from the primary");
+            }
+            Ok(Err(e)) => {
                 replica.mark_down();
                 replica.fallbacks.fetch_add(1, Relaxed);
                 tracing::warn!(target: "tower_patterns::consistency", set = %shared.name, replica = %replica.name, error = %e, "no connection to the replica: down until its next probe, read from the primary");
+            }
+            Err(_) => {
+                // A full pool is busy, not down: this read goes to the primary.
+                replica.fallbacks.fetch_add(1, Relaxed);
+                tracing::debug!(target: "tower_patterns::consistency", set = %shared.name, replica = %replica.name, "no connection to the replica within the probe timeout: read from the primary");
             }
         }
     }
@@ -191,7 +211,10 @@ where
     let mut res = result?;
     if shared.options.observe_reads && res.wants_mark() {
         match served_by {
-            Some(i) => match shared.replicas[i].replay_lsn_now().await {
+            Some(i) => match shared.replicas[i]
+                .replay_lsn_now(shared.options.probe_timeout)
+                .await
+            {
                 Ok(lsn) => res.set_mark(Mark::Lsn(lsn)),
                 Err(e) => {
                     shared.mark_errors.fetch_add(1, Relaxed);
@@ -202,6 +225,22 @@ where
         }
     }
     Ok(res)
+}
+
+/// True when `client` is a connection its pool has just made (never recycled) and the node
+/// behind it has not replayed `at_least`. The monitor's last probe says where a replica
+/// stood; a connection that lived through that probe is to the same server process, but a
+/// new one may reach a replica that restarted since (and replays again from an earlier
+/// point) or another server behind the same address. Costs one query, on new connections
+/// of reads that carry a mark only.
+async fn fresh_and_behind(client: &Object, at_least: Option<Lsn>) -> bool {
+    let Some(wanted) = at_least else {
+        return false;
+    };
+    if Object::metrics(client).recycle_count > 0 {
+        return false;
+    }
+    !matches!(wal::replay_lsn(client).await, Ok(replayed) if replayed >= wanted)
 }
 
 #[cfg(test)]

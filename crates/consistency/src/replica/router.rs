@@ -197,12 +197,19 @@ where
                 ResponseFuture::new(Box::pin(route::write(shared, inner, req)))
             }
             Side::Query => {
-                let route = route::route_read(&shared, req.read_concern());
+                let concern = req.read_concern();
+                let route = route::route_read(&shared, concern);
+                let at_least = match concern.at_least {
+                    Some(crate::Mark::Lsn(lsn)) if !concern.from_primary => Some(lsn),
+                    _ => None,
+                };
                 let in_flight = match route {
                     Route::Replica(i) => Some(InFlight::start(shared.clone(), i)),
                     Route::Primary => None,
                 };
-                ResponseFuture::new(Box::pin(route::read(shared, inner, req, route, in_flight)))
+                ResponseFuture::new(Box::pin(route::read(
+                    shared, inner, req, route, at_least, in_flight,
+                )))
             }
         }
     }

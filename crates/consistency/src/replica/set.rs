@@ -122,7 +122,7 @@ impl<P> ReplicaSetBuilder<P> {
 
 impl ReplicaSetBuilder<Pool> {
     /// The set, once its settings check out: a non-empty name, distinct non-empty replica
-    /// names, and non-zero probe intervals and timeout.
+    /// names, and probe intervals and timeout above zero and at most an hour.
     ///
     /// It registers its metrics (at zero) but connects to nothing: [`ReplicaSet::spawn`]
     /// starts the monitor.
@@ -150,6 +150,9 @@ impl ReplicaSetBuilder<Pool> {
         ] {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be more than zero"));
+            }
+            if value > Duration::from_secs(3600) {
+                return Err(ConfigError::new(field, "must be an hour or less"));
             }
         }
         options.probe_fast = options.probe_fast.min(options.probe_every);

@@ -3,6 +3,7 @@
 //! the request path).
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -11,7 +12,7 @@ use std::{
 };
 
 use deadpool_postgres::{ClientWrapper, Pool};
-use tokio::sync::{Notify, watch};
+use tokio::{sync::watch, time::Instant};
 use tower_patterns_core::rng::SplitMix64;
 
 use super::wal::{self, Geometry, ProbeError};
@@ -53,6 +54,26 @@ pub(crate) struct Primary {
     /// `wal_block_size` and `wal_segment_size`, 0 while unknown.
     block: AtomicU64,
     segment: AtomicU64,
+    /// The positions the monitor saw the primary reach, and when it first saw each (the
+    /// latest [`HISTORY`]): how long a replica has been behind.
+    history: Mutex<VecDeque<(Lsn, Instant)>>,
+}
+
+/// How many of the primary's recent positions are kept to measure lag in seconds (at one
+/// probe every 250 ms, about a minute; while requests wait, probes are faster and the window
+/// shorter, but a lag that long makes the replica unhealthy anyway).
+const HISTORY: usize = 256;
+
+/// Since when a replica has been behind the primary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Behind {
+    /// It has replayed the primary's last known position.
+    CaughtUp,
+    /// Since the primary first passed its replay position (or, behind everything kept, at
+    /// least since the oldest position kept).
+    Since(Instant),
+    /// The primary has not been probed yet.
+    Unknown,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -65,6 +86,42 @@ impl Primary {
             lsn: AtomicU64::new(UNKNOWN),
             block: AtomicU64::new(0),
             segment: AtomicU64::new(0),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+        }
+    }
+
+    /// Takes `lsn`, read from the primary just now, as its last known position (unless a
+    /// later one is known already), and records it.
+    pub(crate) fn observe(&self, lsn: Lsn) {
+        let _ = self.lsn.fetch_update(Relaxed, Relaxed, |now| {
+            (now == UNKNOWN || now < lsn.0).then_some(lsn.0)
+        });
+        self.record(lsn);
+    }
+
+    /// Records a position the primary has reached, if it is new.
+    pub(crate) fn record(&self, lsn: Lsn) {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        if history.back().is_some_and(|(last, _)| *last >= lsn) {
+            return;
+        }
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((lsn, Instant::now()));
+    }
+
+    /// Since when a replica that has replayed up to `replay` has been behind.
+    pub(crate) fn behind_since(&self, replay: Lsn) -> Behind {
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        match history.back() {
+            None => Behind::Unknown,
+            Some((last, _)) if replay >= *last => Behind::CaughtUp,
+            // The first position the primary reached past `replay`: it has been behind since.
+            _ => history
+                .iter()
+                .find(|(lsn, _)| *lsn > replay)
+                .map_or(Behind::CaughtUp, |(_, at)| Behind::Since(*at)),
         }
     }
 
@@ -85,21 +142,28 @@ impl Primary {
 
     /// The primary's insert position now: on the monitor's client, else on a connection of
     /// the pool (reading the WAL geometry there first if the monitor has not yet).
-    pub(crate) async fn insert_lsn_now(&self) -> Result<Lsn, ProbeError> {
-        if let Some(client) = self.client.get()
-            && let Ok(lsn) = wal::insert_lsn(&client, self.geometry()).await
-        {
-            return Ok(lsn);
-        }
-        let client = self
-            .pool
-            .get()
+    pub(crate) async fn insert_lsn_now(&self, within: Duration) -> Result<Lsn, ProbeError> {
+        let read = async {
+            if let Some(client) = self.client.get()
+                && let Ok(lsn) = wal::insert_lsn(&client, self.geometry()).await
+            {
+                return Ok(lsn);
+            }
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ProbeError::NoConnection(e.to_string()))?;
+            if self.geometry().is_none() {
+                self.set_geometry(wal::geometry(&client).await?);
+            }
+            wal::insert_lsn(&client, self.geometry()).await
+        };
+        let lsn = tokio::time::timeout(within, read)
             .await
-            .map_err(|e| ProbeError::NoConnection(e.to_string()))?;
-        if self.geometry().is_none() {
-            self.set_geometry(wal::geometry(&client).await?);
-        }
-        wal::insert_lsn(&client, self.geometry()).await
+            .map_err(|_| ProbeError::TimedOut)??;
+        self.observe(lsn);
+        Ok(lsn)
     }
 }
 
@@ -182,19 +246,25 @@ impl Replica {
         self.gauges.up.set(0.0);
     }
 
-    /// Its replay position now: on the monitor's client, else on a connection of its pool.
-    pub(crate) async fn replay_lsn_now(&self) -> Result<Lsn, ProbeError> {
-        if let Some(client) = self.client.get()
-            && let Ok(lsn) = wal::replay_lsn(&client).await
-        {
-            return Ok(lsn);
-        }
-        let client = self
-            .pool
-            .get()
+    /// Its replay position now: on the monitor's client, else on a connection of its pool;
+    /// at most `within`.
+    pub(crate) async fn replay_lsn_now(&self, within: Duration) -> Result<Lsn, ProbeError> {
+        let read = async {
+            if let Some(client) = self.client.get()
+                && let Ok(lsn) = wal::replay_lsn(&client).await
+            {
+                return Ok(lsn);
+            }
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ProbeError::NoConnection(e.to_string()))?;
+            wal::replay_lsn(&client).await
+        };
+        tokio::time::timeout(within, read)
             .await
-            .map_err(|e| ProbeError::NoConnection(e.to_string()))?;
-        wal::replay_lsn(&client).await
+            .map_err(|_| ProbeError::TimedOut)?
     }
 }
 
@@ -213,12 +283,13 @@ pub(crate) struct Shared {
     pub(crate) nudges: AtomicU64,
     /// Bumped after every probe.
     pub(crate) probed: watch::Sender<u64>,
-    /// Wakes the monitor early (a new waiter).
-    pub(crate) wake: Notify,
+    /// Bumped to wake the monitor's loops early (a first waiter: probe fast from now).
+    pub(crate) wake: watch::Sender<u64>,
     /// True once the monitor must end.
     pub(crate) stop: watch::Sender<bool>,
-    /// Serialises probes (the monitor's and `refresh()`'s); holds the reconnect schedule.
-    pub(crate) prober: tokio::sync::Mutex<super::monitor::Prober>,
+    /// Each node's reconnect schedule, behind a lock per node (the monitor's loop and
+    /// `refresh()` take turns).
+    pub(crate) prober: super::monitor::Prober,
     pub(crate) spawned: AtomicBool,
     /// Seeds the per-read SplitMix64 generator of the two random picks.
     pub(crate) rng: AtomicU64,
@@ -248,9 +319,9 @@ impl Shared {
             wanted: AtomicU64::new(0),
             nudges: AtomicU64::new(0),
             probed: watch::Sender::new(0),
-            wake: Notify::new(),
+            wake: watch::Sender::new(0),
             stop: watch::Sender::new(false),
-            prober: tokio::sync::Mutex::new(prober),
+            prober,
             spawned: AtomicBool::new(false),
             rng: AtomicU64::new(0),
             primary_reads: AtomicU64::new(0),
@@ -275,10 +346,14 @@ impl Shared {
 pub(crate) struct Waiter(Arc<Shared>);
 
 impl Waiter {
+    /// Counts a request waiting for `wanted`. A position past the primary's last known one
+    /// (a token from before a failover or a restore) is not one the monitor flushes for.
     pub(crate) fn register(shared: Arc<Shared>, wanted: Lsn) -> Self {
-        shared.wanted.fetch_max(wanted.0, Relaxed);
+        if shared.primary.last_lsn().is_some_and(|last| wanted <= last) {
+            shared.wanted.fetch_max(wanted.0, Relaxed);
+        }
         if shared.waiters.fetch_add(1, Relaxed) == 0 {
-            shared.wake.notify_one();
+            shared.wake.send_modify(|n| *n = n.wrapping_add(1));
         }
         Self(shared)
     }
@@ -286,7 +361,10 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, Relaxed);
+        // The last waiter gone: nothing is wanted any more.
+        if self.0.waiters.fetch_sub(1, Relaxed) == 1 {
+            self.0.wanted.store(0, Relaxed);
+        }
     }
 }
 

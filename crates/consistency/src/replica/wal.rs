@@ -138,20 +138,21 @@ pub(crate) async fn flush_lsn(client: &Client) -> Result<Lsn, ProbeError> {
     lsn_at(&row, 0).ok_or(ProbeError::Unreadable("flush position"))
 }
 
-/// Makes the primary flush its WAL up to now: a transaction that writes one WAL record (an
-/// empty transactional logical message, which touches no table and needs no privilege) and
-/// commits synchronously, which flushes everything before its commit record. Replicas
+/// Makes the primary flush its WAL up to now: one statement, in a transaction of its own,
+/// that writes one WAL record (an empty transactional logical message, which touches no table
+/// and needs no privilege) and commits with `synchronous_commit = local`, which flushes
+/// everything before its commit record without waiting for synchronous standbys. Replicas
 /// receive only flushed WAL, and a primary flushes on commit: records after the last commit
 /// (a non-transactional message, a standby snapshot, hint bits) or a commit made with
 /// `synchronous_commit = off` can wait in its buffers until the next commit or the WAL
 /// writer's round, while a token already points past them. (A transaction that only takes a
-/// transaction id writes its commit record without flushing: PostgreSQL flushes only for
-/// transactions that wrote WAL before committing.)
+/// transaction id commits without flushing: PostgreSQL flushes only for transactions that
+/// wrote WAL.) A failure rolls the statement's own transaction back: the session stays usable.
 pub(crate) async fn flush_now(client: &Client) -> Result<(), ProbeError> {
     client
         .batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit TO on; \
-             SELECT pg_logical_emit_message(true, 'tower_patterns.flush', ''); COMMIT",
+            "SELECT set_config('synchronous_commit', 'local', true), \
+                    pg_logical_emit_message(true, 'tower_patterns.flush', '')",
         )
         .await
         .map_err(ProbeError::Postgres)
