@@ -58,7 +58,17 @@ fn pool(url: &str, size: usize, sync_commit: bool) -> Result<Pool, BoxError> {
     if sync_commit {
         config.options = Some("-c synchronous_commit=on".to_owned());
     }
-    config.pool = Some(deadpool_postgres::PoolConfig::new(size));
+    // Bounded waits: a full or unreachable pool answers with an error rather than hold a
+    // request (the router also bounds its own waits by the set's probe timeout).
+    config.pool = Some(deadpool_postgres::PoolConfig {
+        max_size: size,
+        timeouts: deadpool_postgres::Timeouts {
+            wait: Some(Duration::from_secs(1)),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(1)),
+        },
+        ..deadpool_postgres::PoolConfig::default()
+    });
     Ok(config.create_pool(Some(Runtime::Tokio1), NoTls)?)
 }
 
