@@ -870,3 +870,46 @@ async fn a_full_replica_pool_costs_a_read_the_probe_timeout_at_most() {
     drop(held);
     handle.shutdown();
 }
+
+/// A token written by another instance (read from the primary on a connection of its own)
+/// after an asynchronous commit: this set's monitor has not seen that position, and the WAL
+/// writer would flush it only at its next round (200 ms); the monitor flushes it for the
+/// waiting read within milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_commit_of_another_instance_is_flushed_for_a_waiting_read() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("asyncflush").await else {
+        return;
+    };
+    let set = servers.set("asyncflush").build().unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a", "b"]).await;
+    let (other, conn) = tokio_postgres::connect(&servers.primary, NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    other
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        other
+            .batch_execute("UPDATE counter SET n = n + 1 WHERE id = 1")
+            .await
+            .unwrap();
+        let text: String = other
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let mark = Mark::Lsn(Lsn::parse(&text).unwrap());
+        assert!(
+            set.wait(mark, Duration::from_millis(150)).await,
+            "commit {i}: a replica replayed {text} within 150 ms ({:?})",
+            handle.replicas()
+        );
+    }
+    assert!(handle.wal_flushes() >= 1);
+    handle.shutdown();
+}

@@ -190,7 +190,7 @@ impl Shared {
     /// ([`wal::flush_now`]): without it, a token taken after an asynchronous commit waits for
     /// the WAL writer's round (200 ms by default), and one taken after records that no commit
     /// followed can wait out its whole wait on a quiet primary. At most one flush per grace
-    /// period; never for a position past the primary's insert position (no write made it).
+    /// period, and never for more than the primary has written.
     async fn flush_for_waiters(
         &self,
         client: &ClientWrapper,
@@ -198,10 +198,13 @@ impl Shared {
         schedule: &mut Schedule,
     ) {
         let wanted = self.wanted.load(Relaxed);
-        if self.waiters.load(Relaxed) == 0 || wanted == 0 || wanted > inserted.0 {
+        if self.waiters.load(Relaxed) == 0 || wanted == 0 {
             schedule.unflushed_since = None;
             return;
         }
+        // Never past what the primary has written: a token from before a failover or a
+        // restore (past anything written since) asks for no more than a flush of what is.
+        let wanted = wanted.min(inserted.0);
         let Ok(Ok(flushed)) = timeout(self.options.probe_timeout, wal::flush_lsn(client)).await
         else {
             return;

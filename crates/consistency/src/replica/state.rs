@@ -346,12 +346,11 @@ impl Shared {
 pub(crate) struct Waiter(Arc<Shared>);
 
 impl Waiter {
-    /// Counts a request waiting for `wanted`. A position past the primary's last known one
-    /// (a token from before a failover or a restore) is not one the monitor flushes for.
+    /// Counts a request waiting for `wanted` (a token of another instance may be past the
+    /// primary's position this monitor last saw: the flush step caps it at the primary's
+    /// insert position).
     pub(crate) fn register(shared: Arc<Shared>, wanted: Lsn) -> Self {
-        if shared.primary.last_lsn().is_some_and(|last| wanted <= last) {
-            shared.wanted.fetch_max(wanted.0, Relaxed);
-        }
+        shared.wanted.fetch_max(wanted.0, Relaxed);
         if shared.waiters.fetch_add(1, Relaxed) == 0 {
             shared.wake.send_modify(|n| *n = n.wrapping_add(1));
         }
