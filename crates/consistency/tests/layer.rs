@@ -502,14 +502,35 @@ async fn sessions_only_move_forward_and_the_cookie_counts_like_the_header() {
         token_of(&svc.clone().oneshot(req).await.unwrap()),
         Some(at(40))
     );
-    // A write at 10 by a session at 45 (cookie) and 30 (header): the later, 45, stays.
+    // A write at 10 by a session at 30 (header): 30 stays.
     let req = Request::post("/")
         .header(TOKEN_HEADER, tokens.header_value(at(30)))
+        .header("x-commit", "10")
+        .body(())
+        .unwrap();
+    assert_eq!(token_of(&svc.clone().oneshot(req).await.unwrap()), None);
+    // With both, the header is the session and the cookie is not read (not even a bad one):
+    // a write at 40 by header 30 and cookie 45 moves the session to 40.
+    for cookie in [tokens.issue(at(45)), "nonsense".to_owned()] {
+        let req = Request::post("/")
+            .header(TOKEN_HEADER, tokens.header_value(at(30)))
+            .header(
+                header::COOKIE,
+                format!("x=1; tp_consistency_things={cookie}"),
+            )
+            .header("x-commit", "40")
+            .body(())
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(token_of(&res), Some(at(40)));
+    }
+    // The cookie alone is the session when there is no header: 45 stays against a write at 40.
+    let req = Request::post("/")
         .header(
             header::COOKIE,
-            format!("x=1; tp_consistency_things={}", tokens.issue(at(45))),
+            format!("tp_consistency_things={}", tokens.issue(at(45))),
         )
-        .header("x-commit", "10")
+        .header("x-commit", "40")
         .body(())
         .unwrap();
     assert_eq!(token_of(&svc.clone().oneshot(req).await.unwrap()), None);

@@ -158,8 +158,8 @@ impl<T, R, C> ConsistencyBuilder<T, R, C> {
     }
 
     /// The cookie that carries the token (default `tp_consistency_<name>`, see
-    /// [`COOKIE_PREFIX`]): a token in it is read like one in the header (both are verified,
-    /// and the later one counts), and every new token is set in it (`Path=/; HttpOnly;
+    /// [`COOKIE_PREFIX`]): a token in it is read when the header has none (the header is the
+    /// client's own statement of its session), and every new token is set in it (`Path=/; HttpOnly;
     /// SameSite=Lax`). A cookie whose token does not verify (signed with a key since rotated,
     /// or by a process with a random key that restarted) is ignored and cleared, since the
     /// client can neither see nor fix it; a bad token in the header is a 400.

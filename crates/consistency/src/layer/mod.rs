@@ -11,7 +11,7 @@
 //!   does), the layer answers with a signed token of it in the [`TOKEN_HEADER`]
 //!   (`tp-consistency`), in a cookie (`tp_consistency_<name>`, see [`COOKIE_PREFIX`]) and,
 //!   for code in the same process, in the response's extensions ([`IssuedToken`]).
-//! - **Reads** that carry a token (header or cookie, both verified; the later one counts) are
+//! - **Reads** that carry a token (in the header, else in the cookie; verified) are
 //!   answered only once the read side has reached it: at once when it has (a check of tens of
 //!   nanoseconds, no allocation), otherwise after waiting for it at most
 //!   [`wait`](ConsistencyBuilder::wait). If the wait runs out, [`Behind`] decides: a 503 with

@@ -75,10 +75,11 @@ struct Session {
 }
 
 impl<R: ReadSide, C> Shared<R, C> {
-    /// The session: the later of the header's and the cookie's tokens, each verified. A bad
-    /// header is the client's error (a 400); a bad cookie is one this layer set under a key or
-    /// for an app that no longer holds, which the client cannot see (it is `HttpOnly`) nor
-    /// fix: it is ignored and cleared, so the session starts over rather than fail for good.
+    /// The session: the header's token (the later one if several), else the cookie's, each
+    /// verified. A bad header is the client's error (a 400); a bad cookie is one this layer
+    /// set under a key or for an app that no longer holds, which the client cannot see (it is
+    /// `HttpOnly`) nor fix: it is ignored and cleared, so the session starts over rather than
+    /// fail for good.
     fn session<B>(&self, req: &Request<B>) -> Result<Session, TokenError> {
         let mut session = Session::default();
         let add = |session: &mut Session, m: Mark| {
@@ -89,6 +90,11 @@ impl<R: ReadSide, C> Shared<R, C> {
                 &mut session,
                 self.tokens.verify_kind(value.as_bytes(), self.kind)?,
             );
+        }
+        // The header is the client's own statement of its session: with one, the cookie (the
+        // browser's) is not read.
+        if session.mark.is_some() {
+            return Ok(session);
         }
         if let Some(name) = self.settings.cookie.as_deref() {
             for value in req.headers().get_all(header::COOKIE) {
