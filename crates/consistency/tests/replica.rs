@@ -913,3 +913,35 @@ async fn an_asynchronous_commit_of_another_instance_is_flushed_for_a_waiting_rea
     assert!(handle.wal_flushes() >= 1);
     handle.shutdown();
 }
+
+/// A node that refuses (a listener that closes every connection at once) is reconnected at
+/// most every `probe_every`, even while a waiting read makes the monitor probe every 2 ms:
+/// no reconnect storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_node_is_retried_at_most_every_probe_interval() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = accepted.clone();
+    let refuser = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counting.fetch_add(1, Relaxed);
+            drop(socket);
+        }
+    });
+    let set = ReplicaSet::builder("refused")
+        .primary(pool(&format!("postgres://postgres@{at}/postgres")))
+        .replica("r", pool(&format!("postgres://postgres@{at}/postgres")))
+        .probe_every(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let _monitor = set.spawn();
+    // A read waits for a mark for a second: the monitor probes every 2 ms meanwhile.
+    assert!(!set.wait(Mark::Lsn(Lsn(1)), Duration::from_secs(1)).await);
+    let attempts = accepted.load(Relaxed);
+    // Two nodes, one attempt each per 250 ms at most (and the first at once): about 10.
+    assert!(attempts <= 14, "{attempts} connections in a second");
+    assert!(attempts >= 2, "{attempts}: the nodes were tried");
+    set.handle().shutdown();
+    refuser.abort();
+}
