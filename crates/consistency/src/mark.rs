@@ -86,6 +86,26 @@ impl Mark {
         }
     }
 
+    /// The WAL position, for a mark of that kind.
+    pub const fn lsn(self) -> Option<Lsn> {
+        match self {
+            Self::Lsn(lsn) => Some(lsn),
+            Self::Position(_) => None,
+        }
+    }
+
+    /// How far `self` is behind `wanted` (`None` when it is not behind, or the kinds differ):
+    /// events by global sequence number, or WAL bytes.
+    pub fn distance_to(self, wanted: Self) -> Option<Distance> {
+        match (self, wanted) {
+            (Self::Position(s), Self::Position(w)) if w > s => {
+                Some(Distance::Events(w.index.saturating_sub(s.index)))
+            }
+            (Self::Lsn(s), Self::Lsn(w)) if w > s => Some(Distance::WalBytes(w.bytes_after(s))),
+            _ => None,
+        }
+    }
+
     /// The later of two marks of one kind; `self` when the kinds differ.
     #[must_use]
     pub fn max_with(self, other: Self) -> Self {

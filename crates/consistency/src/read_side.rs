@@ -66,13 +66,7 @@ impl ReadSide for ProjectionHandle {
     }
 
     fn distance(&self, mark: Mark) -> Option<Distance> {
-        match mark {
-            Mark::Position(p) => {
-                let behind = p.index.saturating_sub(self.position().index);
-                (behind > 0).then_some(Distance::Events(behind))
-            }
-            Mark::Lsn(_) => None,
-        }
+        Mark::Position(self.position()).distance_to(mark)
     }
 }
 
@@ -234,14 +228,6 @@ impl ReadSide for Progress {
     }
 
     fn distance(&self, mark: Mark) -> Option<Distance> {
-        match (self.current(), mark) {
-            (Mark::Position(now), Mark::Position(want)) if want > now => {
-                Some(Distance::Events(want.index.saturating_sub(now.index)))
-            }
-            (Mark::Lsn(now), Mark::Lsn(want)) if want > now => {
-                Some(Distance::WalBytes(want.bytes_after(now)))
-            }
-            _ => None,
-        }
+        self.current().distance_to(mark)
     }
 }

@@ -293,3 +293,23 @@ fn not_caught_up_says_so() {
     };
     assert_eq!(rendered, text);
 }
+
+#[tokio::test]
+async fn the_default_cookie_is_named_after_the_layer_in_cookie_characters() {
+    let layer = ConsistencyLayer::builder("my app/1")
+        .key(TokenKey::new([3; 16]))
+        .read_side(Progress::new(at(0)))
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        let mut res = Response::new(());
+        res.extensions_mut().insert(at(1));
+        Ok::<_, std::convert::Infallible>(res)
+    }));
+    let res = svc
+        .oneshot(Request::post("/").body(()).unwrap())
+        .await
+        .unwrap();
+    let cookie = res.headers()[http::header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("tp_consistency_my_app_1="), "{cookie}");
+}

@@ -53,8 +53,6 @@ pub struct NoReadSide;
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) wait: Duration,
-    /// `.no_cookie()` was called.
-    pub(crate) no_cookie: bool,
     pub(crate) behind: Behind,
     pub(crate) retry_after: Duration,
     pub(crate) header: HeaderName,
@@ -166,7 +164,6 @@ impl<T, R, C> ConsistencyBuilder<T, R, C> {
     #[must_use]
     pub fn cookie(mut self, name: impl Into<Arc<str>>) -> Self {
         self.settings.cookie = Some(name.into());
-        self.settings.no_cookie = false;
         self
     }
 
@@ -174,7 +171,6 @@ impl<T, R, C> ConsistencyBuilder<T, R, C> {
     #[must_use]
     pub fn no_cookie(mut self) -> Self {
         self.settings.cookie = None;
-        self.settings.no_cookie = true;
         self
     }
 
@@ -199,26 +195,12 @@ impl<R: ReadSide, C: Send + Sync + 'static> ConsistencyBuilder<Tokens, R, C> {
     /// name (a token of ASCII letters, digits, `-` and `_`), `when_behind` for
     /// [`Behind::Primary`] over a read side that does not route (a projection's handle has
     /// no primary to send the read to: the read would be answered stale, unmarked).
-    pub fn build(mut self) -> Result<ConsistencyLayer<R, C>, ConfigError> {
+    pub fn build(self) -> Result<ConsistencyLayer<R, C>, ConfigError> {
         if self.settings.behind == Behind::Primary && !self.read_side.routes() {
             return Err(ConfigError::new(
                 "when_behind",
                 "Primary needs a read side that routes reads (a replica set)",
             ));
-        }
-        if self.settings.cookie.is_none() && !self.settings.no_cookie {
-            let name: String = self
-                .name
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            self.settings.cookie = Some(format!("{COOKIE_PREFIX}{name}").into());
         }
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
@@ -300,18 +282,29 @@ pub struct ConsistencyLayer<R, C = HttpClassifier> {
 impl ConsistencyLayer<NoReadSide> {
     /// A builder for the layer named `name`.
     pub fn builder(name: impl Into<Arc<str>>) -> ConsistencyBuilder {
+        let name: Arc<str> = name.into();
+        // `tp_consistency_<name>`, with what a cookie name cannot hold as `_`.
+        let cookie: String = COOKIE_PREFIX
+            .chars()
+            .chain(name.chars().map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            }))
+            .collect();
         ConsistencyBuilder {
-            name: name.into(),
+            name,
             tokens: NoKey,
             read_side: NoReadSide,
             classify: HttpClassifier::new(),
             settings: Settings {
                 wait: Duration::from_secs(1),
-                no_cookie: false,
                 behind: Behind::Unavailable,
                 retry_after: Duration::from_secs(1),
                 header: TOKEN_HEADER,
-                cookie: None,
+                cookie: Some(cookie.into()),
                 secure: false,
             },
         }

@@ -12,8 +12,8 @@
 //!   (`tp-consistency`), in a cookie (`tp_consistency_<name>`, see [`COOKIE_PREFIX`]) and,
 //!   for code in the same process, in the response's extensions ([`IssuedToken`]).
 //! - **Reads** that carry a token (in the header, else in the cookie; verified) are
-//!   answered only once the read side has reached it: at once when it has (a check of tens of
-//!   nanoseconds, no allocation), otherwise after waiting for it at most
+//!   answered only once the read side has reached it: at once when it has (a header lookup and
+//!   about 45 ns of verification, no allocation), otherwise after waiting for it at most
 //!   [`wait`](ConsistencyBuilder::wait). If the wait runs out, [`Behind`] decides: a 503 with
 //!   `Retry-After` ([`NotCaughtUp`]), a read from the primary, or the stale answer with the
 //!   [`STALE_HEADER`] saying how far behind it is.
@@ -30,6 +30,11 @@
 //! - **Readiness**: the layer forwards `poll_ready` and a read that waits holds the inner
 //!   service's readiness (a concurrency limit's permit, a buffer slot) while it waits; put
 //!   limiters outside the layer when that matters.
+//!
+//! **Metrics** (label `name`), published when the handle reports:
+//! `tower_patterns_consistency_waits_total`, `tower_patterns_consistency_behind_total` (label
+//! `outcome`: `unavailable`, `primary`, `stale`), `tower_patterns_consistency_bad_tokens_total`
+//! and `tower_patterns_consistency_tokens_issued_total`.
 //!
 //! Errors are `BoxError`s; `build()` registers [`TokenError`](crate::TokenError) (400) and
 //! [`NotCaughtUp`] (503) with core's HTTP mapping, so `ErrorResponseLayer` or axum's

@@ -275,7 +275,8 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
                     }
                 }
             }
-            if shared.routes {
+            // No concern is the default one: a read without a token allocates no extension.
+            if shared.routes && concern != ReadConcern::default() {
                 req.extensions_mut().insert(concern);
             }
         }
@@ -311,7 +312,7 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
             // Measured from where the read was served when the response says so (a router's
             // replica), else from the read side when the layer let the read through.
             let distance = match reached {
-                Some(seen) => between(seen, wanted),
+                Some(seen) => seen.distance_to(wanted),
                 None => before,
             };
             if reached.is_none() || distance.is_some() {
@@ -341,17 +342,6 @@ impl<R: ReadSide, C, B, ResB> Gate<Request<B>, Response<ResB>> for SessionGate<R
         res.headers_mut()
             .insert(shared.settings.header.clone(), token);
         shared.stats.issued.fetch_add(1, Relaxed);
-    }
-}
-
-/// How far `seen` is behind `wanted` (`None` when it is not behind).
-fn between(seen: Mark, wanted: Mark) -> Option<Distance> {
-    match (seen, wanted) {
-        (Mark::Position(s), Mark::Position(w)) if w > s => {
-            Some(Distance::Events(w.index.saturating_sub(s.index)))
-        }
-        (Mark::Lsn(s), Mark::Lsn(w)) if w > s => Some(Distance::WalBytes(w.bytes_after(s))),
-        _ => None,
     }
 }
 

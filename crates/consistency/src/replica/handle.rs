@@ -20,8 +20,8 @@ pub(crate) const LAG_SECONDS: &str = "tower_patterns_consistency_replica_lag_sec
 pub(crate) const UP: &str = "tower_patterns_consistency_replica_up";
 /// Reads a replica served (counter; labels `name`, `replica`).
 pub(crate) const READS: &str = "tower_patterns_consistency_replica_reads_total";
-/// Reads sent to a replica whose pool gave no connection, served by the primary instead
-/// (counter; labels `name`, `replica`).
+/// Reads sent to a replica that the primary served instead: its pool gave no connection in
+/// time, or a new connection was behind the read's mark (counter; labels `name`, `replica`).
 pub(crate) const FALLBACKS: &str = "tower_patterns_consistency_replica_fallbacks_total";
 /// Reads the primary served (counter; label `name`).
 pub(crate) const PRIMARY_READS: &str = "tower_patterns_consistency_router_primary_reads_total";
@@ -61,7 +61,8 @@ pub struct ReplicaStatus {
     pub lag: Duration,
     /// Reads it served.
     pub reads: u64,
-    /// Reads sent to it that the primary served because its pool gave no connection.
+    /// Reads sent to it that the primary served instead: its pool gave no connection in time,
+    /// or a new connection was behind the read's mark (it had restarted).
     pub fallbacks: u64,
 }
 
@@ -149,7 +150,7 @@ impl ReplicaSetHandle {
     /// Times the monitor made the primary flush its WAL because a request waited for a
     /// position written but not yet flushed (after an asynchronous commit, say).
     pub fn wal_flushes(&self) -> u64 {
-        self.shared.nudges.load(Relaxed)
+        self.shared.wal_flushes.load(Relaxed)
     }
 }
 

@@ -219,7 +219,7 @@ impl Shared {
         }
         match timeout(self.options.probe_timeout, wal::flush_now(client)).await {
             Ok(Ok(())) => {
-                self.nudges.fetch_add(1, Relaxed);
+                self.wal_flushes.fetch_add(1, Relaxed);
             }
             failed => {
                 let error = failed.map_or(ProbeError::TimedOut, |r| {

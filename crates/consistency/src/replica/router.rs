@@ -199,10 +199,10 @@ where
             Side::Query => {
                 let concern = req.read_concern();
                 let route = route::route_read(&shared, concern);
-                let at_least = match concern.at_least {
-                    Some(crate::Mark::Lsn(lsn)) if !concern.from_primary => Some(lsn),
-                    _ => None,
-                };
+                let at_least = concern
+                    .at_least
+                    .and_then(crate::Mark::lsn)
+                    .filter(|_| !concern.from_primary);
                 let in_flight = match route {
                     Route::Replica(i) => Some(InFlight::start(shared.clone(), i)),
                     Route::Primary => None,

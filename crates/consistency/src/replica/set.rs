@@ -17,7 +17,7 @@ use super::{
     state::{Options, Shared, Waiter},
 };
 use crate::{
-    mark::{Distance, Lsn, Mark, MarkKind},
+    mark::{Distance, Mark, MarkKind},
     read_side::{BoxWait, ReadSide},
 };
 
@@ -75,10 +75,10 @@ impl<P> ReplicaSetBuilder<P> {
         self
     }
 
-    /// The most time a replica may be behind and still serve reads (default 30 s): the age of
-    /// the last transaction it replayed, while it has not replayed all the primary had
-    /// (PostgreSQL's `now() - pg_last_xact_replay_timestamp()`). A replica that replayed everything is 0 s behind however old its last
-    /// transaction.
+    /// The most time a replica may be behind and still serve reads (default 30 s): how long
+    /// ago the monitor first saw the primary at a position the replica has not replayed (a
+    /// replica that has replayed all the primary had is 0 s behind, however long the primary
+    /// has been quiet).
     #[must_use]
     pub fn max_lag(mut self, lag: Duration) -> Self {
         self.options.max_lag = lag;
@@ -251,13 +251,6 @@ impl ReplicaSet {
     }
 }
 
-fn lsn_of(mark: Mark) -> Option<Lsn> {
-    match mark {
-        Mark::Lsn(lsn) => Some(lsn),
-        Mark::Position(_) => None,
-    }
-}
-
 impl ReadSide for ReplicaSet {
     type Wait = BoxWait;
 
@@ -266,14 +259,15 @@ impl ReadSide for ReplicaSet {
     }
 
     fn reached(&self, mark: Mark) -> bool {
-        lsn_of(mark).is_some_and(|lsn| self.shared().replicas.iter().any(|r| r.has_reached(lsn)))
+        mark.lsn()
+            .is_some_and(|lsn| self.shared().replicas.iter().any(|r| r.has_reached(lsn)))
     }
 
     fn wait(&self, mark: Mark, within: Duration) -> BoxWait {
         let shared = self.shared().clone();
         let mut probed = shared.probed.subscribe();
         Box::pin(async move {
-            let Some(lsn) = lsn_of(mark) else {
+            let Some(lsn) = mark.lsn() else {
                 return false;
             };
             let reached = |s: &Shared| s.replicas.iter().any(|r| r.has_reached(lsn));
@@ -296,7 +290,7 @@ impl ReadSide for ReplicaSet {
     }
 
     fn distance(&self, mark: Mark) -> Option<Distance> {
-        let lsn = lsn_of(mark)?;
+        let lsn = mark.lsn()?;
         self.shared()
             .replicas
             .iter()
@@ -319,6 +313,7 @@ mod tests {
     use deadpool_postgres::{Config, Runtime};
 
     use super::*;
+    use crate::mark::Lsn;
 
     fn set() -> ReplicaSet {
         let mut config = Config::new();

@@ -277,10 +277,10 @@ pub(crate) struct Shared {
     /// Requests waiting for a mark: the monitor probes at `probe_fast` while any are.
     pub(crate) waiters: AtomicUsize,
     /// The latest WAL position any request has waited for (it only grows): while the
-    /// primary has not flushed that far, the monitor nudges it (see `monitor`).
+    /// primary has not flushed that far, the monitor makes it flush (see `monitor`).
     pub(crate) wanted: AtomicU64,
     /// Nudges sent to the primary.
-    pub(crate) nudges: AtomicU64,
+    pub(crate) wal_flushes: AtomicU64,
     /// Bumped after every probe.
     pub(crate) probed: watch::Sender<u64>,
     /// Bumped to wake the monitor's loops early (a first waiter: probe fast from now).
@@ -317,7 +317,7 @@ impl Shared {
             replicas,
             waiters: AtomicUsize::new(0),
             wanted: AtomicU64::new(0),
-            nudges: AtomicU64::new(0),
+            wal_flushes: AtomicU64::new(0),
             probed: watch::Sender::new(0),
             wake: watch::Sender::new(0),
             stop: watch::Sender::new(false),
