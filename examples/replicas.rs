@@ -256,10 +256,13 @@ async fn profiles(routed: Routed<Request<Body>>) -> Result<Response<Body>, Infal
 ///
 /// When `TP_TOKEN_KEY` is set but not 32 hex digits.
 pub fn token_key() -> Result<TokenKey, BoxError> {
-    match std::env::var("TP_TOKEN_KEY") {
-        Ok(hex) => Ok(TokenKey::from_hex(&hex)?),
-        Err(_) => {
-            println!("TP_TOKEN_KEY is not set: a random key, tokens do not survive a restart");
+    match TokenKey::from_env("TP_TOKEN_KEY")? {
+        Some(key) => Ok(key),
+        None => {
+            eprintln!(
+                "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
+                 and will not survive a restart"
+            );
             Ok(TokenKey::random()?)
         }
     }

@@ -250,16 +250,15 @@ pub async fn postgres_app(
 /// The key that signs consistency tokens: `TP_TOKEN_KEY` (32 hexadecimal digits), or else a
 /// random one for this process.
 fn token_key() -> Result<TokenKey, BoxError> {
-    match std::env::var("TP_TOKEN_KEY") {
-        Ok(hex) => TokenKey::from_hex(&hex).map_err(|e| format!("TP_TOKEN_KEY: {e}").into()),
-        Err(std::env::VarError::NotPresent) => {
+    match TokenKey::from_env("TP_TOKEN_KEY")? {
+        Some(key) => Ok(key),
+        None => {
             eprintln!(
                 "TP_TOKEN_KEY is not set: consistency tokens are signed with a random key \
                  and will not survive a restart"
             );
             Ok(TokenKey::random()?)
         }
-        Err(e) => Err(format!("TP_TOKEN_KEY: {e}").into()),
     }
 }
 

@@ -93,6 +93,26 @@ impl TokenKey {
         Ok(Self::new(bytes))
     }
 
+    /// The key in the environment variable `var` (32 hexadecimal digits), `None` when it is
+    /// not set: the usual way to give every instance the same key.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `key` (and the variable) when `var` is set but not 32
+    /// hexadecimal digits, or not Unicode.
+    pub fn from_env(var: &str) -> Result<Option<Self>, ConfigError> {
+        match std::env::var(var) {
+            Ok(hex) => Self::from_hex(&hex).map(Some).map_err(|_| {
+                ConfigError::new("key", format!("{var} must be 32 hexadecimal digits"))
+            }),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::new(
+                "key",
+                format!("{var} must be 32 hexadecimal digits"),
+            )),
+        }
+    }
+
     /// The key from 32 hexadecimal digits (as `openssl rand -hex 16` prints).
     ///
     /// # Errors
@@ -566,6 +586,11 @@ mod tests {
             assert!(TokenKey::from_hex(bad).is_err(), "{bad}");
         }
         assert_eq!(format!("{:?}", KEY), "TokenKey(..)");
+        assert_eq!(TokenKey::from_env("TP_TEST_UNSET_TOKEN_KEY_VAR"), Ok(None));
+        assert_eq!(
+            TokenKey::from_env("PATH").map_err(|e| e.to_string().contains("PATH")),
+            Err(true)
+        );
         assert_ne!(TokenKey::random().unwrap(), TokenKey::random().unwrap());
         let (a, b) = (TokenKey::random().unwrap(), TokenKey::random().unwrap());
         assert_ne!(a.k0, a.k1);
