@@ -55,8 +55,9 @@
 
 mod support;
 
+use support::latency::{LatencyFile, full_run, selected};
+
 use std::{
-    collections::BTreeMap,
     convert::Infallible,
     future::{Ready, ready},
     sync::{Arc, Mutex},
@@ -281,7 +282,7 @@ fn unhex16(s: &[u8]) -> Option<u64> {
 
 fn check(c: &mut Criterion) {
     // The projection runs on this runtime while the calls are polled directly.
-    let rt = runtime();
+    let rt = support::two_workers();
     let (projection, mark) = caught_up_projection(&rt);
     let tokens = Tokens::new(SCOPE, TokenKey::new(KEY));
     let token = tokens.header_value(mark);
@@ -362,84 +363,16 @@ const SAMPLES: usize = 2_000;
 /// How long a sample may take before the replica is taken for broken.
 const GIVE_UP: Duration = Duration::from_secs(30);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
-/// A full run passes `--bench`; `cargo bench -- --test` passes `--test` too, and `cargo test
-/// --benches` neither. Outside a full run, staleness takes a few samples only.
-fn full_run() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test")
-}
-
-/// The command line's filter (criterion's first free argument).
-fn filter() -> Option<String> {
-    std::env::args().skip(1).find(|a| !a.starts_with('-'))
-}
-
-/// Whether the command line's filter selects `id` (a part of it, as criterion's does).
-fn selected(id: &str) -> bool {
-    filter().is_none_or(|f| id.contains(&f))
-}
-
 fn warm_up() -> usize {
     if full_run() { 100 } else { 5 }
 }
 
-static LATENCY: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::new(BTreeMap::new());
+/// The staleness rows, for `scripts/perf-doc` (the shape of `projection-latency.json`).
+static LATENCY: LatencyFile = LatencyFile::new("consistency-latency.json");
 
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Records one staleness row: prints it and, in a full run, rewrites
-/// `target/perf/consistency-latency.json` (the shape of `projection-latency.json`).
-fn report_latency(row: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let (p50, p99, max) = (
-        percentile(&samples, 50.0),
-        percentile(&samples, 99.0),
-        *samples.last().expect("samples"),
-    );
-    let id = format!("consistency_staleness/{row}");
-    eprintln!(
-        "{id}: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs ({} samples)",
-        p50.as_secs_f64() * 1e6,
-        p99.as_secs_f64() * 1e6,
-        max.as_secs_f64() * 1e6,
-        samples.len()
-    );
-    if !full_run() {
-        return;
-    }
-    let mut all = LATENCY.lock().expect("latency rows");
-    all.insert(
-        id,
-        serde_json::json!({
-            "samples": samples.len(),
-            "p50_ns": p50.as_nanos() as f64,
-            "p99_ns": p99.as_nanos() as f64,
-            "max_ns": max.as_nanos() as f64,
-        }),
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        std::path::PathBuf::from,
-    );
-    let dir = target.join("perf");
-    std::fs::create_dir_all(&dir).expect("target/perf");
-    std::fs::write(
-        dir.join("consistency-latency.json"),
-        serde_json::to_string_pretty(&*all).expect("json"),
-    )
-    .expect("write the latency rows");
+/// Records one staleness row.
+fn report_latency(row: &str, samples: Vec<Duration>) {
+    LATENCY.report(&format!("consistency_staleness/{row}"), samples);
 }
 
 /// The primary's and the first replica's URLs, or `None` with a printed note.
@@ -737,7 +670,7 @@ fn replica_staleness(_: &mut Criterion) {
     let Some((primary, replica)) = replica_urls() else {
         return;
     };
-    let rt = runtime();
+    let rt = support::two_workers();
     for row in &ROWS {
         if selected(&id(row)) {
             let samples = rt.block_on(staleness(&primary, &replica, row));

@@ -22,8 +22,10 @@
 
 mod support;
 
+use support::latency::{LatencyFile, filter, full_run, selected};
+
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -126,74 +128,16 @@ fn tempfile_dir() -> std::path::PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Latency samples: percentiles computed here, saved for scripts/perf-doc.
 
-/// Criterion runs a bench once per benchmark in `cargo test --benches`; a full run passes
-/// `--bench`. Outside a full run, latency takes a few samples only.
-fn full_run() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
-
-/// The command line's filter (criterion's first free argument).
-fn filter() -> Option<String> {
-    std::env::args().skip(1).find(|a| !a.starts_with('-'))
-}
-
-/// Whether the command line's filter selects `id` (a part of it, as criterion's does).
-fn selected(id: &str) -> bool {
-    filter().is_none_or(|f| id.contains(&f))
-}
-
 fn samples() -> usize {
     if full_run() { SAMPLES } else { 20 }
 }
 
-static LATENCY: Mutex<BTreeMap<String, serde_json::Value>> = Mutex::new(BTreeMap::new());
+/// The latency rows, for `scripts/perf-doc`.
+static LATENCY: LatencyFile = LatencyFile::new("projection-latency.json");
 
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Records one latency row: prints it and rewrites `target/perf/projection-latency.json`.
-fn report_latency(row: &str, mut samples: Vec<Duration>) {
-    samples.sort_unstable();
-    let (p50, p99, max) = (
-        percentile(&samples, 50.0),
-        percentile(&samples, 99.0),
-        *samples.last().expect("samples"),
-    );
-    let id = format!("projection_latency/{row}");
-    eprintln!(
-        "{id}: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs ({} samples)",
-        p50.as_secs_f64() * 1e6,
-        p99.as_secs_f64() * 1e6,
-        max.as_secs_f64() * 1e6,
-        samples.len()
-    );
-    if !full_run() {
-        return;
-    }
-    let mut all = LATENCY.lock().expect("latency rows");
-    all.insert(
-        id,
-        serde_json::json!({
-            "samples": samples.len(),
-            "p50_ns": p50.as_nanos() as f64,
-            "p99_ns": p99.as_nanos() as f64,
-            "max_ns": max.as_nanos() as f64,
-        }),
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-        std::path::PathBuf::from,
-    );
-    let dir = target.join("perf");
-    std::fs::create_dir_all(&dir).expect("target/perf");
-    std::fs::write(
-        dir.join("projection-latency.json"),
-        serde_json::to_string_pretty(&*all).expect("json"),
-    )
-    .expect("write the latency rows");
+/// Records one latency row.
+fn report_latency(row: &str, samples: Vec<Duration>) {
+    LATENCY.report(&format!("projection_latency/{row}"), samples);
 }
 
 /// The throughput group's settings: each iteration is a whole catch-up of 10,000 events.

@@ -13,6 +13,8 @@ use std::{
 
 use tower::{Service, ServiceExt};
 
+pub mod latency;
+
 /// The inner service: answers at once.
 #[derive(Clone, Copy)]
 pub struct Bare;
