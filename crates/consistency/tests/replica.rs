@@ -945,3 +945,113 @@ async fn a_failing_node_is_retried_at_most_every_probe_interval() {
     set.handle().shutdown();
     refuser.abort();
 }
+
+/// A proxy in front of two replicas: its first connection goes to `first`, every later one
+/// to `later`. Returns its address and the count of connections it took.
+async fn two_faced_proxy(
+    first: std::net::SocketAddr,
+    later: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let n = counting.fetch_add(1, Relaxed);
+            let target = if n == 0 { first } else { later };
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (at, count)
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let host_port = rest.split('/').next().unwrap();
+    let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+    host_port.parse().unwrap()
+}
+
+/// A replica that the monitor saw caught up, but whose new connections reach a server that is
+/// behind (it restarted and replays from an earlier point; here, a proxy sends them to the
+/// other replica, paused): a read carrying a mark checks the new connection first and goes
+/// to the primary. The monitor keeps its one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_behind_the_mark_sends_the_read_to_the_primary() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("newconn").await else {
+        return;
+    };
+    let (proxy, connections) = two_faced_proxy(
+        addr_of(&servers.replicas[0].url),
+        addr_of(&servers.replicas[1].url),
+    )
+    .await;
+    let paused = servers.replicas[1].pause_replay();
+    let set = ReplicaSet::builder("newconn")
+        .primary(servers.primary_pool())
+        .replica(
+            "a",
+            pool(&format!("postgres://postgres@{proxy}/{}", servers.db)),
+        )
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a"]).await;
+    let mut svc = router(&set);
+    let write = call(&mut svc, Req::Write).await;
+    let mark = write.mark.expect("a write's mark");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !set.reached(mark) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a replays the write"
+        );
+        handle.refresh().await;
+    }
+    let read = call(&mut svc, Req::read_at(Some(mark))).await;
+    assert!(
+        read.value >= write.value,
+        "read {} after writing {} on {:?}",
+        read.value,
+        write.value,
+        read.node
+    );
+    assert_eq!(read.node, Node::Primary);
+    assert_eq!(status(&handle, "a").fallbacks, 1);
+    // The monitor probed many times on its one connection; the router made one more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        connections.load(Relaxed) <= 3,
+        "{connections:?} connections"
+    );
+    drop(paused);
+    handle.shutdown();
+}
+
+/// Without `observe_reads`, a read's response carries no mark (and costs no query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_not_marked_without_observe_reads() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("noobserve").await else {
+        return;
+    };
+    let set = servers
+        .set("noobserve")
+        .observe_reads(false)
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let _monitor = set.spawn();
+    until_healthy(&handle, &["a", "b"]).await;
+    let mut svc = router(&set);
+    assert!(call(&mut svc, Req::Write).await.mark.is_some());
+    assert!(call(&mut svc, Req::read_at(None)).await.mark.is_none());
+    handle.shutdown();
+}
