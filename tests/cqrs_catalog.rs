@@ -325,7 +325,13 @@ async fn a_forged_or_malformed_token_is_a_400_at_once() {
         res.headers()[http::header::SET_COOKIE],
         "tp_consistency_catalog=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
     );
-    assert_eq!(res.status(), StatusCode::OK);
+    // Answered as a query without a token: the product if the read model has it yet, else 404;
+    // never a 400, never after a wait.
+    assert!(
+        matches!(res.status(), StatusCode::OK | StatusCode::NOT_FOUND),
+        "{}",
+        res.status()
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     let _ = std::fs::remove_dir_all(dir);
 }
