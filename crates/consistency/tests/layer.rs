@@ -15,7 +15,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tower::{Layer, ServiceExt, service_fn, util::BoxCloneService};
 use tower_patterns_consistency::{
     BoxWait, Distance, Mark, MarkKind, Progress, ReadConcern, ReadSide, TokenKey, Tokens,
-    layer::{Behind, ConsistencyLayer, STALE_HEADER, TOKEN_HEADER},
+    layer::{Behind, ConsistencyBuilder, ConsistencyLayer, STALE_HEADER, TOKEN_HEADER},
 };
 use tower_patterns_core::{BoxError, http::classify_error};
 use tower_patterns_eventstore::{Committed, GlobalPosition};
@@ -68,6 +68,13 @@ impl App {
     }
 }
 
+/// The layer under test, named `things`, signed with `KEY`, over `read_side`.
+fn things<R: ReadSide>(read_side: R) -> ConsistencyBuilder<Tokens, R> {
+    ConsistencyLayer::builder("things")
+        .key(KEY)
+        .read_side(read_side)
+}
+
 fn write(commit: u64) -> Request<()> {
     Request::post("/things")
         .header("x-commit", commit.to_string())
@@ -89,11 +96,7 @@ fn status_of(err: &BoxError) -> StatusCode {
 #[tokio::test(start_paused = true)]
 async fn a_write_issues_a_signed_token_in_the_header_and_the_cookie() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
-        .build()
-        .unwrap();
+    let layer = things(Progress::new(at(0))).build().unwrap();
     let res = layer.layer(app.service()).oneshot(write(7)).await.unwrap();
     let token = res.headers()[TOKEN_HEADER].to_str().unwrap().to_owned();
     assert_eq!(
@@ -115,9 +118,7 @@ async fn a_write_issues_a_signed_token_in_the_header_and_the_cookie() {
 async fn a_read_waits_for_the_read_side_and_goes_through_when_it_arrives() {
     let app = App::default();
     let model = Progress::new(at(0));
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(model.clone())
+    let layer = things(model.clone())
         .wait(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -150,9 +151,7 @@ async fn a_read_waits_for_the_read_side_and_goes_through_when_it_arrives() {
 #[tokio::test(start_paused = true)]
 async fn past_the_wait_the_default_is_503_with_retry_after() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
+    let layer = things(Progress::new(at(0)))
         .wait(Duration::from_millis(200))
         .retry_after(Duration::from_secs(2))
         .build()
@@ -177,9 +176,7 @@ async fn past_the_wait_the_default_is_503_with_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn a_zero_wait_decides_at_once() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
+    let layer = things(Progress::new(at(0)))
         .wait(Duration::ZERO)
         .build()
         .unwrap();
@@ -195,9 +192,7 @@ async fn a_zero_wait_decides_at_once() {
 #[tokio::test(start_paused = true)]
 async fn stale_answers_say_how_far_behind_they_are() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(4)))
+    let layer = things(Progress::new(at(4)))
         .wait(Duration::from_millis(50))
         .when_behind(Behind::Stale)
         .build()
@@ -244,9 +239,7 @@ impl ReadSide for Routing {
 async fn a_routing_read_side_gets_the_concern_and_the_primary_when_behind() {
     let app = App::default();
     let model = Routing(Progress::new(at(5)));
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(model)
+    let layer = things(model)
         .wait(Duration::from_millis(100))
         .when_behind(Behind::Primary)
         .build()
@@ -289,9 +282,7 @@ async fn a_routing_read_side_gets_the_concern_and_the_primary_when_behind() {
     );
     assert_eq!(layer.handle().from_primary(), 2);
     // Over a read side that cannot route, reading from the primary is refused at build.
-    let e = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
+    let e = things(Progress::new(at(0)))
         .when_behind(Behind::Primary)
         .build()
         .unwrap_err();
@@ -301,9 +292,7 @@ async fn a_routing_read_side_gets_the_concern_and_the_primary_when_behind() {
 #[tokio::test(start_paused = true)]
 async fn a_stale_read_through_a_router_is_measured_where_it_was_served() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Routing(Progress::new(at(2))))
+    let layer = things(Routing(Progress::new(at(2))))
         .wait(Duration::from_millis(10))
         .when_behind(Behind::Stale)
         .build()
@@ -341,11 +330,7 @@ async fn a_stale_read_through_a_router_is_measured_where_it_was_served() {
 #[tokio::test(start_paused = true)]
 async fn a_non_routing_read_side_leaves_requests_alone() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(5)))
-        .build()
-        .unwrap();
+    let layer = things(Progress::new(at(5))).build().unwrap();
     let token = Tokens::new("things", KEY).header_value(at(5));
     layer
         .layer(app.service())
@@ -358,9 +343,7 @@ async fn a_non_routing_read_side_leaves_requests_alone() {
 #[tokio::test(start_paused = true)]
 async fn bad_tokens_are_400_and_never_reach_the_app_nor_wait() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
+    let layer = things(Progress::new(at(0)))
         .wait(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -420,11 +403,7 @@ async fn bad_tokens_are_400_and_never_reach_the_app_nor_wait() {
 #[tokio::test(start_paused = true)]
 async fn a_bad_cookie_is_ignored_and_cleared_rather_than_refused() {
     let app = App::default();
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(5)))
-        .build()
-        .unwrap();
+    let layer = things(Progress::new(at(5))).build().unwrap();
     let svc = layer.layer(app.service());
     let other_key = Tokens::new("things", TokenKey::new([7; 16])).issue(at(1_000));
     for cookie in [
@@ -473,11 +452,7 @@ async fn a_bad_cookie_is_ignored_and_cleared_rather_than_refused() {
 async fn sessions_only_move_forward_and_the_cookie_counts_like_the_header() {
     let app = App::default();
     let model = Routing(Progress::new(at(50)));
-    let layer = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(model)
-        .build()
-        .unwrap();
+    let layer = things(model).build().unwrap();
     let svc = layer.layer(app.service());
     let tokens = Tokens::new("things", KEY);
     let token_of = |res: &Response<()>| {
@@ -576,9 +551,7 @@ async fn settings_are_validated() {
 #[tokio::test(start_paused = true)]
 async fn a_secure_cookie_says_so_and_no_cookie_sets_none() {
     let app = App::default();
-    let secure = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
+    let secure = things(Progress::new(at(0)))
         .secure_cookie(true)
         .build()
         .unwrap();
@@ -589,12 +562,7 @@ async fn a_secure_cookie_says_so_and_no_cookie_sets_none() {
             .unwrap()
             .ends_with("; Secure")
     );
-    let header_only = ConsistencyLayer::builder("things")
-        .key(KEY)
-        .read_side(Progress::new(at(0)))
-        .no_cookie()
-        .build()
-        .unwrap();
+    let header_only = things(Progress::new(at(0))).no_cookie().build().unwrap();
     let svc = header_only.layer(app.service());
     let res = svc.clone().oneshot(write(1)).await.unwrap();
     assert!(res.headers().get(header::SET_COOKIE).is_none());

@@ -46,13 +46,14 @@ impl ExternalProjection for Counts {
     }
 }
 
-fn event() -> EventData {
-    EventData::json("Added", &1u32).unwrap()
-}
-
-/// One client's run: `ops` are (stream, write?) pairs; `noise` appends by other clients.
-async fn run(seed: u64, max_delay_ms: u64, batch: usize, ops: Vec<(usize, bool)>, noise: usize) {
-    let store = Arc::new(InMemoryStore::new());
+/// The counting read model over `store`, its projection running: per-event delays up to
+/// `max_delay_ms` (seeded by `seed`), `batch` events a batch.
+fn spawn_counts(
+    store: &Arc<InMemoryStore>,
+    seed: u64,
+    max_delay_ms: u64,
+    batch: usize,
+) -> (Counts, tower_patterns_cqrs::ProjectionHandle) {
     let counts = Counts {
         counts: Arc::default(),
         rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
@@ -65,6 +66,17 @@ async fn run(seed: u64, max_delay_ms: u64, batch: usize, ops: Vec<(usize, bool)>
         .build()
         .unwrap()
         .spawn();
+    (counts, handle)
+}
+
+fn event() -> EventData {
+    EventData::json("Added", &1u32).unwrap()
+}
+
+/// One client's run: `ops` are (stream, write?) pairs; `noise` appends by other clients.
+async fn run(seed: u64, max_delay_ms: u64, batch: usize, ops: Vec<(usize, bool)>, noise: usize) {
+    let store = Arc::new(InMemoryStore::new());
+    let (counts, handle) = spawn_counts(&store, seed, max_delay_ms, batch);
     let layer = ConsistencyLayer::builder("counts")
         .key(TokenKey::new(*b"proptest key 16b"))
         .read_side(handle.clone())
@@ -175,17 +187,7 @@ proptest! {
 #[tokio::test(start_paused = true)]
 async fn without_the_token_reads_do_see_the_model_before_the_write() {
     let store = Arc::new(InMemoryStore::new());
-    let counts = Counts {
-        counts: Arc::default(),
-        rng: Arc::new(Mutex::new(SplitMix64::new(7))),
-        max_delay_ms: 30,
-    };
-    let (handle, _task) = Projection::builder("counts")
-        .source(store.clone())
-        .external(MemoryCheckpoints::new(), counts.clone())
-        .build()
-        .unwrap()
-        .spawn();
+    let (counts, handle) = spawn_counts(&store, 7, 30, 256);
     let mut stale = 0;
     for i in 1..=50u64 {
         store
@@ -211,17 +213,7 @@ async fn a_caught_up_projection_answers_at_once_and_a_lagging_one_says_how_far()
     use tower_patterns_eventstore::GlobalPosition;
 
     let store = Arc::new(InMemoryStore::new());
-    let counts = Counts {
-        counts: Arc::default(),
-        rng: Arc::new(Mutex::new(SplitMix64::new(1))),
-        max_delay_ms: 0,
-    };
-    let (handle, _task) = Projection::builder("counts")
-        .source(store.clone())
-        .external(MemoryCheckpoints::new(), counts.clone())
-        .build()
-        .unwrap()
-        .spawn();
+    let (_, handle) = spawn_counts(&store, 1, 0, 256);
     let mut last = GlobalPosition::START;
     for _ in 0..3 {
         last = *store
