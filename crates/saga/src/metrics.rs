@@ -1,0 +1,22 @@
+//! Metric names.
+
+use crate::SagaStatus;
+
+/// Sagas that ended, or got stuck, by `outcome` (`completed`, `compensated`, `failed`,
+/// `stuck`, `resolved`) and `saga` (the type). Labels: `name`, `saga`, `outcome`.
+pub const ENDED: &str = "tower_patterns_saga_ended_total";
+/// Sagas taken over from another orchestrator whose lease expired. Label: `name`.
+pub const RESUMED: &str = "tower_patterns_saga_resumed_total";
+
+pub(crate) fn register(name: &str) {
+    metrics::counter!(RESUMED, "name" => name.to_owned()).absolute(0);
+}
+
+pub(crate) fn ended(name: &str, saga: &str, status: SagaStatus) {
+    metrics::counter!(ENDED, "name" => name.to_owned(), "saga" => saga.to_owned(), "outcome" => status.as_str())
+        .increment(1);
+}
+
+pub(crate) fn resumed(name: &str) {
+    metrics::counter!(RESUMED, "name" => name.to_owned()).increment(1);
+}

@@ -1,0 +1,294 @@
+//! Fake services that honour idempotency keys and count what took effect, in a SQLite ledger
+//! (in memory, or a file that a killed child process leaves for its parent to read).
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses part of the support"
+)]
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+use tower_patterns_core::BoxError;
+use tower_patterns_saga::{Phase, SagaDefinition, Step, StepError, StepRequest};
+
+/// What a fake does when called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Succeeds.
+    Ok,
+    /// Refuses (a [`StepError`]): no effect.
+    Refuse,
+    /// Fails (outcome unknown, no effect) on the first `n` calls of each saga, then succeeds.
+    FailFirst(usize),
+    /// Never answers.
+    Hang,
+    /// Always fails (outcome unknown, no effect).
+    AlwaysFail,
+}
+
+/// The ledger: every effect applied, once per idempotency key.
+#[derive(Clone)]
+pub struct Ledger {
+    conn: Arc<Mutex<Connection>>,
+    /// Calls per (saga, step, phase), to fail the first few.
+    calls: Arc<Mutex<HashMap<(String, String, Phase), usize>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl Ledger {
+    pub fn in_memory() -> Self {
+        Self::with(Connection::open_in_memory().unwrap())
+    }
+
+    pub fn open(path: &Path) -> Self {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .unwrap();
+        Self::with(conn)
+    }
+
+    fn with(conn: Connection) -> Self {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS effects (
+                 key TEXT PRIMARY KEY, saga TEXT NOT NULL, step TEXT NOT NULL,
+                 phase TEXT NOT NULL, output TEXT NOT NULL);",
+        )
+        .unwrap();
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            calls: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies the call's effect once per key; answers the stored output on a repeat.
+    fn apply(&self, req: &StepRequest, output: &Value) -> Value {
+        let conn = self.conn();
+        let key = req.key.as_str();
+        let stored: Option<String> = conn
+            .query_row("SELECT output FROM effects WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap();
+        if let Some(stored) = stored {
+            return serde_json::from_str(&stored).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO effects (key, saga, step, phase, output) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                key,
+                req.saga.as_str(),
+                &*req.step,
+                req.phase.as_str(),
+                output.to_string()
+            ],
+        )
+        .unwrap();
+        output.clone()
+    }
+
+    /// Whether the action of `step` took effect in `saga` (under any key).
+    fn took_effect(&self, saga: &str, step: &str) -> bool {
+        self.count(saga, step, Phase::Action) > 0
+    }
+
+    /// Effects applied for (saga, step, phase), over every key.
+    pub fn count(&self, saga: &str, step: &str, phase: Phase) -> usize {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM effects WHERE saga = ?1 AND step = ?2 AND phase = ?3",
+                params![saga, step, phase.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        usize::try_from(n).unwrap()
+    }
+
+    /// The steps of `saga` whose compensation took effect, sorted.
+    pub fn undone(&self, saga: &str) -> Vec<String> {
+        self.steps(saga, Phase::Compensation)
+    }
+
+    /// The steps of `saga` whose action took effect, sorted.
+    pub fn done(&self, saga: &str) -> Vec<String> {
+        self.steps(saga, Phase::Action)
+    }
+
+    fn steps(&self, saga: &str, phase: Phase) -> Vec<String> {
+        let conn = self.conn();
+        let mut q = conn
+            .prepare("SELECT step FROM effects WHERE saga = ?1 AND phase = ?2 ORDER BY step")
+            .unwrap();
+        q.query_map(params![saga, phase.as_str()], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// The most effects of one (saga, step, phase) over the whole ledger: 1 when every
+    /// effect happened once.
+    pub fn most_per_step(&self) -> usize {
+        let n: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM effects GROUP BY saga, step, phase)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        n.map_or(0, |n| usize::try_from(n).unwrap())
+    }
+
+    /// Compensations that ran for an action that never took effect.
+    pub fn undone_without_effect(&self) -> usize {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM effects u WHERE u.phase = 'undo' AND NOT EXISTS \
+                 (SELECT 1 FROM effects d WHERE d.phase = 'do' AND d.saga = u.saga AND d.step = u.step)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        usize::try_from(n).unwrap()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn nth_call(&self, req: &StepRequest) -> usize {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = calls
+            .entry((req.saga.to_string(), req.step.to_string(), req.phase))
+            .or_default();
+        *n += 1;
+        *n
+    }
+
+    /// A fake service for one phase of a step.
+    pub fn service(&self, act: Act) -> tower_patterns_saga::StepService {
+        let ledger = self.clone();
+        tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: StepRequest| {
+            let ledger = ledger.clone();
+            async move {
+                let now = ledger.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                ledger.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let _guard = Decrement(ledger.in_flight.clone());
+                // Let parallel calls overlap.
+                tokio::task::yield_now().await;
+                let n = ledger.nth_call(&req);
+                match act {
+                    Act::Refuse => {
+                        return Err(StepError::refused(format!("{} refused", req.step)).into());
+                    }
+                    Act::FailFirst(k) if n <= k => {
+                        return Err(format!("{} unavailable", req.step).into());
+                    }
+                    Act::AlwaysFail => return Err(format!("{} unavailable", req.step).into()),
+                    Act::Hang => std::future::pending::<()>().await,
+                    Act::Ok | Act::FailFirst(_) => {}
+                }
+                let output = match req.phase {
+                    Phase::Action => {
+                        json!({ "id": format!("{}-{}", req.step, req.saga), "key": req.key.as_str() })
+                    }
+                    Phase::Compensation => {
+                        if !ledger.took_effect(req.saga.as_str(), &req.step) {
+                            // Nothing to undo: the action never took effect.
+                            return Ok(json!({ "undone": false }));
+                        }
+                        json!({ "undone": true })
+                    }
+                };
+                Ok::<_, BoxError>(ledger.apply(&req, &output))
+            }
+        }))
+    }
+
+    /// A step named `name` whose action does `action` and compensation does `undo`.
+    pub fn step(&self, name: &str, action: Act, undo: Act) -> Step {
+        Step::new(name.to_owned(), self.service(action)).compensate_with(self.service(undo))
+    }
+}
+
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The order saga: create the order, charge the payment, reserve the inventory, create the
+/// shipment, mark the order complete; `fail` names the step that refuses.
+pub fn order_saga(ledger: &Ledger, fail: Option<&str>) -> SagaDefinition {
+    let act = |step: &str| {
+        if fail == Some(step) {
+            Act::Refuse
+        } else {
+            Act::Ok
+        }
+    };
+    SagaDefinition::builder("order")
+        .step(
+            ledger
+                .step("order", act("order"), Act::Ok)
+                .failure_reason("order creation failed"),
+        )
+        .step(
+            ledger
+                .step("payment", act("payment"), Act::Ok)
+                .failure_reason("payment failed"),
+        )
+        .step(
+            ledger
+                .step("inventory", act("inventory"), Act::Ok)
+                .failure_reason("inventory unavailable"),
+        )
+        .step(
+            ledger
+                .step("shipping", act("shipping"), Act::Ok)
+                .failure_reason("shipment creation failed"),
+        )
+        .step(Step::new("complete", ledger.service(Act::Ok)))
+        .build()
+        .unwrap()
+}
+
+/// The trip booking: flight, hotel, payment; `acts` overrides a step's action.
+pub fn trip(ledger: &Ledger, acts: &[(&str, Act)]) -> SagaDefinition {
+    let act = |step: &str| {
+        acts.iter()
+            .find(|(s, _)| *s == step)
+            .map_or(Act::Ok, |(_, a)| *a)
+    };
+    SagaDefinition::builder("trip")
+        .step(ledger.step("flight", act("flight"), Act::Ok))
+        .step(ledger.step("hotel", act("hotel"), Act::Ok))
+        .step(ledger.step("payment", act("payment"), Act::Ok))
+        .build()
+        .unwrap()
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);
