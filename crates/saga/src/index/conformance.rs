@@ -165,4 +165,14 @@ pub(crate) async fn check(index: &impl SagaIndex) {
     assert_eq!(open[0].id, id("c"));
     assert_eq!(open[0].owner.as_deref(), Some("o5"));
     assert_eq!(index.list("open", 0).await.unwrap().len(), 0);
+
+    // A removed saga is unknown: registering it again works.
+    index.remove(&id("c")).await.unwrap();
+    assert!(index.list("open", 10).await.unwrap().is_empty());
+    assert!(
+        index
+            .register(&id("c"), "order", "o7", 30_000, 31_000)
+            .await
+            .unwrap()
+    );
 }

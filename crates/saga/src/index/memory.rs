@@ -148,6 +148,11 @@ impl SagaIndex for MemoryIndex {
         Ok(())
     }
 
+    async fn remove(&self, id: &SagaId) -> Result<(), BoxError> {
+        self.rows().remove(id);
+        Ok(())
+    }
+
     async fn release(&self, id: &SagaId, owner: &str) -> Result<(), BoxError> {
         if let Some(row) = self.rows().get_mut(id)
             && row.owner.as_deref() == Some(owner)

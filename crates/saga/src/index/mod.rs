@@ -118,6 +118,10 @@ pub trait SagaIndex: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
+    /// Forgets saga `id` (registered by a process that died before it logged the start: the
+    /// saga never began, and a retried start registers it anew).
+    fn remove(&self, id: &SagaId) -> impl Future<Output = Result<(), BoxError>> + Send;
+
     /// Gives `owner`'s lease on `id` back, so another orchestrator may claim it at once.
     fn release(
         &self,

@@ -186,6 +186,15 @@ impl SagaIndex for PostgresIndex {
         Ok(())
     }
 
+    async fn remove(&self, id: &SagaId) -> Result<(), BoxError> {
+        let c = self.pool.get().await?;
+        let q = c
+            .prepare_cached("DELETE FROM tp_sagas WHERE saga_id = $1")
+            .await?;
+        c.execute(&q, &[&id.as_str()]).await?;
+        Ok(())
+    }
+
     async fn release(&self, id: &SagaId, owner: &str) -> Result<(), BoxError> {
         let c = self.pool.get().await?;
         let q = c

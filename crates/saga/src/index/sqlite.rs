@@ -230,6 +230,16 @@ impl SagaIndex for SqliteIndex {
         .await
     }
 
+    async fn remove(&self, id: &SagaId) -> Result<(), BoxError> {
+        let id = id.to_string();
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM tp_sagas WHERE saga_id = ?1")?
+                .execute(params![id])
+                .map(drop)
+        })
+        .await
+    }
+
     async fn release(&self, id: &SagaId, owner: &str) -> Result<(), BoxError> {
         let (id, owner) = (id.to_string(), owner.to_owned());
         self.run(move |c| {

@@ -41,14 +41,27 @@ pub(super) async fn start<S: EventStore, I: crate::index::SagaIndex>(
     }
     ensure_renewer(inner);
     let now = inner.clock.now_ms();
+    let lease_until = inner.lease_until(now);
     if !inner
         .index
-        .register(&id, saga_type, &inner.owner, now, inner.lease_until(now))
+        .register(&id, saga_type, &inner.owner, now, lease_until)
         .await
         .map_err(SagaError::Index)?
     {
-        // Known already: a retried start. Its outcome is awaited as any other's.
-        return Ok(());
+        // Known already: a retried start, whose outcome is awaited as any other's; unless
+        // the process that registered it died before it logged the start, and its lease
+        // has expired (or was this owner's): then it never began, and begins now.
+        let never_began = inner.store.stream_version(&id.stream()).await? == 0;
+        if !(never_began
+            && inner
+                .index
+                .claim_one(&id, &inner.owner, now, lease_until)
+                .await
+                .map_err(SagaError::Index)?
+                .is_some())
+        {
+            return Ok(());
+        }
     }
     let deadline_ms = deadline
         .or(def.deadline)
@@ -138,13 +151,9 @@ pub(super) async fn resume<S: EventStore, I: crate::index::SagaIndex>(
         }
     };
     let Some(state) = SagaState::replay(id.clone(), log.iter().map(|(e, _)| e)) else {
-        // Registered, then the process died before the start was logged: it never began.
-        let now = inner.clock.now_ms();
-        inner
-            .index
-            .set_status(&id, SagaStatus::Failed, now)
-            .await
-            .map_err(SagaError::Index)?;
+        // Registered, then the process died before the start was logged: it never began,
+        // and a retried start begins it.
+        inner.index.remove(&id).await.map_err(SagaError::Index)?;
         return Ok(());
     };
     let Some(def) = inner.definitions.get(&*state.saga_type).cloned() else {

@@ -292,3 +292,124 @@ pub fn trip(ledger: &Ledger, acts: &[(&str, Act)]) -> SagaDefinition {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// An event store that, once it has appended an event of type `kill_after`, prints
+/// `appended <type>` and never answers again (nor appends anything more): the process is
+/// frozen right after that event is durable, for its parent to kill.
+pub struct Tap<S> {
+    pub inner: S,
+    pub kill_after: Option<String>,
+    frozen: std::sync::atomic::AtomicBool,
+}
+
+impl<S> Tap<S> {
+    pub fn new(inner: S, kill_after: Option<String>) -> Self {
+        Self {
+            inner,
+            kill_after,
+            frozen: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+mod tap {
+    use std::io::Write as _;
+
+    use tower_patterns_eventstore::{
+        AppendResult, Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition,
+        RecordedEvent, Snapshot,
+    };
+
+    use super::Tap;
+
+    impl<S: EventStore> EventStore for Tap<S> {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedVersion,
+            events: Vec<EventData>,
+        ) -> Result<AppendResult, Error> {
+            use std::sync::atomic::Ordering;
+            if self.frozen.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
+            let done = self.inner.append(stream, expected, events).await?;
+            if let Some(kill) = &self.kill_after
+                && types.iter().any(|t| t == kill)
+                && !self.frozen.swap(true, Ordering::SeqCst)
+            {
+                {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "appended {kill}").unwrap();
+                    out.flush().unwrap();
+                }
+                std::future::pending::<()>().await;
+            }
+            Ok(done)
+        }
+
+        fn read_stream(
+            &self,
+            stream: &str,
+            from: u64,
+            direction: Direction,
+            max: usize,
+        ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send {
+            self.inner.read_stream(stream, from, direction, max)
+        }
+
+        fn read_all(
+            &self,
+            after: GlobalPosition,
+            max: usize,
+        ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send {
+            self.inner.read_all(after, max)
+        }
+
+        fn find_event(
+            &self,
+            id: uuid::Uuid,
+        ) -> impl Future<Output = Result<Option<RecordedEvent>, Error>> + Send {
+            self.inner.find_event(id)
+        }
+
+        fn stream_version(&self, stream: &str) -> impl Future<Output = Result<u64, Error>> + Send {
+            self.inner.stream_version(stream)
+        }
+
+        fn stream_metadata(
+            &self,
+            stream: &str,
+        ) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send {
+            self.inner.stream_metadata(stream)
+        }
+
+        fn set_stream_metadata(
+            &self,
+            stream: &str,
+            metadata: serde_json::Value,
+        ) -> impl Future<Output = Result<(), Error>> + Send {
+            self.inner.set_stream_metadata(stream, metadata)
+        }
+
+        fn load_snapshot(
+            &self,
+            stream: &str,
+        ) -> impl Future<Output = Result<Option<Snapshot>, Error>> + Send {
+            self.inner.load_snapshot(stream)
+        }
+
+        fn save_snapshot(
+            &self,
+            stream: &str,
+            snapshot: Snapshot,
+        ) -> impl Future<Output = Result<(), Error>> + Send {
+            self.inner.save_snapshot(stream, snapshot)
+        }
+
+        fn wait_for_events(&self, after: GlobalPosition) -> impl Future<Output = ()> + Send {
+            self.inner.wait_for_events(after)
+        }
+    }
+}
