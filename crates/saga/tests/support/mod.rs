@@ -64,7 +64,10 @@ impl Ledger {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS effects (
                  key TEXT PRIMARY KEY, saga TEXT NOT NULL, step TEXT NOT NULL,
-                 phase TEXT NOT NULL, output TEXT NOT NULL);",
+                 phase TEXT NOT NULL, output TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS calls (
+                 id INTEGER PRIMARY KEY, saga TEXT NOT NULL, step TEXT NOT NULL, phase TEXT NOT NULL,
+                 pid INTEGER NOT NULL, began INTEGER NOT NULL, ended INTEGER);",
         )
         .unwrap();
         Self {
@@ -195,6 +198,8 @@ impl Ledger {
                 let now = ledger.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 ledger.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 let _guard = Decrement(ledger.in_flight.clone());
+                let call = ledger.began(&req);
+                let _ended = Ended(ledger.clone(), call);
                 // Let parallel calls overlap.
                 tokio::task::yield_now().await;
                 let n = ledger.nth_call(&req);
@@ -229,6 +234,102 @@ impl Ledger {
     /// A step named `name` whose action does `action` and compensation does `undo`.
     pub fn step(&self, name: &str, action: Act, undo: Act) -> Step {
         Step::new(name.to_owned(), self.service(action)).compensate_with(self.service(undo))
+    }
+}
+
+/// Records the call's end when dropped (answered, failed or cancelled).
+struct Ended(Ledger, i64);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0
+            .conn()
+            .execute(
+                "UPDATE calls SET ended = ?2 WHERE id = ?1",
+                params![self.1, micros()],
+            )
+            .unwrap();
+    }
+}
+
+pub fn micros() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+impl Ledger {
+    fn began(&self, req: &StepRequest) -> i64 {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO calls (saga, step, phase, pid, began) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                req.saga.as_str(),
+                &*req.step,
+                req.phase.as_str(),
+                std::process::id(),
+                micros()
+            ],
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    /// Calls of one saga that overlapped in time: a saga driven by two at once. A call
+    /// without an end (its process was killed at `killed` µs, by `killed_pid`) ends then.
+    pub fn overlapping_calls(&self, killed_pid: u32, killed: i64) -> Vec<String> {
+        let conn = self.conn();
+        let mut q = conn
+            .prepare(
+                "SELECT saga, step, phase, pid, began, ended FROM calls ORDER BY saga, began, id",
+            )
+            .unwrap();
+        let rows: Vec<(String, String, String, u32, i64, Option<i64>)> = q
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut bad = Vec::new();
+        for w in rows.windows(2) {
+            let (a, b) = (&w[0], &w[1]);
+            if a.0 != b.0 {
+                continue;
+            }
+            let end = match a.5 {
+                Some(end) => end,
+                None if a.3 == killed_pid => killed,
+                None => i64::MAX,
+            };
+            if end > b.4 {
+                bad.push(format!(
+                    "{} {}/{} (pid {}) overlaps {}/{} (pid {})",
+                    a.0, a.1, a.2, a.3, b.1, b.2, b.3
+                ));
+            }
+        }
+        bad
+    }
+
+    /// Calls made, in all.
+    pub fn calls(&self) -> usize {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))
+            .unwrap();
+        usize::try_from(n).unwrap()
     }
 }
 
@@ -298,15 +399,22 @@ pub const SECOND: Duration = Duration::from_secs(1);
 /// frozen right after that event is durable, for its parent to kill.
 pub struct Tap<S> {
     pub inner: S,
-    pub kill_after: Option<String>,
+    /// The event type, and how many of it to see first (`StepSucceeded:20`; 1 by default).
+    pub kill_after: Option<(String, usize)>,
+    seen: AtomicUsize,
     frozen: std::sync::atomic::AtomicBool,
 }
 
 impl<S> Tap<S> {
     pub fn new(inner: S, kill_after: Option<String>) -> Self {
+        let kill_after = kill_after.map(|k| match k.split_once(':') {
+            Some((t, n)) => (t.to_owned(), n.parse().unwrap()),
+            None => (k, 1),
+        });
         Self {
             inner,
             kill_after,
+            seen: AtomicUsize::new(0),
             frozen: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -335,8 +443,9 @@ mod tap {
             }
             let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
             let done = self.inner.append(stream, expected, events).await?;
-            if let Some(kill) = &self.kill_after
+            if let Some((kill, nth)) = &self.kill_after
                 && types.iter().any(|t| t == kill)
+                && self.seen.fetch_add(1, Ordering::SeqCst) + 1 >= *nth
                 && !self.frozen.swap(true, Ordering::SeqCst)
             {
                 {
