@@ -13,7 +13,7 @@ use crate::step::StepRequest;
 /// with breakers, retries, timeouts and bulkheads stacked on it as on any call.
 pub type StepService = BoxCloneSyncService<StepRequest, Value, BoxError>;
 
-fn boxed<S, E>(service: S) -> StepService
+pub(crate) fn boxed<S, E>(service: S) -> StepService
 where
     S: Service<StepRequest, Response = Value, Error = E> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,

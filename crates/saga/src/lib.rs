@@ -5,6 +5,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod choreography;
 mod definition;
 mod error;
 pub mod index;
