@@ -1,7 +1,7 @@
 //! System-design patterns as [tower] middleware: circuit breaker, bulkhead, retry with
-//! backoff, caching, rate limiting, multi-tenancy, sharding and event sourcing, composable with
-//! `ServiceBuilder` in axum, hyper and tonic services. CQRS, sagas, the rest of the API gateway
-//! and the strangler fig are planned and not in this release.
+//! backoff, caching, rate limiting, multi-tenancy, sharding, event sourcing, CQRS, eventual
+//! consistency and sagas, composable with `ServiceBuilder` in axum, hyper and tonic services.
+//! The rest of the API gateway and the strangler fig are planned and not in this release.
 //!
 //! This crate is the facade: feature `x` gives module `tower_patterns::x`, the whole public API
 //! of crate `tower-patterns-x`, and the shared vocabulary of `tower-patterns-core` is at its
@@ -34,6 +34,9 @@
 //! | `cqrs-nats` | the transactional outbox relay and durable consumers over NATS JetStream | landed |
 //! | `consistency` | [`consistency`]: signed consistency tokens, read-your-writes and monotonic reads over read models | landed |
 //! | `consistency-postgres` | read-replica routing: reads to PostgreSQL streaming replicas that have replayed the session's token, lag as metrics | landed |
+//! | `saga` | [`saga`]: orchestrated sagas with a durable log on the event store (crash recovery, compensation, durable deadlines, stuck sagas and an operator API) and choreography over the event bus | landed |
+//! | `saga-postgres` | the saga index on PostgreSQL: several orchestrator processes, each saga leased to one | landed |
+//! | `saga-nats` | choreographed sagas as NATS JetStream consumers | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -99,6 +102,10 @@
     doc = "[`consistency`]: https://docs.rs/tower-patterns-consistency"
 )]
 #![cfg_attr(
+    not(feature = "saga"),
+    doc = "[`saga`]: https://docs.rs/tower-patterns-saga"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -144,6 +151,10 @@ pub use tower_patterns_cqrs as cqrs;
 #[cfg(feature = "consistency")]
 #[cfg_attr(docsrs, doc(cfg(feature = "consistency")))]
 pub use tower_patterns_consistency as consistency;
+
+#[cfg(feature = "saga")]
+#[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
+pub use tower_patterns_saga as saga;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
