@@ -133,3 +133,5 @@ pub use orchestrator::{
 };
 pub use state::{Outcome, SagaState, SagaStatus, StepPhase};
 pub use step::{IdempotencyKey, Phase, SagaId, StepError, StepRequest};
+/// The delays between attempts (core's), as [`Attempts`] takes them.
+pub use tower_patterns_core::backoff::Backoff;
