@@ -36,7 +36,7 @@
 //! | `consistency-postgres` | read-replica routing: reads to PostgreSQL streaming replicas that have replayed the session's token, lag as metrics | landed |
 //! | `saga` | [`saga`]: orchestrated sagas with a durable log on the event store (crash recovery, compensation, durable deadlines, stuck sagas and an operator API) and choreography over the event bus | landed |
 //! | `saga-postgres` | the saga index on PostgreSQL: several orchestrator processes, each saga leased to one | landed |
-//! | `saga-nats` | choreographed sagas as NATS JetStream consumers | landed |
+//! | `saga-nats` | choreographed sagas as NATS JetStream consumers (with `cqrs-nats`) | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example

@@ -405,7 +405,8 @@ impl<S: EventStore> Choreography<S> {
             if attempt >= r.attempts.max {
                 return Answer::Unknown(error);
             }
-            let mut rng = SplitMix64::new(u64::from(attempt));
+            let mut rng =
+                SplitMix64::new(crate::policy::seed(saga, &r.name, phase) ^ u64::from(attempt));
             let wait = r
                 .attempts
                 .backoff

@@ -46,21 +46,25 @@ fn delay(state: &SagaState, step: &Step, attempts: Attempts, after: u32, phase: 
     if after == 0 {
         return Duration::ZERO;
     }
-    // Seeded from the saga, the step and the attempt: the same delays after a restart.
+    let mut rng = SplitMix64::new(seed(&state.id, &step.name, phase) ^ u64::from(after));
+    attempts
+        .backoff
+        .delay(after, Duration::ZERO, attempts.cap, &mut rng)
+}
+
+/// The jitter's seed for a step's retries: from the saga, the step and the phase (FNV-1a), so
+/// sagas spread their retries apart and a restart repeats the same delays.
+pub(crate) fn seed(saga: &crate::SagaId, step: &str, phase: Phase) -> u64 {
     let mut seed = 0xcbf2_9ce4_8422_2325u64;
-    for b in state
-        .id
+    for b in saga
         .as_str()
         .bytes()
-        .chain(step.name.bytes())
+        .chain(step.bytes())
         .chain(phase.as_str().bytes())
     {
         seed = (seed ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    let mut rng = SplitMix64::new(seed ^ u64::from(after));
-    attempts
-        .backoff
-        .delay(after, Duration::ZERO, attempts.cap, &mut rng)
+    seed
 }
 
 fn reason(step: &Step, refused: bool, error: &str) -> String {

@@ -114,6 +114,36 @@ pub struct StepRequest {
 }
 
 impl StepRequest {
+    /// The request the orchestrator makes for the first attempt of `step`'s `phase` in saga
+    /// `saga` of type `saga_type` (generation 0, no outputs before it): for calling a step's
+    /// service yourself, in a test or beside a saga.
+    pub fn new(
+        saga: SagaId,
+        saga_type: impl Into<Arc<str>>,
+        step: impl Into<Arc<str>>,
+        phase: Phase,
+        input: Value,
+    ) -> Self {
+        let step = step.into();
+        Self {
+            key: IdempotencyKey::new(&saga, &step, phase, 0),
+            saga,
+            saga_type: saga_type.into(),
+            step,
+            phase,
+            attempt: 1,
+            input: Arc::new(input),
+            outputs: Arc::new(BTreeMap::new()),
+        }
+    }
+
+    /// With the outputs of the steps before (by step name).
+    #[must_use]
+    pub fn with_outputs(mut self, outputs: BTreeMap<String, Value>) -> Self {
+        self.outputs = Arc::new(outputs);
+        self
+    }
+
     /// The saga's input as a `T`.
     ///
     /// # Errors
@@ -202,6 +232,35 @@ mod tests {
             "order-7/payment/do/0"
         );
         assert_ne!(SagaId::random(), SagaId::random());
+    }
+
+    #[test]
+    fn a_request_made_by_hand_is_the_first_attempt() {
+        let req = StepRequest::new(
+            SagaId::new("t-1").unwrap(),
+            "trip",
+            "hotel",
+            Phase::Compensation,
+            serde_json::json!({"n": 2}),
+        )
+        .with_outputs(BTreeMap::from([(
+            "hotel".to_owned(),
+            serde_json::json!("h-9"),
+        )]));
+        assert_eq!(req.key.as_str(), "t-1/hotel/undo/0");
+        assert_eq!(
+            (req.attempt, &*req.saga_type, req.phase),
+            (1, "trip", Phase::Compensation)
+        );
+        assert_eq!(req.input::<serde_json::Value>().unwrap()["n"], 2);
+        assert_eq!(req.own_output(), Some(&serde_json::json!("h-9")));
+        assert_eq!(
+            req.output::<String>("hotel").unwrap().as_deref(),
+            Some("h-9")
+        );
+        assert_eq!(req.output::<String>("flight").unwrap(), None);
+        assert!(req.output::<u64>("hotel").is_err());
+        assert!(req.input::<String>().is_err());
     }
 
     #[test]

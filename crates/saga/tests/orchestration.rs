@@ -441,6 +441,11 @@ async fn a_compensation_that_always_fails_is_stuck_until_an_operator_resolves_it
     let o = orchestrator(&store, &MemoryIndex::new(), vec![def]);
     let out = o.run("trip", id("s-1"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Stuck);
+    {
+        use tower_patterns_core::observe::{Health, StateHandle as _};
+        assert_eq!(o.handle().health(), Health::Degraded);
+        assert_eq!(o.handle().count("stuck_now"), Some(1));
+    }
     assert_eq!(
         ledger.undone("s-1"),
         ["hotel"],
@@ -512,6 +517,52 @@ async fn a_compensation_that_always_fails_is_stuck_until_an_operator_resolves_it
         })
     ));
     assert_eq!(o.handle().count("stuck"), Some(2));
+    assert_eq!(o.handle().count("stuck_now"), Some(0));
+    assert_eq!(o.handle().count("resolved"), Some(1));
+    assert_eq!(o.handle().count("failed"), Some(0));
+    use tower_patterns_core::observe::StateHandle as _;
+    assert_eq!(
+        o.handle().health(),
+        tower_patterns_core::observe::Health::Ready
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_action_on_a_running_saga_leaves_its_lease_alone() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Hang, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let index = MemoryIndex::new();
+    let o = orchestrator(&store, &index, vec![def.clone()]);
+    o.start("trip", id("busy"), json!({}), None).await.unwrap();
+    for act in [
+        o.retry(&id("busy"), "ada", "why").await,
+        o.resolve(&id("busy"), "ada", "why").await,
+    ] {
+        assert!(
+            matches!(
+                act,
+                Err(SagaError::NotStuck {
+                    status: SagaStatus::Running,
+                    ..
+                })
+            ),
+            "{act:?}"
+        );
+    }
+    // Still leased to its driver: another orchestrator takes nothing.
+    let other = Orchestrator::builder("test")
+        .store(store)
+        .index(index)
+        .saga(def)
+        .owner("test-2")
+        .build()
+        .unwrap();
+    let took = tokio::time::timeout(SECOND, other.recover()).await;
+    assert_eq!(took.expect("nothing taken, nothing driven").unwrap(), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -351,11 +351,16 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
     async fn finish(&mut self) -> Result<(), SagaError> {
         self.flush().await?;
         let status = self.state.status;
+        let stats = &self.inner.stats;
         let counter = match status {
-            SagaStatus::Completed => &self.inner.stats.completed,
-            SagaStatus::Compensated => &self.inner.stats.compensated,
-            SagaStatus::Stuck => &self.inner.stats.stuck,
-            _ => &self.inner.stats.failed,
+            SagaStatus::Completed => &stats.completed,
+            SagaStatus::Compensated => &stats.compensated,
+            SagaStatus::Stuck => {
+                stats.stuck_now.fetch_add(1, Ordering::Relaxed);
+                &stats.stuck
+            }
+            SagaStatus::Resolved => &stats.resolved,
+            _ => &stats.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::ended(&self.inner.name, &self.state.saga_type, status);

@@ -7,8 +7,9 @@ use tower_patterns_core::observe::{Health, Report, StateHandle};
 use super::Inner;
 
 /// A handle on an [`Orchestrator`](super::Orchestrator): what this process has done with
-/// sagas since it started. Health is `Degraded` once a saga got stuck here (until the
-/// process restarts; the operator's list is [`Orchestrator::stuck`](super::Orchestrator::stuck)).
+/// sagas since it started. Health is `Degraded` while a saga that got stuck here has not been
+/// retried or resolved by an operator here (`stuck_now`); the list of every stuck saga, from
+/// any process, is [`Orchestrator::stuck`](super::Orchestrator::stuck).
 pub struct OrchestratorHandle {
     inner: Arc<dyn Counts>,
 }
@@ -32,7 +33,7 @@ impl std::fmt::Debug for OrchestratorHandle {
 trait Counts: Send + Sync {
     fn name(&self) -> &str;
     fn owner(&self) -> &str;
-    fn values(&self) -> [(&'static str, u64); 9];
+    fn values(&self) -> [(&'static str, u64); 11];
 }
 
 impl<S: Send + Sync, I: Send + Sync> Counts for Inner<S, I> {
@@ -44,7 +45,7 @@ impl<S: Send + Sync, I: Send + Sync> Counts for Inner<S, I> {
         &self.owner
     }
 
-    fn values(&self) -> [(&'static str, u64); 9] {
+    fn values(&self) -> [(&'static str, u64); 11] {
         let s = &self.stats;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         [
@@ -54,6 +55,8 @@ impl<S: Send + Sync, I: Send + Sync> Counts for Inner<S, I> {
             ("compensated", get(&s.compensated)),
             ("failed", get(&s.failed)),
             ("stuck", get(&s.stuck)),
+            ("stuck_now", get(&s.stuck_now)),
+            ("resolved", get(&s.resolved)),
             ("resumed", get(&s.resumed)),
             ("lease_lost", get(&s.lost)),
             ("errors", get(&s.errors)),
@@ -73,8 +76,10 @@ impl OrchestratorHandle {
         self.inner.owner()
     }
 
-    /// The count named `what` (`running`, `started`, `completed`, `compensated`, `failed`,
-    /// `stuck`, `resumed`, `lease_lost`, `errors`).
+    /// The count named `what`: `running` (driven here now), `started`, `completed`,
+    /// `compensated`, `failed`, `stuck` (sagas that got stuck here, in all), `stuck_now` (of
+    /// those, not yet retried or resolved here), `resolved`, `resumed` (taken over from a dead
+    /// process), `lease_lost`, `errors`.
     pub fn count(&self, what: &str) -> Option<u64> {
         self.inner
             .values()
@@ -95,7 +100,7 @@ impl StateHandle for OrchestratorHandle {
 
     fn report(&self) -> Report {
         let values = self.inner.values();
-        let stuck = values.iter().any(|(w, v)| *w == "stuck" && *v > 0);
+        let stuck = values.iter().any(|(w, v)| *w == "stuck_now" && *v > 0);
         let (health, state) = if stuck {
             (Health::Degraded, "stuck")
         } else {

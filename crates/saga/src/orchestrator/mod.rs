@@ -91,9 +91,23 @@ pub(crate) struct Stats {
     pub(crate) compensated: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) stuck: AtomicU64,
+    /// Stuck sagas seen here that no operator here has retried or resolved since.
+    pub(crate) stuck_now: AtomicU64,
+    pub(crate) resolved: AtomicU64,
     pub(crate) resumed: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) errors: AtomicU64,
+}
+
+impl Stats {
+    /// An operator retried or resolved a stuck saga.
+    pub(crate) fn operated(&self) {
+        let _ = self.stuck_now.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| n.checked_sub(1),
+        );
+    }
 }
 
 pub(crate) struct Inner<S, I> {

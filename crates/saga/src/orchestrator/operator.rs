@@ -109,26 +109,33 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
             return Err(SagaError::Invalid("an operator action needs who and why"));
         }
         let inner = &self.inner;
+        // Only a stuck saga is operated on: no orchestrator drives it, so taking its lease
+        // disturbs no one (a saga still running keeps its driver's lease untouched).
+        let before = self
+            .state(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(id.clone()))?;
+        if before.status != SagaStatus::Stuck {
+            return Err(SagaError::NotStuck {
+                id: id.clone(),
+                status: before.status,
+            });
+        }
         let now = inner.clock.now_ms();
         let claim = inner
             .index
             .claim_one(id, &inner.owner, now, inner.lease_until(now))
             .await
             .map_err(SagaError::Index)?;
-        let state = self.state(id).await?;
-        let Some(state) = state else {
-            return Err(SagaError::NotFound(id.clone()));
-        };
         if claim.is_none() {
-            return Err(if state.status == SagaStatus::Stuck {
-                SagaError::Leased(id.clone())
-            } else {
-                SagaError::NotStuck {
-                    id: id.clone(),
-                    status: state.status,
-                }
-            });
+            // Another operator's retry drives it now.
+            return Err(SagaError::Leased(id.clone()));
         }
+        // Read again under the lease: another operator may have acted in between.
+        let state = self
+            .state(id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(id.clone()))?;
         if state.status != SagaStatus::Stuck {
             let _ = inner.index.release(id, &inner.owner).await;
             return Err(SagaError::NotStuck {
@@ -152,6 +159,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
             }
         };
         tracing::info!(saga = %id, by, why, action = event.kind(), "operator action");
+        inner.stats.operated();
         let durable = state.version;
         let mut state = state;
         state.apply(&event);
