@@ -83,8 +83,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! In production: `SqliteStore` with [`SqliteIndex`](index::SqliteIndex) for one process,
-//! `PostgresStore` with [`PostgresIndex`](index::PostgresIndex) for several; a stable
+//! In production: `SqliteStore` with `index::SqliteIndex` (feature `sqlite`) for one process,
+//! `PostgresStore` with `index::PostgresIndex` (feature `postgres`) for several; a stable
 //! [`owner`](OrchestratorBuilder::owner) name per process, [`recover`](Orchestrator::recover)
 //! at start-up, and [`spawn_worker`](Orchestrator::spawn_worker) to take over the sagas of
 //! processes that died. [`Orchestrator::service`] makes a saga type a tower `Service`.

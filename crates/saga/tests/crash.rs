@@ -4,6 +4,10 @@
 //! took effect once, and every compensation ran once, as the fake services' ledger (a SQLite
 //! file the killed process shared) counts.
 #![cfg(all(feature = "sqlite", unix))]
+#![allow(
+    clippy::print_stdout,
+    reason = "the child process speaks to its parent on stdout"
+)]
 
 mod support;
 

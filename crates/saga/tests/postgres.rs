@@ -3,6 +3,10 @@
 //! leases expire: every saga finishes, every effect happens once, and no saga's calls ever
 //! overlapped (never driven by two at once).
 #![cfg(all(feature = "postgres", unix))]
+#![allow(
+    clippy::print_stdout,
+    reason = "the child process speaks to its parent on stdout"
+)]
 
 mod support;
 

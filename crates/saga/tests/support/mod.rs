@@ -36,12 +36,15 @@ pub enum Act {
     AlwaysFail,
 }
 
+/// (saga, step, phase).
+type CallKey = (String, String, Phase);
+
 /// The ledger: every effect applied, once per idempotency key.
 #[derive(Clone)]
 pub struct Ledger {
     conn: Arc<Mutex<Connection>>,
     /// Calls per (saga, step, phase), to fail the first few.
-    calls: Arc<Mutex<HashMap<(String, String, Phase), usize>>>,
+    calls: Arc<Mutex<HashMap<CallKey, usize>>>,
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
 }
