@@ -14,11 +14,12 @@
 //! # What an orchestrated saga guarantees
 //!
 //! - **It ends.** `Completed` (every step succeeded), `Compensated` (a step failed and every
-//!   step that took effect was undone, newest first), `Failed` (a step failed before any took
-//!   effect), or `Stuck`: a compensation failed on every attempt, and an operator
-//!   [retries](Orchestrator::retry) or [resolves](Orchestrator::resolve) it, with who and why
-//!   in the log ([`Orchestrator::stuck`] lists them). Never retrying for ever, never silently
-//!   half-done.
+//!   step that had begun and has a compensation was undone, newest first), `Failed` (a step
+//!   failed and no compensation had to run: no step with one had begun), or `Stuck`: a
+//!   compensation failed on every attempt, and an operator [retries](Orchestrator::retry) or
+//!   [resolves](Orchestrator::resolve) it, with who and why in the log
+//!   ([`Orchestrator::stuck`] lists them). Never retrying for ever, never silently half-done.
+//!   A step without a compensation (a notification) is never undone: put such steps last.
 //! - **Each effect once**, provided the services honour the key: a step re-run after a crash
 //!   or a timeout is sent under the same key. A step whose outcome stayed unknown (a timeout,
 //!   a lost connection, retries exhausted) is compensated too: a compensation must accept an
@@ -28,8 +29,12 @@
 //!   saga, also after a restart, and is ignored once the saga ended.
 //! - **One driver at a time**: the index leases each open saga to one orchestrator
 //!   ([`index`]); several processes on one PostgreSQL share the sagas, and a dead process's
-//!   sagas are taken over when its lease expires. Every append expects the log's version, so
-//!   a process that lost its lease (paused past it) stops at its next write.
+//!   sagas are taken over when its lease expires. A driver stops, dropping its calls in
+//!   flight, when a renewal finds its lease taken or when renewals have failed for two thirds
+//!   of a lease; every append expects the log's version, so a transition written by a
+//!   process that lost its lease is refused. What this cannot stop is a process frozen
+//!   (stopped, swapping) longer than its lease with a call in flight: that call may overlap
+//!   the next driver's, under the same idempotency key, which the service must honour.
 //!
 //! # Example
 //!

@@ -76,12 +76,13 @@ pub enum SagaEvent {
     },
     /// Every step succeeded.
     SagaCompleted {},
-    /// A step failed and every step that took effect was compensated.
+    /// A step failed (or the deadline passed) and every step that had begun and has a
+    /// compensation was compensated.
     SagaCompensated {
         /// Why the saga turned back.
         reason: String,
     },
-    /// A step failed before any step took effect: nothing to compensate.
+    /// A step failed and no compensation had to run (no step with one had begun).
     SagaFailed {
         /// Why.
         reason: String,
@@ -98,13 +99,14 @@ pub enum SagaEvent {
         /// The orchestrator now driving it.
         owner: String,
     },
-    /// An operator retried a stuck saga: its compensations start again with a new generation.
+    /// An operator retried a stuck saga: its compensations start again, attempts afresh.
     SagaRetried {
         /// Who.
         by: String,
         /// Why.
         why: String,
-        /// The new generation of idempotency keys.
+        /// The generation of idempotency keys from now on: the same as before, unless the
+        /// operator asked for new keys.
         generation: u32,
     },
     /// An operator closed a stuck saga by hand.

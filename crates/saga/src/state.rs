@@ -15,9 +15,11 @@ pub enum SagaStatus {
     Compensating,
     /// Ended: every step succeeded.
     Completed,
-    /// Ended: a step failed and every step that took effect was compensated.
+    /// Ended: a step failed (or the deadline passed) and every step that had begun and has a
+    /// compensation was compensated, newest first (at least one compensation ran).
     Compensated,
-    /// Ended: a step failed before any step took effect; nothing needed undoing.
+    /// Ended: a step failed and no compensation had to run: no step with a compensation had
+    /// begun (steps without one, such as a notification, are not undone).
     Failed,
     /// A compensation failed on every attempt; waiting for an operator to retry or resolve.
     Stuck,
@@ -118,7 +120,7 @@ pub struct SagaState {
     pub steps: BTreeMap<String, StepPhase>,
     /// The output of each step that succeeded.
     pub outputs: Arc<BTreeMap<String, Value>>,
-    /// Whether any compensation succeeded (compensated rather than failed).
+    /// Whether any compensation ran to success (the saga ends compensated, not failed).
     pub compensated_any: bool,
     /// The last error of the compensation that made it stuck.
     pub stuck: Option<(String, String)>,

@@ -68,8 +68,9 @@ impl Phase {
 ///
 /// Every attempt of a step's action carries the same key, and so does the run after a crash:
 /// an attempt that timed out may have taken effect, and its retry must not take it twice. The
-/// generation starts at 0 and grows only when an operator retries a stuck saga, so a service
-/// that remembers a failure under a key answers the operator's retry afresh.
+/// generation starts at 0 and grows only when an operator retries a stuck saga with new keys
+/// (`Orchestrator::retry_with_new_keys`), for a service that remembers a failure under a
+/// key; a plain retry keeps the keys.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(Arc<str>);
 

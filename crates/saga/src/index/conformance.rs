@@ -56,10 +56,17 @@ pub(crate) async fn check(index: &impl SagaIndex) {
     );
 
     // Renewing extends only the owner's open leases.
-    let mut held = index.renew("o3", 500, 2_000).await.unwrap();
+    let all = [id("a"), id("b"), id("c"), id("zz")];
+    let mut held = index.renew("o3", &all, 500, 2_000).await.unwrap();
     held.sort();
     assert_eq!(held, [id("a"), id("b")]);
-    assert!(index.renew("o1", 500, 2_000).await.unwrap().is_empty());
+    assert!(
+        index
+            .renew("o1", &all, 500, 2_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         index
             .claim("o4", 1_500, 3_000, 10, false)
@@ -174,5 +181,42 @@ pub(crate) async fn check(index: &impl SagaIndex) {
             .register(&id("c"), "order", "o7", 30_000, 31_000)
             .await
             .unwrap()
+    );
+
+    // Only the ids given are renewed: a held saga left out expires and is taken.
+    assert!(
+        index
+            .register(&id("r1"), "trip", "o8", 40_000, 41_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        index
+            .register(&id("r2"), "trip", "o8", 40_000, 41_000)
+            .await
+            .unwrap()
+    );
+    let renewed = index
+        .renew("o8", &[id("r1"), id("nope")], 40_500, 42_000)
+        .await
+        .unwrap();
+    assert_eq!(renewed, [id("r1")]);
+    let taken: Vec<SagaId> = index
+        .claim("o9", 41_500, 43_000, 10, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        taken.contains(&id("r2")) && !taken.contains(&id("r1")),
+        "{taken:?}"
+    );
+    assert!(
+        index
+            .renew("o8", &[], 41_600, 44_000)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -122,17 +122,23 @@ impl SagaIndex for MemoryIndex {
     async fn renew(
         &self,
         owner: &str,
+        ids: &[SagaId],
         _now: u64,
         lease_until: u64,
     ) -> Result<Vec<SagaId>, BoxError> {
         let mut rows = self.rows();
-        Ok(rows
-            .iter_mut()
-            .filter(|(_, r)| r.status == "open" && r.owner.as_deref() == Some(owner))
-            .map(|(id, r)| {
-                r.lease_until = lease_until;
-                id.clone()
+        Ok(ids
+            .iter()
+            .filter(|id| {
+                rows.get_mut(*id).is_some_and(|r| {
+                    let held = r.status == "open" && r.owner.as_deref() == Some(owner);
+                    if held {
+                        r.lease_until = lease_until;
+                    }
+                    held
+                })
             })
+            .cloned()
             .collect())
     }
 

@@ -101,10 +101,13 @@ pub trait SagaIndex: Send + Sync + 'static {
         lease_until: u64,
     ) -> impl Future<Output = Result<Option<Claim>, BoxError>> + Send;
 
-    /// Extends every lease `owner` holds on an open saga; returns the sagas it holds.
+    /// Extends `owner`'s leases on the open sagas among `ids` (those it drives); returns the
+    /// ones it still holds. A lease not renewed expires, so a saga whose driver is gone is
+    /// taken over even when its owner lives on.
     fn renew(
         &self,
         owner: &str,
+        ids: &[SagaId],
         now: u64,
         lease_until: u64,
     ) -> impl Future<Output = Result<Vec<SagaId>, BoxError>> + Send;

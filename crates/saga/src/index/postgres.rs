@@ -49,7 +49,14 @@ impl PostgresIndex {
     ///
     /// When the database cannot be reached or the table cannot be created.
     pub async fn new(pool: Pool) -> Result<Self, BoxError> {
-        pool.get().await?.batch_execute(SCHEMA).await?;
+        // Processes starting together would race `CREATE TABLE IF NOT EXISTS` (one fails
+        // on the catalog's unique index): the first takes a lock, the others wait for it.
+        pool.get()
+            .await?
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('tp_sagas')); {SCHEMA} COMMIT;"
+            ))
+            .await?;
         Ok(Self { pool })
     }
 }
@@ -155,17 +162,19 @@ impl SagaIndex for PostgresIndex {
     async fn renew(
         &self,
         owner: &str,
+        ids: &[SagaId],
         _now: u64,
         lease_until: u64,
     ) -> Result<Vec<SagaId>, BoxError> {
+        let ids: Vec<&str> = ids.iter().map(SagaId::as_str).collect();
         let c = self.pool.get().await?;
         let q = c
             .prepare_cached(
                 "UPDATE tp_sagas SET lease_until = $2 WHERE owner = $1 AND status = 'open' \
-                 RETURNING saga_id",
+                 AND saga_id = ANY($3) RETURNING saga_id",
             )
             .await?;
-        c.query(&q, &[&owner, &i(lease_until)])
+        c.query(&q, &[&owner, &i(lease_until), &ids])
             .await?
             .into_iter()
             .map(|r| id_of(r.get(0)))

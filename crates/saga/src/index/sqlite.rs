@@ -199,16 +199,20 @@ impl SagaIndex for SqliteIndex {
     async fn renew(
         &self,
         owner: &str,
+        ids: &[SagaId],
         _now: u64,
         lease_until: u64,
     ) -> Result<Vec<SagaId>, BoxError> {
         let owner = owner.to_owned();
+        let ids = serde_json::to_string(&ids.iter().map(SagaId::as_str).collect::<Vec<_>>())?;
         self.run(move |c| {
             let mut q = c.prepare_cached(
                 "UPDATE tp_sagas SET lease_until = ?2 WHERE owner = ?1 AND status = 'open' \
-                 RETURNING saga_id",
+                 AND saga_id IN (SELECT value FROM json_each(?3)) RETURNING saga_id",
             )?;
-            let rows = q.query_map(params![owner, i(lease_until)], |r| r.get::<_, String>(0))?;
+            let rows = q.query_map(params![owner, i(lease_until), ids], |r| {
+                r.get::<_, String>(0)
+            })?;
             rows.map(|r| r.and_then(saga_id)).collect()
         })
         .await

@@ -1,10 +1,7 @@
 //! Carrying out the policy: one task per saga, logging before each call and after it.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -14,7 +11,11 @@ use tokio::sync::{oneshot, watch};
 use tower::ServiceExt as _;
 use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion};
 
-use super::{Driving, Inner, read_log};
+use super::{
+    Driving, Inner,
+    lease::{Lost, ensure_renewer},
+    read_log,
+};
 use crate::{
     SagaDefinition, SagaError, SagaEvent, SagaId, SagaState, SagaStatus, StepError, metrics,
     policy::{self, Call, DEADLINE_PASSED, Next},
@@ -50,15 +51,29 @@ pub(super) async fn start<S: EventStore, I: crate::index::SagaIndex>(
     {
         // Known already: a retried start, whose outcome is awaited as any other's; unless
         // the process that registered it died before it logged the start, and its lease
-        // has expired (or was this owner's): then it never began, and begins now.
+        // has expired (or was this owner's): then it never began, and begins now. One
+        // driven here (a start racing this one) is left to its driver.
+        if inner.driving().contains_key(&id) {
+            return Ok(());
+        }
         let never_began = inner.store.stream_version(&id.stream()).await? == 0;
-        if !(never_began
-            && inner
+        if !never_began {
+            return Ok(());
+        }
+        let taken = inner
+            .index
+            .claim_one(&id, &inner.owner, now, lease_until)
+            .await
+            .map_err(SagaError::Index)?
+            .is_some();
+        // Not taken: held by a live starter, or just removed by a recovery that found no
+        // log (then it registers anew).
+        if !taken
+            && !inner
                 .index
-                .claim_one(&id, &inner.owner, now, lease_until)
+                .register(&id, saga_type, &inner.owner, now, lease_until)
                 .await
                 .map_err(SagaError::Index)?
-                .is_some())
         {
             return Ok(());
         }
@@ -74,22 +89,24 @@ pub(super) async fn start<S: EventStore, I: crate::index::SagaIndex>(
     };
     let state = SagaState::started(id.clone(), &started).ok_or(SagaError::Invalid("start"))?;
     let (tx, rx) = oneshot::channel();
-    let driver = Driver::new(inner.clone(), def, state, vec![started], 0, Some(tx));
+    let mut driver = Driver::new(inner.clone(), def, state, vec![started], 0, Some(tx));
+    driver.registered = Some(tokio::time::Instant::now());
     inner.stats.started.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(driver.run());
     rx.await.unwrap_or(Err(SagaError::LeaseLost(id)))
 }
 
-/// Claims what the index offers (up to the free permits) and spawns a driver for each.
-/// With `reclaim_own`, takes back this owner's unexpired leases too (a restart). Each task
-/// answers whether its saga went forward.
+/// Claims what the index offers (up to the free permits), reads each claimed saga's log,
+/// and spawns a driver for each that has something to do; returns how many were claimed.
+/// With `reclaim_own`, takes back this owner's unexpired leases too (a restart). The logs are
+/// read before this returns, so a start of the same id after it finds the index settled.
 pub(super) async fn claim_and_spawn<S: EventStore, I: crate::index::SagaIndex>(
     inner: &Arc<Inner<S, I>>,
     reclaim_own: bool,
-) -> Result<Vec<tokio::task::JoinHandle<bool>>, SagaError> {
+) -> Result<usize, SagaError> {
     let free = inner.permits.available_permits();
     if free == 0 {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     ensure_renewer(inner);
     let now = inner.clock.now_ms();
@@ -98,7 +115,8 @@ pub(super) async fn claim_and_spawn<S: EventStore, I: crate::index::SagaIndex>(
         .claim(&inner.owner, now, inner.lease_until(now), free, reclaim_own)
         .await
         .map_err(SagaError::Index)?;
-    let mut tasks = Vec::with_capacity(claims.len());
+    let taken = claims.len();
+    let mut prepared = Vec::with_capacity(claims.len());
     for claim in claims {
         if inner.driving().contains_key(&claim.id) {
             continue; // driven here already (a reclaim of one's own)
@@ -108,30 +126,63 @@ pub(super) async fn claim_and_spawn<S: EventStore, I: crate::index::SagaIndex>(
             let _ = inner.index.release(&claim.id, &inner.owner).await;
             continue;
         };
-        let inner = inner.clone();
-        tasks.push(tokio::spawn(async move {
+        prepared.push(async move {
             let id = claim.id.clone();
-            let result = resume(&inner, claim.id, claim.previous_owner).await;
-            drop(permit);
-            match result {
-                Ok(()) => true,
-                Err(e) => {
-                    inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(orchestrator = %inner.name, saga = %id, error = %e, "saga not resumed");
-                    false
-                }
-            }
-        }));
+            (
+                id,
+                prepare(inner, claim.id, claim.previous_owner).await,
+                permit,
+            )
+        });
     }
-    Ok(tasks)
+    for (id, driver, permit) in futures_util::future::join_all(prepared).await {
+        match driver {
+            Ok(Some(driver)) => {
+                tokio::spawn(async move {
+                    let _ = driver.run_result().await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(orchestrator = %inner.name, saga = %id, error = %e, "saga not resumed");
+            }
+        }
+    }
+    Ok(taken)
 }
 
-/// Drives a claimed saga from its log.
-pub(super) async fn resume<S: EventStore, I: crate::index::SagaIndex>(
+/// Takes saga `id` back if its lease is free (or this owner's) and no driver here has it,
+/// and drives it in the background.
+pub(super) async fn take_back<S: EventStore, I: crate::index::SagaIndex>(
+    inner: &Arc<Inner<S, I>>,
+    id: &SagaId,
+) -> Result<(), SagaError> {
+    if inner.driving().contains_key(id) {
+        return Ok(());
+    }
+    let now = inner.clock.now_ms();
+    let claim = inner
+        .index
+        .claim_one(id, &inner.owner, now, inner.lease_until(now))
+        .await
+        .map_err(SagaError::Index)?;
+    if let Some(claim) = claim
+        && let Some(driver) = prepare(inner, claim.id, claim.previous_owner).await?
+    {
+        tokio::spawn(driver.run());
+    }
+    Ok(())
+}
+
+/// Reads a claimed saga's log and makes its driver (registered as driving here); `None`
+/// when there is nothing to drive (it never began).
+async fn prepare<S: EventStore, I: crate::index::SagaIndex>(
     inner: &Arc<Inner<S, I>>,
     id: SagaId,
     previous_owner: Option<String>,
-) -> Result<(), SagaError> {
+) -> Result<Option<Driver<S, I>>, SagaError> {
     let log = match read_log(&*inner.store, &id).await {
         Ok(log) => log,
         Err(SagaError::Log(e)) if !matches!(e, tower_patterns_eventstore::Error::Backend(_)) => {
@@ -154,7 +205,7 @@ pub(super) async fn resume<S: EventStore, I: crate::index::SagaIndex>(
         // Registered, then the process died before the start was logged: it never began,
         // and a retried start begins it.
         inner.index.remove(&id).await.map_err(SagaError::Index)?;
-        return Ok(());
+        return Ok(None);
     };
     let Some(def) = inner.definitions.get(&*state.saga_type).cloned() else {
         let _ = inner.index.release(&id, &inner.owner).await;
@@ -178,36 +229,14 @@ pub(super) async fn resume<S: EventStore, I: crate::index::SagaIndex>(
     for e in &pending {
         state.apply(e);
     }
-    Driver::new(inner.clone(), def, state, pending, durable, None)
-        .run_result()
-        .await
-}
-
-/// Starts the task that renews this process's leases, once.
-pub(super) fn ensure_renewer<S: EventStore, I: crate::index::SagaIndex>(inner: &Arc<Inner<S, I>>) {
-    inner.renewer.call_once(|| {
-        let weak = Arc::downgrade(inner);
-        let every = inner.lease / 3;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(inner) = weak.upgrade() else { return };
-                let round = inner.round.fetch_add(1, Ordering::SeqCst) + 1;
-                let now = inner.clock.now_ms();
-                match inner.index.renew(&inner.owner, now, inner.lease_until(now)).await {
-                    Ok(held) => {
-                        let held: std::collections::HashSet<_> = held.into_iter().collect();
-                        for (id, d) in inner.driving().iter() {
-                            if d.round < round && !held.contains(id) {
-                                d.lost.store(true, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(orchestrator = %inner.name, error = %e, "lease renewal failed"),
-                }
-            }
-        });
-    });
+    Ok(Some(Driver::new(
+        inner.clone(),
+        def,
+        state,
+        pending,
+        durable,
+        None,
+    )))
 }
 
 pub(super) struct Driver<S, I> {
@@ -219,7 +248,9 @@ pub(super) struct Driver<S, I> {
     /// The log's version before `pending`.
     durable: u64,
     started: Option<oneshot::Sender<Result<(), SagaError>>>,
-    lost: Arc<AtomicBool>,
+    /// When this driver registered the saga (a start), until its first append.
+    registered: Option<tokio::time::Instant>,
+    lost: Arc<Lost>,
     outcome: watch::Sender<Option<crate::Outcome>>,
 }
 
@@ -232,7 +263,7 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
         durable: u64,
         started: Option<oneshot::Sender<Result<(), SagaError>>>,
     ) -> Self {
-        let lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Lost::default());
         let (outcome, _) = watch::channel(None);
         inner.driving().insert(
             state.id.clone(),
@@ -249,6 +280,7 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
             pending,
             durable,
             started,
+            registered: None,
             lost,
             outcome,
         }
@@ -263,9 +295,6 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
         let id = self.state.id.clone();
         let result = self.drive().await;
         if let Err(e) = &result {
-            if let Some(tx) = self.started.take() {
-                let _ = tx.send(Err(SagaError::LeaseLost(id.clone())));
-            }
             match e {
                 SagaError::LeaseLost(_) => {
                     self.inner.stats.lost.fetch_add(1, Ordering::Relaxed);
@@ -274,17 +303,26 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
                 e => {
                     self.inner.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(saga = %id, error = %e, "saga paused: it resumes when claimed again");
-                    let _ = self.inner.index.release(&id, &self.inner.owner).await;
                 }
             }
+            // Given back if still ours (a lease another took is not touched): whoever claims
+            // the saga next, this process included, reads the log and goes on.
+            let _ = self.inner.index.release(&id, &self.inner.owner).await;
         }
-        self.inner.driving().remove(&id);
+        let mut driving = self.inner.driving();
+        if driving
+            .get(&id)
+            .is_some_and(|d| Arc::ptr_eq(&d.lost, &self.lost))
+        {
+            driving.remove(&id);
+        }
+        drop(driving);
         result
     }
 
     async fn drive(&mut self) -> Result<(), SagaError> {
         loop {
-            if self.lost.load(Ordering::SeqCst) {
+            if self.lost.is_set() {
                 return Err(SagaError::LeaseLost(self.state.id.clone()));
             }
             let now = self.inner.clock.now_ms();
@@ -304,6 +342,25 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
     /// Appends what is pending, expecting the log where this driver left it: a conflict
     /// means another orchestrator wrote to the log, so this one stops.
     async fn flush(&mut self) -> Result<(), SagaError> {
+        match self.append_pending().await {
+            Ok(()) => Ok(()),
+            Err(e) => match self.started.take() {
+                // The start's caller hears why (a conflict: another started it; the log
+                // down: 503); the driver stops with the same kind of error.
+                Some(tx) => {
+                    let again = match &e {
+                        SagaError::LeaseLost(id) => SagaError::LeaseLost(id.clone()),
+                        _ => SagaError::Invalid("the saga's start was not logged"),
+                    };
+                    let _ = tx.send(Err(e));
+                    Err(again)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn append_pending(&mut self) -> Result<(), SagaError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -342,6 +399,25 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
         };
         self.durable = done.version;
         self.pending.clear();
+        if let Some(registered) = self.registered.take()
+            && registered.elapsed() >= self.inner.lease / 2
+        {
+            // The start took long enough for another orchestrator to have found the saga's
+            // entry without a log and removed it: register it again (a no-op if it is there).
+            let now = self.inner.clock.now_ms();
+            let lease_until = self.inner.lease_until(now);
+            self.inner
+                .index
+                .register(
+                    &self.state.id,
+                    &self.state.saga_type,
+                    &self.inner.owner,
+                    now,
+                    lease_until,
+                )
+                .await
+                .map_err(SagaError::Index)?;
+        }
         if let Some(tx) = self.started.take() {
             let _ = tx.send(Ok(()));
         }
@@ -415,7 +491,7 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
             });
         }
         self.flush().await?;
-        if self.lost.load(Ordering::SeqCst) {
+        if self.lost.is_set() {
             return Err(SagaError::LeaseLost(self.state.id.clone()));
         }
         let mut running: FuturesUnordered<_> = calls.iter().map(|c| self.call(c)).collect();
@@ -427,6 +503,9 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
             }
         };
         tokio::pin!(sleep);
+        let lost = self.lost.clone();
+        let lost_wait = lost.wait();
+        tokio::pin!(lost_wait);
         loop {
             tokio::select! {
                 next = running.next() => match next {
@@ -434,6 +513,8 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
                     None => break,
                 },
                 () = &mut sleep => break,
+                // Another may drive the saga now: stop, the calls in flight dropped.
+                () = &mut lost_wait => return Err(SagaError::LeaseLost(self.state.id.clone())),
             }
         }
         drop(running);

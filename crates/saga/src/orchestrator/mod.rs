@@ -3,15 +3,13 @@
 
 mod driver;
 mod handle;
+mod lease;
 mod operator;
 mod service;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError, Weak,
-        atomic::{AtomicBool, AtomicU64},
-    },
+    sync::{Arc, Mutex, PoisonError, Weak, atomic::AtomicU64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -78,7 +76,7 @@ impl Clock {
 #[derive(Debug)]
 pub(crate) struct Driving {
     pub(crate) outcome: watch::Sender<Option<Outcome>>,
-    pub(crate) lost: Arc<AtomicBool>,
+    pub(crate) lost: Arc<lease::Lost>,
     /// The renewal round when it began: a renewal that began earlier cannot know it.
     pub(crate) round: u64,
 }
@@ -292,7 +290,7 @@ impl<S: EventStore, I: SagaIndex> OrchestratorBuilder<Arc<S>, I> {
             let random = uuid::Uuid::now_v7().simple().to_string();
             format!("{}-{}-{}", self.name, std::process::id(), &random[20..]).into()
         });
-        crate::metrics::register(&self.name);
+        crate::metrics::register(&self.name, definitions.keys().map(|k| &**k));
         Ok(Orchestrator {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -367,6 +365,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     pub async fn outcome(&self, id: &SagaId) -> Result<Outcome, SagaError> {
         loop {
             let local = self.inner.driving().get(id).map(|d| d.outcome.subscribe());
+            let was_local = local.is_some();
             if let Some(mut rx) = local {
                 // Ends with an outcome, or with the driver gone (lease lost, log down).
                 if let Ok(done) = rx.wait_for(Option::is_some).await
@@ -382,6 +381,14 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
             if state.status.is_terminal() || state.status == SagaStatus::Stuck {
                 return Ok(state.outcome());
             }
+            if was_local {
+                // This process's driver stopped short (the log was down): take the saga
+                // back if no one else has, so a caller without a worker is not left waiting.
+                driver::take_back(&self.inner, id).await?;
+                if self.inner.driving().contains_key(id) {
+                    continue;
+                }
+            }
             tokio::time::sleep(self.inner.poll).await;
         }
     }
@@ -396,8 +403,8 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
         Ok(SagaState::replay(id.clone(), log.iter().map(|(e, _)| e)))
     }
 
-    /// Takes every open saga that no live orchestrator holds, drives each to its end (or
-    /// until stuck), and returns how many it took: the sagas this owner held before a
+    /// Takes every open saga that no live orchestrator holds and drives each in the
+    /// background (await [`outcome`](Self::outcome) for one), and returns how many it took: the sagas this owner held before a
     /// restart (at once, when the owner name is stable across restarts: see
     /// [`owner`](OrchestratorBuilder::owner)), and those of a process that died, once their
     /// leases expire. Call it at start-up, before serving; the worker does the same on every
@@ -407,31 +414,16 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     ///
     /// The index failing.
     pub async fn recover(&self) -> Result<usize, SagaError> {
-        let mut taken = 0;
-        let mut reclaim_own = true;
-        loop {
-            let claims = driver::claim_and_spawn(&self.inner, reclaim_own).await?;
-            reclaim_own = false;
-            if claims.is_empty() {
-                return Ok(taken);
-            }
-            taken += claims.len();
-            let mut progress = false;
-            for task in claims {
-                progress |= task.await.unwrap_or(false);
-            }
-            if !progress {
-                // Every saga claimed failed to move (the log is down): the worker tries later.
-                return Ok(taken);
-            }
-        }
+        let own = driver::claim_and_spawn(&self.inner, true).await?;
+        let expired = driver::claim_and_spawn(&self.inner, false).await?;
+        Ok(own + expired)
     }
 
     /// Spawns the worker: renews this process's leases, and every `poll` takes open sagas
     /// that no live orchestrator holds (at most `max_running` at once) and drives them. It
     /// stops when the last clone of the orchestrator is dropped.
     pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
-        driver::ensure_renewer(&self.inner);
+        lease::ensure_renewer(&self.inner);
         let weak: Weak<Inner<S, I>> = Arc::downgrade(&self.inner);
         let wake = self.inner.wake.clone();
         tokio::spawn(async move {

@@ -5,6 +5,13 @@ use tower_patterns_eventstore::EventStore;
 use super::{Orchestrator, driver::Driver, read_log};
 use crate::{Outcome, SagaError, SagaEvent, SagaId, SagaStatus, index::SagaIndex};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Retry,
+    RetryNewKeys,
+    Resolve,
+}
+
 /// A stuck saga, for the operator.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StuckSaga {
@@ -76,8 +83,9 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     }
 
     /// Retries stuck saga `id`: logs who and why, then compensates again from where it
-    /// stopped, with a new generation of idempotency keys and fresh attempts, and returns
-    /// the new outcome (stuck again if the compensation still fails).
+    /// stopped, with fresh attempts under the same idempotency keys (a compensation that took
+    /// effect but answered an error is not applied twice), and returns the new outcome (stuck
+    /// again if the compensation still fails).
     ///
     /// # Errors
     ///
@@ -85,7 +93,24 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     /// [`SagaError::NotStuck`], [`SagaError::Leased`] while another orchestrator holds it,
     /// or the log or the index failing.
     pub async fn retry(&self, id: &SagaId, by: &str, why: &str) -> Result<Outcome, SagaError> {
-        self.operate(id, by, why, true).await
+        self.operate(id, by, why, Op::Retry).await
+    }
+
+    /// As [`retry`](Self::retry), with a new generation of idempotency keys: for a service
+    /// that remembers a failure under a key and would answer the same key with it again.
+    /// Use it only when the failed compensations are known to have taken no effect: under a
+    /// new key a service applies them afresh.
+    ///
+    /// # Errors
+    ///
+    /// As [`retry`](Self::retry).
+    pub async fn retry_with_new_keys(
+        &self,
+        id: &SagaId,
+        by: &str,
+        why: &str,
+    ) -> Result<Outcome, SagaError> {
+        self.operate(id, by, why, Op::RetryNewKeys).await
     }
 
     /// Closes stuck saga `id` by hand (the operator undid the step some other way): logs
@@ -95,7 +120,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     ///
     /// As [`retry`](Self::retry).
     pub async fn resolve(&self, id: &SagaId, by: &str, why: &str) -> Result<Outcome, SagaError> {
-        self.operate(id, by, why, false).await
+        self.operate(id, by, why, Op::Resolve).await
     }
 
     async fn operate(
@@ -103,7 +128,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
         id: &SagaId,
         by: &str,
         why: &str,
-        retry: bool,
+        op: Op,
     ) -> Result<Outcome, SagaError> {
         if by.trim().is_empty() || why.trim().is_empty() {
             return Err(SagaError::Invalid("an operator action needs who and why"));
@@ -146,24 +171,26 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
         let Some(def) = inner.definitions.get(&*state.saga_type).cloned() else {
             return Err(SagaError::UnknownType(state.saga_type.to_string()));
         };
-        let event = if retry {
-            SagaEvent::SagaRetried {
-                by: by.to_owned(),
-                why: why.to_owned(),
+        let (by, why) = (by.to_owned(), why.to_owned());
+        let event = match op {
+            Op::Retry => SagaEvent::SagaRetried {
+                by,
+                why,
+                generation: state.generation,
+            },
+            Op::RetryNewKeys => SagaEvent::SagaRetried {
+                by,
+                why,
                 generation: state.generation + 1,
-            }
-        } else {
-            SagaEvent::SagaResolved {
-                by: by.to_owned(),
-                why: why.to_owned(),
-            }
+            },
+            Op::Resolve => SagaEvent::SagaResolved { by, why },
         };
-        tracing::info!(saga = %id, by, why, action = event.kind(), "operator action");
+        tracing::info!(saga = %id, action = event.kind(), "operator action: {}", event.describe());
         inner.stats.operated();
         let durable = state.version;
         let mut state = state;
         state.apply(&event);
-        if retry {
+        if op != Op::Resolve {
             inner
                 .index
                 .set_status(id, SagaStatus::Compensating, now)
