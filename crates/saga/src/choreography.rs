@@ -370,9 +370,10 @@ impl<S: EventStore> Choreography<S> {
         service: &StepService,
         saga: &SagaId,
         phase: Phase,
+        generation: u32,
         message: &ChoreographyMessage,
     ) -> Answer {
-        let key = IdempotencyKey::new(saga, &r.name, phase, 0);
+        let key = IdempotencyKey::new(saga, &r.name, phase, generation);
         let outputs = Arc::new(message.outputs.clone());
         let input = Arc::new(message.input.clone());
         let mut attempt = 0;
@@ -456,34 +457,36 @@ impl<S: EventStore> Choreography<S> {
         let mut next = message.clone();
         next.failed = None;
         next.reason = None;
-        let (event_type, took_effect) =
-            match self.call(r, &r.action, saga, Phase::Action, message).await {
-                Answer::Done(output) => {
-                    next.outputs.insert(r.name.to_string(), output);
-                    (r.emits.as_deref().unwrap_or_default(), true)
+        let (event_type, took_effect) = match self
+            .call(r, &r.action, saga, Phase::Action, 0, message)
+            .await
+        {
+            Answer::Done(output) => {
+                next.outputs.insert(r.name.to_string(), output);
+                (r.emits.as_deref().unwrap_or_default(), true)
+            }
+            Answer::Refused(reason) => {
+                next.failed = Some(r.name.to_string());
+                next.reason = Some(reason);
+                (r.fails_with.as_deref().unwrap_or_default(), false)
+            }
+            Answer::Unknown(error) => {
+                // It may have taken effect: undo it before reporting the failure.
+                if let Some((compensation, _)) = &r.compensation
+                    && let Answer::Unknown(e) | Answer::Refused(e) = self
+                        .call(r, compensation, saga, Phase::Compensation, 0, message)
+                        .await
+                {
+                    return Err(ApplyError::transient(format!(
+                        "{}: the compensation of an unknown outcome failed: {e}",
+                        r.name
+                    )));
                 }
-                Answer::Refused(reason) => {
-                    next.failed = Some(r.name.to_string());
-                    next.reason = Some(reason);
-                    (r.fails_with.as_deref().unwrap_or_default(), false)
-                }
-                Answer::Unknown(error) => {
-                    // It may have taken effect: undo it before reporting the failure.
-                    if let Some((compensation, _)) = &r.compensation
-                        && let Answer::Unknown(e) | Answer::Refused(e) = self
-                            .call(r, compensation, saga, Phase::Compensation, message)
-                            .await
-                    {
-                        return Err(ApplyError::transient(format!(
-                            "{}: the compensation of an unknown outcome failed: {e}",
-                            r.name
-                        )));
-                    }
-                    next.failed = Some(r.name.to_string());
-                    next.reason = Some(error);
-                    (r.fails_with.as_deref().unwrap_or_default(), false)
-                }
-            };
+                next.failed = Some(r.name.to_string());
+                next.reason = Some(error);
+                (r.fails_with.as_deref().unwrap_or_default(), false)
+            }
+        };
         let key = IdempotencyKey::new(saga, &r.name, Phase::Action, 0);
         let stored = self.append(stream, &key, event_type, &next).await?;
         if let Some(stored) = stored
@@ -494,7 +497,9 @@ impl<S: EventStore> Choreography<S> {
             tracing::warn!(saga = %saga, step = %r.name, "a redelivered action succeeded after its failure was logged: undoing it");
             if let Some((compensation, _)) = &r.compensation
                 && let Answer::Unknown(e) | Answer::Refused(e) = self
-                    .call(r, compensation, saga, Phase::Compensation, &next)
+                    // Generation 1: the inline compensation of an unknown outcome may have
+                    // spent generation 0, and its answer ("nothing to undo") is kept under it.
+                    .call(r, compensation, saga, Phase::Compensation, 1, &next)
                     .await
             {
                 return Err(ApplyError::transient(e));
@@ -514,7 +519,7 @@ impl<S: EventStore> Choreography<S> {
             return Ok(());
         };
         match self
-            .call(r, compensation, saga, Phase::Compensation, message)
+            .call(r, compensation, saga, Phase::Compensation, 0, message)
             .await
         {
             Answer::Done(_) => {}

@@ -302,6 +302,54 @@ fn reasons_deadlines_failures_and_stuck() {
     );
 }
 
+#[test]
+fn retries_are_jittered_per_saga_and_step_and_the_same_after_a_restart() {
+    let jitter = Attempts::new(
+        3,
+        Backoff::FullJitter {
+            base: Duration::from_secs(10),
+        },
+    );
+    let def = SagaDefinition::builder("t")
+        .step(step("a", true).retry(jitter))
+        .step(step("b", true).retry(jitter))
+        .build()
+        .unwrap();
+    let delay = |saga: &str, failed: &[SagaEvent]| {
+        let mut s = SagaState::started(
+            SagaId::new(saga).unwrap(),
+            &SagaEvent::SagaStarted {
+                saga_type: "t".into(),
+                input: json!({}),
+                deadline_ms: None,
+                owner: "o".into(),
+            },
+        )
+        .unwrap();
+        apply(&mut s, failed);
+        match next(&s, &def, 0) {
+            Next::Calls(c) => c[0].delay,
+            other => panic!("{other:?}"),
+        }
+    };
+    let a1 = [started("a", 1), failed("a", 1, false)];
+    let b1 = [
+        started("a", 1),
+        succeeded("a"),
+        started("b", 1),
+        failed("b", 1, false),
+    ];
+    let x = delay("x", &a1);
+    assert_eq!(x, delay("x", &a1), "the same saga, the same delay");
+    assert_ne!(x, delay("y", &a1), "another saga, another delay");
+    assert_ne!(x, delay("x", &b1), "another step, another delay");
+    assert!(x < Duration::from_secs(10));
+    assert_ne!(
+        seed(&SagaId::new("x").unwrap(), "a", Phase::Action),
+        seed(&SagaId::new("x").unwrap(), "a", Phase::Compensation)
+    );
+}
+
 /// What a call answers in the model below.
 #[derive(Clone, Copy, Debug)]
 enum Answer {

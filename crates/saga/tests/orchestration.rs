@@ -781,3 +781,58 @@ async fn the_handle_reports_counts() {
     assert_eq!(h.owner(), "test-1");
     assert_eq!(h.count("nothing"), None);
 }
+
+#[test]
+fn metrics_count_ends_by_outcome_and_start_at_zero() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ledger = Ledger::in_memory();
+            let o = Orchestrator::builder("metered")
+                .store(Arc::new(InMemoryStore::new()))
+                .index(MemoryIndex::new())
+                .saga(order_saga(&ledger, Some("payment")))
+                .build()
+                .unwrap();
+            o.run("order", id("m-1"), json!({})).await.unwrap();
+        });
+    });
+    let counters: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let key = key.key();
+            let outcome = key
+                .labels()
+                .find(|l| l.key() == "outcome")
+                .map(|l| l.value().to_owned());
+            match value {
+                DebugValue::Counter(n) => {
+                    Some((format!("{}/{}", key.name(), outcome.unwrap_or_default()), n))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(
+        counters.get("tower_patterns_saga_ended_total/compensated"),
+        Some(&1)
+    );
+    assert_eq!(
+        counters.get("tower_patterns_saga_ended_total/completed"),
+        Some(&0)
+    );
+    assert_eq!(
+        counters.get("tower_patterns_saga_ended_total/stuck"),
+        Some(&0)
+    );
+    assert_eq!(counters.get("tower_patterns_saga_resumed_total/"), Some(&0));
+}

@@ -244,11 +244,16 @@ mod tests {
         let Some(url) = tower_patterns_testkit::fresh_postgres("saga_index").await else {
             return;
         };
-        let pool = tower_patterns_eventstore::postgres::PostgresStore::connect(&url, 2)
+        let pool = tower_patterns_eventstore::postgres::PostgresStore::connect(&url, 8)
             .await
             .unwrap()
             .pool()
             .clone();
+        // Processes starting together create the table once, none failing.
+        let creators = (0..8).map(|_| super::PostgresIndex::new(pool.clone()));
+        for made in futures_util::future::join_all(creators).await {
+            made.unwrap();
+        }
         let index = super::PostgresIndex::new(pool).await.unwrap();
         super::super::conformance::check(&index).await;
     }

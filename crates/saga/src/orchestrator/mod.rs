@@ -35,22 +35,25 @@ pub struct NoStore;
 pub struct NoIndex;
 
 /// Milliseconds since the Unix epoch, read from Tokio's clock (so paused-time tests move it)
-/// from a base taken from the system clock.
+/// from a base taken from the system clock once per process, so that every orchestrator of a
+/// process reads the same time.
 #[derive(Debug)]
 pub(crate) struct Clock {
     base_ms: u64,
     base: tokio::time::Instant,
 }
 
+static BASE: std::sync::OnceLock<(u64, tokio::time::Instant)> = std::sync::OnceLock::new();
+
 impl Clock {
     fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Self {
-            base_ms,
-            base: tokio::time::Instant::now(),
-        }
+        let (base_ms, base) = *BASE.get_or_init(|| {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            (ms, tokio::time::Instant::now())
+        });
+        Self { base_ms, base }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

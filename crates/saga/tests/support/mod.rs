@@ -140,10 +140,14 @@ impl Ledger {
         self.steps(saga, Phase::Action)
     }
 
+    /// Compensations that found nothing to undo are not effects.
     fn steps(&self, saga: &str, phase: Phase) -> Vec<String> {
         let conn = self.conn();
         let mut q = conn
-            .prepare("SELECT step FROM effects WHERE saga = ?1 AND phase = ?2 ORDER BY step")
+            .prepare(
+                "SELECT step FROM effects WHERE saga = ?1 AND phase = ?2 \
+                 AND output NOT LIKE '%\"undone\":false%' ORDER BY step",
+            )
             .unwrap();
         q.query_map(params![saga, phase.as_str()], |r| r.get(0))
             .unwrap()
@@ -157,26 +161,13 @@ impl Ledger {
         let n: Option<i64> = self
             .conn()
             .query_row(
-                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM effects GROUP BY saga, step, phase)",
+                "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM effects \
+                 WHERE output NOT LIKE '%\"undone\":false%' GROUP BY saga, step, phase)",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
         n.map_or(0, |n| usize::try_from(n).unwrap())
-    }
-
-    /// Compensations that ran for an action that never took effect.
-    pub fn undone_without_effect(&self) -> usize {
-        let n: i64 = self
-            .conn()
-            .query_row(
-                "SELECT COUNT(*) FROM effects u WHERE u.phase = 'undo' AND NOT EXISTS \
-                 (SELECT 1 FROM effects d WHERE d.phase = 'do' AND d.saga = u.saga AND d.step = u.step)",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        usize::try_from(n).unwrap()
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -221,12 +212,10 @@ impl Ledger {
                     Phase::Action => {
                         json!({ "id": format!("{}-{}", req.step, req.saga), "key": req.key.as_str() })
                     }
+                    // Nothing to undo when the action never took effect; the answer is kept
+                    // under the key all the same, as an idempotent service keeps every answer.
                     Phase::Compensation => {
-                        if !ledger.took_effect(req.saga.as_str(), &req.step) {
-                            // Nothing to undo: the action never took effect.
-                            return Ok(json!({ "undone": false }));
-                        }
-                        json!({ "undone": true })
+                        json!({ "undone": ledger.took_effect(req.saga.as_str(), &req.step) })
                     }
                 };
                 Ok::<_, BoxError>(ledger.apply(&req, &output))
@@ -406,6 +395,13 @@ pub struct Tap<S> {
     pub kill_after: Option<(String, usize)>,
     seen: AtomicUsize,
     frozen: std::sync::atomic::AtomicBool,
+    /// Appends to fail (a backend error, nothing stored) before the next one goes through.
+    pub fail_appends: AtomicUsize,
+    /// While set, appends wait (for `release`).
+    pub hold: std::sync::atomic::AtomicBool,
+    pub release: tokio::sync::Notify,
+    /// Appends that went through.
+    pub appended: AtomicUsize,
 }
 
 impl<S> Tap<S> {
@@ -419,6 +415,10 @@ impl<S> Tap<S> {
             kill_after,
             seen: AtomicUsize::new(0),
             frozen: std::sync::atomic::AtomicBool::new(false),
+            fail_appends: AtomicUsize::new(0),
+            hold: std::sync::atomic::AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
+            appended: AtomicUsize::new(0),
         }
     }
 }
@@ -444,8 +444,25 @@ mod tap {
             if self.frozen.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
+            while self.hold.load(Ordering::SeqCst) {
+                let released = self.release.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if !self.hold.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+            if self
+                .fail_appends
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Error::Backend("injected: the log is down".into()));
+            }
             let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
             let done = self.inner.append(stream, expected, events).await?;
+            self.appended.fetch_add(1, Ordering::SeqCst);
             if let Some((kill, nth)) = &self.kill_after
                 && types.iter().any(|t| t == kill)
                 && self.seen.fetch_add(1, Ordering::SeqCst) + 1 >= *nth
@@ -524,4 +541,121 @@ mod tap {
             self.inner.wait_for_events(after)
         }
     }
+}
+
+/// An index that can fail its renewals and lose the updates that end a saga (a crash between
+/// the log's end and the index's).
+#[derive(Clone, Default)]
+pub struct FlakyIndex {
+    pub inner: tower_patterns_saga::index::MemoryIndex,
+    pub fail_renew: Arc<std::sync::atomic::AtomicBool>,
+    pub drop_ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+mod flaky {
+    use std::sync::atomic::Ordering;
+
+    use tower_patterns_core::BoxError;
+    use tower_patterns_saga::{
+        SagaId, SagaStatus,
+        index::{Claim, IndexEntry, SagaIndex},
+    };
+
+    use super::FlakyIndex;
+
+    impl SagaIndex for FlakyIndex {
+        fn register(
+            &self,
+            id: &SagaId,
+            saga_type: &str,
+            owner: &str,
+            now: u64,
+            lease_until: u64,
+        ) -> impl Future<Output = Result<bool, BoxError>> + Send {
+            self.inner.register(id, saga_type, owner, now, lease_until)
+        }
+
+        fn claim(
+            &self,
+            owner: &str,
+            now: u64,
+            lease_until: u64,
+            max: usize,
+            reclaim_own: bool,
+        ) -> impl Future<Output = Result<Vec<Claim>, BoxError>> + Send {
+            self.inner.claim(owner, now, lease_until, max, reclaim_own)
+        }
+
+        fn claim_one(
+            &self,
+            id: &SagaId,
+            owner: &str,
+            now: u64,
+            lease_until: u64,
+        ) -> impl Future<Output = Result<Option<Claim>, BoxError>> + Send {
+            self.inner.claim_one(id, owner, now, lease_until)
+        }
+
+        async fn renew(
+            &self,
+            owner: &str,
+            ids: &[SagaId],
+            now: u64,
+            lease_until: u64,
+        ) -> Result<Vec<SagaId>, BoxError> {
+            if self.fail_renew.load(Ordering::SeqCst) {
+                return Err("injected: the index is down".into());
+            }
+            self.inner.renew(owner, ids, now, lease_until).await
+        }
+
+        async fn set_status(
+            &self,
+            id: &SagaId,
+            status: SagaStatus,
+            now: u64,
+        ) -> Result<(), BoxError> {
+            if status.is_terminal() && self.drop_ended.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.inner.set_status(id, status, now).await
+        }
+
+        fn remove(&self, id: &SagaId) -> impl Future<Output = Result<(), BoxError>> + Send {
+            self.inner.remove(id)
+        }
+
+        fn release(
+            &self,
+            id: &SagaId,
+            owner: &str,
+        ) -> impl Future<Output = Result<(), BoxError>> + Send {
+            self.inner.release(id, owner)
+        }
+
+        fn list(
+            &self,
+            status: &str,
+            max: usize,
+        ) -> impl Future<Output = Result<Vec<IndexEntry>, BoxError>> + Send {
+            self.inner.list(status, max)
+        }
+    }
+}
+
+/// A step whose action waits until the test opens its gate, then succeeds.
+pub fn gated(name: &str, gate: Arc<tokio::sync::Semaphore>) -> Step {
+    Step::new(
+        name.to_owned(),
+        tower::service_fn(move |_req: StepRequest| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                Ok::<_, BoxError>(json!("done"))
+            }
+        }),
+    )
+    .compensate_with(tower::service_fn(|_req: StepRequest| async {
+        Ok::<_, BoxError>(json!(null))
+    }))
 }

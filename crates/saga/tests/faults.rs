@@ -1,0 +1,267 @@
+//! The orchestrator when things around it fail: the index misses a saga's end, another
+//! writer wins the log, renewals fail, two starts race, the log is down at the start or in the
+//! middle, a start is slower than its lease. In memory, with paused time.
+
+mod support;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use serde_json::json;
+use support::{Act, FlakyIndex, Ledger, SECOND, Tap, gated};
+use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, InMemoryStore};
+use tower_patterns_saga::{
+    Orchestrator, SagaDefinition, SagaError, SagaEvent, SagaId, SagaStatus,
+    index::{MemoryIndex, SagaIndex},
+};
+
+fn id(s: &str) -> SagaId {
+    SagaId::new(s).unwrap()
+}
+
+fn build<S: EventStore, I: SagaIndex>(
+    store: &Arc<S>,
+    index: I,
+    def: &SagaDefinition,
+    owner: &str,
+) -> Orchestrator<S, I> {
+    Orchestrator::builder("faults")
+        .store(store.clone())
+        .index(index)
+        .saga(def.clone())
+        .owner(owner)
+        .lease(3 * SECOND)
+        .build()
+        .unwrap()
+}
+
+/// Yields until `id`'s log holds an event `pred` accepts.
+async fn until_logged<S: EventStore, I: SagaIndex>(
+    o: &Orchestrator<S, I>,
+    id: &SagaId,
+    pred: impl Fn(&SagaEvent) -> bool,
+) {
+    for _ in 0..10_000 {
+        if o.history(id)
+            .await
+            .map(|h| h.iter().any(|e| pred(&e.event)))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{id}: never logged");
+}
+
+fn step_started(name: &'static str) -> impl Fn(&SagaEvent) -> bool {
+    move |e| matches!(e, SagaEvent::StepStarted { step, .. } if step == name)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_after_completion_changes_nothing_even_when_the_index_missed_the_end() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Ok, Act::Ok))
+        .deadline(10 * SECOND)
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let index = FlakyIndex::default();
+    index.drop_ended.store(true, Ordering::SeqCst);
+    let a = build(&store, index.clone(), &def, "a");
+    assert!(
+        a.run("trip", id("d"), json!({}))
+            .await
+            .unwrap()
+            .is_completed()
+    );
+    let before = a.history(&id("d")).await.unwrap();
+    // The index still says open: the saga is claimed again after its lease, its deadline
+    // long past.
+    tokio::time::advance(60 * SECOND).await;
+    index.drop_ended.store(false, Ordering::SeqCst);
+    let b = build(&store, index.clone(), &def, "b");
+    assert_eq!(b.recover().await.unwrap(), 1);
+    assert_eq!(
+        b.outcome(&id("d")).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    assert_eq!(
+        b.history(&id("d")).await.unwrap(),
+        before,
+        "nothing logged after the end"
+    );
+    assert!(ledger.undone("d").is_empty());
+    assert_eq!(
+        index.list("completed", 10).await.unwrap().len(),
+        1,
+        "the index settled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_that_loses_the_log_to_another_writer_gives_its_lease_back() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let def = SagaDefinition::builder("trip")
+        .step(gated("flight", gate.clone()))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let index = MemoryIndex::new();
+    let a = build(&store, index.clone(), &def, "a");
+    a.start("trip", id("race"), json!({}), None).await.unwrap();
+    until_logged(&a, &id("race"), step_started("flight")).await;
+    // Another writer appends to the saga's log behind the driver's back.
+    let foreign = EventData::json(
+        "SagaResumed",
+        &json!({ "type": "SagaResumed", "owner": "x" }),
+    )
+    .unwrap();
+    store
+        .append(&id("race").stream(), ExpectedVersion::Any, vec![foreign])
+        .await
+        .unwrap();
+    gate.add_permits(2);
+    while a.handle().count("running") != Some(0) {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(a.handle().count("lease_lost"), Some(1));
+    // Its lease was given back: another takes the saga at once, not a lease later.
+    let b = build(&store, index, &def, "b");
+    assert_eq!(b.recover().await.unwrap(), 1);
+    assert!(b.outcome(&id("race")).await.unwrap().is_completed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_failing_for_two_thirds_of_a_lease_stop_the_driver_and_its_calls() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let def = SagaDefinition::builder("trip")
+        .step(gated("flight", gate.clone()))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let index = FlakyIndex::default();
+    let a = build(&store, index.clone(), &def, "a");
+    a.start("trip", id("cut"), json!({}), None).await.unwrap();
+    until_logged(&a, &id("cut"), step_started("flight")).await;
+    index.fail_renew.store(true, Ordering::SeqCst);
+    // Renewals every second fail; at two seconds (two thirds of the lease) the driver stops.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(a.handle().count("running"), Some(1), "not yet");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(a.handle().count("running"), Some(0));
+    assert_eq!(a.handle().count("lease_lost"), Some(1));
+    // The call in flight was dropped: opening the gate now completes nothing.
+    gate.add_permits(1);
+    tokio::task::yield_now().await;
+    let state = a.state(&id("cut")).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Running);
+    assert!(!state.outputs.contains_key("flight"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_starts_of_one_id_at_once_run_it_once() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let o = build(&store, MemoryIndex::new(), &def, "a");
+    let (x, y) = tokio::join!(
+        o.start("trip", id("twice"), json!({}), None),
+        o.start("trip", id("twice"), json!({}), None)
+    );
+    x.unwrap();
+    y.unwrap();
+    assert!(o.outcome(&id("twice")).await.unwrap().is_completed());
+    assert_eq!(o.handle().count("started"), Some(1));
+    assert_eq!(o.handle().count("lease_lost"), Some(0));
+    assert_eq!(ledger.most_per_step(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_whose_log_is_down_answers_that_the_log_is_unavailable() {
+    let def = SagaDefinition::builder("trip")
+        .step(Ledger::in_memory().step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
+    store.fail_appends.store(100, Ordering::SeqCst);
+    let o = build(&store, MemoryIndex::new(), &def, "a");
+    let err = o
+        .start("trip", id("down"), json!({}), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SagaError::Log(_)), "{err:?}");
+    let err: tower_patterns_core::BoxError = err.into();
+    let res: http::Response<String> = tower_patterns_core::http::error_response(&*err);
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outcome_awaited_here_takes_its_saga_back_after_its_driver_failed() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let def = SagaDefinition::builder("trip")
+        .step(gated("flight", gate.clone()))
+        .build()
+        .unwrap();
+    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
+    let o = build(&store, MemoryIndex::new(), &def, "a");
+    o.start("trip", id("again"), json!({}), None).await.unwrap();
+    until_logged(&o, &id("again"), step_started("flight")).await;
+    let waiting = tokio::spawn({
+        let o = o.clone();
+        async move { o.outcome(&id("again")).await }
+    });
+    tokio::task::yield_now().await;
+    // The log refuses the step's outcome four times: the driver gives up.
+    store.fail_appends.store(4, Ordering::SeqCst);
+    gate.add_permits(2);
+    let out = tokio::time::timeout(60 * SECOND, waiting)
+        .await
+        .expect("the outcome came")
+        .unwrap()
+        .unwrap();
+    assert!(out.is_completed());
+    assert_eq!(o.handle().count("errors"), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_slower_than_its_lease_registers_again() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
+    let index = MemoryIndex::new();
+    let a = build(&store, index.clone(), &def, "a");
+    store.hold.store(true, Ordering::SeqCst);
+    let starting = tokio::spawn({
+        let a = a.clone();
+        async move { a.start("trip", id("slow"), json!({}), None).await }
+    });
+    tokio::task::yield_now().await;
+    tokio::time::advance(4 * SECOND).await;
+    // Another orchestrator finds the entry without a log, its lease expired, and removes it.
+    let b = build(&store, index.clone(), &def, "b");
+    b.recover().await.unwrap();
+    assert!(index.list("open", 10).await.unwrap().is_empty());
+    // The slow start then lands: it registers again, and the saga ends.
+    store.hold.store(false, Ordering::SeqCst);
+    store.release.notify_waiters();
+    starting.await.unwrap().unwrap();
+    // Its driver may have stopped meanwhile (its lease was gone when it renewed); the entry
+    // is back, so a worker takes the saga over.
+    let _worker = b.spawn_worker();
+    let out = tokio::time::timeout(60 * SECOND, a.outcome(&id("slow")))
+        .await
+        .expect("an outcome")
+        .unwrap();
+    assert!(out.is_completed());
+    assert_eq!(index.list("completed", 10).await.unwrap().len(), 1);
+}
