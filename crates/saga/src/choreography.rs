@@ -28,6 +28,52 @@
 //! (retries ran out without a definite answer) compensates itself before it reports the
 //! failure.
 //!
+//! The trip booking, choreographed: the hotel refuses, so the flight is cancelled. Each
+//! event of the log is handed to the choreography here by hand; in production a projection
+//! runner or a JetStream consumer does it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde_json::{json, Value};
+//! use tower::service_fn;
+//! use tower_patterns_core::BoxError;
+//! use tower_patterns_eventstore::{Direction, EventStore, GlobalPosition, InMemoryStore};
+//! use tower_patterns_saga::{SagaId, StepError, StepRequest, choreography::{Choreography, Reaction}};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ok = || service_fn(|r: StepRequest| async move { Ok::<_, BoxError>(json!({ "key": r.key.as_str() })) });
+//! let full = service_fn(|_: StepRequest| async { Err::<Value, BoxError>(StepError::refused("no rooms").into()) });
+//!
+//! let store = Arc::new(InMemoryStore::new());
+//! let trip = Choreography::builder("trip")
+//!     .store(store.clone())
+//!     .reaction(
+//!         Reaction::new("flight", "TripRequested", ok())
+//!             .emits("FlightBooked")
+//!             .fails_with("FlightFailed")
+//!             .compensate_on(["HotelFailed"], ok(), "FlightCancelled"),
+//!     )
+//!     .reaction(Reaction::new("hotel", "FlightBooked", full).emits("HotelBooked").fails_with("HotelFailed"))
+//!     .build()?;
+//!
+//! let id = SagaId::new("42").unwrap();
+//! trip.begin(&id, "TripRequested", json!({ "who": "ada" })).await?;
+//! let mut after = GlobalPosition::START;
+//! loop {
+//!     let page = store.read_all(after, 100).await?;
+//!     let Some(last) = page.last() else { break };
+//!     after = last.position;
+//!     for event in &page {
+//!         trip.handle(event).await?;
+//!     }
+//! }
+//! let log = store.read_stream(&trip.stream(&id), 1, Direction::Forward, 10).await?;
+//! let types: Vec<_> = log.iter().map(|e| e.event_type.as_str()).collect();
+//! assert_eq!(types, ["TripRequested", "FlightBooked", "HotelFailed", "FlightCancelled"]);
+//! # Ok(()) }
+//! ```
+//!
 //! Choose choreography for a few steps owned by teams that should not share a coordinator;
 //! choose orchestration (the [`Orchestrator`](crate::Orchestrator)) when the flow has more
 //! than three or four steps, parallel branches, deadlines, or needs an operator's view:

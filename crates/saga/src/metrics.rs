@@ -1,4 +1,12 @@
-//! Metric names.
+//! Metric names: what an orchestrator publishes through the `metrics` facade, registered at
+//! zero when it is built.
+//!
+//! ```
+//! use tower_patterns_saga::metrics;
+//!
+//! assert_eq!(metrics::ENDED, "tower_patterns_saga_ended_total");
+//! assert_eq!(metrics::RESUMED, "tower_patterns_saga_resumed_total");
+//! ```
 
 use crate::SagaStatus;
 

@@ -14,6 +14,25 @@
 //!
 //! Times are Unix milliseconds from the orchestrator's clock: the processes sharing an index
 //! must agree on the time to well within a lease (NTP does).
+//!
+//! The orchestrator is the index's only caller; what it asks, by hand:
+//!
+//! ```
+//! use tower_patterns_saga::{SagaId, index::{MemoryIndex, SagaIndex}};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_patterns_core::BoxError> {
+//! let index = MemoryIndex::new();
+//! let trip = SagaId::new("trip-42").unwrap();
+//! // Started by process "a" at t = 1,000 ms, leased until 31,000.
+//! assert!(index.register(&trip, "trip", "a", 1_000, 31_000).await?);
+//! // "b" finds nothing to take while the lease holds...
+//! assert!(index.claim("b", 20_000, 50_000, 10, false).await?.is_empty());
+//! // ...and takes the saga once "a" stopped renewing and the lease expired.
+//! let taken = index.claim("b", 31_000, 61_000, 10, false).await?;
+//! assert_eq!(taken[0].previous_owner.as_deref(), Some("a"));
+//! # Ok(()) }
+//! ```
 
 use std::future::Future;
 
