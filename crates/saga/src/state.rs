@@ -279,3 +279,66 @@ impl Outcome {
         self.status == SagaStatus::Completed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_name_themselves_and_say_when_they_end() {
+        let all = [
+            (SagaStatus::Running, "running", false),
+            (SagaStatus::Compensating, "compensating", false),
+            (SagaStatus::Completed, "completed", true),
+            (SagaStatus::Compensated, "compensated", true),
+            (SagaStatus::Failed, "failed", true),
+            (SagaStatus::Stuck, "stuck", false),
+            (SagaStatus::Resolved, "resolved", true),
+        ];
+        for (status, name, ended) in all {
+            assert_eq!(status.to_string(), name);
+            assert_eq!(status.is_terminal(), ended, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_fold_counts_versions_and_the_outcome_says_completed_only_when_it_is() {
+        let id = SagaId::new("s").unwrap();
+        let log = [
+            SagaEvent::SagaStarted {
+                saga_type: "t".into(),
+                input: serde_json::json!({}),
+                deadline_ms: None,
+                owner: "o".into(),
+            },
+            SagaEvent::StepStarted {
+                step: "a".into(),
+                attempt: 1,
+            },
+            SagaEvent::StepFailed {
+                step: "a".into(),
+                attempt: 1,
+                error: "no".into(),
+                refused: true,
+            },
+            SagaEvent::CompensationStarted {
+                reason: "no".into(),
+                step: Some("a".into()),
+            },
+            SagaEvent::SagaFailed {
+                reason: "no".into(),
+            },
+        ];
+        let state = SagaState::replay(id.clone(), log.iter()).unwrap();
+        assert_eq!(state.version, 5);
+        let outcome = state.outcome();
+        assert_eq!(outcome.status, SagaStatus::Failed);
+        assert!(!outcome.is_completed());
+        assert_eq!(outcome.failed_step.as_deref(), Some("a"));
+        assert!(
+            SagaState::replay(id.clone(), log[1..].iter()).is_none(),
+            "a log must begin with its start"
+        );
+        assert!(SagaState::replay(id, std::iter::empty()).is_none());
+    }
+}
