@@ -265,3 +265,72 @@ async fn a_start_slower_than_its_lease_registers_again() {
     assert!(out.is_completed());
     assert_eq!(index.list("completed", 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_log_that_cannot_be_read_is_stuck_and_a_log_that_is_down_waits() {
+    let def = SagaDefinition::builder("trip")
+        .step(Ledger::in_memory().step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
+    let index = MemoryIndex::new();
+    // Two sagas left open by a process that died; one log holds an event no saga wrote.
+    for (saga, payload) in [
+        ("bad", json!({ "not": "a saga event" })),
+        (
+            "good",
+            json!({ "type": "SagaStarted", "saga_type": "trip", "input": {}, "deadline_ms": null, "owner": "x" }),
+        ),
+    ] {
+        assert!(index.register(&id(saga), "trip", "x", 0, 1).await.unwrap());
+        let event = EventData::json("SagaStarted", &payload).unwrap();
+        store
+            .append(&id(saga).stream(), ExpectedVersion::NoStream, vec![event])
+            .await
+            .unwrap();
+    }
+    let o = build(&store, index.clone(), &def, "a");
+    // The log is down for the first read: that saga is given back, not marked stuck, and
+    // recover's second round (expired leases) takes it again.
+    store.fail_reads.store(1, Ordering::SeqCst);
+    assert_eq!(o.recover().await.unwrap(), 3);
+    let stuck = o.stuck(10).await.unwrap();
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert_eq!(
+        (stuck[0].id.as_str(), stuck[0].error.as_str()),
+        ("bad", "the saga log cannot be read")
+    );
+    assert!(o.outcome(&id("good")).await.unwrap().is_completed());
+    assert!(o.handle().count("errors").unwrap() >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_finds_its_log_written_already_is_busy() {
+    let def = SagaDefinition::builder("trip")
+        .step(Ledger::in_memory().step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    // Someone else wrote the stream; the index has no entry.
+    let event = EventData::json(
+        "SagaResumed",
+        &json!({ "type": "SagaResumed", "owner": "x" }),
+    )
+    .unwrap();
+    store
+        .append(
+            &id("taken").stream(),
+            ExpectedVersion::NoStream,
+            vec![event],
+        )
+        .await
+        .unwrap();
+    let o = build(&store, MemoryIndex::new(), &def, "a");
+    let err = o
+        .start("trip", id("taken"), json!({}), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SagaError::LeaseLost(_)), "{err:?}");
+    assert_eq!(o.handle().count("lease_lost"), Some(1));
+    assert_eq!(o.handle().count("errors"), Some(0));
+}

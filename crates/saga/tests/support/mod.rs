@@ -402,6 +402,8 @@ pub struct Tap<S> {
     pub release: tokio::sync::Notify,
     /// Appends that went through.
     pub appended: AtomicUsize,
+    /// Stream reads to fail (a backend error) before the next one goes through.
+    pub fail_reads: AtomicUsize,
 }
 
 impl<S> Tap<S> {
@@ -419,6 +421,7 @@ impl<S> Tap<S> {
             hold: std::sync::atomic::AtomicBool::new(false),
             release: tokio::sync::Notify::new(),
             appended: AtomicUsize::new(0),
+            fail_reads: AtomicUsize::new(0),
         }
     }
 }
@@ -478,14 +481,22 @@ mod tap {
             Ok(done)
         }
 
-        fn read_stream(
+        async fn read_stream(
             &self,
             stream: &str,
             from: u64,
             direction: Direction,
             max: usize,
-        ) -> impl Future<Output = Result<Vec<RecordedEvent>, Error>> + Send {
-            self.inner.read_stream(stream, from, direction, max)
+        ) -> Result<Vec<RecordedEvent>, Error> {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail_reads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Error::Backend("injected: the log is down".into()));
+            }
+            self.inner.read_stream(stream, from, direction, max).await
         }
 
         fn read_all(
