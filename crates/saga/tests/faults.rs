@@ -218,8 +218,10 @@ async fn an_outcome_awaited_here_takes_its_saga_back_after_its_driver_failed() {
         async move { o.outcome(&id("again")).await }
     });
     tokio::task::yield_now().await;
-    // The log refuses the step's outcome four times: the driver gives up.
+    // The log refuses the step's outcome four times (tried again after 100, 200 and 400 ms):
+    // the driver gives up.
     store.fail_appends.store(4, Ordering::SeqCst);
+    let t0 = tokio::time::Instant::now();
     gate.add_permits(2);
     let out = tokio::time::timeout(60 * SECOND, waiting)
         .await
@@ -228,6 +230,11 @@ async fn an_outcome_awaited_here_takes_its_saga_back_after_its_driver_failed() {
         .unwrap();
     assert!(out.is_completed());
     assert_eq!(o.handle().count("errors"), Some(1));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]

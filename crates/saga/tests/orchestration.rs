@@ -642,6 +642,15 @@ async fn a_deadline_mid_saga_compensates_what_took_effect() {
     assert_eq!(out.reason.as_deref(), Some("deadline passed"));
     assert_eq!(out.failed_step, None);
     assert_eq!(ledger.undone("d-2"), ["flight"]);
+    // The hotel's call, unanswered at the deadline, is logged as an unknown outcome.
+    let log = o.history(&id("d-2")).await.unwrap();
+    assert!(log.iter().any(|e| e.event
+        == SagaEvent::StepFailed {
+            step: "hotel".into(),
+            attempt: 1,
+            error: "deadline passed".into(),
+            refused: false
+        }));
 }
 
 /// The deadline is in the log: an orchestrator that died with the saga in flight is replaced

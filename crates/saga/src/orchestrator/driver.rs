@@ -518,23 +518,20 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
             }
         }
         drop(running);
-        let answered = outcomes.len();
         for (call, result) in outcomes {
             let event = outcome_event(&self.def, call, result);
             self.record(event);
         }
-        if answered < calls.len() {
-            // The deadline passed with calls unanswered: their outcome is unknown.
-            for c in &calls {
-                let step = &self.def.stages[c.stage][c.index].name;
-                if matches!(self.state.phase(step), crate::StepPhase::Running { .. }) {
-                    self.record(SagaEvent::StepFailed {
-                        step: step.to_string(),
-                        attempt: c.attempt,
-                        error: DEADLINE_PASSED.to_owned(),
-                        refused: false,
-                    });
-                }
+        // A call still running had no answer when the deadline passed: its outcome is unknown.
+        for c in &calls {
+            let step = &self.def.stages[c.stage][c.index].name;
+            if matches!(self.state.phase(step), crate::StepPhase::Running { .. }) {
+                self.record(SagaEvent::StepFailed {
+                    step: step.to_string(),
+                    attempt: c.attempt,
+                    error: DEADLINE_PASSED.to_owned(),
+                    refused: false,
+                });
             }
         }
         Ok(())
