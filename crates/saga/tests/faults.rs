@@ -341,3 +341,222 @@ async fn a_start_that_finds_its_log_written_already_is_busy() {
     assert_eq!(o.handle().count("lease_lost"), Some(1));
     assert_eq!(o.handle().count("errors"), Some(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_its_backoff_unless_the_deadline_comes_first() {
+    use tower_patterns_saga::{Attempts, Backoff};
+    let ledger = Ledger::in_memory();
+    let backoff = |ms| Attempts::new(3, Backoff::Constant(Duration::from_millis(ms)));
+    // Backoff well inside the deadline: retried after 200 ms, completed.
+    let def = SagaDefinition::builder("trip")
+        .step(
+            ledger
+                .step("flight", Act::FailFirst(1), Act::Ok)
+                .retry(backoff(200)),
+        )
+        .deadline(60 * SECOND)
+        .build()
+        .unwrap();
+    let o = build(
+        &Arc::new(InMemoryStore::new()),
+        MemoryIndex::new(),
+        &def,
+        "a",
+    );
+    let t0 = tokio::time::Instant::now();
+    assert!(
+        o.run("trip", id("soon"), json!({}))
+            .await
+            .unwrap()
+            .is_completed()
+    );
+    assert_eq!(t0.elapsed(), Duration::from_millis(200));
+    // The deadline before the backoff's end: compensated at the deadline, not after the backoff.
+    let def = SagaDefinition::builder("trip")
+        .step(
+            ledger
+                .step("hotel", Act::FailFirst(1), Act::Ok)
+                .retry(backoff(10_000)),
+        )
+        .deadline(SECOND)
+        .build()
+        .unwrap();
+    let o = build(
+        &Arc::new(InMemoryStore::new()),
+        MemoryIndex::new(),
+        &def,
+        "a",
+    );
+    let t0 = tokio::time::Instant::now();
+    let out = o.run("trip", id("late"), json!({})).await.unwrap();
+    assert_eq!(
+        (out.status, out.reason.as_deref()),
+        (SagaStatus::Compensated, Some("deadline passed"))
+    );
+    assert_eq!(t0.elapsed(), SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_whose_lease_was_taken_stops_at_the_next_renewal() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let def = SagaDefinition::builder("trip")
+        .step(gated("flight", gate.clone()))
+        .build()
+        .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let index = MemoryIndex::new();
+    let a = build(&store, index.clone(), &def, "a");
+    let b = build(&store, index.clone(), &def, "b");
+    a.start("trip", id("moved"), json!({}), None).await.unwrap();
+    until_logged(&a, &id("moved"), step_started("flight")).await;
+    // The lease moves to b (as after a's lease expired while a was cut off).
+    index.release(&id("moved"), "a").await.unwrap();
+    assert_eq!(b.recover().await.unwrap(), 1);
+    assert_eq!(a.handle().count("running"), Some(1));
+    // a's next renewal (every second) finds the saga b's: a stops, its call dropped; b goes on.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(a.handle().count("running"), Some(0));
+    assert_eq!(a.handle().count("lease_lost"), Some(1));
+    assert_eq!(
+        b.handle().count("running"),
+        Some(1),
+        "b keeps its own lease"
+    );
+    gate.add_permits(1);
+    assert!(b.outcome(&id("moved")).await.unwrap().is_completed());
+    assert_eq!(b.handle().count("lease_lost"), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_keeps_the_keys_and_retry_with_new_keys_moves_to_the_next_generation() {
+    use tower_patterns_saga::{Attempts, Backoff};
+    let ledger = Ledger::in_memory();
+    let once = Attempts::new(1, Backoff::Constant(Duration::ZERO));
+    let def = SagaDefinition::builder("trip")
+        .step(
+            ledger
+                .step("flight", Act::Ok, Act::FailFirst(2))
+                .compensation_retry(once),
+        )
+        .step(ledger.step("hotel", Act::Refuse, Act::Ok))
+        .build()
+        .unwrap();
+    let o = build(
+        &Arc::new(InMemoryStore::new()),
+        MemoryIndex::new(),
+        &def,
+        "a",
+    );
+    assert_eq!(
+        o.run("trip", id("k"), json!({})).await.unwrap().status,
+        SagaStatus::Stuck
+    );
+    assert_eq!(
+        o.retry(&id("k"), "ada", "again").await.unwrap().status,
+        SagaStatus::Stuck
+    );
+    let out = o
+        .retry_with_new_keys(&id("k"), "ada", "the service cached its failure")
+        .await
+        .unwrap();
+    assert_eq!(out.status, SagaStatus::Compensated);
+    assert_eq!(
+        ledger.keys("k", "flight"),
+        ["k/flight/do/0", "k/flight/undo/1"]
+    );
+    let generations: Vec<u32> = o
+        .history(&id("k"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            SagaEvent::SagaRetried { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(generations, [0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_saga_being_retried_is_open_in_the_index_so_a_crash_mid_retry_recovers_it() {
+    use std::sync::atomic::AtomicBool;
+    use tower_patterns_saga::{Attempts, Backoff, Step, StepRequest};
+    let failing = Arc::new(AtomicBool::new(true));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let undo = {
+        let (failing, gate) = (failing.clone(), gate.clone());
+        tower::service_fn(move |_r: StepRequest| {
+            let (failing, gate) = (failing.clone(), gate.clone());
+            async move {
+                if failing.load(Ordering::SeqCst) {
+                    return Err::<serde_json::Value, tower_patterns_core::BoxError>("down".into());
+                }
+                gate.acquire().await.unwrap().forget();
+                Ok(json!(null))
+            }
+        })
+    };
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(
+            Step::new("flight", ledger.service(Act::Ok))
+                .compensate_with(undo)
+                .compensation_retry(Attempts::new(1, Backoff::Constant(Duration::ZERO))),
+        )
+        .step(ledger.step("hotel", Act::Refuse, Act::Ok))
+        .build()
+        .unwrap();
+    let index = MemoryIndex::new();
+    let o = build(&Arc::new(InMemoryStore::new()), index.clone(), &def, "a");
+    assert_eq!(
+        o.run("trip", id("r"), json!({})).await.unwrap().status,
+        SagaStatus::Stuck
+    );
+    assert_eq!(index.list("stuck", 10).await.unwrap().len(), 1);
+    failing.store(false, Ordering::SeqCst);
+    let retrying = tokio::spawn({
+        let o = o.clone();
+        async move { o.retry(&id("r"), "ada", "the airline is back").await }
+    });
+    until_logged(&o, &id("r"), |e| {
+        matches!(e, SagaEvent::StepCompensationStarted { attempt: 1, .. }) && true
+    })
+    .await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let open = index.list("open", 10).await.unwrap();
+    assert_eq!(
+        open.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["r"],
+        "open while retried"
+    );
+    gate.add_permits(1);
+    assert_eq!(
+        retrying.await.unwrap().unwrap().status,
+        SagaStatus::Compensated
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_of_an_id_a_dead_process_registered_without_a_log_begins_it() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let index = MemoryIndex::new();
+    // Registered by "x", which died before logging the start; its lease long expired.
+    assert!(
+        index
+            .register(&id("orphan"), "trip", "x", 0, 1)
+            .await
+            .unwrap()
+    );
+    let o = build(&Arc::new(InMemoryStore::new()), index, &def, "a");
+    o.start("trip", id("orphan"), json!({}), None)
+        .await
+        .unwrap();
+    assert!(o.outcome(&id("orphan")).await.unwrap().is_completed());
+    assert_eq!(ledger.done("orphan"), ["flight"]);
+}

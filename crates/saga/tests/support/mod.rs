@@ -117,6 +117,18 @@ impl Ledger {
         self.count(saga, step, Phase::Action) > 0
     }
 
+    /// Every key a call of (saga, step) was answered under, sorted.
+    pub fn keys(&self, saga: &str, step: &str) -> Vec<String> {
+        let conn = self.conn();
+        let mut q = conn
+            .prepare("SELECT key FROM effects WHERE saga = ?1 AND step = ?2 ORDER BY key")
+            .unwrap();
+        q.query_map(params![saga, step], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// Effects applied for (saga, step, phase), over every key.
     pub fn count(&self, saga: &str, step: &str, phase: Phase) -> usize {
         let n: i64 = self
