@@ -519,7 +519,7 @@ async fn a_saga_being_retried_is_open_in_the_index_so_a_crash_mid_retry_recovers
         async move { o.retry(&id("r"), "ada", "the airline is back").await }
     });
     until_logged(&o, &id("r"), |e| {
-        matches!(e, SagaEvent::StepCompensationStarted { attempt: 1, .. }) && true
+        matches!(e, SagaEvent::StepCompensationStarted { attempt: 1, .. })
     })
     .await;
     for _ in 0..100 {
