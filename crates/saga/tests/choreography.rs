@@ -280,6 +280,17 @@ async fn bad_events_and_settings_are_refused() {
     let r = || Reaction::new("a", "X", ledger.service(Act::Ok));
     assert_eq!(field(base().reaction(r())), "reactions");
     assert_eq!(
+        field(base().reaction(r().emits("Y"))),
+        "reactions",
+        "fails_with missing"
+    );
+    assert_eq!(
+        field(base().reaction(r().fails_with("Z"))),
+        "reactions",
+        "emits missing"
+    );
+    assert_eq!(c.name(), "trip");
+    assert_eq!(
         field(
             base()
                 .reaction(r().emits("Y").fails_with("Z"))
