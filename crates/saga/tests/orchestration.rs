@@ -845,3 +845,56 @@ fn metrics_count_ends_by_outcome_and_start_at_zero() {
     );
     assert_eq!(counters.get("tower_patterns_saga_resumed_total/"), Some(&0));
 }
+
+#[test]
+fn the_builder_checks_its_settings() {
+    let ledger = Ledger::in_memory();
+    let store = Arc::new(InMemoryStore::new());
+    let base = || {
+        Orchestrator::builder("o")
+            .store(store.clone())
+            .index(MemoryIndex::new())
+    };
+    let field = |r: Result<Orch, tower_patterns_core::ConfigError>| r.unwrap_err().field();
+    assert_eq!(field(base().build()), "sagas");
+    let trip = trip(&ledger, &[]);
+    assert_eq!(
+        field(base().saga(trip.clone()).saga(trip.clone()).build()),
+        "sagas"
+    );
+    assert_eq!(
+        field(
+            base()
+                .saga(trip.clone())
+                .lease(Duration::from_millis(99))
+                .build()
+        ),
+        "lease"
+    );
+    assert!(
+        base()
+            .saga(trip.clone())
+            .lease(Duration::from_millis(100))
+            .build()
+            .is_ok()
+    );
+    assert_eq!(
+        field(base().saga(trip.clone()).poll(Duration::ZERO).build()),
+        "poll"
+    );
+    assert_eq!(
+        field(base().saga(trip.clone()).max_running(0).build()),
+        "max_running"
+    );
+    let o = base().saga(trip.clone()).owner("host-1").build().unwrap();
+    assert_eq!((o.name(), o.owner()), ("o", "host-1"));
+    let default_owner = base().saga(trip).build().unwrap();
+    assert!(
+        default_owner
+            .owner()
+            .starts_with(&format!("o-{}-", std::process::id())),
+        "{}",
+        default_owner.owner()
+    );
+    assert!(format!("{o:?}").contains("host-1"));
+}
