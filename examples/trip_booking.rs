@@ -236,7 +236,7 @@ pub(crate) async fn run(args: Vec<String>, out: &mut (impl Write + Send)) -> Exi
     let (dir, remove) = match &options.data {
         Some(d) => (d.clone(), false),
         None => (
-            std::env::temp_dir().join(format!("trip-booking-{}-{}", std::process::id(), uuid())),
+            std::env::temp_dir().join(format!("trip-booking-{}-{}", std::process::id(), nonce())),
             true,
         ),
     };
@@ -253,7 +253,7 @@ pub(crate) async fn run(args: Vec<String>, out: &mut (impl Write + Send)) -> Exi
     }
 }
 
-fn uuid() -> u128 {
+fn nonce() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
@@ -317,7 +317,8 @@ async fn book(
     }
     let mut runs = Vec::new();
     for i in 1..=options.trips {
-        let id = SagaId::new(format!("{saga_type}-{}-{i}", uuid() % 100_000)).ok_or("a saga id")?;
+        let id =
+            SagaId::new(format!("{saga_type}-{}-{i}", nonce() % 100_000)).ok_or("a saga id")?;
         let o = orchestrator.clone();
         runs.push(tokio::spawn(async move {
             o.run(saga_type, id, json!({ "traveller": "ada", "trip": i }))
@@ -423,7 +424,7 @@ async fn choreographed(
         .map_or(GlobalPosition::START, |e| e.position);
     let mut ids = Vec::new();
     for i in 1..=options.trips {
-        let id = SagaId::new(format!("{}-{i}", uuid() % 100_000)).ok_or("a saga id")?;
+        let id = SagaId::new(format!("{}-{i}", nonce() % 100_000)).ok_or("a saga id")?;
         c.begin(
             &id,
             "TripRequested",

@@ -1,6 +1,7 @@
 //! The orchestrator: drives sagas from their durable log, resumes them after a crash, and
 //! shares them out between processes by lease.
 
+mod claim;
 mod driver;
 mod handle;
 mod lease;
@@ -341,7 +342,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
         input: Value,
         deadline: Option<Duration>,
     ) -> Result<(), SagaError> {
-        driver::start(&self.inner, saga_type, id, input, deadline).await
+        claim::start(&self.inner, saga_type, id, input, deadline).await
     }
 
     /// Starts saga `id` (as [`start`](Self::start)) and waits for its outcome.
@@ -387,7 +388,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
             if was_local {
                 // This process's driver stopped short (the log was down): take the saga
                 // back if no one else has, so a caller without a worker is not left waiting.
-                driver::take_back(&self.inner, id).await?;
+                claim::take_back(&self.inner, id).await?;
                 if self.inner.driving().contains_key(id) {
                     continue;
                 }
@@ -417,8 +418,8 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
     ///
     /// The index failing.
     pub async fn recover(&self) -> Result<usize, SagaError> {
-        let own = driver::claim_and_spawn(&self.inner, true).await?;
-        let expired = driver::claim_and_spawn(&self.inner, false).await?;
+        let own = claim::claim_and_spawn(&self.inner, true).await?;
+        let expired = claim::claim_and_spawn(&self.inner, false).await?;
         Ok(own + expired)
     }
 
@@ -433,7 +434,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
             loop {
                 let poll = {
                     let Some(inner) = weak.upgrade() else { return };
-                    if let Err(e) = driver::claim_and_spawn(&inner, false).await {
+                    if let Err(e) = claim::claim_and_spawn(&inner, false).await {
                         tracing::warn!(orchestrator = %inner.name, error = %e, "saga claim failed");
                     }
                     inner.poll

@@ -84,14 +84,16 @@ use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt as _;
-use tower_patterns_core::{BoxError, ConfigError, rng::SplitMix64};
+use tower_patterns_core::{ConfigError, rng::SplitMix64};
 use tower_patterns_cqrs::{ApplyError, ExternalProjection};
 use tower_patterns_eventstore::{EventData, EventStore, ExpectedVersion, RecordedEvent};
-use tower_service::Service;
+
+mod reaction;
+
+pub use reaction::Reaction;
 
 use crate::{
-    Attempts, SagaError, SagaId, StepError, StepRequest, StepService,
-    definition::boxed,
+    SagaError, SagaId, StepError, StepRequest, StepService,
     step::{IdempotencyKey, Phase},
 };
 
@@ -109,105 +111,6 @@ pub struct ChoreographyMessage {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-}
-
-/// One participant's reaction: on an event, an action and the event it answers with; on
-/// failure events, a compensation. A value, built with [`new`](Self::new) and settings.
-#[derive(Clone)]
-pub struct Reaction {
-    name: Arc<str>,
-    on: String,
-    action: StepService,
-    emits: Option<String>,
-    fails_with: Option<String>,
-    undo_on: Vec<String>,
-    compensation: Option<(StepService, String)>,
-    attempts: Attempts,
-    timeout: Option<Duration>,
-}
-
-impl fmt::Debug for Reaction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reaction")
-            .field("name", &self.name)
-            .field("on", &self.on)
-            .field("emits", &self.emits)
-            .field("fails_with", &self.fails_with)
-            .field("undo_on", &self.undo_on)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Reaction {
-    /// Step `name`: on an event of type `on`, call `action`. Set what it answers with
-    /// ([`emits`](Self::emits), [`fails_with`](Self::fails_with): both required).
-    pub fn new<S, E>(name: impl Into<Arc<str>>, on: impl Into<String>, action: S) -> Self
-    where
-        S: Service<StepRequest, Response = Value, Error = E> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        Self {
-            name: name.into(),
-            on: on.into(),
-            action: boxed(action),
-            emits: None,
-            fails_with: None,
-            undo_on: Vec::new(),
-            compensation: None,
-            attempts: Attempts::once(),
-            timeout: None,
-        }
-    }
-
-    /// The event appended when the action succeeds (`HotelBooked`).
-    #[must_use]
-    pub fn emits(mut self, event_type: impl Into<String>) -> Self {
-        self.emits = Some(event_type.into());
-        self
-    }
-
-    /// The event appended when it fails (`HotelFailed`).
-    #[must_use]
-    pub fn fails_with(mut self, event_type: impl Into<String>) -> Self {
-        self.fails_with = Some(event_type.into());
-        self
-    }
-
-    /// On any of `events` (failures further on), undo this step with `compensation` when its
-    /// action took effect, then append `emits` (`HotelCancelled`), which the steps before
-    /// listen for in turn.
-    #[must_use]
-    pub fn compensate_on<S, E>(
-        mut self,
-        events: impl IntoIterator<Item = impl Into<String>>,
-        compensation: S,
-        emits: impl Into<String>,
-    ) -> Self
-    where
-        S: Service<StepRequest, Response = Value, Error = E> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        E: Into<BoxError> + 'static,
-    {
-        self.undo_on = events.into_iter().map(Into::into).collect();
-        self.compensation = Some((boxed(compensation), emits.into()));
-        self
-    }
-
-    /// Attempts of the action (and of the compensation) on an error whose outcome is
-    /// unknown; a [`StepError`] is not retried. Default: one.
-    #[must_use]
-    pub const fn retry(mut self, attempts: Attempts) -> Self {
-        self.attempts = attempts;
-        self
-    }
-
-    /// How long one attempt may take.
-    #[must_use]
-    pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
 }
 
 /// The reactions of a choreographed saga; see the [module docs](self). Cloning shares them.
