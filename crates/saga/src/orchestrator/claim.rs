@@ -77,7 +77,10 @@ pub(super) async fn start<S: EventStore, I: crate::index::SagaIndex>(
     };
     let state = SagaState::started(id.clone(), &started).ok_or(SagaError::Invalid("start"))?;
     let (tx, rx) = oneshot::channel();
-    let mut driver = Driver::new(inner.clone(), def, state, vec![started], 0, Some(tx));
+    let Some(mut driver) = Driver::new(inner.clone(), def, state, vec![started], 0, Some(tx))
+    else {
+        return Ok(()); // a start of the same id, racing this one, drives it
+    };
     driver.registered = Some(tokio::time::Instant::now());
     inner.stats.started.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(driver.run());
@@ -217,12 +220,12 @@ async fn prepare<S: EventStore, I: crate::index::SagaIndex>(
     for e in &pending {
         state.apply(e);
     }
-    Ok(Some(Driver::new(
+    Ok(Driver::new(
         inner.clone(),
         def,
         state,
         pending,
         durable,
         None,
-    )))
+    ))
 }

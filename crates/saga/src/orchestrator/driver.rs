@@ -37,6 +37,8 @@ pub(super) struct Driver<S, I> {
 }
 
 impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
+    /// A driver for `state`'s saga, registered as driving here; `None` when this process
+    /// drives that saga already (two starts, or a start and a claim, that raced).
     pub(super) fn new(
         inner: Arc<Inner<S, I>>,
         def: SagaDefinition,
@@ -44,18 +46,20 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
         pending: Vec<SagaEvent>,
         durable: u64,
         started: Option<oneshot::Sender<Result<(), SagaError>>>,
-    ) -> Self {
+    ) -> Option<Self> {
         let lost = Arc::new(Lost::default());
         let (outcome, _) = watch::channel(None);
-        inner.driving().insert(
-            state.id.clone(),
-            Driving {
-                outcome: outcome.clone(),
-                lost: lost.clone(),
-                round: inner.round.load(Ordering::SeqCst),
-            },
-        );
-        Self {
+        match inner.driving().entry(state.id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return None,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Driving {
+                    outcome: outcome.clone(),
+                    lost: lost.clone(),
+                    round: inner.round.load(Ordering::SeqCst),
+                });
+            }
+        }
+        Some(Self {
             inner,
             def,
             state,
@@ -65,7 +69,7 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
             registered: None,
             lost,
             outcome,
-        }
+        })
     }
 
     pub(super) async fn run(self) {
@@ -76,6 +80,15 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
     pub(super) async fn run_result(mut self) -> Result<(), SagaError> {
         let id = self.state.id.clone();
         let result = self.drive().await;
+        {
+            let mut driving = self.inner.driving();
+            if driving
+                .get(&id)
+                .is_some_and(|d| Arc::ptr_eq(&d.lost, &self.lost))
+            {
+                driving.remove(&id);
+            }
+        }
         if let Err(e) = &result {
             match e {
                 SagaError::LeaseLost(_) => {
@@ -87,18 +100,11 @@ impl<S: EventStore, I: crate::index::SagaIndex> Driver<S, I> {
                     tracing::warn!(saga = %id, error = %e, "saga paused: it resumes when claimed again");
                 }
             }
-            // Given back if still ours (a lease another took is not touched): whoever claims
-            // the saga next, this process included, reads the log and goes on.
+            // Given back if still ours (a lease another took is not touched), once no driver
+            // here has the saga: whoever claims it next, this process included, reads the log
+            // and goes on.
             let _ = self.inner.index.release(&id, &self.inner.owner).await;
         }
-        let mut driving = self.inner.driving();
-        if driving
-            .get(&id)
-            .is_some_and(|d| Arc::ptr_eq(&d.lost, &self.lost))
-        {
-            driving.remove(&id);
-        }
-        drop(driving);
         result
     }
 

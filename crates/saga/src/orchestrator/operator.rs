@@ -198,6 +198,7 @@ impl<S: EventStore, I: SagaIndex> Orchestrator<S, I> {
                 .map_err(SagaError::Index)?;
         }
         Driver::new(inner.clone(), def, state, vec![event], durable, None)
+            .ok_or_else(|| SagaError::Leased(id.clone()))?
             .run_result()
             .await?;
         self.state(id)
