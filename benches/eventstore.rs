@@ -42,20 +42,6 @@ fn batch(start: u64, n: u64) -> Vec<EventData> {
         .collect()
 }
 
-async fn fresh_database(url: &str) -> String {
-    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL answers");
-    tokio::spawn(conn);
-    let db = format!("tp_bench_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create the bench database");
-    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    format!("{base}/{db}")
-}
-
 // ---------------------------------------------------------------------------------------------
 // cqrs-es: the minimum its repository needs to append events of an aggregate type.
 
@@ -174,7 +160,7 @@ fn appends(c: &mut Criterion) {
             });
         }
         let Some(url) = postgres_url() else { continue };
-        let url = rt.block_on(fresh_database(&url));
+        let url = rt.block_on(support::postgres::fresh_database(&url));
         let store = rt
             .block_on(PostgresStore::connect(&url, 4))
             .expect("connect");
@@ -225,7 +211,7 @@ fn reads(c: &mut Criterion) {
         })
     });
     if let Some(url) = postgres_url() {
-        let url = rt.block_on(fresh_database(&url));
+        let url = rt.block_on(support::postgres::fresh_database(&url));
         let pg = rt
             .block_on(PostgresStore::connect(&url, 4))
             .expect("connect");

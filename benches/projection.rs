@@ -97,20 +97,6 @@ fn type_name(event: &ProductEvent) -> &'static str {
     tower_patterns::eventstore::DomainEvent::event_type(event)
 }
 
-async fn fresh_database(url: &str) -> String {
-    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL answers");
-    tokio::spawn(conn);
-    let db = format!("tp_bench_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create the bench database");
-    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    format!("{base}/{db}")
-}
-
 fn postgres_url() -> Option<String> {
     let url = std::env::var("TP_POSTGRES_URL").ok();
     if url.is_none() {
@@ -266,7 +252,7 @@ fn ours(c: &mut Criterion) {
         check_sqlite_model(&path, &handle);
     }
     let postgres = postgres_url().map(|url| {
-        let url = rt.block_on(fresh_database(&url));
+        let url = rt.block_on(support::postgres::fresh_database(&url));
         let store = Arc::new(
             rt.block_on(PostgresStore::connect(&url, 8))
                 .expect("connect"),
@@ -527,7 +513,7 @@ fn envelopes() -> Vec<EventEnvelope<Product>> {
 
 /// A PostgreSQL database with cqrs-es's tables, its event table holding the 10,000 events.
 async fn cqrs_es_database(url: &str) -> sqlx::PgPool {
-    let url = fresh_database(url).await;
+    let url = support::postgres::fresh_database(url).await;
     let pool = postgres_es::default_postgress_pool(&url).await;
     sqlx::raw_sql(CQRS_ES_SCHEMA)
         .execute(&pool)

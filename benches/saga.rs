@@ -14,6 +14,8 @@
 //! `TP_POSTGRES_URL=postgres://postgres@127.0.0.1:55432/postgres \
 //!  cargo bench --features saga-postgres --bench saga`
 
+mod support;
+
 use std::{
     sync::{
         Arc,
@@ -184,20 +186,6 @@ mod steno_peer {
     }
 }
 
-async fn fresh_database(url: &str) -> String {
-    let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL answers");
-    tokio::spawn(conn);
-    let db = format!("tp_bench_saga_{}", uuid::Uuid::now_v7().simple());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .expect("create the bench database");
-    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
-    format!("{base}/{db}")
-}
-
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile_dir();
@@ -208,7 +196,7 @@ fn bench(c: &mut Criterion) {
     );
     let postgres = std::env::var("TP_POSTGRES_URL").ok().map(|url| {
         rt.block_on(async {
-            let url = fresh_database(&url).await;
+            let url = support::postgres::fresh_database(&url).await;
             let store = PostgresStore::connect(&url, 16)
                 .await
                 .expect("the PostgreSQL log");

@@ -14,6 +14,7 @@ use std::{
 use tower::{Service, ServiceExt};
 
 pub mod latency;
+pub mod postgres;
 
 /// The inner service: answers at once.
 #[derive(Clone, Copy)]
