@@ -33,6 +33,28 @@ fn orchestrator(
     b.build().unwrap()
 }
 
+/// An orchestrator of `def` on a log and an index of its own.
+fn fresh(def: SagaDefinition) -> Orch {
+    orchestrator(
+        &Arc::new(InMemoryStore::new()),
+        &MemoryIndex::new(),
+        vec![def],
+    )
+}
+
+/// The steps of saga `saga` compensated, in the order the log has them.
+async fn compensated(o: &Orch, saga: &str) -> Vec<String> {
+    o.history(&id(saga))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            SagaEvent::StepCompensated { step } => Some(step),
+            _ => None,
+        })
+        .collect()
+}
+
 fn id(s: &str) -> SagaId {
     SagaId::new(s).unwrap()
 }
@@ -49,11 +71,7 @@ async fn kinds(o: &Orch, saga: &str) -> Vec<&'static str> {
 /// The order saga, run with `fail` refusing; returns (status, reason, undone steps).
 async fn order_case(fail: Option<&str>) -> (SagaStatus, Option<String>, Vec<String>, Vec<String>) {
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![order_saga(&ledger, fail)],
-    );
+    let o = fresh(order_saga(&ledger, fail));
     let out = o
         .run(
             "order",
@@ -117,21 +135,13 @@ async fn order_saga_shipment_failed_refunds_and_releases() {
 #[tokio::test(start_paused = true)]
 async fn compensations_run_newest_first_and_the_log_has_every_transition() {
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![order_saga(&ledger, Some("shipping"))],
-    );
+    let o = fresh(order_saga(&ledger, Some("shipping")));
     o.run("order", id("o-2"), json!({})).await.unwrap();
     let log = o.history(&id("o-2")).await.unwrap();
-    let undo_order: Vec<_> = log
-        .iter()
-        .filter_map(|e| match &e.event {
-            SagaEvent::StepCompensated { step } => Some(step.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(undo_order, ["inventory", "payment", "order"]);
+    assert_eq!(
+        compensated(&o, "o-2").await,
+        ["inventory", "payment", "order"]
+    );
     assert_eq!(
         kinds(&o, "o-2").await,
         [
@@ -163,11 +173,7 @@ async fn compensations_run_newest_first_and_the_log_has_every_transition() {
 #[tokio::test(start_paused = true)]
 async fn trip_booking_hotel_failure_cancels_the_flight_and_payment_failure_cancels_both() {
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![trip(&ledger, &[("hotel", Act::Refuse)])],
-    );
+    let o = fresh(trip(&ledger, &[("hotel", Act::Refuse)]));
     let out = o.run("trip", id("t-hotel"), json!({})).await.unwrap();
     assert_eq!(
         (out.status, out.failed_step.as_deref()),
@@ -181,22 +187,14 @@ async fn trip_booking_hotel_failure_cancels_the_flight_and_payment_failure_cance
     assert_eq!(ledger.undone("t-hotel"), ["flight"]);
 
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![trip(&ledger, &[("payment", Act::Refuse)])],
-    );
+    let o = fresh(trip(&ledger, &[("payment", Act::Refuse)]));
     let out = o.run("trip", id("t-pay"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Compensated);
     assert_eq!(ledger.undone("t-pay"), ["flight", "hotel"]);
 
     // A failed flight leaves nothing to undo: Failed, not Compensated.
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![trip(&ledger, &[("flight", Act::Refuse)])],
-    );
+    let o = fresh(trip(&ledger, &[("flight", Act::Refuse)]));
     let out = o.run("trip", id("t-flight"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Failed);
     assert!(ledger.undone("t-flight").is_empty() && ledger.done("t-flight").is_empty());
@@ -217,11 +215,7 @@ async fn a_step_retried_with_backoff_keeps_its_key_and_takes_effect_once() {
         )
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let t0 = tokio::time::Instant::now();
     let out = o.run("trip", id("r-1"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Completed);
@@ -254,25 +248,11 @@ async fn a_step_retried_with_backoff_keeps_its_key_and_takes_effect_once() {
         )
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let out = o.run("trip", id("r-2"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Compensated);
     assert_eq!(out.reason.as_deref(), Some("hotel failed"));
-    let compensated: Vec<_> = o
-        .history(&id("r-2"))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|e| match e.event {
-            SagaEvent::StepCompensated { step } => Some(step),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(compensated, ["hotel", "flight"]);
+    assert_eq!(compensated(&o, "r-2").await, ["hotel", "flight"]);
     assert_eq!(
         ledger.undone("r-2"),
         ["flight"],
@@ -288,11 +268,7 @@ async fn a_step_timeout_is_an_unknown_outcome() {
         .step(ledger.step("hotel", Act::Hang, Act::Ok).timeout(2 * SECOND))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let t0 = tokio::time::Instant::now();
     let out = o.run("trip", id("to-1"), json!({})).await.unwrap();
     assert_eq!(t0.elapsed(), 2 * SECOND);
@@ -314,11 +290,7 @@ async fn parallel_branches_run_at_once_and_a_failed_branch_compensates_the_other
         .step(ledger.step("payment", Act::Ok, Act::Ok))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let out = o.run("trip", id("p-1"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Compensated);
     assert_eq!(out.failed_step.as_deref(), Some("car"));
@@ -339,11 +311,7 @@ async fn parallel_branches_run_at_once_and_a_failed_branch_compensates_the_other
         ])
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     assert!(
         o.run("trip", id("p-2"), json!({}))
             .await
@@ -381,11 +349,7 @@ async fn outputs_reach_later_steps_and_the_steps_own_compensation() {
         .step(ledger.step("inventory", Act::Refuse, Act::Ok))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     o.run("order", id("out-1"), json!({ "card": "4242" }))
         .await
         .unwrap();
@@ -408,11 +372,7 @@ async fn a_compensation_that_fails_twice_then_succeeds_ends_compensated() {
         .step(ledger.step("hotel", Act::Refuse, Act::Ok))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let out = o.run("trip", id("c-1"), json!({})).await.unwrap();
     assert_eq!(out.status, SagaStatus::Compensated);
     assert_eq!(ledger.count("c-1", "flight", Phase::Compensation), 1);
@@ -577,11 +537,7 @@ async fn an_operator_retry_that_succeeds_compensates_the_rest() {
         .step(ledger.step("hotel", Act::Refuse, Act::Ok))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     assert_eq!(
         o.run("trip", id("s-2"), json!({})).await.unwrap().status,
         SagaStatus::Stuck
@@ -627,11 +583,7 @@ async fn a_deadline_mid_saga_compensates_what_took_effect() {
         .step(ledger.step("hotel", Act::Hang, Act::Ok))
         .build()
         .unwrap();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![def],
-    );
+    let o = fresh(def);
     let t0 = tokio::time::Instant::now();
     o.start("trip", id("d-2"), json!({}), Some(5 * SECOND))
         .await
@@ -727,11 +679,7 @@ fn a_deadline_survives_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn a_start_retried_with_the_same_id_runs_once_and_answers_the_same_outcome() {
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![trip(&ledger, &[])],
-    );
+    let o = fresh(trip(&ledger, &[]));
     let mut svc = o.service("trip").unwrap();
     let a = svc
         .ready()
@@ -774,11 +722,7 @@ async fn a_start_retried_with_the_same_id_runs_once_and_answers_the_same_outcome
 async fn the_handle_reports_counts() {
     use tower_patterns_core::observe::{Health, StateHandle as _};
     let ledger = Ledger::in_memory();
-    let o = orchestrator(
-        &Arc::new(InMemoryStore::new()),
-        &MemoryIndex::new(),
-        vec![order_saga(&ledger, Some("inventory"))],
-    );
+    let o = fresh(order_saga(&ledger, Some("inventory")));
     let h = o.handle();
     assert_eq!(h.health(), Health::Ready);
     o.run("order", id("h-1"), json!({})).await.unwrap();
