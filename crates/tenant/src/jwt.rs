@@ -84,6 +84,30 @@ impl JwtVerifier {
     /// form, algorithm, key, signature, times, audience, issuer), `Malformed` when the claim
     /// is not a valid tenant id, `MissingCredentials` when the token has no such claim.
     pub fn verify(&self, token: &str) -> Result<TenantId, TenantError> {
+        let claims = self.verify_claims(token)?;
+        let claim = claims.get(&self.claim).ok_or_else(|| {
+            TenantError::new(
+                TenantErrorKind::MissingCredentials,
+                format!("token has no {:?} claim", self.claim),
+            )
+        })?;
+        let id = claim.as_str().ok_or_else(|| {
+            TenantError::new(
+                TenantErrorKind::Malformed,
+                format!("claim {:?} is not a string", self.claim),
+            )
+        })?;
+        TenantId::new(id).map_err(TenantError::from)
+    }
+
+    /// Verifies `token` (signature, algorithm, key, `exp`, `nbf`, `aud`, `iss`, as
+    /// [`verify`](Self::verify) does) and returns all of its claims, for a caller that reads
+    /// more than the tenant (the consumer in `sub`, a plan).
+    ///
+    /// # Errors
+    ///
+    /// A [`TenantError`] of kind `InvalidCredentials` for anything wrong with the token.
+    pub fn verify_claims(&self, token: &str) -> Result<VerifiedClaims, TenantError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| invalid(format!("unreadable token header: {e}")))?;
         let key = match header.kid.as_deref() {
@@ -115,25 +139,25 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway.as_secs();
-        let data = jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|e| invalid(format!("token rejected: {e}")))?;
-        let claim = data.claims.get(&self.claim).ok_or_else(|| {
-            TenantError::new(
-                TenantErrorKind::MissingCredentials,
-                format!("token has no {:?} claim", self.claim),
-            )
-        })?;
-        let id = claim.as_str().ok_or_else(|| {
-            TenantError::new(
-                TenantErrorKind::Malformed,
-                format!("claim {:?} is not a string", self.claim),
-            )
-        })?;
-        TenantId::new(id).map_err(TenantError::from)
+        jsonwebtoken::decode::<HashMap<String, serde_json::Value>>(token, &key.key, &validation)
+            .map(|data| VerifiedClaims(data.claims))
+            .map_err(|e| invalid(format!("token rejected: {e}")))
+    }
+}
+
+/// The claims of a verified token; see [`JwtVerifier::verify_claims`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedClaims(HashMap<String, serde_json::Value>);
+
+impl VerifiedClaims {
+    /// The claim `name`, as JSON.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.get(name)
+    }
+
+    /// The claim `name` when it is a string.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.0.get(name)?.as_str()
     }
 }
 

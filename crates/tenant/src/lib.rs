@@ -79,7 +79,7 @@ pub mod sqlite;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{Tenant, TenantRejection};
-pub use jwt::{JwtVerifier, JwtVerifierBuilder};
+pub use jwt::{JwtVerifier, JwtVerifierBuilder, VerifiedClaims};
 pub use registry::{
     ApiKeyHash, Registry, StaticTenants, StoreError, TenantRecord, TenantStatus, TenantStore,
     hash_api_key,

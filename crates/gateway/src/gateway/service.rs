@@ -1,0 +1,270 @@
+//! One request through the gateway: sanitise, identify, route, read the body within its
+//! limits, call the route's stack (auth, limit, transforms, the upstream group), apply the
+//! response rules.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tower::ServiceExt;
+use tower_patterns_core::{BoxError, error::find_in_chain, http::error_response};
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::Gateway;
+use crate::{
+    GatewayBody,
+    compile::{Compiled, Settings, Strip},
+    error::{GatewayError, Kind},
+    limits::ClientAddr,
+    route::Miss,
+};
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Removes hop-by-hop headers and every header a client must not set (the identity headers
+/// the gateway sets after authentication, and the configured names and prefixes).
+fn sanitize(headers: &mut HeaderMap, settings: &Settings) {
+    strip_hop_by_hop(headers);
+    let mut prefixed = Vec::new();
+    for strip in &settings.strip {
+        match strip {
+            Strip::Name(name) => {
+                headers.remove(name);
+            }
+            Strip::Prefix(prefix) => prefixed.extend(
+                headers
+                    .keys()
+                    .filter(|k| k.as_str().starts_with(prefix.as_str()))
+                    .cloned(),
+            ),
+        }
+    }
+    for name in prefixed {
+        headers.remove(name);
+    }
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
+
+fn process_prefix() -> u64 {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PREFIX.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+/// The request's id: the client's when it is sane (1 to 128 visible ASCII characters), or a
+/// new one (a per-process random prefix and a counter: unique without a clock or a lock).
+fn request_id(headers: &mut HeaderMap, settings: &Settings) -> HeaderValue {
+    if let Some(v) = headers.get(&settings.request_id)
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = HeaderValue::try_from(format!("{:016x}{n:016x}", process_prefix()))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    headers.insert(settings.request_id.clone(), id.clone());
+    id
+}
+
+fn class(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        200..=299 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+fn refusal(kind: Kind, detail: &'static str) -> Response<GatewayBody> {
+    error_response(&GatewayError::new(kind, detail))
+}
+
+/// Reads the body within the size cap and the read timeout.
+async fn read_body<B>(body: B, settings: &Settings) -> Result<Bytes, Response<GatewayBody>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let cap = usize::try_from(settings.max_body).unwrap_or(usize::MAX);
+    if body.size_hint().lower() > settings.max_body {
+        return Err(refusal(Kind::BodyTooLarge, "content-length over the cap"));
+    }
+    let limited = Limited::new(body, cap);
+    match tokio::time::timeout(settings.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if find_in_chain::<LengthLimitError>(&*e).is_some() => {
+            Err(refusal(Kind::BodyTooLarge, "body over the cap"))
+        }
+        Ok(Err(_)) => Err(refusal(Kind::BadBody, "body unreadable")),
+        Err(_) => Err(refusal(Kind::BodyTimeout, "body not sent in time")),
+    }
+}
+
+impl Gateway {
+    /// Serves one request from `peer` (when known).
+    pub(crate) fn serve_one<B>(
+        &self,
+        req: Request<B>,
+        peer: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<GatewayBody>> + Send + use<B>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let compiled = self.shared.current.load_full();
+        handle(compiled, req, peer)
+    }
+}
+
+async fn handle<B>(
+    compiled: std::sync::Arc<Compiled>,
+    req: Request<B>,
+    peer: Option<SocketAddr>,
+) -> Response<GatewayBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let settings = &compiled.settings;
+    let (mut parts, body) = req.into_parts();
+    sanitize(&mut parts.headers, settings);
+    let id = request_id(&mut parts.headers, settings);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or_default(),
+        method = %parts.method,
+        path = parts.uri.path(),
+        route = tracing::field::Empty,
+    );
+    let head = Request::from_parts(parts, ());
+    let found = compiled.router.find(&head);
+    let (mut parts, ()) = head.into_parts();
+    let mut res = async {
+        let (index, params) = match found {
+            Ok(found) => found,
+            Err(Miss::NotFound) => return refusal(Kind::NoRoute, "no route"),
+            Err(Miss::MethodNotAllowed) => {
+                return refusal(Kind::MethodNotAllowed, "method not allowed");
+            }
+        };
+        let route = &compiled.routes[index];
+        tracing::Span::current().record("route", &*route.name);
+        let bytes = match read_body(body, settings).await {
+            Ok(bytes) => bytes,
+            Err(res) => return res,
+        };
+        if let Some(peer) = peer {
+            parts.extensions.insert(ClientAddr(peer));
+            if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
+                parts.headers.insert("x-forwarded-for", v);
+            }
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.extensions.insert(params);
+        let req = Request::from_parts(parts, Full::new(bytes));
+        let mut res = match route.service.clone().oneshot(req).await {
+            Ok(res) => res,
+            Err(e) => error_response(&*e),
+        };
+        strip_hop_by_hop(res.headers_mut());
+        route.response.apply(res.headers_mut());
+        route.counts.by_class[class(res.status())].fetch_add(1, Ordering::Relaxed);
+        res
+    }
+    .instrument(span)
+    .await;
+    res.headers_mut().insert(settings.request_id.clone(), id);
+    res
+}
+
+/// The future of [`Gateway`]'s `call`.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map(Ok)
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Serves `req`; the peer address, when a `ClientAddr` is in its extensions, is the
+    /// client's.
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
+        ResponseFuture {
+            inner: Box::pin(self.serve_one(req, peer)),
+        }
+    }
+}
