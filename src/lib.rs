@@ -37,6 +37,8 @@
 //! | `saga` | [`saga`]: orchestrated sagas with a durable log on the event store (crash recovery, compensation, durable deadlines, stuck sagas and an operator API) and choreography over the event bus | landed |
 //! | `saga-postgres` | the saga index on PostgreSQL: several orchestrator processes, each saga leased to one | landed |
 //! | `saga-nats` | choreographed sagas as NATS JetStream consumers (with `cqrs-nats`) | landed |
+//! | `gateway` | [`gateway`]: an API gateway on hyper built from these layers (routing, JWT and API keys, per-consumer limits, transforms, resilient balanced upstreams, aggregation, hot reload, `/metrics`) | landed |
+//! | `gateway-redis` | gateway limits shared by several instances through Redis | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -106,6 +108,10 @@
     doc = "[`saga`]: https://docs.rs/tower-patterns-saga"
 )]
 #![cfg_attr(
+    not(feature = "gateway"),
+    doc = "[`gateway`]: https://docs.rs/tower-patterns-gateway"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -155,6 +161,10 @@ pub use tower_patterns_consistency as consistency;
 #[cfg(feature = "saga")]
 #[cfg_attr(docsrs, doc(cfg(feature = "saga")))]
 pub use tower_patterns_saga as saga;
+
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
+pub use tower_patterns_gateway as gateway;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]

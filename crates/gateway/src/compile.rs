@@ -137,14 +137,27 @@ pub(crate) fn compile(
             None => strip.extend(HeaderName::try_from(text).ok().map(Strip::Name)),
         }
     }
-    let admin_token = match &f.admin.token_env {
-        Some(var) => Some(std::env::var(var.get_ref()).map_err(|_| {
+    let admin_token = match (&f.admin.token_env, &f.admin.token_file) {
+        (_, Some(file)) => {
+            let path = config.resolve(file.get_ref());
+            let token = std::fs::read_to_string(&path).map_err(|e| {
+                config.error_at(file.span(), format!("cannot read {}: {e}", path.display()))
+            })?;
+            let token = token.trim().to_owned();
+            if token.len() < 16 {
+                return Err(
+                    config.error_at(file.span(), "an admin token has 16 characters or more")
+                );
+            }
+            Some(token)
+        }
+        (Some(var), None) => Some(std::env::var(var.get_ref()).map_err(|_| {
             config.error_at(
                 var.span(),
                 format!("environment variable {} is not set", var.get_ref()),
             )
         })?),
-        None => None,
+        (None, None) => None,
     };
     let settings = Settings {
         max_body: f.server.max_body.map_or(1 << 20, |s| s.0),
@@ -325,15 +338,26 @@ fn jwt_auth(
     let mut builder = JwtVerifier::builder();
     for key in &jwt.hs256 {
         let k = key.get_ref();
-        let secret = std::env::var(&k.secret_env).map_err(|_| {
-            config.error_at(
-                key.span(),
-                format!(
-                    "environment variable {} (the secret of key {:?}) is not set",
-                    k.secret_env, k.kid
-                ),
-            )
-        })?;
+        let secret = match (&k.secret_env, &k.secret_file) {
+            (Some(var), _) => std::env::var(var).map_err(|_| {
+                config.error_at(
+                    key.span(),
+                    format!(
+                        "environment variable {var} (the secret of key {:?}) is not set",
+                        k.kid
+                    ),
+                )
+            })?,
+            (None, Some(file)) => {
+                let path = config.resolve(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    config.error_at(key.span(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                watched.push(path);
+                text.trim_end_matches(['\n', '\r']).to_owned()
+            }
+            (None, None) => String::new(),
+        };
         builder = builder.hs256(&k.kid, secret.as_bytes());
     }
     for (keys, ed) in [(&jwt.rs256, false), (&jwt.eddsa, true)] {
@@ -400,10 +424,8 @@ fn build_limiter(
     let plans: std::collections::HashMap<String, _> = limit
         .plans
         .iter()
-        .map(|(plan, r)| {
-            let r = limit.burst.map_or(r.0, |b| r.0.burst(b));
-            (plan.clone(), r)
-        })
+        // A plan's rate keeps a burst of its own count; `burst` shapes the default rate.
+        .map(|(plan, r)| (plan.clone(), r.0))
         .collect();
     let slowest = plans
         .values()

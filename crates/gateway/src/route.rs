@@ -78,7 +78,9 @@ impl Router {
                     if base.is_empty() {
                         vec!["/".to_owned(), catch_all]
                     } else {
-                        vec![base.to_owned(), catch_all]
+                        // The bare prefix, with a slash, and anything under it (a catch-all
+                        // matches one character or more).
+                        vec![base.to_owned(), format!("{base}/"), catch_all]
                     }
                 }
                 (None, None) => Vec::new(),

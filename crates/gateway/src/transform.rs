@@ -176,7 +176,7 @@ impl RequestTransform {
         } else {
             let prefix = self.strip_prefix.as_deref().unwrap_or_default();
             match path.strip_prefix(prefix) {
-                Some(rest) if rest.is_empty() => "/".to_owned(),
+                Some("") => "/".to_owned(),
                 Some(rest) if rest.starts_with('/') => rest.to_owned(),
                 _ => path.to_owned(),
             }

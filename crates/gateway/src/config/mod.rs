@@ -179,13 +179,19 @@ impl GatewayConfig {
                 .get_ref()
                 .parse::<SocketAddr>()
                 .is_ok_and(|a| a.ip().is_loopback());
-            if !loopback && f.admin.token_env.is_none() {
+            if !loopback && f.admin.token_env.is_none() && f.admin.token_file.is_none() {
                 return Err(at(
                     l,
-                    "an admin listener off loopback needs admin.token_env (a bearer token)"
+                    "an admin listener off loopback needs admin.token_env or admin.token_file (a bearer token)"
                         .to_owned(),
                 ));
             }
+        }
+        if let (Some(_), Some(file)) = (&f.admin.token_env, &f.admin.token_file) {
+            return Err(at(
+                file,
+                "admin takes one of token_env and token_file".to_owned(),
+            ));
         }
         let header = |s: &Spanned<String>| {
             HeaderName::try_from(s.get_ref().as_str())
@@ -210,15 +216,13 @@ impl GatewayConfig {
                 )
             })?;
         }
-        if let Some(r) = &f.redis {
-            if let Some(mode) = &r.on_unavailable
-                && !matches!(mode.get_ref().as_str(), "allow" | "deny")
-            {
-                return Err(at(
-                    mode,
-                    "on_unavailable is \"allow\" or \"deny\"".to_owned(),
-                ));
-            }
+        if let Some(mode) = f.redis.as_ref().and_then(|r| r.on_unavailable.as_ref())
+            && !matches!(mode.get_ref().as_str(), "allow" | "deny")
+        {
+            return Err(at(
+                mode,
+                "on_unavailable is \"allow\" or \"deny\"".to_owned(),
+            ));
         }
         for (name, auth) in &f.auth {
             if auth.jwt.is_none() && auth.api_key.is_none() {
@@ -231,14 +235,26 @@ impl GatewayConfig {
             if let Some(k) = &auth.api_key {
                 header(&k.header)?;
             }
-            if let Some(jwt) = &auth.jwt
-                && jwt.audiences.is_empty()
-            {
-                return Err(self.named_table_error(
-                    "auth",
-                    name,
-                    "jwt.audiences is empty: tokens for other services would pass",
-                ));
+            if let Some(jwt) = &auth.jwt {
+                if jwt.audiences.is_empty() {
+                    return Err(self.named_table_error(
+                        "auth",
+                        name,
+                        "jwt.audiences is empty: tokens for other services would pass",
+                    ));
+                }
+                for key in &jwt.hs256 {
+                    let k = key.get_ref();
+                    if k.secret_env.is_some() == k.secret_file.is_some() {
+                        return Err(self.error_at(
+                            key.span(),
+                            format!(
+                                "key {:?} needs exactly one of secret_env and secret_file",
+                                k.kid
+                            ),
+                        ));
+                    }
+                }
             }
         }
         let mut consumer_ids = HashSet::new();

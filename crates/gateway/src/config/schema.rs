@@ -68,6 +68,7 @@ impl Default for Server {
 pub(crate) struct Admin {
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) token_env: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -124,7 +125,8 @@ pub(crate) struct Jwt {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SecretKey {
     pub(crate) kid: String,
-    pub(crate) secret_env: String,
+    pub(crate) secret_env: Option<String>,
+    pub(crate) secret_file: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -193,7 +195,7 @@ pub(crate) struct Upstream {
 pub(crate) struct Retry {
     pub(crate) attempts: u32,
     pub(crate) budget_ratio: Option<f64>,
-    pub(crate) budget_min: Option<f64>,
+    pub(crate) budget_tokens: Option<f64>,
     pub(crate) backoff: Option<Dur>,
 }
 

@@ -68,7 +68,7 @@ pub enum ConfigSource {
     /// A file, reloadable.
     File(PathBuf),
     /// A configuration already parsed; a reload needs [`Reloader::apply`].
-    Parsed(GatewayConfig),
+    Parsed(Box<GatewayConfig>),
 }
 
 /// Builds a [`Gateway`]: `Gateway::builder(name).config_file(path)` (or `.config(parsed)`),
@@ -158,7 +158,7 @@ impl<C> GatewayBuilder<C> {
 
     /// Serves a configuration already parsed. Required (or [`config_file`](Self::config_file)).
     pub fn config(self, config: GatewayConfig) -> GatewayBuilder<ConfigSource> {
-        self.with(ConfigSource::Parsed(config))
+        self.with(ConfigSource::Parsed(Box::new(config)))
     }
 
     /// The seed of the balancers' and retries' randomness (default fixed), for reproducible
@@ -190,7 +190,7 @@ impl GatewayBuilder<ConfigSource> {
         crate::error::register();
         let (config, path) = match self.config {
             ConfigSource::File(path) => (GatewayConfig::from_file(&path), Some(path)),
-            ConfigSource::Parsed(config) => (Ok(config), None),
+            ConfigSource::Parsed(config) => (Ok(*config), None),
         };
         let as_error = |e: crate::ConfigFileError| ConfigError::new("config", e.to_string());
         let config = config.map_err(as_error)?;

@@ -3,7 +3,7 @@
 //! does not pass is refused with one log line naming the file, line and key, and the running
 //! configuration stays.
 
-use std::{path::PathBuf, sync::atomic::Ordering, time::Duration};
+use std::{path::Path, sync::atomic::Ordering, time::Duration};
 
 use tokio::task::JoinHandle;
 
@@ -99,8 +99,9 @@ impl Reloader {
             return None;
         }
         let this = self.clone();
+        // Taken now, not in the task: a change made before the task first runs is seen.
+        let mut seen = this.snapshot(&path);
         Some(tokio::spawn(async move {
-            let mut seen = this.snapshot(&path);
             loop {
                 let interval = this
                     .gateway
@@ -121,8 +122,8 @@ impl Reloader {
         }))
     }
 
-    fn snapshot(&self, path: &PathBuf) -> Vec<Option<Vec<u8>>> {
-        let mut files = vec![path.clone()];
+    fn snapshot(&self, path: &Path) -> Vec<Option<Vec<u8>>> {
+        let mut files = vec![path.to_path_buf()];
         files.extend(self.gateway.shared.current.load().watched.iter().cloned());
         files.iter().map(|f| std::fs::read(f).ok()).collect()
     }

@@ -121,8 +121,10 @@ impl Group {
             .service(Pick::new(pool.clone()));
         let service = match &settings.retry {
             Some(r) if r.attempts > 1 => {
-                let budget =
-                    RetryBudget::new(r.budget_min.unwrap_or(10.0), r.budget_ratio.unwrap_or(0.1))?;
+                let budget = RetryBudget::new(
+                    r.budget_tokens.unwrap_or(10.0),
+                    r.budget_ratio.unwrap_or(0.1),
+                )?;
                 let policy = RetryPolicy::builder(full.clone())
                     .http()
                     .max_attempts(r.attempts)

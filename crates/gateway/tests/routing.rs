@@ -1,0 +1,283 @@
+//! Routing by each rule, transforms, request ids and aggregation, over real HTTP.
+
+mod support;
+
+use http::StatusCode;
+use support::{TestGateway, Upstream, dead_address, get};
+
+async fn three() -> (Upstream, Upstream, Upstream) {
+    (
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_path_params_method_and_header() {
+    let (a, b, c) = three().await;
+    let toml = format!(
+        r#"
+[upstreams.a]
+addresses = ["{a}"]
+[upstreams.b]
+addresses = ["{b}"]
+[upstreams.c]
+addresses = ["{c}"]
+
+[[routes]]
+name = "exact-host"
+host = "api.example"
+prefix = "/"
+upstream = "a"
+
+[[routes]]
+name = "wildcard-host"
+host = "*.tenants.example"
+prefix = "/"
+upstream = "b"
+
+[[routes]]
+name = "v2-by-header"
+path = "/items/{{id}}"
+headers = {{ x-api-version = "2" }}
+upstream = "b"
+
+[[routes]]
+name = "items"
+path = "/items/{{id}}"
+methods = ["GET", "DELETE"]
+upstream = "a"
+
+[[routes]]
+name = "static-beats-param"
+path = "/items/special"
+upstream = "c"
+
+[[routes]]
+name = "files"
+prefix = "/files"
+upstream = "c"
+"#,
+        a = a.addr,
+        b = b.addr,
+        c = c.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let port = |ans: &support::Answer| ans.json()["port"].as_u64().unwrap() as u16;
+
+    let r = get(&gw.url("/anything"), &[("host", "api.example:8080")]).await;
+    assert_eq!(
+        (r.status, port(&r)),
+        (StatusCode::OK, a.addr.port()),
+        "exact host, port ignored"
+    );
+    let r = get(&gw.url("/x"), &[("host", "ACME.tenants.example")]).await;
+    assert_eq!(port(&r), b.addr.port(), "wildcard host, case-insensitive");
+    let r = get(&gw.url("/x"), &[("host", "tenants.example")]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the bare suffix is not a subdomain"
+    );
+
+    let r = get(&gw.url("/items/42"), &[]).await;
+    assert_eq!(port(&r), a.addr.port());
+    assert_eq!(r.json()["uri"], "/items/42");
+    let r = get(&gw.url("/items/42"), &[("x-api-version", "2")]).await;
+    assert_eq!(
+        port(&r),
+        b.addr.port(),
+        "the header rule wins while it matches"
+    );
+    let r = get(&gw.url("/items/special"), &[]).await;
+    assert_eq!(
+        port(&r),
+        c.addr.port(),
+        "a static segment is more specific than a parameter"
+    );
+
+    let post = support::send(
+        &support::client(),
+        http::Request::post(gw.url("/items/42"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.body, "method not allowed");
+
+    for path in ["/files", "/files/", "/files/a/b.txt"] {
+        let r = get(&gw.url(path), &[]).await;
+        assert_eq!(
+            (r.status, port(&r)),
+            (StatusCode::OK, c.addr.port()),
+            "{path}"
+        );
+    }
+    let r = get(&gw.url("/filesystem"), &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "a prefix matches whole segments"
+    );
+    assert_eq!(r.body, "no route");
+    assert_eq!(
+        gw.gateway.handle().route_counts("files"),
+        Some([3, 0, 0, 0])
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_and_request_ids() {
+    let up = Upstream::start().await;
+    let toml = format!(
+        r#"
+[identity]
+strip = ["x-internal-*"]
+
+[upstreams.u]
+addresses = ["{up}"]
+
+[[routes]]
+name = "users"
+path = "/api/users/{{id}}"
+upstream = "u"
+request = {{ rewrite = "/v2/users/{{id}}", add_headers = {{ x-gw = "edge" }}, set_headers = {{ x-env = "test" }}, remove_headers = ["cookie"], rename_headers = {{ x-old = "x-new" }} }}
+response = {{ remove_headers = ["server", "x-upstream-secret"], add_headers = {{ x-served-by = "gw" }} }}
+
+[[routes]]
+name = "api"
+prefix = "/api"
+upstream = "u"
+request = {{ strip_prefix = "/api" }}
+"#,
+        up = up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let r = get(
+        &gw.url("/api/users/7?full=1"),
+        &[
+            ("cookie", "session=1"),
+            ("x-old", "v"),
+            ("x-env", "prod"),
+            ("x-internal-role", "admin"),
+            ("x-request-id", "abc-123"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = r.json();
+    assert_eq!(seen["uri"], "/v2/users/7?full=1");
+    assert_eq!(r.seen("x-gw").as_deref(), Some("edge"));
+    assert_eq!(r.seen("x-env").as_deref(), Some("test"), "set replaces");
+    assert_eq!(r.seen("cookie"), None);
+    assert_eq!(
+        (r.seen("x-old"), r.seen("x-new").as_deref()),
+        (None, Some("v"))
+    );
+    assert_eq!(
+        r.seen("x-internal-role"),
+        None,
+        "a configured prefix is stripped"
+    );
+    assert_eq!(
+        r.seen("x-hop"),
+        None,
+        "a header named by Connection is hop-by-hop"
+    );
+    assert_eq!(
+        r.seen("x-request-id").as_deref(),
+        Some("abc-123"),
+        "the client's id is kept"
+    );
+    assert_eq!(r.seen("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    assert_eq!(r.header("server"), None);
+    assert_eq!(r.header("x-upstream-secret"), None);
+    assert_eq!(r.header("x-served-by"), Some("gw"));
+
+    let r = get(
+        &gw.url("/api/orders?x=1"),
+        &[("x-request-id", "bad id with spaces")],
+    )
+    .await;
+    assert_eq!(
+        r.json()["uri"],
+        "/orders?x=1",
+        "prefix stripped, query kept"
+    );
+    let made = r.header("x-request-id").unwrap().to_owned();
+    assert_ne!(made, "bad id with spaces", "an unusable id is replaced");
+    assert_eq!(
+        r.seen("x-request-id"),
+        Some(made.clone()),
+        "the new id goes upstream too"
+    );
+    let next = get(&gw.url("/api/orders"), &[]).await;
+    assert_ne!(next.header("x-request-id").unwrap(), made, "ids are unique");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregation_merges_and_marks_partial_answers() {
+    let users = Upstream::start().await;
+    let orders = Upstream::start().await;
+    let dead = dead_address().await;
+    let toml = format!(
+        r#"
+[upstreams.users]
+addresses = ["{users}"]
+[upstreams.orders]
+addresses = ["{orders}"]
+[upstreams.dead]
+addresses = ["{dead}"]
+connect_timeout = "200ms"
+[upstreams.slow]
+addresses = ["{orders}"]
+
+[[routes]]
+name = "profile"
+path = "/profile/{{id}}"
+aggregate = {{ timeout = "2s", parts = [{{ name = "user", upstream = "users", path = "/users/{{id}}" }}, {{ name = "orders", upstream = "orders", path = "/orders?user={{id}}" }}] }}
+
+[[routes]]
+name = "partial"
+path = "/partial/{{id}}"
+aggregate = {{ timeout = "300ms", parts = [{{ name = "user", upstream = "users", path = "/users/{{id}}" }}, {{ name = "orders", upstream = "dead", path = "/orders" }}, {{ name = "slow", upstream = "slow", path = "/slow/2000" }}, {{ name = "broken", upstream = "users", path = "/status/500" }}] }}
+
+[[routes]]
+name = "all-fail"
+path = "/none"
+aggregate = {{ parts = [{{ name = "a", upstream = "dead", path = "/" }}, {{ name = "b", upstream = "users", path = "/status/503" }}] }}
+"#,
+        users = users.addr,
+        orders = orders.addr,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let r = get(&gw.url("/profile/7"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.json();
+    assert_eq!(doc["user"]["uri"], "/users/7");
+    assert_eq!(doc["orders"]["uri"], "/orders?user=7");
+    assert_eq!(doc["partial"], false);
+    assert!(doc.get("errors").is_none());
+
+    let r = get(&gw.url("/partial/7"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "still answers");
+    let doc = r.json();
+    assert_eq!(doc["user"]["uri"], "/users/7");
+    assert_eq!(doc["partial"], true);
+    assert!(doc["orders"].is_null() && doc["slow"].is_null() && doc["broken"].is_null());
+    assert_eq!(doc["errors"]["orders"], "unavailable");
+    assert_eq!(doc["errors"]["slow"], "timeout");
+    assert_eq!(doc["errors"]["broken"], "upstream error");
+
+    let r = get(&gw.url("/none"), &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.body, "bad gateway");
+    gw.stop().await;
+}
