@@ -101,7 +101,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The dotted path of the key at `offset`: the table the line sits in (`routes[1]` for the
-/// second `[[routes]]`) and the keys on the line up to the offset.
+/// second `[[routes]]`, also when `offset` is on that header), the keys on the line whose value
+/// holds the offset (`retry.attempts` in `retry = { attempts = 0 }`) and the key that starts at
+/// the offset, if any (an unknown key is reported there).
 fn key_at(text: &str, offset: usize) -> String {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
@@ -110,7 +112,11 @@ fn key_at(text: &str, offset: usize) -> String {
     let mut table = String::new();
     let mut arrays: Vec<(String, usize)> = Vec::new();
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    for line in text[..line_start].lines() {
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let this_line = &text[line_start..line_end];
+    // The headers above the offset, and the offset's own line when it is a header.
+    let this_header = this_line.trim_start().starts_with('[').then_some(this_line);
+    for line in text[..line_start].lines().chain(this_header) {
         let line = line.trim();
         if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
             let name = name.trim().to_owned();
@@ -137,35 +143,84 @@ fn key_at(text: &str, offset: usize) -> String {
             };
         }
     }
-    let on_line = &text[line_start..offset];
-    let keys: Vec<&str> = on_line
-        .split('=')
-        .rev()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .filter_map(|part| {
-            let word = part
-                .rsplit(|c: char| c == '{' || c == ',' || c == '[')
-                .next()?
-                .trim()
-                .trim_matches('"');
-            (!word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-            .then_some(word)
-        })
-        .collect();
+    let mut keys = if this_header.is_some() {
+        Vec::new()
+    } else {
+        keys_before(&text[line_start..offset])
+    };
+    keys.extend(key_starting(&text[offset..line_end]));
     let mut path = table;
     for key in keys {
         if !path.is_empty() {
             path.push('.');
         }
-        path.push_str(key);
+        path.push_str(&key);
     }
     path
+}
+
+/// The keys whose values are still open at the end of `line` (the start of a line up to an
+/// offset): `a = { b = 1, c = [1, ` gives `a`, `c`; a finished `b = 1` is left out.
+fn keys_before(line: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    // Per open `{` or `[`: whether it is an inline table, and how many keys were open then.
+    let mut open: Vec<(bool, usize)> = Vec::new();
+    let mut word = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '"' && d == '\\' {
+                        escaped = true;
+                        continue;
+                    } else if d == c {
+                        break;
+                    }
+                    word.push(d);
+                }
+            }
+            '=' => keys.push(std::mem::take(&mut word).trim().to_owned()),
+            '{' | '[' => {
+                open.push((c == '{', keys.len()));
+                word.clear();
+            }
+            '}' | ']' => {
+                if let Some((_, n)) = open.pop() {
+                    keys.truncate(n);
+                }
+                word.clear();
+            }
+            ',' => {
+                if let Some(&(true, n)) = open.last() {
+                    keys.truncate(n);
+                }
+                word.clear();
+            }
+            '#' => break,
+            c => word.push(c),
+        }
+    }
+    keys.retain(|k| !k.is_empty());
+    keys
+}
+
+/// The key that `rest` (a line from an offset on) starts with, when a `=` follows it.
+fn key_starting(rest: &str) -> Option<String> {
+    let (key, after) = if let Some(quoted) = rest.strip_prefix('"') {
+        let end = quoted.find('"')?;
+        (&quoted[..end], &quoted[end + 1..])
+    } else {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .unwrap_or(rest.len());
+        (&rest[..end], &rest[end..])
+    };
+    let after = after.trim_start();
+    (!key.is_empty() && after.starts_with('=') && !after.starts_with("==")).then(|| key.to_owned())
 }
 
 #[cfg(test)]
@@ -186,8 +241,26 @@ mod tests {
         assert_eq!(e.to_string(), "gw.toml:8:12: routes[1].upstream: bad");
         let e = at("0 }");
         assert_eq!(e.key(), "routes[1].retry.attempts");
+        let e = at("[[routes]]\nname = \"b\"");
+        assert_eq!(
+            (e.line(), e.key()),
+            (6, "routes[1]"),
+            "an offset on a header"
+        );
+        let e = at("retry");
+        assert_eq!(
+            e.key(),
+            "routes[1].retry",
+            "the key that starts at the offset"
+        );
         let e = ConfigFileError::at("gw.toml", text, None, "whole");
         assert_eq!((e.line(), e.column()), (1, 1));
+        let line = r#"h = { "a,b" = "x=}", c = [1, { d = 2 }], e = { f = 3 }, g = 4 }"#;
+        let key = |needle: &str| key_at(line, line.find(needle).unwrap());
+        assert_eq!(key("2 }"), "h.c.d");
+        assert_eq!(key("3 }"), "h.e.f");
+        assert_eq!(key("4 }"), "h.g");
+        assert_eq!(key("g ="), "h.g");
         let e = ConfigFileError::at("gw.toml", "é", Some(1..2), "inside a character");
         assert_eq!(e.line(), 1);
     }
