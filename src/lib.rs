@@ -1,7 +1,8 @@
 //! System-design patterns as [tower] middleware: circuit breaker, bulkhead, retry with
 //! backoff, caching, rate limiting, multi-tenancy, sharding, event sourcing, CQRS, eventual
 //! consistency and sagas, composable with `ServiceBuilder` in axum, hyper and tonic services.
-//! The rest of the API gateway and the strangler fig are planned and not in this release.
+//! An API gateway built from them runs as a tower service or on its own listener; the strangler
+//! fig is planned and not in this release.
 //!
 //! This crate is the facade: feature `x` gives module `tower_patterns::x`, the whole public API
 //! of crate `tower-patterns-x`, and the shared vocabulary of `tower-patterns-core` is at its

@@ -64,7 +64,7 @@ async fn serve(addr: SocketAddr, app: Router) -> std::io::Result<()> {
 }
 
 /// Starts the three demo upstreams.
-pub async fn start() -> std::io::Result<()> {
+pub(crate) async fn start() -> std::io::Result<()> {
     serve(
         ([127, 0, 0, 1], 9101).into(),
         Router::new().route("/v2/users/{id}", get(user).put(user)),

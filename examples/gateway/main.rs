@@ -18,19 +18,23 @@
 
 mod demo;
 
-use std::{path::PathBuf, time::SystemTime};
+use std::{future::Future, io::Write, path::PathBuf, time::SystemTime};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tower_patterns::{BoxError, gateway::Gateway};
 
-struct Args {
+/// The command line.
+#[derive(Debug)]
+pub(crate) struct Args {
     config: PathBuf,
     demo: bool,
     threads: Option<usize>,
 }
 
-fn args() -> Result<Args, String> {
+/// Reads the command line (without the program name).
+pub(crate) fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut out = Args {
         config: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -39,7 +43,7 @@ fn args() -> Result<Args, String> {
         demo: false,
         threads: None,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--config" => out.config = it.next().ok_or("--config needs a path")?.into(),
@@ -104,7 +108,7 @@ async fn shutdown_signal() {
 }
 
 fn main() {
-    let args = match args() {
+    let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -128,14 +132,25 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(args)) {
+    let run = async {
+        let prometheus =
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        run(args, &mut std::io::stdout(), shutdown_signal(), prometheus).await
+    };
+    if let Err(e) = rt.block_on(run) {
         eprintln!("gateway: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> Result<(), BoxError> {
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+/// Runs the gateway (and the demo upstreams) until `shutdown`, telling the user what to try
+/// on `out`.
+pub(crate) async fn run(
+    args: Args,
+    out: &mut (dyn Write + Send),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    prometheus: PrometheusHandle,
+) -> Result<(), BoxError> {
     if args.demo {
         demo::start().await?;
     }
@@ -156,33 +171,55 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let admin_listener = tokio::net::TcpListener::bind(admin)
             .await
             .map_err(|e| format!("cannot listen on {admin} (admin.listen): {e}"))?;
+        let admin = admin_listener.local_addr()?;
         let mut stop = stop_rx.clone();
         tokio::spawn(gateway.clone().serve_admin(admin_listener, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
-        println!("admin on http://{admin} (/metrics, /healthz, /readyz)");
+        writeln!(out, "admin on http://{admin} (/metrics, /healthz, /readyz)")?;
     }
-    println!(
+    writeln!(
+        out,
         "gateway \"{}\" on http://{addr}, configuration {}",
         gateway.name(),
         args.config.display()
-    );
+    )?;
     if args.demo {
         let dir = args.config.parent().map(PathBuf::from).unwrap_or_default();
-        println!("try:");
-        println!("  curl -si http://{addr}/api/users/7 -H 'x-api-key: demo-mobile-key'");
-        println!("  curl -si http://{addr}/api/orders/o-1 -H 'x-api-key: demo-partner-key'");
-        println!("  curl -si http://{addr}/echo/anything -H 'x-api-version: 2'");
-        if let Ok((hs, rs)) = demo_tokens(&dir) {
-            println!("  curl -s http://{addr}/api/profile/7 -H 'authorization: Bearer {hs}'");
-            println!("  curl -s http://{addr}/api/users/7 -H 'authorization: Bearer {rs}'");
+        writeln!(out, "try:")?;
+        writeln!(
+            out,
+            "  curl -si http://{addr}/api/users/7 -H 'x-api-key: demo-mobile-key'"
+        )?;
+        writeln!(
+            out,
+            "  curl -si http://{addr}/api/orders/o-1 -H 'x-api-key: demo-partner-key'"
+        )?;
+        writeln!(
+            out,
+            "  curl -si http://{addr}/echo/anything -H 'x-api-version: 2'"
+        )?;
+        if let Ok((hs, rs)) = demo_tokens(if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            &dir
+        }) {
+            writeln!(
+                out,
+                "  curl -s http://{addr}/api/profile/7 -H 'authorization: Bearer {hs}'"
+            )?;
+            writeln!(
+                out,
+                "  curl -s http://{addr}/api/users/7 -H 'authorization: Bearer {rs}'"
+            )?;
         }
-        println!(
+        writeln!(
+            out,
             "  curl -si http://{addr}/api/users/7 -H 'x-consumer-id: admin'   # 401: no credential; the header is stripped"
-        );
+        )?;
     }
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown.await;
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;

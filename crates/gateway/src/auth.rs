@@ -35,6 +35,10 @@ impl Identity {
         &self.consumer
     }
 
+    pub(crate) fn consumer_arc(&self) -> Arc<str> {
+        self.consumer.clone()
+    }
+
     /// The consumer's tenant, when it has one.
     pub fn tenant(&self) -> Option<&TenantId> {
         self.tenant.as_ref()

@@ -95,22 +95,18 @@ fn header(name: Option<&toml::Spanned<String>>, default: &'static str) -> Header
 
 fn located(
     config: &GatewayConfig,
-    kind: &str,
+    kind: &'static str,
     name: &str,
 ) -> impl Fn(ConfigError) -> ConfigFileError {
-    let needle = format!("[{kind}.{name}");
-    let key = format!("{kind}.{name}");
     let config = config.clone();
+    let name = name.to_owned();
     move |e: ConfigError| {
-        let start = config_text_find(&config, &needle);
-        config
-            .error_at(start.map_or(0..0, |s| s..s + 1), e.to_string())
-            .with_key(key.clone())
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix("invalid configuration: ")
+            .unwrap_or(&text);
+        config.named_table_error(kind, &name, reason)
     }
-}
-
-fn config_text_find(config: &GatewayConfig, needle: &str) -> Option<usize> {
-    config.text().find(needle)
 }
 
 /// Compiles `config` as generation `generation`, reusing the unchanged parts of `previous`.
@@ -151,12 +147,21 @@ pub(crate) fn compile(
             }
             Some(token)
         }
-        (Some(var), None) => Some(std::env::var(var.get_ref()).map_err(|_| {
-            config.error_at(
-                var.span(),
-                format!("environment variable {} is not set", var.get_ref()),
-            )
-        })?),
+        (Some(var), None) => Some(
+            std::env::var(var.get_ref())
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| t.len() >= 16)
+                .ok_or_else(|| {
+                    config.error_at(
+                        var.span(),
+                        format!(
+                            "environment variable {} is not set to a token of 16 characters or more",
+                            var.get_ref()
+                        ),
+                    )
+                })?,
+        ),
         (None, None) => None,
     };
     let settings = Settings {
@@ -228,7 +233,11 @@ pub(crate) fn compile(
 
     let mut limiters = BTreeMap::new();
     for (name, limit) in &f.limits {
+        // A limit on Redis is rebuilt when the [redis] table changed too.
+        let redis_same =
+            |p: &Compiled| limit.store.get_ref() == "memory" || p.config.file.redis == f.redis;
         let reused = previous
+            .filter(|p| redis_same(p))
             .and_then(|p| p.limiters.get(name))
             .filter(|(settings, _)| settings == limit)
             .map(|(_, l)| l.clone());

@@ -44,8 +44,7 @@
 //!
 //! [[consumers]]
 //! id = "mobile"
-//! # sha256("demo-key")
-//! api_keys_sha256 = ["c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"]
+//! api_keys_sha256 = ["c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"] # of "demo-key"
 //!
 //! [upstreams.users]
 //! addresses = ["127.0.0.1:9"]     # nothing listens there

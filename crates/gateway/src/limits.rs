@@ -34,13 +34,17 @@ impl KeyKind {
     }
 }
 
-/// A limit's key: the consumer, the tenant or the client's IP address, as text.
+/// A limit's key: the consumer, the tenant or the client's IP address, tagged with which
+/// (`c:`, `t:`, `ip:` in its text form), so no consumer id can stand for an address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct LimitKey(Arc<str>);
+pub(crate) struct LimitKey {
+    tag: &'static str,
+    id: Arc<str>,
+}
 
 impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}:{}", self.tag, self.id)
     }
 }
 
@@ -51,22 +55,33 @@ pub(crate) struct IdentityKey(pub(crate) KeyKind);
 impl<B> KeyExtractor<Request<B>> for IdentityKey {
     type Key = LimitKey;
 
+    /// The consumer or tenant; a request without one (anonymous, on a route whose auth is
+    /// optional, or a consumer without a tenant) is counted by its client address instead,
+    /// under a key of its own kind.
     fn extract(&self, req: &Request<B>) -> Result<LimitKey, KeyError> {
-        let identity = || req.extensions().get::<Identity>();
-        match self.0 {
-            KeyKind::Consumer => identity()
-                .map(|i| LimitKey(i.consumer().into()))
-                .ok_or_else(|| KeyError::missing("consumer")),
-            KeyKind::Tenant => identity()
-                .and_then(Identity::tenant)
-                .map(|t| LimitKey(t.as_str().into()))
-                .ok_or_else(|| KeyError::missing("tenant")),
-            KeyKind::ClientIp => req
-                .extensions()
-                .get::<ClientAddr>()
-                .map(|a| LimitKey(a.0.ip().to_string().into()))
-                .ok_or_else(|| KeyError::missing("client address")),
+        let identity = req.extensions().get::<Identity>();
+        let by_identity = match self.0 {
+            KeyKind::Consumer => identity.map(|i| LimitKey {
+                tag: "c",
+                id: i.consumer_arc(),
+            }),
+            KeyKind::Tenant => identity.and_then(Identity::tenant).map(|t| LimitKey {
+                tag: "t",
+                id: t.as_str().into(),
+            }),
+            KeyKind::ClientIp => None,
+        };
+        if let Some(key) = by_identity {
+            return Ok(key);
         }
+        let addr = req
+            .extensions()
+            .get::<ClientAddr>()
+            .ok_or_else(|| KeyError::missing("client address"))?;
+        Ok(LimitKey {
+            tag: "ip",
+            id: addr.0.ip().to_string().into(),
+        })
     }
 }
 

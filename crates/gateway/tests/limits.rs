@@ -62,6 +62,17 @@ prefix = "/open"
 upstream = "u"
 limit = "per_ip"
 
+[auth.maybe]
+api_key = {{ header = "x-api-key" }}
+optional = true
+
+[[routes]]
+name = "maybe"
+prefix = "/maybe"
+upstream = "u"
+auth = "maybe"
+limit = "per_consumer"
+
 [[routes]]
 name = "upload"
 prefix = "/upload"

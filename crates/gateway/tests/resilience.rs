@@ -184,3 +184,77 @@ upstream = "pair"
     assert!(bad.hits() > 2, "taken back: {}", bad.hits());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_never_answers_is_ejected_and_a_full_bulkhead_does_not_open_the_breaker() {
+    let hole = support::black_hole().await;
+    let good = Upstream::start().await;
+    let toml = format!(
+        r#"
+[upstreams.pair]
+addresses = ["{hole}", "{good}"]
+timeout = "150ms"
+breaker = {{ window = 100, minimum_calls = 100 }}
+outlier = {{ consecutive_failures = 2, base_ejection = "30s" }}
+
+[upstreams.narrow]
+addresses = ["{good}"]
+bulkhead = {{ max_concurrent = 1 }}
+breaker = {{ window = 2, minimum_calls = 2, failure_rate = 0.5 }}
+
+[[routes]]
+name = "pair"
+prefix = "/pair"
+upstream = "pair"
+request = {{ strip_prefix = "/pair" }}
+
+[[routes]]
+name = "narrow"
+prefix = "/narrow"
+upstream = "narrow"
+request = {{ strip_prefix = "/narrow" }}
+"#,
+        good = good.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut timeouts = 0;
+    for _ in 0..20 {
+        match get(&gw.url("/pair/x"), &[]).await.status {
+            StatusCode::OK => {}
+            StatusCode::GATEWAY_TIMEOUT => timeouts += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(
+        timeouts, 2,
+        "two timeouts in a row eject the silent address"
+    );
+
+    let slow = tokio::spawn({
+        let url = gw.url("/narrow/slow/400");
+        async move { get(&url, &[]).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..4 {
+        let r = get(&gw.url("/narrow/x"), &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the bulkhead is full"
+        );
+    }
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let breaker = gw
+        .gateway
+        .handles()
+        .into_iter()
+        .find(|h| h.pattern() == "breaker" && h.name() == "test.narrow")
+        .unwrap();
+    assert_eq!(
+        breaker.report().state,
+        "closed",
+        "rejections from the bulkhead are not the upstream's failures"
+    );
+    assert_eq!(get(&gw.url("/narrow/x"), &[]).await.status, StatusCode::OK);
+    gw.stop().await;
+}

@@ -115,11 +115,6 @@ impl GatewayConfig {
         self.dir.join(path)
     }
 
-    /// The file's text.
-    pub(crate) fn text(&self) -> &str {
-        &self.text
-    }
-
     /// The file's name as given.
     pub fn origin(&self) -> &str {
         &self.origin
@@ -282,7 +277,7 @@ impl GatewayConfig {
                 }
             }
         }
-        for limit in f.limits.values() {
+        for (name, limit) in &f.limits {
             if !matches!(
                 limit.key.get_ref().as_str(),
                 "consumer" | "tenant" | "client_ip"
@@ -315,7 +310,7 @@ impl GatewayConfig {
                 }
             }
             if limit.burst == Some(0) {
-                return Err(at(&limit.key, "burst must be at least 1".to_owned()));
+                return Err(self.named_table_error("limits", name, "burst must be at least 1"));
             }
         }
         for (name, up) in &f.upstreams {
@@ -513,12 +508,18 @@ impl GatewayConfig {
     }
 
     /// An error about the table `[kind.name]`, at its header line.
-    fn named_table_error(&self, kind: &str, name: &str, message: &str) -> ConfigFileError {
-        let needle = format!("[{kind}.{name}");
+    pub(crate) fn named_table_error(
+        &self,
+        kind: &str,
+        name: &str,
+        message: &str,
+    ) -> ConfigFileError {
+        // The table's own header, else one of its sub-tables' (`[upstreams.users.retry]`);
+        // never a longer name that starts with this one.
         let start = self
             .text
-            .find(&needle)
-            .or_else(|| self.text.find(&format!("{kind}.{name}")));
+            .find(&format!("[{kind}.{name}]"))
+            .or_else(|| self.text.find(&format!("[{kind}.{name}.")));
         let span = start.map_or(0..0, |s| s..s + 1);
         self.error_at(span, message)
             .with_key(format!("{kind}.{name}"))

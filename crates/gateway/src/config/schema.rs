@@ -86,7 +86,7 @@ pub(crate) struct Identity {
     pub(crate) strip: Vec<Spanned<String>>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Redis {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]

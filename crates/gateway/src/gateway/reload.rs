@@ -103,15 +103,13 @@ impl Reloader {
         let mut seen = this.snapshot(&path);
         Some(tokio::spawn(async move {
             loop {
-                let interval = this
-                    .gateway
-                    .shared
-                    .current
-                    .load()
-                    .config
-                    .poll_interval()
-                    .max(Duration::from_millis(10));
-                tokio::time::sleep(interval).await;
+                let interval = this.gateway.shared.current.load().config.poll_interval();
+                if interval.is_zero() {
+                    // Polling turned off by a reload: look again only for it being turned on.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                tokio::time::sleep(interval.max(Duration::from_millis(10))).await;
                 let now = this.snapshot(&path);
                 if now != seen {
                     let _ = this.reload_now();

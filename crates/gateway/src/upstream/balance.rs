@@ -199,11 +199,14 @@ impl Pool {
 #[derive(Clone, Debug)]
 pub(crate) struct Pick {
     pool: Arc<Pool>,
+    timeout: Duration,
 }
 
 impl Pick {
-    pub(crate) fn new(pool: Arc<Pool>) -> Self {
-        Self { pool }
+    /// Calls through `pool`, each attempt limited to `timeout` (a timeout counts as the
+    /// address's failure, so an address that accepts and never answers is ejected too).
+    pub(crate) fn new(pool: Arc<Pool>, timeout: Duration) -> Self {
+        Self { pool, timeout }
     }
 }
 
@@ -262,16 +265,20 @@ impl Service<Request<Full<Bytes>>> for Pick {
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         }
         *req.version_mut() = http::Version::HTTP_11;
-        let fut = guard.pool.client.request(req);
+        let fut = tokio::time::timeout(self.timeout, guard.pool.client.request(req));
         Box::pin(async move {
             match fut.await {
-                Ok(res) => {
+                Err(_elapsed) => {
+                    guard.pool.record(guard.index, true);
+                    Err(tower::timeout::error::Elapsed::new().into())
+                }
+                Ok(Ok(res)) => {
                     guard
                         .pool
                         .record(guard.index, res.status().is_server_error());
                     Ok(res.map(GatewayBody::new))
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     guard.pool.record(guard.index, true);
                     let addr = guard.pool.endpoints[guard.index].addr;
                     Err(GatewayError::new(

@@ -15,7 +15,7 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 use tower_patterns_breaker::CircuitBreakerLayer;
 use tower_patterns_bulkhead::BulkheadLayer;
 use tower_patterns_core::{
-    BoxError, ConfigError,
+    BoxError, ConfigError, Rejected,
     classify::{Outcome, predicate},
     observe::{Health, Report, StateHandle},
 };
@@ -77,27 +77,23 @@ impl Group {
             vec![Arc::new(GroupHandle { pool: pool.clone() })];
 
         let timeout = settings.timeout.map_or(Duration::from_secs(30), |d| d.0);
-        let b = settings.breaker.clone().unwrap_or(schema::Breaker {
-            window: None,
-            minimum_calls: None,
-            failure_rate: None,
-            open_for: None,
-        });
-        let mut breaker = CircuitBreakerLayer::builder(full.clone())
-            .count_window(b.window.unwrap_or(20))
-            .minimum_calls(b.minimum_calls.unwrap_or(10))
-            .failure_rate(b.failure_rate.unwrap_or(0.5))
-            .open_duration(b.open_for.map_or(Duration::from_secs(10), |d| d.0));
-        if settings.breaker.is_none() {
-            breaker = breaker.count_window(100).minimum_calls(20);
-        }
+        let b = settings.breaker.as_ref();
         // 5xx answers and errors fail, as tower-http's `ServerErrorsAsFailures` says, decided on
-        // the status alone so the body streams through unwrapped.
-        let breaker = breaker
+        // the status alone so the body streams through unwrapped; a rejection from below (the
+        // bulkhead full) says nothing about the upstream and counts neither way.
+        let breaker = CircuitBreakerLayer::builder(full.clone())
+            .count_window(b.and_then(|b| b.window).unwrap_or(100))
+            .minimum_calls(b.and_then(|b| b.minimum_calls).unwrap_or(20))
+            .failure_rate(b.and_then(|b| b.failure_rate).unwrap_or(0.5))
+            .open_duration(
+                b.and_then(|b| b.open_for)
+                    .map_or(Duration::from_secs(10), |d| d.0),
+            )
             .classifier(predicate(
                 |res: &Result<Response<GatewayBody>, BoxError>| match res {
                     Ok(res) if res.status().is_server_error() => Outcome::Failure,
                     Ok(_) => Outcome::Success,
+                    Err(e) if Rejected::find(&**e).is_some() => Outcome::Ignored,
                     Err(_) => Outcome::Failure,
                 },
             ))
@@ -117,8 +113,7 @@ impl Group {
         let inner = ServiceBuilder::new()
             .layer(breaker)
             .layer(bulkhead)
-            .timeout(timeout)
-            .service(Pick::new(pool.clone()));
+            .service(Pick::new(pool.clone(), timeout));
         let service = match &settings.retry {
             Some(r) if r.attempts > 1 => {
                 let budget = RetryBudget::new(

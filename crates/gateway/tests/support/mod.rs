@@ -241,3 +241,16 @@ pub fn key_hash(key: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// An address that accepts connections and never answers.
+pub async fn black_hole() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
