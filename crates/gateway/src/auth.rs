@@ -225,9 +225,6 @@ impl<B, Res> Gate<Request<B>, Res> for IdentityGate {
             {
                 headers.insert(self.0.tenant.clone(), v);
             }
-            if let Some(t) = &identity.tenant {
-                req.extensions_mut().insert(t.clone());
-            }
             req.extensions_mut().insert(identity);
         }
         Ok(())

@@ -273,6 +273,7 @@ pub(crate) fn compile(
             (None, None) => unreachable_route(),
         };
         let transform = Arc::new(RequestTransform::new(&r.request));
+        let keep_extensions = r.aggregate.is_some();
         let auth = r
             .auth
             .as_ref()
@@ -286,6 +287,12 @@ pub(crate) fn compile(
             .option_layer(limit)
             .map_request(move |mut req: Request<_>| {
                 transform.apply(&mut req);
+                // Past this point only an aggregate reads the extensions (its parameters);
+                // an upstream group sends the request over HTTP, and its retry copies the
+                // extensions for every attempt.
+                if !keep_extensions {
+                    req.extensions_mut().clear();
+                }
                 req
             })
             .service(inner);

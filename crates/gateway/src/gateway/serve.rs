@@ -47,8 +47,9 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let settings = self.shared.current.load().settings.clone();
             let gateway = self.clone();
+            let client = super::service::Peer::new(peer);
             let service = service_fn(move |req| {
-                let fut = gateway.serve_one(req, Some(peer));
+                let fut = gateway.serve_one(req, Some(client.clone()));
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let mut builder = http1::Builder::new();

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::ServiceExt;
@@ -26,35 +26,39 @@ use crate::{
     compile::{Compiled, Settings, Strip},
     error::{GatewayError, Kind},
     limits::ClientAddr,
-    route::Miss,
+    route::{Miss, RouteParams},
 };
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Names made once, not parsed per request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        for name in &named {
+            headers.remove(name.as_str());
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);
@@ -105,8 +109,13 @@ fn request_id(headers: &mut HeaderMap, settings: &Settings) -> HeaderValue {
         return v.clone();
     }
     let n = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-    let id = HeaderValue::try_from(format!("{:016x}{n:016x}", process_prefix()))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let mut text = [0u8; 32];
+    for (i, word) in [process_prefix(), n].into_iter().enumerate() {
+        for (j, digit) in text[16 * i..16 * (i + 1)].iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(word >> (60 - 4 * j) & 0xf) as usize];
+        }
+    }
+    let id = HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(settings.request_id.clone(), id.clone());
     id
 }
@@ -148,12 +157,28 @@ where
     }
 }
 
+/// The client of a connection: its address, and that address as the `X-Forwarded-For` value
+/// (made once per connection).
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip }
+    }
+}
+
 impl Gateway {
     /// Serves one request from `peer` (when known).
     pub(crate) fn serve_one<B>(
         &self,
         req: Request<B>,
-        peer: Option<SocketAddr>,
+        peer: Option<Peer>,
     ) -> impl Future<Output = Response<GatewayBody>> + Send + use<B>
     where
         B: Body<Data = Bytes> + Send + 'static,
@@ -167,7 +192,7 @@ impl Gateway {
 async fn handle<B>(
     compiled: std::sync::Arc<Compiled>,
     req: Request<B>,
-    peer: Option<SocketAddr>,
+    peer: Option<Peer>,
 ) -> Response<GatewayBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -202,15 +227,15 @@ where
             Err(res) => return res,
         };
         if let Some(peer) = peer {
-            parts.extensions.insert(ClientAddr(peer));
-            if let Ok(v) = HeaderValue::try_from(peer.ip().to_string()) {
-                parts.headers.insert("x-forwarded-for", v);
-            }
+            parts.extensions.insert(ClientAddr(peer.addr));
+            parts.headers.insert(X_FORWARDED_FOR, peer.ip);
         }
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        parts.extensions.insert(params);
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if params != RouteParams::default() {
+            parts.extensions.insert(params);
+        }
         let req = Request::from_parts(parts, Full::new(bytes));
         let mut res = match route.service.clone().oneshot(req).await {
             Ok(res) => res,
@@ -262,7 +287,7 @@ where
     /// Serves `req`; the peer address, when a `ClientAddr` is in its extensions, is the
     /// client's.
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let peer = req.extensions().get::<ClientAddr>().map(|a| a.0);
+        let peer = req.extensions().get::<ClientAddr>().map(|a| Peer::new(a.0));
         ResponseFuture {
             inner: Box::pin(self.serve_one(req, peer)),
         }
