@@ -125,6 +125,14 @@ async fn each_consumer_has_its_own_rate_and_plans_raise_it() {
         get(&gw.url("/open/x"), &[]).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+    // Optional auth: an anonymous caller is limited by its address, apart from consumers.
+    for _ in 0..2 {
+        assert_eq!(get(&gw.url("/maybe/x"), &[]).await.status, StatusCode::OK);
+    }
+    let r = get(&gw.url("/maybe/x"), &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let r = get(&gw.url("/maybe/x"), &[("x-api-key", "k-free-2")]).await;
+    assert_eq!(r.status, StatusCode::OK, "a consumer keeps its own budget (one left)");
     gw.stop().await;
 }
 
