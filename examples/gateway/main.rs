@@ -179,12 +179,14 @@ pub(crate) async fn run(
     let _watch = reloader.spawn_watch();
     let _hup = reloader.spawn_sighup()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admin listener outlives the gateway's drain, so `/readyz` says 503 while it drains.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     if let Some(admin) = config.admin_listen() {
         let admin_listener = tokio::net::TcpListener::bind(admin)
             .await
             .map_err(|e| format!("cannot listen on {admin} (admin.listen): {e}"))?;
         let admin = admin_listener.local_addr()?;
-        let mut stop = stop_rx.clone();
+        let mut stop = admin_stop_rx;
         tokio::spawn(gateway.clone().serve_admin(admin_listener, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
@@ -240,5 +242,6 @@ pub(crate) async fn run(
             let _ = stop.wait_for(|s| *s).await;
         })
         .await?;
+    let _ = admin_stop_tx.send(true);
     Ok(())
 }

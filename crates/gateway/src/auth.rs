@@ -56,11 +56,10 @@ pub(crate) struct Consumer {
     pub(crate) identity: Identity,
 }
 
-/// The consumers, by id and by API key hash.
+/// The consumers, by API key hash.
 #[derive(Debug, Default)]
 pub(crate) struct Consumers {
     by_key: HashMap<ApiKeyHash, Arc<Consumer>>,
-    by_id: HashMap<String, Arc<Consumer>>,
 }
 
 impl Consumers {
@@ -81,7 +80,6 @@ impl Consumers {
         for key in keys {
             self.by_key.insert(*key, consumer.clone());
         }
-        self.by_id.insert(id.to_owned(), consumer);
     }
 }
 
@@ -97,6 +95,7 @@ pub(crate) struct JwtAuth {
     pub(crate) verifier: JwtVerifier,
     pub(crate) consumer_claim: String,
     pub(crate) tenant_claim: String,
+    pub(crate) plan_claim: String,
 }
 
 impl fmt::Debug for AuthScheme {
@@ -130,17 +129,17 @@ impl AuthScheme {
                 .get_str(&jwt.consumer_claim)
                 .filter(|c| !c.is_empty() && HeaderValue::try_from(*c).is_ok())
                 .ok_or_else(|| invalid("token names no consumer"))?;
-            if let Some(known) = self.consumers.by_id.get(consumer) {
-                return Ok(Some(known.identity.clone()));
-            }
+            // The token's own claims, never a configured consumer's record: a subject that
+            // happens to equal an API-key consumer's id must not take its tenant or plan.
             let tenant = match claims.get_str(&jwt.tenant_claim) {
                 Some(t) => Some(TenantId::new(t).map_err(TenantError::from)?),
                 None => None,
             };
+            let plan = claims.get_str(&jwt.plan_claim).map(Into::into);
             return Ok(Some(Identity {
                 consumer: consumer.into(),
                 tenant,
-                plan: None,
+                plan,
             }));
         }
         if let Some(name) = &self.api_key

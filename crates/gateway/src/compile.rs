@@ -16,6 +16,7 @@ use crate::{
     auth::{AuthLayer, AuthScheme, Consumers, IdentityHeaders, JwtAuth},
     config::{ConfigFileError, GatewayConfig, schema},
     limits::{IdentityKey, KeyKind, LimitKey, PlanRates, RouteLimiter},
+    read::ReadBodyLayer,
     route::Router,
     transform::{HeaderOps, RequestTransform},
     upstream::{Group, GroupService},
@@ -35,6 +36,7 @@ pub(crate) struct Settings {
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_connections: usize,
     pub(crate) request_id: HeaderName,
     pub(crate) strip: Vec<Strip>,
     pub(crate) admin_token: Option<String>,
@@ -46,9 +48,16 @@ pub(crate) struct RouteCounts {
     pub(crate) by_class: [std::sync::atomic::AtomicU64; 4],
 }
 
+/// A route's whole stack, taking the request with its body still to read.
+pub(crate) type RouteService = BoxCloneSyncService<
+    Request<crate::GatewayBody>,
+    http::Response<crate::GatewayBody>,
+    tower_patterns_core::BoxError,
+>;
+
 pub(crate) struct CompiledRoute {
     pub(crate) name: Arc<str>,
-    pub(crate) service: GroupService,
+    pub(crate) service: RouteService,
     pub(crate) response: HeaderOps,
     pub(crate) counts: Arc<RouteCounts>,
 }
@@ -178,6 +187,10 @@ pub(crate) fn compile(
             .server
             .drain_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
+        max_connections: f
+            .server
+            .max_connections
+            .map_or(10_000, |n| n.max(1) as usize),
         request_id: header(f.server.request_id_header.as_ref(), "x-request-id"),
         strip,
         admin_token,
@@ -285,6 +298,10 @@ pub(crate) fn compile(
         let service = ServiceBuilder::new()
             .option_layer(auth)
             .option_layer(limit)
+            .layer(ReadBodyLayer {
+                max: settings.max_body,
+                timeout: settings.body_read_timeout,
+            })
             .map_request(move |mut req: Request<_>| {
                 transform.apply(&mut req);
                 // Past this point only an aggregate reads the extensions (its parameters);
@@ -418,6 +435,7 @@ fn jwt_auth(
         .map_err(located(config, "auth", name))?;
     Ok(JwtAuth {
         verifier,
+        plan_claim: jwt.plan_claim.clone().unwrap_or_else(|| "plan".to_owned()),
         consumer_claim: jwt
             .consumer_claim
             .clone()

@@ -8,7 +8,8 @@ use tower_patterns_core::http::{ErrorMapping, IntoErrorResponse, register_error_
 /// Why the gateway refused or failed a request itself (rather than the upstream answering).
 ///
 /// Mapped by core's error responses: no route 404, a method the route does not take 405, a
-/// body over the cap 413, a body not sent in time 408, an upstream that could not be reached
+/// body over the cap 413, a body not sent in time 408, a path with dot segments, empty segments
+/// or encoded separators 400, an upstream that could not be reached
 /// or answered with a broken response 502, every part of an aggregate failed 502.
 #[derive(Debug)]
 pub struct GatewayError {
@@ -23,6 +24,7 @@ pub(crate) enum Kind {
     BodyTooLarge,
     BodyTimeout,
     BadBody,
+    BadPath,
     Upstream,
     AllPartsFailed,
 }
@@ -63,6 +65,7 @@ impl IntoErrorResponse for GatewayError {
                 ErrorMapping::new(StatusCode::REQUEST_TIMEOUT, "request body not sent in time")
             }
             Kind::BadBody => ErrorMapping::new(StatusCode::BAD_REQUEST, "request body unreadable"),
+            Kind::BadPath => ErrorMapping::new(StatusCode::BAD_REQUEST, "bad path"),
             Kind::Upstream => ErrorMapping::new(StatusCode::BAD_GATEWAY, "bad gateway"),
             Kind::AllPartsFailed => ErrorMapping::new(StatusCode::BAD_GATEWAY, "bad gateway"),
         }

@@ -92,6 +92,7 @@ pub mod config;
 mod error;
 mod gateway;
 mod limits;
+mod read;
 mod route;
 mod transform;
 mod upstream;
@@ -100,6 +101,8 @@ pub use auth::Identity;
 pub use body::GatewayBody;
 pub use config::{ConfigFileError, GatewayConfig};
 pub use error::GatewayError;
-pub use gateway::{ConfigSource, Gateway, GatewayBuilder, GatewayHandle, NoConfig, Reloader};
+pub use gateway::{
+    ConfigSource, Gateway, GatewayBuilder, GatewayHandle, NoConfig, Reloader, future,
+};
 pub use limits::ClientAddr;
 pub use route::RouteParams;

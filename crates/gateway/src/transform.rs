@@ -136,10 +136,26 @@ fn render(pieces: &[Piece], params: &RouteParams) -> String {
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Param(p) => out.push_str(params.get(p).unwrap_or_default()),
+            Piece::Param(p) => encode_into(&mut out, params.get(p).unwrap_or_default()),
         }
     }
     out
+}
+
+/// Appends a parameter's value, percent-encoding every byte but the unreserved ones, `/` (a
+/// catch-all's segments) and `%` (escapes the client already made): a value cannot add a
+/// query parameter or a segment to the template it fills (`7&admin=1` becomes
+/// `7%26admin%3D1`).
+fn encode_into(out: &mut String, value: &str) {
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/' | b'%') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(byte & 0xf)]));
+        }
+    }
 }
 
 impl RequestTransform {
@@ -182,6 +198,7 @@ impl RequestTransform {
             }
         };
         let with_query = match query {
+            Some(q) if new_path.contains('?') => format!("{new_path}&{q}"),
             Some(q) => format!("{new_path}?{q}"),
             None => new_path,
         };
@@ -250,5 +267,14 @@ mod tests {
             ),
             "/files/a/b"
         );
+        let injected = RouteParams(vec![("id".into(), "7&admin=1#x?y é".into())]);
+        assert_eq!(
+            fill("/orders?user={id}", &injected),
+            "/orders?user=7%26admin%3D1%23x%3Fy%20%C3%A9"
+        );
+        let with_query = RequestTransform::new(&rules("rewrite = \"/search?v=2\""));
+        let mut req = Request::builder().uri("/s?q=a").body(()).unwrap();
+        with_query.apply(&mut req);
+        assert_eq!(req.uri(), "/search?v=2&q=a");
     }
 }

@@ -141,19 +141,21 @@ async fn verified_credentials_name_the_consumer_upstream() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.seen("x-consumer-id").as_deref(), Some("mobile"));
     assert_eq!(r.seen("x-tenant-id").as_deref(), Some("globex"));
-    // A token whose subject is a configured consumer takes that consumer's tenant and plan.
-    let r = get(
-        &url,
-        &[(
-            "authorization",
-            &format!(
-                "Bearer {}",
-                token(Algorithm::HS256, "hs-1", &hs(), &claims("mobile"))
-            ),
-        )],
-    )
-    .await;
-    assert_eq!(r.seen("x-tenant-id").as_deref(), Some("globex"));
+    // A token whose subject equals an API-key consumer's id takes nothing from that consumer:
+    // its identity is the token's own claims.
+    let mut claims_of_mobile = claims("mobile");
+    claims_of_mobile["plan"] = json!("free");
+    let bearer = format!(
+        "Bearer {}",
+        token(Algorithm::HS256, "hs-1", &hs(), &claims_of_mobile)
+    );
+    let r = get(&url, &[("authorization", &bearer)]).await;
+    assert_eq!(r.seen("x-consumer-id").as_deref(), Some("mobile"));
+    assert_eq!(
+        r.seen("x-tenant-id").as_deref(),
+        Some("acme"),
+        "the token's tenant, not globex"
+    );
 
     // An anonymous route: the identity headers a client sends never reach the upstream.
     let r = get(&gw.url("/public/x"), &[spoof, ("x-tenant-id", "acme")]).await;

@@ -304,6 +304,54 @@ fn cases() -> Vec<Case> {
             "routes[1]",
             "an aggregate has two parts or more",
         ),
+        second_route(
+            "a request rule that writes the consumer header",
+            &[
+                "[[routes]]",
+                "name = \"b\"",
+                "prefix = \"/b\"",
+                "upstream = \"users\"",
+                "request = { rename_headers = { x-user = \"X-Consumer-Id\" } }",
+            ],
+            (9, 1),
+            "routes[1]",
+            "request rules may not write \"X-Consumer-Id\"",
+        ),
+        second_route(
+            "a request rule that sets a stripped prefix",
+            &[
+                "[identity]",
+                "strip = [\"x-internal-*\"]",
+                "[[routes]]",
+                "name = \"b\"",
+                "prefix = \"/b\"",
+                "upstream = \"users\"",
+                "request = { set_headers = { x-internal-role = \"admin\" } }",
+            ],
+            (11, 1),
+            "routes[1]",
+            "only the gateway sets the identity headers",
+        ),
+        second_route(
+            "a method in small letters",
+            &[
+                "[[routes]]",
+                "name = \"b\"",
+                "prefix = \"/b\"",
+                "upstream = \"users\"",
+                "methods = [\"GET\", \"get\"]",
+            ],
+            (13, 19),
+            "routes[1].methods",
+            "methods are written in capitals",
+        ),
+        case(
+            "a duration of centuries",
+            &["[server]", "header_read_timeout = \"5000000000000000h\""],
+            (2, 23),
+            "server.header_read_timeout",
+            "longer than a day",
+        ),
     ]
 }
 

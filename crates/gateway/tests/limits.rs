@@ -132,7 +132,11 @@ async fn each_consumer_has_its_own_rate_and_plans_raise_it() {
     let r = get(&gw.url("/maybe/x"), &[]).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let r = get(&gw.url("/maybe/x"), &[("x-api-key", "k-free-2")]).await;
-    assert_eq!(r.status, StatusCode::OK, "a consumer keeps its own budget (one left)");
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a consumer keeps its own budget (one left)"
+    );
     gw.stop().await;
 }
 
@@ -178,12 +182,17 @@ async fn bodies_over_the_cap_get_413_whether_announced_or_streamed() {
 async fn a_slow_client_cannot_hold_a_connection() {
     let up = Upstream::start().await;
     let gw = gateway(&up).await;
-    // Headers sent a byte at a time, never finished: the connection is closed.
+    // Headers sent a byte every 50 ms, never finished: the connection is closed once the
+    // header read timeout (500 ms) passes, however steadily the bytes come.
     let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET /upload HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
     let started = Instant::now();
+    let header = b"GET /upload HTTP/1.1\r\nHost: x\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for byte in header {
+        if slow.write_all(&[*byte]).await.is_err() || started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the gateway closed the connection");
@@ -194,6 +203,25 @@ async fn a_slow_client_cannot_hold_a_connection() {
     );
     // Meanwhile others were served.
     assert_eq!(get(&gw.url("/upload"), &[]).await.status, StatusCode::OK);
+
+    // A body announced and never sent, without a credential: 401 at once, the body unread.
+    let mut anonymous = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    anonymous
+        .write_all(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let early = Instant::now();
+    let mut answer = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), anonymous.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        early.elapsed() < Duration::from_millis(400),
+        "not after the body read timeout"
+    );
 
     // A body announced and never sent: 408 once the body read timeout passes.
     let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();

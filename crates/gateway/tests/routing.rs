@@ -281,3 +281,120 @@ aggregate = {{ parts = [{{ name = "a", upstream = "dead", path = "/" }}, {{ name
     assert_eq!(r.body, "bad gateway");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_paths_and_injected_parameters_never_reach_an_upstream() {
+    let up = Upstream::start().await;
+    let toml = format!(
+        r#"
+[upstreams.u]
+addresses = ["{up}"]
+
+[[routes]]
+name = "public"
+prefix = "/public"
+upstream = "u"
+
+[[routes]]
+name = "lookup"
+path = "/lookup/{{id}}"
+upstream = "u"
+request = {{ rewrite = "/orders?user={{id}}" }}
+"#,
+        up = up.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    for path in [
+        "/public/../admin",
+        "/public/./x",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/a%2Fb",
+        "/public/a%5cb",
+        "/public//admin",
+        "/public/..",
+    ] {
+        let r = get(&gw.url(path), &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.body, "bad path", "{path}");
+    }
+    assert_eq!(up.hits(), 0);
+    let r = get(&gw.url("/public/a.b/..c"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "dots inside a segment are fine");
+
+    let r = get(&gw.url("/lookup/7&admin=1"), &[]).await;
+    assert_eq!(
+        r.json()["uri"],
+        "/orders?user=7%26admin%3D1",
+        "a parameter adds no query parameter"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_routed_on_is_the_host_sent_on_and_forwarding_headers_are_the_gateways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let toml = format!(
+        r#"
+[upstreams.a]
+addresses = ["{a}"]
+[upstreams.b]
+addresses = ["{b}"]
+
+[[routes]]
+name = "api"
+host = "api.example"
+prefix = "/"
+upstream = "a"
+
+[[routes]]
+name = "any"
+prefix = "/"
+upstream = "b"
+"#,
+        a = a.addr,
+        b = b.addr
+    );
+    let gw = TestGateway::start(&toml).await;
+    // An absolute-form target names one host and the Host header another.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(
+        b"GET http://api.example/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("\"port\":{}", a.addr.port())),
+        "routed by the target's host: {answer}"
+    );
+    assert!(
+        answer.contains(r#""host":"api.example""#),
+        "and sent with it: {answer}"
+    );
+
+    let r = get(
+        &gw.url("/x"),
+        &[
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-host", "admin.example"),
+            ("x-real-ip", "10.0.0.1"),
+            ("expect", "100-continue"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.seen("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "replaced"
+    );
+    for name in ["forwarded", "x-forwarded-host", "x-real-ip", "expect"] {
+        assert_eq!(r.seen(name), None, "{name}");
+    }
+    gw.stop().await;
+}

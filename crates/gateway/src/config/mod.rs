@@ -386,6 +386,12 @@ impl GatewayConfig {
             return Err(at(h, format!("{:?} is not a host name", h.get_ref())));
         }
         for m in &r.methods {
+            if m.get_ref().bytes().any(|b| b.is_ascii_lowercase()) {
+                return Err(at(
+                    m,
+                    format!("{:?}: methods are written in capitals", m.get_ref()),
+                ));
+            }
             Method::from_bytes(m.get_ref().as_bytes())
                 .map_err(|_| at(m, format!("{:?} is not an HTTP method", m.get_ref())))?;
         }
@@ -457,6 +463,36 @@ impl GatewayConfig {
             }
         }
         let rules = &r.request;
+        // Only the gateway sets the identity headers (and the stripped ones): a rule that
+        // writes one would let a client's header become the consumer.
+        let reserved = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            let own = |h: &Option<Spanned<String>>, default: &str| {
+                h.as_ref()
+                    .map_or(default.to_owned(), |h| h.get_ref().to_ascii_lowercase())
+            };
+            name == own(&f.identity.consumer_header, "x-consumer-id")
+                || name == own(&f.identity.tenant_header, "x-tenant-id")
+                || f.identity.strip.iter().any(|s| {
+                    let s = s.get_ref().to_ascii_lowercase();
+                    match s.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => name == s,
+                    }
+                })
+        };
+        let written = rules
+            .add_headers
+            .keys()
+            .chain(rules.set_headers.keys())
+            .chain(rules.rename_headers.values());
+        for name in written {
+            if reserved(name) {
+                return Err(whole(format!(
+                    "request rules may not write {name:?}: only the gateway sets the identity headers"
+                )));
+            }
+        }
         if let Some(p) = &rules.strip_prefix
             && !p.get_ref().starts_with('/')
         {

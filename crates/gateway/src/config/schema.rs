@@ -44,6 +44,7 @@ pub(crate) struct Server {
     pub(crate) max_body: Option<Size>,
     pub(crate) request_id_header: Option<Spanned<String>>,
     pub(crate) drain_timeout: Option<Dur>,
+    pub(crate) max_connections: Option<u32>,
 }
 
 fn default_listen() -> Spanned<String> {
@@ -59,6 +60,7 @@ impl Default for Server {
             max_body: None,
             request_id_header: None,
             drain_timeout: None,
+            max_connections: None,
         }
     }
 }
@@ -118,6 +120,7 @@ pub(crate) struct Jwt {
     pub(crate) jwks_file: Option<Spanned<String>>,
     pub(crate) consumer_claim: Option<String>,
     pub(crate) tenant_claim: Option<String>,
+    pub(crate) plan_claim: Option<String>,
     pub(crate) leeway: Option<Dur>,
 }
 

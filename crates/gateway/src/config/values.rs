@@ -35,14 +35,24 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         || format!("{text:?} is not a duration (write it as \"250ms\", \"5s\", \"2m\" or \"1h\")");
     let (n, unit) = split_number(text).ok_or_else(bad)?;
     let secs = |mul: u64| n.checked_mul(mul).map(Duration::from_secs).ok_or_else(bad);
-    match unit {
+    let d = match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
         _ => Err(bad()),
+    }?;
+    // Timers add a duration to the clock: a few centuries would overflow it.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than a day, the longest a setting here takes"
+        ));
     }
+    Ok(d)
 }
+
+/// The longest duration any setting takes (timeouts, ejections, JWT leeway, poll intervals).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 /// Parses `"1MiB"`, `"512KiB"`, `"100"`.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
@@ -136,6 +146,9 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("25h").is_err(), "longer than a day");
+        assert!(parse_duration("5000000000000000h").is_err());
         assert!(
             parse_duration("18446744073709551615h").is_err(),
             "overflow is an error"

@@ -6,6 +6,11 @@ mod reload;
 mod serve;
 mod service;
 
+/// The response future of [`Gateway`].
+pub mod future {
+    pub use super::service::ResponseFuture;
+}
+
 use std::{
     fmt,
     path::PathBuf,

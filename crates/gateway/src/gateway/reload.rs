@@ -112,12 +112,19 @@ impl Reloader {
                 tokio::time::sleep(interval.max(Duration::from_millis(10))).await;
                 let now = this.snapshot(&path);
                 if now != seen {
-                    let _ = this.reload_now();
+                    this.reload_off_thread().await;
                     // Taken after the reload, which may watch other key files now.
                     seen = this.snapshot(&path);
                 }
             }
         }))
+    }
+
+    /// Reloads on a blocking thread: reading files and compiling (keys parsed, pools made)
+    /// would otherwise stall the runtime's thread and every request on it.
+    async fn reload_off_thread(&self) {
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.reload_now()).await;
     }
 
     fn snapshot(&self, path: &Path) -> Vec<Option<Vec<u8>>> {
@@ -139,7 +146,7 @@ impl Reloader {
         Ok(tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!(gateway = %this.gateway.name(), "SIGHUP: reloading");
-                let _ = this.reload_now();
+                this.reload_off_thread().await;
             }
         }))
     }

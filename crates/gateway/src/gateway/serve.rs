@@ -1,14 +1,19 @@
 //! The listeners: HTTP/1.1 on hyper with a header read timeout, keep-alive and a graceful
 //! drain; and the admin listener.
 
-use std::{convert::Infallible, future::Future, io, sync::atomic::Ordering};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    sync::{Arc, atomic::Ordering},
+};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::Gateway;
 
@@ -31,16 +36,25 @@ impl Gateway {
     ) -> io::Result<()> {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        // At most `server.max_connections` open at once: past it, the listener's backlog waits.
+        let max = self.shared.current.load().settings.max_connections;
+        let open = Arc::new(Semaphore::new(max));
         tracing::info!(gateway = %self.name(), address = ?listener.local_addr().ok(), "listening");
         loop {
+            let permit = tokio::select! {
+                permit = open.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
-                    Err(e) if is_per_connection(&e) => {
-                        tracing::debug!(error = %e, "accept failed for one connection");
+                    Err(e) => {
+                        accept_failed(&e).await?;
                         continue;
                     }
-                    Err(e) => return Err(e),
                 },
                 () = &mut shutdown => break,
             };
@@ -62,6 +76,7 @@ impl Gateway {
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(permit);
             });
         }
         self.shared.draining.store(true, Ordering::Relaxed);
@@ -91,8 +106,10 @@ impl Gateway {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
-                    Err(e) if is_per_connection(&e) => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        accept_failed(&e).await?;
+                        continue;
+                    }
                 },
                 () = &mut shutdown => return Ok(()),
             };
@@ -113,11 +130,23 @@ impl Gateway {
     }
 }
 
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
+/// After a failed `accept`: go on at once when it was about one connection, after a pause
+/// when the process is out of file descriptors (so the loop does not spin while others
+/// close), and stop on anything else.
+async fn accept_failed(e: &io::Error) -> io::Result<()> {
+    match e.kind() {
         io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    ) || e.raw_os_error().is_some_and(|c| c == 24 || c == 23) // EMFILE, ENFILE: back off below
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted => {
+            tracing::debug!(error = %e, "accept failed for one connection");
+            Ok(())
+        }
+        _ if e.raw_os_error().is_some_and(|c| c == 24 || c == 23) => {
+            // EMFILE, ENFILE
+            tracing::warn!(error = %e, "out of file descriptors; accepting again in 100 ms");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Ok(())
+        }
+        _ => Err(io::Error::new(e.kind(), e.to_string())),
+    }
 }

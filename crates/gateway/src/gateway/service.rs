@@ -14,9 +14,8 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::ServiceExt;
-use tower_patterns_core::{BoxError, error::find_in_chain, http::error_response};
+use tower_patterns_core::{BoxError, http::error_response};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -40,6 +39,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+];
+/// Headers that say where a request came from or how to treat its body, which only the
+/// gateway may set: removed from every request before it is routed.
+const CLIENT_MUST_NOT_SET: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+    // The gateway reads the body before it calls; the upstream has no continue to give.
+    header::EXPECT,
 ];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -68,6 +76,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// the gateway sets after authentication, and the configured names and prefixes).
 fn sanitize(headers: &mut HeaderMap, settings: &Settings) {
     strip_hop_by_hop(headers);
+    for name in &CLIENT_MUST_NOT_SET {
+        headers.remove(name);
+    }
     let mut prefixed = Vec::new();
     for strip in &settings.strip {
         match strip {
@@ -85,6 +96,30 @@ fn sanitize(headers: &mut HeaderMap, settings: &Settings) {
     for name in prefixed {
         headers.remove(name);
     }
+}
+
+/// A path a gateway must not route or pass on: dot segments (`/a/../b`), empty segments
+/// (`//`), backslashes, or encoded dots, slashes and backslashes (`%2e`, `%2f`, `%5c`), each a
+/// way to reach an upstream path that a route's prefix did not allow (an upstream that
+/// normalises paths would serve `/public/../admin` as `/admin`).
+fn unsafe_path(path: &str) -> bool {
+    if path.contains("//") || path.contains('\\') {
+        return true;
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return true;
+    }
+    let bytes = path.as_bytes();
+    bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    })
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(0);
@@ -131,30 +166,6 @@ fn class(status: http::StatusCode) -> usize {
 
 fn refusal(kind: Kind, detail: &'static str) -> Response<GatewayBody> {
     error_response(&GatewayError::new(kind, detail))
-}
-
-/// Reads the body within the size cap and the read timeout.
-async fn read_body<B>(body: B, settings: &Settings) -> Result<Bytes, Response<GatewayBody>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    if body.is_end_stream() {
-        return Ok(Bytes::new());
-    }
-    let cap = usize::try_from(settings.max_body).unwrap_or(usize::MAX);
-    if body.size_hint().lower() > settings.max_body {
-        return Err(refusal(Kind::BodyTooLarge, "content-length over the cap"));
-    }
-    let limited = Limited::new(body, cap);
-    match tokio::time::timeout(settings.body_read_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if find_in_chain::<LengthLimitError>(&*e).is_some() => {
-            Err(refusal(Kind::BodyTooLarge, "body over the cap"))
-        }
-        Ok(Err(_)) => Err(refusal(Kind::BadBody, "body unreadable")),
-        Err(_) => Err(refusal(Kind::BodyTimeout, "body not sent in time")),
-    }
 }
 
 /// The client of a connection: its address, and that address as the `X-Forwarded-For` value
@@ -209,23 +220,36 @@ where
         path = parts.uri.path(),
         route = tracing::field::Empty,
     );
+    // An absolute-form target's authority is the host (RFC 9112 §3.2.2): the Host header sent
+    // on is made to agree with the one routed on.
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::try_from(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
     let head = Request::from_parts(parts, ());
-    let found = compiled.router.find(&head);
+    let found = if unsafe_path(head.uri().path()) {
+        Err(None)
+    } else {
+        compiled.router.find(&head).map_err(Some)
+    };
     let (mut parts, ()) = head.into_parts();
     let mut res = async {
         let (index, params) = match found {
             Ok(found) => found,
-            Err(Miss::NotFound) => return refusal(Kind::NoRoute, "no route"),
-            Err(Miss::MethodNotAllowed) => {
+            Err(None) => return refusal(Kind::BadPath, "bad path"),
+            Err(Some(Miss::NotFound)) => return refusal(Kind::NoRoute, "no route"),
+            Err(Some(Miss::MethodNotAllowed)) => {
                 return refusal(Kind::MethodNotAllowed, "method not allowed");
             }
         };
         let route = &compiled.routes[index];
         tracing::Span::current().record("route", &*route.name);
-        let bytes = match read_body(body, settings).await {
-            Ok(bytes) => bytes,
-            Err(res) => return res,
-        };
+        // A length over the cap is refused before anything else; the body itself is read by
+        // the route's stack, after authentication and the limit.
+        if body.size_hint().lower() > settings.max_body {
+            return refusal(Kind::BodyTooLarge, "content-length over the cap");
+        }
         if let Some(peer) = peer {
             parts.extensions.insert(ClientAddr(peer.addr));
             parts.headers.insert(X_FORWARDED_FOR, peer.ip);
@@ -236,7 +260,7 @@ where
         if params != RouteParams::default() {
             parts.extensions.insert(params);
         }
-        let req = Request::from_parts(parts, Full::new(bytes));
+        let req = Request::from_parts(parts, GatewayBody::new(body));
         let mut res = match route.service.clone().oneshot(req).await {
             Ok(res) => res,
             Err(e) => error_response(&*e),
