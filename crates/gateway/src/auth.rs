@@ -253,3 +253,38 @@ where
         CheckThenCall::decided(decided, &mut self.inner, req, gate)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_key_names_its_consumer_tenant_and_plan() {
+        let mut consumers = Consumers::default();
+        let tenant = TenantId::new("acme").unwrap();
+        consumers.insert(
+            "mobile",
+            Some(tenant.clone()),
+            Some("gold"),
+            &[hash_api_key("k")],
+        );
+        let scheme = AuthScheme {
+            jwt: None,
+            api_key: Some(HeaderName::from_static("x-api-key")),
+            optional: false,
+            consumers: Arc::new(consumers),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("k"));
+        let identity = scheme.authenticate(&headers).unwrap().unwrap();
+        assert_eq!(identity.consumer(), "mobile");
+        assert_eq!(identity.tenant(), Some(&tenant));
+        assert_eq!(identity.plan(), Some("gold"));
+        headers.insert("x-api-key", HeaderValue::from_static("other"));
+        assert!(scheme.authenticate(&headers).is_err());
+        assert!(
+            scheme.authenticate(&HeaderMap::new()).is_err(),
+            "not optional"
+        );
+    }
+}

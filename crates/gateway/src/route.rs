@@ -218,3 +218,22 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     };
     Some(host.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RouteParams;
+
+    #[test]
+    fn parameters_by_name_and_in_order() {
+        let params = RouteParams(vec![
+            ("id".into(), "7".into()),
+            ("rest".into(), "a/b".into()),
+        ]);
+        assert_eq!(params.get("id"), Some("7"));
+        assert_eq!(params.get("nope"), None);
+        assert_eq!(
+            params.iter().collect::<Vec<_>>(),
+            [("id", "7"), ("rest", "a/b")]
+        );
+    }
+}

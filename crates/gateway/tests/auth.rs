@@ -239,6 +239,17 @@ async fn forged_and_stale_credentials_get_401_and_never_reach_the_upstream() {
             ),
         ),
         (
+            "an empty subject",
+            format!("Bearer {}", with(&|c| c["sub"] = json!(""))),
+        ),
+        (
+            "a subject that is no header value",
+            format!(
+                "Bearer {}",
+                with(&|c| c["sub"] = json!("web\r\nx-admin: 1"))
+            ),
+        ),
+        (
             "unknown kid",
             format!(
                 "Bearer {}",

@@ -24,14 +24,17 @@ api_key = {{ header = "x-api-key" }}
 
 [[consumers]]
 id = "free-1"
+tenant = "acme"
 plan = "free"
 api_keys_sha256 = ["{free1}"]
 [[consumers]]
 id = "free-2"
+tenant = "acme"
 plan = "free"
 api_keys_sha256 = ["{free2}"]
 [[consumers]]
 id = "gold"
+tenant = "globex"
 plan = "gold"
 api_keys_sha256 = ["{gold}"]
 
@@ -72,6 +75,28 @@ prefix = "/maybe"
 upstream = "u"
 auth = "maybe"
 limit = "per_consumer"
+
+[limits.per_tenant]
+key = "tenant"
+rate = "2/m"
+
+[limits.per_ip_authenticated]
+key = "client_ip"
+rate = "2/m"
+
+[[routes]]
+name = "tenant"
+prefix = "/tenant"
+upstream = "u"
+auth = "keys"
+limit = "per_tenant"
+
+[[routes]]
+name = "ip"
+prefix = "/ip"
+upstream = "u"
+auth = "keys"
+limit = "per_ip_authenticated"
 
 [[routes]]
 name = "upload"
@@ -237,5 +262,35 @@ async fn a_slow_client_cannot_hold_a_connection() {
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(up.hits(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_shares_its_budget_and_so_does_an_address() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up).await;
+    let call = |path: &'static str, key: &'static str| {
+        let url = gw.url(path);
+        async move { get(&url, &[("x-api-key", key)]).await.status }
+    };
+    assert_eq!(call("/tenant/x", "k-free-1").await, StatusCode::OK);
+    assert_eq!(call("/tenant/x", "k-free-2").await, StatusCode::OK);
+    assert_eq!(
+        call("/tenant/x", "k-free-1").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "acme's two consumers spent acme's budget"
+    );
+    assert_eq!(
+        call("/tenant/x", "k-gold").await,
+        StatusCode::OK,
+        "globex has its own"
+    );
+    // Keyed by address on an authenticated route: every consumer from here shares one.
+    assert_eq!(call("/ip/x", "k-free-1").await, StatusCode::OK);
+    assert_eq!(call("/ip/x", "k-gold").await, StatusCode::OK);
+    assert_eq!(
+        call("/ip/x", "k-free-2").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     gw.stop().await;
 }

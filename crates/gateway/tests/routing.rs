@@ -80,6 +80,16 @@ upstream = "c"
         StatusCode::NOT_FOUND,
         "the bare suffix is not a subdomain"
     );
+    let r = get(
+        &gw.url("/x"),
+        &[("host", "a-much-longer-host-name.example")],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "a host that does not end with the suffix"
+    );
 
     let r = get(&gw.url("/items/42"), &[]).await;
     assert_eq!(port(&r), a.addr.port());
