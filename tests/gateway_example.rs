@@ -156,13 +156,48 @@ async fn the_demo_answers_the_lines_it_prints() {
         "a spoofed consumer header is no credential: {body}"
     );
 
+    // The README's lines, on this run's ports.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let gateway_addr = lines
+        .iter()
+        .find_map(|l| l.split("\" on http://").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_owned();
+    let admin_addr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("admin on http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let readme_curls: Vec<String> = readme
+        .lines()
+        .filter(|l| {
+            l.starts_with("curl ") && (l.contains("127.0.0.1:8080") || l.contains("127.0.0.1:9901"))
+        })
+        .map(|l| {
+            l.split("  #")
+                .next()
+                .unwrap()
+                .replace("127.0.0.1:8080", &format!("http://{gateway_addr}"))
+                .replace("127.0.0.1:9901", &format!("http://{admin_addr}"))
+        })
+        .collect();
+    assert_eq!(readme_curls.len(), 5, "{readme}");
+    let mut statuses = Vec::new();
+    for line in &readme_curls {
+        statuses.push(curl(line).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 401, 200], "{readme_curls:?}");
+
     let admin = lines.iter().find(|l| l.starts_with("admin on ")).unwrap();
     let metrics = admin.split_whitespace().nth(2).unwrap();
     let (status, body) = curl(&format!("curl {metrics}/metrics")).await;
     assert_eq!(status, 200);
     assert!(
         body.contains(
-            r#"tower_patterns_gateway_requests_total{name="edge",route="users",class="2xx"} 2"#
+            r#"tower_patterns_gateway_requests_total{name="edge",route="users",class="2xx"} 3"#
         ),
         "{body}"
     );
