@@ -224,8 +224,12 @@ async fn a_bad_file_or_command_line_is_one_clear_line() {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let err = gateway_example::run(args, &mut Vec::new(), std::future::pending(), prometheus)
+    // A bad file ends the run at once; a run that went on serving would fail here, not hang.
+    let mut out = Vec::new();
+    let run = gateway_example::run(args, &mut out, std::future::pending(), prometheus);
+    let err = tokio::time::timeout(Duration::from_secs(30), run)
         .await
+        .expect("the run ends")
         .unwrap_err()
         .to_string();
     assert!(
