@@ -28,16 +28,36 @@ request = {{ set_headers = {{ x-generation = "{marker}" }} }}
     )
 }
 
+/// The same with a route of its own to a group of its own (`/slow-lane/...`), which the
+/// plain configuration does not have.
+fn config_with_slow_lane(upstream: std::net::SocketAddr, marker: &str) -> String {
+    format!(
+        r#"{}
+[upstreams.lane]
+addresses = ["{upstream}"]
+
+[[routes]]
+name = "slow-lane"
+prefix = "/slow-lane"
+upstream = "lane"
+request = {{ strip_prefix = "/slow-lane" }}
+"#,
+        config(upstream, marker, "0s")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_no_request() {
     let a = Upstream::start().await;
     let b = Upstream::start().await;
-    let gw = TestGateway::start(&config(a.addr, "0", "0s")).await;
-    // A slow request in flight across the swaps, on a route the last file removes.
+    let gw = TestGateway::start(&config_with_slow_lane(a.addr, "0")).await;
+    // A slow request in flight across the swaps, on a route (and a group) the first swap
+    // removes.
     let slow = tokio::spawn({
-        let url = gw.url("/slow/400");
+        let url = gw.url("/slow-lane/slow/400");
         async move { get(&url, &[]).await.status }
     });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let load: Vec<_> = (0..4)
         .map(|_| {
             let url = gw.url("/x");
@@ -76,7 +96,13 @@ async fn reloads_under_load_lose_no_request() {
     assert_eq!(
         slow.await.unwrap(),
         StatusCode::OK,
-        "the request in flight finished"
+        "the request in flight finished on the generation it started with"
+    );
+    let gone = get(&gw.url("/slow-lane/x"), &[]).await;
+    assert_eq!(
+        gone.json()["uri"],
+        "/slow-lane/x",
+        "the lane is gone: the catch-all takes it"
     );
     let handle = gw.gateway.handle();
     assert_eq!(

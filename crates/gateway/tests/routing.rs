@@ -260,6 +260,11 @@ path = "/partial/{{id}}"
 aggregate = {{ timeout = "300ms", parts = [{{ name = "user", upstream = "users", path = "/users/{{id}}" }}, {{ name = "orders", upstream = "dead", path = "/orders" }}, {{ name = "slow", upstream = "slow", path = "/slow/2000" }}, {{ name = "broken", upstream = "users", path = "/status/500" }}] }}
 
 [[routes]]
+name = "both-slow"
+path = "/both-slow"
+aggregate = {{ timeout = "2s", parts = [{{ name = "a", upstream = "users", path = "/slow/300" }}, {{ name = "b", upstream = "orders", path = "/slow/300" }}] }}
+
+[[routes]]
 name = "all-fail"
 path = "/none"
 aggregate = {{ parts = [{{ name = "a", upstream = "dead", path = "/" }}, {{ name = "b", upstream = "users", path = "/status/503" }}] }}
@@ -275,6 +280,17 @@ aggregate = {{ parts = [{{ name = "a", upstream = "dead", path = "/" }}, {{ name
     assert_eq!(doc["orders"]["uri"], "/orders?user=7");
     assert_eq!(doc["partial"], false);
     assert!(doc.get("errors").is_none());
+
+    // Parts run at once: two parts of 300 ms each take about 300 ms, not 600.
+    let started = std::time::Instant::now();
+    let r = get(&gw.url("/both-slow"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["partial"], false);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(550),
+        "the parts ran one after the other: {took:?}"
+    );
 
     let r = get(&gw.url("/partial/7"), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "still answers");
