@@ -237,3 +237,34 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod host_tests {
+    use http::Request;
+
+    use super::host_of;
+
+    #[test]
+    fn the_host_without_its_port_in_small_letters() {
+        let host =
+            |value: &str| host_of(&Request::builder().header("host", value).body(()).unwrap());
+        assert_eq!(host("API.Example:8080").as_deref(), Some("api.example"));
+        assert_eq!(host("api.example").as_deref(), Some("api.example"));
+        assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(
+            host("api.example:x").as_deref(),
+            Some("api.example:x"),
+            "not a port"
+        );
+        let absolute = Request::get("http://Other.Example:9/x")
+            .header("host", "api.example")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            host_of(&absolute).as_deref(),
+            Some("other.example"),
+            "the target's authority first"
+        );
+        assert_eq!(host_of(&Request::new(())), None);
+    }
+}

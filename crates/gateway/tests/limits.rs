@@ -248,6 +248,20 @@ async fn a_slow_client_cannot_hold_a_connection() {
         "not after the body read timeout"
     );
 
+    // A chunked body that breaks (a chunk size that is not hex): 400, not 413.
+    let mut broken = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    broken
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), broken.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
     // A body announced and never sent: 408 once the body read timeout passes.
     let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     stalled

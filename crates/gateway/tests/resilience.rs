@@ -173,7 +173,20 @@ upstream = "pair"
         .into_iter()
         .find(|h| h.pattern() == "gateway" && h.name() == "test.pair")
         .unwrap();
-    assert_eq!(group.report().value("ejected"), Some(1.0));
+    let report = group.report();
+    assert_eq!(report.value("ejected"), Some(1.0));
+    assert_eq!(report.value("requests"), Some(30.0));
+    assert_eq!(report.value("failures"), Some(2.0));
+    assert_eq!(report.value("ejections"), Some(1.0));
+    // A request in flight is counted while it is.
+    let slow = tokio::spawn({
+        let url = gw.url("/slow/300");
+        async move { get(&url, &[]).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(group.report().value("in_flight"), Some(1.0));
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(group.report().value("in_flight"), Some(0.0));
     // The ejection ends and the address, healthy again, takes requests.
     bad.fail_with(0);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -228,7 +228,30 @@ request = {{ strip_prefix = "/api" }}
         "the new id goes upstream too"
     );
     let next = get(&gw.url("/api/orders"), &[]).await;
-    assert_ne!(next.header("x-request-id").unwrap(), made, "ids are unique");
+    let next = next.header("x-request-id").unwrap();
+    // 32 hex digits: a per-process prefix, then a counter.
+    assert_eq!(made.len(), 32);
+    assert!(
+        made.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{made}"
+    );
+    assert_eq!(next[..16], made[..16], "one process, one prefix");
+    assert!(!made.starts_with("0000000000"), "a random prefix: {made}");
+    let counter = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+    assert_eq!(
+        counter(next),
+        counter(&made) + 1,
+        "ids are unique: {made} then {next}"
+    );
+    // A redirect is an answer of its own class.
+    let r = get(&gw.url("/api/status/302"), &[]).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(
+        gw.gateway.handle().route_counts("api").unwrap()[1],
+        1,
+        "one 3xx"
+    );
     gw.stop().await;
 }
 
