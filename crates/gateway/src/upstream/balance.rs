@@ -147,22 +147,12 @@ impl Pool {
             return 0;
         }
         let now = self.now_ms();
-        let healthy = |i: usize| self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now;
-        let r = self.random();
-        let start = (r % n as u64) as usize;
-        let first = (0..n).map(|k| (start + k) % n).find(|&i| healthy(i));
-        let Some(a) = first else {
-            // Everything ejected (the policy never ejects the last one; a race can): any.
-            return start;
-        };
-        let offset = 1 + ((r >> 32) % (n as u64 - 1)) as usize;
-        let second = (0..n - 1)
-            .map(|k| (a + offset + k) % n)
-            .find(|&i| i != a && healthy(i));
-        match second {
-            Some(b) if self.endpoints[b].in_flight() < self.endpoints[a].in_flight() => b,
-            _ => a,
-        }
+        choose(
+            n,
+            self.random(),
+            |i| self.endpoints[i].ejected_until.load(Ordering::Relaxed) <= now,
+            |i| self.endpoints[i].in_flight(),
+        )
     }
 
     fn record(&self, i: usize, failed: bool) {
@@ -192,6 +182,33 @@ impl Pool {
             metrics::counter!("tower_patterns_gateway_ejections_total", "name" => self.name.to_string()).increment(1);
             tracing::warn!(group = %self.name, address = %endpoint.addr, ejected_for_ms = d.as_millis() as u64, "address ejected after {run} failures in a row");
         }
+    }
+}
+
+/// The power of two choices among `n` addresses with the random word `r`: the first healthy
+/// address from a random start, and a second healthy one at a random offset from it; the one
+/// with the smaller `load` (the first on a tie). With no healthy address (the policy never
+/// ejects the last one; a race can), any.
+fn choose(
+    n: usize,
+    r: u64,
+    healthy: impl Fn(usize) -> bool,
+    load: impl Fn(usize) -> usize,
+) -> usize {
+    let start = (r % n as u64) as usize;
+    let Some(a) = (0..n).map(|k| (start + k) % n).find(|&i| healthy(i)) else {
+        return start;
+    };
+    if n == 1 {
+        return a;
+    }
+    let offset = 1 + ((r >> 32) % (n as u64 - 1)) as usize;
+    let second = (0..n - 1)
+        .map(|k| (a + offset + k) % n)
+        .find(|&i| i != a && healthy(i));
+    match second {
+        Some(b) if load(b) < load(a) => b,
+        _ => a,
     }
 }
 
@@ -289,5 +306,94 @@ impl Service<Request<Full<Bytes>>> for Pick {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pool(n: usize) -> Pool {
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+            .collect();
+        Pool::new(
+            "t".into(),
+            &addrs,
+            Duration::from_secs(1),
+            OutlierPolicy::default(),
+            7,
+        )
+    }
+
+    #[tokio::test]
+    async fn picks_spread_evenly_over_equal_addresses() {
+        let pool = pool(4);
+        let mut counts = [0usize; 4];
+        for _ in 0..10_000 {
+            counts[pool.pick()] += 1;
+        }
+        for c in counts {
+            assert!((2_200..=2_800).contains(&c), "{counts:?}");
+        }
+        // The randomness itself: successive words differ and fill both halves.
+        let words: Vec<u64> = (0..64).map(|_| pool.random()).collect();
+        let distinct: std::collections::HashSet<_> = words.iter().collect();
+        assert_eq!(distinct.len(), 64);
+        assert!(words.iter().any(|w| w >> 63 == 1) && words.iter().any(|w| w >> 63 == 0));
+        assert!(words.iter().any(|w| w & 1 == 1) && words.iter().any(|w| w & 1 == 0));
+    }
+
+    #[test]
+    fn the_less_loaded_of_two_and_never_an_ejected_one() {
+        // Two addresses: both are always the candidates, so the less loaded wins every time.
+        for r in 0..200u64 {
+            let r = r.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            assert_eq!(choose(2, r, |_| true, |i| [5, 1][i]), 1);
+            assert_eq!(choose(2, r, |_| true, |i| [0, 3][i]), 0);
+            assert_eq!(
+                choose(2, r, |i| i == 0, |i| [5, 1][i]),
+                0,
+                "the other is ejected"
+            );
+            assert_eq!(choose(3, r, |i| i == 2, |_| 0), 2);
+            assert!(
+                choose(3, r, |_| false, |_| 0) < 3,
+                "all ejected: still an address"
+            );
+        }
+        // Among many, the least loaded of its pair: the most loaded is picked only when it is
+        // both candidates, which it never is.
+        let mut picked = [0usize; 5];
+        for r in 0..5_000u64 {
+            let r = r.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (r << 32);
+            picked[choose(5, r, |_| true, |i| i)] += 1;
+        }
+        assert_eq!(picked[4], 0, "{picked:?}");
+        assert!(
+            picked[0] > picked[1] && picked[1] > picked[2] && picked[2] > picked[3],
+            "{picked:?}"
+        );
+        // Every pair is reachable: each address is picked over a more loaded one sometimes.
+        assert!(picked.iter().take(4).all(|&c| c > 0), "{picked:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ejection_lasts_its_time() {
+        tokio::time::pause();
+        let pool = pool(2);
+        pool.endpoints[0]
+            .ejected_until
+            .store(pool.now_ms() + 1_000, Ordering::Relaxed);
+        assert!(pool.is_ejected(0) && !pool.is_ejected(1));
+        for _ in 0..20 {
+            assert_eq!(pool.pick(), 1);
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(pool.is_ejected(0));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!pool.is_ejected(0), "over at its instant");
     }
 }
