@@ -1,5 +1,5 @@
-//! Calls to the addresses of one upstream group: the power of two choices by in-flight
-//! requests (tower's `Load` measure), over one keep-alive pool, with outlier ejection.
+//! Calls to the addresses of one upstream group: the power of two choices by requests in
+//! flight (tower's `PendingRequests` measure), over one keep-alive pool, with outlier ejection.
 //!
 //! Why not tower's `balance::p2c::Balance`: it is not `Clone`, so sharing one balancer across
 //! connections takes a `Buffer` (a task and a channel hop per request), and its readiness
@@ -26,7 +26,6 @@ use http::{Request, Response, Uri, uri::PathAndQuery};
 use http_body_util::Full;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::time::Instant;
-use tower::load::Load;
 use tower_patterns_core::BoxError;
 use tower_service::Service;
 
@@ -241,14 +240,6 @@ impl Drop for InFlight {
     }
 }
 
-impl Load for Pick {
-    type Metric = usize;
-
-    fn load(&self) -> usize {
-        self.pool.endpoints.iter().map(Endpoint::in_flight).sum()
-    }
-}
-
 impl Service<Request<Full<Bytes>>> for Pick {
     type Response = Response<GatewayBody>;
     type Error = BoxError;
@@ -378,6 +369,32 @@ mod tests {
         );
         // Every pair is reachable: each address is picked over a more loaded one sometimes.
         assert!(picked.iter().take(4).all(|&c| c > 0), "{picked:?}");
+    }
+
+    #[tokio::test]
+    async fn failures_eject_within_the_allowed_share() {
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let pool = pool(2); // at most 50% ejected, after 5 failures in a row
+        for _ in 0..4 {
+            pool.record(0, true);
+        }
+        assert!(!pool.is_ejected(0), "four are not enough");
+        pool.record(0, false);
+        for _ in 0..4 {
+            pool.record(0, true);
+        }
+        assert!(!pool.is_ejected(0), "a success starts the run again");
+        pool.record(0, true);
+        assert!(pool.is_ejected(0));
+        for _ in 0..10 {
+            pool.record(1, true);
+        }
+        assert!(
+            !pool.is_ejected(1),
+            "the other half stays: half are out already"
+        );
+        assert_eq!(pool.endpoints[1].failures(), 10);
     }
 
     #[tokio::test]
