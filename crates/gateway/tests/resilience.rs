@@ -66,12 +66,7 @@ upstream = "live"
         StatusCode::OK,
         "another group's breaker is closed"
     );
-    let open = gw
-        .gateway
-        .handles()
-        .into_iter()
-        .find(|h| h.pattern() == "breaker" && h.name() == "test.dead")
-        .unwrap();
+    let open = gw.handle("breaker", "test.dead");
     assert_eq!(open.report().state, "open");
     gw.stop().await;
 }
@@ -167,12 +162,7 @@ upstream = "pair"
     assert_eq!(failures, 2, "two failures in a row eject the address");
     assert_eq!(bad.hits(), 2);
     assert_eq!(good.hits(), 28);
-    let group = gw
-        .gateway
-        .handles()
-        .into_iter()
-        .find(|h| h.pattern() == "gateway" && h.name() == "test.pair")
-        .unwrap();
+    let group = gw.handle("gateway", "test.pair");
     let report = group.report();
     assert_eq!(report.value("ejected"), Some(1.0));
     assert_eq!(report.value("requests"), Some(30.0));
@@ -257,12 +247,7 @@ request = {{ strip_prefix = "/narrow" }}
         );
     }
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
-    let breaker = gw
-        .gateway
-        .handles()
-        .into_iter()
-        .find(|h| h.pattern() == "breaker" && h.name() == "test.narrow")
-        .unwrap();
+    let breaker = gw.handle("breaker", "test.narrow");
     assert_eq!(
         breaker.report().state,
         "closed",

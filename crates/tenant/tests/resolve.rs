@@ -194,24 +194,7 @@ async fn every_source_resolves_and_agreeing_sources_pass() {
 async fn forged_tokens_are_refused_with_401() {
     let svc = full();
     let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap();
-    let b64 = |s: &str| {
-        use std::fmt::Write;
-        // base64url without padding, by hand to keep the test free of another crate.
-        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let bytes = s.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.write_char(T[(n >> (18 - 6 * i) & 63) as usize] as char)
-                    .unwrap();
-            }
-        }
-        out
-    };
+    let b64 = |s: &str| tower_patterns_testkit::base64url(s.as_bytes());
     let none = format!(
         "{}.{}.",
         b64(r#"{"alg":"none","typ":"JWT"}"#),

@@ -259,6 +259,28 @@ pub fn fewest(windows: usize, mut count: impl FnMut() -> u64) -> u64 {
     least
 }
 
+/// Base64url without padding, as JWTs encode their parts, for tests that forge tokens by hand
+/// (`alg: none`, a tampered payload) without another crate.
+///
+/// ```
+/// assert_eq!(tower_patterns_testkit::base64url(b"{}"), "e30");
+/// assert_eq!(tower_patterns_testkit::base64url(b"\xfb\xff"), "-_8");
+/// ```
+pub fn base64url(bytes: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(T[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
 /// The error of a [`TestService`] call told to fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestError {

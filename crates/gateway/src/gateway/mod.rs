@@ -166,7 +166,7 @@ impl<C> GatewayBuilder<C> {
         self.with(ConfigSource::Parsed(Box::new(config)))
     }
 
-    /// The seed of the balancers' and retries' randomness (default fixed), for reproducible
+    /// Seeds the randomness of the balancers and of the retries' jitter (fixed by default), for reproducible
     /// runs.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {

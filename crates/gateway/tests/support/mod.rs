@@ -169,6 +169,19 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The handle of the part named `name` (`test.<group>` for a group's parts), of `pattern`.
+    pub fn handle(
+        &self,
+        pattern: &str,
+        name: &str,
+    ) -> std::sync::Arc<dyn tower_patterns_core::observe::StateHandle> {
+        self.gateway
+            .handles()
+            .into_iter()
+            .find(|h| h.pattern() == pattern && h.name() == name)
+            .unwrap_or_else(|| panic!("no {pattern} handle named {name}"))
+    }
+
     pub fn rewrite(&self, toml: &str) {
         std::fs::write(self.dir.path().join("gateway.toml"), toml).unwrap();
     }
