@@ -222,10 +222,15 @@ where
     );
     // An absolute-form target's authority is the host (RFC 9112 §3.2.2): the Host header sent
     // on is made to agree with the one routed on.
-    if let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::try_from(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, host);
+    // Only host and port: a user-info part (`user:pass@`) is never passed on.
+    if let Some(host) = parts.uri.host() {
+        let value = match parts.uri.port_u16() {
+            Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+            None => HeaderValue::try_from(host),
+        };
+        if let Ok(value) = value {
+            parts.headers.insert(header::HOST, value);
+        }
     }
     let head = Request::from_parts(parts, ());
     let found = if unsafe_path(head.uri().path()) {
