@@ -370,6 +370,14 @@ request = {{ rewrite = "/orders?user={{id}}" }}
     assert_eq!(up.hits(), 0);
     let r = get(&gw.url("/public/a.b/..c"), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "dots inside a segment are fine");
+    for path in ["/public/v2e5c", "/public/%41b", "/public/100%25"] {
+        let r = get(&gw.url(path), &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{path}: other escapes and look-alikes pass"
+        );
+    }
 
     let r = get(&gw.url("/lookup/7&admin=1"), &[]).await;
     assert_eq!(
