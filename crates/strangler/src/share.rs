@@ -43,6 +43,11 @@ impl Share {
         Ok(Self(bp))
     }
 
+    /// `bp` basis points, at most 10,000.
+    pub(crate) const fn basis_points_clamped(bp: u16) -> Self {
+        if bp > 10_000 { Self(10_000) } else { Self(bp) }
+    }
+
     /// The share in basis points.
     pub const fn basis_points(self) -> u16 {
         self.0

@@ -1,0 +1,171 @@
+//! The sticky key: which side of a split a caller lands on.
+//!
+//! A split sends a caller to the new side when the bucket of its key (0 to 9,999, from the
+//! XXH3-64 hash of the key's bytes seeded by the migration's salt) is below the share in basis
+//! points. The bucket of a key never changes while the salt stays, so a caller stays on its side
+//! across requests, processes and restarts; and raising the share only adds buckets, so going
+//! from 10% to 25% moves callers onto the new side and none back.
+//!
+//! The key is any of core's [`KeyExtractor`](tower_patterns_core::KeyExtractor)s whose key
+//! gives its bytes ([`KeyBytes`]): a header ([`HeaderKey`](tower_patterns_core::key::HeaderKey),
+//! for a user id a trusted proxy or the gateway sets), the tenant
+//! ([`ExtensionKey<TenantId>`](tower_patterns_core::key::ExtensionKey)), or a closure
+//! ([`key_fn`](tower_patterns_core::key::key_fn)). A request without a key goes to the legacy
+//! side.
+//!
+//! ```
+//! use tower_patterns_strangler::{key::bucket, key::Salt, Share};
+//!
+//! let salt = Salt::new("users");
+//! let b = bucket(salt, b"user-42");
+//! assert!(b < 10_000);
+//! assert_eq!(b, bucket(salt, b"user-42"));
+//! // Monotone: once on the new side at 10%, on the new side at 25%.
+//! if Share::percent(10).unwrap().takes(b) {
+//!     assert!(Share::percent(25).unwrap().takes(b));
+//! }
+//! ```
+
+use std::{borrow::Cow, sync::Arc};
+
+use tower_patterns_core::{key::AsciiKey, tenant::TenantId};
+
+/// The seed of a migration's buckets, from its salt (by default its name). Changing the salt
+/// reshuffles every caller; give two migrations the same salt to split the same callers the
+/// same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Salt(u64);
+
+impl Salt {
+    /// The salt of the text `salt`.
+    pub fn new(salt: &str) -> Self {
+        Self(twox_hash::XxHash3_64::oneshot_with_seed(
+            0x5354_5241_4e47_4c45,
+            salt.as_bytes(),
+        ))
+    }
+}
+
+/// The bucket (0 to 9,999) of `key` under `salt`: XXH3-64 of the key, scaled by a
+/// multiply-shift so every bucket is as likely as any other.
+#[inline]
+pub fn bucket(salt: Salt, key: &[u8]) -> u16 {
+    let h = twox_hash::XxHash3_64::oneshot_with_seed(salt.0, key);
+    // (h * 10_000) / 2^64 is below 10_000 for every h.
+    ((u128::from(h) * 10_000) >> 64) as u16
+}
+
+/// A key that gives the bytes its bucket is computed from.
+pub trait KeyBytes {
+    /// The key's bytes.
+    fn key_bytes(&self) -> Cow<'_, [u8]>;
+}
+
+impl KeyBytes for AsciiKey {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_str().as_bytes())
+    }
+}
+
+impl KeyBytes for TenantId {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_str().as_bytes())
+    }
+}
+
+impl KeyBytes for String {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl KeyBytes for &str {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl KeyBytes for Arc<str> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl KeyBytes for Vec<u8> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl KeyBytes for http::HeaderValue {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl KeyBytes for u64 {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.to_le_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Share;
+
+    #[test]
+    fn buckets_are_uniform() {
+        // 100,000 keys in 100 ranges of 100 buckets: each range within 15% of its 1,000.
+        let salt = Salt::new("uniform");
+        let mut ranges = [0u32; 100];
+        for i in 0..100_000u32 {
+            let b = bucket(salt, format!("user-{i}").as_bytes());
+            assert!(b < 10_000);
+            ranges[usize::from(b / 100)] += 1;
+        }
+        for (i, n) in ranges.iter().enumerate() {
+            assert!((850..=1150).contains(n), "range {i}: {n}");
+        }
+    }
+
+    #[test]
+    fn raising_the_share_only_moves_callers_to_the_new_side() {
+        let salt = Salt::new("monotone");
+        let (ten, quarter) = (Share::percent(10).unwrap(), Share::percent(25).unwrap());
+        let (mut at_ten, mut at_quarter) = (0, 0);
+        for i in 0..10_000u32 {
+            let b = bucket(salt, &i.to_le_bytes());
+            if ten.takes(b) {
+                at_ten += 1;
+                assert!(quarter.takes(b), "key {i} left the new side");
+            }
+            at_quarter += usize::from(quarter.takes(b));
+        }
+        assert!((900..=1100).contains(&at_ten), "{at_ten}");
+        assert!((2300..=2700).contains(&at_quarter), "{at_quarter}");
+    }
+
+    #[test]
+    fn salts_reshuffle() {
+        let (a, b) = (Salt::new("a"), Salt::new("b"));
+        let same = (0..1000u32)
+            .filter(|i| {
+                let k = i.to_le_bytes();
+                (bucket(a, &k) < 5000) == (bucket(b, &k) < 5000)
+            })
+            .count();
+        assert!((400..=600).contains(&same), "{same}");
+        assert_eq!(Salt::new("a"), Salt::new("a"));
+    }
+
+    #[test]
+    fn bucket_values_are_fixed_forever() {
+        // Changing the hash or the scaling would move every caller of a running migration.
+        let pinned: Vec<u16> = ["a", "b", "user-1"]
+            .iter()
+            .map(|k| bucket(Salt::new("pin"), k.as_bytes()))
+            .collect();
+        assert_eq!(pinned, vec![8104, 3189, 5575], "change only with a migration note");
+    }
+}

@@ -1,0 +1,143 @@
+//! The strangler's response future.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_patterns_core::BoxError;
+
+use super::body::StranglerBody;
+use crate::state::Table;
+
+/// Records an answer in its route's ramp window.
+#[derive(Debug)]
+pub(crate) struct Observe {
+    pub(crate) table: Arc<Table>,
+    pub(crate) route: usize,
+    pub(crate) start: Instant,
+}
+
+impl Observe {
+    fn record(self, new: bool, error: bool) {
+        if let Some(slot) = &self.table.routes[self.route].ramp {
+            let window = if new { &slot.new } else { &slot.legacy };
+            window.record(error, self.start.elapsed());
+        }
+    }
+}
+
+type ShadowFuture<LB> =
+    Pin<Box<dyn Future<Output = Result<Response<crate::shadow::Tee<LB>>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Strangler`](crate::Strangler): the chosen side's call.
+    pub struct ResponseFuture<LF, NF, LB> {
+        #[pin]
+        inner: Inner<LF, NF, LB>,
+    }
+}
+
+impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
+    pub(crate) fn legacy(fut: LF, observe: Option<Observe>) -> Self {
+        Self { inner: Inner::Legacy { fut, observe } }
+    }
+
+    pub(crate) fn new(fut: NF, observe: Option<Observe>) -> Self {
+        Self { inner: Inner::New { fut, observe } }
+    }
+
+    pub(crate) fn shadow(fut: ShadowFuture<LB>) -> Self {
+        Self { inner: Inner::Shadow { fut } }
+    }
+
+    pub(crate) fn refused(error: BoxError) -> Self {
+        Self { inner: Inner::Refused { error: Some(error) } }
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    enum Inner<LF, NF, LB> {
+        Legacy {
+            #[pin]
+            fut: LF,
+            observe: Option<Observe>,
+        },
+        New {
+            #[pin]
+            fut: NF,
+            observe: Option<Observe>,
+        },
+        Shadow {
+            fut: ShadowFuture<LB>,
+        },
+        Refused {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<LF, NF, LB> std::fmt::Debug for ResponseFuture<LF, NF, LB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match &self.inner {
+            Inner::Legacy { .. } => "legacy",
+            Inner::New { .. } => "new",
+            Inner::Shadow { .. } => "shadow",
+            Inner::Refused { .. } => "refused",
+        };
+        f.debug_tuple("ResponseFuture").field(&side).finish()
+    }
+}
+
+fn observe<B, E>(observe: Option<Observe>, new: bool, result: &Result<Response<B>, E>) {
+    if let Some(o) = observe {
+        let error = result.as_ref().map_or(true, |r| r.status().is_server_error());
+        o.record(new, error);
+    }
+}
+
+impl<LF, NF, LB, NB, LE, NE> Future for ResponseFuture<LF, NF, LB>
+where
+    LF: Future<Output = Result<Response<LB>, LE>>,
+    NF: Future<Output = Result<Response<NB>, NE>>,
+    LE: Into<BoxError>,
+    NE: Into<BoxError>,
+{
+    type Output = Result<Response<StranglerBody<LB, NB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            Proj::Legacy { fut, observe: o } => {
+                let result = ready!(fut.poll(cx));
+                observe(o.take(), false, &result);
+                Poll::Ready(
+                    result
+                        .map(|r| r.map(StranglerBody::legacy))
+                        .map_err(Into::into),
+                )
+            }
+            Proj::New { fut, observe: o } => {
+                let result = ready!(fut.poll(cx));
+                observe(o.take(), true, &result);
+                Poll::Ready(
+                    result
+                        .map(|r| r.map(StranglerBody::new))
+                        .map_err(Into::into),
+                )
+            }
+            Proj::Shadow { fut } => {
+                let res = ready!(fut.as_mut().poll(cx));
+                Poll::Ready(res.map(|r| r.map(StranglerBody::teed)))
+            }
+            Proj::Refused { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+        }
+    }
+}
