@@ -5,7 +5,6 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "wip-shadow")]
 pub mod compare;
 #[cfg(feature = "wip-dual")]
 pub mod dual;
