@@ -219,6 +219,19 @@ fn uuids_normalised_under_a_wildcard_only() {
             body(BodyChange::Value, "/owner")
         ]
     );
+    // Given for a subtree, it holds at every depth below, through other paths' places too.
+    let subtree = Comparator::builder()
+        .normalise("/items", Normaliser::Uuid)
+        .ignore("/items/*/etag")
+        .build()
+        .unwrap();
+    assert_eq!(
+        found(&cmp_json(&subtree, &legacy, &new)),
+        vec![
+            body(BodyChange::Value, "/items/1/id"),
+            body(BodyChange::Value, "/owner")
+        ]
+    );
 }
 
 #[test]
@@ -226,6 +239,8 @@ fn built_in_normalisers_cover_their_subtree() {
     let cmp = Comparator::builder()
         .normalise("", Normaliser::Timestamp)
         .normalise("/totals", Normaliser::Tolerance(0.01))
+        // Places of other paths everywhere: the normalisers still hold through them.
+        .ignore("/*/*/skip")
         .build()
         .unwrap();
     let legacy = json!({"at": "2024-05-01T12:00:00Z", "log": [{"at": "2024-05-01T12:00:00.5+02:00"}],
