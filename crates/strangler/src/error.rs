@@ -57,9 +57,10 @@ impl Error for StranglerError {}
 impl IntoErrorResponse for StranglerError {
     fn error_mapping(&self) -> ErrorMapping {
         match self.kind {
-            Kind::ReadOnly => {
-                ErrorMapping::new(StatusCode::SERVICE_UNAVAILABLE, "legacy service is read-only")
-            }
+            Kind::ReadOnly => ErrorMapping::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "legacy service is read-only",
+            ),
             Kind::UnknownRoute(_) => ErrorMapping::new(StatusCode::NOT_FOUND, "not found"),
         }
     }

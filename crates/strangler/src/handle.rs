@@ -98,7 +98,10 @@ impl StranglerHandle {
         let slot = self.route(route)?;
         let before = self.table.set_mode(slot, mode);
         if let Some(ramp) = &slot.ramp {
-            let mut p = ramp.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut p = ramp
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if p.status == RampStatus::Running {
                 p.status = RampStatus::Paused;
                 drop(p);
@@ -130,7 +133,10 @@ impl StranglerHandle {
         let Some(ramp) = &slot.ramp else {
             return Err(StranglerError::unknown_route(route));
         };
-        let mut p = ramp.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut p = ramp
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if matches!(p.status, RampStatus::Running | RampStatus::Complete) {
             return Ok(());
         }
@@ -241,7 +247,10 @@ fn counts(r: &RouteSlot) -> SideCounts {
 
 fn ramp_state(r: &RouteSlot) -> Option<RampState> {
     let slot = r.ramp.as_ref()?;
-    let p = slot.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let p = slot
+        .progress
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Some(RampState {
         status: p.status,
         share: p.step.map_or(Share::NONE, |i| slot.ramp.steps[i]),
@@ -294,7 +303,11 @@ impl StateHandle for StranglerHandle {
                 .with_value("shadow_matched", s.matched as f64);
         }
         for r in &routes {
-            for (side, n) in [("legacy", r.counts.legacy), ("new", r.counts.new), ("shadow", r.counts.shadow)] {
+            for (side, n) in [
+                ("legacy", r.counts.legacy),
+                ("new", r.counts.new),
+                ("shadow", r.counts.shadow),
+            ] {
                 metrics::counter!(
                     "tower_patterns_strangler_requests_total",
                     "name" => self.table.name.to_string(),

@@ -166,6 +166,10 @@ mod tests {
             .iter()
             .map(|k| bucket(Salt::new("pin"), k.as_bytes()))
             .collect();
-        assert_eq!(pinned, vec![8104, 3189, 5575], "change only with a migration note");
+        assert_eq!(
+            pinned,
+            vec![8104, 3189, 5575],
+            "change only with a migration note"
+        );
     }
 }

@@ -38,7 +38,10 @@ impl Share {
     /// `bp` basis points (0 to 10,000).
     pub fn basis_points_of(bp: u16) -> Result<Self, ConfigError> {
         if bp > 10_000 {
-            return Err(ConfigError::new("share", "a share is at most 10000 basis points"));
+            return Err(ConfigError::new(
+                "share",
+                "a share is at most 10000 basis points",
+            ));
         }
         Ok(Self(bp))
     }

@@ -119,8 +119,10 @@ impl Table {
     }
 
     pub(crate) fn set_pins(&self, pins: Pins) {
-        self.has_pins
-            .store(!pins.new.is_empty() || !pins.legacy.is_empty(), Ordering::Relaxed);
+        self.has_pins.store(
+            !pins.new.is_empty() || !pins.legacy.is_empty(),
+            Ordering::Relaxed,
+        );
         self.pins.store(Arc::new(pins));
     }
 

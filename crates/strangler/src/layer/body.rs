@@ -22,15 +22,21 @@ pin_project! {
 
 impl<LB, NB> StranglerBody<LB, NB> {
     pub(crate) fn legacy(body: LB) -> Self {
-        Self { inner: Inner::Legacy { body } }
+        Self {
+            inner: Inner::Legacy { body },
+        }
     }
 
     pub(crate) fn new(body: NB) -> Self {
-        Self { inner: Inner::New { body } }
+        Self {
+            inner: Inner::New { body },
+        }
     }
 
     pub(crate) fn teed(body: crate::shadow::Tee<LB>) -> Self {
-        Self { inner: Inner::Teed { body } }
+        Self {
+            inner: Inner::Teed { body },
+        }
     }
 }
 

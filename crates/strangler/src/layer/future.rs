@@ -45,19 +45,27 @@ pin_project! {
 
 impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
     pub(crate) fn legacy(fut: LF, observe: Option<Observe>) -> Self {
-        Self { inner: Inner::Legacy { fut, observe } }
+        Self {
+            inner: Inner::Legacy { fut, observe },
+        }
     }
 
     pub(crate) fn new(fut: NF, observe: Option<Observe>) -> Self {
-        Self { inner: Inner::New { fut, observe } }
+        Self {
+            inner: Inner::New { fut, observe },
+        }
     }
 
     pub(crate) fn shadow(fut: ShadowFuture<LB>) -> Self {
-        Self { inner: Inner::Shadow { fut } }
+        Self {
+            inner: Inner::Shadow { fut },
+        }
     }
 
     pub(crate) fn refused(error: BoxError) -> Self {
-        Self { inner: Inner::Refused { error: Some(error) } }
+        Self {
+            inner: Inner::Refused { error: Some(error) },
+        }
     }
 }
 
@@ -97,7 +105,9 @@ impl<LF, NF, LB> std::fmt::Debug for ResponseFuture<LF, NF, LB> {
 
 fn observe<B, E>(observe: Option<Observe>, new: bool, result: &Result<Response<B>, E>) {
     if let Some(o) = observe {
-        let error = result.as_ref().map_or(true, |r| r.status().is_server_error());
+        let error = result
+            .as_ref()
+            .map_or(true, |r| r.status().is_server_error());
         o.record(new, error);
     }
 }

@@ -193,7 +193,8 @@ impl<K, N> StranglerBuilder<K, N> {
     /// Tenants always served by the legacy side (a customer not ready to move); these win
     /// over [`new_tenants`](Self::new_tenants).
     pub fn legacy_tenants(mut self, tenants: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.legacy_tenants.extend(tenants.into_iter().map(Into::into));
+        self.legacy_tenants
+            .extend(tenants.into_iter().map(Into::into));
         self
     }
 
@@ -232,21 +233,26 @@ where
         for route in &self.routes {
             route.validate()?;
             if !names.insert(route.name.clone()) {
-                return Err(ConfigError::new("route", format!("two routes named {:?}", route.name)));
+                return Err(ConfigError::new(
+                    "route",
+                    format!("two routes named {:?}", route.name),
+                ));
             }
             if let Some(ramp) = &route.ramp {
-                ramp.validate()?;
+                ramp.check()?;
             }
         }
         let pins = pins(&self.new_tenants, &self.legacy_tenants)?;
         if let Some(shadow) = &self.shadow {
-            shadow.validate()?;
+            shadow.check()?;
         }
         let mut routes = self.routes;
         // Longest prefix first; among equals, the first declared (a stable sort).
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
         let mut slots: Vec<RouteSlot> = routes.into_iter().map(slot).collect();
-        slots.push(slot(Route::prefix("/").named("fallback").mode(self.fallback)));
+        slots.push(slot(
+            Route::prefix("/").named("fallback").mode(self.fallback),
+        ));
         let has_ramps = slots.iter().any(|s| s.ramp.is_some());
         for s in &slots {
             metrics::counter!(

@@ -155,7 +155,9 @@ where
         match decision.side {
             Side::New => ResponseFuture::new(self.new.call(req), observe()),
             Side::Legacy
-                if table.legacy_read_only.load(std::sync::atomic::Ordering::Relaxed)
+                if table
+                    .legacy_read_only
+                    .load(std::sync::atomic::Ordering::Relaxed)
                     && !req.method().is_safe() =>
             {
                 ResponseFuture::refused(StranglerError::read_only().into())

@@ -89,7 +89,11 @@ pub(crate) fn step(table: &Table, index: usize, window: Duration) {
         }
         Verdict::Complete => {
             progress.status = RampStatus::Complete;
-            (RampAction::Complete, Share::ALL, format!("held {from} healthy"))
+            (
+                RampAction::Complete,
+                Share::ALL,
+                format!("held {from} healthy"),
+            )
         }
         Verdict::Rollback(back, reason) => {
             progress.step = back;

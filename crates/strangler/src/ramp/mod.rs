@@ -131,7 +131,9 @@ impl Ramp {
         &self.steps
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// The checks the migration's `build()` makes of a ramp, for a caller that validates a
+    /// configuration before building (as the gateway does when it reads its file).
+    pub fn check(&self) -> Result<(), ConfigError> {
         let field = "ramp";
         if self.steps.is_empty() {
             return Err(ConfigError::new(field, "a ramp has at least one step"));
@@ -140,17 +142,26 @@ impl Ramp {
             return Err(ConfigError::new(field, "a ramp's steps increase"));
         }
         if self.steps[0] == Share::NONE {
-            return Err(ConfigError::new(field, "a ramp's first step sends some traffic"));
+            return Err(ConfigError::new(
+                field,
+                "a ramp's first step sends some traffic",
+            ));
         }
         if self.window.is_zero() || self.window > Duration::from_secs(86_400) {
-            return Err(ConfigError::new(field, "a ramp's window is from 1 ns to a day"));
+            return Err(ConfigError::new(
+                field,
+                "a ramp's window is from 1 ns to a day",
+            ));
         }
         if self.hold > Duration::from_secs(30 * 86_400) {
             return Err(ConfigError::new(field, "a ramp's hold is at most 30 days"));
         }
         let fraction = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
         if !fraction(self.max_error_rate_increase) || !self.max_error_rate.is_none_or(fraction) {
-            return Err(ConfigError::new(field, "error rates are fractions from 0 to 1"));
+            return Err(ConfigError::new(
+                field,
+                "error rates are fractions from 0 to 1",
+            ));
         }
         if !self.max_p99_ratio.is_finite() || self.max_p99_ratio < 1.0 || self.max_p99_ratio > 1e6 {
             return Err(ConfigError::new(field, "max_p99_ratio is at least 1"));
@@ -215,16 +226,26 @@ mod tests {
     #[test]
     fn ramps_are_validated() {
         let ok = Ramp::percentages([10, 50, 100]).unwrap();
-        assert!(ok.validate().is_ok());
-        assert!(Ramp::new([]).validate().is_err());
-        assert!(Ramp::percentages([50, 10]).unwrap().validate().is_err());
-        assert!(Ramp::percentages([10, 10]).unwrap().validate().is_err());
-        assert!(Ramp::percentages([0, 10]).unwrap().validate().is_err());
+        assert!(ok.check().is_ok());
+        assert!(Ramp::new([]).check().is_err());
+        assert!(Ramp::percentages([50, 10]).unwrap().check().is_err());
+        assert!(Ramp::percentages([10, 10]).unwrap().check().is_err());
+        assert!(Ramp::percentages([0, 10]).unwrap().check().is_err());
         assert!(Ramp::percentages([101]).is_err());
-        assert!(ok.clone().window(Duration::ZERO).validate().is_err());
-        assert!(ok.clone().max_error_rate_increase(f64::NAN).validate().is_err());
-        assert!(ok.clone().max_error_rate(Some(2.0)).validate().is_err());
-        assert!(ok.clone().max_p99_ratio(0.5).validate().is_err());
-        assert!(ok.clone().hold(Duration::from_secs(40 * 86_400)).validate().is_err());
+        assert!(ok.clone().window(Duration::ZERO).check().is_err());
+        assert!(
+            ok.clone()
+                .max_error_rate_increase(f64::NAN)
+                .check()
+                .is_err()
+        );
+        assert!(ok.clone().max_error_rate(Some(2.0)).check().is_err());
+        assert!(ok.clone().max_p99_ratio(0.5).check().is_err());
+        assert!(
+            ok.clone()
+                .hold(Duration::from_secs(40 * 86_400))
+                .check()
+                .is_err()
+        );
     }
 }

@@ -205,10 +205,16 @@ mod tests {
             v => panic!("{v:?}"),
         }
         // Within: 39 ms.
-        assert_eq!(evaluate(&r, &p, &l, &sample(500, 5, 39), w), Verdict::Healthy);
+        assert_eq!(
+            evaluate(&r, &p, &l, &sample(500, 5, 39), w),
+            Verdict::Healthy
+        );
         // From the first step, back to everything on legacy.
         p.step = Some(0);
-        assert!(matches!(evaluate(&r, &p, &l, &sample(500, 50, 20), w), Verdict::Rollback(None, _)));
+        assert!(matches!(
+            evaluate(&r, &p, &l, &sample(500, 50, 20), w),
+            Verdict::Rollback(None, _)
+        ));
     }
 
     #[test]
@@ -226,10 +232,16 @@ mod tests {
             Verdict::Hold(_)
         ));
         p.baseline = Some(sample(900, 0, 20));
-        assert_eq!(evaluate(&r, &p, &sample(10, 0, 20), &sample(900, 0, 20), w), Verdict::Advance(1));
+        assert_eq!(
+            evaluate(&r, &p, &sample(10, 0, 20), &sample(900, 0, 20), w),
+            Verdict::Advance(1)
+        );
         let mut stopped = p;
         stopped.status = RampStatus::RolledBack;
-        assert_eq!(evaluate(&r, &stopped, &sample(900, 0, 20), &sample(900, 0, 20), w), Verdict::Hold("not running"));
+        assert_eq!(
+            evaluate(&r, &stopped, &sample(900, 0, 20), &sample(900, 0, 20), w),
+            Verdict::Hold("not running")
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ mod tests {
                 assert!(micros < upper(i), "{micros} in {i}");
                 assert!(i == 0 || micros >= upper(i - 1), "{micros} in {i}");
                 // Within 25% above.
-                assert!(upper(i) as f64 <= (micros as f64 + 1.0) * 1.25 + 1.0, "{micros}");
+                assert!(
+                    upper(i) as f64 <= (micros as f64 + 1.0) * 1.25 + 1.0,
+                    "{micros}"
+                );
             }
         }
     }
@@ -146,7 +149,10 @@ mod tests {
         let s = w.take();
         assert_eq!((s.requests, s.errors), (1000, 10));
         let p99 = s.p99.unwrap();
-        assert!(p99 >= Duration::from_millis(1) && p99 <= Duration::from_micros(1280), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_millis(1) && p99 <= Duration::from_micros(1280),
+            "{p99:?}"
+        );
         assert!((s.error_rate() - 0.01).abs() < 1e-9);
         // One more slow answer than a hundredth: the p99 is slow.
         for _ in 0..98 {
@@ -156,7 +162,10 @@ mod tests {
             w.record(false, Duration::from_millis(200));
         }
         let p99 = w.take().p99.unwrap();
-        assert!(p99 >= Duration::from_millis(200) && p99 <= Duration::from_millis(250), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_millis(200) && p99 <= Duration::from_millis(250),
+            "{p99:?}"
+        );
         assert_eq!(w.take(), Sample::default(), "take resets");
         assert_eq!(Sample::default().error_rate(), 0.0);
     }

@@ -54,8 +54,8 @@ use crate::compare::{Answer, Comparator};
 
 mod tee;
 
-pub use tee::Tee;
 use tee::Captured;
+pub use tee::Tee;
 
 /// Shadow mode's settings: a value the migration's builder takes.
 #[derive(Clone, Debug)]
@@ -130,7 +130,8 @@ impl Shadow {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), tower_patterns_core::ConfigError> {
+    /// The checks the migration's `build()` makes of shadow settings.
+    pub fn check(&self) -> Result<(), tower_patterns_core::ConfigError> {
         use tower_patterns_core::ConfigError;
         if self.max_concurrency == 0 || self.max_concurrency > Semaphore::MAX_PERMITS {
             return Err(ConfigError::new("shadow.max_concurrency", "at least 1"));
@@ -289,6 +290,7 @@ pub(crate) type Started<LB> = std::pin::Pin<
 /// Starts a shadowed request: reads its body, calls legacy (the ready service, swapped out of
 /// `svc`) and hands the copy to a task. Gives the request back when it is not to be copied
 /// (unsafe method, body of unknown or too large size, all copies busy).
+#[allow(clippy::result_large_err)] // the request goes back by value, uncloned
 pub(crate) fn start<L, N, K, B, LB, NB>(
     svc: &mut crate::Strangler<L, N, K>,
     req: Request<B>,
@@ -335,7 +337,8 @@ where
             *r.version_mut() = parts.version;
             *r.headers_mut() = parts.headers.clone();
             if let Some(m) = marker {
-                r.headers_mut().insert(m.clone(), HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(m.clone(), HeaderValue::from_static("1"));
             }
             r
         };
@@ -448,7 +451,10 @@ async fn compare<N, L, B, NB, LB>(
     if diff.is_empty() {
         mirror.count(MATCH);
     } else {
-        let lines = diff.iter().map(|d| d.to_string()).collect();
+        let mut lines: Vec<String> = diff.iter().map(|d| d.to_string()).collect();
+        if diff.omitted() > 0 {
+            lines.push(format!("and {} more", diff.omitted()));
+        }
         mirror.mismatch(request, lines);
     }
 }

@@ -38,7 +38,9 @@ pin_project! {
 
 impl<B> std::fmt::Debug for Tee<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tee").field("copied", &self.copy.len()).finish_non_exhaustive()
+        f.debug_struct("Tee")
+            .field("copied", &self.copy.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -82,11 +82,7 @@ mod tests {
     use crate::Share;
 
     fn side() -> impl Strategy<Value = Option<Side>> {
-        prop_oneof![
-            Just(None),
-            Just(Some(Side::Legacy)),
-            Just(Some(Side::New)),
-        ]
+        prop_oneof![Just(None), Just(Some(Side::Legacy)), Just(Some(Side::New)),]
     }
 
     fn mode() -> impl Strategy<Value = Mode> {
@@ -141,7 +137,13 @@ mod tests {
     #[test]
     fn the_bucket_is_only_computed_for_splits() {
         let d = decide(Mode::New, None, None, || panic!("hashed"));
-        assert_eq!(d, Decision { side: Side::New, reason: Reason::Mode });
+        assert_eq!(
+            d,
+            Decision {
+                side: Side::New,
+                reason: Reason::Mode
+            }
+        );
         let d = decide(Mode::Shadow, None, Some(Side::New), || panic!("hashed"));
         assert_eq!(d.side, Side::Shadow);
     }

@@ -180,13 +180,19 @@ impl Route {
     pub(crate) fn validate(&self) -> Result<(), tower_patterns_core::ConfigError> {
         use tower_patterns_core::ConfigError;
         if !self.prefix.starts_with('/') {
-            return Err(ConfigError::new("route", "a route's prefix starts with '/'"));
+            return Err(ConfigError::new(
+                "route",
+                "a route's prefix starts with '/'",
+            ));
         }
         if self.name.is_empty() {
             return Err(ConfigError::new("route", "a route's name is not empty"));
         }
         if self.methods.as_ref().is_some_and(Vec::is_empty) {
-            return Err(ConfigError::new("route", "a route lists at least one method"));
+            return Err(ConfigError::new(
+                "route",
+                "a route lists at least one method",
+            ));
         }
         Ok(())
     }
@@ -265,7 +271,10 @@ mod tests {
         assert!(Route::prefix("/a").named("").validate().is_err());
         assert!(Route::prefix("/a").methods([]).validate().is_err());
         assert!(Route::prefix("/a").validate().is_ok());
-        assert_eq!(Mode::percent(25).unwrap(), Mode::Split(Share::percent(25).unwrap()));
+        assert_eq!(
+            Mode::percent(25).unwrap(),
+            Mode::Split(Share::percent(25).unwrap())
+        );
         assert_eq!(Mode::Split(Share::HALF).to_string(), "split 50%");
         assert_eq!(Mode::New.share(), Share::ALL);
         assert_eq!(Mode::Shadow.share(), Share::NONE);
