@@ -18,6 +18,7 @@ use crate::{
     limits::{IdentityKey, KeyKind, LimitKey, PlanRates, RouteLimiter},
     read::ReadBodyLayer,
     route::Router,
+    strangle::{Migration, Sticky},
     transform::{HeaderOps, RequestTransform},
     upstream::{Group, GroupService},
 };
@@ -70,6 +71,8 @@ pub(crate) struct Compiled {
     pub(crate) routes: Vec<CompiledRoute>,
     pub(crate) groups: BTreeMap<String, Arc<Group>>,
     pub(crate) limiters: BTreeMap<String, (schema::Limit, RouteLimiter)>,
+    /// The migrations of `strangler` routes, by route name.
+    pub(crate) migrations: BTreeMap<String, Migration>,
     pub(crate) settings: Settings,
     /// Files the configuration reads besides itself (JWKS, PEM keys): a change reloads.
     pub(crate) watched: Vec<PathBuf>,
@@ -92,6 +95,9 @@ impl Compiled {
         }
         for (_, limiter) in self.limiters.values() {
             out.push(Arc::new(limiter.handle()));
+        }
+        for m in self.migrations.values() {
+            out.push(Arc::new(m.handle.clone()));
         }
         out
     }
@@ -263,11 +269,23 @@ pub(crate) fn compile(
     }
 
     let mut routes = Vec::new();
+    let mut migrations = BTreeMap::new();
     for spanned in &f.routes {
         let r = spanned.get_ref();
-        let inner: GroupService = match (&r.upstream, &r.aggregate) {
-            (Some(u), _) => groups[u.get_ref()].service.clone(),
-            (None, Some(agg)) => {
+        let migration = match &r.strangler {
+            Some(s) => {
+                let old = previous.map(|p| &p.migrations);
+                let m = crate::strangle::build(gateway, &r.name, r.auth.is_some(), s, &groups, old)
+                    .map_err(|e| config.error_at(spanned.span(), e.reason().to_owned()))?;
+                Some(m)
+            }
+            None => None,
+        };
+        let sticky = migration.as_ref().map(|m| m.key.clone());
+        let inner: GroupService = match (&r.upstream, &r.aggregate, &migration) {
+            (_, _, Some(m)) => m.service.clone(),
+            (Some(u), _, None) => groups[u.get_ref()].service.clone(),
+            (None, Some(agg), None) => {
                 let parts = agg
                     .parts
                     .iter()
@@ -283,7 +301,7 @@ pub(crate) fn compile(
                 let timeout = agg.timeout.map_or(Duration::from_secs(5), |d| d.0);
                 BoxCloneSyncService::new(Aggregate::new(parts, timeout))
             }
-            (None, None) => unreachable_route(),
+            (None, None, None) => unreachable_route(),
         };
         let transform = Arc::new(RequestTransform::new(&r.request));
         let keep_extensions = r.aggregate.is_some();
@@ -303,6 +321,9 @@ pub(crate) fn compile(
                 timeout: settings.body_read_timeout,
             })
             .map_request(move |mut req: Request<_>| {
+                // A strangler route keeps the caller's sticky key (and tenant) across the
+                // clearing below, taken before any rule edits the headers.
+                let kept = sticky.as_ref().map(|k| Sticky::take(k, &req));
                 transform.apply(&mut req);
                 // Past this point only an aggregate reads the extensions (its parameters);
                 // an upstream group sends the request over HTTP, and its retry copies the
@@ -310,12 +331,18 @@ pub(crate) fn compile(
                 if !keep_extensions {
                     req.extensions_mut().clear();
                 }
+                if let Some(kept) = kept {
+                    kept.put(&mut req);
+                }
                 req
             })
             .service(inner);
         let counts = previous
             .and_then(|p| p.routes.iter().find(|old| *old.name == *r.name))
             .map_or_else(Default::default, |old| old.counts.clone());
+        if let Some(m) = migration {
+            migrations.insert(r.name.clone(), m);
+        }
         routes.push(CompiledRoute {
             name: r.name.as_str().into(),
             service: BoxCloneSyncService::new(service),
@@ -331,6 +358,7 @@ pub(crate) fn compile(
         routes,
         groups,
         limiters,
+        migrations,
         settings,
         watched,
     })

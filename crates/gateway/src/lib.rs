@@ -94,6 +94,7 @@ mod gateway;
 mod limits;
 mod read;
 mod route;
+mod strangle;
 mod transform;
 mod upstream;
 

@@ -30,6 +30,7 @@
 
 mod error;
 pub(crate) mod schema;
+pub(crate) mod strangler;
 pub(crate) mod values;
 
 use std::{
@@ -404,13 +405,14 @@ impl GatewayConfig {
                 )));
             }
         }
-        match (&r.upstream, &r.aggregate) {
-            (Some(u), None) => {
+        match (&r.upstream, &r.aggregate, &r.strangler) {
+            (_, _, Some(s)) => self.validate_strangler(spanned, s)?,
+            (Some(u), None, None) => {
                 if !f.upstreams.contains_key(u.get_ref()) {
                     return Err(at(u, format!("no upstream group {:?}", u.get_ref())));
                 }
             }
-            (None, Some(agg)) => {
+            (None, Some(agg), None) => {
                 if agg.parts.len() < 2 {
                     return Err(whole("an aggregate has two parts or more".to_owned()));
                 }
@@ -438,7 +440,7 @@ impl GatewayConfig {
             }
             _ => {
                 return Err(whole(format!(
-                    "route {:?} needs exactly one of upstream and aggregate",
+                    "route {:?} needs exactly one of upstream, aggregate and strangler",
                     r.name
                 )));
             }

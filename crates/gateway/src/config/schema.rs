@@ -239,6 +239,7 @@ pub(crate) struct Route {
     pub(crate) headers: BTreeMap<String, String>,
     pub(crate) upstream: Option<Spanned<String>>,
     pub(crate) aggregate: Option<Aggregate>,
+    pub(crate) strangler: Option<super::strangler::Strangler>,
     pub(crate) auth: Option<Spanned<String>>,
     pub(crate) limit: Option<Spanned<String>>,
     #[serde(default)]

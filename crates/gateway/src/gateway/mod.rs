@@ -136,6 +136,18 @@ impl Gateway {
         out
     }
 
+    /// The migration of route `route` (a route of kind `strangler`) in the current
+    /// generation: its mode, ramp, tenant pins and shadow counts, changed at runtime through
+    /// the handle until a reload changes the route's table.
+    pub fn migration(&self, route: &str) -> Option<tower_patterns_strangler::StranglerHandle> {
+        self.shared
+            .current
+            .load()
+            .migrations
+            .get(route)
+            .map(|m| m.handle.clone())
+    }
+
     /// Swaps configurations: from the file on demand, on a change, on SIGHUP, or a parsed
     /// one.
     pub fn reloader(&self) -> Reloader {
