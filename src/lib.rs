@@ -1,8 +1,8 @@
 //! System-design patterns as [tower] middleware: circuit breaker, bulkhead, retry with
 //! backoff, caching, rate limiting, multi-tenancy, sharding, event sourcing, CQRS, eventual
 //! consistency and sagas, composable with `ServiceBuilder` in axum, hyper and tonic services.
-//! An API gateway built from them runs as a tower service or on its own listener; the strangler
-//! fig is planned and not in this release.
+//! An API gateway built from them runs as a tower service or on its own listener, and the
+//! strangler fig moves a monolith's traffic to new services through it or any tower stack.
 //!
 //! This crate is the facade: feature `x` gives module `tower_patterns::x`, the whole public API
 //! of crate `tower-patterns-x`, and the shared vocabulary of `tower-patterns-core` is at its
@@ -40,6 +40,8 @@
 //! | `saga-nats` | choreographed sagas as NATS JetStream consumers (with `cqrs-nats`) | landed |
 //! | `gateway` | [`gateway`]: an API gateway on hyper built from these layers (routing, JWT and API keys, per-consumer limits, transforms, resilient balanced upstreams, aggregation, hot reload, `/metrics`) | landed |
 //! | `gateway-redis` | gateway limits shared by several instances through Redis | landed |
+//! | `strangler` | [`strangler`]: the strangler fig (a migration table with sticky percentage splits and overrides, ramps with automatic rollback, shadow comparison with a noise baseline, dual writes with reconciliation on SQLite); also a route kind of the gateway | landed |
+//! | `strangler-postgres` | dual writes and reconciliation between PostgreSQL databases | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -113,6 +115,10 @@
     doc = "[`gateway`]: https://docs.rs/tower-patterns-gateway"
 )]
 #![cfg_attr(
+    not(feature = "strangler"),
+    doc = "[`strangler`]: https://docs.rs/tower-patterns-strangler"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -166,6 +172,10 @@ pub use tower_patterns_saga as saga;
 #[cfg(feature = "gateway")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub use tower_patterns_gateway as gateway;
+
+#[cfg(feature = "strangler")]
+#[cfg_attr(docsrs, doc(cfg(feature = "strangler")))]
+pub use tower_patterns_strangler as strangler;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
