@@ -98,10 +98,16 @@ impl<P: OutboxStore, S: RowStore> Worker<P, S> {
                 }
                 *failing = true;
             }
+            // A round with nothing due says nothing of the secondary: it stays failing
+            // until a delivery succeeds.
+            None if round.entries == 0 => {
+                self.shared
+                    .set_status(if *failing { SECONDARY_FAILING } else { LIVE });
+            }
             None => {
                 self.shared
                     .set_status(if full { CATCHING_UP } else { LIVE });
-                if *failing && round.entries > 0 {
+                if *failing {
                     tracing::info!(target: "tower_patterns::strangler", dual = %name, "the secondary takes deliveries again");
                     *failing = false;
                 }
