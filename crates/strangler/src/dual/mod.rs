@@ -23,7 +23,7 @@
 //!    [`missed_after`](DualWriteBuilder::missed_after) attempts, or refused with an error
 //!    retrying will not cure, is recorded as missed in the outbox, listed by
 //!    [`DualWriteHandle::missed`], counted and logged. It is still retried; its delivery,
-//!    or a reconciler's repair of its key, clears the record.
+//!    or a [`Reconciler`]'s repair of its key, clears the record.
 //!
 //! # The row model
 //!
@@ -59,7 +59,7 @@
 //! use std::time::Duration;
 //! use tower::ServiceExt;
 //! use tower_patterns_core::backoff::Backoff;
-//! use tower_patterns_strangler::dual::{DualWrite, RowStore, SqliteRows, Write};
+//! use tower_patterns_strangler::dual::{DualWrite, Reconciler, RowStore, SqliteRows, Write};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let monolith = SqliteRows::open(dir.path().join("monolith.db"), "users")?;
@@ -76,7 +76,14 @@
 //! assert_eq!(service.get("user:1").await?, monolith.get("user:1").await?);
 //! assert!(service.get("user:2").await?.unwrap().is_tombstone());
 //!
-//! // Customised: quicker retries, missed after 3 attempts.
+//! // A reconciler compares both tables, and with repair on makes the secondary's rows the
+//! // primary's (here there is nothing to repair).
+//! let reconciler = Reconciler::builder("users").primary(monolith.clone()).secondary(service.clone())
+//!     .repair(true)
+//!     .build()?;
+//! assert!(reconciler.run_once().await?.is_clean());
+//!
+//! // Customised: quicker retries, missed after 3 attempts, and a reconciliation every hour.
 //! let quick = DualWrite::builder("users-quick")
 //!     .primary(monolith.clone())
 //!     .secondary(service.clone())
@@ -84,6 +91,13 @@
 //!     .missed_after(3)
 //!     .batch(500)
 //!     .build()?;
+//! let hourly = Reconciler::builder("users-hourly").primary(monolith).secondary(service)
+//!     .repair(true)
+//!     .every(Duration::from_secs(3_600))
+//!     .build()?;
+//! let task = hourly.spawn();
+//! hourly.handle().stop();
+//! task.await?;
 //! # drop(quick);
 //! # Ok(()) }
 //! # #[cfg(not(feature = "sqlite"))]
@@ -102,6 +116,9 @@
 //! | `tower_patterns_strangler_dual_missed_total` | writes recorded as missed |
 //! | `tower_patterns_strangler_dual_pending` | outbox entries waiting (gauge) |
 //! | `tower_patterns_strangler_dual_missed` | outbox entries recorded as missed (gauge) |
+//! | `tower_patterns_strangler_dual_reconcile_runs_total` | reconciliations run |
+//! | `tower_patterns_strangler_dual_reconcile_differences_total` | differences found, by `kind` (`missing`, `extra`, `differs`) |
+//! | `tower_patterns_strangler_dual_reconcile_repaired_total` | differences repaired |
 //!
 //! # When not to use dual writes
 //!
@@ -121,6 +138,7 @@ mod error;
 mod future;
 mod handle;
 mod policy;
+pub mod reconcile;
 mod row;
 mod service;
 mod store;
@@ -140,6 +158,9 @@ pub use handle::{DualStatus, DualWriteHandle};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresRows;
+pub use reconcile::{
+    Difference, DifferenceKind, ReconcileReport, Reconciler, ReconcilerBuilder, ReconcilerHandle,
+};
 pub use row::{MAX_KEY_BYTES, MAX_TABLE_NAME, Row, TableName, Write, Written, check_key};
 pub use service::{DualWrite, DualWriteBuilder, NoPrimary, NoSecondary};
 #[cfg(feature = "sqlite")]
@@ -159,3 +180,9 @@ pub const MISSED_TOTAL: &str = "tower_patterns_strangler_dual_missed_total";
 pub const PENDING: &str = "tower_patterns_strangler_dual_pending";
 /// Outbox entries recorded as missed, as the worker last counted them.
 pub const MISSED: &str = "tower_patterns_strangler_dual_missed";
+/// Reconciliations run.
+pub const RECONCILE_RUNS: &str = "tower_patterns_strangler_dual_reconcile_runs_total";
+/// Differences found by reconciliations, labelled `kind`.
+pub const RECONCILE_DIFFERENCES: &str = "tower_patterns_strangler_dual_reconcile_differences_total";
+/// Differences repaired by reconciliations.
+pub const RECONCILE_REPAIRED: &str = "tower_patterns_strangler_dual_reconcile_repaired_total";
