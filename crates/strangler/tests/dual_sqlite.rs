@@ -1,12 +1,8 @@
 //! Dual writes between two real SQLite files: the secondary locked by another connection for
 //! a while (writes go on, missed ones are recorded, both end equal), the version guard, the
-//! reconciler against planted differences of each kind, bad input, a crash with SIGKILL,
-//! and the handles' reports and metrics.
+//! reconciler against planted differences of each kind, bad input, and the handles' reports
+//! and metrics. The crash test is in `dual_crash.rs`.
 #![cfg(all(feature = "wip-dual", feature = "sqlite"))]
-#![allow(
-    clippy::print_stdout,
-    reason = "the child process speaks to its parent on stdout"
-)]
 
 use std::{
     collections::BTreeMap,
@@ -24,10 +20,8 @@ use tower_patterns_core::{
 use tower_patterns_strangler::dual::{
     DifferenceKind, DualError, DualStatus, DualWrite, Reconciler, Row, RowStore, SqliteRows, Write,
 };
-use tower_patterns_testkit::process::ChildTest;
 
 const WAIT: Duration = Duration::from_secs(20);
-const CRASH_DIR: &str = "TP_DUAL_CRASH_DIR";
 
 type Rows = BTreeMap<String, (Option<Vec<u8>>, i64)>;
 
@@ -557,78 +551,4 @@ async fn metrics_are_registered_at_build_and_handles_report() {
     assert_eq!((report.pattern, &*report.name), ("strangler", "users"));
     assert_eq!(report.value("missed"), Some(0.0));
     assert_eq!(reconciler.handle().report().state, "not_run");
-}
-
-/// The child: writes through a dual write until killed, printing each acknowledged key.
-/// After 50 writes it waits for their delivery, then locks the secondary, so the writes
-/// after that stay in the outbox until it is killed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn child_writes_until_killed() {
-    let Ok(dir) = std::env::var(CRASH_DIR) else {
-        return;
-    };
-    let dir = Path::new(&dir);
-    let f = Files {
-        _dir: tempfile::tempdir().unwrap(),
-        primary: dir.join("monolith.db"),
-        secondary: dir.join("users.db"),
-    };
-    let (primary, secondary) = stores(&f);
-    let dual = dual(primary, secondary);
-    let mut held = None;
-    for i in 0.. {
-        let key = format!("user:{i:06}");
-        dual.clone()
-            .oneshot(Write::put(key.clone(), format!("value {i}")))
-            .await
-            .unwrap();
-        println!("acked {key}");
-        if i == 49 {
-            assert!(dual.handle().wait_idle(WAIT).await);
-            held = Some(lock(&f.secondary));
-            println!("locked");
-        }
-    }
-    drop(held);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_stream_a_fresh_dual_write_delivers_every_acknowledged_write() {
-    if std::env::var(CRASH_DIR).is_ok() {
-        return;
-    }
-    let f = files();
-    // Both files exist before the child opens them, so the lock below can be taken.
-    drop(stores(&f));
-    let dir = f.primary.parent().unwrap().to_str().unwrap().to_owned();
-    let mut child = ChildTest::spawn("child_writes_until_killed", &[(CRASH_DIR, &dir)]);
-    let mut acked = Vec::new();
-    while acked.len() < 50 {
-        acked.push(child.wait_for("acked ", WAIT).await);
-    }
-    // The first 50 are delivered; the child locks the secondary and goes on writing.
-    child.wait_for("locked", WAIT).await;
-    while acked.len() < 150 {
-        acked.push(child.wait_for("acked ", WAIT).await);
-    }
-    child.kill9();
-    assert!(
-        outbox_len(&f.primary) >= 100,
-        "the kill left the writes after the lock undelivered"
-    );
-    assert_eq!(every_row(&f.secondary).len(), 50);
-    let (primary, secondary) = stores(&f);
-    let dual = dual(primary, secondary);
-    assert!(dual.handle().wait_idle(WAIT).await);
-    let (p, s) = (every_row(&f.primary), every_row(&f.secondary));
-    assert_eq!(s, p, "every committed write reached the secondary");
-    for key in &acked {
-        let i: usize = key.trim_start_matches("user:").parse().unwrap();
-        let (value, _) = &s[key];
-        assert_eq!(
-            value.as_deref(),
-            Some(format!("value {i}").as_bytes()),
-            "{key}"
-        );
-    }
 }
