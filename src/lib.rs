@@ -129,8 +129,8 @@
 struct ReadmeDoctests;
 
 pub use tower_patterns_core::{
-    BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, classify, error, http,
-    key, keyed, metric_name, observe, rng,
+    BoxError, ConfigError, KeyError, KeyExtractor, Rejected, RejectionKind, backoff, classify,
+    error, http, key, keyed, metric_name, observe, rng,
 };
 
 // Without the `tenant` feature: core's tenant vocabulary (with it, the tenant crate below).

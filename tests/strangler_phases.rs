@@ -66,11 +66,19 @@ fn served(app: &App, status: StatusCode, body: Value) -> Response {
 async fn get_user(State(app): State<App>, UrlPath(id): UrlPath<u64>) -> Response {
     app.hits.fetch_add(1, Ordering::SeqCst);
     if app.failing.load(Ordering::SeqCst) {
-        return served(&app, StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "down"}));
+        return served(
+            &app,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "down"}),
+        );
     }
     let row = app.rows.get_row(&format!("user:{id}")).await;
     let Some(mut user) = row else {
-        return served(&app, StatusCode::NOT_FOUND, json!({"error": "no such user"}));
+        return served(
+            &app,
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such user"}),
+        );
     };
     if app.bug_for == Some(id) {
         user["name"] = Value::from(user["name"].as_str().unwrap_or("").to_uppercase());
@@ -88,7 +96,11 @@ async fn post_user(State(app): State<App>, Json(user): Json<Value>) -> Response 
     let write = Write::put_json(format!("user:{id}"), &user).unwrap();
     match app.dual.clone().oneshot(write).await {
         Ok(w) => served(&app, StatusCode::CREATED, json!({"version": w.version})),
-        Err(_) => served(&app, StatusCode::SERVICE_UNAVAILABLE, json!({"error": "store"})),
+        Err(_) => served(
+            &app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "store"}),
+        ),
     }
 }
 
@@ -178,7 +190,13 @@ struct Answer {
 }
 
 impl Http {
-    async fn send(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>) -> Answer {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.gateway));
@@ -189,7 +207,11 @@ impl Http {
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
         }
-        let res = self.client.request(req.body(Full::new(body)).unwrap()).await.unwrap();
+        let res = self
+            .client
+            .request(req.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
         let status = res.status().as_u16();
         let served_by = res
             .headers()
@@ -198,7 +220,11 @@ impl Http {
             .to_owned();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, served_by, body }
+        Answer {
+            status,
+            served_by,
+            body,
+        }
     }
 
     async fn get(&self, path: &str, user: &str) -> Answer {
@@ -206,12 +232,7 @@ impl Http {
     }
 }
 
-fn config(
-    monolith: SocketAddr,
-    users: SocketAddr,
-    orders: SocketAddr,
-    routes: &str,
-) -> String {
+fn config(monolith: SocketAddr, users: SocketAddr, orders: SocketAddr, routes: &str) -> String {
     format!(
         r#"
 [upstreams.monolith]
@@ -235,7 +256,8 @@ async fn until(http: &Http, mut done: impl FnMut() -> bool) {
         if done() {
             return;
         }
-        http.get(&format!("/api/users/{}", i % 50), &format!("ramp-{i}")).await;
+        http.get(&format!("/api/users/{}", i % 50), &format!("ramp-{i}"))
+            .await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("the condition did not come true within 20 s");
@@ -266,12 +288,19 @@ async fn the_five_phases_of_a_monolith_migration() {
     let (orders_addr, _stop_orders) = serve(router(orders.clone())).await;
     let file = dir.path().join("gateway.toml");
     let write = |routes: &str| {
-        std::fs::write(&file, config(monolith_addr, users_addr, orders_addr, routes)).unwrap();
+        std::fs::write(
+            &file,
+            config(monolith_addr, users_addr, orders_addr, routes),
+        )
+        .unwrap();
     };
 
     // Phase 1: everything to the monolith.
     write("[[routes]]\nname = \"all\"\nprefix = \"/\"\nupstream = \"monolith\"\n");
-    let gateway = Gateway::builder("phases").config_file(&file).build().unwrap();
+    let gateway = Gateway::builder("phases")
+        .config_file(&file)
+        .build()
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = Http {
         client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
@@ -294,7 +323,13 @@ async fn the_five_phases_of_a_monolith_migration() {
         assert_eq!(http.get(path, "u").await.served_by, "monolith", "{path}");
     }
     // The monolith's dual writes copied its users to the new service's database.
-    assert!(monolith.dual.handle().wait_idle(Duration::from_secs(10)).await);
+    assert!(
+        monolith
+            .dual
+            .handle()
+            .wait_idle(Duration::from_secs(10))
+            .await
+    );
     assert_eq!(dump(&monolith_db), dump(&users_db));
 
     // Phase 2a: the user service in shadow: the monolith answers, the answers are compared.
@@ -310,7 +345,11 @@ async fn the_five_phases_of_a_monolith_migration() {
     for id in 1..=20u64 {
         let a = http.get(&format!("/api/users/{id}"), "u").await;
         assert_eq!((a.status, a.served_by.as_str()), (200, "monolith"));
-        assert_eq!(a.body["name"], format!("user {id}"), "legacy answers, bug or not");
+        assert_eq!(
+            a.body["name"],
+            format!("user {id}"),
+            "legacy answers, bug or not"
+        );
     }
     let migration = gateway.migration("users").unwrap();
     let mut counts = migration.shadow().unwrap();
@@ -321,10 +360,18 @@ async fn the_five_phases_of_a_monolith_migration() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         counts = migration.shadow().unwrap();
     }
-    assert_eq!((counts.matched, counts.mismatched, counts.failed), (19, 1, 0), "{counts:?}");
+    assert_eq!(
+        (counts.matched, counts.mismatched, counts.failed),
+        (19, 1, 0),
+        "{counts:?}"
+    );
     let found = migration.mismatches();
     assert_eq!(found[0].request, "GET /api/users/13");
-    assert_eq!(found[0].differences.len(), 1, "the nonce is noise: {found:?}");
+    assert_eq!(
+        found[0].differences.len(),
+        1,
+        "the nonce is noise: {found:?}"
+    );
     assert!(found[0].differences[0].contains("/name"), "{found:?}");
 
     // Phase 2b: the user service serves /api/users; everything else stays on the monolith.
@@ -345,7 +392,10 @@ async fn the_five_phases_of_a_monolith_migration() {
         }
     }
     let on_new = side.values().filter(|s| *s == "users").count();
-    assert!((470..=530).contains(&on_new), "{on_new} of 1000 on the user service");
+    assert!(
+        (470..=530).contains(&on_new),
+        "{on_new} of 1000 on the user service"
+    );
 
     // Dual writes with the monolith's database down for a while: the user service's writes
     // are acknowledged, the misses recorded, and after reconciliation both databases agree.
@@ -360,7 +410,12 @@ async fn the_five_phases_of_a_monolith_migration() {
     for (i, u) in new_users.iter().enumerate() {
         let body = json!({"id": 100 + i, "name": format!("new {u}")});
         let a = http.send("POST", "/api/users", Some(u), Some(body)).await;
-        assert_eq!((a.status, a.served_by.as_str()), (201, "users"), "{:?}", a.body);
+        assert_eq!(
+            (a.status, a.served_by.as_str()),
+            (201, "users"),
+            "{:?}",
+            a.body
+        );
     }
     let handle = users.dual.handle();
     for _ in 0..2000 {
@@ -369,7 +424,10 @@ async fn the_five_phases_of_a_monolith_migration() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(handle.missed_count() > 0, "missed writes recorded while the monolith's database is down");
+    assert!(
+        handle.missed_count() > 0,
+        "missed writes recorded while the monolith's database is down"
+    );
     assert!(dump(&users_db).len() > 40);
     lock.execute_batch("COMMIT").unwrap();
     drop(lock);
@@ -378,7 +436,10 @@ async fn the_five_phases_of_a_monolith_migration() {
         .unwrap()
         .execute("DELETE FROM users WHERE key = 'user:7'", [])
         .unwrap();
-    assert!(handle.wait_idle(Duration::from_secs(10)).await, "the worker catches up");
+    assert!(
+        handle.wait_idle(Duration::from_secs(10)).await,
+        "the worker catches up"
+    );
     let reconciler = Reconciler::builder("users")
         .primary(SqliteRows::open(&users_db, "users").unwrap())
         .secondary(SqliteRows::open(&monolith_db, "users").unwrap())
@@ -397,16 +458,29 @@ async fn the_five_phases_of_a_monolith_migration() {
         "ramp = { steps = [50, 100], window = \"200ms\", hold = \"400ms\", min_requests = 5 }",
     ));
     let migration = gateway.migration("users").unwrap();
-    until(&http, || migration.ramp("users").unwrap().status == RampStatus::RolledBack).await;
+    until(&http, || {
+        migration.ramp("users").unwrap().status == RampStatus::RolledBack
+    })
+    .await;
     assert_eq!(migration.mode("users"), Some(Mode::Legacy));
     let events = migration.ramp_events();
-    let rollback = events.iter().find(|e| e.action == RampAction::Rollback).unwrap();
+    let rollback = events
+        .iter()
+        .find(|e| e.action == RampAction::Rollback)
+        .unwrap();
     assert_eq!((rollback.from, rollback.to), (Share::HALF, Share::NONE));
-    assert!(rollback.reason.contains("error rate"), "{}", rollback.reason);
+    assert!(
+        rollback.reason.contains("error rate"),
+        "{}",
+        rollback.reason
+    );
     // ...and, fixed and resumed, completes.
     users.failing.store(false, Ordering::SeqCst);
     migration.resume_ramp("users").unwrap();
-    until(&http, || migration.ramp("users").unwrap().status == RampStatus::Complete).await;
+    until(&http, || {
+        migration.ramp("users").unwrap().status == RampStatus::Complete
+    })
+    .await;
     assert_eq!(migration.mode("users"), Some(Mode::New));
 
     // Phase 4: the orders service extracted too.
@@ -421,11 +495,23 @@ async fn the_five_phases_of_a_monolith_migration() {
     assert_eq!(http.get("/api/catalog", "u").await.served_by, "monolith");
 
     // Phase 5: the monolith read-only (reads served, writes refused)...
-    reload(&phase4.replace("mode = \"legacy\"\n", "mode = \"legacy\"\nlegacy_read_only = true\n"));
+    reload(&phase4.replace(
+        "mode = \"legacy\"\n",
+        "mode = \"legacy\"\nlegacy_read_only = true\n",
+    ));
     assert_eq!(http.get("/api/catalog", "u").await.served_by, "monolith");
-    let refused = http.send("POST", "/api/catalog", None, Some(json!({}))).await;
-    assert_eq!((refused.status, refused.served_by.as_str()), (503, "gateway"));
-    assert_eq!(refused.body, Value::Null, "a fixed phrase, not JSON internals");
+    let refused = http
+        .send("POST", "/api/catalog", None, Some(json!({})))
+        .await;
+    assert_eq!(
+        (refused.status, refused.served_by.as_str()),
+        (503, "gateway")
+    );
+    assert_eq!(
+        refused.body,
+        Value::Null,
+        "a fixed phrase, not JSON internals"
+    );
     // ...then gone: switched off, and nothing routes to it.
     reload(
         "[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nupstream = \"users\"\n\
@@ -436,7 +522,11 @@ async fn the_five_phases_of_a_monolith_migration() {
     assert_eq!(http.get("/api/users/1", "u").await.served_by, "users");
     assert_eq!(http.get("/api/orders/1", "u").await.served_by, "orders");
     assert_eq!(http.get("/api/catalog", "u").await.status, 404);
-    assert_eq!(monolith.hits.load(Ordering::SeqCst), hits, "the monolith gets nothing");
+    assert_eq!(
+        monolith.hits.load(Ordering::SeqCst),
+        hits,
+        "the monolith gets nothing"
+    );
 
     stop_gateway.send(true).unwrap();
     served.await.unwrap().unwrap();

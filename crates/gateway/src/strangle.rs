@@ -29,9 +29,9 @@ use crate::{
 
 /// The caller's sticky key, as the gateway established it.
 #[derive(Clone, Debug)]
-pub(crate) struct StickyKey(Arc<str>);
+pub(crate) struct CallerKey(Arc<str>);
 
-impl KeyBytes for StickyKey {
+impl KeyBytes for CallerKey {
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self.0.as_bytes())
     }
@@ -40,7 +40,7 @@ impl KeyBytes for StickyKey {
 /// What a strangler route keeps of a request across the clearing of its extensions.
 #[derive(Debug, Default)]
 pub(crate) struct Sticky {
-    key: Option<StickyKey>,
+    key: Option<CallerKey>,
     tenant: Option<TenantId>,
 }
 
@@ -65,7 +65,7 @@ impl Sticky {
                 .map(Into::into),
         };
         Self {
-            key: key.map(StickyKey),
+            key: key.map(CallerKey),
             tenant: identity.and_then(Identity::tenant).cloned(),
         }
     }
@@ -219,7 +219,7 @@ pub(crate) fn build(
         table = table.ramp(ramp(r.get_ref())?);
     }
     let mut builder = StranglerLayer::builder(format!("{gateway}.{route}"))
-        .key(ExtensionKey::<StickyKey>::new())
+        .key(ExtensionKey::<CallerKey>::new())
         .new_side(new.service.clone())
         .route(table)
         .salt(s.salt.clone().unwrap_or_else(|| route.to_owned()))

@@ -6,12 +6,14 @@
 //! across requests, processes and restarts; and raising the share only adds buckets, so going
 //! from 10% to 25% moves callers onto the new side and none back.
 //!
-//! The key is any of core's [`KeyExtractor`](tower_patterns_core::KeyExtractor)s whose key
-//! gives its bytes ([`KeyBytes`]): a header ([`HeaderKey`](tower_patterns_core::key::HeaderKey),
-//! for a user id a trusted proxy or the gateway sets), the tenant
-//! ([`ExtensionKey<TenantId>`](tower_patterns_core::key::ExtensionKey)), or a closure
-//! ([`key_fn`](tower_patterns_core::key::key_fn)). A request without a key goes to the legacy
-//! side.
+//! The key is a [`StickyKey`]: core's extractors, read without copying the key: a header
+//! ([`HeaderKey`], for a user id a trusted proxy or the gateway sets; exactly one non-empty
+//! value, any bytes), a value in the extensions ([`ExtensionKey<TenantId>`](ExtensionKey) for
+//! the tenant, or any type that gives its bytes, [`KeyBytes`]) or a closure ([`key_fn`]); any
+//! other [`KeyExtractor`] whose key gives its bytes goes in [`Extracted`]. A request without a
+//! key goes to the legacy side.
+//!
+//! [`key_fn`]: tower_patterns_core::key::key_fn
 //!
 //! ```
 //! use tower_patterns_strangler::{key::bucket, key::Salt, Share};
@@ -28,7 +30,12 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use tower_patterns_core::{key::AsciiKey, tenant::TenantId};
+use http::Request;
+use tower_patterns_core::{
+    KeyError, KeyExtractor,
+    key::{AsciiKey, ExtensionKey, HeaderKey, KeyFn},
+    tenant::TenantId,
+};
 
 /// The seed of a migration's buckets, from its salt (by default its name). Changing the salt
 /// reshuffles every caller; give two migrations the same salt to split the same callers the
@@ -53,6 +60,76 @@ pub fn bucket(salt: Salt, key: &[u8]) -> u16 {
     let h = twox_hash::XxHash3_64::oneshot_with_seed(salt.0, key);
     // (h * 10_000) / 2^64 is below 10_000 for every h.
     ((u128::from(h) * 10_000) >> 64) as u16
+}
+
+/// Where a split finds a request's caller: the bucket of its key, or `None` without one.
+pub trait StickyKey<Req> {
+    /// The bucket (0 to 9,999) of the request's key under `salt`, or `None` when the request
+    /// has no key.
+    fn bucket(&self, req: &Req, salt: Salt) -> Option<u16>;
+}
+
+/// A header's one non-empty value, read in place (two values are no key).
+impl<B> StickyKey<Request<B>> for HeaderKey {
+    #[inline]
+    fn bucket(&self, req: &Request<B>, salt: Salt) -> Option<u16> {
+        let mut values = req.headers().get_all(self.header_name()).iter();
+        let value = values.next()?;
+        if value.is_empty() || values.next().is_some() {
+            return None;
+        }
+        Some(bucket(salt, value.as_bytes()))
+    }
+}
+
+/// A value an earlier layer put in the extensions, read in place.
+impl<B, T> StickyKey<Request<B>> for ExtensionKey<T>
+where
+    T: KeyBytes + Send + Sync + 'static,
+{
+    #[inline]
+    fn bucket(&self, req: &Request<B>, salt: Salt) -> Option<u16> {
+        let key = req.extensions().get::<T>()?;
+        Some(bucket(salt, &key.key_bytes()))
+    }
+}
+
+/// A closure's key.
+impl<F, Req, K> StickyKey<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> Result<K, KeyError>,
+    K: KeyBytes,
+{
+    #[inline]
+    fn bucket(&self, req: &Req, salt: Salt) -> Option<u16> {
+        let key = self.extract(req).ok()?;
+        Some(bucket(salt, &key.key_bytes()))
+    }
+}
+
+/// Any other key extractor whose key gives its bytes.
+///
+/// ```
+/// use tower_patterns_core::key::PathKey;
+/// use tower_patterns_strangler::key::{Extracted, Salt, StickyKey};
+///
+/// let key = Extracted(PathKey::segment(1));
+/// let req = http::Request::get("/accounts/42").body(()).unwrap();
+/// assert!(key.bucket(&req, Salt::new("accounts")).is_some());
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Extracted<K>(pub K);
+
+impl<K, Req> StickyKey<Req> for Extracted<K>
+where
+    K: KeyExtractor<Req>,
+    K::Key: KeyBytes,
+{
+    #[inline]
+    fn bucket(&self, req: &Req, salt: Salt) -> Option<u16> {
+        let key = self.0.extract(req).ok()?;
+        Some(bucket(salt, &key.key_bytes()))
+    }
 }
 
 /// A key that gives the bytes its bucket is computed from.

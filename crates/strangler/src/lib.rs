@@ -96,7 +96,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod compare;
-#[cfg(feature = "wip-dual")]
 pub mod dual;
 mod error;
 mod handle;

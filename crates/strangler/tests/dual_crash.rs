@@ -1,7 +1,7 @@
 //! A dual write killed with SIGKILL: a child process writes through it and prints each
 //! acknowledged key; after 50 (delivered) it locks the secondary, writes 100 more and is
 //! killed. A fresh dual write on the same files then delivers every acknowledged write.
-#![cfg(all(feature = "wip-dual", feature = "sqlite", unix))]
+#![cfg(all(feature = "sqlite", unix))]
 #![allow(
     clippy::print_stdout,
     reason = "the child process speaks to its parent on stdout"

@@ -2,7 +2,7 @@
 //! while (writes go on, missed ones are recorded, both end equal after it returns and a
 //! reconciliation), and a migration from a SQLite monolith to a PostgreSQL service, whose
 //! key orders must agree for the reconciler's merge.
-#![cfg(all(feature = "wip-dual", feature = "postgres", feature = "sqlite"))]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 
 use std::{collections::BTreeMap, time::Duration};
 

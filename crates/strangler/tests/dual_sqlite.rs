@@ -2,7 +2,7 @@
 //! a while (writes go on, missed ones are recorded, both end equal), the version guard, the
 //! reconciler against planted differences of each kind, bad input, and the handles' reports
 //! and metrics. The crash test is in `dual_crash.rs`.
-#![cfg(all(feature = "wip-dual", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::{
     collections::BTreeMap,

@@ -207,16 +207,22 @@ impl TableName {
     }
 
     /// The name quoted for SQL (`"users"`).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+
     pub(crate) fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
     }
 
     /// The outbox table's name, quoted.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+
     pub(crate) fn outbox(&self) -> String {
         format!("\"{}_dual_outbox\"", self.0)
     }
 
     /// A name derived from this one with `suffix`, quoted (indexes).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+
     pub(crate) fn derived(&self, suffix: &str) -> String {
         format!("\"{}_{suffix}\"", self.0)
     }
@@ -247,6 +253,8 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// A version as SQL's signed 64-bit integer.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+
 pub(crate) fn sql_version(key: &str, version: u64, table: &TableName) -> Result<i64, DualError> {
     i64::try_from(version).map_err(|_| DualError::CorruptRow {
         table: table.to_string(),
@@ -256,6 +264,8 @@ pub(crate) fn sql_version(key: &str, version: u64, table: &TableName) -> Result<
 }
 
 /// A count or time as SQL's signed 64-bit integer, saturating.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+
 pub(crate) fn sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -35,7 +35,9 @@ impl<LB, NB> StranglerBody<LB, NB> {
 
     pub(crate) fn teed(body: crate::shadow::Tee<LB>) -> Self {
         Self {
-            inner: Inner::Teed { body },
+            inner: Inner::Teed {
+                body: Box::pin(body),
+            },
         }
     }
 }
@@ -53,8 +55,7 @@ pin_project! {
             body: NB,
         },
         Teed {
-            #[pin]
-            body: crate::shadow::Tee<LB>,
+            body: Pin<Box<crate::shadow::Tee<LB>>>,
         },
     }
 }
@@ -76,7 +77,7 @@ where
         match self.project().inner.project() {
             BodyProj::Legacy { body } => body.poll_frame(cx).map_err(Into::into),
             BodyProj::New { body } => body.poll_frame(cx).map_err(Into::into),
-            BodyProj::Teed { body } => body.poll_frame(cx),
+            BodyProj::Teed { body } => body.as_mut().poll_frame(cx),
         }
     }
 

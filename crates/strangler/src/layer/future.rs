@@ -9,7 +9,7 @@ use std::{
 
 use http::Response;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
+use std::time::Instant;
 use tower_patterns_core::BoxError;
 
 use super::body::StranglerBody;

@@ -8,19 +8,14 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tower_patterns_core::{BoxError, KeyExtractor, tenant::TenantId};
+use tower_patterns_core::{BoxError, tenant::TenantId};
 use tower_service::Service;
 
 use super::{
     body::StranglerBody,
     future::{Observe, ResponseFuture},
 };
-use crate::{
-    Side, StranglerError,
-    key::{KeyBytes, bucket},
-    state::Table,
-    table::decide,
-};
+use crate::{Side, StranglerError, key::StickyKey, state::Table, table::decide};
 
 /// Sends each request to the legacy service or the new one, as the migration table says (see
 /// the [crate docs](crate)). Built by [`StranglerLayer`](crate::StranglerLayer) around the
@@ -108,8 +103,7 @@ where
     N: Service<Request<B>, Response = Response<NB>> + Clone + Send + 'static,
     N::Error: Into<BoxError>,
     N::Future: Send + 'static,
-    K: KeyExtractor<Request<B>>,
-    K::Key: KeyBytes,
+    K: StickyKey<Request<B>>,
     B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     LB: Body<Data = Bytes> + Send + 'static,
@@ -141,15 +135,14 @@ where
             None => None,
         };
         let decision = decide(route.mode.get(), self.override_side(&req), pin, || {
-            let key = self.key.extract(&req).ok()?;
-            Some(bucket(table.salt, &key.key_bytes()))
+            self.key.bucket(&req, table.salt)
         });
         route.count(decision.side);
         let observe = || {
             route.ramp.as_ref().map(|_| Observe {
                 table: table.clone(),
                 route: index,
-                start: tokio::time::Instant::now(),
+                start: std::time::Instant::now(),
             })
         };
         match decision.side {

@@ -258,6 +258,15 @@ impl Mirror {
         }
     }
 
+    fn failed(&self, request: &str, why: &str) {
+        self.count(FAILED);
+        tracing::debug!(
+            target: "tower_patterns_strangler",
+            name = %self.name, %request, why,
+            "shadow copy not compared"
+        );
+    }
+
     fn mismatch(&self, request: String, differences: Vec<String>) {
         self.count(MISMATCH);
         if self.log_now() {
@@ -426,11 +435,18 @@ async fn compare<N, L, B, NB, LB>(
         (new, noise, legacy)
     };
     let Ok((new, noise, legacy)) = tokio::time::timeout(s.timeout, work).await else {
-        mirror.count(FAILED);
+        mirror.failed(&request, "timed out");
         return;
     };
-    let (Ok(new), Ok(legacy)) = (new, legacy) else {
-        mirror.count(FAILED);
+    let new = match new {
+        Ok(new) => new,
+        Err(e) => {
+            mirror.failed(&request, &format!("the new side failed: {e}"));
+            return;
+        }
+    };
+    let Ok(legacy) = legacy else {
+        mirror.failed(&request, "legacy's answer was not read to its end");
         return;
     };
     let (Some(legacy_body), Some(new_body)) = (&legacy.body, &new.body) else {

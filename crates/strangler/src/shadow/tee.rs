@@ -33,6 +33,8 @@ pin_project! {
         over: bool,
         head: Option<(StatusCode, HeaderMap)>,
         done: Option<oneshot::Sender<Captured>>,
+        seen: u64,
+        expected: Option<u64>,
     }
 }
 
@@ -44,7 +46,7 @@ impl<B> std::fmt::Debug for Tee<B> {
     }
 }
 
-impl<B> Tee<B> {
+impl<B: Body> Tee<B> {
     pub(crate) fn new(
         body: B,
         status: StatusCode,
@@ -52,7 +54,10 @@ impl<B> Tee<B> {
         max: usize,
         done: oneshot::Sender<Captured>,
     ) -> Self {
+        let expected = body.size_hint().exact();
         Self {
+            expected,
+            seen: 0,
             body,
             copy: BytesMut::new(),
             max,
@@ -75,36 +80,41 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
-        match &frame {
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
+        let finished = match &frame {
             Some(Ok(f)) => {
-                if let Some(data) = f.data_ref()
-                    && !*this.over
-                {
-                    if this.copy.len() + data.len() > *this.max {
-                        *this.over = true;
-                        *this.copy = BytesMut::new();
-                    } else {
-                        this.copy.extend_from_slice(data);
+                if let Some(data) = f.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if !*this.over {
+                        if this.copy.len() + data.len() > *this.max {
+                            *this.over = true;
+                            *this.copy = BytesMut::new();
+                        } else {
+                            this.copy.extend_from_slice(data);
+                        }
                     }
                 }
+                // A server may stop polling once the announced length is sent, so the end is
+                // also the last byte of a body whose length is known.
+                this.body.is_end_stream() || this.expected.is_some_and(|n| *this.seen >= n)
             }
             Some(Err(_)) => {
                 // A broken legacy body: nothing to compare.
                 this.done.take();
+                false
             }
-            None => {
-                if let (Some(done), Some((status, headers))) = (this.done.take(), this.head.take())
-                {
-                    let body = (!*this.over).then(|| std::mem::take(this.copy).freeze());
-                    let _ = done.send(Captured {
-                        status,
-                        headers,
-                        body,
-                    });
-                }
-            }
+            None => true,
+        };
+        if finished
+            && let (Some(done), Some((status, headers))) = (this.done.take(), this.head.take())
+        {
+            let body = (!*this.over).then(|| std::mem::take(this.copy).freeze());
+            let _ = done.send(Captured {
+                status,
+                headers,
+                body,
+            });
         }
         Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
@@ -116,5 +126,59 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    use super::*;
+
+    fn tee<B: Body>(body: B, max: usize) -> (Tee<B>, oneshot::Receiver<Captured>) {
+        let (tx, rx) = oneshot::channel();
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/plain".parse().unwrap());
+        (Tee::new(body, StatusCode::OK, headers, max, tx), rx)
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_handed_over_at_its_last_byte() {
+        // A server stops polling once the announced length is written: the copy must not wait
+        // for the end of the stream.
+        let (mut t, mut rx) = tee(Full::new(Bytes::from_static(b"hello")), 100);
+        let frame = std::pin::pin!(&mut t).frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        let captured = rx.try_recv().expect("handed over without polling the end");
+        assert_eq!(captured.body.unwrap(), "hello");
+        assert_eq!(captured.status, StatusCode::OK);
+        assert_eq!(captured.headers["content-type"], "text/plain");
+        assert!(t.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_handed_over_at_its_end_and_a_long_one_without_its_body() {
+        let chunks = |parts: Vec<&'static str>| {
+            StreamBody::new(futures_util::stream::iter(parts.into_iter().map(|p| {
+                Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(p)))
+            })))
+        };
+        let (t, mut rx) = tee(chunks(vec!["ab", "cd"]), 100);
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "abcd");
+        assert_eq!(rx.try_recv().unwrap().body.unwrap(), "abcd");
+
+        let (t, mut rx) = tee(chunks(vec!["ab", "cd", "ef"]), 3);
+        assert_eq!(
+            t.collect().await.unwrap().to_bytes(),
+            "abcdef",
+            "streams on whole"
+        );
+        assert!(rx.try_recv().unwrap().body.is_none(), "too long to compare");
+
+        // Dropped before its end: nothing handed over.
+        let (mut t, mut rx) = tee(chunks(vec!["ab", "cd"]), 100);
+        let _ = std::pin::pin!(&mut t).frame().await;
+        drop(t);
+        assert!(rx.try_recv().is_err());
     }
 }
