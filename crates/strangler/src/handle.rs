@@ -96,12 +96,15 @@ impl StranglerHandle {
     /// operator's word wins); [`resume_ramp`](Self::resume_ramp) starts it again.
     pub fn set_mode(&self, route: &str, mode: Mode) -> Result<Mode, StranglerError> {
         let slot = self.route(route)?;
-        let before = self.table.set_mode(slot, mode);
-        if let Some(ramp) = &slot.ramp {
-            let mut p = ramp
-                .progress
+        // Under the ramp's lock, so a driver judging the route at this moment cannot set its
+        // own mode over this one.
+        let progress = slot.ramp.as_ref().map(|r| {
+            r.progress
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        let before = self.table.set_mode(slot, mode);
+        if let Some(mut p) = progress {
             if p.status == RampStatus::Running {
                 p.status = RampStatus::Paused;
                 drop(p);
@@ -146,12 +149,12 @@ impl StranglerHandle {
             baseline: p.baseline,
             ..crate::ramp::policy::Progress::start()
         };
-        drop(p);
         let to = ramp.ramp.steps[step];
         // Windows gathered while stopped are not judged.
         ramp.legacy.take();
         ramp.new.take();
         let before = self.table.set_mode(slot, driver::mode_for(to));
+        drop(p);
         driver::record(
             &self.table,
             &slot.name,
@@ -185,11 +188,18 @@ impl StranglerHandle {
     /// Starts the ramps' drivers if the layer was built outside a Tokio runtime (call from
     /// inside one). Returns whether they run.
     pub fn start_ramps(&self) -> bool {
-        if self.table.drivers.load(Ordering::Relaxed) {
+        if self
+            .table
+            .drivers
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return true;
         }
         let started = driver::spawn(&self.table);
-        self.table.drivers.store(started, Ordering::Relaxed);
+        if !started {
+            self.table.drivers.store(false, Ordering::Release);
+        }
         started
     }
 
@@ -297,6 +307,9 @@ impl StateHandle for StranglerHandle {
             .with_value("legacy_requests", total(|c| c.legacy) as f64)
             .with_value("new_requests", total(|c| c.new) as f64)
             .with_value("shadow_requests", total(|c| c.shadow) as f64);
+        if let Some(m) = &self.table.shadow {
+            m.publish();
+        }
         if let Some(s) = self.shadow() {
             report = report
                 .with_value("shadow_mismatched", s.mismatched as f64)

@@ -79,7 +79,7 @@
 //! |---|---|---|
 //! | `tower_patterns_strangler_requests_total` | `name`, `route`, `side` | counted in atomics, published by the handle's `report()` |
 //! | `tower_patterns_strangler_ramp_total` | `name`, `route`, `action` | each ramp decision |
-//! | `tower_patterns_strangler_shadow_total` | `name`, `outcome` | each shadow copy's outcome |
+//! | `tower_patterns_strangler_shadow_total` | `name`, `outcome` | counted in atomics, published by the handle's `report()` |
 //! | `tower_patterns_strangler_dual_*` | `name` | see [`dual`] |
 //!
 //! # When not to use it

@@ -76,6 +76,8 @@ pub(crate) struct Table {
     pub(crate) bad_override_logged: AtomicU64,
     pub(crate) born: std::time::Instant,
     pub(crate) shadow: Option<Arc<crate::shadow::Mirror>>,
+    /// The shadow marker, stripped from every incoming request.
+    pub(crate) marker: HeaderName,
     /// Whether the ramps' drivers run.
     pub(crate) drivers: AtomicBool,
 }

@@ -247,28 +247,47 @@ async fn overrides_pins_and_the_read_only_switch() {
 }
 
 #[tokio::test]
-async fn ready_only_when_both_sides_are() {
+async fn ready_when_legacy_is_and_a_new_side_not_ready_holds_up_only_its_own_requests() {
     let (legacy, mut legacy_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let (new, mut new_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let layer = StranglerLayer::builder("ready")
         .key(user_key())
         .new_side(new)
-        .route(Route::prefix("/").named("all").mode(Mode::New))
+        .route(Route::prefix("/moved").mode(Mode::New))
         .build()
         .unwrap();
     let mut svc = tower_test::mock::Spawn::new(layer.layer(legacy));
     legacy_handle.allow(0);
     new_handle.allow(1);
     assert!(svc.poll_ready().is_pending(), "legacy not ready");
+    // The new side is not ready: the service is, and a legacy request goes through.
     legacy_handle.allow(1);
     new_handle.allow(0);
-    assert!(svc.poll_ready().is_pending(), "new side not ready");
-    new_handle.allow(1);
+    assert!(
+        svc.poll_ready().is_ready(),
+        "the new side's readiness does not hold legacy up"
+    );
+    let mut moved = tokio_test::task::spawn(svc.call(get("/moved/1", Some("u"))));
+    assert!(
+        moved.poll().is_pending(),
+        "waits for the new side within its call"
+    );
+    legacy_handle.allow(1);
     assert!(svc.poll_ready().is_ready());
-    let fut = svc.call(get("/x", Some("u")));
+    let stayed = svc.call(get("/other", Some("u")));
+    let (_, send) = legacy_handle.next_request().await.unwrap();
+    send.send_response(Response::new(Body::from("legacy")));
+    let res = stayed.await.unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "legacy"
+    );
+    // The new side becomes ready: the waiting request is sent and answered.
+    new_handle.allow(1);
+    assert!(moved.poll().is_pending(), "sent, not yet answered");
     let (_, send) = new_handle.next_request().await.unwrap();
     send.send_response(Response::new(Body::from("new")));
-    let res = fut.await.unwrap();
+    let res = moved.await.unwrap();
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "new");
 }
 
@@ -473,4 +492,161 @@ async fn a_mode_set_by_hand_pauses_the_ramp() {
     );
     let actions: Vec<_> = handle.ramp_events().iter().map(|e| e.action).collect();
     assert_eq!(actions, vec![RampAction::Pause, RampAction::Resume]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_side_that_hangs_rolls_the_ramp_back() {
+    // The new side never answers; an outer timeout cuts its calls. Dropped calls count as
+    // errors, so the ramp does not wait forever for answers that never come.
+    let off = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let window = Duration::from_secs(10);
+    let hang = service_fn(|_req: Request<Body>| async {
+        std::future::pending::<Result<Response<Body>, Infallible>>().await
+    });
+    let layer = StranglerLayer::builder("hang")
+        .key(user_key())
+        .new_side(hang)
+        .route(
+            Route::prefix("/api/users").named("users").ramp(
+                Ramp::percentages([50, 100])
+                    .unwrap()
+                    .window(window)
+                    .min_requests(10),
+            ),
+        )
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = tower::ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .layer(layer)
+        .service(side("legacy", off, calls));
+    for i in 0..100 {
+        let _ = svc
+            .clone()
+            .oneshot(get("/api/users/1", Some(&format!("user-{i}"))))
+            .await;
+    }
+    next_window(window).await;
+    assert_eq!(handle.ramp("users").unwrap().status, RampStatus::RolledBack);
+    assert_eq!(handle.mode("users"), Some(Mode::Legacy));
+    let rollback = &handle.ramp_events()[0];
+    assert!(
+        rollback.new.errors >= 10 && rollback.legacy.errors == 0,
+        "{rollback:?}"
+    );
+}
+
+#[tokio::test]
+async fn pins_and_overrides_leave_unmigrated_paths_and_markers_are_always_stripped() {
+    let off = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let new = service_fn(move |req: Request<Body>| {
+        recorded.lock().unwrap().push(req.headers().clone());
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"new")))) }
+    });
+    let layer = StranglerLayer::builder("edges")
+        .key(user_key())
+        .new_side(new)
+        .route(Route::prefix("/api/users").mode(Mode::New))
+        .route(
+            Route::prefix("/api/search")
+                .named("search")
+                .mode(Mode::Shadow),
+        )
+        .override_header(HeaderName::from_static("x-migration-side"))
+        .new_tenants(["beta"])
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(side("legacy", off, calls));
+    // A beta tenant, or a tester's override, on a path no route names: legacy serves it.
+    let mut beta = get("/api/catalog", Some("u"));
+    beta.extensions_mut().insert(TenantId::new("beta").unwrap());
+    assert_eq!(served_by(&mut svc, beta).await, "legacy");
+    let mut over = get("/api/catalog", Some("u"));
+    over.headers_mut()
+        .insert("x-migration-side", "new".parse().unwrap());
+    assert_eq!(served_by(&mut svc, over).await, "legacy");
+    // A client's shadow marker never reaches the new side, shadow mode set up or not.
+    let mut forged = get("/api/users/1", Some("u"));
+    forged
+        .headers_mut()
+        .insert("x-shadow-request", "1".parse().unwrap());
+    assert_eq!(served_by(&mut svc, forged).await, "new");
+    assert!(!seen.lock().unwrap()[0].contains_key("x-shadow-request"));
+    // Read-only legacy refuses writes on a shadowed route too.
+    handle.set_legacy_read_only(true);
+    let post = Request::post("/api/search").body(Body::default()).unwrap();
+    let err = svc.ready().await.unwrap().call(post).await.unwrap_err();
+    assert!(err.downcast_ref::<StranglerError>().unwrap().is_read_only());
+}
+
+#[test]
+fn metrics_are_registered_when_built_and_published_by_the_report() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tower_patterns_core::observe::StateHandle;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let off = Arc::new(AtomicBool::new(false));
+            let calls = Arc::new(AtomicUsize::new(0));
+            let layer = StranglerLayer::builder("metered")
+                .key(user_key())
+                .new_side(side("new", off.clone(), calls.clone()))
+                .route(
+                    Route::prefix("/api/users")
+                        .named("users")
+                        .ramp(Ramp::percentages([10, 100]).unwrap()),
+                )
+                .build()
+                .unwrap();
+            let counters = |snap: Vec<_>| {
+                snap.into_iter()
+                    .filter_map(|(key, _, _, value): (metrics_util::CompositeKey, _, _, DebugValue)| {
+                        let k = key.key();
+                        let labels: Vec<String> =
+                            k.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+                        match value {
+                            DebugValue::Counter(n) => {
+                                Some((format!("{} {}", k.name(), labels.join(",")), n))
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect::<HashMap<String, u64>>()
+            };
+            let at_build = counters(snapshotter.snapshot().into_vec());
+            for name in [
+                "tower_patterns_strangler_requests_total name=metered,route=users,side=new",
+                "tower_patterns_strangler_requests_total name=metered,route=fallback,side=legacy",
+                "tower_patterns_strangler_ramp_total name=metered,route=users,action=rollback",
+                "tower_patterns_strangler_ramp_total name=metered,route=users,action=advance",
+            ] {
+                assert_eq!(at_build.get(name), Some(&0), "{name} in {at_build:?}");
+            }
+            let mut svc = layer.layer(side("legacy", off, calls));
+            for _ in 0..3 {
+                served_by(&mut svc, get("/elsewhere", Some("u"))).await;
+            }
+            layer_report(&svc);
+            let after = counters(snapshotter.snapshot().into_vec());
+            assert_eq!(
+                after.get("tower_patterns_strangler_requests_total name=metered,route=fallback,side=legacy"),
+                Some(&3)
+            );
+            fn layer_report<S>(svc: &tower_patterns_strangler::Strangler<S, impl Sized, HeaderKey>) {
+                let _ = svc.handle().report();
+            }
+        })
+    });
 }

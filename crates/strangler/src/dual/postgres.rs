@@ -62,7 +62,9 @@ impl Sql {
                 "INSERT INTO {t} AS r (key, value, version) \
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[]) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 version = excluded.version WHERE excluded.version > r.version \
+                 version = excluded.version WHERE (excluded.version > r.version \
+                 OR (excluded.version = r.version AND ((excluded.value IS NULL AND r.value IS NOT NULL) \
+                 OR (excluded.value IS NOT NULL AND r.value IS NOT NULL AND excluded.value > r.value)))) \
                  RETURNING key"
             ),
             rows: format!("SELECT key, value, version FROM {t} WHERE key = ANY($1)"),

@@ -189,7 +189,7 @@ impl<P: OutboxStore, S: RowStore> DualWriteBuilder<P, S> {
         super::error::register();
         let name = self.name.to_string();
         for counter in [APPLIED, SUPERSEDED, FAILURES, MISSED_TOTAL] {
-            metrics::counter!(counter, "name" => name.clone()).absolute(0);
+            metrics::counter!(counter, "name" => name.clone()).increment(0);
         }
         for gauge in [PENDING, MISSED] {
             metrics::gauge!(gauge, "name" => name.clone()).set(0.0);

@@ -71,7 +71,9 @@ impl Sql {
             apply: format!(
                 "INSERT INTO {t} (key, value, version) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 version = excluded.version WHERE excluded.version > {t}.version"
+                 version = excluded.version WHERE excluded.version > {t}.version \
+                 OR (excluded.version = {t}.version AND ((excluded.value IS NULL AND {t}.value IS NOT NULL) \
+                 OR (excluded.value IS NOT NULL AND {t}.value IS NOT NULL AND excluded.value > {t}.value)))"
             ),
             rows: format!(
                 "SELECT key, value, version FROM {t} \

@@ -15,20 +15,44 @@ use tower_patterns_core::BoxError;
 use super::body::StranglerBody;
 use crate::state::Table;
 
-/// Records an answer in its route's ramp window.
+/// Records an answer in its route's ramp window: when it comes, or as an error when the call
+/// is dropped first (cancelled, or cut by an outer timeout), so a side that hangs counts
+/// against itself rather than vanishing from the window.
 #[derive(Debug)]
 pub(crate) struct Observe {
-    pub(crate) table: Arc<Table>,
-    pub(crate) route: usize,
-    pub(crate) start: Instant,
+    table: Arc<Table>,
+    route: usize,
+    start: Instant,
+    /// The side, once known; `None` once recorded.
+    new: Option<bool>,
 }
 
 impl Observe {
-    fn record(self, new: bool, error: bool) {
-        if let Some(slot) = &self.table.routes[self.route].ramp {
+    pub(crate) fn start(table: Arc<Table>, route: usize) -> Self {
+        Self {
+            table,
+            route,
+            start: Instant::now(),
+            new: None,
+        }
+    }
+
+    fn side(mut self, new: bool) -> Self {
+        self.new = Some(new);
+        self
+    }
+
+    fn record(&mut self, error: bool) {
+        if let (Some(new), Some(slot)) = (self.new.take(), &self.table.routes[self.route].ramp) {
             let window = if new { &slot.new } else { &slot.legacy };
             window.record(error, self.start.elapsed());
         }
+    }
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        self.record(true);
     }
 }
 
@@ -45,12 +69,14 @@ pin_project! {
 
 impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
     pub(crate) fn legacy(fut: LF, observe: Option<Observe>) -> Self {
+        let observe = observe.map(|o| o.side(false));
         Self {
             inner: Inner::Legacy { fut, observe },
         }
     }
 
     pub(crate) fn new(fut: NF, observe: Option<Observe>) -> Self {
+        let observe = observe.map(|o| o.side(true));
         Self {
             inner: Inner::New { fut, observe },
         }
@@ -103,12 +129,12 @@ impl<LF, NF, LB> std::fmt::Debug for ResponseFuture<LF, NF, LB> {
     }
 }
 
-fn observe<B, E>(observe: Option<Observe>, new: bool, result: &Result<Response<B>, E>) {
-    if let Some(o) = observe {
+fn observe<B, E>(observe: Option<Observe>, result: &Result<Response<B>, E>) {
+    if let Some(mut o) = observe {
         let error = result
             .as_ref()
             .map_or(true, |r| r.status().is_server_error());
-        o.record(new, error);
+        o.record(error);
     }
 }
 
@@ -125,7 +151,7 @@ where
         match self.project().inner.project() {
             Proj::Legacy { fut, observe: o } => {
                 let result = ready!(fut.poll(cx));
-                observe(o.take(), false, &result);
+                observe(o.take(), &result);
                 Poll::Ready(
                     result
                         .map(|r| r.map(StranglerBody::legacy))
@@ -134,7 +160,7 @@ where
             }
             Proj::New { fut, observe: o } => {
                 let result = ready!(fut.poll(cx));
-                observe(o.take(), true, &result);
+                observe(o.take(), &result);
                 Poll::Ready(
                     result
                         .map(|r| r.map(StranglerBody::new))

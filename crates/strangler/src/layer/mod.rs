@@ -255,13 +255,26 @@ where
         ));
         let has_ramps = slots.iter().any(|s| s.ramp.is_some());
         for s in &slots {
-            metrics::counter!(
-                "tower_patterns_strangler_ramp_total",
-                "name" => self.name.to_string(),
-                "route" => s.name.to_string(),
-                "action" => "rollback",
-            )
-            .increment(0);
+            for side in ["legacy", "new", "shadow"] {
+                metrics::counter!(
+                    "tower_patterns_strangler_requests_total",
+                    "name" => self.name.to_string(),
+                    "route" => s.name.to_string(),
+                    "side" => side,
+                )
+                .increment(0);
+            }
+            if s.ramp.is_some() {
+                for action in ["advance", "rollback", "complete", "pause", "resume"] {
+                    metrics::counter!(
+                        "tower_patterns_strangler_ramp_total",
+                        "name" => self.name.to_string(),
+                        "route" => s.name.to_string(),
+                        "action" => action,
+                    )
+                    .increment(0);
+                }
+            }
         }
         let table = Arc::new(Table {
             salt: Salt::new(self.salt.as_deref().unwrap_or(&self.name)),
@@ -273,6 +286,10 @@ where
             events: Mutex::new(VecDeque::new()),
             bad_override_logged: AtomicU64::new(0),
             born: std::time::Instant::now(),
+            marker: self.shadow.as_ref().map_or_else(
+                || HeaderName::from_static("x-shadow-request"),
+                |s| s.marker_name().clone(),
+            ),
             shadow: self.shadow.map(|s| Arc::new(s.build(self.name.clone()))),
             drivers: AtomicBool::new(false),
             name: self.name,

@@ -8,6 +8,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
+use tower::{ServiceExt, util::Oneshot};
 use tower_patterns_core::{BoxError, tenant::TenantId};
 use tower_service::Service;
 
@@ -15,13 +16,20 @@ use super::{
     body::StranglerBody,
     future::{Observe, ResponseFuture},
 };
-use crate::{Side, StranglerError, key::StickyKey, state::Table, table::decide};
+use crate::{
+    Side, StranglerError,
+    key::StickyKey,
+    state::Table,
+    table::{Reason, decide},
+};
 
 /// Sends each request to the legacy service or the new one, as the migration table says (see
 /// the [crate docs](crate)). Built by [`StranglerLayer`](crate::StranglerLayer) around the
 /// legacy service.
 ///
-/// It is ready when both sides are (as tower's `Steer`), since the side is chosen per request.
+/// It is ready when the legacy side is; a request for the new side waits for a clone of the
+/// new side to be ready within its call (as tower's `oneshot`), so that the new side, which
+/// takes part of the traffic at most, never holds up the rest.
 pub struct Strangler<L, N, K> {
     pub(crate) legacy: L,
     pub(crate) new: N,
@@ -113,46 +121,57 @@ where
 {
     type Response = Response<StranglerBody<LB, NB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<L::Future, N::Future, LB>;
+    type Future = ResponseFuture<L::Future, Oneshot<N, Request<B>>, LB>;
 
+    /// Ready when the legacy side is. The new side is made ready within each call that goes
+    /// to it (a clone of it, as tower's `oneshot`): it takes part of the traffic at most, and
+    /// its readiness (or its failure) must never hold up the requests that stay on legacy.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self.legacy.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Pending => return Poll::Pending,
-        }
-        self.new.poll_ready(cx).map_err(Into::into)
+        self.legacy.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let table = &self.table;
-        if let Some(mirror) = &table.shadow {
-            mirror.strip_marker(req.headers_mut());
+        // Only this layer marks shadow requests: a client's marker could make the new side
+        // drop a real write.
+        if req.headers().contains_key(&table.marker) {
+            req.headers_mut().remove(&table.marker);
         }
         let (index, route) = table.route(req.method(), req.uri().path());
+        // Overrides and pins are for the routes being migrated, not for paths no route names
+        // (which the new side does not serve).
+        let declared = index + 1 < table.routes.len();
         let pin = match TenantId::of(&req) {
-            Some(t) => table.pin(t.as_str()),
-            None => None,
+            Some(t) if declared => table.pin(t.as_str()),
+            _ => None,
         };
-        let decision = decide(route.mode.get(), self.override_side(&req), pin, || {
+        let over = if declared {
+            self.override_side(&req)
+        } else {
+            None
+        };
+        let decision = decide(route.mode.get(), over, pin, || {
             self.key.bucket(&req, table.salt)
         });
         route.count(decision.side);
+        // A ramp judges the traffic its share sends, not the overridden or pinned requests.
+        let judged = matches!(decision.reason, Reason::Mode | Reason::Split);
         let observe = || {
-            route.ramp.as_ref().map(|_| Observe {
-                table: table.clone(),
-                route: index,
-                start: std::time::Instant::now(),
-            })
+            route
+                .ramp
+                .as_ref()
+                .filter(|_| judged)
+                .map(|_| Observe::start(table.clone(), index))
         };
-        match decision.side {
-            Side::New => ResponseFuture::new(self.new.call(req), observe()),
-            Side::Legacy
-                if table
+        let read_only = || {
+            !req.method().is_safe()
+                && table
                     .legacy_read_only
                     .load(std::sync::atomic::Ordering::Relaxed)
-                    && !req.method().is_safe() =>
-            {
+        };
+        match decision.side {
+            Side::New => ResponseFuture::new(self.new.clone().oneshot(req), observe()),
+            Side::Legacy | Side::Shadow if read_only() => {
                 ResponseFuture::refused(StranglerError::read_only().into())
             }
             Side::Shadow => match crate::shadow::start(self, req) {

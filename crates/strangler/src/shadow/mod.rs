@@ -12,13 +12,14 @@
 //! - Shadow requests carry a marker header (`x-shadow-request: 1` by default) so the new side
 //!   can keep them from having effects; the marker is removed from every incoming request, so
 //!   a client cannot pass a real request off as a shadow one.
-//! - The comparison (a [`Comparator`](crate::compare::Comparator)): status, chosen headers,
+//! - The comparison (a [`Comparator`]): status, chosen headers,
 //!   JSON bodies structurally with ignored paths and normalisers, other bodies as bytes.
 //! - **Noise**: with [`noise_baseline`](Shadow::noise_baseline), legacy is called a second
 //!   time (safe methods only) and differences legacy has with itself (a timestamp, a nonce)
 //!   are not reported, as Twitter's Diffy does.
-//! - Outcomes are counted (`tower_patterns_strangler_shadow_total{name, outcome}`: `match`,
-//!   `mismatch`, `dropped`, `skipped`, `failed`); mismatches are logged (at most
+//! - Outcomes are counted in atomics and published by the handle's `report()` as
+//!   `tower_patterns_strangler_shadow_total{name, outcome}` (`match`, `mismatch`, `dropped`,
+//!   `skipped`, `failed`); mismatches are logged (at most
 //!   `log_per_minute`, 10) and the last 32 are kept in the handle.
 //!
 //! ```
@@ -130,6 +131,11 @@ impl Shadow {
         self
     }
 
+    /// The marker header's name.
+    pub(crate) fn marker_name(&self) -> &HeaderName {
+        &self.marker
+    }
+
     /// The checks the migration's `build()` makes of shadow settings.
     pub fn check(&self) -> Result<(), tower_patterns_core::ConfigError> {
         use tower_patterns_core::ConfigError;
@@ -213,20 +219,21 @@ pub(crate) struct Mirror {
 }
 
 impl Mirror {
-    pub(crate) fn strip_marker(&self, headers: &mut HeaderMap) {
-        if headers.contains_key(&self.settings.marker) {
-            headers.remove(&self.settings.marker);
-        }
-    }
-
+    /// Counts an outcome in an atomic; the handle's `report()` publishes the counts.
     fn count(&self, outcome: usize) {
         self.counts[outcome].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            "tower_patterns_strangler_shadow_total",
-            "name" => self.name.to_string(),
-            "outcome" => OUTCOMES[outcome],
-        )
-        .increment(1);
+    }
+
+    /// Publishes the counts as `tower_patterns_strangler_shadow_total{name, outcome}`.
+    pub(crate) fn publish(&self) {
+        for (i, outcome) in OUTCOMES.iter().enumerate() {
+            metrics::counter!(
+                "tower_patterns_strangler_shadow_total",
+                "name" => self.name.to_string(),
+                "outcome" => *outcome,
+            )
+            .absolute(self.counts[i].load(Ordering::Relaxed));
+        }
     }
 
     pub(crate) fn counts(&self) -> ShadowCounts {

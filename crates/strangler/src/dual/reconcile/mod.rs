@@ -133,15 +133,15 @@ impl<P: OutboxStore, S: RowStore> ReconcilerBuilder<P, S> {
         }
         super::error::register();
         let name = self.name.to_string();
-        metrics::counter!(RECONCILE_RUNS, "name" => name.clone()).absolute(0);
-        metrics::counter!(RECONCILE_REPAIRED, "name" => name.clone()).absolute(0);
+        metrics::counter!(RECONCILE_RUNS, "name" => name.clone()).increment(0);
+        metrics::counter!(RECONCILE_REPAIRED, "name" => name.clone()).increment(0);
         for kind in [
             DifferenceKind::MissingInSecondary,
             DifferenceKind::ExtraInSecondary,
             DifferenceKind::Differs,
         ] {
             metrics::counter!(RECONCILE_DIFFERENCES, "name" => name.clone(), "kind" => kind.as_str())
-                .absolute(0);
+                .increment(0);
         }
         Ok(Reconciler {
             inner: Arc::new(Inner {
