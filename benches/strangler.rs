@@ -105,7 +105,10 @@ where
     }
 }
 
-fn steer() -> Steer<Side, fn(&Request<Body>, &[Side]) -> usize, Request<Body>> {
+/// Picks a side by the path prefix.
+type Picker = fn(&Request<Body>, &[Side]) -> usize;
+
+fn steer() -> Steer<Side, Picker, Request<Body>> {
     Steer::new(vec![Side, Side], |req: &Request<Body>, _: &[Side]| {
         usize::from(req.uri().path().starts_with("/api/users"))
     })

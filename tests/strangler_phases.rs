@@ -455,7 +455,7 @@ async fn the_five_phases_of_a_monolith_migration() {
     // A ramp to 100%: it rolls back by itself while the user service fails...
     users.failing.store(true, Ordering::SeqCst);
     reload(&users_route(
-        "ramp = { steps = [50, 100], window = \"200ms\", hold = \"400ms\", min_requests = 5 }",
+        "ramp = { steps = [50, 100], window = \"200ms\", hold = \"400ms\", min_requests = 5, p99_slack = \"1s\" }",
     ));
     let migration = gateway.migration("users").unwrap();
     until(&http, || {
@@ -484,10 +484,10 @@ async fn the_five_phases_of_a_monolith_migration() {
     assert_eq!(migration.mode("users"), Some(Mode::New));
 
     // Phase 4: the orders service extracted too.
-    let phase4 = format!(
+    let phase4 = String::from(
         "[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nupstream = \"users\"\n\
          [[routes]]\nname = \"orders\"\nprefix = \"/api/orders\"\n[routes.strangler]\nlegacy = \"monolith\"\nnew = \"orders\"\nmode = \"new\"\n\
-         [[routes]]\nname = \"rest\"\nprefix = \"/\"\n[routes.strangler]\nlegacy = \"monolith\"\nnew = \"monolith\"\nmode = \"legacy\"\n"
+         [[routes]]\nname = \"rest\"\nprefix = \"/\"\n[routes.strangler]\nlegacy = \"monolith\"\nnew = \"monolith\"\nmode = \"legacy\"\n",
     );
     reload(&phase4);
     assert_eq!(http.get("/api/users/1", "u").await.served_by, "users");

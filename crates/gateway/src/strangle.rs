@@ -57,12 +57,14 @@ impl Sticky {
                 .extensions()
                 .get::<ClientAddr>()
                 .map(|a| a.0.ip().to_string().into()),
-            KeyKind::Header(name) => req
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map(Into::into),
+            // One non-empty value, as the crate's own header key: two are no key.
+            KeyKind::Header(name) => {
+                let mut values = req.headers().get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (Some(v), None) => v.to_str().ok().filter(|v| !v.is_empty()).map(Into::into),
+                    _ => None,
+                }
+            }
         };
         Self {
             key: key.map(CallerKey),
@@ -84,6 +86,7 @@ impl Sticky {
 /// A built migration, kept across reloads while its table and groups are unchanged.
 pub(crate) struct Migration {
     settings: schema::Strangler,
+    has_auth: bool,
     legacy: Arc<Group>,
     new: Arc<Group>,
     pub(crate) key: KeyKind,
@@ -184,11 +187,13 @@ pub(crate) fn build(
     let (legacy, new) = (&groups[s.legacy.get_ref()], &groups[s.new.get_ref()]);
     if let Some(old) = previous.and_then(|p| p.get(route))
         && old.settings == *s
+        && old.has_auth == has_auth
         && Arc::ptr_eq(&old.legacy, legacy)
         && Arc::ptr_eq(&old.new, new)
     {
         return Ok(Migration {
             settings: old.settings.clone(),
+            has_auth,
             legacy: old.legacy.clone(),
             new: old.new.clone(),
             key: old.key.clone(),
@@ -241,6 +246,7 @@ pub(crate) fn build(
         .map_response(|res| res.map(GatewayBody::new));
     Ok(Migration {
         settings: s.clone(),
+        has_auth,
         legacy: legacy.clone(),
         new: new.clone(),
         key,
