@@ -68,8 +68,10 @@
 //!
 //! # Tower semantics
 //!
-//! The service is ready when both sides are (as tower's `Steer`); the body of its answer is
-//! either side's as it streams ([`StranglerBody`]). Errors of either side are boxed. The
+//! The service is ready when the legacy side is. A request for the new side waits for a clone
+//! of it to be ready within its own call (as tower's `oneshot`), so the new side, which takes
+//! part of the traffic at most, never holds up the rest (tower's `Steer`, by contrast, is ready
+//! only when every side is). The body of its answer is either side's as it streams ([`StranglerBody`]). Errors of either side are boxed. The
 //! request body type must be buildable from bytes (`From<Bytes>`: axum's `Body`,
 //! `Full<Bytes>`, the gateway's body), which shadow mode needs to send a request twice.
 //!
