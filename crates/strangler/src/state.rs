@@ -17,7 +17,7 @@ use crate::{
     Ramp, RampEvent, Side,
     key::Salt,
     ramp::{policy::Progress, window::Window},
-    table::{Mode, ModeCell, prefix_matches},
+    table::{Mode, ModeCell, trimmed_prefix_matches},
 };
 
 /// A route and what the request path needs of it.
@@ -25,6 +25,8 @@ use crate::{
 pub(crate) struct RouteSlot {
     pub(crate) name: Arc<str>,
     pub(crate) prefix: String,
+    /// The prefix without its trailing slashes, as matched.
+    pub(crate) matched: Box<str>,
     pub(crate) methods: Option<Vec<Method>>,
     pub(crate) mode: ModeCell,
     pub(crate) ramp: Option<RampSlot>,
@@ -91,7 +93,7 @@ impl Table {
     pub(crate) fn route(&self, method: &Method, path: &str) -> (usize, &RouteSlot) {
         let last = self.routes.len() - 1;
         for (i, route) in self.routes[..last].iter().enumerate() {
-            if prefix_matches(&route.prefix, path)
+            if trimmed_prefix_matches(&route.matched, path)
                 && route.methods.as_ref().is_none_or(|m| m.contains(method))
             {
                 return (i, route);
@@ -104,10 +106,16 @@ impl Table {
         self.routes.iter().find(|r| &*r.name == name)
     }
 
+    /// Whether any tenant is pinned.
+    #[inline]
+    pub(crate) fn has_pins(&self) -> bool {
+        self.has_pins.load(Ordering::Relaxed)
+    }
+
     /// The side a tenant is pinned to, if any.
     #[inline]
     pub(crate) fn pin(&self, tenant: &str) -> Option<Side> {
-        if !self.has_pins.load(Ordering::Relaxed) {
+        if !self.has_pins() {
             return None;
         }
         let pins = self.pins.load();

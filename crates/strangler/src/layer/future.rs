@@ -59,15 +59,18 @@ impl Drop for Observe {
 type ShadowFuture<LB> =
     Pin<Box<dyn Future<Output = Result<Response<crate::shadow::Tee<LB>>, BoxError>> + Send>>;
 
+/// A call to the new side that waits for it to be ready (boxed: the rare path).
+type Waiting<NF> = Pin<Box<dyn Future<Output = <NF as Future>::Output> + Send>>;
+
 pin_project! {
     /// The response future of [`Strangler`](crate::Strangler): the chosen side's call.
-    pub struct ResponseFuture<LF, NF, LB> {
+    pub struct ResponseFuture<LF, NF: Future, LB> {
         #[pin]
         inner: Inner<LF, NF, LB>,
     }
 }
 
-impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
+impl<LF, NF: Future, LB> ResponseFuture<LF, NF, LB> {
     pub(crate) fn legacy(fut: LF, observe: Option<Observe>) -> Self {
         let observe = observe.map(|o| o.side(false));
         Self {
@@ -79,6 +82,13 @@ impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
         let observe = observe.map(|o| o.side(true));
         Self {
             inner: Inner::New { fut, observe },
+        }
+    }
+
+    pub(crate) fn waiting(fut: Waiting<NF>, observe: Option<Observe>) -> Self {
+        let observe = observe.map(|o| o.side(true));
+        Self {
+            inner: Inner::Waiting { fut, observe },
         }
     }
 
@@ -97,7 +107,7 @@ impl<LF, NF, LB> ResponseFuture<LF, NF, LB> {
 
 pin_project! {
     #[project = Proj]
-    enum Inner<LF, NF, LB> {
+    enum Inner<LF, NF: Future, LB> {
         Legacy {
             #[pin]
             fut: LF,
@@ -106,6 +116,10 @@ pin_project! {
         New {
             #[pin]
             fut: NF,
+            observe: Option<Observe>,
+        },
+        Waiting {
+            fut: Waiting<NF>,
             observe: Option<Observe>,
         },
         Shadow {
@@ -117,11 +131,11 @@ pin_project! {
     }
 }
 
-impl<LF, NF, LB> std::fmt::Debug for ResponseFuture<LF, NF, LB> {
+impl<LF, NF: Future, LB> std::fmt::Debug for ResponseFuture<LF, NF, LB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let side = match &self.inner {
             Inner::Legacy { .. } => "legacy",
-            Inner::New { .. } => "new",
+            Inner::New { .. } | Inner::Waiting { .. } => "new",
             Inner::Shadow { .. } => "shadow",
             Inner::Refused { .. } => "refused",
         };
@@ -160,6 +174,15 @@ where
             }
             Proj::New { fut, observe: o } => {
                 let result = ready!(fut.poll(cx));
+                observe(o.take(), &result);
+                Poll::Ready(
+                    result
+                        .map(|r| r.map(StranglerBody::new))
+                        .map_err(Into::into),
+                )
+            }
+            Proj::Waiting { fut, observe: o } => {
+                let result = ready!(fut.as_mut().poll(cx));
                 observe(o.take(), &result);
                 Poll::Ready(
                     result

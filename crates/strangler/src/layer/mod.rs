@@ -328,6 +328,7 @@ fn slot(route: Route) -> RouteSlot {
     };
     RouteSlot {
         name: route.name,
+        matched: route.prefix.trim_end_matches('/').into(),
         prefix: route.prefix,
         methods: route.methods,
         mode: ModeCell::new(mode),

@@ -8,7 +8,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tower::{ServiceExt, util::Oneshot};
+use tower::ServiceExt;
 use tower_patterns_core::{BoxError, tenant::TenantId};
 use tower_service::Service;
 
@@ -121,7 +121,7 @@ where
 {
     type Response = Response<StranglerBody<LB, NB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<L::Future, Oneshot<N, Request<B>>, LB>;
+    type Future = ResponseFuture<L::Future, N::Future, LB>;
 
     /// Ready when the legacy side is. The new side is made ready within each call that goes
     /// to it (a clone of it, as tower's `oneshot`): it takes part of the traffic at most, and
@@ -132,18 +132,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let table = &self.table;
-        // Only this layer marks shadow requests: a client's marker could make the new side
-        // drop a real write.
-        if req.headers().contains_key(&table.marker) {
-            req.headers_mut().remove(&table.marker);
-        }
         let (index, route) = table.route(req.method(), req.uri().path());
         // Overrides and pins are for the routes being migrated, not for paths no route names
         // (which the new side does not serve).
         let declared = index + 1 < table.routes.len();
-        let pin = match TenantId::of(&req) {
-            Some(t) if declared => table.pin(t.as_str()),
-            _ => None,
+        let pin = match declared && table.has_pins() {
+            true => TenantId::of(&req).and_then(|t| table.pin(t.as_str())),
+            false => None,
         };
         let over = if declared {
             self.override_side(&req)
@@ -154,6 +149,13 @@ where
             self.key.bucket(&req, table.salt)
         });
         route.count(decision.side);
+        // Only this layer marks shadow requests: a client's marker could make the new side (or
+        // legacy, which sees the noise calls) skip a real request's effects.
+        if (decision.side != Side::Legacy || table.shadow.is_some())
+            && req.headers().contains_key(&table.marker)
+        {
+            req.headers_mut().remove(&table.marker);
+        }
         // A ramp judges the traffic its share sends, not the overridden or pinned requests.
         let judged = matches!(decision.reason, Reason::Mode | Reason::Split);
         let observe = || {
@@ -170,7 +172,18 @@ where
                     .load(std::sync::atomic::Ordering::Relaxed)
         };
         match decision.side {
-            Side::New => ResponseFuture::new(self.new.clone().oneshot(req), observe()),
+            Side::New => {
+                // A clone of the new side, asked once whether it is ready now: if so it is
+                // called at once; if not, the call waits for it (its readiness asked again
+                // with this task's waker) in a boxed future, so the new side's readiness
+                // never holds up the service's.
+                let mut new = self.new.clone();
+                let mut now = Context::from_waker(std::task::Waker::noop());
+                match new.poll_ready(&mut now) {
+                    Poll::Ready(Ok(())) => ResponseFuture::new(new.call(req), observe()),
+                    _ => ResponseFuture::waiting(Box::pin(new.oneshot(req)), observe()),
+                }
+            }
             Side::Legacy | Side::Shadow if read_only() => {
                 ResponseFuture::refused(StranglerError::read_only().into())
             }

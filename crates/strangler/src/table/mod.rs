@@ -201,7 +201,12 @@ impl Route {
 /// Whether `path` is `prefix` or below it on a segment boundary.
 #[inline]
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let p = prefix.trim_end_matches('/');
+    trimmed_prefix_matches(prefix.trim_end_matches('/'), path)
+}
+
+/// As [`prefix_matches`], for a prefix without its trailing slashes (as the table keeps them).
+#[inline]
+pub(crate) fn trimmed_prefix_matches(p: &str, path: &str) -> bool {
     if p.is_empty() {
         return true;
     }
