@@ -104,21 +104,21 @@ impl StranglerHandle {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         });
         let before = self.table.set_mode(slot, mode);
-        if let Some(mut p) = progress {
-            if p.status == RampStatus::Running {
-                p.status = RampStatus::Paused;
-                drop(p);
-                driver::record(
-                    &self.table,
-                    &slot.name,
-                    RampAction::Pause,
-                    before.share(),
-                    mode.share(),
-                    format!("mode set to {mode} by hand"),
-                    Sample::default(),
-                    Sample::default(),
-                );
-            }
+        if let Some(mut p) = progress
+            && p.status == RampStatus::Running
+        {
+            p.status = RampStatus::Paused;
+            drop(p);
+            driver::record(
+                &self.table,
+                &slot.name,
+                RampAction::Pause,
+                before.share(),
+                mode.share(),
+                format!("mode set to {mode} by hand"),
+                Sample::default(),
+                Sample::default(),
+            );
         }
         Ok(before)
     }

@@ -7,9 +7,12 @@
     reason = "the child process speaks to its parent on stdout"
 )]
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+mod support;
+
+use std::{path::Path, time::Duration};
 
 use rusqlite::Connection;
+use support::{every_row, outbox_len};
 use tower::ServiceExt;
 use tower_patterns_core::backoff::Backoff;
 use tower_patterns_strangler::dual::{DualWrite, SqliteRows, Write};
@@ -17,27 +20,6 @@ use tower_patterns_testkit::process::ChildTest;
 
 const WAIT: Duration = Duration::from_secs(20);
 const CRASH_DIR: &str = "TP_DUAL_CRASH_DIR";
-
-type Rows = BTreeMap<String, (Option<Vec<u8>>, i64)>;
-
-/// Every row of table `users` in the file, read with plain SQL.
-fn every_row(path: &Path) -> Rows {
-    let c = Connection::open(path).unwrap();
-    let mut q = c
-        .prepare("SELECT key, value, version FROM users ORDER BY key")
-        .unwrap();
-    q.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn outbox_len(path: &Path) -> i64 {
-    Connection::open(path)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users_dual_outbox", [], |r| r.get(0))
-        .unwrap()
-}
 
 /// The dual write from `monolith.db` to `users.db` in `dir`.
 fn dual(dir: &Path) -> DualWrite<SqliteRows> {

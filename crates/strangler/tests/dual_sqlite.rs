@@ -4,8 +4,9 @@
 //! and metrics. The crash test is in `dual_crash.rs`.
 #![cfg(feature = "sqlite")]
 
+mod support;
+
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -21,28 +22,9 @@ use tower_patterns_strangler::dual::{
     DifferenceKind, DualError, DualStatus, DualWrite, Reconciler, Row, RowStore, SqliteRows, Write,
 };
 
+use support::{every_row, outbox_len};
+
 const WAIT: Duration = Duration::from_secs(20);
-
-type Rows = BTreeMap<String, (Option<Vec<u8>>, i64)>;
-
-/// Every row of table `users` in the file, read with plain SQL.
-fn every_row(path: &Path) -> Rows {
-    let c = Connection::open(path).unwrap();
-    let mut q = c
-        .prepare("SELECT key, value, version FROM users ORDER BY key")
-        .unwrap();
-    q.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn outbox_len(path: &Path) -> i64 {
-    Connection::open(path)
-        .unwrap()
-        .query_row("SELECT count(*) FROM users_dual_outbox", [], |r| r.get(0))
-        .unwrap()
-}
 
 /// Polls `f` every few milliseconds until it holds (real files, real time).
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
