@@ -237,6 +237,63 @@ mod tests {
     }
 
     #[test]
+    fn every_key_gives_its_bytes() {
+        let bytes = |k: &dyn KeyBytes| k.key_bytes().into_owned();
+        assert_eq!(
+            bytes(&AsciiKey::from_bytes(b"user-1", 64).unwrap()),
+            b"user-1"
+        );
+        assert_eq!(bytes(&TenantId::new("acme").unwrap()), b"acme");
+        assert_eq!(bytes(&String::from("s")), b"s");
+        assert_eq!(bytes(&"str"), b"str");
+        assert_eq!(bytes(&Arc::<str>::from("arc")), b"arc");
+        assert_eq!(bytes(&vec![1u8, 2]), [1, 2]);
+        assert_eq!(bytes(&http::HeaderValue::from_static("hv")), b"hv");
+        assert_eq!(bytes(&0x0102u64), [2, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn sticky_keys_read_their_key_in_place_and_two_header_values_are_none() {
+        use tower_patterns_core::key::{ExtensionKey, HeaderKey, PathKey, key_fn};
+        let salt = Salt::new("keys");
+        let header = HeaderKey::new(http::HeaderName::from_static("x-user"));
+        let req = |values: &[&str]| {
+            let mut b = Request::get("/accounts/42");
+            for v in values {
+                b = b.header("x-user", *v);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(
+            header.bucket(&req(&["u1"]), salt),
+            Some(bucket(salt, b"u1"))
+        );
+        assert_eq!(header.bucket(&req(&[]), salt), None);
+        assert_eq!(header.bucket(&req(&[""]), salt), None);
+        assert_eq!(header.bucket(&req(&["u1", "u2"]), salt), None);
+        let mut with_tenant = req(&[]);
+        with_tenant
+            .extensions_mut()
+            .insert(TenantId::new("acme").unwrap());
+        let tenant = ExtensionKey::<TenantId>::new();
+        assert_eq!(
+            tenant.bucket(&with_tenant, salt),
+            Some(bucket(salt, b"acme"))
+        );
+        assert_eq!(tenant.bucket(&req(&[]), salt), None);
+        let path = key_fn(|r: &Request<()>| Ok::<_, KeyError>(r.uri().path().to_owned()));
+        assert_eq!(
+            path.bucket(&req(&[]), salt),
+            Some(bucket(salt, b"/accounts/42"))
+        );
+        let failing = key_fn(|_: &Request<()>| Err::<String, _>(KeyError::missing("user")));
+        assert_eq!(failing.bucket(&req(&[]), salt), None);
+        let segment = Extracted(PathKey::segment(1));
+        assert_eq!(segment.bucket(&req(&[]), salt), Some(bucket(salt, b"42")));
+        assert_eq!(Extracted(PathKey::segment(5)).bucket(&req(&[]), salt), None);
+    }
+
+    #[test]
     fn bucket_values_are_fixed_forever() {
         // Changing the hash or the scaling would move every caller of a running migration.
         let pinned: Vec<u16> = ["a", "b", "user-1"]

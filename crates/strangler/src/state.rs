@@ -150,13 +150,7 @@ impl Table {
 
     /// Whether to log a malformed override now: at most once a second.
     pub(crate) fn log_bad_override_now(&self) -> bool {
-        let now = self.born.elapsed().as_secs() + 1;
-        let last = self.bad_override_logged.load(Ordering::Relaxed);
-        last != now
-            && self
-                .bad_override_logged
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        once_a_second(&self.bad_override_logged, self.born.elapsed().as_secs())
     }
 
     /// Sets a route's mode; the caller handles its ramp.
@@ -170,5 +164,32 @@ impl Table {
             );
         }
         before
+    }
+}
+
+/// Whether an event in second `secs` (counted from some start) is the first of its second,
+/// `last` holding the last such second plus one (0: none yet).
+pub(crate) fn once_a_second(last: &AtomicU64, secs: u64) -> bool {
+    let now = secs + 1;
+    let before = last.load(Ordering::Relaxed);
+    before != now
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_override_is_logged_once_a_second() {
+        let last = AtomicU64::new(0);
+        assert!(once_a_second(&last, 0), "the first, in second 0");
+        assert!(!once_a_second(&last, 0));
+        assert!(!once_a_second(&last, 0));
+        assert!(once_a_second(&last, 1));
+        assert!(!once_a_second(&last, 1));
+        assert!(once_a_second(&last, 7));
     }
 }

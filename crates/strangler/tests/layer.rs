@@ -221,6 +221,12 @@ async fn overrides_pins_and_the_read_only_switch() {
             .set_tenants(["not a tenant"], Vec::<String>::new())
             .is_err()
     );
+    // Pins on the new side alone count as pins too.
+    handle.set_tenants(["beta"], Vec::<String>::new()).unwrap();
+    assert_eq!(
+        served_by(&mut svc, with("/api/users/1", None, Some("beta"))).await,
+        "new"
+    );
 
     // Read-only legacy: writes refused with a typed error, reads served, the new side writable.
     handle.set_legacy_read_only(true);

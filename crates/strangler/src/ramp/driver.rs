@@ -69,7 +69,6 @@ pub(crate) fn step(table: &Table, index: usize, window: Duration) {
     let (action, to, reason) = match verdict {
         Verdict::Healthy => {
             progress.held += window;
-            progress.good_windows += 1;
             return;
         }
         Verdict::Hold(why) => {
@@ -83,7 +82,6 @@ pub(crate) fn step(table: &Table, index: usize, window: Duration) {
         Verdict::Advance(next) => {
             progress.step = Some(next);
             progress.held = Duration::ZERO;
-            progress.good_windows = 0;
             let to = share_of(Some(next));
             (RampAction::Advance, to, format!("held {from} healthy"))
         }
@@ -98,7 +96,6 @@ pub(crate) fn step(table: &Table, index: usize, window: Duration) {
         Verdict::Rollback(back, reason) => {
             progress.step = back;
             progress.held = Duration::ZERO;
-            progress.good_windows = 0;
             progress.status = RampStatus::RolledBack;
             (RampAction::Rollback, share_of(back), reason)
         }

@@ -38,8 +38,6 @@ pub(crate) struct Progress {
     pub(crate) step: Option<usize>,
     /// Time spent healthy at this step.
     pub(crate) held: Duration,
-    /// Windows at this step judged healthy.
-    pub(crate) good_windows: u32,
     pub(crate) status: RampStatus,
     /// Legacy's last window with enough answers to compare with.
     pub(crate) baseline: Option<Sample>,
@@ -50,7 +48,6 @@ impl Progress {
         Self {
             step: Some(0),
             held: Duration::ZERO,
-            good_windows: 0,
             status: RampStatus::Running,
             baseline: None,
         }
@@ -215,6 +212,62 @@ mod tests {
             evaluate(&r, &p, &l, &sample(500, 50, 20), w),
             Verdict::Rollback(None, _)
         ));
+    }
+
+    #[test]
+    fn the_bounds_are_inclusive() {
+        // Exactly at each bound is within it; the least step over is not.
+        let r = ramp().max_error_rate(Some(0.05));
+        let w = Duration::from_secs(30);
+        let p = Progress::start();
+        let at_min = sample(50, 0, 20);
+        assert_eq!(
+            evaluate(&r, &p, &at_min, &at_min, w),
+            Verdict::Healthy,
+            "50 answers judge"
+        );
+        assert!(matches!(
+            evaluate(&r, &p, &sample(49, 0, 20), &at_min, w),
+            Verdict::Hold(_)
+        ));
+        // The ceiling: 5 of 100 is at it, 6 over.
+        let legacy = sample(100, 5, 20);
+        assert_eq!(
+            evaluate(&r, &p, &legacy, &sample(100, 5, 20), w),
+            Verdict::Healthy
+        );
+        assert!(matches!(
+            evaluate(&r, &p, &legacy, &sample(100, 6, 20), w),
+            Verdict::Rollback(..)
+        ));
+        // The increase: legacy 2%, new 3% is at +1 point, 4% over.
+        let legacy = sample(100, 2, 20);
+        let r = ramp();
+        assert_eq!(
+            evaluate(&r, &p, &legacy, &sample(100, 3, 20), w),
+            Verdict::Healthy
+        );
+        assert!(matches!(
+            evaluate(&r, &p, &legacy, &sample(100, 4, 20), w),
+            Verdict::Rollback(..)
+        ));
+        // The p99: legacy 20 ms allows 1.5 x 20 + 10 = 40 ms.
+        assert_eq!(
+            evaluate(&r, &p, &legacy, &sample(100, 2, 40), w),
+            Verdict::Healthy
+        );
+        assert!(matches!(
+            evaluate(&r, &p, &legacy, &sample(100, 2, 41), w),
+            Verdict::Rollback(..)
+        ));
+        for (status, text) in [
+            (RampStatus::Running, "running"),
+            (RampStatus::Complete, "complete"),
+            (RampStatus::RolledBack, "rolled_back"),
+            (RampStatus::Paused, "paused"),
+        ] {
+            assert_eq!(status.as_str(), text);
+        }
     }
 
     #[test]

@@ -156,6 +156,54 @@ mod tests {
         assert!(t.is_end_stream());
     }
 
+    /// A body that announces its length but reports its end only once polled past it (as a
+    /// body read from a connection may).
+    struct Announced(Vec<&'static str>);
+
+    impl Body for Announced {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(if self.0.is_empty() {
+                None
+            } else {
+                Some(Ok(Frame::data(Bytes::from(self.0.remove(0)))))
+            })
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_handed_over_at_its_announced_length_and_at_its_limit() {
+        let (mut t, mut rx) = tee(Announced(vec!["ab", "cd"]), 4);
+        assert!(!t.is_end_stream());
+        assert_eq!(t.size_hint().exact(), Some(4));
+        let mut t = std::pin::pin!(t);
+        t.as_mut().frame().await.unwrap().unwrap();
+        assert!(rx.try_recv().is_err(), "not before the last announced byte");
+        t.as_mut().frame().await.unwrap().unwrap();
+        let captured = rx.try_recv().expect("at the last announced byte");
+        assert_eq!(captured.body.unwrap(), "abcd", "exactly the limit is kept");
+
+        // One byte, then three: four is over a limit of three.
+        let (t, mut rx) = tee(Announced(vec!["a", "bcd"]), 3);
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "abcd");
+        assert!(rx.try_recv().unwrap().body.is_none());
+
+        // An empty body is not at its end until the copy is handed over, so it is polled.
+        let (t, mut rx) = tee(Full::new(Bytes::new()), 3);
+        assert!(!t.is_end_stream());
+        assert_eq!(t.collect().await.unwrap().to_bytes(), "");
+        assert_eq!(rx.try_recv().unwrap().body.unwrap(), "");
+    }
+
     #[tokio::test]
     async fn a_stream_is_handed_over_at_its_end_and_a_long_one_without_its_body() {
         let chunks = |parts: Vec<&'static str>| {

@@ -281,6 +281,20 @@ mod tests {
             Mode::Split(Share::percent(25).unwrap())
         );
         assert_eq!(Mode::Split(Share::HALF).to_string(), "split 50%");
+        let names: Vec<_> = [
+            Mode::Legacy,
+            Mode::New,
+            Mode::Split(Share::HALF),
+            Mode::Shadow,
+        ]
+        .map(Mode::as_str)
+        .into();
+        assert_eq!(names, ["legacy", "new", "split", "shadow"]);
+        assert_eq!(Mode::New.to_string(), "new");
+        let sides: Vec<_> = [Side::Legacy, Side::New, Side::Shadow]
+            .map(Side::as_str)
+            .into();
+        assert_eq!(sides, ["legacy", "new", "shadow"]);
         assert_eq!(Mode::New.share(), Share::ALL);
         assert_eq!(Mode::Shadow.share(), Share::NONE);
     }
