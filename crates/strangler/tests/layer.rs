@@ -656,3 +656,97 @@ fn metrics_are_registered_when_built_and_published_by_the_report() {
         })
     });
 }
+
+#[tokio::test]
+async fn legacy_reservations_are_released_and_a_failed_new_side_fails_only_its_requests() {
+    // Legacy behind a limit of one: a clone made ready whose request goes to the new side (or
+    // is refused) must not keep legacy's only permit.
+    let off = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let legacy = tower::limit::ConcurrencyLimit::new(side("legacy", off.clone(), calls.clone()), 1);
+    let layer = StranglerLayer::builder("permits")
+        .key(user_key())
+        .new_side(side("new", off.clone(), calls.clone()))
+        .route(Route::prefix("/moved").mode(Mode::New))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut a = tower_test::mock::Spawn::new(layer.layer(legacy));
+    let mut b = a.clone();
+    assert!(a.poll_ready().is_ready());
+    let moved = a.call(get("/moved/1", Some("u")));
+    assert_eq!(
+        moved
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes(),
+        "new"
+    );
+    assert!(b.poll_ready().is_ready(), "the permit went back");
+    handle.set_legacy_read_only(true);
+    let refused = b.call(Request::post("/x").body(Body::default()).unwrap());
+    assert!(refused.await.is_err());
+    assert!(
+        a.poll_ready().is_ready(),
+        "the permit went back after a refusal too"
+    );
+
+    // A new side whose readiness fails: its requests get the error, legacy's are served.
+    let (new, mut new_handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    new_handle.send_error("the new side is down");
+    let layer = StranglerLayer::builder("failed")
+        .key(user_key())
+        .new_side(new)
+        .route(Route::prefix("/moved").mode(Mode::New))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(side("legacy", off, calls));
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("/moved/1", Some("u")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("down"), "{err}");
+    assert_eq!(
+        served_by(&mut svc, get("/other", Some("u"))).await,
+        "legacy"
+    );
+}
+
+#[tokio::test]
+async fn a_fallback_on_the_new_side_keeps_pins_and_overrides() {
+    let off = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = StranglerLayer::builder("new-fallback")
+        .key(user_key())
+        .new_side(side("new", off.clone(), calls.clone()))
+        .route(Route::prefix("/legacy-only").mode(Mode::Legacy))
+        .fallback(Mode::New)
+        .override_header(HeaderName::from_static("x-migration-side"))
+        .legacy_tenants(["slow-co"])
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(side("legacy", off, calls));
+    assert_eq!(
+        served_by(&mut svc, get("/anything", Some("u"))).await,
+        "new"
+    );
+    let mut slow = get("/anything", Some("u"));
+    slow.extensions_mut()
+        .insert(TenantId::new("slow-co").unwrap());
+    assert_eq!(
+        served_by(&mut svc, slow).await,
+        "legacy",
+        "a legacy tenant stays"
+    );
+    let mut over = get("/anything", Some("u"));
+    over.headers_mut()
+        .insert("x-migration-side", "legacy".parse().unwrap());
+    assert_eq!(served_by(&mut svc, over).await, "legacy");
+}

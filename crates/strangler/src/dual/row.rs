@@ -30,7 +30,8 @@ pub struct Row {
     pub key: String,
     /// The value (JSON text or any bytes), `None` for a tombstone.
     pub value: Option<Bytes>,
-    /// The version; a store keeps the row with the highest.
+    /// The version; a store keeps the row with the highest (at a tie, a tombstone, else the
+    /// greater value).
     pub version: u64,
 }
 

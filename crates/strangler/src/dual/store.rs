@@ -16,7 +16,9 @@ pub trait RowStore: Send + Sync + 'static {
     fn rows(&self, keys: &[String]) -> impl Future<Output = Result<Vec<Row>, DualError>> + Send;
 
     /// Stores each row whose key is absent or whose stored version is lower than the row's
-    /// (the **version guard**: an older version never overwrites a newer one), all in one
+    /// (the **version guard**: an older version never overwrites a newer one), or equal with
+    /// a value that wins the tie (a tombstone over any value, else the greater value bytewise:
+    /// so two stores that took different writes at one version converge), all in one
     /// transaction. Returns, for each row in order, whether it was stored. The keys are
     /// distinct.
     ///

@@ -16,8 +16,10 @@ use super::body::StranglerBody;
 use crate::state::Table;
 
 /// Records an answer in its route's ramp window: when it comes, or as an error when the call
-/// is dropped first (cancelled, or cut by an outer timeout), so a side that hangs counts
-/// against itself rather than vanishing from the window.
+/// is dropped first (cut by a timeout, or its client gone), so a side that hangs counts
+/// against itself rather than vanishing from the window. A call that neither answers nor is
+/// dropped is never seen: a new side that can hang needs a timeout (the gateway has one per
+/// attempt).
 #[derive(Debug)]
 pub(crate) struct Observe {
     table: Arc<Table>,
@@ -35,6 +37,11 @@ impl Observe {
             start: Instant::now(),
             new: None,
         }
+    }
+
+    /// The observation of a call to the new side.
+    pub(crate) fn on_new(self) -> Self {
+        self.side(true)
     }
 
     fn side(mut self, new: bool) -> Self {

@@ -167,7 +167,8 @@ impl<K, N> StranglerBuilder<K, N> {
     }
 
     /// The mode of requests no route matches (default [`Mode::Legacy`]: the monolith keeps
-    /// whatever has not been moved).
+    /// whatever has not been moved). While it is legacy, overrides and tenant pins do not
+    /// apply to those requests (the new side does not serve them).
     pub fn fallback(mut self, mode: Mode) -> Self {
         self.fallback = mode;
         self

@@ -17,7 +17,7 @@ use super::{
     future::{Observe, ResponseFuture},
 };
 use crate::{
-    Side, StranglerError,
+    Mode, Side, StranglerError,
     key::StickyKey,
     state::Table,
     table::{Reason, decide},
@@ -103,6 +103,13 @@ impl<L, N, K> Strangler<L, N, K> {
     }
 }
 
+/// Drops a ready service for a fresh clone, releasing whatever its `poll_ready` reserved (a
+/// permit of a concurrency limit) when the request does not go to it.
+fn release<S: Clone>(ready: &mut S) {
+    let fresh = ready.clone();
+    drop(std::mem::replace(ready, fresh));
+}
+
 impl<L, N, K, B, LB, NB> Service<Request<B>> for Strangler<L, N, K>
 where
     L: Service<Request<B>, Response = Response<LB>> + Clone + Send + 'static,
@@ -134,8 +141,9 @@ where
         let table = &self.table;
         let (index, route) = table.route(req.method(), req.uri().path());
         // Overrides and pins are for the routes being migrated, not for paths no route names
-        // (which the new side does not serve).
-        let declared = index + 1 < table.routes.len();
+        // while those stay on legacy (the new side does not serve them).
+        let mode = route.mode.get();
+        let declared = index + 1 < table.routes.len() || mode != Mode::Legacy;
         let pin = match declared && table.has_pins() {
             true => TenantId::of(&req).and_then(|t| table.pin(t.as_str())),
             false => None,
@@ -145,15 +153,12 @@ where
         } else {
             None
         };
-        let decision = decide(route.mode.get(), over, pin, || {
-            self.key.bucket(&req, table.salt)
-        });
+        let decision = decide(mode, over, pin, || self.key.bucket(&req, table.salt));
         route.count(decision.side);
-        // Only this layer marks shadow requests: a client's marker could make the new side (or
-        // legacy, which sees the noise calls) skip a real request's effects.
-        if (decision.side != Side::Legacy || table.shadow.is_some())
-            && req.headers().contains_key(&table.marker)
-        {
+        // Only this layer marks shadow requests: a client's marker could make a side that
+        // honours it (the new side, or legacy for another route's noise calls) skip a real
+        // request's effects.
+        if req.headers().contains_key(&table.marker) {
             req.headers_mut().remove(&table.marker);
         }
         // A ramp judges the traffic its share sends, not the overridden or pinned requests.
@@ -173,6 +178,8 @@ where
         };
         match decision.side {
             Side::New => {
+                // Legacy's reservation from `poll_ready` goes unspent: release it.
+                release(&mut self.legacy);
                 // A clone of the new side, asked once whether it is ready now: if so it is
                 // called at once; if not, the call waits for it (its readiness asked again
                 // with this task's waker) in a boxed future, so the new side's readiness
@@ -181,10 +188,16 @@ where
                 let mut now = Context::from_waker(std::task::Waker::noop());
                 match new.poll_ready(&mut now) {
                     Poll::Ready(Ok(())) => ResponseFuture::new(new.call(req), observe()),
-                    _ => ResponseFuture::waiting(Box::pin(new.oneshot(req)), observe()),
+                    Poll::Ready(Err(e)) => {
+                        // A failed new side: an error for this request (and for the ramp).
+                        drop(observe().map(|o| o.on_new()));
+                        ResponseFuture::refused(e.into())
+                    }
+                    Poll::Pending => ResponseFuture::waiting(Box::pin(new.oneshot(req)), observe()),
                 }
             }
             Side::Legacy | Side::Shadow if read_only() => {
+                release(&mut self.legacy);
                 ResponseFuture::refused(StranglerError::read_only().into())
             }
             Side::Shadow => match crate::shadow::start(self, req) {

@@ -182,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_handed_over_at_its_announced_length_and_at_its_limit() {
-        let (mut t, mut rx) = tee(Announced(vec!["ab", "cd"]), 4);
+        let (t, mut rx) = tee(Announced(vec!["ab", "cd"]), 4);
         assert!(!t.is_end_stream());
         assert_eq!(t.size_hint().exact(), Some(4));
         let mut t = std::pin::pin!(t);
