@@ -29,11 +29,11 @@ use crate::{
 
 /// The caller's sticky key, as the gateway established it.
 #[derive(Clone, Debug)]
-pub(crate) struct CallerKey(Arc<str>);
+pub(crate) struct CallerKey(Arc<[u8]>);
 
 impl KeyBytes for CallerKey {
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.0.as_bytes())
+        std::borrow::Cow::Borrowed(&self.0)
     }
 }
 
@@ -49,19 +49,19 @@ impl Sticky {
     pub(crate) fn take<B>(kind: &KeyKind, req: &Request<B>) -> Self {
         let identity = req.extensions().get::<Identity>();
         let key = match kind {
-            KeyKind::Consumer => identity.map(Identity::consumer_arc),
+            KeyKind::Consumer => identity.map(|i| i.consumer_arc().as_bytes().into()),
             KeyKind::Tenant => identity
                 .and_then(Identity::tenant)
-                .map(|t| t.as_str().into()),
+                .map(|t| t.as_str().as_bytes().into()),
             KeyKind::ClientIp => req
                 .extensions()
                 .get::<ClientAddr>()
-                .map(|a| a.0.ip().to_string().into()),
-            // One non-empty value, as the crate's own header key: two are no key.
+                .map(|a| a.0.ip().to_string().as_bytes().into()),
+            // One non-empty value, any bytes, as the crate's own header key: two are no key.
             KeyKind::Header(name) => {
                 let mut values = req.headers().get_all(name).iter();
                 match (values.next(), values.next()) {
-                    (Some(v), None) => v.to_str().ok().filter(|v| !v.is_empty()).map(Into::into),
+                    (Some(v), None) if !v.is_empty() => Some(v.as_bytes().into()),
                     _ => None,
                 }
             }
