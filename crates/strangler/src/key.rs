@@ -37,7 +37,7 @@ use tower_patterns_core::{
     tenant::TenantId,
 };
 
-/// The seed of a migration's buckets, from its salt (by default its name). Changing the salt
+/// The hash seed of a migration's buckets, from its salt (by default its name). Changing the salt
 /// reshuffles every caller; give two migrations the same salt to split the same callers the
 /// same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
