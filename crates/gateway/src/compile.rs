@@ -365,7 +365,8 @@ pub(crate) fn compile(
 }
 
 fn unreachable_route() -> GroupService {
-    // Validation requires exactly one of upstream and aggregate; answer 502 rather than panic.
+    // Validation requires exactly one of upstream, aggregate and strangler; answer 502 rather
+    // than panic.
     BoxCloneSyncService::new(tower::service_fn(
         |_: Request<http_body_util::Full<bytes::Bytes>>| async {
             Err::<http::Response<crate::GatewayBody>, _>(

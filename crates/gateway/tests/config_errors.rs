@@ -192,7 +192,7 @@ fn cases() -> Vec<Case> {
             &["[[routes]]", "name = \"b\"", "prefix = \"/b\""],
             (9, 1),
             "routes[1]",
-            "route \"b\" needs exactly one of upstream and aggregate",
+            "route \"b\" needs exactly one of upstream, aggregate and strangler",
         ),
         second_route(
             "duplicate route name",
