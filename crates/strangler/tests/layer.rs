@@ -750,3 +750,60 @@ async fn a_fallback_on_the_new_side_keeps_pins_and_overrides() {
         .insert("x-migration-side", "legacy".parse().unwrap());
     assert_eq!(served_by(&mut svc, over).await, "legacy");
 }
+
+/// The log lines written while `f` runs (a `tracing` subscriber on this thread only).
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let out = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn a_malformed_override_is_ignored_with_a_log_line() {
+    let off = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = StranglerLayer::builder("logged")
+        .key(user_key())
+        .new_side(side("new", off.clone(), calls.clone()))
+        .route(Route::prefix("/api/users").mode(Mode::Legacy))
+        .override_header(HeaderName::from_static("x-migration-side"))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(side("legacy", off, calls));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let text = logged(|| {
+        rt.block_on(async {
+            for _ in 0..3 {
+                let mut req = get("/api/users/1", Some("u"));
+                req.headers_mut()
+                    .insert("x-migration-side", "sideways".parse().unwrap());
+                assert_eq!(served_by(&mut svc, req).await, "legacy");
+            }
+        })
+    });
+    assert!(text.contains("malformed override header ignored"), "{text}");
+    assert!(text.contains("sideways"), "{text}");
+    assert_eq!(
+        text.matches("malformed override").count(),
+        1,
+        "once a second: {text}"
+    );
+}
