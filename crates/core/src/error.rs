@@ -238,6 +238,28 @@ impl ConfigError {
     }
 }
 
+/// Checks a name that labels metrics and logs and names durable things (an outbox relay, a
+/// durable consumer, a dual write's worker): 1 to 64 ASCII letters, digits, `_` or `-`.
+///
+/// ```
+/// use tower_patterns_core::error::check_name;
+///
+/// assert!(check_name("users-dual_1").is_ok());
+/// assert_eq!(check_name("").unwrap_err().field(), "name");
+/// assert!(check_name("has space").is_err());
+/// assert!(check_name(&"n".repeat(65)).is_err());
+/// ```
+pub fn check_name(name: &str) -> Result<(), ConfigError> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(plain) {
+        return Err(ConfigError::new(
+            "name",
+            "must be 1 to 64 ASCII letters, digits, '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration: {} {}", self.field, self.reason)

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tower_patterns_core::{ConfigError, backoff::Backoff, rng::SplitMix64};
+use tower_patterns_core::{ConfigError, backoff::Backoff, error::check_name, rng::SplitMix64};
 use tower_service::Service;
 
 use super::{
@@ -133,22 +133,6 @@ impl<P> DualWriteBuilder<P, NoSecondary> {
             seed: self.seed,
         }
     }
-}
-
-/// Checks a name as metrics and logs take it.
-pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(ConfigError::new(
-            "name",
-            "must be 1 to 64 ASCII letters, digits, '_' or '-'",
-        ));
-    }
-    Ok(())
 }
 
 impl<P: OutboxStore, S: RowStore> DualWriteBuilder<P, S> {

@@ -225,18 +225,12 @@ where
     /// `backoff`.
     pub fn build(self) -> Result<JetStreamConsumer, ConfigError> {
         let s = self.settings;
-        if s.name.is_empty()
-            || s.name.len() > 64
-            || !s
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(ConfigError::new(
+        tower_patterns_core::error::check_name(&s.name).map_err(|_| {
+            ConfigError::new(
                 "name",
                 "must be 1 to 64 ASCII letters, digits, '_' or '-' (it names the durable consumer)",
-            ));
-        }
+            )
+        })?;
         if s.max_deliver == 0 {
             return Err(ConfigError::new("max_deliver", "must be at least 1"));
         }

@@ -219,17 +219,7 @@ where
             rng,
             observer,
         } = self.settings;
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(ConfigError::new(
-                "name",
-                "must be 1 to 64 ASCII letters, digits, '_' or '-'",
-            ));
-        }
+        tower_patterns_core::error::check_name(&name)?;
         if batch == 0 || batch > 10_000 {
             return Err(ConfigError::new("batch", "must be 1 to 10,000 events"));
         }

@@ -19,14 +19,13 @@ mod run;
 use std::{fmt, sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use tokio::task::JoinHandle;
-use tower_patterns_core::ConfigError;
+use tower_patterns_core::{ConfigError, error::check_name};
 
 pub use handle::ReconcilerHandle;
 pub use report::{Difference, DifferenceKind, ReconcileReport};
 
 use super::{
     DualError, NoPrimary, NoSecondary, RECONCILE_DIFFERENCES, RECONCILE_REPAIRED, RECONCILE_RUNS,
-    service::check_name,
     store::{OutboxStore, RowStore},
 };
 use handle::Shared;
