@@ -35,6 +35,11 @@ pub struct DualWriteBuilder<P = NoPrimary, S = NoSecondary> {
     name: Arc<str>,
     primary: P,
     secondary: S,
+    settings: DualSettings,
+}
+
+/// The builder's settings that change no type parameter.
+struct DualSettings {
     backoff: Backoff,
     cap: Duration,
     missed_after: u32,
@@ -47,11 +52,11 @@ impl<P, S> fmt::Debug for DualWriteBuilder<P, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DualWriteBuilder")
             .field("name", &self.name)
-            .field("backoff", &self.backoff)
-            .field("cap", &self.cap)
-            .field("missed_after", &self.missed_after)
-            .field("batch", &self.batch)
-            .field("poll", &self.poll)
+            .field("backoff", &self.settings.backoff)
+            .field("cap", &self.settings.cap)
+            .field("missed_after", &self.settings.missed_after)
+            .field("batch", &self.settings.batch)
+            .field("poll", &self.settings.poll)
             .finish_non_exhaustive()
     }
 }
@@ -63,8 +68,8 @@ impl<P, S> DualWriteBuilder<P, S> {
     /// is back.
     #[must_use]
     pub fn backoff(mut self, backoff: Backoff, cap: Duration) -> Self {
-        self.backoff = backoff;
-        self.cap = cap;
+        self.settings.backoff = backoff;
+        self.settings.cap = cap;
         self
     }
 
@@ -73,7 +78,7 @@ impl<P, S> DualWriteBuilder<P, S> {
     /// [`transient`](DualError::is_transient)) records it at once.
     #[must_use]
     pub const fn missed_after(mut self, attempts: u32) -> Self {
-        self.missed_after = attempts;
+        self.settings.missed_after = attempts;
         self
     }
 
@@ -81,7 +86,7 @@ impl<P, S> DualWriteBuilder<P, S> {
     /// (default 256, 1 to 10,000).
     #[must_use]
     pub const fn batch(mut self, entries: usize) -> Self {
-        self.batch = entries;
+        self.settings.batch = entries;
         self
     }
 
@@ -89,14 +94,14 @@ impl<P, S> DualWriteBuilder<P, S> {
     /// 1 ms to 1 hour). A write wakes it at once; retries are due to within this interval.
     #[must_use]
     pub const fn poll(mut self, every: Duration) -> Self {
-        self.poll = every;
+        self.settings.poll = every;
         self
     }
 
     /// Seeds the backoff's jitter, for repeatable tests (by default a fixed value).
     #[must_use]
     pub const fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.settings.seed = seed;
         self
     }
 }
@@ -108,12 +113,7 @@ impl<S> DualWriteBuilder<NoPrimary, S> {
             name: self.name,
             primary,
             secondary: self.secondary,
-            backoff: self.backoff,
-            cap: self.cap,
-            missed_after: self.missed_after,
-            batch: self.batch,
-            poll: self.poll,
-            seed: self.seed,
+            settings: self.settings,
         }
     }
 }
@@ -125,12 +125,7 @@ impl<P> DualWriteBuilder<P, NoSecondary> {
             name: self.name,
             primary: self.primary,
             secondary,
-            backoff: self.backoff,
-            cap: self.cap,
-            missed_after: self.missed_after,
-            batch: self.batch,
-            poll: self.poll,
-            seed: self.seed,
+            settings: self.settings,
         }
     }
 }
@@ -148,20 +143,22 @@ impl<P: OutboxStore, S: RowStore> DualWriteBuilder<P, S> {
     /// or `runtime` (called outside a Tokio runtime).
     pub fn build(self) -> Result<DualWrite<P>, ConfigError> {
         check_name(&self.name)?;
-        self.backoff.validate()?;
-        if self.cap.is_zero() {
+        self.settings.backoff.validate()?;
+        if self.settings.cap.is_zero() {
             return Err(ConfigError::new(
                 "backoff",
                 "the longest delay must be above zero",
             ));
         }
-        if self.missed_after == 0 {
+        if self.settings.missed_after == 0 {
             return Err(ConfigError::new("missed_after", "must be at least 1"));
         }
-        if self.batch == 0 || self.batch > 10_000 {
+        if self.settings.batch == 0 || self.settings.batch > 10_000 {
             return Err(ConfigError::new("batch", "must be 1 to 10,000 entries"));
         }
-        if self.poll < Duration::from_millis(1) || self.poll > Duration::from_secs(3_600) {
+        if self.settings.poll < Duration::from_millis(1)
+            || self.settings.poll > Duration::from_secs(3_600)
+        {
             return Err(ConfigError::new("poll", "must be 1 ms to 1 hour"));
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -193,13 +190,13 @@ impl<P: OutboxStore, S: RowStore> DualWriteBuilder<P, S> {
             secondary: self.secondary,
             shared: shared.clone(),
             policy: RetryPolicy {
-                backoff: self.backoff,
-                cap: self.cap,
-                missed_after: self.missed_after,
+                backoff: self.settings.backoff,
+                cap: self.settings.cap,
+                missed_after: self.settings.missed_after,
             },
-            batch: self.batch,
-            poll: self.poll,
-            rng: SplitMix64::new(self.seed),
+            batch: self.settings.batch,
+            poll: self.settings.poll,
+            rng: SplitMix64::new(self.settings.seed),
         };
         runtime.spawn(worker.run());
         Ok(DualWrite {
@@ -256,15 +253,17 @@ impl DualWrite<NoPrimary> {
             name: name.into(),
             primary: NoPrimary,
             secondary: NoSecondary,
-            backoff: Backoff::Exponential {
-                base: Duration::from_millis(100),
-                multiplier: 2.0,
+            settings: DualSettings {
+                backoff: Backoff::Exponential {
+                    base: Duration::from_millis(100),
+                    multiplier: 2.0,
+                },
+                cap: Duration::from_secs(30),
+                missed_after: 5,
+                batch: 256,
+                poll: Duration::from_millis(100),
+                seed: 0x6475_616c,
             },
-            cap: Duration::from_secs(30),
-            missed_after: 5,
-            batch: 256,
-            poll: Duration::from_millis(100),
-            seed: 0x6475_616c,
         }
     }
 }

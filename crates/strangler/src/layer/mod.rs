@@ -42,6 +42,12 @@ pub struct StranglerBuilder<K = NoKey, N = NoNew> {
     name: Arc<str>,
     key: K,
     new: N,
+    settings: Settings,
+}
+
+/// The builder's settings that change no type parameter.
+#[derive(Debug)]
+struct Settings {
     routes: Vec<Route>,
     fallback: Mode,
     override_header: Option<HeaderName>,
@@ -90,14 +96,16 @@ impl StranglerLayer<NoKey, NoNew> {
             name: name.into(),
             key: NoKey,
             new: NoNew,
-            routes: Vec::new(),
-            fallback: Mode::Legacy,
-            override_header: None,
-            new_tenants: Vec::new(),
-            legacy_tenants: Vec::new(),
-            salt: None,
-            legacy_read_only: false,
-            shadow: None,
+            settings: Settings {
+                routes: Vec::new(),
+                fallback: Mode::Legacy,
+                override_header: None,
+                new_tenants: Vec::new(),
+                legacy_tenants: Vec::new(),
+                salt: None,
+                legacy_read_only: false,
+                shadow: None,
+            },
         }
     }
 }
@@ -131,14 +139,7 @@ impl<K, N> StranglerBuilder<K, N> {
             name: self.name,
             key,
             new: self.new,
-            routes: self.routes,
-            fallback: self.fallback,
-            override_header: self.override_header,
-            new_tenants: self.new_tenants,
-            legacy_tenants: self.legacy_tenants,
-            salt: self.salt,
-            legacy_read_only: self.legacy_read_only,
-            shadow: self.shadow,
+            settings: self.settings,
         }
     }
 
@@ -149,20 +150,13 @@ impl<K, N> StranglerBuilder<K, N> {
             name: self.name,
             key: self.key,
             new,
-            routes: self.routes,
-            fallback: self.fallback,
-            override_header: self.override_header,
-            new_tenants: self.new_tenants,
-            legacy_tenants: self.legacy_tenants,
-            salt: self.salt,
-            legacy_read_only: self.legacy_read_only,
-            shadow: self.shadow,
+            settings: self.settings,
         }
     }
 
     /// Adds a route. Routes are matched longest prefix first.
     pub fn route(mut self, route: Route) -> Self {
-        self.routes.push(route);
+        self.settings.routes.push(route);
         self
     }
 
@@ -170,7 +164,7 @@ impl<K, N> StranglerBuilder<K, N> {
     /// whatever has not been moved). While it is legacy, overrides and tenant pins do not
     /// apply to those requests (the new side does not serve them).
     pub fn fallback(mut self, mode: Mode) -> Self {
-        self.fallback = mode;
+        self.settings.fallback = mode;
         self
     }
 
@@ -179,7 +173,7 @@ impl<K, N> StranglerBuilder<K, N> {
     /// error to the client. Anyone who can send the header can choose the side: in front of
     /// untrusted clients, strip it at the edge or set it only from a verified identity.
     pub fn override_header(mut self, name: HeaderName) -> Self {
-        self.override_header = Some(name);
+        self.settings.override_header = Some(name);
         self
     }
 
@@ -187,21 +181,24 @@ impl<K, N> StranglerBuilder<K, N> {
     /// below the override header. Read from core's [`TenantId`] in the request extensions, as
     /// the tenant layer sets it.
     pub fn new_tenants(mut self, tenants: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.new_tenants.extend(tenants.into_iter().map(Into::into));
+        self.settings
+            .new_tenants
+            .extend(tenants.into_iter().map(Into::into));
         self
     }
 
     /// Tenants always served by the legacy side (a customer not ready to move); these win
     /// over [`new_tenants`](Self::new_tenants).
     pub fn legacy_tenants(mut self, tenants: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.legacy_tenants
+        self.settings
+            .legacy_tenants
             .extend(tenants.into_iter().map(Into::into));
         self
     }
 
     /// The salt of the buckets (default the migration's name). Changing it reshuffles callers.
     pub fn salt(mut self, salt: impl Into<String>) -> Self {
-        self.salt = Some(salt.into());
+        self.settings.salt = Some(salt.into());
         self
     }
 
@@ -209,14 +206,14 @@ impl<K, N> StranglerBuilder<K, N> {
     /// the migration's last phase, before the monolith is switched off. Also settable
     /// through the handle.
     pub fn legacy_read_only(mut self, on: bool) -> Self {
-        self.legacy_read_only = on;
+        self.settings.legacy_read_only = on;
         self
     }
 
     /// Enables shadow mode for routes in [`Mode::Shadow`] (without it, such routes are served
     /// by legacy alone).
     pub fn shadow(mut self, shadow: Shadow) -> Self {
-        self.shadow = Some(shadow);
+        self.settings.shadow = Some(shadow);
         self
     }
 }
@@ -231,7 +228,7 @@ where
     pub fn build(self) -> Result<StranglerLayer<K, N>, ConfigError> {
         StranglerError::register();
         let mut names = HashSet::new();
-        for route in &self.routes {
+        for route in &self.settings.routes {
             route.validate()?;
             if !names.insert(route.name.clone()) {
                 return Err(ConfigError::new(
@@ -243,16 +240,18 @@ where
                 ramp.check()?;
             }
         }
-        let pins = pins(&self.new_tenants, &self.legacy_tenants)?;
-        if let Some(shadow) = &self.shadow {
+        let pins = pins(&self.settings.new_tenants, &self.settings.legacy_tenants)?;
+        if let Some(shadow) = &self.settings.shadow {
             shadow.check()?;
         }
-        let mut routes = self.routes;
+        let mut routes = self.settings.routes;
         // Longest prefix first; among equals, the first declared (a stable sort).
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
         let mut slots: Vec<RouteSlot> = routes.into_iter().map(slot).collect();
         slots.push(slot(
-            Route::prefix("/").named("fallback").mode(self.fallback),
+            Route::prefix("/")
+                .named("fallback")
+                .mode(self.settings.fallback),
         ));
         let has_ramps = slots.iter().any(|s| s.ramp.is_some());
         for s in &slots {
@@ -278,20 +277,23 @@ where
             }
         }
         let table = Arc::new(Table {
-            salt: Salt::new(self.salt.as_deref().unwrap_or(&self.name)),
+            salt: Salt::new(self.settings.salt.as_deref().unwrap_or(&self.name)),
             routes: slots.into_boxed_slice(),
-            override_header: self.override_header,
+            override_header: self.settings.override_header,
             has_pins: AtomicBool::new(!pins.new.is_empty() || !pins.legacy.is_empty()),
             pins: ArcSwap::from_pointee(pins),
-            legacy_read_only: AtomicBool::new(self.legacy_read_only),
+            legacy_read_only: AtomicBool::new(self.settings.legacy_read_only),
             events: Mutex::new(VecDeque::new()),
             bad_override_logged: AtomicU64::new(0),
             born: std::time::Instant::now(),
-            marker: self.shadow.as_ref().map_or_else(
+            marker: self.settings.shadow.as_ref().map_or_else(
                 || HeaderName::from_static("x-shadow-request"),
                 |s| s.marker_name().clone(),
             ),
-            shadow: self.shadow.map(|s| Arc::new(s.build(self.name.clone()))),
+            shadow: self
+                .settings
+                .shadow
+                .map(|s| Arc::new(s.build(self.name.clone()))),
             drivers: AtomicBool::new(false),
             name: self.name,
         });

@@ -36,6 +36,11 @@ pub struct ReconcilerBuilder<P = NoPrimary, S = NoSecondary> {
     name: Arc<str>,
     primary: P,
     secondary: S,
+    settings: ReconcileSettings,
+}
+
+/// The builder's settings that change no type parameter.
+struct ReconcileSettings {
     batch: usize,
     repair: bool,
     max_listed: usize,
@@ -46,10 +51,10 @@ impl<P, S> fmt::Debug for ReconcilerBuilder<P, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReconcilerBuilder")
             .field("name", &self.name)
-            .field("batch", &self.batch)
-            .field("repair", &self.repair)
-            .field("max_listed", &self.max_listed)
-            .field("every", &self.every)
+            .field("batch", &self.settings.batch)
+            .field("repair", &self.settings.repair)
+            .field("max_listed", &self.settings.max_listed)
+            .field("every", &self.settings.every)
             .finish_non_exhaustive()
     }
 }
@@ -58,21 +63,21 @@ impl<P, S> ReconcilerBuilder<P, S> {
     /// Rows read from each table at a time (default 500, 1 to 10,000).
     #[must_use]
     pub const fn batch(mut self, rows: usize) -> Self {
-        self.batch = rows;
+        self.settings.batch = rows;
         self
     }
 
     /// Whether runs repair what they find (default `false`: they only report).
     #[must_use]
     pub const fn repair(mut self, repair: bool) -> Self {
-        self.repair = repair;
+        self.settings.repair = repair;
         self
     }
 
     /// How many differences a report lists (default 100; the counts cover all).
     #[must_use]
     pub const fn max_listed(mut self, differences: usize) -> Self {
-        self.max_listed = differences;
+        self.settings.max_listed = differences;
         self
     }
 
@@ -80,7 +85,7 @@ impl<P, S> ReconcilerBuilder<P, S> {
     /// 5 minutes, 1 ms to a day), from the end of one run to the start of the next.
     #[must_use]
     pub const fn every(mut self, pause: Duration) -> Self {
-        self.every = pause;
+        self.settings.every = pause;
         self
     }
 }
@@ -92,10 +97,7 @@ impl<S> ReconcilerBuilder<NoPrimary, S> {
             name: self.name,
             primary,
             secondary: self.secondary,
-            batch: self.batch,
-            repair: self.repair,
-            max_listed: self.max_listed,
-            every: self.every,
+            settings: self.settings,
         }
     }
 }
@@ -107,10 +109,7 @@ impl<P> ReconcilerBuilder<P, NoSecondary> {
             name: self.name,
             primary: self.primary,
             secondary,
-            batch: self.batch,
-            repair: self.repair,
-            max_listed: self.max_listed,
-            every: self.every,
+            settings: self.settings,
         }
     }
 }
@@ -124,10 +123,12 @@ impl<P: OutboxStore, S: RowStore> ReconcilerBuilder<P, S> {
     /// `every` (under 1 ms or over a day).
     pub fn build(self) -> Result<Reconciler<P, S>, ConfigError> {
         check_name(&self.name)?;
-        if self.batch == 0 || self.batch > 10_000 {
+        if self.settings.batch == 0 || self.settings.batch > 10_000 {
             return Err(ConfigError::new("batch", "must be 1 to 10,000 rows"));
         }
-        if self.every < Duration::from_millis(1) || self.every > Duration::from_secs(86_400) {
+        if self.settings.every < Duration::from_millis(1)
+            || self.settings.every > Duration::from_secs(86_400)
+        {
             return Err(ConfigError::new("every", "must be 1 ms to 1 day"));
         }
         super::error::register();
@@ -147,12 +148,12 @@ impl<P: OutboxStore, S: RowStore> ReconcilerBuilder<P, S> {
                 primary: self.primary,
                 secondary: self.secondary,
                 settings: run::Settings {
-                    batch: self.batch,
-                    repair: self.repair,
-                    max_listed: self.max_listed,
+                    batch: self.settings.batch,
+                    repair: self.settings.repair,
+                    max_listed: self.settings.max_listed,
                 },
-                every: self.every,
-                shared: Arc::new(Shared::new(self.name, self.repair)),
+                every: self.settings.every,
+                shared: Arc::new(Shared::new(self.name, self.settings.repair)),
                 one_at_a_time: tokio::sync::Mutex::new(()),
             }),
         })
@@ -203,10 +204,12 @@ impl Reconciler<NoPrimary, NoSecondary> {
             name: name.into(),
             primary: NoPrimary,
             secondary: NoSecondary,
-            batch: 500,
-            repair: false,
-            max_listed: 100,
-            every: Duration::from_secs(300),
+            settings: ReconcileSettings {
+                batch: 500,
+                repair: false,
+                max_listed: 100,
+                every: Duration::from_secs(300),
+            },
         }
     }
 }
