@@ -236,8 +236,14 @@ pub(crate) fn build(
             .map_err(|_| ConfigError::new("strangler.override_header", "not a header name"))?;
         builder = builder.override_header(name);
     }
-    if let Some(sh) = &s.shadow {
-        builder = builder.shadow(shadow(sh.get_ref())?);
+    // Mode shadow without a `shadow` table compares with the defaults, rather than serving
+    // legacy alone without a word.
+    match &s.shadow {
+        Some(sh) => builder = builder.shadow(shadow(sh.get_ref())?),
+        None if mode == Mode::Shadow => {
+            builder = builder.shadow(shadow(&schema::Shadow::default())?);
+        }
+        None => {}
     }
     let layer = builder.build()?;
     let handle = layer.handle();

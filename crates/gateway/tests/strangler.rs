@@ -209,6 +209,11 @@ fn bad_strangler_tables_are_refused_at_their_line() {
             "drop mode",
         ),
         (
+            "new = \"users\"\nmode = \"split\"\nramp = { steps = [10, 100] }\n",
+            13,
+            "drop mode",
+        ),
+        (
             "new = \"users\"\nshadow = { ignore = [\"no-slash\"] }\n",
             12,
             "is not a JSON Pointer",
@@ -246,4 +251,39 @@ fn bad_strangler_tables_are_refused_at_their_line() {
         "{head}new = \"users\"\nramp = {{ steps = [10, 25, 50, 100], hold = \"5m\", window = \"30s\" }}\nshadow = {{ ignore = [\"/meta/request_id\"], noise_baseline = true }}\n"
     );
     GatewayConfig::parse(&good, "gateway.toml").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_and_key_of_the_file_is_applied() {
+    let (legacy, new) = (Upstream::start().await, Upstream::start().await);
+    // A split of 100% sends every keyed caller to the new side, and a request without a key
+    // (no header, an empty one, or two) to legacy.
+    let all = split_config(&legacy, &new, "mode = \"split\"\nsplit = 100");
+    let gw = TestGateway::start(&all).await;
+    assert_eq!(port(&gw, "/api/users/1", "u1").await, new.addr.port());
+    let no_keys: [&[(&str, &str)]; 3] =
+        [&[], &[("x-user", "")], &[("x-user", "a"), ("x-user", "b")]];
+    for headers in no_keys {
+        let answer = get(&gw.url("/api/users/1"), headers).await;
+        assert_eq!(answer.json()["port"], legacy.addr.port(), "{headers:?}");
+    }
+    gw.stop().await;
+    // Mode new: everything to the new side; mode shadow: legacy answers, with shadow set up.
+    let gw = TestGateway::start(&split_config(&legacy, &new, "mode = \"new\"")).await;
+    assert_eq!(port(&gw, "/api/users/1", "u1").await, new.addr.port());
+    gw.stop().await;
+    let gw = TestGateway::start(&split_config(&legacy, &new, "mode = \"shadow\"")).await;
+    assert_eq!(port(&gw, "/api/users/1", "u1").await, legacy.addr.port());
+    let migration = gw.gateway.migration("users").unwrap();
+    assert_eq!(migration.mode("users"), Some(Mode::Shadow));
+    assert!(migration.shadow().is_some());
+    gw.stop().await;
+    // Without auth and without a key, the client's address is the key: a split of 100% takes
+    // every caller.
+    let gw = TestGateway::start(&all.replace("key = \"header:x-user\"\n", "")).await;
+    assert_eq!(
+        get(&gw.url("/api/users/1"), &[]).await.json()["port"],
+        new.addr.port()
+    );
+    gw.stop().await;
 }
