@@ -1,6 +1,6 @@
 //! Circuit breaker, closed success path, side by side in one run:
 //! the bare service, tower's `LoadShed` (tower's nearest built-in: a fail-fast wrapper),
-//! this crate's breaker, tower-resilience 0.13's breaker and failsafe 1.3's breaker.
+//! this crate's breaker (also leaked to a `&'static`, `tower_patterns_static`), tower-resilience 0.13's breaker and failsafe 1.3's breaker.
 //!
 //! - `breaker_single`: ns per call, one task, polled directly (no runtime in the loop).
 //! - `breaker_contended`: calls/s with 64 tasks on a 2-worker tokio runtime; tower's
@@ -71,6 +71,7 @@ macro_rules! each_peer {
             ConcurrencyLimitLayer::new(1 << 20).layer(Bare)
         );
         $case!("tower_patterns", ours().layer(Bare));
+        $case!("tower_patterns_static", ours().leak().layer(Bare));
         $case!("tower_resilience_0_13", resilience().layer(Bare));
         $case!(
             "failsafe_1_3",

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example callgrind_probe --features full -- <layer> <calls>`
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
-//! bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit; and over HTTP
+//! breaker_static, bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit; and over HTTP
 //! (`GET /catalog` from one of 16 tenants, as in `benches/tenant.rs`): bare_http,
 //! tower_governor, ratelimit, ratelimit_no_headers, tenant, tenant_ratelimit, bare_page,
 //! tower_governor_tower_resilience_cache, tower_resilience_stack, tower_patterns_stack.
@@ -131,6 +131,13 @@ fn main() -> Result<(), BoxError> {
         "tower_retry_trivial" => run(RetryLayer::new(Trivial).layer(Bare), calls),
         "breaker" => run(
             CircuitBreakerLayer::builder("probe").build()?.layer(Bare),
+            calls,
+        ),
+        "breaker_static" => run(
+            CircuitBreakerLayer::builder("probe")
+                .build()?
+                .leak()
+                .layer(Bare),
             calls,
         ),
         "bulkhead" => run(

@@ -110,9 +110,10 @@ mod rng;
 mod sync;
 
 pub use circuit::{
-    ByKey, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer,
-    Config, Guard, KeyedCircuitBreakerBuilder, MAX_PROBES, NoKey, OpenDuration, Reason,
-    ResponseFuture, SlidingWindow, Snapshot, State, Transition, Unkeyed, future,
+    BreakerRef, ByKey, CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle,
+    CircuitBreakerLayer, Config, Guard, KeyedCircuitBreakerBuilder, MAX_PROBES, NoKey,
+    OpenDuration, Reason, ResponseFuture, SlidingWindow, Snapshot, State, Transition, Unkeyed,
+    future,
 };
 pub use fallback::{Fallback, FallbackLayer};
 pub use keyed::{

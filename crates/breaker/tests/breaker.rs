@@ -1199,3 +1199,49 @@ async fn state_gauge_zeroes_the_old_state() {
     assert_eq!(one[0].0, "open");
     assert_eq!(failures, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leaked_breaker_is_the_same_breaker() {
+    let layer = CircuitBreakerLayer::builder("leaked")
+        .count_window(4)
+        .minimum_calls(4)
+        .open_duration(Duration::from_secs(10))
+        .half_open_probes(1)
+        .build()
+        .unwrap();
+    let before = layer.handle();
+    let leaked = layer.leak();
+    let inner = TestService::new().always_fail();
+    let svc = leaked.layer(inner.clone());
+    for _ in 0..4 {
+        let _ = svc.clone().oneshot(()).await;
+    }
+    assert_eq!(
+        before.state(),
+        State::Open,
+        "the handle taken before sees the trip"
+    );
+    assert_eq!(leaked.handle().state(), State::Open);
+    let err = svc.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(rejection(&err).kind(), RejectionKind::CircuitOpen);
+    assert_eq!(inner.calls(), 4);
+
+    // A probe whose future is dropped gives its permit back through the leaked reference.
+    advance(Duration::from_secs(10)).await;
+    let mut probe = svc.clone();
+    std::future::poll_fn(|cx| Service::<()>::poll_ready(&mut probe, cx))
+        .await
+        .unwrap();
+    drop(probe.call(()));
+    assert_eq!(before.state(), State::HalfOpen);
+    let mut echo = leaked.layer(echo());
+    let ok = std::future::poll_fn(|cx| Service::<bool>::poll_ready(&mut echo, cx))
+        .await
+        .map(|()| echo.call(true));
+    assert!(ok.unwrap().await.unwrap(), "the permit was given back");
+    assert_eq!(
+        before.state(),
+        State::Closed,
+        "the probe's success closed it"
+    );
+}

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::retry::{Policy, RetryLayer};
 use tower_patterns_core::{
@@ -165,6 +164,7 @@ where
 }
 
 impl<K, P: Deref<Target = RetryShared<K>> + Clone> Clone for RetryPolicy<K, P> {
+    #[inline]
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -199,6 +199,7 @@ impl<K, P: Deref<Target = RetryShared<K>>> fmt::Debug for RetryPolicy<K, P> {
 }
 
 impl<K, P: Deref<Target = RetryShared<K>>> Drop for RetryPolicy<K, P> {
+    #[inline]
     fn drop(&mut self) {
         self.leave_slot();
     }
@@ -271,6 +272,7 @@ impl<K, P: Deref<Target = RetryShared<K>>> RetryPolicy<K, P> {
         )
     }
 
+    #[inline]
     fn leave_slot(&mut self) {
         if std::mem::take(&mut self.holds_slot)
             && let Some(budget) = &self.shared.budget
@@ -545,19 +547,20 @@ impl<K, P: Deref<Target = RetryShared<K>>> RetryPolicy<K, P> {
     }
 }
 
-pin_project! {
-    /// The wait before a retry.
-    #[derive(Debug)]
-    pub struct Delay {
-        #[pin]
-        sleep: Option<Sleep>,
-    }
+/// The wait before a retry.
+///
+/// The timer is boxed: tower's retry future holds this wait beside every first attempt, and
+/// an inline timer (about a hundred bytes) would be moved and dropped with each request,
+/// although only retried ones ever wait.
+#[derive(Debug)]
+pub struct Delay {
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Delay {
     fn after(delay: Duration) -> Self {
         Self {
-            sleep: (!delay.is_zero()).then(|| tokio::time::sleep(delay)),
+            sleep: (!delay.is_zero()).then(|| Box::pin(tokio::time::sleep(delay))),
         }
     }
 }
@@ -565,9 +568,9 @@ impl Delay {
 impl Future for Delay {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project().sleep.as_pin_mut() {
-            Some(sleep) => sleep.poll(cx),
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx),
             None => Poll::Ready(()),
         }
     }

@@ -21,23 +21,53 @@ use crate::{
     circuit::state::{Permit, PermitKind},
 };
 
+/// How a breaker's services, futures and guards hold the breaker they share: an `Arc` (the
+/// default), or a `&'static` one after [`CircuitBreakerLayer::leak`](crate::CircuitBreakerLayer::leak),
+/// which admits a call without touching a reference count. Sealed: implemented for those two
+/// only.
+pub trait BreakerRef: sealed::Sealed + Clone + Send + Sync + 'static {
+    /// The shared breaker.
+    #[doc(hidden)]
+    fn arc(&self) -> &Arc<Machine>;
+}
+
+impl BreakerRef for Arc<Machine> {
+    #[inline(always)]
+    fn arc(&self) -> &Arc<Machine> {
+        self
+    }
+}
+
+impl BreakerRef for &'static Arc<Machine> {
+    #[inline(always)]
+    fn arc(&self) -> &Arc<Machine> {
+        self
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for std::sync::Arc<crate::circuit::machine::Machine> {}
+    impl Sealed for &'static std::sync::Arc<crate::circuit::machine::Machine> {}
+}
+
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<F, C, M: BreakerRef = Arc<Machine>> {
         #[pin]
-        kind: Kind<F, C>,
+        kind: Kind<F, C, M>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, C> {
+    enum Kind<F, C, M: BreakerRef> {
         Called {
             #[pin]
             fut: F,
             // Boxed: only slow-call detection uses it, so the default future stays small.
             slow: Option<Pin<Box<SlowCall>>>,
-            guard: Option<Guard>,
+            guard: Option<Guard<M>>,
             classifier: C,
         },
         Failed {
@@ -62,10 +92,10 @@ impl SlowCall {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C, M: BreakerRef> ResponseFuture<F, C, M> {
     pub(crate) fn called(
         fut: F,
-        guard: Guard,
+        guard: Guard<M>,
         slow: Option<Pin<Box<SlowCall>>>,
         classifier: C,
     ) -> Self {
@@ -86,7 +116,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<F, C, M: BreakerRef> fmt::Debug for ResponseFuture<F, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::Called { .. } => "called",
@@ -98,11 +128,12 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, Res, E> Future for ResponseFuture<F, C>
+impl<F, C, M, Res, E> Future for ResponseFuture<F, C, M>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,
-    C: Finish<Res, BoxError, Guard>,
+    M: BreakerRef,
+    C: Finish<Res, BoxError, Guard<M>>,
 {
     type Output = Result<C::Response, BoxError>;
 
@@ -159,23 +190,23 @@ const DONE: u64 = 1 << 42;
 ///
 /// Handed to the classifier through [`Finish`]; for HTTP it rides in the response body
 /// until the body ends.
-pub struct Guard {
-    machine: Arc<Machine>,
+pub struct Guard<M: BreakerRef = Arc<Machine>> {
+    machine: M,
     bits: u64,
 }
 
-impl fmt::Debug for Guard {
+impl<M: BreakerRef> fmt::Debug for Guard<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
-            .field("breaker", &self.machine.config.name)
+            .field("breaker", &self.machine.arc().config.name)
             .field("permit", &self.permit())
             .finish()
     }
 }
 
-impl Guard {
+impl<M: BreakerRef> Guard<M> {
     #[inline]
-    pub(crate) fn new(machine: Arc<Machine>, permit: Permit) -> Self {
+    pub(crate) fn new(machine: M, permit: Permit) -> Self {
         let kind = match permit.kind {
             PermitKind::Closed => 0,
             PermitKind::Probe => 1,
@@ -206,14 +237,15 @@ impl Guard {
         if self.bits & SLOW_IN_FLIGHT == 0 {
             self.bits |= SLOW_IN_FLIGHT | SLOW;
             self.machine
-                .slow_call_started(self.permit(), self.machine.now());
+                .arc()
+                .slow_call_started(self.permit(), self.machine.arc().now());
         }
     }
 
     /// The call answered; it is slow if it took the slow-call duration or longer.
     fn finished_after(&mut self, start: u64) {
-        let slow = self.machine.slow_call.unwrap_or(u64::MAX);
-        if self.machine.now().saturating_sub(start) >= slow {
+        let slow = self.machine.arc().slow_call.unwrap_or(u64::MAX);
+        if self.machine.arc().now().saturating_sub(start) >= slow {
             self.bits |= SLOW;
         }
     }
@@ -222,29 +254,29 @@ impl Guard {
     fn end_slow(&mut self) {
         if self.bits & SLOW_IN_FLIGHT != 0 {
             self.bits &= !SLOW_IN_FLIGHT;
-            self.machine.slow_call_ended(self.permit());
+            self.machine.arc().slow_call_ended(self.permit());
         }
     }
 }
 
-impl OnOutcome for Guard {
+impl<M: BreakerRef> OnOutcome for Guard<M> {
     #[inline]
     fn on_outcome(mut self, outcome: Outcome) {
         self.end_slow();
         self.bits |= DONE;
-        let machine = &self.machine;
+        let machine = self.machine.arc();
         machine.record(self.permit(), outcome, self.bits & SLOW != 0, || {
             machine.now()
         });
     }
 }
 
-impl Drop for Guard {
+impl<M: BreakerRef> Drop for Guard<M> {
     #[inline]
     fn drop(&mut self) {
         if self.bits & DONE == 0 {
             self.end_slow();
-            self.machine.release(self.permit());
+            self.machine.arc().release(self.permit());
         }
     }
 }

@@ -22,7 +22,7 @@ pub(crate) mod window;
 
 pub use builder::{ByKey, CircuitBreakerBuilder, KeyedCircuitBreakerBuilder, NoKey, Unkeyed};
 pub use config::{Config, MAX_PROBES, OpenDuration, Reason, SlidingWindow};
-pub use future::{Guard, ResponseFuture};
+pub use future::{BreakerRef, Guard, ResponseFuture};
 pub use handle::{CircuitBreakerHandle, Snapshot};
 pub use layer::CircuitBreakerLayer;
 pub use observer::Transition;

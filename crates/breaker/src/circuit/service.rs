@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use crate::{
     State,
-    circuit::future::{Guard, ResponseFuture, SlowCall},
+    circuit::future::{BreakerRef, Guard, ResponseFuture, SlowCall},
     circuit::machine::Machine,
     circuit::state::{Admission, Permit, PermitKind},
 };
@@ -29,9 +29,9 @@ use crate::{
 /// inner service only while the circuit lets calls through) and `call` returns a
 /// [`Rejected`] with [`RejectionKind::CircuitOpen`] and the time left open, without touching
 /// the inner service. In backpressure mode `poll_ready` waits instead.
-pub struct CircuitBreaker<S, C = ErrorsAsFailures> {
+pub struct CircuitBreaker<S, C = ErrorsAsFailures, M: BreakerRef = Arc<Machine>> {
     inner: S,
-    machine: Arc<Machine>,
+    machine: M,
     classifier: C,
     inner_ready: bool,
     backpressure: bool,
@@ -65,10 +65,10 @@ impl Drop for Reservation {
     }
 }
 
-impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn from_parts(inner: S, machine: Arc<Machine>, classifier: C) -> Self {
+impl<S, C, M: BreakerRef> CircuitBreaker<S, C, M> {
+    pub(crate) fn from_parts(inner: S, machine: M, classifier: C) -> Self {
         Self {
-            backpressure: machine.config.backpressure,
+            backpressure: machine.arc().config.backpressure,
             inner,
             machine,
             classifier,
@@ -81,11 +81,11 @@ impl<S, C> CircuitBreaker<S, C> {
 
     /// A handle on the breaker this service shares with its layer and clones.
     pub fn handle(&self) -> crate::CircuitBreakerHandle {
-        crate::CircuitBreakerHandle::new(self.machine.clone())
+        crate::CircuitBreakerHandle::new(self.machine.arc().clone())
     }
 }
 
-impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C: Clone, M: BreakerRef> Clone for CircuitBreaker<S, C, M> {
     fn clone(&self) -> Self {
         // A clone has not been polled: no readiness, no reservation.
         Self::from_parts(
@@ -96,39 +96,41 @@ impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for CircuitBreaker<S, C> {
+impl<S: fmt::Debug, C, M: BreakerRef> fmt::Debug for CircuitBreaker<S, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("name", &self.machine.config.name)
-            .field("state", &self.machine.word().state())
+            .field("name", &self.machine.arc().config.name)
+            .field("state", &self.machine.arc().word().state())
             .finish()
     }
 }
 
-impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
+impl<S, C, M, Req> Service<Req> for CircuitBreaker<S, C, M>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: Finish<S::Response, BoxError, Guard> + Clone,
+    M: BreakerRef,
+    C: Finish<S::Response, BoxError, Guard<M>> + Clone,
 {
     type Response = C::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S::Future, C, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.backpressure {
             return self.poll_ready_backpressure(cx);
         }
-        let word = self.machine.word();
+        let machine = self.machine.arc();
+        let word = machine.word();
         let rejecting = !word.is_closed()
             && match word.state() {
                 State::ForcedOpen => true,
                 // Once the open time is over the next call may be a probe: get the inner
                 // service ready for it.
                 State::Open => {
-                    !self.machine.metrics_only()
-                        && self.machine.open_remaining(self.machine.now()).unwrap_or(0) > 0
+                    !machine.metrics_only()
+                        && machine.open_remaining(machine.now()).unwrap_or(0) > 0
                 }
                 _ => false,
             };
@@ -164,13 +166,13 @@ where
     }
 }
 
-impl<S, C> CircuitBreaker<S, C> {
+impl<S, C, M: BreakerRef> CircuitBreaker<S, C, M> {
     fn poll_ready_backpressure<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
     where
         S: Service<Req>,
         S::Error: Into<BoxError>,
     {
-        let machine = &self.machine;
+        let machine = self.machine.arc();
         let wait = self.wait.get_or_insert_with(|| {
             Box::new(Wait {
                 reserved: None,
@@ -226,18 +228,20 @@ impl<S, C> CircuitBreaker<S, C> {
 }
 
 /// Admits or rejects one call; shared by the plain and the keyed service.
-pub(crate) fn call<S, C, Req>(
-    machine: &Arc<Machine>,
+pub(crate) fn call<S, C, M, Req>(
+    machine_ref: &M,
     inner: &mut S,
     req: Req,
     classifier: &C,
     inner_ready: bool,
     reserved: Option<Permit>,
-) -> ResponseFuture<S::Future, C>
+) -> ResponseFuture<S::Future, C, M>
 where
     S: Service<Req>,
     C: Clone,
+    M: BreakerRef,
 {
+    let machine = machine_ref.arc();
     let admission = match reserved {
         Some(permit) => Admission::Permit(permit),
         None => machine.acquire(|| machine.now(), true),
@@ -254,7 +258,7 @@ where
                 });
                 SlowCall::new(start, timer)
             });
-            let guard = Guard::new(machine.clone(), permit);
+            let guard = Guard::new(machine_ref.clone(), permit);
             ResponseFuture::called(inner.call(req), guard, slow, classifier.clone())
         }
         Admission::Permit(permit) => {
