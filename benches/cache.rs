@@ -1,7 +1,8 @@
-//! Cache hit path, side by side in one run: the bare service, raw moka `get` (the sync cache
-//! with no expiry and with per-entry expiry, and the future cache: the baselines a cache layer
-//! cannot beat), this crate's cache-aside
-//! layer on its moka store, and tower-resilience 0.13's cache layer. Keys cycle over 1,024
+//! Cache hit path, side by side in one run: the bare service, the raw concurrent map reads a
+//! cache layer cannot beat (moka `get`: the sync cache with no expiry and with per-entry
+//! expiry, and the future cache; `quick_cache` `get`; a `DashMap` read, the sharded map), this
+//! crate's cache-aside layer on its `quick_cache` store (`tower_patterns`) and on its moka
+//! store (`tower_patterns_moka`), and tower-resilience 0.13's cache layer. Keys cycle over 1,024
 //! entries loaded before measuring, so every measured call is a hit.
 //!
 //! - `cache_single`: ns per call, one task, polled directly (no runtime in the loop).
@@ -22,7 +23,12 @@ use std::{
 use criterion::{criterion_group, criterion_main};
 use support::Bare;
 use tower::{Layer, Service};
-use tower_patterns::{KeyError, cache::CacheLayer, cache::store::MokaStore, key::key_fn};
+use tower_patterns::{
+    KeyError,
+    cache::CacheLayer,
+    cache::store::{MokaStore, QuickCacheStore},
+    key::key_fn,
+};
 
 const KEYS: u64 = 1_024;
 
@@ -62,6 +68,58 @@ impl Service<u64> for BoxedGet {
         let cache = self.0.clone();
         Box::pin(async move { Ok(cache.get(&(k % KEYS)).await.unwrap_or(k)) })
     }
+}
+
+/// Raw `quick_cache::sync::Cache::get` behind a `Service`.
+#[derive(Clone)]
+struct QuickGet(std::sync::Arc<quick_cache::sync::Cache<u64, u64>>);
+
+impl Service<u64> for QuickGet {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        ready(Ok(self.0.get(&(k % KEYS)).unwrap_or(k)))
+    }
+}
+
+fn quick_get() -> QuickGet {
+    let c = quick_cache::sync::Cache::new(10_000);
+    for k in 0..KEYS {
+        c.insert(k, k);
+    }
+    QuickGet(std::sync::Arc::new(c))
+}
+
+/// A `DashMap` read (a sharded `RwLock<HashMap>`) behind a `Service`: no eviction at all.
+#[derive(Clone)]
+struct DashGet(std::sync::Arc<dashmap::DashMap<u64, u64>>);
+
+impl Service<u64> for DashGet {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        ready(Ok(self.0.get(&(k % KEYS)).map_or(k, |v| *v)))
+    }
+}
+
+fn dash_get() -> DashGet {
+    let c = dashmap::DashMap::new();
+    for k in 0..KEYS {
+        c.insert(k, k);
+    }
+    DashGet(std::sync::Arc::new(c))
 }
 
 fn moka_sync() -> MokaSync {
@@ -124,8 +182,23 @@ macro_rules! each_peer {
         $case!("moka_sync_get", moka_sync());
         $case!("moka_sync_get_expiry", moka_sync_expiry());
         $case!("moka_future_get", moka_future());
+        $case!("quick_cache_get", quick_get());
+        $case!("dashmap_get", dash_get());
         $case!(
             "tower_patterns",
+            warmed(
+                CacheLayer::builder("bench")
+                    .store(QuickCacheStore::builder().max_entries(10_000).build())
+                    .key(key_fn(by_key as fn(&u64) -> Result<u64, KeyError>))
+                    .unscoped()
+                    .ttl(Duration::from_secs(3600))
+                    .build()
+                    .unwrap()
+                    .layer(Bare)
+            )
+        );
+        $case!(
+            "tower_patterns_moka",
             warmed(
                 CacheLayer::builder("bench")
                     .store(MokaStore::builder().max_entries(10_000).build())

@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release --example callgrind_probe --features full -- <layer> <calls>`
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
-//! breaker_static, bulkhead, retry, retry_static, shard_router, moka_sync_get, cache_hit; and over HTTP
+//! breaker_static, bulkhead, retry, retry_static, shard_router, moka_sync_get, quick_cache_get,
+//! cache_hit, cache_hit_moka; and over HTTP
 //! (`GET /catalog` from one of 16 tenants, as in `benches/tenant.rs`): bare_http,
 //! tower_governor, ratelimit, ratelimit_no_headers, tenant, tenant_ratelimit, bare_page,
 //! tower_governor_tower_resilience_cache, tower_resilience_stack, tower_patterns_stack.
@@ -22,7 +23,10 @@ use tower_patterns::{
     BoxError, KeyError,
     breaker::CircuitBreakerLayer,
     bulkhead::BulkheadLayer,
-    cache::{CacheLayer, store::MokaStore},
+    cache::{
+        CacheLayer,
+        store::{MokaStore, QuickCacheStore},
+    },
     key::key_fn,
     retry::{RetryIf, RetryPolicy, Verdict},
     shard::{Jump, ShardRouter},
@@ -94,6 +98,23 @@ where
 struct MokaGet(moka::sync::Cache<u64, u64>);
 
 impl Service<u64> for MokaGet {
+    type Response = Option<u64>;
+    type Error = Infallible;
+    type Future = Ready<Result<Option<u64>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, k: u64) -> Self::Future {
+        ready(Ok(self.0.get(&(k % 1024))))
+    }
+}
+
+/// Raw `quick_cache` `get`.
+struct QuickGet(quick_cache::sync::Cache<u64, u64>);
+
+impl Service<u64> for QuickGet {
     type Response = Option<u64>;
     type Error = Infallible;
     type Future = Ready<Result<Option<u64>, Infallible>>;
@@ -181,7 +202,23 @@ fn main() -> Result<(), BoxError> {
             }
             run(MokaGet(cache), calls);
         }
+        "quick_cache_get" => {
+            let cache = quick_cache::sync::Cache::<u64, u64>::new(10_000);
+            for k in 0..1024 {
+                cache.insert(k, k);
+            }
+            run(QuickGet(cache), calls);
+        }
         "cache_hit" => run(
+            CacheLayer::builder("probe")
+                .store(QuickCacheStore::builder().build())
+                .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k % 1024)))
+                .unscoped()
+                .build()?
+                .layer(Bare),
+            calls,
+        ),
+        "cache_hit_moka" => run(
             CacheLayer::builder("probe")
                 .store(MokaStore::builder().build())
                 .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k % 1024)))

@@ -22,7 +22,7 @@ use http_body_util::Full;
 use tower::{Layer, Service, util::MapResponseLayer};
 use tower_patterns::{
     BoxError, KeyError,
-    cache::{CacheLayer, store::MokaStore},
+    cache::{CacheLayer, store::QuickCacheStore},
     key::{ExtensionKey, HeaderKey, key_fn},
     ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
     tenant::{Registry, StaticTenants, TenancyLayer, TenantId},
@@ -227,16 +227,16 @@ fn page_key(req: &Request<()>) -> Result<PathAndQuery, KeyError> {
         .ok_or_else(|| KeyError::missing("path"))
 }
 
-/// Our cache-aside layer on moka, scoped by the tenant in the request extensions.
+/// Our cache-aside layer on its `quick_cache` store, scoped by the tenant in the request extensions.
 pub fn ours_cache_layer() -> CacheLayer<
     tower_patterns::key::KeyFn<PageKey>,
     tower_patterns::cache::FromExtensions,
     PathAndQuery,
     CachedPage,
-    MokaStore<PathAndQuery, CachedPage>,
+    QuickCacheStore<PathAndQuery, CachedPage>,
 > {
     CacheLayer::builder("bench")
-        .store(MokaStore::builder().max_entries(10_000).build())
+        .store(QuickCacheStore::builder().max_entries(10_000).build())
         .key(key_fn(page_key as PageKey))
         .ttl(Duration::from_secs(3600))
         .build()

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tower::{Layer, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
     BoxError, KeyError,
-    cache::{CacheLayer, store::MokaStore},
+    cache::{CacheLayer, store::QuickCacheStore},
     key::key_fn,
     tenant::{TenantId, sqlite::Scoped},
 };
@@ -67,7 +67,7 @@ pub(crate) fn catalog(
         }
     });
     let cache = CacheLayer::builder("catalog")
-        .store(MokaStore::builder().max_entries(10_000).build())
+        .store(QuickCacheStore::builder().max_entries(10_000).build())
         .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>("all")))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()

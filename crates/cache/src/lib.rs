@@ -12,7 +12,9 @@
 //!   cache; a failed write leaves the cache untouched; a failed cache update invalidates.
 //!   [`WriteBehind`]: writes land in the cache at once and reach the source in coalesced
 //!   batches from a bounded queue.
-//! - [`store`]: [`MokaStore`](store::MokaStore) in process (TinyLFU, per-entry TTL, weigher);
+//! - [`store`]: in process, [`QuickCacheStore`](store::QuickCacheStore) (the fastest hit: S3-FIFO,
+//!   sharded) or [`MokaStore`](store::MokaStore) (TinyLFU admission), both with per-entry TTLs
+//!   and a weigher;
 //!   with the `redis` feature a shared Redis store and a two-tier store whose invalidations
 //!   reach every instance's L1.
 //! - [`http`]: an RFC 9111 cache for GET and HEAD (`Cache-Control`, `Vary`, `ETag` and
@@ -23,13 +25,13 @@
 //! ```
 //! use std::{convert::Infallible, time::Duration};
 //! use tower::{service_fn, Layer, ServiceExt};
-//! use tower_patterns_cache::{store::MokaStore, CacheLayer};
+//! use tower_patterns_cache::{store::QuickCacheStore, CacheLayer};
 //! use tower_patterns_core::{key::key_fn, KeyError};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let layer = CacheLayer::builder("users")
-//!     .store(MokaStore::<u64, String>::builder().build())
+//!     .store(QuickCacheStore::<u64, String>::builder().build())
 //!     .key(key_fn(|id: &u64| Ok::<_, KeyError>(*id)))
 //!     .unscoped()
 //!     .ttl(Duration::from_secs(30))

@@ -3,7 +3,10 @@
 use std::convert::Infallible;
 
 use tower::{Layer, service_fn};
-use tower_patterns_cache::{CacheLayer, store::MokaStore};
+use tower_patterns_cache::{
+    CacheLayer,
+    store::{MokaStore, QuickCacheStore, Store},
+};
 use tower_patterns_core::{KeyError, key::key_fn};
 use tower_patterns_testkit::{
     alloc::{Alloc, Counter},
@@ -15,8 +18,13 @@ static ALLOC: Alloc = Alloc;
 
 #[test]
 fn hits_allocate_nothing() {
+    hits_allocate_nothing_on(MokaStore::<u64, u64>::builder().build());
+    hits_allocate_nothing_on(QuickCacheStore::<u64, u64>::builder().build());
+}
+
+fn hits_allocate_nothing_on(store: impl Store<u64, u64>) {
     let layer = CacheLayer::builder("alloc")
-        .store(MokaStore::<u64, u64>::builder().build())
+        .store(store)
         .key(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
         .unscoped()
         .build()

@@ -1,4 +1,5 @@
-//! Where entries live: one [`Store`] trait, an in-process store on moka ([`MokaStore`]), and with
+//! Where entries live: one [`Store`] trait, two in-process stores ([`QuickCacheStore`], the
+//! fastest, and [`MokaStore`], with TinyLFU admission), and with
 //! the `redis` feature a shared Redis store and a two-tier store (moka L1 in front of Redis L2,
 //! with invalidations broadcast to every instance's L1).
 //!
@@ -20,6 +21,7 @@
 //! ```
 
 mod moka_store;
+mod quick_store;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -30,6 +32,7 @@ use tower_patterns_core::{BoxError, observe::Health, tenant::TenantId};
 use crate::{Entry, ScopedKey};
 
 pub use moka_store::{MokaStore, MokaStoreBuilder};
+pub use quick_store::{QuickCacheStore, QuickCacheStoreBuilder};
 
 /// What a cache key must be: cheap to clone, hashable, and printable (for Redis keys and
 /// prefix invalidation). Implemented for every type that qualifies.
