@@ -4,7 +4,9 @@
 //!
 //! Rate limit alone, over an empty 200:
 //! - `bare_http`: the inner service;
-//! - `tower_governor_0_8`: GCRA keyed by the raw header on governor's keyed store;
+//! - `tower_governor_0_8`: GCRA keyed by the raw header on governor's keyed store, with a
+//!   burst of 10⁹ (at ours, 4,000, it refuses requests with 2 tasks: see `web::governor`);
+//!   `tower_governor_0_8_same_burst` (one task only): the same at our burst;
 //! - ours: `KeyedRateLimitLayer` + `GcraLimiter` keyed by the header, with and without the
 //!   `RateLimit-*` headers; and the tenant layer (header, cached registry) before a limit per
 //!   tenant.
@@ -34,8 +36,9 @@ mod web;
 use criterion::{criterion_group, criterion_main};
 use tower::Layer;
 use web::{
-    Ok200, Page, governor, http, ours_cache_layer, ours_limit_only, ours_tenant_limit_layer,
-    tenant_layer, to_axum, tower_resilience_cache, tower_resilience_ratelimiter, warmed,
+    Ok200, Page, governor, governor_same_burst, http, ours_cache_layer, ours_limit_only,
+    ours_tenant_limit_layer, tenant_layer, to_axum, tower_resilience_cache,
+    tower_resilience_ratelimiter, warmed,
 };
 
 /// Invokes `$case!(name, service)` for every service compared.
@@ -79,9 +82,23 @@ macro_rules! each_peer {
 
 support::bench_groups!("tenant", each_peer);
 
+/// tower_governor at our burst, one task (where no request is ever refused).
+fn same_burst(c: &mut criterion::Criterion) {
+    let mut group = c.benchmark_group("tenant_single");
+    let mut svc = http(governor_same_burst(Ok200));
+    let mut i = 0u64;
+    group.bench_function("tower_governor_0_8_same_burst", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::one_call(&mut svc, i)
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = single, contended
+    targets = single, same_burst, contended
 }
 criterion_main!(benches);

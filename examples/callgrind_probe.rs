@@ -33,8 +33,9 @@ use tower_patterns::{
 };
 use tower_patterns_testkit::call_now;
 use web::{
-    Ok200, Page, governor, http, ours_cache_layer, ours_limit_only, ours_tenant_limit_layer,
-    tenant_layer, to_axum, tower_resilience_cache, tower_resilience_ratelimiter, warmed,
+    Ok200, Page, governor, governor_same_burst, http, ours_cache_layer, ours_limit_only,
+    ours_tenant_limit_layer, tenant_layer, to_axum, tower_resilience_cache,
+    tower_resilience_ratelimiter, warmed,
 };
 
 #[derive(Clone, Copy)]
@@ -228,7 +229,7 @@ fn main() -> Result<(), BoxError> {
             calls,
         ),
         "bare_http" => run(http(Ok200), calls),
-        "tower_governor" => run(http(governor(Ok200)), calls),
+        "tower_governor" => run(http(governor_same_burst(Ok200)), calls),
         "ratelimit" => run(http(ours_limit_only(true, Ok200)), calls),
         "ratelimit_no_headers" => run(http(ours_limit_only(false, Ok200)), calls),
         "tenant" => run(http(tenant_layer().layer(Ok200)), calls),

@@ -1,7 +1,8 @@
 //! Check, then call: the response future of a middleware that must finish a check (a rate
 //! limit over the network, a tenant lookup) before it calls its inner service.
 //!
-//! [`CheckThenCall`] is the one future for that shape: no `Box`, no allocation of its own. A
+//! [`CheckThenCall`] is the one future for that shape: no allocation of its own when the check
+//! is decided at once, one (the service and request it holds while waiting) when it is not. A
 //! middleware supplies
 //!
 //! - the check: a future of `Result<G::Checked, E>`, or a result it already has (decided in
@@ -103,7 +104,10 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Req>, Req, F, G: Gate<Req, S::Response>> {
-        Checking { #[pin] check: F, pending: Option<(S, Req, G)> },
+        // Boxed: only checks that wait hold the service and the request here, and a request
+        // inline (an HTTP request is about 250 bytes) would make every future that big to
+        // build and move, including those decided at once.
+        Checking { #[pin] check: F, pending: Option<Box<(S, Req, G)>> },
         Called { #[pin] fut: S::Future, after: Option<G::After> },
         Failed { err: Option<BoxError> },
     }
@@ -128,7 +132,7 @@ where
         Self {
             state: State::Checking {
                 check,
-                pending: Some((ready, req, gate)),
+                pending: Some(Box::new((ready, req, gate))),
             },
         }
     }
@@ -203,9 +207,10 @@ where
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
                     }
                     let checked = ready!(check.poll(cx));
-                    let Some((mut svc, mut req, gate)) = pending.take() else {
+                    let Some(parts) = pending.take() else {
                         return Poll::Ready(Err(PolledAfterCompletion.into()));
                     };
+                    let (mut svc, mut req, gate) = *parts;
                     match checked
                         .map_err(Into::into)
                         .and_then(|c| gate.before(c, &mut req))

@@ -168,15 +168,21 @@ impl AsciiKey {
     }
 
     /// The key as a string.
+    #[inline]
     pub fn as_str(&self) -> &str {
         // Validated as visible ASCII on construction, so this never falls back.
-        self.0.to_str().unwrap_or_default()
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 }
 
 impl Hash for AsciiKey {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        // What `str`'s `Hash` writes (`Hasher::write_str`'s default, which no hasher can
+        // override on stable Rust): the bytes, then 0xff. Written directly, it skips the
+        // text check of `as_str` on every lookup; `ascii_key_hashes_as_its_str` pins it.
+        state.write(self.0.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
@@ -463,6 +469,23 @@ mod tests {
         assert_eq!(key.extract(&req).unwrap_err().kind(), KeyErrorKind::Missing);
         req.extensions_mut().insert(Tenant(7));
         assert_eq!(key.extract(&req).unwrap(), Tenant(7));
+    }
+
+    #[test]
+    fn ascii_key_hashes_as_its_str() {
+        use std::hash::BuildHasher;
+        let std_hasher = std::collections::hash_map::RandomState::new();
+        // quick_cache's hasher (ahash), which the limiter's and the cache's maps use.
+        let fold = quick_cache::DefaultHashBuilder::default();
+        for text in ["acme", "a", "tenant-0042", "~!#"] {
+            let key = AsciiKey::try_from(text).unwrap();
+            assert_eq!(
+                std_hasher.hash_one(&key),
+                std_hasher.hash_one(text),
+                "{text}"
+            );
+            assert_eq!(fold.hash_one(&key), fold.hash_one(text), "{text}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Admitted requests allocate at most 1 time in 60, all of it moka's upkeep of the key maps'
-//! read log (nothing per request of the limiters' own): counted with testkit's allocation counter.
+//! Admitted requests allocate nothing through the GCRA limiter, and at most 1 time in 60
+//! through the quota limiter's key map (moka's upkeep of its read log; nothing per request of
+//! the limiters' own): counted with testkit's allocation counter.
 
 use std::convert::Infallible;
 
@@ -17,9 +18,13 @@ use tower_patterns_testkit::{
 #[global_allocator]
 static ALLOC: Alloc = Alloc;
 
+/// One allocation counter at a time: the tests of this file take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Header values below 4,096 come from a table; larger limits allocate their digits.
 #[test]
 fn admitted_requests_allocate_at_most_once_in_60() {
+    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -87,5 +92,65 @@ fn admitted_requests_allocate_at_most_once_in_60() {
     assert!(
         extra <= 20_000 / 60,
         "{extra} allocations on 20,000 admitted requests beyond the bare service's"
+    );
+}
+
+/// The GCRA limiter alone holds its keys in a map whose reads keep no log: an admitted
+/// request allocates nothing at all, headers included.
+#[test]
+fn gcra_admitted_requests_allocate_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let gcra = GcraLimiter::builder("alloc")
+        .key(ExtensionKey::<TenantId>::new())
+        .rate(Rate::per_second(4000))
+        .build()
+        .unwrap();
+    let inner = service_fn(|_: Request<()>| {
+        let mut res = Response::new(());
+        let headers = res.headers_mut();
+        headers.reserve(8);
+        headers.insert("content-type", http::HeaderValue::from_static("text/plain"));
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let mut bare = inner;
+    let mut svc = KeyedRateLimitLayer::new(gcra).layer(inner);
+    let tenants: Vec<TenantId> = (0..64)
+        .map(|i| TenantId::new(&format!("t{i}")).unwrap())
+        .collect();
+    let mut reqs: Vec<Request<()>> = (0..30_000)
+        .map(|i| {
+            let mut req = Request::new(());
+            req.extensions_mut().insert(tenants[i % 64].clone());
+            req
+        })
+        .collect();
+    for _ in 0..1_000 {
+        let res = call_now(&mut svc, reqs.pop().unwrap()).unwrap();
+        assert!(res.headers().contains_key("ratelimit-limit"));
+    }
+    let counter = Counter::start();
+    let bare_allocations = counter.fewest(3, || {
+        for _ in 0..5_000 {
+            drop(std::hint::black_box(
+                call_now(&mut bare, Request::new(())).unwrap(),
+            ));
+        }
+    });
+    let allocations = counter.fewest(3, || {
+        for _ in 0..5_000 {
+            let res = call_now(&mut svc, reqs.pop().unwrap()).unwrap();
+            assert!(res.status().is_success());
+            drop(std::hint::black_box(res));
+        }
+    });
+    assert_eq!(
+        allocations - bare_allocations,
+        0,
+        "allocations on 5,000 admitted requests beyond the bare service's"
     );
 }

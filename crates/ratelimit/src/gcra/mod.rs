@@ -4,9 +4,7 @@ use std::{fmt, future::Pending, hash::Hash, sync::Arc, time::Duration};
 
 use governor::state::InMemoryState;
 use tower_patterns_core::{
-    BoxError, ConfigError, KeyExtractor,
-    error::RateLimitInfo,
-    keyed::{KeyBounds, KeyedMap},
+    BoxError, ConfigError, KeyExtractor, error::RateLimitInfo, keyed::KeyBounds,
 };
 
 #[cfg(doc)]
@@ -19,8 +17,10 @@ use crate::{
     stats::{Refusal, Stats},
 };
 
+mod cells;
 mod clock;
 
+use cells::Cells;
 use clock::{Governor, TokioClock, check_fresh};
 
 struct Cell {
@@ -32,7 +32,8 @@ struct Cell {
 /// [`GcraLimiter::builder`] and apply it with [`KeyedRateLimitLayer`](crate::KeyedRateLimitLayer).
 ///
 /// Each key has its own `governor` limiter (one atomic word of state, lock-free), held in a
-/// bounded map ([`KeyedMap`]: at most `max_keys`, TinyLFU admission, idle keys dropped). That
+/// bounded map: at most `max_keys`, S3-FIFO eviction (keys seen once leave first), and with an
+/// idle timeout core's [`KeyedMap`](tower_patterns_core::keyed::KeyedMap) instead, which drops keys idle that long. That
 /// is what closes governor's gap of one quota for all keys: the rate is chosen per request
 /// (`rate_for`), and a key whose rate changes (a plan upgrade) gets a fresh limiter at the new
 /// rate at once.
@@ -48,7 +49,7 @@ pub struct GcraLimiter<X, Key, P = UseDefault> {
     extractor: X,
     rate_for: P,
     default: Rate,
-    cells: KeyedMap<Key, Arc<Cell>>,
+    cells: Cells<Key, Arc<Cell>>,
     clock: TokioClock,
     stats: Arc<Stats>,
 }
@@ -81,7 +82,7 @@ impl GcraLimiter<NoKey, (), UseDefault> {
 
 impl<X, Key, P> GcraLimiter<X, Key, P>
 where
-    Key: Hash + Eq + Send + Sync + 'static,
+    Key: Hash + Eq + Clone + Send + Sync + 'static,
 {
     /// Takes one request from `key`'s limit at `rate`.
     ///
@@ -137,7 +138,6 @@ where
 
     /// The number of keys held, after pending maintenance.
     pub fn keys(&self) -> u64 {
-        self.cells.sync();
         self.cells.len()
     }
 
@@ -145,7 +145,7 @@ where
     pub fn reset<Q>(&self, key: &Q)
     where
         Key: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Eq + quick_cache::Equivalent<Key> + ?Sized,
     {
         self.cells.remove(key);
     }
@@ -156,7 +156,7 @@ where
         KeyedRateLimitHandle::new(
             self.name.clone(),
             Limit::Rate(self.default),
-            Arc::new(self.cells.clone()),
+            self.cells.source(),
             self.stats.clone(),
         )
     }
@@ -171,7 +171,7 @@ impl<X, Key, P> GcraLimiter<X, Key, P> {
 
 impl<X, Key, P> HasHandle for GcraLimiter<X, Key, P>
 where
-    Key: Hash + Eq + Send + Sync + 'static,
+    Key: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn handle(&self) -> KeyedRateLimitHandle {
         Self::handle(self)
@@ -181,7 +181,7 @@ where
 impl<Req, X, P> Limiter<Req> for GcraLimiter<X, X::Key, P>
 where
     X: KeyExtractor<Req>,
-    X::Key: Hash + Eq + Send + Sync + 'static,
+    X::Key: Hash + Eq + Clone + Send + Sync + 'static,
     P: PerRequest<Req, Rate>,
 {
     type Future = Pending<Result<Option<RateLimitInfo>, BoxError>>;
@@ -275,14 +275,10 @@ impl<X, P> GcraLimiterBuilder<X, P> {
     /// A [`ConfigError`] for an invalid rate or a zero `max_keys`.
     pub fn build<Key>(self) -> Result<GcraLimiter<X, Key, P>, ConfigError>
     where
-        Key: Hash + Eq + Send + Sync + 'static,
+        Key: Hash + Eq + Clone + Send + Sync + 'static,
     {
         self.default.validate()?;
-        let cells = KeyedMap::builder().bounds(KeyBounds {
-            max_keys: self.bounds.max_keys,
-            idle: self.effective_idle(),
-        });
-        let cells = cells.build()?;
+        let cells = Cells::new(self.bounds.max_keys, self.effective_idle())?;
         let stats = Arc::new(Stats::register(&self.name));
         Ok(GcraLimiter {
             name: self.name,
