@@ -13,6 +13,8 @@ use std::{
 };
 
 use serde::Deserialize;
+
+use crate::ttl::TtlMap;
 use sha2::{Digest, Sha256};
 use tower_patterns_core::{
     ConfigError,
@@ -260,10 +262,10 @@ impl TenantStore for StaticTenants {
 /// database's notifications. Otherwise a change shows when the entry expires.
 pub struct Registry<S> {
     store: Arc<S>,
-    tenants: moka::sync::Cache<TenantId, Arc<TenantRecord>>,
-    unknown: moka::sync::Cache<TenantId, ()>,
-    keys: moka::sync::Cache<ApiKeyHash, TenantId>,
-    unknown_keys: moka::sync::Cache<ApiKeyHash, ()>,
+    tenants: TtlMap<TenantId, Arc<TenantRecord>>,
+    unknown: TtlMap<TenantId, ()>,
+    keys: TtlMap<ApiKeyHash, TenantId>,
+    unknown_keys: TtlMap<ApiKeyHash, ()>,
     state: Arc<State>,
 }
 
@@ -304,7 +306,7 @@ impl<S> Clone for Registry<S> {
 impl<S> fmt::Debug for Registry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("cached", &self.tenants.entry_count())
+            .field("cached", &self.tenants.live())
             .finish_non_exhaustive()
     }
 }
@@ -445,10 +447,10 @@ impl<S: TenantStore> Registry<S> {
     /// (the answer may predate the change it announced). Checked after the insert too, so an
     /// invalidation between the check and the insert cannot leave the answer behind: either
     /// it removes the entry, or the second check sees it and does.
-    fn cache_since<K, V>(&self, epoch: u64, cache: &moka::sync::Cache<K, V>, key: &K, value: V)
+    fn cache_since<K, V>(&self, epoch: u64, cache: &TtlMap<K, V>, key: &K, value: V)
     where
-        K: Clone + std::hash::Hash + Eq + Send + Sync + 'static,
-        V: Clone + Send + Sync + 'static,
+        K: Clone + std::hash::Hash + Eq,
+        V: Clone,
     {
         if self.state.epoch.load(Ordering::SeqCst) != epoch {
             return;
@@ -486,25 +488,21 @@ impl<S: TenantStore> Registry<S> {
     }
 }
 
-fn cache<K, V>(ttl: Duration, max: u64) -> moka::sync::Cache<K, V>
+fn cache<K, V>(ttl: Duration, max: u64) -> TtlMap<K, V>
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: std::hash::Hash + Eq + Clone,
+    V: Clone,
 {
-    moka::sync::Cache::builder()
-        .max_capacity(max)
-        .time_to_live(ttl)
-        .build()
+    TtlMap::new(ttl, max)
 }
 
-/// The entries of `cache`, after pending maintenance.
-fn entries<K, V>(cache: &moka::sync::Cache<K, V>) -> u64
+/// The live entries of `cache`.
+fn entries<K, V>(cache: &TtlMap<K, V>) -> u64
 where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    K: std::hash::Hash + Eq + Clone,
+    V: Clone,
 {
-    cache.run_pending_tasks();
-    cache.entry_count()
+    cache.live()
 }
 
 fn unavailable(err: &StoreError) -> TenantError {
