@@ -1,6 +1,11 @@
 //! Circuit breaker, closed success path, side by side in one run:
 //! the bare service, tower's `LoadShed` (tower's nearest built-in: a fail-fast wrapper),
-//! this crate's breaker (also leaked to a `&'static`, `tower_patterns_static`), tower-resilience 0.13's breaker and failsafe 1.3's breaker.
+//! this crate's breaker (also leaked to a `&'static`, `tower_patterns_static`; and one breaker
+//! per key over 16 keys, `tower_patterns_keyed_16`), tower-resilience 0.13's breaker and failsafe 1.3's breaker.
+//!
+//! The fallback's success path is here too: `FallbackLayer::value` over a service that
+//! succeeds (`tower_patterns_fallback`) beside tower's `MapResult` doing the same
+//! (`tower_map_result_fallback`).
 //!
 //! - `breaker_single`: ns per call, one task, polled directly (no runtime in the loop).
 //! - `breaker_contended`: calls/s with 64 tasks on a 2-worker tokio runtime; tower's
@@ -14,8 +19,10 @@ use std::task::{Context, Poll};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use support::Bare;
-use tower::{Layer, Service, limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer};
-use tower_patterns::breaker::CircuitBreakerLayer;
+use tower::{
+    Layer, Service, limit::ConcurrencyLimitLayer, load_shed::LoadShedLayer, util::MapResultLayer,
+};
+use tower_patterns::breaker::{CircuitBreakerLayer, FallbackLayer};
 
 /// failsafe is not a tower layer: this is how a tower user wraps it.
 #[derive(Clone)]
@@ -51,6 +58,21 @@ fn ours() -> CircuitBreakerLayer {
     CircuitBreakerLayer::builder("bench").build().unwrap()
 }
 
+/// One breaker per key, 16 keys (the request modulo 16).
+type ByKey = tower_patterns::key::KeyFn<fn(&u64) -> Result<u64, tower_patterns::KeyError>>;
+
+fn keyed() -> tower_patterns::breaker::KeyedCircuitBreakerLayer<ByKey, u64> {
+    fn by_16(n: &u64) -> Result<u64, tower_patterns::KeyError> {
+        Ok(n % 16)
+    }
+    tower_patterns::breaker::KeyedCircuitBreakerLayer::builder("bench_keyed")
+        .key(tower_patterns::key::key_fn(
+            by_16 as fn(&u64) -> Result<u64, tower_patterns::KeyError>,
+        ))
+        .build()
+        .unwrap()
+}
+
 fn resilience() -> tower_resilience::circuitbreaker::CircuitBreakerLayer {
     tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .build()
@@ -72,6 +94,17 @@ macro_rules! each_peer {
         );
         $case!("tower_patterns", ours().layer(Bare));
         $case!("tower_patterns_static", ours().leak().layer(Bare));
+        $case!("tower_patterns_keyed_16", keyed().layer(Bare));
+        $case!(
+            "tower_patterns_fallback",
+            FallbackLayer::value(0u64).layer(Bare)
+        );
+        $case!(
+            "tower_map_result_fallback",
+            MapResultLayer::new(|r: Result<u64, std::convert::Infallible>| r
+                .or(Ok::<_, std::convert::Infallible>(0)))
+            .layer(Bare)
+        );
         $case!("tower_resilience_0_13", resilience().layer(Bare));
         $case!(
             "failsafe_1_3",

@@ -5,6 +5,8 @@
 //! store (`tower_patterns_moka`), and tower-resilience 0.13's cache layer. Keys cycle over 1,024
 //! entries loaded before measuring, so every measured call is a hit.
 //!
+//! - `cache_write`: write-through and write-behind beside the write and a store insert by hand
+//!   and a bounded `mpsc` send.
 //! - `cache_single`: ns per call, one task, polled directly (no runtime in the loop).
 //! - `cache_contended`: calls/s at 1, 2 and 64 tasks on a 2-worker tokio runtime.
 //!
@@ -227,9 +229,143 @@ macro_rules! each_peer {
 
 support::bench_groups!("cache", each_peer);
 
+/// A write of `(key, value)` to the source of record (answers the stored value at once).
+#[derive(Clone, Copy)]
+struct Source;
+
+impl Service<(u64, u64)> for Source {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (_, v): (u64, u64)) -> Self::Future {
+        ready(Ok(v))
+    }
+}
+
+/// The write then the cache insert by hand: what a write-through layer replaces.
+#[derive(Clone)]
+struct WriteThenInsert(QuickCacheStore<u64, u64>);
+
+impl Service<(u64, u64)> for WriteThenInsert {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (k, v): (u64, u64)) -> Self::Future {
+        let now = tokio::time::Instant::now();
+        self.0.insert(
+            tower_patterns::cache::ScopedKey::new(None, k),
+            tower_patterns::cache::Entry::new(v, now, Duration::from_secs(3600), Duration::ZERO),
+        );
+        ready(Ok(v))
+    }
+}
+
+/// The cache the write benchmarks update.
+type U64Cache = CacheLayer<
+    tower_patterns::key::KeyFn<fn(&u64) -> Result<u64, KeyError>>,
+    tower_patterns::cache::Unscoped,
+    u64,
+    u64,
+    QuickCacheStore<u64, u64>,
+>;
+
+fn cache_of_u64() -> U64Cache {
+    CacheLayer::builder("bench_writes")
+        .store(QuickCacheStore::builder().max_entries(10_000).build())
+        .key(key_fn(by_key as fn(&u64) -> Result<u64, KeyError>))
+        .unscoped()
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
+fn write_key(w: &(u64, u64)) -> Result<u64, KeyError> {
+    Ok(w.0)
+}
+
+/// Writes, one task: write-through (the source, then the cache updated) beside the write and
+/// a store insert by hand; write-behind (the cache updated, the write queued and coalesced
+/// per key, flushed in batches by its worker on the runtime) beside a bounded tokio `mpsc`
+/// send drained by a task.
+fn writes(c: &mut criterion::Criterion) {
+    let rt = support::two_workers();
+    let _context = rt.enter();
+    let mut group = c.benchmark_group("cache_write");
+    let mut i = 0u64;
+    let mut bare = Source;
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::poll_to_end(bare.call((i % KEYS, i)))
+        })
+    });
+    let mut by_hand = WriteThenInsert(QuickCacheStore::builder().max_entries(10_000).build());
+    group.bench_function("write_then_quick_cache_insert", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::poll_to_end(by_hand.call((i % KEYS, i)))
+        })
+    });
+    let cache = cache_of_u64();
+    let mut through = tower_patterns::cache::WriteThroughLayer::builder("bench_through")
+        .cache(cache.handle())
+        .key(key_fn(
+            write_key as fn(&(u64, u64)) -> Result<u64, KeyError>,
+        ))
+        .mode(tower_patterns::cache::WriteThroughMode::update(
+            |v: &u64| Some(*v),
+        ))
+        .unscoped()
+        .build()
+        .unwrap()
+        .layer(Source);
+    group.bench_function("tower_patterns_write_through", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::one_call_with(&mut through, (i % KEYS, i))
+        })
+    });
+    let behind_cache = cache_of_u64();
+    let writer = tower::service_fn(
+        |_batch: Vec<(tower_patterns::cache::ScopedKey<u64>, u64)>| {
+            std::future::ready(Ok::<_, Infallible>(()))
+        },
+    );
+    let (mut behind, _handle) = tower_patterns::cache::WriteBehind::builder("bench_behind")
+        .cache(behind_cache.handle())
+        .writer(writer)
+        .build()
+        .unwrap();
+    group.bench_function("tower_patterns_write_behind", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::one_call_with(&mut behind, (None, i % KEYS, i))
+        })
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, u64)>(10_000);
+    rt.spawn(async move { while rx.recv().await.is_some() {} });
+    group.bench_function("tokio_mpsc_send", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            support::poll_to_end(tx.send((i % KEYS, i))).unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = support::config();
-    targets = single, contended
+    targets = single, contended, writes
 }
 criterion_main!(benches);

@@ -11,7 +11,12 @@
 //!   `RateLimit-*` headers; and the tenant layer (header, cached registry) before a limit per
 //!   tenant.
 //!
-//! The edge stack (the "tenant + rate limit + cache hit"), over a page whose body
+//! Also `tower_patterns_quota_no_headers` (a quota per tenant header, a month's allowance
+//! that never runs out) and, over the page, `tower_patterns_http_cache_hit` (the RFC 9111
+//! cache answering a stored `200`; its peers have no HTTP cache, so `bare_page` is its
+//! reference).
+//!
+//! The edge stack (tenant, rate limit, cache hit), over a page whose body
 //! becomes axum's `Body` as a handler's would:
 //! - `bare_page`: the page alone;
 //! - `tower_governor_and_tower_resilience_cache`: the nearest the ecosystem offers (a keyed
@@ -36,9 +41,9 @@ mod web;
 use criterion::{criterion_group, criterion_main};
 use tower::Layer;
 use web::{
-    Ok200, Page, governor, governor_same_burst, http, ours_cache_layer, ours_limit_only,
-    ours_tenant_limit_layer, tenant_layer, to_axum, tower_resilience_cache,
-    tower_resilience_ratelimiter, warmed,
+    Ok200, Page, governor, governor_same_burst, http, ours_cache_layer, ours_http_cache,
+    ours_limit_only, ours_quota_only, ours_tenant_limit_layer, tenant_layer, to_axum,
+    tower_resilience_cache, tower_resilience_ratelimiter, warmed,
 };
 
 /// Invokes `$case!(name, service)` for every service compared.
@@ -58,7 +63,15 @@ macro_rules! each_peer {
             "tower_patterns_tenant_and_ratelimit",
             http(tenant_layer().layer(ours_tenant_limit_layer().layer(Ok200)))
         );
+        $case!(
+            "tower_patterns_quota_no_headers",
+            http(ours_quota_only(Ok200))
+        );
         $case!("bare_page", http(to_axum().layer(Page)));
+        $case!(
+            "tower_patterns_http_cache_hit",
+            warmed(http(ours_http_cache().layer(Page)))
+        );
         $case!(
             "tower_governor_and_tower_resilience_cache",
             warmed(http(governor(

@@ -199,6 +199,39 @@ where
         .layer(inner)
 }
 
+/// Our quota per tenant header: a month's allowance that never runs out, without headers.
+pub fn ours_quota_only<S>(
+    inner: S,
+) -> impl Service<Request<()>, Response = S::Response, Error = BoxError, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    S: Service<Request<()>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+{
+    let limiter = tower_patterns::ratelimit::QuotaLimiter::builder("bench_quota")
+        .key(HeaderKey::new(http::HeaderName::from_static("x-tenant-id")))
+        .quota(tower_patterns::ratelimit::Quota::new(
+            u32::MAX,
+            tower_patterns::ratelimit::Period::Every(Duration::from_secs(30 * 24 * 3600)),
+        ))
+        .build()
+        .unwrap();
+    KeyedRateLimitLayer::new(limiter)
+        .headers(false)
+        .layer(inner)
+}
+
+/// Our RFC 9111 HTTP cache, storing the page for an hour (it sends no `Cache-Control`).
+pub fn ours_http_cache() -> tower_patterns::cache::http::HttpCacheLayer {
+    tower_patterns::cache::http::HttpCacheLayer::builder("bench_http")
+        .default_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
 /// Our rate limit per resolved tenant.
 pub fn ours_tenant_limit_layer()
 -> KeyedRateLimitLayer<GcraLimiter<ExtensionKey<TenantId>, TenantId>> {

@@ -54,6 +54,17 @@ where
     std::hint::black_box(poll_to_end(svc.call(std::hint::black_box(i))).unwrap());
 }
 
+/// [`one_call`] with any request.
+pub fn one_call_with<S, R>(svc: &mut S, req: R)
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    while svc.poll_ready(&mut cx).is_pending() {}
+    std::hint::black_box(poll_to_end(svc.call(std::hint::black_box(req))).unwrap());
+}
+
 pub const TASKS: u64 = 64;
 
 pub fn contended_run<S>(rt: &tokio::runtime::Runtime, svc: &S, iters: u64) -> Duration

@@ -24,7 +24,9 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Header values below 4,096 come from a table; larger limits allocate their digits.
 #[test]
 fn admitted_requests_allocate_at_most_once_in_60() {
-    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -99,7 +101,9 @@ fn admitted_requests_allocate_at_most_once_in_60() {
 /// request allocates nothing at all, headers included.
 #[test]
 fn gcra_admitted_requests_allocate_nothing() {
-    let _turn = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
