@@ -1245,3 +1245,102 @@ async fn a_leaked_breaker_is_the_same_breaker() {
         "the probe's success closed it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_is_ready_without_its_inner_service() {
+    let layer = CircuitBreakerLayer::builder("ready-open")
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = tower_test::mock::pair::<(), ()>();
+    let mut svc = layer.layer(inner);
+    handle.allow(2);
+    for _ in 0..2 {
+        std::future::poll_fn(|cx| Service::<()>::poll_ready(&mut svc, cx))
+            .await
+            .unwrap();
+        let call = svc.call(());
+        let (_, reply) = handle.next_request().await.unwrap();
+        reply.send_error(BoxError::from("down"));
+        assert!(call.await.is_err());
+    }
+    assert_eq!(layer.handle().state(), State::Open);
+    // The inner service has no capacity now: while open, readiness does not wait on it, and
+    // the call fails fast.
+    handle.allow(0);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        Service::<()>::poll_ready(&mut svc, &mut cx).is_ready(),
+        "ready at once while open"
+    );
+    let err = svc.call(()).await.unwrap_err();
+    assert_eq!(rejection(&err).kind(), RejectionKind::CircuitOpen);
+    // Once the open time is over, readiness is the inner service's again (for the probe).
+    advance(Duration::from_secs(10)).await;
+    assert!(
+        Service::<()>::poll_ready(&mut svc, &mut cx).is_pending(),
+        "waits for the inner service before a probe"
+    );
+}
+
+/// Shows the guard it is given, then records the outcome as `ErrorsAsFailures` would.
+#[derive(Clone, Default)]
+struct ShowGuard(Arc<Mutex<Vec<String>>>);
+
+impl<Res, E, G: tower_patterns_core::classify::OnOutcome + std::fmt::Debug>
+    tower_patterns_core::classify::Finish<Res, E, G> for ShowGuard
+{
+    type Response = Res;
+
+    fn finish(&self, result: Result<Res, E>, guard: G) -> Result<Res, E> {
+        self.0.lock().unwrap().push(format!("{guard:?}"));
+        guard.on_outcome(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
+        result
+    }
+}
+
+#[test]
+fn debug_output_names_the_breaker_and_its_state() {
+    let layer = CircuitBreakerLayer::builder("debugged").build().unwrap();
+    let shown = format!("{layer:?}");
+    assert!(
+        shown.contains("debugged") && shown.contains("Closed"),
+        "{shown}"
+    );
+    let svc = layer
+        .clone()
+        .layer(service_fn(|ok: bool| async move { Ok::<_, BoxError>(ok) }));
+    let shown = format!("{svc:?}");
+    assert!(
+        shown.contains("debugged") && shown.contains("Closed"),
+        "{shown}"
+    );
+    let leaked = layer.leak();
+    let shown = format!("{leaked:?}");
+    assert!(
+        shown.contains("debugged") && shown.contains("Closed"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn the_guard_shows_its_breaker_and_permit() {
+    let shown = ShowGuard::default();
+    let layer = CircuitBreakerLayer::builder("guarded")
+        .classifier(shown.clone())
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|ok: bool| async move { Ok::<_, BoxError>(ok) }));
+    assert!(svc.oneshot(true).await.unwrap());
+    let shown = shown.0.lock().unwrap().join("");
+    assert!(
+        shown.contains("guarded") && shown.contains("Closed"),
+        "{shown}"
+    );
+}

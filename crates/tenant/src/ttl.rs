@@ -107,6 +107,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_expired_entry_is_removed_when_read_and_a_newer_one_is_kept() {
+        let map = TtlMap::new(Duration::from_secs(10), 100);
+        map.insert("a".to_owned(), 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(map.live(), 0, "not live at exactly its ttl");
+        assert_eq!(map.get("a"), None);
+        assert_eq!(map.map.len(), 0, "the expired entry left the map");
+        map.insert("a".to_owned(), 2);
+        assert_eq!(map.get("a"), Some(2));
+        assert_eq!(map.map.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_bound_holds() {
         let map = TtlMap::new(Duration::from_secs(10), 100);
         for i in 0..10_000u32 {

@@ -317,6 +317,18 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_the_counts_and_the_settings() {
+        let builder = QuickCacheStore::<u64, u64>::builder().max_entries(7);
+        assert!(format!("{builder:?}").contains("max: 7"), "{builder:?}");
+        let store = builder.build();
+        store.insert(
+            ScopedKey::new(None, 1),
+            Entry::new(1, Instant::now(), Duration::from_secs(60), Duration::ZERO),
+        );
+        assert!(format!("{store:?}").contains("entries: 1"), "{store:?}");
+    }
+
+    #[test]
     fn the_bound_holds_and_evictions_are_counted() {
         let store = QuickCacheStore::<u64, u64>::builder()
             .max_entries(100)
