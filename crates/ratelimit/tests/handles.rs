@@ -2,7 +2,7 @@
 //! from a `metrics-util` debugging recorder: refusals are counted by kind, admitted requests
 //! touch no metric.
 
-use std::{convert::Infallible, net::TcpListener, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
 use http::{Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -272,7 +272,7 @@ async fn the_redis_handle_reports_an_unreachable_redis() {
     use tower_patterns_ratelimit::redis::{RedisLimiter, Unavailable};
 
     let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
     let recorder = DebuggingRecorder::new();
