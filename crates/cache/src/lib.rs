@@ -3,7 +3,8 @@
 //!
 //! - [`CacheLayer`]: **cache-aside** in front of any service whose response is `Clone`. Keys are
 //!   scoped by tenant ([`ScopedKey`]), so one tenant never reads another's entry. Hits are
-//!   answered from the local tier with no allocation and no lock. Misses of one key make one
+//!   answered from the local tier with no allocation (and, on `MokaStore`, no lock; on
+//!   `QuickCacheStore` one uncontended shard read lock). Misses of one key make one
 //!   inner call however many callers wait (**single flight**), and the load goes on when the
 //!   caller that started it is dropped. TTL jitter, **XFetch** early refresh,
 //!   **stale-while-revalidate**, **stale-if-error** (an open breaker counts), **negative

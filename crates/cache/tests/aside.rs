@@ -14,8 +14,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::{Instant, advance, sleep};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_patterns_cache::{
-    CacheLayer, LoadError, WriteThroughLayer, WriteThroughMode,
-    store::{MokaStore, QuickCacheStore},
+    CacheLayer, LoadError, WriteThroughLayer, WriteThroughMode, store::MokaStore,
 };
 use tower_patterns_core::{
     BoxError, KeyError, Rejected, RejectionKind, key::key_fn, tenant::TenantId,
@@ -82,7 +81,7 @@ type Layer_ = CacheLayer<
     tower_patterns_cache::Unscoped,
     u64,
     String,
-    QuickCacheStore<u64, String>,
+    MokaStore<u64, String>,
 >;
 
 fn by_id(k: &u64) -> Result<u64, KeyError> {
@@ -96,18 +95,18 @@ fn layer(
             tower_patterns_cache::Unscoped,
             u64,
             String,
-            QuickCacheStore<u64, String>,
+            MokaStore<u64, String>,
         >,
     ) -> tower_patterns_cache::CacheBuilder<
         tower_patterns_core::key::KeyFn<fn(&u64) -> Result<u64, KeyError>>,
         tower_patterns_cache::Unscoped,
         u64,
         String,
-        QuickCacheStore<u64, String>,
+        MokaStore<u64, String>,
     >,
 ) -> Layer_ {
     let b = CacheLayer::builder("test")
-        .store(QuickCacheStore::builder().build())
+        .store(MokaStore::builder().build())
         .key(key_fn(by_id as fn(&u64) -> Result<u64, KeyError>))
         .unscoped()
         .jitter(0.0)

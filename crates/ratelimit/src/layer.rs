@@ -124,9 +124,9 @@ impl<S, L> Layer<S> for KeyedRateLimitLayer<L> {
 /// `QuotaExceeded`, with `retry_after` and the limit's state, which the HTTP mapping of
 /// `tower-patterns-core` answers with 429, `Retry-After` and the `RateLimit-*` headers. A
 /// missing or malformed key is a `KeyError` (400). The service is ready when its inner service
-/// is; a decided limiter adds no lock to the allowed path, and no allocation beyond its key
-/// map's upkeep (moka's read log: at most 1 in 60 admitted requests for the in-process
-/// limiters).
+/// is; a decided limiter adds no allocation to the allowed path (the GCRA limiter none at all;
+/// the quota limiter and a GCRA limiter with an idle timeout at most 1 in 60 admitted requests,
+/// moka's read-log upkeep), and at most a shard's read lock (the GCRA limiter's key map).
 pub struct KeyedRateLimit<S, L> {
     inner: S,
     limiter: Arc<L>,

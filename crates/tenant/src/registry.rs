@@ -306,7 +306,7 @@ impl<S> Clone for Registry<S> {
 impl<S> fmt::Debug for Registry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("cached", &self.tenants.live())
+            .field("cached", &self.tenants.held())
             .finish_non_exhaustive()
     }
 }
@@ -496,7 +496,7 @@ where
     TtlMap::new(ttl, max)
 }
 
-/// The live entries of `cache`.
+/// The live entries of `cache` (it walks the map: for reports).
 fn entries<K, V>(cache: &TtlMap<K, V>) -> u64
 where
     K: std::hash::Hash + Eq + Clone,

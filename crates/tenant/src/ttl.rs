@@ -9,8 +9,12 @@
 
 use std::{hash::Hash, sync::Arc, time::Duration};
 
-use quick_cache::{Equivalent, sync::Cache};
+use quick_cache::{
+    DefaultHashBuilder, Equivalent, OptionsBuilder, UnitWeighter,
+    sync::{Cache, DefaultLifecycle},
+};
 use tokio::time::Instant;
+use tower_patterns_core::keyed::sharded_bound;
 
 /// A bounded map of values that live `ttl` each. Cloning shares it.
 pub(crate) struct TtlMap<K, V> {
@@ -34,9 +38,20 @@ where
 {
     /// At most `max` entries, each served for `ttl` after it was stored.
     pub(crate) fn new(ttl: Duration, max: u64) -> Self {
-        let max = usize::try_from(max.max(1)).unwrap_or(usize::MAX);
+        let (shards, weight) = sharded_bound(max.max(1));
+        let options = OptionsBuilder::new()
+            .shards(shards)
+            .estimated_items_capacity(usize::try_from(weight).unwrap_or(usize::MAX).min(1 << 16))
+            .weight_capacity(weight)
+            .build()
+            .expect("both capacities are set");
         Self {
-            map: Arc::new(Cache::new(max)),
+            map: Arc::new(Cache::with_options(
+                options,
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                DefaultLifecycle::default(),
+            )),
             ttl,
         }
     }
@@ -57,7 +72,17 @@ where
 
     /// Stores `value` under `key` for the map's time to live.
     pub(crate) fn insert(&self, key: K, value: V) {
-        self.map.insert(key, (value, Instant::now() + self.ttl));
+        // A time to live too long for the clock (`Duration::MAX` for "never") lasts a century.
+        let now = Instant::now();
+        let until = now
+            .checked_add(self.ttl)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        self.map.insert(key, (value, until));
+    }
+
+    /// Entries held, expired ones not yet removed included (cheap, for `Debug`).
+    pub(crate) fn held(&self) -> u64 {
+        self.map.len() as u64
     }
 
     /// Removes `key`.
@@ -73,7 +98,7 @@ where
         self.map.clear();
     }
 
-    /// The live entries (reports only: it walks the map).
+    /// The live entries (reports only: it walks the map and clones each entry).
     pub(crate) fn live(&self) -> u64 {
         let now = Instant::now();
         self.map
@@ -117,6 +142,14 @@ mod tests {
         map.insert("a".to_owned(), 2);
         assert_eq!(map.get("a"), Some(2));
         assert_eq!(map.map.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ttl_too_long_for_the_clock_lasts_instead_of_panicking() {
+        let map = TtlMap::new(Duration::MAX, 10);
+        map.insert(1u32, 1);
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        assert_eq!(map.get(&1), Some(1));
     }
 
     #[tokio::test(start_paused = true)]

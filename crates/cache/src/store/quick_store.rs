@@ -4,7 +4,7 @@ use std::sync::{
 };
 
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
-use tower_patterns_core::tenant::TenantId;
+use tower_patterns_core::{keyed::sharded_bound, tenant::TenantId};
 
 use super::{CacheKey, Store, StoreError, StoreStats};
 use crate::{Entry, ScopedKey};
@@ -14,10 +14,14 @@ type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 /// The fastest in-process store: a `quick_cache` map (S3-FIFO eviction, sharded, one
 /// uncontended read lock per hit, no read log and no clock of its own).
 ///
-/// A hit costs about a fifth of a moka hit on the 2-core reference machine (see
-/// `docs/performance.md`, cache section), which is why the examples and the HTTP cache use it.
+/// A hit through the cache-aside layer costs about a third of one on moka on the 2-core
+/// reference machine (see `docs/performance.md`, cache section), which is why the examples
+/// start with it.
 /// Bounded by entry count, or by weight with [`QuickCacheStoreBuilder::weigher`] (a weight of 0
-/// counts as 1, so every entry can be evicted). Like [`MokaStore`](super::MokaStore), every
+/// counts as 1, so every entry can be evicted). The map is sharded (a few shards per core,
+/// fewer for small bounds), each shard holding an equal part of the bound: the total never
+/// exceeds it (it may be rounded down by up to an eighth), and with a weigher an entry heavier
+/// than one shard's part is not stored. Like [`MokaStore`](super::MokaStore), every
 /// entry carries its own times and the cache checks them on every read with Tokio's clock, so
 /// an entry past its last servable moment is never served; it keeps its slot until evicted for
 /// room or overwritten.
@@ -48,10 +52,10 @@ type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 pub struct QuickCacheStore<K, V> {
     cache: Arc<QuickMap<K, V>>,
     evictions: Arc<AtomicU64>,
+    count: bool,
 }
 
-type QuickMap<K, V> =
-    Cache<ScopedKey<K>, Entry<V>, EntryWeight<K, V>, DefaultHashBuilder, CountEvictions>;
+type QuickMap<K, V> = Cache<ScopedKey<K>, Entry<V>, EntryWeight<K, V>, DefaultHashBuilder, Evicted>;
 
 /// The weight of an entry: 1, or the user's weigher's (at least 1).
 struct EntryWeight<K, V>(Option<Weigher<K, V>>);
@@ -72,20 +76,35 @@ impl<K, V> Weighter<ScopedKey<K>, Entry<V>> for EntryWeight<K, V> {
     }
 }
 
-/// Counts evictions for room, when asked to.
+/// Hands what an insert pushed out back to the insert, which drops it after the shard's lock
+/// is released and counts the evictions for room (`quick_cache` reports the value a key
+/// replaces the same way, and an entry too heavy to store as the new one itself).
 #[derive(Clone)]
-struct CountEvictions(Option<Arc<AtomicU64>>);
+struct Evicted;
 
-impl<K, V> Lifecycle<K, V> for CountEvictions {
-    type RequestState = ();
+/// What one insert pushed out: the first two entries kept (to drop outside the lock and to
+/// tell a replaced value from an eviction), the others counted.
+struct Pushed<K, V> {
+    kept: [Option<(ScopedKey<K>, Entry<V>)>; 2],
+    more: u64,
+}
+
+impl<K, V> Lifecycle<ScopedKey<K>, Entry<V>> for Evicted {
+    type RequestState = Pushed<K, V>;
 
     #[inline]
-    fn begin_request(&self) {}
+    fn begin_request(&self) -> Pushed<K, V> {
+        Pushed {
+            kept: [None, None],
+            more: 0,
+        }
+    }
 
     #[inline]
-    fn on_evict(&self, _: &mut (), _: K, _: V) {
-        if let Some(count) = &self.0 {
-            count.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, pushed: &mut Pushed<K, V>, key: ScopedKey<K>, entry: Entry<V>) {
+        match pushed.kept.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((key, entry)),
+            None => pushed.more += 1,
         }
     }
 }
@@ -95,6 +114,7 @@ impl<K, V> Clone for QuickCacheStore<K, V> {
         Self {
             cache: self.cache.clone(),
             evictions: self.evictions.clone(),
+            count: self.count,
         }
     }
 }
@@ -140,7 +160,16 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> QuickCacheStore<K, V> {
 
     /// Stores `entry` in this process.
     pub fn insert(&self, key: ScopedKey<K>, entry: Entry<V>) {
-        self.cache.insert(key, entry);
+        let inserted = self.count.then(|| key.clone());
+        let pushed = self.cache.insert_with_lifecycle(key, entry);
+        if let Some(inserted) = inserted {
+            // The key's own old value (replaced) or new one (too heavy) is no eviction for room.
+            let kept = pushed.kept.iter().flatten();
+            let evicted = kept.filter(|(k, _)| *k != inserted).count() as u64 + pushed.more;
+            if evicted > 0 {
+                self.evictions.fetch_add(evicted, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Removes `key` from this process.
@@ -189,8 +218,9 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> QuickCacheStoreBuilder<K, V>
         self
     }
 
-    /// Counts evictions for room (for [`StoreStats::evictions`] and the cache's statistics).
-    /// Off by default; it costs one atomic increment per eviction, nothing per hit.
+    /// Counts evictions for room (for [`StoreStats::evictions`] and the cache's statistics; a
+    /// value replaced by a newer one for its key is not an eviction). Off by default; it costs
+    /// a key clone per insert and an atomic add per insert that evicts, nothing per hit.
     #[must_use]
     pub fn count_evictions(mut self) -> Self {
         self.count_evictions = true;
@@ -206,20 +236,22 @@ impl<K: CacheKey, V: Clone + Send + Sync + 'static> QuickCacheStoreBuilder<K, V>
         } else {
             capacity
         });
+        let (shards, weight) = sharded_bound(self.max);
         let options = OptionsBuilder::new()
+            .shards(shards)
             .estimated_items_capacity(estimated.max(16))
-            .weight_capacity(self.max.max(1))
+            .weight_capacity(weight)
             .build()
             .expect("both capacities are set");
-        let lifecycle = CountEvictions(self.count_evictions.then(|| evictions.clone()));
         QuickCacheStore {
             cache: Arc::new(Cache::with_options(
                 options,
                 EntryWeight(self.weigher),
                 DefaultHashBuilder::default(),
-                lifecycle,
+                Evicted,
             )),
             evictions,
+            count: self.count_evictions,
         }
     }
 }
@@ -343,6 +375,19 @@ mod tests {
         let stats = store.stats();
         assert!(stats.entries <= 100, "{stats:?}");
         assert!(stats.evictions >= 9_900, "{stats:?}");
+        let before = stats.evictions;
+        let key = ScopedKey::new(None, 10_000u64);
+        for i in 0..50u64 {
+            store.insert(
+                key.clone(),
+                Entry::new(i, Instant::now(), Duration::from_secs(60), Duration::ZERO),
+            );
+        }
+        assert!(
+            store.stats().evictions <= before + 1,
+            "overwriting one key is no eviction: {:?}",
+            store.stats()
+        );
         let silent = QuickCacheStore::<u64, u64>::builder()
             .max_entries(10)
             .build();

@@ -237,6 +237,35 @@ where
     }
 }
 
+/// How to shard a `quick_cache` map so that it holds at most `max` weight in all: the
+/// number of shards (a power of two: four per core as `quick_cache` chooses, fewer for small
+/// bounds, at least 1) and the weight capacity to give it, `max` rounded down to a multiple of
+/// the shards.
+///
+/// `quick_cache` gives each shard the capacity divided by the shards, rounded up, so a bound
+/// left to its defaults grows with the machine's cores (1,000 became 1,024 on 8 cores). For
+/// this workspace's maps built on it (the cache store, the GCRA limiter's keys, the tenant
+/// registry); not part of the public API.
+///
+/// ```
+/// use tower_patterns_core::keyed::sharded_bound;
+///
+/// let (shards, capacity) = sharded_bound(1_000);
+/// assert!(shards.is_power_of_two());
+/// assert!(capacity <= 1_000 && capacity % shards as u64 == 0);
+/// assert_eq!(sharded_bound(1), (1, 1));
+/// ```
+#[doc(hidden)]
+pub fn sharded_bound(max: u64) -> (usize, u64) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let wanted = cores.saturating_mul(4).next_power_of_two();
+    // At least 8 of the bound per shard, so rounding down loses at most an eighth.
+    let most = usize::try_from((max / 8).max(1)).unwrap_or(usize::MAX);
+    let most = 1usize << (usize::BITS - 1 - most.leading_zeros());
+    let shards = wanted.min(most).max(1);
+    (shards, (max / shards as u64).max(1) * shards as u64)
+}
+
 /// How many keys a keyed layer keeps, and for how long an unused one stays: the one bound of
 /// every keyed layer (`.key_bounds(KeyBounds { .. })` on its builder), enforced by [`KeyedMap`].
 ///

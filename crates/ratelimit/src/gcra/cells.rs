@@ -1,8 +1,11 @@
 //! Where a GCRA limiter keeps its keys' cells.
 //!
 //! Without an idle timeout (the default) the cells live in a `quick_cache` map: S3-FIFO
-//! eviction (a flood of one-off keys passes through its small queue and leaves the keys in
-//! use alone, as TinyLFU admission does), a read lock per check, no read log and no clock.
+//! eviction (a flood of keys seen once passes through its small queue and leaves the keys in
+//! use alone; keys seen twice enter the main queue, so a flood of repeated invented keys can
+//! push out a key that is not being used, which is why limits should key on validated
+//! identities), a read lock per check, no read log and no clock. The bound is exact: the map
+//! is sharded with an equal part of `max_keys` per shard, rounded down.
 //! With an idle timeout they live in core's [`KeyedMap`] (moka), whose time-to-idle
 //! expiry forgets a key nobody used for that long. The first is about ten times faster per
 //! lookup on the reference machine (`benches/cache.rs`: 13 ns against 124 ns), which is most of
@@ -11,12 +14,12 @@
 use std::{borrow::Borrow, hash::Hash, sync::Arc};
 
 use quick_cache::{
-    DefaultHashBuilder, Equivalent, OptionsBuilder, UnitWeighter,
+    DefaultHashBuilder, OptionsBuilder, UnitWeighter,
     sync::{Cache, DefaultLifecycle, EntryAction, EntryResult},
 };
 use tower_patterns_core::{
     ConfigError,
-    keyed::{KeyBounds, KeyedMap},
+    keyed::{KeyBounds, KeyedMap, sharded_bound},
 };
 
 use crate::handle::Source;
@@ -67,9 +70,11 @@ where
             ));
         }
         let capacity = usize::try_from(max_keys).unwrap_or(usize::MAX);
+        let (shards, weight) = sharded_bound(max_keys);
         let options = OptionsBuilder::new()
+            .shards(shards)
             .estimated_items_capacity(capacity.min(1 << 16))
-            .weight_capacity(max_keys)
+            .weight_capacity(weight)
             .build()
             .map_err(|_| ConfigError::new("key_bounds", "max_keys is out of range"))?;
         Ok(Self::Bounded(Arc::new(Bounded {
@@ -126,7 +131,7 @@ where
     pub(super) fn remove<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + Equivalent<K> + ?Sized,
+        Q: Hash + Eq + ?Sized,
     {
         match self {
             Self::Bounded(b) => {

@@ -145,7 +145,7 @@ where
     pub fn reset<Q>(&self, key: &Q)
     where
         Key: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + quick_cache::Equivalent<Key> + ?Sized,
+        Q: Hash + Eq + ?Sized,
     {
         self.cells.remove(key);
     }
@@ -252,9 +252,9 @@ impl<X, P> GcraLimiterBuilder<X, P> {
     ///
     /// The idle time is never less than the refill time of the slowest rate, so a dropped key
     /// comes back as full as it would have been. No idle timeout is the default: `max_keys`
-    /// bounds the memory either way, and moka's idle bookkeeping adds allocations to the
-    /// admitted path, where without it the only one is moka's read-log upkeep (at most 1 in 60
-    /// admitted requests, tested).
+    /// bounds the memory either way, and an idle timeout moves the keys into moka, whose
+    /// idle bookkeeping and read log allocate on the admitted path, where without it nothing
+    /// does (tested).
     #[must_use]
     pub const fn key_bounds(mut self, bounds: KeyBounds) -> Self {
         self.bounds = bounds;
