@@ -66,30 +66,9 @@ macro_rules! each_peer {
     };
 }
 
-/// One task, polled directly (tower's `Hedge` is not `Clone`, so there is no contended group:
-/// it would need a `Buffer` in front, which the others do not).
-fn single(c: &mut criterion::Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let _context = rt.enter();
-    let mut group = c.benchmark_group("hedge_single");
-    macro_rules! case {
-        ($name:literal, $svc:expr) => {{
-            let mut svc = $svc;
-            let mut i = 0u64;
-            group.bench_function($name, |b| {
-                b.iter(|| {
-                    i = i.wrapping_add(1);
-                    support::one_call(&mut svc, i)
-                })
-            });
-        }};
-    }
-    each_peer!(case);
-    group.finish();
-}
+// One task only: tower's `Hedge` is not `Clone`, so there is no contended group (it would
+// need a `Buffer` in front, which the others do not).
+support::bench_single!("hedge", each_peer);
 
 criterion_group! {
     name = benches;

@@ -124,6 +124,14 @@ pub fn two_workers() -> tokio::runtime::Runtime {
 /// services that `$each_peer!(case)` lists.
 macro_rules! bench_groups {
     ($prefix:literal, $each_peer:ident) => {
+        support::bench_single!($prefix, $each_peer);
+        support::bench_contended!($prefix, $each_peer);
+    };
+}
+
+/// The `single` group of [`bench_groups`] alone (for services that are not `Clone`).
+macro_rules! bench_single {
+    ($prefix:literal, $each_peer:ident) => {
         fn single(c: &mut criterion::Criterion) {
             // A runtime context for layers that create timers (tower's `Timeout`); the calls
             // are still polled directly, never by the runtime.
@@ -148,7 +156,12 @@ macro_rules! bench_groups {
             $each_peer!(case);
             group.finish();
         }
+    };
+}
 
+/// The `contended` group of [`bench_groups`].
+macro_rules! bench_contended {
+    ($prefix:literal, $each_peer:ident) => {
         fn contended(c: &mut criterion::Criterion) {
             let rt = support::two_workers();
             let mut group = c.benchmark_group(concat!($prefix, "_contended"));
@@ -175,7 +188,7 @@ macro_rules! bench_groups {
     };
 }
 
-pub(crate) use bench_groups;
+pub(crate) use {bench_contended, bench_groups, bench_single};
 
 /// The criterion settings every benchmark uses (the method in `docs/performance.md`):
 /// 1 s warm-up, 3 s measurement.

@@ -172,3 +172,46 @@ impl Error for StoreError {
         Some(&*self.source)
     }
 }
+
+/// Checks every in-process store keeps to: invalidation by prefix, tag, key and everything
+/// spares what it should.
+#[cfg(test)]
+pub(crate) async fn check_invalidation_spares_other_scopes(store: impl Store<String, String>) {
+    use std::time::Duration;
+
+    let entry = |v: &str| {
+        Entry::new(
+            v.to_owned(),
+            tokio::time::Instant::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+    };
+    let a = TenantId::new("a").unwrap();
+    let b = TenantId::new("b").unwrap();
+    let ka = ScopedKey::new(Some(a.clone()), "user/1".to_owned());
+    let ka2 = ScopedKey::new(Some(a.clone()), "order/1".to_owned());
+    let kb = ScopedKey::new(Some(b.clone()), "user/1".to_owned());
+    let kt = ScopedKey::new(None, "product/9".to_owned());
+    store.put(ka.clone(), entry("a1")).await.unwrap();
+    store.put(ka2.clone(), entry("a2")).await.unwrap();
+    store.put(kb.clone(), entry("b1")).await.unwrap();
+    store
+        .put(kt.clone(), entry("p9").with_tags(vec!["catalog".into()]))
+        .await
+        .unwrap();
+    store.invalidate_prefix(Some(&a), "user/").await.unwrap();
+    assert!(store.peek(&ka).is_none());
+    assert_eq!(store.peek(&ka2).unwrap().value(), "a2");
+    assert_eq!(store.peek(&kb).unwrap().value(), "b1");
+    store.invalidate_tag("nothing").await.unwrap();
+    assert!(store.peek(&kt).is_some());
+    store.invalidate_tag("catalog").await.unwrap();
+    assert!(store.peek(&kt).is_none());
+    assert_eq!(store.peek(&kb).unwrap().value(), "b1");
+    store.invalidate(&kb).await.unwrap();
+    assert!(store.peek(&kb).is_none());
+    assert_eq!(store.stats().entries, 1);
+    store.invalidate_all().await.unwrap();
+    assert_eq!(store.stats().entries, 0);
+}
