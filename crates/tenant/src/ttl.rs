@@ -120,6 +120,7 @@ mod tests {
         map.insert("b".to_owned(), 2);
         assert_eq!(map.get("a"), Some(1));
         assert_eq!(map.live(), 2);
+        assert_eq!(map.held(), 2);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(map.get("a"), None, "expired at exactly its ttl");
         assert_eq!(map.get("b"), Some(2));

@@ -368,6 +368,38 @@ mod tests {
     }
 
     #[test]
+    fn one_insert_that_pushes_out_many_counts_each() {
+        // Ten entries of weight 1 fill the bound (one shard at this size); one of weight 5
+        // pushes out at least four of them.
+        let store = QuickCacheStore::<u64, String>::builder()
+            .max_entries(10)
+            .weigher(|_, v: &String| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .count_evictions()
+            .build();
+        let put = |k: u64, v: &str| {
+            store.insert(
+                ScopedKey::new(None, k),
+                Entry::new(
+                    v.to_owned(),
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                ),
+            );
+        };
+        for k in 0..10 {
+            put(k, "x");
+        }
+        let before = store.stats().evictions;
+        put(100, "xxxxx");
+        let evicted = store.stats().evictions - before;
+        assert!(
+            evicted >= 4,
+            "{evicted} evictions counted for a weight of 5"
+        );
+    }
+
+    #[test]
     fn the_weigher_bounds_the_total_weight_and_a_zero_weight_still_counts() {
         let store = QuickCacheStore::<u64, String>::builder()
             .max_entries(1_000)

@@ -266,3 +266,19 @@ fn settings_are_validated_and_applied() {
     assert_eq!(map.get(&2), Some(2));
     assert_eq!(clone.max_entries(), 9);
 }
+
+#[test]
+fn sharded_bounds_never_exceed_the_bound_and_lose_at_most_an_eighth() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    for max in [1u64, 7, 8, 100, 1_000, 10_000, 100_000, 1 << 40] {
+        let (shards, capacity) = sharded_bound(max);
+        assert!(shards.is_power_of_two(), "{max}: {shards}");
+        assert_eq!(capacity % shards as u64, 0, "{max}");
+        assert!(capacity <= max, "{max}: {capacity}");
+        assert!(capacity >= max - max / 8, "{max}: {capacity}");
+        if max >= 1_000 {
+            // Four shards per core at least up to the bound's own limit, as quick_cache would.
+            assert!(shards >= (cores * 4).min(64), "{max}: {shards} shards");
+        }
+    }
+}
