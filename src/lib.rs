@@ -42,6 +42,7 @@
 //! | `gateway-redis` | gateway limits shared by several instances through Redis | landed |
 //! | `strangler` | [`strangler`]: the strangler fig (a migration table with sticky percentage splits and overrides, ramps with automatic rollback, shadow comparison with a noise baseline, dual writes with reconciliation on SQLite); also a route kind of the gateway | landed |
 //! | `strangler-postgres` | dual writes and reconciliation between PostgreSQL databases | landed |
+//! | `chaos` | [`chaos`]: fault injection (latency, HTTP and gRPC statuses, custom errors, hangs, aborted calls) at seeded rates, selected per request by header, tenant or closure, switched at runtime through a handle | landed |
 //! | `full`      | every feature that has landed                                        | landed  |
 //!
 //! # Example
@@ -119,6 +120,10 @@
     doc = "[`strangler`]: https://docs.rs/tower-patterns-strangler"
 )]
 #![cfg_attr(
+    not(feature = "chaos"),
+    doc = "[`chaos`]: https://docs.rs/tower-patterns-chaos"
+)]
+#![cfg_attr(
     not(feature = "eventstore"),
     doc = "[`eventstore`]: https://docs.rs/tower-patterns-eventstore"
 )]
@@ -176,6 +181,10 @@ pub use tower_patterns_gateway as gateway;
 #[cfg(feature = "strangler")]
 #[cfg_attr(docsrs, doc(cfg(feature = "strangler")))]
 pub use tower_patterns_strangler as strangler;
+
+#[cfg(feature = "chaos")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chaos")))]
+pub use tower_patterns_chaos as chaos;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]

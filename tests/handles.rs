@@ -26,6 +26,7 @@ use tower_patterns::{
     breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer},
     bulkhead::{BulkheadLayer, KeyedBulkheadLayer},
     cache::{CacheLayer, ScopedKey, WriteBehind, http::HttpCacheLayer, store::MokaStore},
+    chaos::{ChaosLayer, Fault},
     key::{ExtensionKey, HeaderKey, key_fn},
     observe::{Health, StateHandle},
     ratelimit::{GcraLimiter, KeyedRateLimitLayer, Period, Quota, QuotaLimiter, Rate},
@@ -681,15 +682,47 @@ async fn every_handle_reports_itself_and_publishes_metrics_under_its_name() {
         .await,
     );
 
+    // Chaos: a fault injected on every call while it is on.
+    handles.push(
+        check(
+            Expect {
+                pattern: "chaos",
+                name: "provider",
+                health: Health::Degraded,
+                state: "on",
+                metric: "tower_patterns_chaos_injected_total",
+                value: 2.0,
+            },
+            || {
+                Box::pin(async {
+                    let layer = ChaosLayer::builder("provider")
+                        .fault(Fault::status(http::StatusCode::BAD_GATEWAY))
+                        .build()
+                        .unwrap();
+                    let svc = layer.layer(service_fn(|_: Request<()>| async {
+                        Ok::<_, Infallible>(Response::new(String::new()))
+                    }));
+                    for _ in 0..2 {
+                        let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+                        assert_eq!(res.status(), 502);
+                    }
+                    Box::new(layer.handle()) as Box<dyn StateHandle>
+                })
+            },
+        )
+        .await,
+    );
+
     // One list for a health endpoint: every kind, each once, the worst health first to see.
     let listed: BTreeSet<(&str, &str)> = handles.iter().map(|h| (h.pattern(), h.name())).collect();
-    assert_eq!(listed.len(), 13, "{listed:?}");
+    assert_eq!(listed.len(), 14, "{listed:?}");
     assert_eq!(
         handles.iter().map(|h| h.pattern()).collect::<BTreeSet<_>>(),
         BTreeSet::from([
             "breaker",
             "bulkhead",
             "cache",
+            "chaos",
             "hedging",
             "ratelimit",
             "retry",
@@ -717,7 +750,7 @@ async fn every_handle_reports_itself_and_publishes_metrics_under_its_name() {
         .iter()
         .map(|h| serde_json::from_str(&h.report().to_json()).unwrap())
         .collect();
-    assert_eq!(body.len(), 13);
+    assert_eq!(body.len(), 14);
 
     for call in stuck {
         call.abort();

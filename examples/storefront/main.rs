@@ -16,7 +16,7 @@
 //! | `GET /products` | the tenant's catalog, read from a shared SQLite table through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant |
 //! | `POST /orders/{sku}/{qty}` | an order of 1 to 100, event-sourced on SQLite: placed, then charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), then paid, queued or cancelled |
 //! | `GET /orders/{id}` | the order rebuilt from its events; another tenant's order is a 404 |
-//! | `POST /gateway/{up,down,slow}` | switches the simulated payment provider (not per tenant, no key: a demo control): answering, failing, or answering after one second |
+//! | `POST /gateway/{up,down,slow}` | switches the simulated payment provider through its chaos layer's handle (not per tenant, no key: a demo control): no fault, an error on every charge, or one second of latency on every charge |
 //! | `GET /health` | breaker, cache and queue |
 //!
 //! In front of the tenant routes, and only of routes that exist (an unknown path is a 404 that
@@ -29,7 +29,7 @@
 //! error text.
 //!
 //! The payment client follows the stack of `docs/patterns/retry.md`: fallback → retry →
-//! circuit breaker → timeout (per attempt) → bulkhead → provider. The breaker judges every
+//! circuit breaker → timeout (per attempt) → bulkhead → chaos → provider. The breaker judges every
 //! attempt, and once it is open the retry stops at once (a `Rejected` is never retried) and
 //! the fallback queues the payment.
 //!
@@ -57,10 +57,7 @@ mod tests;
 
 use std::{
     path::{Path as FsPath, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU8, AtomicU64},
-    },
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use axum::{
@@ -75,6 +72,7 @@ use tower_patterns::{
     BoxError,
     breaker::CircuitBreakerHandle,
     bulkhead::KeyedBulkheadLayer,
+    chaos::ChaosHandle,
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
     ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
@@ -84,7 +82,7 @@ use tower_patterns::{
 use crate::{
     catalog::{Catalog, catalog, open_catalog},
     orders::Order,
-    payments::{Payment, Payments, Provider, payments},
+    payments::{Payment, Payments, payments},
     routes::{gateway, health, place, products, show},
 };
 
@@ -149,7 +147,7 @@ struct App {
     orders: Repository<Order, SqliteStore>,
     payments: Payments,
     breaker: CircuitBreakerHandle,
-    provider: Arc<AtomicU8>,
+    provider: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: Arc<Mutex<Vec<Payment>>>,
 }
@@ -175,10 +173,9 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
     let catalog_loads = Arc::new(AtomicU64::new(0));
     let db = Arc::new(Mutex::new(open_catalog(&dir.join("catalog.db"))?));
     let store = SqliteStore::open(dir.join("orders.db"))?;
-    let provider = Arc::new(AtomicU8::new(Provider::Up as u8));
     let provider_attempts = Arc::new(AtomicU64::new(0));
     let queue = Arc::new(Mutex::new(Vec::new()));
-    let (payments, breaker) = payments(provider.clone(), provider_attempts.clone(), queue.clone())?;
+    let (payments, breaker, provider) = payments(provider_attempts.clone(), queue.clone())?;
     let app = App {
         catalog: catalog(db, catalog_loads.clone())?,
         catalog_loads,

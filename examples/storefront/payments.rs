@@ -1,10 +1,10 @@
 //! The payment client (fallback, retry, circuit breaker, timeout, bulkhead) over a simulated
-//! provider that `/gateway/{state}` switches.
+//! provider whose failures come from a chaos layer that `/gateway/{state}` switches.
 
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -14,6 +14,7 @@ use tower_patterns::{
     BoxError,
     breaker::{CircuitBreakerHandle, CircuitBreakerLayer, FallbackLayer},
     bulkhead::BulkheadLayer,
+    chaos::{AnswerAsError, ChaosHandle, ChaosLayer, Fault},
     retry::RetryPolicy,
 };
 
@@ -34,16 +35,15 @@ pub(crate) enum Charge {
 
 pub(crate) type Payments = BoxCloneSyncService<Payment, Charge, BoxError>;
 
-/// The simulated payment provider, switched by `/gateway/{state}`.
+/// The simulated payment provider's states, switched by `/gateway/{state}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub(crate) enum Provider {
     /// Charges at once.
-    Up = 0,
+    Up,
     /// Fails every charge.
-    Down = 1,
+    Down,
     /// Charges after [`SLOW_PROVIDER`].
-    Slow = 2,
+    Slow,
 }
 
 impl Provider {
@@ -65,36 +65,34 @@ impl Provider {
         }
     }
 
-    fn load(cell: &AtomicU8) -> Self {
-        match cell.load(Ordering::SeqCst) {
-            0 => Self::Up,
-            2 => Self::Slow,
-            _ => Self::Down,
+    /// Puts the provider in this state through its chaos layer's handle: no fault, an error
+    /// on every charge, or [`SLOW_PROVIDER`] of latency on every charge.
+    pub(crate) fn apply(self, chaos: &ChaosHandle) -> Result<(), BoxError> {
+        match self {
+            Self::Up => chaos.clear(),
+            Self::Down => chaos.set([Fault::error(|| "payment provider unavailable".into())])?,
+            Self::Slow => chaos.set([Fault::latency(SLOW_PROVIDER)])?,
         }
+        Ok(())
     }
 }
 
 /// The payment client, in the order of `docs/patterns/retry.md`: the fallback queues the
 /// payment when the breaker refuses it; the retry makes up to two attempts, each one call the
 /// breaker judges (and stops at an open breaker: a `Rejected` is never retried); a timeout
-/// per attempt; a bulkhead around the provider. `attempts` counts the calls that reach it.
+/// per attempt; a bulkhead around the provider; the chaos layer that makes the provider fail
+/// or slow down. `attempts` counts the calls sent to the provider (failed by chaos or not).
 pub(crate) fn payments(
-    provider: Arc<AtomicU8>,
     attempts: Arc<AtomicU64>,
     queue: Arc<Mutex<Vec<Payment>>>,
-) -> Result<(Payments, CircuitBreakerHandle), BoxError> {
-    let provider = service_fn(move |p: Payment| {
-        attempts.fetch_add(1, Ordering::SeqCst);
-        let state = Provider::load(&provider);
-        async move {
-            match state {
-                Provider::Up => {}
-                Provider::Slow => tokio::time::sleep(SLOW_PROVIDER).await,
-                Provider::Down => return Err(BoxError::from("payment provider unavailable")),
-            }
-            Ok(Charge::Charged(format!("ch_{}_{}", p.order, p.amount)))
-        }
+) -> Result<(Payments, CircuitBreakerHandle, ChaosHandle), BoxError> {
+    let provider = service_fn(|p: Payment| async move {
+        Ok::<_, BoxError>(Charge::Charged(format!("ch_{}_{}", p.order, p.amount)))
     });
+    let chaos = ChaosLayer::builder("payment-provider")
+        .answer_with(AnswerAsError)
+        .build()?;
+    let provider_chaos = chaos.handle();
     let enqueue = service_fn(move |p: Payment| {
         let queue = queue.clone();
         async move {
@@ -129,6 +127,11 @@ pub(crate) fn payments(
                 .max_concurrent(64)
                 .build()?,
         )
+        .map_request(move |p: Payment| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            p
+        })
+        .layer(chaos)
         .service(provider);
-    Ok((BoxCloneSyncService::new(client), handle))
+    Ok((BoxCloneSyncService::new(client), handle, provider_chaos))
 }

@@ -209,7 +209,10 @@ pub(crate) async fn gateway(
     Params(state): Params<String>,
 ) -> Result<String, ApiError> {
     let state = Provider::parse(&state).ok_or(ApiError::NotFound("no such gateway state"))?;
-    app.provider.store(state as u8, Ordering::SeqCst);
+    // The states' faults are valid plans; a refusal would be a bug, answered as a 503.
+    state
+        .apply(&app.provider)
+        .map_err(|e| ApiError::Unavailable("payment provider switch failed", e))?;
     Ok(format!("payment provider {}\n", state.as_str()))
 }
 

@@ -977,6 +977,7 @@ async fn the_handle_reads_timeouts_as_a_call_would() {
     assert_eq!(handle.state(), State::Open);
     assert_eq!(handle.retry_after(), Some(Duration::from_secs(1)));
     assert_eq!(handle.report().health, Health::Unavailable);
+    assert_eq!(handle.report().value("open_remaining_seconds"), Some(1.0));
 
     advance(Duration::from_secs(1)).await;
     assert_eq!(handle.state(), State::HalfOpen, "the open time is over");
@@ -986,6 +987,7 @@ async fn the_handle_reads_timeouts_as_a_call_would() {
     assert_eq!(snap.in_state_for, Duration::ZERO);
     assert_eq!(handle.retry_after(), None);
     assert_eq!(handle.report().health, Health::Degraded);
+    assert_eq!(handle.report().value("open_remaining_seconds"), Some(0.0));
     advance(Duration::from_secs(2)).await;
     assert_eq!(handle.snapshot().in_state_for, Duration::from_secs(2));
     assert!(events.try_recv().is_err(), "reading made no transition");

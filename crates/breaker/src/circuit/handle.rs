@@ -170,6 +170,9 @@ impl StateHandle for CircuitBreakerHandle {
         CircuitBreakerHandle::name(self)
     }
 
+    /// State `closed`, `open`, `half_open`, `forced_open` or `disabled`; values `calls`,
+    /// `failure_rate`, `slow_call_rate`, `rejected` and `open_remaining_seconds` (how long until
+    /// an open circuit lets probes through; 0 unless it is open with a known deadline).
     fn report(&self) -> Report {
         let s = self.snapshot();
         let health = match s.state {
@@ -182,5 +185,9 @@ impl StateHandle for CircuitBreakerHandle {
             .with_value("failure_rate", s.failure_rate)
             .with_value("slow_call_rate", s.slow_call_rate)
             .with_value("rejected", s.rejected as f64)
+            .with_value(
+                "open_remaining_seconds",
+                self.retry_after().map_or(0.0, |left| left.as_secs_f64()),
+            )
     }
 }

@@ -1,0 +1,105 @@
+//! The chaos service.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tower_patterns_core::BoxError;
+use tower_service::Service;
+
+use crate::{
+    fault::Effect,
+    future::ResponseFuture,
+    handle::{ChaosHandle, Shared},
+    respond::Respond,
+    select::Select,
+};
+
+/// A service that injects the faults of its [`ChaosLayer`](crate::ChaosLayer) into the calls
+/// it selects. A call that is not selected, or that draws no fault, goes to the inner service
+/// unchanged. Ready when the inner service is: faults act in `call`, never on readiness.
+#[derive(Clone)]
+pub struct Chaos<S, Sel, A> {
+    inner: S,
+    shared: Arc<Shared>,
+    select: Sel,
+    answer: A,
+}
+
+impl<S, Sel, A> Chaos<S, Sel, A> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, select: Sel, answer: A) -> Self {
+        Self {
+            inner,
+            shared,
+            select,
+            answer,
+        }
+    }
+
+    /// The handle shared with the layer.
+    pub fn handle(&self) -> ChaosHandle {
+        ChaosHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, Sel, A> Service<Req> for Chaos<S, Sel, A>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    Sel: Select<Req>,
+    A: Respond<S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if !self.shared.is_active() || !self.select.selects(&req) {
+            return ResponseFuture::pass(self.inner.call(req));
+        }
+        match self.shared.draw() {
+            None => ResponseFuture::pass(self.inner.call(req)),
+            Some(Effect::Latency(delay)) => ResponseFuture::delayed(delay, self.inner.call(req)),
+            Some(Effect::Answer(answer)) => {
+                ResponseFuture::ready(self.answer.respond(answer).map_err(Into::into))
+            }
+            Some(Effect::Error(make)) => ResponseFuture::ready(Err(make())),
+            Some(Effect::Hang) => ResponseFuture::hang(),
+            Some(Effect::Abort(after)) => ResponseFuture::abort(self.inner.call(req), after),
+        }
+    }
+}
+
+impl<S: fmt::Debug, Sel: fmt::Debug, A> fmt::Debug for Chaos<S, Sel, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chaos")
+            .field("name", &self.shared.name())
+            .field("active", &self.shared.is_active())
+            .field("select", &self.select)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
