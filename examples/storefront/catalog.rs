@@ -17,6 +17,7 @@ use tower_patterns::{
     BoxError, KeyError,
     cache::{CacheLayer, store::QuickCacheStore},
     key::key_fn,
+    observe::StateHandle,
     tenant::{TenantId, sqlite::Scoped},
 };
 
@@ -38,7 +39,7 @@ pub(crate) type Catalog = BoxCloneSyncService<CatalogQuery, Arc<[Product]>, BoxE
 pub(crate) fn catalog(
     db: Arc<Mutex<Connection>>,
     loads: Arc<AtomicU64>,
-) -> Result<Catalog, BoxError> {
+) -> Result<(Catalog, Box<dyn StateHandle>), BoxError> {
     let loader = service_fn(move |q: CatalogQuery| {
         let db = db.clone();
         let loads = loads.clone();
@@ -73,7 +74,8 @@ pub(crate) fn catalog(
         .require_tenant()
         .ttl(Duration::from_secs(30))
         .build()?;
-    Ok(BoxCloneSyncService::new(cache.layer(loader)))
+    let handle = Box::new(cache.handle());
+    Ok((BoxCloneSyncService::new(cache.layer(loader)), handle))
 }
 
 /// The shared table and two tenants' rows.

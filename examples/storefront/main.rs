@@ -4,10 +4,10 @@
 //! Every request proves its tenant with an API key in `x-api-key`; the registry (TOML, keys
 //! stored as SHA-256 only) knows `acme` (plan gold, key `demo-key-acme`), `globex` (free,
 //! `demo-key-globex`) and `initech` (suspended, `demo-key-initech`). These demo keys are public:
-//! point `TP_TENANTS` at a registry file of your own (the same TOML, `api_key_sha256 = [...]`)
-//! before the server listens anywhere but loopback.
+//! point `--tenants` (`TP_TENANTS`) at a registry file of your own (the same TOML,
+//! `api_key_sha256 = [...]`) before the server listens anywhere but loopback.
 //!
-//! `TP_TENANT_HEADER_ONLY=1` switches to header-only tenancy: `x-tenant-id` alone names the
+//! `--tenant-header-only` (`TP_TENANT_HEADER_ONLY=1`) switches to header-only tenancy: `x-tenant-id` alone names the
 //! tenant and is believed as sent, so anyone who can reach the server can act as any tenant.
 //! Use it only behind a gateway that has already authenticated the caller.
 //!
@@ -16,8 +16,31 @@
 //! | `GET /products` | the tenant's catalog, read from a shared SQLite table through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant |
 //! | `POST /orders/{sku}/{qty}` | an order of 1 to 100, event-sourced on SQLite: placed, then charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), then paid, queued or cancelled |
 //! | `GET /orders/{id}` | the order rebuilt from its events; another tenant's order is a 404 |
-//! | `POST /gateway/{up,down,slow}` | switches the simulated payment provider through its chaos layer's handle (not per tenant, no key: a demo control): no fault, an error on every charge, or one second of latency on every charge |
-//! | `GET /health` | breaker, cache and queue |
+//! | `GET /health` | breaker, cache and queue, in one line |
+//! | `GET /admin/patterns` | admin: every pattern's report (state, health, numbers) as JSON |
+//! | `GET /metrics` | admin: Prometheus text, every pattern's series |
+//! | `POST /admin/provider/{up,down,slow}` | admin: the simulated payment provider, through its chaos layer's handle: no fault, an error on every charge, or one second of latency on every charge |
+//! | `POST /admin/chaos/payment-provider` | admin: any plan of faults, as JSON (`{"faults":[{"kind":"latency","ms":300,"rate":0.5}]}`; kinds `latency`, `status`, `error`, `hang`, `abort`) |
+//!
+//! Admin routes sit outside the tenant layer, behind the admin token (`--admin-token` or
+//! `TP_ADMIN_TOKEN`, else a random one printed at start) sent as `Authorization: Bearer` or
+//! `?token=`; without it they answer 401.
+//!
+//! Every request first meets the edge: a request id (`x-request-id`, UUIDv7, echoed back), a
+//! trace span (method, path without the query, request id, tenant), the server-wide load shed
+//! (a bulkhead of `--max-inflight` requests, default 256, then 503 at once), a request timeout
+//! (`--request-timeout`, default 10 s, then 504) and a body limit (64 KiB, then 413). The
+//! server speaks HTTP/1 and HTTP/2 (prior knowledge) on one port, cuts off a client that takes
+//! longer than `--header-timeout` (default 10 s) to send its headers (HTTP/1), answers 431 to
+//! headers over 32 KiB, and on SIGTERM or Ctrl-C stops accepting and lets the requests in flight
+//! finish for up to `--drain` seconds. Logs follow `RUST_LOG` (default `info`), pretty, or JSON
+//! lines with `--log-json`.
+//!
+//! The data (catalog and orders, SQLite) lives in `--data` (`TP_DATA`), by default
+//! `$XDG_DATA_HOME/tower-patterns/storefront` (else `~/.local/share/tower-patterns/storefront`,
+//! else `./storefront-data`), so a restart keeps the orders. A bad flag or variable, an address
+//! in use or a data directory that cannot be made stops it with one line naming the flag and
+//! its variable; `--help` lists them.
 //!
 //! In front of the tenant routes, and only of routes that exist (an unknown path is a 404 that
 //! costs no tenant anything): the tenant layer (401 without a valid key, 400 malformed, 403
@@ -34,13 +57,14 @@
 //! the fallback queues the payment.
 //!
 //! ```text
-//! cargo run --example storefront --features full     # 127.0.0.1:3000 (TP_ADDR), data in TP_DATA
+//! cargo run --example storefront --features full -- --admin-token my-admin-token-0123
 //! curl -s -H 'x-api-key: demo-key-acme' 127.0.0.1:3000/products
 //! curl -s -XPOST -H 'x-api-key: demo-key-acme' 127.0.0.1:3000/orders/tea/2   # PAID order ...
-//! curl -s -XPOST 127.0.0.1:3000/gateway/down
+//! curl -s -XPOST -H 'authorization: Bearer my-admin-token-0123' 127.0.0.1:3000/admin/provider/down
 //! curl -s -XPOST -H 'x-api-key: demo-key-acme' 127.0.0.1:3000/orders/tea/1   # CANCELLED, then QUEUED
 //! curl -s -H 'x-api-key: demo-key-globex' 127.0.0.1:3000/orders/<acme's id>  # 404
-//! TP_TENANT_HEADER_ONLY=1 cargo run --example storefront --features full  # then -H 'x-tenant-id: acme'
+//! curl -s -H 'authorization: Bearer my-admin-token-0123' 127.0.0.1:3000/admin/patterns
+//! cargo run --example storefront --features full -- --tenant-header-only  # then -H 'x-tenant-id: acme'
 //! ```
 #![allow(
     clippy::print_stdout,
@@ -48,7 +72,10 @@
     reason = "an example server says where it listens"
 )]
 
+mod admin;
 mod catalog;
+mod config;
+mod edge;
 mod orders;
 mod payments;
 mod routes;
@@ -56,7 +83,9 @@ mod routes;
 mod tests;
 
 use std::{
-    path::{Path as FsPath, PathBuf},
+    future::Future,
+    io::Write,
+    process::ExitCode,
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
@@ -67,23 +96,26 @@ use axum::{
     http::Request,
     routing::{get, post},
 };
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
 use tower_patterns::{
     BoxError,
     breaker::CircuitBreakerHandle,
-    bulkhead::KeyedBulkheadLayer,
+    bulkhead::{BulkheadLayer, KeyedBulkheadLayer},
     chaos::ChaosHandle,
     eventstore::{Repository, sqlite::SqliteStore},
     key::ExtensionKey,
+    observe::StateHandle,
     ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
     tenant::{StaticTenants, TenancyLayer, TenantContext, TenantId},
 };
 
 use crate::{
     catalog::{Catalog, catalog, open_catalog},
+    config::{Auth, Config, LogFormat},
     orders::Order,
     payments::{Payment, Payments, payments},
-    routes::{gateway, health, place, products, show},
+    routes::{health, place, products, show},
 };
 
 /// The demo registry. The keys are `demo-key-<tenant>`; only their SHA-256 is stored.
@@ -118,26 +150,8 @@ fn plan_rate(plan: &str) -> Rate {
     }
 }
 
-/// How the storefront learns which tenant calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Auth {
-    /// The tenant that owns the API key in `x-api-key` (the default).
-    ApiKey,
-    /// `x-tenant-id` alone, believed as sent: for trusted internal callers only.
-    HeaderOnly,
-}
-
-impl Auth {
-    /// Reads `TP_TENANT_HEADER_ONLY`: unset, empty, `0` or `false` is [`Auth::ApiKey`]; `1` or
-    /// `true` is [`Auth::HeaderOnly`]; anything else is refused, so a typo never weakens it.
-    fn from_env_value(value: Option<&str>) -> Result<Self, BoxError> {
-        match value.map(str::trim) {
-            None | Some("" | "0" | "false") => Ok(Self::ApiKey),
-            Some("1" | "true") => Ok(Self::HeaderOnly),
-            Some(_) => Err("TP_TENANT_HEADER_ONLY must be 1, true, 0, false or unset".into()),
-        }
-    }
-}
+/// Every stateful layer's handle, for `/admin/patterns` and `/metrics`.
+pub(crate) type Handles = Arc<Vec<Box<dyn StateHandle>>>;
 
 /// What the handlers share: the services, the handles and the demo's counters.
 #[derive(Clone)]
@@ -150,6 +164,12 @@ struct App {
     provider: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: Arc<Mutex<Vec<Payment>>>,
+    /// The server-wide bulkhead that sheds load, built here so that it is listed with the
+    /// others; the edge stack applies it.
+    edge_layer: BulkheadLayer,
+    handles: Handles,
+    admin_token: Arc<str>,
+    prometheus: Option<PrometheusHandle>,
 }
 
 /// The tenant layer for `auth` over `tenants`.
@@ -168,24 +188,22 @@ fn tenant_layer(
     Ok(builder.build()?)
 }
 
-/// The storefront over the data in `dir`, its tenants in `tenants`, identified by `auth`.
-fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Router, App), BoxError> {
+/// The storefront's routes over the data in `cfg.data`, its tenants in `tenants`, without the
+/// edge stack (`edge::serve` adds it). The metrics recorder, if any, must be installed first:
+/// layers register their metrics when they are built.
+fn storefront(
+    cfg: &Config,
+    tenants: StaticTenants,
+    admin_token: Arc<str>,
+    prometheus: Option<PrometheusHandle>,
+) -> Result<(Router, App), BoxError> {
+    let dir = &cfg.data;
     let catalog_loads = Arc::new(AtomicU64::new(0));
     let db = Arc::new(Mutex::new(open_catalog(&dir.join("catalog.db"))?));
     let store = SqliteStore::open(dir.join("orders.db"))?;
     let provider_attempts = Arc::new(AtomicU64::new(0));
     let queue = Arc::new(Mutex::new(Vec::new()));
     let (payments, breaker, provider) = payments(provider_attempts.clone(), queue.clone())?;
-    let app = App {
-        catalog: catalog(db, catalog_loads.clone())?,
-        catalog_loads,
-        orders: Repository::new(Arc::new(store), "order-"),
-        payments,
-        breaker,
-        provider,
-        provider_attempts,
-        queue,
-    };
     let limiter = GcraLimiter::builder("tenant")
         .key(ExtensionKey::<TenantId>::new())
         .rate(plan_rate("free"))
@@ -202,6 +220,32 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
         .key(ExtensionKey::<TenantId>::new())
         .default_size(TENANT_CONCURRENCY)
         .build()?;
+    let tenancy = tenant_layer(tenants, cfg.auth)?;
+    let edge = edge::shed(cfg)?;
+    let (catalog, catalog_cache) = catalog(db, catalog_loads.clone())?;
+    let handles: Vec<Box<dyn StateHandle>> = vec![
+        Box::new(edge.handle()),
+        Box::new(tenancy.handle()),
+        Box::new(limiter.handle()),
+        Box::new(bulkheads.handle()),
+        catalog_cache,
+        Box::new(breaker.clone()),
+        Box::new(provider.clone()),
+    ];
+    let app = App {
+        catalog,
+        catalog_loads,
+        orders: Repository::new(Arc::new(store), "order-"),
+        payments,
+        breaker,
+        provider,
+        provider_attempts,
+        queue,
+        edge_layer: edge,
+        handles: Arc::new(handles),
+        admin_token,
+        prometheus,
+    };
     // `route_layer`, not `layer`: a path no route matches is a 404 before any of these run,
     // so it neither needs a tenant nor spends one's rate limit.
     let tenant_routes = Router::new()
@@ -211,59 +255,169 @@ fn storefront(dir: &FsPath, tenants: StaticTenants, auth: Auth) -> Result<(Route
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(tower_patterns::http::handle_error))
-                .layer(tenant_layer(tenants, auth)?)
+                .layer(tenancy)
+                .map_request(edge::record_tenant)
                 .layer(KeyedRateLimitLayer::new(limiter))
                 .layer(bulkheads),
         );
     let router = Router::new()
         .route("/health", get(health))
-        .route("/gateway/{state}", post(gateway))
+        .merge(admin::routes(app.clone()))
         .merge(tenant_routes)
         .with_state(app.clone());
     Ok((router, app))
 }
 
-fn data_dir() -> Result<PathBuf, BoxError> {
-    let dir = std::env::var_os("TP_DATA").map_or_else(
-        || std::env::temp_dir().join(format!("tower-patterns-storefront-{}", std::process::id())),
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// The registry: the file `--tenants` names, else the demo tenants.
+fn tenants(cfg: &Config) -> Result<StaticTenants, String> {
+    match &cfg.tenants {
+        Some(path) => StaticTenants::from_file(path).map_err(|e| {
+            format!(
+                "storefront: --tenants {:?}: {e} (also TP_TENANTS)",
+                path.display()
+            )
+        }),
+        None => StaticTenants::from_toml(TENANTS)
+            .map_err(|e| format!("storefront: the demo tenants: {e}")),
+    }
 }
 
-/// The registry: the file `TP_TENANTS` names, else the demo tenants.
-fn tenants() -> Result<StaticTenants, BoxError> {
-    Ok(match std::env::var_os("TP_TENANTS") {
-        Some(path) => StaticTenants::from_file(path)?,
-        None => StaticTenants::from_toml(TENANTS)?,
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> ExitCode {
+    let cfg = match config::parse(std::env::args().skip(1).collect(), |v| {
+        std::env::var(v).ok()
+    }) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cfg.log {
+        LogFormat::Pretty => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("storefront: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        // Before any layer is built: each registers its metrics on the recorder present then.
+        let prometheus =
+            match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    eprintln!("storefront: no /metrics: {e}");
+                    None
+                }
+            };
+        match run(cfg, &mut std::io::stdout(), shutdown_signal(), prometheus).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let auth = Auth::from_env_value(std::env::var("TP_TENANT_HEADER_ONLY").ok().as_deref())?;
-    let dir = data_dir()?;
-    let (router, _) = storefront(&dir, tenants()?, auth)?;
-    let addr = std::env::var("TP_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let local = listener.local_addr()?;
-    let try_it = match auth {
+/// Serves the storefront until `shutdown`, then drains. Telling the user where it listens and
+/// what to try on `out`; errors are one line naming the flag and its variable.
+pub(crate) async fn run(
+    cfg: Config,
+    out: &mut (dyn Write + Send),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    prometheus: Option<PrometheusHandle>,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&cfg.data).map_err(|e| {
+        format!(
+            "storefront: --data {:?}: cannot create it: {e} (also TP_DATA)",
+            cfg.data.display()
+        )
+    })?;
+    let tenants = tenants(&cfg)?;
+    let token: Arc<str> = match &cfg.admin_token {
+        Some(token) => token.as_str().into(),
+        None => admin::random_token().into(),
+    };
+    let (router, app) = storefront(&cfg, tenants, token.clone(), prometheus).map_err(|e| {
+        format!(
+            "storefront: cannot open the data in {:?}: {e} (--data, TP_DATA)",
+            cfg.data.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await.map_err(|e| {
+        format!(
+            "storefront: --addr {}: cannot listen: {e} (also TP_ADDR)",
+            cfg.addr
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("storefront: --addr {}: {e} (also TP_ADDR)", cfg.addr))?;
+    let try_it = match cfg.auth {
         Auth::ApiKey => {
             format!("curl -H '{API_KEY_HEADER}: demo-key-acme' http://{local}/products")
         }
         Auth::HeaderOnly => {
-            eprintln!(
-                "header-only tenancy (TP_TENANT_HEADER_ONLY): {TENANT_HEADER} is believed as sent; \
-                 only for callers a gateway has already authenticated"
+            tracing::warn!(
+                "header-only tenancy: {TENANT_HEADER} is believed as sent; only for callers a \
+                 gateway has already authenticated"
             );
             format!("curl -H '{TENANT_HEADER}: acme' http://{local}/products")
         }
     };
-    eprintln!(
-        "storefront on http://{local} (data in {}); try: {try_it}",
-        dir.display()
-    );
-    axum::serve(listener, router).await?;
-    Ok(())
+    let say = |out: &mut (dyn Write + Send), line: String| {
+        writeln!(out, "{line}").map_err(|e| format!("storefront: cannot write: {e}"))
+    };
+    say(
+        out,
+        format!(
+            "storefront on http://{local} (data in {})",
+            cfg.data.display()
+        ),
+    )?;
+    say(out, format!("try: {try_it}"))?;
+    if cfg.admin_token.is_none() {
+        say(
+            out,
+            format!(
+                "admin: http://{local}/admin/patterns?token={token} (a new token each start; set --admin-token to keep one)"
+            ),
+        )?;
+    } else {
+        say(
+            out,
+            format!("admin: http://{local}/admin/patterns (the token from --admin-token)"),
+        )?;
+    }
+    edge::serve(listener, router, &app, &cfg, shutdown)
+        .await
+        .map_err(|e| format!("storefront: {e}"))
 }

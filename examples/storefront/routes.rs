@@ -4,8 +4,9 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
+    Json,
     body::Body,
-    extract::{FromRequestParts, Path, State},
+    extract::{FromRequest, FromRequestParts, Path, State, rejection::JsonRejection},
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -23,7 +24,7 @@ use crate::{
     App,
     catalog::{CatalogQuery, Product},
     orders::{OrderCommand, OrderError, OrderEvent},
-    payments::{Charge, Payment, Provider},
+    payments::{Charge, Payment},
 };
 
 /// The largest quantity of one order line.
@@ -37,6 +38,8 @@ pub(crate) enum ApiError {
     BadRequest(&'static str),
     /// 404: nothing by that name, for this tenant.
     NotFound(&'static str),
+    /// 413: the body is larger than the edge allows.
+    TooLarge,
     /// 422: the order refused the command.
     Refused(OrderError),
     /// A dependency failed. The core mapping answers the errors it knows (an open circuit,
@@ -50,12 +53,13 @@ impl IntoResponse for ApiError {
         let (status, phrase) = match self {
             Self::BadRequest(phrase) => (StatusCode::BAD_REQUEST, phrase),
             Self::NotFound(phrase) => (StatusCode::NOT_FOUND, phrase),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             Self::Refused(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.phrase()),
             Self::Unavailable(what, err) => {
                 if classify_error(&*err).status != StatusCode::INTERNAL_SERVER_ERROR {
                     return error_response::<String>(&*err).map(Body::from);
                 }
-                eprintln!("{what}: {err}");
+                tracing::warn!(error = %err, "{what}");
                 (StatusCode::SERVICE_UNAVAILABLE, what)
             }
         };
@@ -64,7 +68,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Path parameters whose rejection is a fixed 400 (axum's own names the types it expected).
-pub(crate) struct Params<T>(T);
+pub(crate) struct Params<T>(pub(crate) T);
 
 impl<T, S> FromRequestParts<S> for Params<T>
 where
@@ -78,6 +82,34 @@ where
             .await
             .map(|Path(t)| Self(t))
             .map_err(|_| ApiError::BadRequest("malformed path"))
+    }
+}
+
+/// A JSON body whose rejection is a fixed phrase: 413 past the edge's body limit, 415 without
+/// `content-type: application/json`, else 400 (axum's own rejections quote serde's message,
+/// which names fields and types).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(t)) => Ok(Self(t)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected content-type: application/json",
+            )
+                .into_response()),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge.into_response())
+            }
+            Err(_) => Err(ApiError::BadRequest("malformed JSON").into_response()),
+        }
     }
 }
 
@@ -202,18 +234,6 @@ pub(crate) async fn show(
         )),
         _ => Err(ApiError::NotFound("no such order")),
     }
-}
-
-pub(crate) async fn gateway(
-    State(app): State<App>,
-    Params(state): Params<String>,
-) -> Result<String, ApiError> {
-    let state = Provider::parse(&state).ok_or(ApiError::NotFound("no such gateway state"))?;
-    // The states' faults are valid plans; a refusal would be a bug, answered as a 503.
-    state
-        .apply(&app.provider)
-        .map_err(|e| ApiError::Unavailable("payment provider switch failed", e))?;
-    Ok(format!("payment provider {}\n", state.as_str()))
 }
 
 pub(crate) async fn health(State(app): State<App>) -> String {

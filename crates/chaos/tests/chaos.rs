@@ -363,6 +363,8 @@ async fn the_handle_switches_faults_at_runtime() {
         (handle.health(), handle.report().state),
         (Health::Ready, "off")
     );
+    assert_eq!((handle.pattern(), handle.name()), ("chaos", "switch"));
+    assert_eq!(handle.report().name, "switch");
 
     handle
         .set([Fault::status(StatusCode::BAD_GATEWAY)])
@@ -468,6 +470,7 @@ async fn its_errors_map_to_fixed_http_answers() {
         Some(Answer::Http(StatusCode::TOO_MANY_REQUESTS))
     );
     assert_eq!(classify_error(&*err).status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!err.downcast_ref::<ChaosError>().unwrap().is_aborted());
     assert_eq!(err.to_string(), "fault injected: status 429");
     let err = as_error(Fault::grpc(14)).oneshot(1).await.unwrap_err();
     assert_eq!(
@@ -571,11 +574,38 @@ fn configuration_errors_name_the_setting() {
     );
 }
 
+/// Each kind of response future says which it is.
+fn debug_names_each_future<S>(
+    chaos: &mut tower_patterns_chaos::Chaos<S, tower_patterns_chaos::Always, AnswerAsError>,
+) where
+    S: Service<(), Response = (), Error = BoxError>,
+{
+    let handle = chaos.handle();
+    let cases = [
+        (None, "pass"),
+        (Some(Fault::latency(Duration::from_secs(1))), "delayed"),
+        (Some(Fault::error(|| "x".into())), "ready"),
+        (Some(Fault::hang()), "hang"),
+        (Some(Fault::abort()), "abort"),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    for (fault, shown) in cases {
+        handle.set(fault).unwrap();
+        let fut = chaos.call(());
+        assert_eq!(format!("{fut:?}"), format!("ResponseFuture({shown:?})"));
+    }
+}
+
 #[test]
 fn debug_output_names_the_layer_and_its_faults() {
     let layer = ChaosLayer::builder("shown")
         .fault(Fault::latency(Duration::from_millis(5)).rate(0.5))
         .fault(Fault::error(|| "x".into()).rate(0.1))
+        .answer_with(AnswerAsError)
         .build()
         .unwrap();
     let shown = format!("{layer:?}");
@@ -597,6 +627,8 @@ fn debug_output_names_the_layer_and_its_faults() {
         format!("{:?}", Fault::grpc(14)),
         "Fault { kind: Status, answer: Grpc(14), rate: 1.0 }"
     );
+    let mut chaos = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    debug_names_each_future(&mut chaos);
     let svc = format!("{:?}", layer.layer(7u8));
     assert!(svc.contains("Chaos") && svc.contains("inner: 7"), "{svc}");
     assert_eq!(FaultKind::Hang.to_string(), "hang");

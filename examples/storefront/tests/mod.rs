@@ -1,4 +1,8 @@
-//! The routes end to end, in process.
+//! The routes end to end, in process (this file), the admin routes and metrics (`admin.rs`),
+//! and the edge over real TCP (`edge.rs`).
+
+mod admin;
+mod edge;
 
 use std::{path::PathBuf, sync::atomic::Ordering, time::Duration};
 
@@ -12,11 +16,18 @@ use rusqlite::Connection;
 use tower::ServiceExt;
 use tower_patterns::tenant::StaticTenants;
 
-use crate::{API_KEY_HEADER, App, Auth, TENANT_CONCURRENCY, TENANT_HEADER, TENANTS, storefront};
+use crate::{
+    API_KEY_HEADER, App, TENANT_CONCURRENCY, TENANT_HEADER, TENANTS,
+    config::{self, Auth},
+    storefront,
+};
 
-struct Shop {
-    router: Router,
-    app: App,
+/// The admin token of the test shops.
+pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
+
+pub(crate) struct Shop {
+    pub(crate) router: Router,
+    pub(crate) app: App,
     dir: TempDir,
 }
 
@@ -34,7 +45,12 @@ fn shop_with(name: &str, auth: Auth) -> Shop {
         std::env::temp_dir().join(format!("tp-storefront-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&dir, tenants, auth).unwrap();
+    let mut args = vec!["--data".to_owned(), dir.display().to_string()];
+    if auth == Auth::HeaderOnly {
+        args.push("--tenant-header-only".to_owned());
+    }
+    let cfg = config::parse(args, |_| None).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).unwrap();
     Shop {
         router,
         app,
@@ -42,12 +58,12 @@ fn shop_with(name: &str, auth: Auth) -> Shop {
     }
 }
 
-fn shop(name: &str) -> Shop {
+pub(crate) fn shop(name: &str) -> Shop {
     shop_with(name, Auth::ApiKey)
 }
 
 /// Sends `req` and reads the answer.
-async fn exchange(router: Router, req: Request<Body>) -> (u16, String) {
+pub(crate) async fn exchange(router: Router, req: Request<Body>) -> (u16, String) {
     let res: Response<Body> = router.oneshot(req).await.unwrap();
     let status = res.status().as_u16();
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -55,7 +71,7 @@ async fn exchange(router: Router, req: Request<Body>) -> (u16, String) {
 }
 
 /// A request with `headers`.
-fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+pub(crate) fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
     let mut req = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         req = req.header(*name, *value);
@@ -64,10 +80,25 @@ fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body>
 }
 
 /// A request as `tenant`, with its demo API key (or no credential at all).
-async fn send(shop: &Shop, method: Method, uri: &str, tenant: Option<&str>) -> (u16, String) {
+pub(crate) async fn send(
+    shop: &Shop,
+    method: Method,
+    uri: &str,
+    tenant: Option<&str>,
+) -> (u16, String) {
     let key = tenant.map(|t| format!("demo-key-{t}"));
     let headers: Vec<(&str, &str)> = key.iter().map(|k| (API_KEY_HEADER, k.as_str())).collect();
     exchange(shop.router.clone(), request(method, uri, &headers)).await
+}
+
+/// An admin request with the token.
+pub(crate) async fn admin(shop: &Shop, method: Method, uri: &str) -> (u16, String) {
+    let bearer = format!("Bearer {TOKEN}");
+    exchange(
+        shop.router.clone(),
+        request(method, uri, &[("authorization", &bearer)]),
+    )
+    .await
 }
 
 async fn code(shop: &Shop, method: Method, uri: &str, tenant: Option<&str>) -> u16 {
@@ -123,15 +154,24 @@ async fn who_may_call() {
 
 #[tokio::test(start_paused = true)]
 async fn header_only_tenancy_is_an_explicit_mode() {
-    assert_eq!(Auth::from_env_value(None).unwrap(), Auth::ApiKey);
+    let auth = |value: Option<&str>| {
+        let value = value.map(str::to_owned);
+        config::parse(vec![], move |k| {
+            (k == "TP_TENANT_HEADER_ONLY")
+                .then(|| value.clone())
+                .flatten()
+        })
+        .map(|cfg| cfg.auth)
+    };
+    assert_eq!(auth(None).unwrap(), Auth::ApiKey);
     for off in ["", "0", "false"] {
-        assert_eq!(Auth::from_env_value(Some(off)).unwrap(), Auth::ApiKey);
+        assert_eq!(auth(Some(off)).unwrap(), Auth::ApiKey);
     }
     for on in ["1", "true", " 1 "] {
-        assert_eq!(Auth::from_env_value(Some(on)).unwrap(), Auth::HeaderOnly);
+        assert_eq!(auth(Some(on)).unwrap(), Auth::HeaderOnly);
     }
     for typo in ["yes", "ture", "2"] {
-        assert!(Auth::from_env_value(Some(typo)).is_err(), "{typo}");
+        assert!(auth(Some(typo)).is_err(), "{typo}");
     }
     let shop = shop_with("header-only", Auth::HeaderOnly);
     let call = |tenant: &str| {
@@ -222,7 +262,7 @@ async fn a_catalog_outage_is_503_with_a_fixed_phrase() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_provider_cancels_then_the_open_breaker_queues() {
     let shop = shop("payments");
-    send(&shop, Method::POST, "/gateway/down", None).await;
+    admin(&shop, Method::POST, "/admin/provider/down").await;
     // The retry is outside the breaker: each of the first order's two attempts is a call
     // the breaker judges.
     let (status, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
@@ -250,23 +290,28 @@ async fn a_failing_provider_cancels_then_the_open_breaker_queues() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_gateway_takes_only_its_documented_states() {
+async fn the_provider_takes_only_its_documented_states() {
     let shop = shop("gateway");
     for state in ["sideways", "UP", "up%20", "down.", ""] {
-        let (status, body) = send(&shop, Method::POST, &format!("/gateway/{state}"), None).await;
+        let (status, body) = admin(&shop, Method::POST, &format!("/admin/provider/{state}")).await;
         assert_eq!(status, 404, "{state:?}");
         assert!(
-            body.is_empty() || body == "no such gateway state",
+            body.is_empty() || body == "no such provider state",
             "{state:?}: {body}"
         );
     }
+    // Without the token, nothing switches.
+    assert_eq!(
+        send(&shop, Method::POST, "/admin/provider/down", Some("acme")).await,
+        (401, "admin token required".to_owned())
+    );
     // None of them switched the provider off.
     assert_eq!(
         code(&shop, Method::POST, "/orders/tea/1", Some("acme")).await,
         201
     );
     assert_eq!(
-        send(&shop, Method::POST, "/gateway/down", None).await,
+        admin(&shop, Method::POST, "/admin/provider/down").await,
         (200, "payment provider down\n".to_owned())
     );
     assert_eq!(
@@ -296,7 +341,7 @@ async fn unknown_routes_are_404_before_the_tenant_layer() {
 #[tokio::test(start_paused = true)]
 async fn a_tenant_holds_at_most_its_own_pool() {
     let shop = shop("bulkhead");
-    send(&shop, Method::POST, "/gateway/slow", None).await;
+    admin(&shop, Method::POST, "/admin/provider/slow").await;
     // acme fills its pool with slow orders...
     let held: Vec<_> = (0..TENANT_CONCURRENCY)
         .map(|_| {

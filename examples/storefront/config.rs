@@ -1,0 +1,253 @@
+//! The storefront's settings: flags, each with an environment variable, and one-line errors
+//! that name both.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// How the storefront learns which tenant calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// The tenant that owns the API key in `x-api-key` (the default).
+    ApiKey,
+    /// `x-tenant-id` alone, believed as sent: for trusted internal callers only.
+    HeaderOnly,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (the default).
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the storefront is started with.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) addr: SocketAddr,
+    pub(crate) data: PathBuf,
+    pub(crate) tenants: Option<PathBuf>,
+    pub(crate) auth: Auth,
+    /// The admin routes' token; `None` makes a random one at start, printed once.
+    pub(crate) admin_token: Option<String>,
+    pub(crate) log: LogFormat,
+    /// How long a client may take to send a request's headers (HTTP/1).
+    pub(crate) header_timeout: Duration,
+    /// How long a request may take, end to end, before it is answered 504.
+    pub(crate) request_timeout: Duration,
+    /// Requests in flight across the whole server before the next is shed with 503.
+    pub(crate) max_inflight: u32,
+    /// How long shutdown waits for requests in flight.
+    pub(crate) drain: Duration,
+}
+
+/// The flags, for `--help` and for errors.
+pub(crate) const USAGE: &str = "\
+usage: storefront [flags]
+  --addr ADDR              listen address (TP_ADDR; default 127.0.0.1:3000)
+  --data DIR               data directory, kept across restarts (TP_DATA; default
+                           $XDG_DATA_HOME/tower-patterns/storefront, else
+                           ~/.local/share/tower-patterns/storefront, else ./storefront-data)
+  --tenants FILE           tenant registry, TOML (TP_TENANTS; default: the demo tenants)
+  --tenant-header-only     believe x-tenant-id as sent, for callers a gateway authenticated
+                           (TP_TENANT_HEADER_ONLY=1)
+  --admin-token TOKEN      token of the /admin and /metrics routes (TP_ADMIN_TOKEN; default:
+                           a random one, printed at start)
+  --log-json               logs as JSON lines (TP_LOG_FORMAT=json; RUST_LOG filters, default info)
+  --header-timeout SECS    time to send a request's headers (TP_HEADER_TIMEOUT; default 10)
+  --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
+  --max-inflight N         requests in flight before 503 (TP_MAX_INFLIGHT; default 256)
+  --drain SECS             time shutdown waits for requests in flight (TP_DRAIN; default 10)
+  -h, --help               this text";
+
+/// Where the data lives when neither `--data` nor `TP_DATA` says.
+pub(crate) fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    let set = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set("XDG_DATA_HOME")
+        .or_else(|| set("HOME").map(|home| home.join(".local/share")))
+        .map_or_else(
+            || PathBuf::from("storefront-data"),
+            |base| base.join("tower-patterns").join("storefront"),
+        )
+}
+
+/// One setting: its flag, its variable, and the value the command line or else the
+/// environment gave.
+struct Setting<'a> {
+    flag: &'static str,
+    var: &'static str,
+    value: Option<&'a str>,
+}
+
+impl Setting<'_> {
+    fn error(&self, value: &str, what: &str) -> String {
+        format!(
+            "storefront: {} {value:?}: {what} (also {})",
+            self.flag, self.var
+        )
+    }
+
+    fn seconds(&self, default: u64, max: u64) -> Result<Duration, String> {
+        let Some(value) = self.value else {
+            return Ok(Duration::from_secs(default));
+        };
+        match value.trim().parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(Duration::from_secs(n)),
+            _ => Err(self.error(
+                value,
+                &format!("not a whole number of seconds from 1 to {max}"),
+            )),
+        }
+    }
+}
+
+/// Reads the command line (without the program name), then the environment for what it leaves
+/// out. Errors are one line naming the flag and its variable.
+pub(crate) fn parse(
+    args: Vec<String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, String> {
+    let mut flags: Vec<(&'static str, String)> = Vec::new();
+    let mut switches: Vec<&'static str> = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+            None => (arg.clone(), None),
+        };
+        let flag: &'static str = match name.as_str() {
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            "--tenant-header-only" => {
+                switches.push("--tenant-header-only");
+                continue;
+            }
+            "--log-json" => {
+                switches.push("--log-json");
+                continue;
+            }
+            "--addr" => "--addr",
+            "--data" => "--data",
+            "--tenants" => "--tenants",
+            "--admin-token" => "--admin-token",
+            "--header-timeout" => "--header-timeout",
+            "--request-timeout" => "--request-timeout",
+            "--max-inflight" => "--max-inflight",
+            "--drain" => "--drain",
+            _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| format!("storefront: {flag} needs a value (try --help)"))?,
+        };
+        flags.retain(|(f, _)| *f != flag);
+        flags.push((flag, value));
+    }
+    let from_env: Vec<(&'static str, Option<String>)> = [
+        "TP_ADDR",
+        "TP_DATA",
+        "TP_TENANTS",
+        "TP_ADMIN_TOKEN",
+        "TP_HEADER_TIMEOUT",
+        "TP_REQUEST_TIMEOUT",
+        "TP_MAX_INFLIGHT",
+        "TP_DRAIN",
+        "TP_TENANT_HEADER_ONLY",
+        "TP_LOG_FORMAT",
+    ]
+    .into_iter()
+    .map(|var| (var, env(var)))
+    .collect();
+    let var = |name: &str| {
+        from_env
+            .iter()
+            .find(|(v, _)| *v == name)
+            .and_then(|(_, value)| value.as_deref())
+    };
+    let setting = |flag: &'static str, var_name: &'static str| Setting {
+        flag,
+        var: var_name,
+        value: flags
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| var(var_name)),
+    };
+
+    let addr = setting("--addr", "TP_ADDR");
+    let addr = match addr.value {
+        None => SocketAddr::from(([127, 0, 0, 1], 3000)),
+        Some(value) => value
+            .trim()
+            .parse()
+            .map_err(|_| addr.error(value, "not a socket address such as 127.0.0.1:3000"))?,
+    };
+    let data = setting("--data", "TP_DATA");
+    let data = match data.value {
+        Some("") => return Err(data.error("", "an empty path")),
+        Some(value) => PathBuf::from(value),
+        None => default_data_dir(&env),
+    };
+    let tenants = setting("--tenants", "TP_TENANTS").value.map(PathBuf::from);
+    let auth = if switches.contains(&"--tenant-header-only") {
+        Auth::HeaderOnly
+    } else {
+        match var("TP_TENANT_HEADER_ONLY").map(str::trim) {
+            None | Some("" | "0" | "false") => Auth::ApiKey,
+            Some("1" | "true") => Auth::HeaderOnly,
+            Some(other) => {
+                return Err(format!(
+                    "storefront: TP_TENANT_HEADER_ONLY {other:?}: must be 1, true, 0, false or \
+                     unset (also --tenant-header-only)"
+                ));
+            }
+        }
+    };
+    let token = setting("--admin-token", "TP_ADMIN_TOKEN");
+    let admin_token = match token.value {
+        None => None,
+        Some(value) if value.len() >= 16 && value.bytes().all(|b| b.is_ascii_graphic()) => {
+            Some(value.to_owned())
+        }
+        Some(value) => {
+            return Err(token.error(
+                &"*".repeat(value.len().min(8)),
+                "must be at least 16 visible ASCII characters",
+            ));
+        }
+    };
+    let log = if switches.contains(&"--log-json") {
+        LogFormat::Json
+    } else {
+        match var("TP_LOG_FORMAT").map(str::trim) {
+            None | Some("" | "pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(format!(
+                    "storefront: TP_LOG_FORMAT {other:?}: must be pretty or json (also --log-json)"
+                ));
+            }
+        }
+    };
+    let max_inflight = setting("--max-inflight", "TP_MAX_INFLIGHT");
+    let max_inflight = match max_inflight.value {
+        None => 256,
+        Some(value) => match value.trim().parse::<u32>() {
+            Ok(n) if (1..=100_000).contains(&n) => n,
+            _ => return Err(max_inflight.error(value, "not a number from 1 to 100000")),
+        },
+    };
+    Ok(Config {
+        addr,
+        data,
+        tenants,
+        auth,
+        admin_token,
+        log,
+        header_timeout: setting("--header-timeout", "TP_HEADER_TIMEOUT").seconds(10, 3600)?,
+        request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,
+        max_inflight,
+        drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
+    })
+}

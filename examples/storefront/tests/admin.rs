@@ -1,0 +1,311 @@
+//! The admin routes: the token, the reports, the chaos switch, and `/metrics` as Prometheus
+//! text carrying each pattern's series.
+
+use std::{collections::BTreeSet, sync::OnceLock};
+
+use axum::http::Method;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_patterns::tenant::StaticTenants;
+
+use super::{Shop, TOKEN, admin, exchange, request, send, shop};
+use crate::{TENANTS, config, storefront};
+
+#[tokio::test(start_paused = true)]
+async fn admin_routes_need_the_token() {
+    let shop = shop("admin-token");
+    for (uri, headers) in [
+        ("/admin/patterns", vec![]),
+        (
+            "/admin/patterns",
+            vec![("authorization", "Bearer wrong-token-0123456789")],
+        ),
+        (
+            "/admin/patterns",
+            vec![("authorization", &*format!("Basic {TOKEN}"))],
+        ),
+        ("/admin/patterns?token=wrong", vec![]),
+        ("/admin/patterns?token=", vec![]),
+        ("/metrics", vec![]),
+        ("/admin/provider/down", vec![("x-api-key", "demo-key-acme")]),
+    ] {
+        let method = if uri.contains("provider") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let (status, body) = exchange(shop.router.clone(), request(method, uri, &headers)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (401, "admin token required"),
+            "{uri} {headers:?}"
+        );
+    }
+    let (status, _) = exchange(
+        shop.router.clone(),
+        request(
+            Method::GET,
+            &format!("/admin/patterns?a=1&token={TOKEN}"),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "the token in the query, for the status page");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_pattern_reports_itself() {
+    let shop = shop("admin-patterns");
+    assert_eq!(
+        send(&shop, Method::GET, "/products", Some("acme")).await.0,
+        200
+    );
+    let (status, body) = admin(&shop, Method::GET, "/admin/patterns").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reports = json["patterns"].as_array().unwrap();
+    let seen: BTreeSet<(String, String)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["pattern"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (pattern, name) in [
+        ("bulkhead", "edge"),
+        ("bulkhead", "tenant"),
+        ("tenant", "storefront"),
+        ("ratelimit", "tenant"),
+        ("cache", "catalog"),
+        ("breaker", "payments"),
+        ("chaos", "payment-provider"),
+    ] {
+        assert!(
+            seen.contains(&(pattern.to_owned(), name.to_owned())),
+            "{pattern}/{name} in {seen:?}"
+        );
+    }
+    let breaker = reports.iter().find(|r| r["pattern"] == "breaker").unwrap();
+    assert_eq!(breaker["state"], "closed");
+    assert_eq!(breaker["values"]["open_remaining_seconds"], 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_chaos_switch_takes_a_checked_plan() {
+    let shop = shop("admin-chaos");
+    let post = |uri: &str, body: &str, json: bool| {
+        let mut req = request(
+            Method::POST,
+            uri,
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+        );
+        if json {
+            req.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+        }
+        *req.body_mut() = axum::body::Body::from(body.to_owned());
+        exchange(shop.router.clone(), req)
+    };
+    let uri = "/admin/chaos/payment-provider";
+    assert_eq!(
+        post(uri, r#"{"faults":[{"kind":"status","status":503}]}"#, true).await,
+        (200, "chaos payment-provider: 1 fault(s), on\n".to_owned())
+    );
+    // Every charge now fails: the order is cancelled, the breaker counts it.
+    assert_eq!(
+        send(&shop, Method::POST, "/orders/tea/1", Some("acme"))
+            .await
+            .0,
+        502
+    );
+    assert!(
+        shop.app
+            .provider
+            .injected(tower_patterns::chaos::FaultKind::Status)
+            >= 1
+    );
+    for (body, json, want) in [
+        ("{", true, (400, "malformed JSON")),
+        (
+            r#"{"faults":[{"kind":"melt"}]}"#,
+            true,
+            (
+                400,
+                "a fault is {kind: latency|status|error|hang|abort, rate, ms, status}",
+            ),
+        ),
+        (
+            r#"{"faults":[{"kind":"status","status":200}]}"#,
+            true,
+            (
+                400,
+                "a fault is {kind: latency|status|error|hang|abort, rate, ms, status}",
+            ),
+        ),
+        (
+            r#"{"faults":[{"kind":"latency"}]}"#,
+            true,
+            (
+                400,
+                "a fault is {kind: latency|status|error|hang|abort, rate, ms, status}",
+            ),
+        ),
+        (
+            r#"{"faults":[{"kind":"hang","rate":0.6},{"kind":"abort","rate":0.6}]}"#,
+            true,
+            (400, "rates must be 0 to 1 and add up to at most 1"),
+        ),
+        (r#"{"faults":[],"extra":1}"#, true, (400, "malformed JSON")),
+        (
+            r#"{"faults":[]}"#,
+            false,
+            (415, "expected content-type: application/json"),
+        ),
+    ] {
+        let (status, text) = post(uri, body, json).await;
+        assert_eq!((status, text.as_str()), want, "{body}");
+    }
+    assert!(
+        shop.app.provider.is_active(),
+        "a refused plan changes nothing"
+    );
+    assert_eq!(
+        post("/admin/chaos/nope", "{}", true).await,
+        (404, "no such chaos layer".to_owned())
+    );
+    let huge = format!(
+        r#"{{"faults":[],"pad":"{}"}}"#,
+        "x".repeat(crate::edge::BODY_LIMIT)
+    );
+    let req = {
+        let mut req = request(
+            Method::POST,
+            uri,
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+        );
+        req.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        *req.body_mut() = axum::body::Body::from(huge);
+        req
+    };
+    let limited = shop
+        .router
+        .clone()
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::edge::BODY_LIMIT,
+        ));
+    let (status, text) = exchange(limited, req).await;
+    assert_eq!((status, text.as_str()), (413, "request body too large"));
+    assert_eq!(
+        post(uri, r#"{"faults":[]}"#, true).await.1,
+        "chaos payment-provider: 0 fault(s), off\n"
+    );
+    assert_eq!(
+        send(&shop, Method::POST, "/orders/tea/1", Some("acme"))
+            .await
+            .0,
+        201
+    );
+}
+
+/// One Prometheus recorder for this test binary, installed before the shop that reads it is
+/// built (layers register their metrics when they are built).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap()
+        })
+        .clone()
+}
+
+/// Checks the Prometheus text format strictly enough to catch a broken exposition: every
+/// sample belongs to a family announced by `# TYPE`, its labels are `name="value"` pairs and its
+/// value parses. Returns the sample names.
+fn parse_prometheus(text: &str) -> BTreeSet<String> {
+    let mut typed = BTreeSet::new();
+    let mut samples = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#'), "an unknown comment: {line}");
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (
+                name,
+                labels.strip_suffix('}').unwrap_or_else(|| panic!("{line}")),
+            ),
+            None => (series, ""),
+        };
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "{line}"
+        );
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{line}"
+            );
+            assert!(!value.contains('\n'), "{line}");
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no # TYPE line");
+        samples.insert(name.to_owned());
+    }
+    samples
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_are_prometheus_text_with_each_patterns_series() {
+    let prometheus = prometheus();
+    let dir =
+        std::env::temp_dir().join(format!("tp-storefront-test-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config::parse(vec!["--data".into(), dir.display().to_string()], |_| None).unwrap();
+    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), Some(prometheus)).unwrap();
+    let shop = Shop {
+        router,
+        app,
+        dir: super::TempDir(dir),
+    };
+    send(&shop, Method::GET, "/products", Some("acme")).await;
+    send(&shop, Method::GET, "/products", Some("nobody")).await;
+    let (status, text) = admin(&shop, Method::GET, "/metrics").await;
+    assert_eq!(status, 200);
+    let samples = parse_prometheus(&text);
+    for prefix in [
+        "tower_patterns_breaker_",
+        "tower_patterns_bulkhead_",
+        "tower_patterns_ratelimit_",
+        "tower_patterns_cache_",
+        "tower_patterns_tenant_",
+        "tower_patterns_chaos_",
+    ] {
+        assert!(
+            samples.iter().any(|s| s.starts_with(prefix)),
+            "no {prefix}* in {samples:?}"
+        );
+    }
+}
