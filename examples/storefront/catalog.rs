@@ -79,17 +79,24 @@ pub(crate) fn catalog(
 }
 
 /// The shared table and two tenants' rows.
+/// The demo products: (tenant, sku, price).
+pub(crate) const CATALOG: [(&str, &str, i64); 3] = [
+    ("acme", "tea", 4),
+    ("acme", "coffee", 5),
+    ("globex", "widget", 120),
+];
+
+/// The demo products as (tenant, sku), for the stock.
+pub(crate) const PRODUCTS: &[(&str, &str)] =
+    &[("acme", "tea"), ("acme", "coffee"), ("globex", "widget")];
+
 pub(crate) fn open_catalog(path: &FsPath) -> Result<Connection, BoxError> {
     let conn = Connection::open(path)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS products (tenant_id TEXT NOT NULL, sku TEXT NOT NULL, price INTEGER NOT NULL);
          DELETE FROM products;",
     )?;
-    for (tenant, sku, price) in [
-        ("acme", "tea", 4),
-        ("acme", "coffee", 5),
-        ("globex", "widget", 120),
-    ] {
+    for (tenant, sku, price) in CATALOG {
         let tenant = TenantId::new(tenant)?;
         Scoped::new(&conn, &tenant).insert(
             "products",

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) max_inflight: u32,
     /// How long shutdown waits for requests in flight.
     pub(crate) drain: Duration,
+    /// The payment client's settings (shorter in the demo).
+    pub(crate) payments: crate::payments::PaymentSettings,
 }
 
 /// The flags, for `--help` and for errors.
@@ -249,5 +251,6 @@ pub(crate) fn parse(
         request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,
         max_inflight,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
+        payments: crate::payments::PaymentSettings::default(),
     })
 }

@@ -14,7 +14,7 @@
 //! | route | what it shows |
 //! |---|---|
 //! | `GET /products` | the tenant's catalog, read from a shared SQLite table through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant |
-//! | `POST /orders/{sku}/{qty}` | an order of 1 to 100, event-sourced on SQLite: placed, then charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), then paid, queued or cancelled |
+//! | `POST /orders/{sku}/{qty}` | an order of 1 to 100 through the order saga (`checkout.rs`): the order placed (event-sourced on SQLite), charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), the stock reserved, the shipment booked; a refused step undoes the ones before it, newest first (201 PAID, 202 QUEUED, 502 CANCELLED when the payment failed, 409 CANCELLED when out of stock) |
 //! | `GET /orders/{id}` | the order rebuilt from its events; another tenant's order is a 404 |
 //! | `GET /health` | breaker, cache and queue, in one line |
 //! | `GET /admin/patterns` | admin: every pattern's report (state, health, numbers) as JSON |
@@ -54,7 +54,11 @@
 //! The payment client follows the stack of `docs/patterns/retry.md`: fallback → retry →
 //! circuit breaker → timeout (per attempt) → bulkhead → chaos → provider. The breaker judges every
 //! attempt, and once it is open the retry stops at once (a `Rejected` is never retried) and
-//! the fallback queues the payment.
+//! the fallback queues the payment in `ledger.db`. A worker (`queue.rs`) sends the queued
+//! payments through the same client without its fallback after every breaker transition and
+//! every half second while the breaker lets calls through, so they drain once the provider is
+//! back, also after a restart. The saga's log and index (`checkout-log.db`,
+//! `checkout-index.db`) let a restart finish the checkouts a crash left open.
 //!
 //! ```text
 //! cargo run --example storefront --features full -- --admin-token my-admin-token-0123
@@ -74,10 +78,13 @@
 
 mod admin;
 mod catalog;
+mod checkout;
 mod config;
 mod edge;
+mod ledger;
 mod orders;
 mod payments;
+mod queue;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -112,9 +119,12 @@ use tower_patterns::{
 
 use crate::{
     catalog::{Catalog, catalog, open_catalog},
+    checkout::Checkout,
     config::{Auth, Config, LogFormat},
+    ledger::Ledger,
     orders::Order,
-    payments::{Payment, Payments, payments},
+    payments::payments,
+    queue::QueueHandle,
     routes::{health, place, products, show},
 };
 
@@ -159,11 +169,14 @@ struct App {
     catalog: Catalog,
     catalog_loads: Arc<AtomicU64>,
     orders: Repository<Order, SqliteStore>,
-    payments: Payments,
+    checkout: Checkout,
+    ledger: Ledger,
     breaker: CircuitBreakerHandle,
     provider: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
-    queue: Arc<Mutex<Vec<Payment>>>,
+    queue: QueueHandle,
+    /// Stops the background workers (the queue's drain) when the server stops.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// The server-wide bulkhead that sheds load, built here so that it is listed with the
     /// others; the edge stack applies it.
     edge_layer: BulkheadLayer,
@@ -191,7 +204,7 @@ fn tenant_layer(
 /// The storefront's routes over the data in `cfg.data`, its tenants in `tenants`, without the
 /// edge stack (`edge::serve` adds it). The metrics recorder, if any, must be installed first:
 /// layers register their metrics when they are built.
-fn storefront(
+async fn storefront(
     cfg: &Config,
     tenants: StaticTenants,
     admin_token: Arc<str>,
@@ -200,10 +213,23 @@ fn storefront(
     let dir = &cfg.data;
     let catalog_loads = Arc::new(AtomicU64::new(0));
     let db = Arc::new(Mutex::new(open_catalog(&dir.join("catalog.db"))?));
-    let store = SqliteStore::open(dir.join("orders.db"))?;
+    let orders = Repository::new(
+        Arc::new(SqliteStore::open(dir.join("orders.db"))?),
+        "order-",
+    );
+    let ledger = Ledger::open(&dir.join("ledger.db"), catalog::PRODUCTS)?;
     let provider_attempts = Arc::new(AtomicU64::new(0));
-    let queue = Arc::new(Mutex::new(Vec::new()));
-    let (payments, breaker, provider) = payments(provider_attempts.clone(), queue.clone())?;
+    let pay = payments(cfg.payments, provider_attempts.clone(), ledger.clone())?;
+    let definition = checkout::definition(orders.clone(), pay.client.clone(), ledger.clone())?;
+    let checkout = checkout::orchestrator(dir, definition).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let queue = queue::spawn_drain(
+        ledger.clone(),
+        pay.direct.clone(),
+        pay.breaker.clone(),
+        orders.clone(),
+        stopped,
+    );
     let limiter = GcraLimiter::builder("tenant")
         .key(ExtensionKey::<TenantId>::new())
         .rate(plan_rate("free"))
@@ -229,18 +255,24 @@ fn storefront(
         Box::new(limiter.handle()),
         Box::new(bulkheads.handle()),
         catalog_cache,
-        Box::new(breaker.clone()),
-        Box::new(provider.clone()),
+        Box::new(pay.retry.clone()),
+        Box::new(pay.breaker.clone()),
+        Box::new(pay.bulkhead.clone()),
+        Box::new(pay.chaos.clone()),
+        Box::new(queue.clone()),
+        Box::new(checkout.handle()),
     ];
     let app = App {
         catalog,
         catalog_loads,
-        orders: Repository::new(Arc::new(store), "order-"),
-        payments,
-        breaker,
-        provider,
+        orders,
+        checkout,
+        ledger,
+        breaker: pay.breaker,
+        provider: pay.chaos,
         provider_attempts,
         queue,
+        stop: Arc::new(stop),
         edge_layer: edge,
         handles: Arc::new(handles),
         admin_token,
@@ -366,12 +398,14 @@ pub(crate) async fn run(
         Some(token) => token.as_str().into(),
         None => admin::random_token().into(),
     };
-    let (router, app) = storefront(&cfg, tenants, token.clone(), prometheus).map_err(|e| {
-        format!(
-            "storefront: cannot open the data in {:?}: {e} (--data, TP_DATA)",
-            cfg.data.display()
-        )
-    })?;
+    let (router, app) = storefront(&cfg, tenants, token.clone(), prometheus)
+        .await
+        .map_err(|e| {
+            format!(
+                "storefront: cannot open the data in {:?}: {e} (--data, TP_DATA)",
+                cfg.data.display()
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.map_err(|e| {
         format!(
             "storefront: --addr {}: cannot listen: {e} (also TP_ADDR)",
@@ -417,7 +451,7 @@ pub(crate) async fn run(
             format!("admin: http://{local}/admin/patterns (the token from --admin-token)"),
         )?;
     }
-    edge::serve(listener, router, &app, &cfg, shutdown)
-        .await
-        .map_err(|e| format!("storefront: {e}"))
+    let served = edge::serve(listener, router, &app, &cfg, shutdown).await;
+    let _ = app.stop.send(true);
+    served.map_err(|e| format!("storefront: {e}"))
 }

@@ -24,8 +24,20 @@ impl DomainEvent for OrderEvent {
 
 #[derive(Clone, Debug)]
 pub(crate) enum OrderCommand {
-    Place { sku: String, qty: u32 },
+    Place {
+        sku: String,
+        qty: u32,
+    },
+    /// The checkout saga's last step: paid, or the payment queued.
     Settle(OrderEvent),
+    /// A queued payment went through once the provider was back.
+    PayQueued {
+        charge: String,
+    },
+    /// The checkout saga's compensation of the order: a repeat changes nothing.
+    Cancel {
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -94,11 +106,31 @@ impl Aggregate for Order {
                 sku: sku.clone(),
                 qty: *qty,
             }]),
-            OrderCommand::Settle(_) if self.sku.is_none() => Err(OrderError::NotPlaced),
+            OrderCommand::Settle(_)
+            | OrderCommand::PayQueued { .. }
+            | OrderCommand::Cancel { .. }
+                if self.sku.is_none() =>
+            {
+                Err(OrderError::NotPlaced)
+            }
             OrderCommand::Settle(_) if self.status != Some(Status::Placed) => {
                 Err(OrderError::Settled)
             }
             OrderCommand::Settle(event) => Ok(vec![event.clone()]),
+            OrderCommand::PayQueued { .. } if self.status == Some(Status::Paid) => Ok(vec![]),
+            OrderCommand::PayQueued { .. } if self.status != Some(Status::PaymentQueued) => {
+                Err(OrderError::Settled)
+            }
+            OrderCommand::PayQueued { charge } => Ok(vec![OrderEvent::Paid {
+                charge: charge.clone(),
+            }]),
+            OrderCommand::Cancel { .. } if self.status == Some(Status::Cancelled) => Ok(vec![]),
+            OrderCommand::Cancel { .. } if self.status != Some(Status::Placed) => {
+                Err(OrderError::Settled)
+            }
+            OrderCommand::Cancel { reason } => Ok(vec![OrderEvent::Cancelled {
+                reason: reason.clone(),
+            }]),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -13,16 +13,19 @@ use tower::{ServiceBuilder, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
     BoxError,
     breaker::{CircuitBreakerHandle, CircuitBreakerLayer, FallbackLayer},
-    bulkhead::BulkheadLayer,
+    bulkhead::{BulkheadHandle, BulkheadLayer},
     chaos::{AnswerAsError, ChaosHandle, ChaosLayer, Fault},
-    retry::RetryPolicy,
+    retry::{RetryPolicy, RetryPolicyHandle},
 };
+
+use crate::ledger::Ledger;
 
 /// How long the provider takes to answer in `/gateway/slow`.
 pub(crate) const SLOW_PROVIDER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub(crate) struct Payment {
+    pub(crate) tenant: String,
     pub(crate) order: String,
     pub(crate) amount: i64,
 }
@@ -77,15 +80,53 @@ impl Provider {
     }
 }
 
+/// How the payment client is tuned: the storefront's defaults, shorter for the demo.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PaymentSettings {
+    /// How long the breaker stays open before it lets a probe through.
+    pub(crate) open: Duration,
+    /// How long one attempt may take.
+    pub(crate) attempt_timeout: Duration,
+    /// How many charges may be in flight to the provider at once.
+    pub(crate) max_concurrent: u32,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        Self {
+            open: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(2),
+            max_concurrent: 64,
+        }
+    }
+}
+
+/// The payment client and what reads it.
+#[derive(Clone)]
+pub(crate) struct PaymentClient {
+    /// The whole client: a payment the breaker or the bulkhead refuses is queued.
+    pub(crate) client: Payments,
+    /// The same client without the fallback, for the worker that drains the queue (a refusal
+    /// leaves the payment in the queue rather than queueing it again).
+    pub(crate) direct: Payments,
+    pub(crate) breaker: CircuitBreakerHandle,
+    pub(crate) bulkhead: BulkheadHandle,
+    pub(crate) retry: RetryPolicyHandle,
+    /// The provider's failures.
+    pub(crate) chaos: ChaosHandle,
+}
+
 /// The payment client, in the order of `docs/patterns/retry.md`: the fallback queues the
-/// payment when the breaker refuses it; the retry makes up to two attempts, each one call the
-/// breaker judges (and stops at an open breaker: a `Rejected` is never retried); a timeout
-/// per attempt; a bulkhead around the provider; the chaos layer that makes the provider fail
-/// or slow down. `attempts` counts the calls sent to the provider (failed by chaos or not).
+/// payment (durably, in the ledger) when the breaker or the bulkhead refuses it; the retry
+/// makes up to two attempts, each one call the breaker judges (and stops at an open breaker: a
+/// `Rejected` is never retried); a timeout per attempt; a bulkhead around the provider; the
+/// chaos layer that makes the provider fail or slow down. `attempts` counts the calls sent to
+/// the provider (failed by chaos or not).
 pub(crate) fn payments(
+    settings: PaymentSettings,
     attempts: Arc<AtomicU64>,
-    queue: Arc<Mutex<Vec<Payment>>>,
-) -> Result<(Payments, CircuitBreakerHandle, ChaosHandle), BoxError> {
+    ledger: Ledger,
+) -> Result<PaymentClient, BoxError> {
     let provider = service_fn(|p: Payment| async move {
         Ok::<_, BoxError>(Charge::Charged(format!("ch_{}_{}", p.order, p.amount)))
     });
@@ -94,12 +135,10 @@ pub(crate) fn payments(
         .build()?;
     let provider_chaos = chaos.handle();
     let enqueue = service_fn(move |p: Payment| {
-        let queue = queue.clone();
+        let ledger = ledger.clone();
         async move {
-            queue
-                .lock()
-                .map_err(|_| BoxError::from("queue lock poisoned"))?
-                .push(p);
+            ledger.enqueue(&p.tenant, &p.order, p.amount).await?;
+            tracing::info!(order = %p.order, "payment queued: the provider is refused for now");
             Ok::<_, BoxError>(Charge::Queued)
         }
     });
@@ -108,30 +147,36 @@ pub(crate) fn payments(
     let breaker = CircuitBreakerLayer::builder("payments")
         .no_failure_rate()
         .consecutive_failures(3)
-        .open_duration(Duration::from_secs(30))
+        .open_duration(settings.open)
+        // One good charge after the open time closes it: the queue's worker sends it.
+        .half_open_probes(1)
         .build()?;
-    let handle = breaker.handle();
-    let client = ServiceBuilder::new()
-        .layer(FallbackLayer::service(enqueue).on_rejection_only())
-        .layer(
-            RetryPolicy::builder("payments")
-                .max_attempts(2)
-                .build()?
-                .leak()
-                .layer(),
-        )
+    let retry = RetryPolicy::builder("payments").max_attempts(2).build()?;
+    let bulkhead = BulkheadLayer::builder("payments")
+        .max_concurrent(settings.max_concurrent)
+        .build()?;
+    let handles = (breaker.handle(), bulkhead.handle(), retry.handle());
+    let direct = ServiceBuilder::new()
+        .layer(retry.layer())
         .layer(breaker)
-        .timeout(Duration::from_secs(2))
-        .layer(
-            BulkheadLayer::builder("payments")
-                .max_concurrent(64)
-                .build()?,
-        )
+        .timeout(settings.attempt_timeout)
+        .layer(bulkhead)
         .map_request(move |p: Payment| {
             attempts.fetch_add(1, Ordering::SeqCst);
             p
         })
         .layer(chaos)
         .service(provider);
-    Ok((BoxCloneSyncService::new(client), handle, provider_chaos))
+    let direct = BoxCloneSyncService::new(direct);
+    let client = ServiceBuilder::new()
+        .layer(FallbackLayer::service(enqueue).on_rejection_only())
+        .service(direct.clone());
+    Ok(PaymentClient {
+        client: BoxCloneSyncService::new(client),
+        direct,
+        breaker: handles.0,
+        bulkhead: handles.1,
+        retry: handles.2,
+        chaos: provider_chaos,
+    })
 }

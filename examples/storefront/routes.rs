@@ -14,17 +14,16 @@ use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 use tower_patterns::{
     BoxError,
-    eventstore::{Command, CommandService, RepositoryError},
     http::{classify_error, error_response},
     observe::StateHandle,
+    saga::{SagaId, SagaStatus},
     tenant::{Tenant, TenantId},
 };
 
 use crate::{
     App,
     catalog::{CatalogQuery, Product},
-    orders::{OrderCommand, OrderError, OrderEvent},
-    payments::{Charge, Payment},
+    checkout,
 };
 
 /// The largest quantity of one order line.
@@ -40,8 +39,6 @@ pub(crate) enum ApiError {
     NotFound(&'static str),
     /// 413: the body is larger than the edge allows.
     TooLarge,
-    /// 422: the order refused the command.
-    Refused(OrderError),
     /// A dependency failed. The core mapping answers the errors it knows (an open circuit,
     /// a full bulkhead: 503 with `Retry-After`; a timeout: 504); any other failure of the
     /// dependency is a 503 with this phrase, never a 500 or a 404.
@@ -54,7 +51,6 @@ impl IntoResponse for ApiError {
             Self::BadRequest(phrase) => (StatusCode::BAD_REQUEST, phrase),
             Self::NotFound(phrase) => (StatusCode::NOT_FOUND, phrase),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-            Self::Refused(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.phrase()),
             Self::Unavailable(what, err) => {
                 if classify_error(&*err).status != StatusCode::INTERNAL_SERVER_ERROR {
                     return error_response::<String>(&*err).map(Body::from);
@@ -141,14 +137,6 @@ pub(crate) async fn catalog_of(app: &App, tenant: &TenantId) -> Result<Arc<[Prod
         .map_err(|e| ApiError::Unavailable("catalog unavailable", e))
 }
 
-/// A repository error: the order's own refusal is a 422, anything else a 503.
-pub(crate) fn order_error(e: RepositoryError<OrderError>) -> ApiError {
-    match e {
-        RepositoryError::Domain(e) => ApiError::Refused(e),
-        e => ApiError::Unavailable("orders unavailable", e.into()),
-    }
-}
-
 pub(crate) async fn products(
     State(app): State<App>,
     Tenant(t): Tenant,
@@ -176,40 +164,38 @@ pub(crate) async fn place(
         .checked_mul(i64::from(qty))
         .ok_or(ApiError::BadRequest("the order is too large"))?;
     let order = uuid::Uuid::now_v7().simple().to_string();
-    let stream = stream_id(t.id(), &order);
-    let commands = CommandService::new(app.orders.clone());
-    commands
-        .clone()
-        .oneshot(Command::new(
-            stream.clone(),
-            OrderCommand::Place {
-                sku: sku.clone(),
-                qty,
-            },
-        ))
+    // The order saga: order, payment, inventory, shipping; undone newest first when a step
+    // refuses. Its id is the order's, so a retried start changes nothing.
+    let id = SagaId::new(format!("{}.{order}", t.id()))
+        .ok_or(ApiError::BadRequest("malformed order"))?;
+    let outcome = app
+        .checkout
+        .run(
+            "checkout",
+            id,
+            checkout::input(t.id(), &order, &sku, qty, amount),
+        )
         .await
-        .map_err(order_error)?;
-    // The order's saga: charge, then record the outcome; a failed charge cancels the order.
-    let payment = Payment {
-        order: order.clone(),
-        amount,
+        .map_err(|e| ApiError::Unavailable("checkout unavailable", e.into()))?;
+    let queued = outcome
+        .outputs
+        .get("payment")
+        .is_some_and(|p| p["queued"] == true);
+    let (status, answer) = match (outcome.status, outcome.failed_step.as_deref()) {
+        (SagaStatus::Completed, _) if queued => (StatusCode::ACCEPTED, "QUEUED"),
+        (SagaStatus::Completed, _) => (StatusCode::CREATED, "PAID"),
+        (_, Some("payment")) => (StatusCode::BAD_GATEWAY, "CANCELLED"),
+        (_, Some("inventory")) => (StatusCode::CONFLICT, "CANCELLED"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "CANCELLED"),
     };
-    let (outcome, status, answer) = match app.payments.clone().oneshot(payment).await {
-        Ok(Charge::Charged(charge)) => (OrderEvent::Paid { charge }, StatusCode::CREATED, "PAID"),
-        Ok(Charge::Queued) => (OrderEvent::PaymentQueued, StatusCode::ACCEPTED, "QUEUED"),
-        Err(e) => (
-            OrderEvent::Cancelled {
-                reason: e.to_string(),
-            },
-            StatusCode::BAD_GATEWAY,
-            "CANCELLED",
-        ),
-    };
-    commands
-        .oneshot(Command::new(stream, OrderCommand::Settle(outcome)))
-        .await
-        .map_err(order_error)?;
-    Ok((status, format!("{answer} order {order} {sku} x{qty}\n")))
+    let reason = outcome
+        .reason
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    Ok((
+        status,
+        format!("{answer} order {order} {sku} x{qty}{reason}\n"),
+    ))
 }
 
 pub(crate) async fn show(
@@ -238,13 +224,16 @@ pub(crate) async fn show(
 
 pub(crate) async fn health(State(app): State<App>) -> String {
     let r = app.breaker.report();
-    let queued = app.queue.lock().map_or(0, |q| q.len());
+    let queued = app.queue.queued();
+    let (refunds, cancelled_shipments) = app.ledger.undone();
     format!(
-        "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}\n",
+        "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}; \
+         drained {}; refunds {refunds}; cancelled shipments {cancelled_shipments}\n",
         r.name,
         r.state,
         r.health,
         app.catalog_loads.load(Ordering::Relaxed),
         app.provider_attempts.load(Ordering::Relaxed),
+        app.queue.drained(),
     )
 }

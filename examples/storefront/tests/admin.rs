@@ -12,7 +12,7 @@ use crate::{TENANTS, config, storefront};
 
 #[tokio::test(start_paused = true)]
 async fn admin_routes_need_the_token() {
-    let shop = shop("admin-token");
+    let shop = shop("admin-token").await;
     for (uri, headers) in [
         ("/admin/patterns", vec![]),
         (
@@ -54,7 +54,7 @@ async fn admin_routes_need_the_token() {
 
 #[tokio::test(start_paused = true)]
 async fn every_pattern_reports_itself() {
-    let shop = shop("admin-patterns");
+    let shop = shop("admin-patterns").await;
     assert_eq!(
         send(&shop, Method::GET, "/products", Some("acme")).await.0,
         200
@@ -93,7 +93,7 @@ async fn every_pattern_reports_itself() {
 
 #[tokio::test(start_paused = true)]
 async fn the_chaos_switch_takes_a_checked_plan() {
-    let shop = shop("admin-chaos");
+    let shop = shop("admin-chaos").await;
     let post = |uri: &str, body: &str, json: bool| {
         let mut req = request(
             Method::POST,
@@ -284,7 +284,9 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config::parse(vec!["--data".into(), dir.display().to_string()], |_| None).unwrap();
     let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), Some(prometheus)).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), Some(prometheus))
+        .await
+        .unwrap();
     let shop = Shop {
         router,
         app,

@@ -2,6 +2,7 @@
 //! and the edge over real TCP (`edge.rs`).
 
 mod admin;
+mod checkout;
 mod edge;
 
 use std::{path::PathBuf, sync::atomic::Ordering, time::Duration};
@@ -40,7 +41,7 @@ impl Drop for TempDir {
     }
 }
 
-fn shop_with(name: &str, auth: Auth) -> Shop {
+async fn shop_with(name: &str, auth: Auth) -> Shop {
     let dir =
         std::env::temp_dir().join(format!("tp-storefront-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -50,7 +51,7 @@ fn shop_with(name: &str, auth: Auth) -> Shop {
         args.push("--tenant-header-only".to_owned());
     }
     let cfg = config::parse(args, |_| None).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
     Shop {
         router,
         app,
@@ -58,8 +59,8 @@ fn shop_with(name: &str, auth: Auth) -> Shop {
     }
 }
 
-pub(crate) fn shop(name: &str) -> Shop {
-    shop_with(name, Auth::ApiKey)
+pub(crate) async fn shop(name: &str) -> Shop {
+    shop_with(name, Auth::ApiKey).await
 }
 
 /// Sends `req` and reads the answer.
@@ -107,7 +108,7 @@ async fn code(shop: &Shop, method: Method, uri: &str, tenant: Option<&str>) -> u
 
 #[tokio::test(start_paused = true)]
 async fn each_tenant_sees_its_own_catalog_loaded_once() {
-    let shop = shop("catalog");
+    let shop = shop("catalog").await;
     let (status, body) = send(&shop, Method::GET, "/products", Some("acme")).await;
     assert_eq!((status, body.as_str()), (200, "tea 4\ncoffee 5\n"));
     let (_, body) = send(&shop, Method::GET, "/products", Some("globex")).await;
@@ -124,7 +125,7 @@ async fn each_tenant_sees_its_own_catalog_loaded_once() {
 
 #[tokio::test(start_paused = true)]
 async fn who_may_call() {
-    let shop = shop("who");
+    let shop = shop("who").await;
     let call = |headers: &[(&str, &str)]| {
         exchange(
             shop.router.clone(),
@@ -173,7 +174,7 @@ async fn header_only_tenancy_is_an_explicit_mode() {
     for typo in ["yes", "ture", "2"] {
         assert!(auth(Some(typo)).is_err(), "{typo}");
     }
-    let shop = shop_with("header-only", Auth::HeaderOnly);
+    let shop = shop_with("header-only", Auth::HeaderOnly).await;
     let call = |tenant: &str| {
         exchange(
             shop.router.clone(),
@@ -189,7 +190,7 @@ async fn header_only_tenancy_is_an_explicit_mode() {
 
 #[tokio::test(start_paused = true)]
 async fn orders_are_paid_and_private() {
-    let shop = shop("orders");
+    let shop = shop("orders").await;
     let (status, body) = send(&shop, Method::POST, "/orders/tea/2", Some("acme")).await;
     assert_eq!(status, 201, "{body}");
     let id = body.split_whitespace().nth(2).unwrap().to_owned();
@@ -211,7 +212,7 @@ async fn orders_are_paid_and_private() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_paths_and_quantities_are_fixed_400s() {
-    let shop = shop("quantities");
+    let shop = shop("quantities").await;
     let phrase = "the quantity must be a whole number from 1 to 100";
     for qty in ["0", "101", "abc", "-1", "+5", "4294967296", "1e3", "007x"] {
         let (status, body) = send(
@@ -242,7 +243,7 @@ async fn bad_paths_and_quantities_are_fixed_400s() {
 
 #[tokio::test(start_paused = true)]
 async fn a_catalog_outage_is_503_with_a_fixed_phrase() {
-    let shop = shop("outage");
+    let shop = shop("outage").await;
     Connection::open(shop.dir.0.join("catalog.db"))
         .unwrap()
         .execute_batch("DROP TABLE products")
@@ -261,7 +262,7 @@ async fn a_catalog_outage_is_503_with_a_fixed_phrase() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_provider_cancels_then_the_open_breaker_queues() {
-    let shop = shop("payments");
+    let shop = shop("payments").await;
     admin(&shop, Method::POST, "/admin/provider/down").await;
     // The retry is outside the breaker: each of the first order's two attempts is a call
     // the breaker judges.
@@ -284,14 +285,14 @@ async fn a_failing_provider_cancels_then_the_open_breaker_queues() {
     let (status, _) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
     assert_eq!(status, 202);
     assert_eq!(shop.app.provider_attempts.load(Ordering::SeqCst), 3);
-    assert_eq!(shop.app.queue.lock().unwrap().len(), 2);
+    assert_eq!(shop.app.queue.queued(), 2);
     let (_, health) = send(&shop, Method::GET, "/health", None).await;
     assert!(health.contains("open"), "{health}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_provider_takes_only_its_documented_states() {
-    let shop = shop("gateway");
+    let shop = shop("gateway").await;
     for state in ["sideways", "UP", "up%20", "down.", ""] {
         let (status, body) = admin(&shop, Method::POST, &format!("/admin/provider/{state}")).await;
         assert_eq!(status, 404, "{state:?}");
@@ -322,7 +323,7 @@ async fn the_provider_takes_only_its_documented_states() {
 
 #[tokio::test(start_paused = true)]
 async fn unknown_routes_are_404_before_the_tenant_layer() {
-    let shop = shop("routes");
+    let shop = shop("routes").await;
     // Without a key: 404, not 401.
     assert_eq!(code(&shop, Method::GET, "/nope", None).await, 404);
     assert_eq!(code(&shop, Method::GET, "/orders/a/b/c", None).await, 404);
@@ -340,7 +341,7 @@ async fn unknown_routes_are_404_before_the_tenant_layer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_tenant_holds_at_most_its_own_pool() {
-    let shop = shop("bulkhead");
+    let shop = shop("bulkhead").await;
     admin(&shop, Method::POST, "/admin/provider/slow").await;
     // acme fills its pool with slow orders...
     let held: Vec<_> = (0..TENANT_CONCURRENCY)
@@ -386,7 +387,7 @@ async fn a_tenant_holds_at_most_its_own_pool() {
 
 #[tokio::test(start_paused = true)]
 async fn the_free_plan_is_limited_per_tenant() {
-    let shop = shop("limits");
+    let shop = shop("limits").await;
     let mut statuses = Vec::new();
     for _ in 0..7 {
         statuses.push(code(&shop, Method::GET, "/products", Some("globex")).await);

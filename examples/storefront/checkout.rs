@@ -1,0 +1,317 @@
+//! The order saga: checkout as an orchestrated saga with a durable log. Its steps place the
+//! order, charge it (or queue the charge), reserve the stock and book the shipment; when one
+//! refuses, the steps before it are undone newest first (the shipment cancelled, the stock
+//! given back, the charge refunded or taken out of the queue, the order cancelled). A restart
+//! finishes the sagas a crash left open.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tower::{ServiceExt, service_fn};
+use tower_patterns::{
+    BoxError,
+    eventstore::{Command, CommandService, Repository, RepositoryError, sqlite::SqliteStore},
+    saga::{
+        Attempts, Backoff, Orchestrator, SagaDefinition, Step, StepError, StepRequest, StepService,
+        index::SqliteIndex,
+    },
+    tenant::TenantId,
+};
+
+use crate::{
+    ledger::Ledger,
+    orders::{Order, OrderCommand, OrderError, OrderEvent},
+    payments::{Charge, Payment, Payments},
+    routes::stream_id,
+};
+
+/// The orchestrator of the order saga.
+pub(crate) type Checkout = Orchestrator<SqliteStore, SqliteIndex>;
+
+/// What a checkout is started with.
+pub(crate) fn input(tenant: &TenantId, order: &str, sku: &str, qty: u32, amount: i64) -> Value {
+    json!({ "tenant": tenant.as_str(), "order": order, "sku": sku, "qty": qty, "amount": amount })
+}
+
+/// The fields of a step's input.
+struct Input {
+    tenant: TenantId,
+    order: String,
+    sku: String,
+    qty: u32,
+    amount: i64,
+}
+
+impl Input {
+    fn of(req: &StepRequest) -> Result<Self, BoxError> {
+        let v = &*req.input;
+        let text = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("checkout input without {k}"))
+        };
+        Ok(Self {
+            tenant: TenantId::new(&text("tenant")?)?,
+            order: text("order")?,
+            sku: text("sku")?,
+            qty: v["qty"]
+                .as_u64()
+                .and_then(|q| u32::try_from(q).ok())
+                .ok_or("checkout input without qty")?,
+            amount: v["amount"]
+                .as_i64()
+                .ok_or("checkout input without amount")?,
+        })
+    }
+
+    fn stream(&self) -> String {
+        stream_id(&self.tenant, &self.order)
+    }
+}
+
+/// Sends `command` to the order; the order's own refusals come back as `Err(Ok(e))`.
+async fn order(
+    orders: &Repository<Order, SqliteStore>,
+    stream: String,
+    command: OrderCommand,
+) -> Result<(), Result<OrderError, BoxError>> {
+    match CommandService::new(orders.clone())
+        .oneshot(Command::new(stream, command))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(RepositoryError::Domain(e)) => Err(Ok(e)),
+        Err(e) => Err(Err(e.into())),
+    }
+}
+
+/// A step's service from an async function of its request.
+fn step_fn<F, Fut>(f: F) -> StepService
+where
+    F: Fn(StepRequest) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, BoxError>> + Send + 'static,
+{
+    StepService::new(service_fn(f))
+}
+
+/// The saga's definition over the storefront's services.
+pub(crate) fn definition(
+    orders: Repository<Order, SqliteStore>,
+    payments: Payments,
+    ledger: Ledger,
+) -> Result<SagaDefinition, BoxError> {
+    let retry_undo = Attempts::new(5, Backoff::Constant(Duration::from_millis(200)));
+
+    let o = orders.clone();
+    let place = step_fn(move |req| {
+        let o = o.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let command = OrderCommand::Place {
+                sku: i.sku.clone(),
+                qty: i.qty,
+            };
+            match order(&o, i.stream(), command).await {
+                // Placed now, or by an earlier attempt of this step.
+                Ok(()) | Err(Ok(OrderError::AlreadyPlaced)) => Ok(json!({ "order": i.order })),
+                Err(Ok(e)) => Err(StepError::refused(e.phrase()).into()),
+                Err(Err(e)) => Err(e),
+            }
+        }
+    });
+    let o = orders.clone();
+    let cancel = step_fn(move |req| {
+        let o = o.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let command = OrderCommand::Cancel {
+                reason: "checkout undone".into(),
+            };
+            match order(&o, i.stream(), command).await {
+                // Never placed: nothing to undo.
+                Ok(()) | Err(Ok(OrderError::NotPlaced)) => Ok(json!({ "cancelled": true })),
+                Err(Ok(e)) => Err(e.phrase().into()),
+                Err(Err(e)) => Err(e),
+            }
+        }
+    });
+
+    let charge = step_fn(move |req| {
+        let payments = payments.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let payment = Payment {
+                tenant: i.tenant.as_str().to_owned(),
+                order: i.order,
+                amount: i.amount,
+            };
+            match payments.oneshot(payment).await {
+                Ok(Charge::Charged(charge)) => Ok(json!({ "charge": charge })),
+                Ok(Charge::Queued) => Ok(json!({ "queued": true })),
+                // The client retried already: a failure here is the provider's final answer.
+                Err(e) => {
+                    tracing::info!(error = %e, "payment failed");
+                    Err(StepError::refused("payment failed").into())
+                }
+            }
+        }
+    });
+    let l = ledger.clone();
+    let refund = step_fn(move |req| {
+        let l = l.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let out = req.outputs.get("payment").cloned().unwrap_or(Value::Null);
+            if let Some(charge) = out["charge"].as_str() {
+                l.refund(
+                    req.key.to_string(),
+                    i.tenant.as_str().to_owned(),
+                    i.order.clone(),
+                    charge.to_owned(),
+                )
+                .await?;
+                tracing::info!(order = %i.order, charge, "refunded");
+            }
+            let dequeued = l.dequeue(i.tenant.as_str(), &i.order).await?;
+            Ok(json!({ "refunded": out["charge"], "dequeued": dequeued }))
+        }
+    });
+
+    let l = ledger.clone();
+    let reserve = step_fn(move |req| {
+        let l = l.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let key = format!("{}/{}", req.saga, req.step);
+            if l.reserve(
+                key,
+                i.tenant.as_str().to_owned(),
+                i.sku.clone(),
+                i64::from(i.qty),
+            )
+            .await?
+            {
+                Ok(json!({ "reserved": i.qty }))
+            } else {
+                Err(StepError::refused("out of stock").into())
+            }
+        }
+    });
+    let l = ledger.clone();
+    let release = step_fn(move |req| {
+        let l = l.clone();
+        async move {
+            let released = l.release(format!("{}/{}", req.saga, req.step)).await?;
+            Ok(json!({ "released": released }))
+        }
+    });
+
+    let l = ledger.clone();
+    let ship = step_fn(move |req| {
+        let l = l.clone();
+        async move {
+            let i = Input::of(&req)?;
+            l.ship(
+                req.saga.to_string(),
+                i.tenant.as_str().to_owned(),
+                i.order,
+                "booked",
+            )
+            .await?;
+            Ok(json!({ "shipment": req.saga.to_string() }))
+        }
+    });
+    let l = ledger;
+    let unship = step_fn(move |req| {
+        let l = l.clone();
+        async move {
+            let i = Input::of(&req)?;
+            l.ship(
+                req.saga.to_string(),
+                i.tenant.as_str().to_owned(),
+                i.order,
+                "cancelled",
+            )
+            .await?;
+            Ok(json!({ "shipment": "cancelled" }))
+        }
+    });
+
+    let complete = step_fn(move |req| {
+        let o = orders.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let outcome = match req
+                .outputs
+                .get("payment")
+                .and_then(|p| p["charge"].as_str())
+            {
+                Some(charge) => OrderEvent::Paid {
+                    charge: charge.to_owned(),
+                },
+                None => OrderEvent::PaymentQueued,
+            };
+            match order(&o, i.stream(), OrderCommand::Settle(outcome)).await {
+                Ok(()) | Err(Ok(OrderError::Settled)) => Ok(json!({ "settled": true })),
+                Err(Ok(e)) => Err(e.phrase().into()),
+                Err(Err(e)) => Err(e),
+            }
+        }
+    });
+
+    let timeout = Duration::from_secs(30);
+    Ok(SagaDefinition::builder("checkout")
+        .step(
+            Step::new("order", place)
+                .compensate_with(cancel)
+                .compensation_retry(retry_undo)
+                .timeout(timeout),
+        )
+        .step(
+            Step::new("payment", charge)
+                .compensate_with(refund)
+                .compensation_retry(retry_undo)
+                .failure_reason("payment failed")
+                .timeout(timeout),
+        )
+        .step(
+            Step::new("inventory", reserve)
+                .compensate_with(release)
+                .compensation_retry(retry_undo)
+                .failure_reason("out of stock")
+                .timeout(timeout),
+        )
+        .step(
+            Step::new("shipping", ship)
+                .compensate_with(unship)
+                .compensation_retry(retry_undo)
+                .timeout(timeout),
+        )
+        .step(Step::new("complete", complete).retry(Attempts::new(
+            5,
+            Backoff::Constant(Duration::from_millis(200)),
+        )))
+        .build()?)
+}
+
+/// The orchestrator over the saga log and index in `dir`, after taking back the sagas a crash
+/// left open; its worker runs until the last clone is dropped.
+pub(crate) async fn orchestrator(
+    dir: &std::path::Path,
+    definition: SagaDefinition,
+) -> Result<Checkout, BoxError> {
+    let orchestrator = Orchestrator::builder("checkout")
+        .store(std::sync::Arc::new(SqliteStore::open(
+            dir.join("checkout-log.db"),
+        )?))
+        .index(SqliteIndex::open(dir.join("checkout-index.db"))?)
+        .owner("storefront")
+        .saga(definition)
+        .build()?;
+    let recovered = orchestrator.recover().await?;
+    if recovered > 0 {
+        tracing::info!(recovered, "checkouts left open by the last run taken back");
+    }
+    orchestrator.spawn_worker();
+    Ok(orchestrator)
+}
