@@ -30,6 +30,9 @@ pub(crate) struct Config {
     pub(crate) auth: Auth,
     /// The admin routes' token; `None` makes a random one at start, printed once.
     pub(crate) admin_token: Option<String>,
+    /// The secret that signs customers' bearer tokens (HS256); `None` makes a random one at
+    /// start, so tokens last one run.
+    pub(crate) jwt_secret: Option<String>,
     pub(crate) log: LogFormat,
     /// How long a client may take to send a request's headers (HTTP/1).
     pub(crate) header_timeout: Duration,
@@ -55,6 +58,8 @@ usage: storefront [flags]
                            (TP_TENANT_HEADER_ONLY=1)
   --admin-token TOKEN      token of the /admin and /metrics routes (TP_ADMIN_TOKEN; default:
                            a random one, printed at start)
+  --jwt-secret SECRET      HS256 secret of the customers' bearer tokens, 32 bytes or more
+                           (TP_JWT_SECRET; default: a random one per start)
   --log-json               logs as JSON lines (TP_LOG_FORMAT=json; RUST_LOG filters, default info)
   --header-timeout SECS    time to send a request's headers (TP_HEADER_TIMEOUT; default 10)
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
@@ -131,6 +136,7 @@ pub(crate) fn parse(
             "--data" => "--data",
             "--tenants" => "--tenants",
             "--admin-token" => "--admin-token",
+            "--jwt-secret" => "--jwt-secret",
             "--header-timeout" => "--header-timeout",
             "--request-timeout" => "--request-timeout",
             "--max-inflight" => "--max-inflight",
@@ -151,6 +157,7 @@ pub(crate) fn parse(
         "TP_DATA",
         "TP_TENANTS",
         "TP_ADMIN_TOKEN",
+        "TP_JWT_SECRET",
         "TP_HEADER_TIMEOUT",
         "TP_REQUEST_TIMEOUT",
         "TP_MAX_INFLIGHT",
@@ -219,6 +226,14 @@ pub(crate) fn parse(
             ));
         }
     };
+    let secret = setting("--jwt-secret", "TP_JWT_SECRET");
+    let jwt_secret = match secret.value {
+        None => None,
+        Some(value) if value.len() >= 32 => Some(value.to_owned()),
+        Some(value) => {
+            return Err(secret.error(&"*".repeat(value.len().min(8)), "must be at least 32 bytes"));
+        }
+    };
     let log = if switches.contains(&"--log-json") {
         LogFormat::Json
     } else {
@@ -246,6 +261,7 @@ pub(crate) fn parse(
         tenants,
         auth,
         admin_token,
+        jwt_secret,
         log,
         header_timeout: setting("--header-timeout", "TP_HEADER_TIMEOUT").seconds(10, 3600)?,
         request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,

@@ -1,7 +1,10 @@
 //! The storefront, the main job: one axum service on embedded defaults (SQLite files and
 //! in-process caches, nothing to install) that composes the patterns.
 //!
-//! Every request proves its tenant with an API key in `x-api-key`; the registry (TOML, keys
+//! Every request proves its tenant with an API key in `x-api-key`, or with a bearer token
+//! (HS256, audience `storefront`, the tenant in its `tenant` claim, the customer in `sub`;
+//! signed with `--jwt-secret`, else a secret made at start, which also prints a demo token for
+//! acme's customer `ada`); the registry (TOML, keys
 //! stored as SHA-256 only) knows `acme` (plan gold, key `demo-key-acme`), `globex` (free,
 //! `demo-key-globex`) and `initech` (suspended, `demo-key-initech`). These demo keys are public:
 //! point `--tenants` (`TP_TENANTS`) at a registry file of your own (the same TOML,
@@ -77,6 +80,7 @@
 )]
 
 mod admin;
+mod auth;
 mod catalog;
 mod checkout;
 mod config;
@@ -94,6 +98,7 @@ use std::{
     io::Write,
     process::ExitCode,
     sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
 };
 
 use axum::{
@@ -182,6 +187,8 @@ struct App {
     edge_layer: BulkheadLayer,
     handles: Handles,
     admin_token: Arc<str>,
+    /// The secret of the customers' bearer tokens.
+    jwt_secret: Arc<str>,
     prometheus: Option<PrometheusHandle>,
 }
 
@@ -189,13 +196,17 @@ struct App {
 fn tenant_layer(
     tenants: StaticTenants,
     auth: Auth,
+    jwt_secret: &str,
 ) -> Result<TenancyLayer<StaticTenants>, BoxError> {
     let builder = TenancyLayer::builder("storefront")
         .store(tenants)
         .header(TENANT_HEADER);
     let builder = match auth {
-        // The key proves the tenant; `x-tenant-id`, when sent, may only agree with it (403).
-        Auth::ApiKey => builder.api_key(API_KEY_HEADER),
+        // The key or the token proves the tenant; `x-tenant-id`, when sent, may only agree
+        // with it (403), and so must the other when both are sent.
+        Auth::ApiKey => builder
+            .api_key(API_KEY_HEADER)
+            .jwt(auth::verifier(jwt_secret)?),
         Auth::HeaderOnly => builder.allow_unverified(),
     };
     Ok(builder.build()?)
@@ -246,7 +257,11 @@ async fn storefront(
         .key(ExtensionKey::<TenantId>::new())
         .default_size(TENANT_CONCURRENCY)
         .build()?;
-    let tenancy = tenant_layer(tenants, cfg.auth)?;
+    let jwt_secret: Arc<str> = match &cfg.jwt_secret {
+        Some(secret) => secret.as_str().into(),
+        None => format!("{}{}", admin::random_token(), admin::random_token()).into(),
+    };
+    let tenancy = tenant_layer(tenants, cfg.auth, &jwt_secret)?;
     let edge = edge::shed(cfg)?;
     let (catalog, catalog_cache) = catalog(db, catalog_loads.clone())?;
     let handles: Vec<Box<dyn StateHandle>> = vec![
@@ -276,6 +291,7 @@ async fn storefront(
         edge_layer: edge,
         handles: Arc::new(handles),
         admin_token,
+        jwt_secret,
         prometheus,
     };
     // `route_layer`, not `layer`: a path no route matches is a 404 before any of these run,
@@ -438,6 +454,16 @@ pub(crate) async fn run(
         ),
     )?;
     say(out, format!("try: {try_it}"))?;
+    if cfg.auth == Auth::ApiKey
+        && let Ok(token) = auth::mint(&app.jwt_secret, "acme", "ada", Duration::from_secs(3600))
+    {
+        say(
+            out,
+            format!(
+                "or:  curl -H 'authorization: Bearer {token}' http://{local}/products  (acme's customer ada, 1 h)"
+            ),
+        )?;
+    }
     if cfg.admin_token.is_none() {
         say(
             out,

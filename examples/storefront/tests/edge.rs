@@ -339,6 +339,11 @@ async fn startup_errors_are_one_line_naming_the_flag() {
         !error(&["--admin-token", "short"], &[]).contains("short"),
         "the token is not echoed"
     );
+    assert!(error(&["--jwt-secret", "short"], &[]).contains("at least 32 bytes"));
+    assert!(
+        !error(&[], &[("TP_JWT_SECRET", "short")]).contains("short"),
+        "not echoed"
+    );
     assert!(error(&["--help"], &[]).starts_with("usage: storefront"));
     for e in [
         error(&["--addr", "nowhere"], &[]),

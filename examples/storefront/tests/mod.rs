@@ -2,6 +2,7 @@
 //! and the edge over real TCP (`edge.rs`).
 
 mod admin;
+mod auth;
 mod checkout;
 mod edge;
 
