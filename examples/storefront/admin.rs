@@ -158,7 +158,8 @@ impl FaultSpec {
     }
 }
 
-/// Replaces the faults of the chaos layer `name` (`payment-provider`).
+/// Replaces the faults of the chaos layer `name`: `payment-provider` (the payment client's
+/// provider) or `orders-projection` (the orders' read models' reads of their event stores).
 async fn chaos(
     State(app): State<App>,
     Params(name): Params<String>,
@@ -166,6 +167,7 @@ async fn chaos(
 ) -> Result<String, ApiError> {
     let handle: &ChaosHandle = match name.as_str() {
         "payment-provider" => &app.provider,
+        "orders-projection" => &app.lag,
         _ => return Err(ApiError::NotFound("no such chaos layer")),
     };
     let faults = plan

@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use tower::{ServiceExt, service_fn};
 use tower_patterns::{
     BoxError,
-    eventstore::{Command, CommandService, Repository, RepositoryError, sqlite::SqliteStore},
+    eventstore::{
+        Command, CommandService, Committed, Direction, EventStore, Repository, RepositoryError,
+        sqlite::SqliteStore,
+    },
     saga::{
         Attempts, Backoff, Orchestrator, SagaDefinition, Step, StepError, StepRequest, StepService,
         index::SqliteIndex,
@@ -23,19 +26,36 @@ use crate::{
     orders::{Order, OrderCommand, OrderError, OrderEvent},
     payments::{Charge, Payment, Payments},
     routes::stream_id,
+    shards::Shards,
 };
 
 /// The orchestrator of the order saga.
 pub(crate) type Checkout = Orchestrator<SqliteStore, SqliteIndex>;
 
+/// What one checkout is about.
+pub(crate) struct Checkout1<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) customer: &'a str,
+    pub(crate) shard: usize,
+    pub(crate) order: &'a str,
+    pub(crate) sku: &'a str,
+    pub(crate) qty: u32,
+    pub(crate) amount: i64,
+}
+
 /// What a checkout is started with.
-pub(crate) fn input(tenant: &TenantId, order: &str, sku: &str, qty: u32, amount: i64) -> Value {
-    json!({ "tenant": tenant.as_str(), "order": order, "sku": sku, "qty": qty, "amount": amount })
+pub(crate) fn input(c: &Checkout1<'_>) -> Value {
+    json!({
+        "tenant": c.tenant.as_str(), "customer": c.customer, "shard": c.shard,
+        "order": c.order, "sku": c.sku, "qty": c.qty, "amount": c.amount,
+    })
 }
 
 /// The fields of a step's input.
 struct Input {
     tenant: TenantId,
+    customer: String,
+    shard: usize,
     order: String,
     sku: String,
     qty: u32,
@@ -52,6 +72,11 @@ impl Input {
         };
         Ok(Self {
             tenant: TenantId::new(&text("tenant")?)?,
+            customer: text("customer")?,
+            shard: v["shard"]
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or("checkout input without shard")?,
             order: text("order")?,
             sku: text("sku")?,
             qty: v["qty"]
@@ -67,6 +92,18 @@ impl Input {
     fn stream(&self) -> String {
         stream_id(&self.tenant, &self.order)
     }
+
+    /// The orders of this checkout's shard.
+    fn orders<'a>(
+        &self,
+        shards: &'a Shards,
+    ) -> Result<&'a Repository<Order, SqliteStore>, BoxError> {
+        Ok(&shards
+            .all
+            .get(self.shard)
+            .ok_or("checkout input names no shard")?
+            .orders)
+    }
 }
 
 /// Sends `command` to the order; the order's own refusals come back as `Err(Ok(e))`.
@@ -74,12 +111,12 @@ async fn order(
     orders: &Repository<Order, SqliteStore>,
     stream: String,
     command: OrderCommand,
-) -> Result<(), Result<OrderError, BoxError>> {
+) -> Result<Committed, Result<OrderError, BoxError>> {
     match CommandService::new(orders.clone())
         .oneshot(Command::new(stream, command))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(committed) => Ok(committed),
         Err(RepositoryError::Domain(e)) => Err(Ok(e)),
         Err(e) => Err(Err(e.into())),
     }
@@ -96,13 +133,13 @@ where
 
 /// The saga's definition over the storefront's services.
 pub(crate) fn definition(
-    orders: Repository<Order, SqliteStore>,
+    shards: Shards,
     payments: Payments,
     ledger: Ledger,
 ) -> Result<SagaDefinition, BoxError> {
     let retry_undo = Attempts::new(5, Backoff::Constant(Duration::from_millis(200)));
 
-    let o = orders.clone();
+    let o = shards.clone();
     let place = step_fn(move |req| {
         let o = o.clone();
         async move {
@@ -110,16 +147,17 @@ pub(crate) fn definition(
             let command = OrderCommand::Place {
                 sku: i.sku.clone(),
                 qty: i.qty,
+                customer: i.customer.clone(),
             };
-            match order(&o, i.stream(), command).await {
+            match order(i.orders(&o)?, i.stream(), command).await {
                 // Placed now, or by an earlier attempt of this step.
-                Ok(()) | Err(Ok(OrderError::AlreadyPlaced)) => Ok(json!({ "order": i.order })),
+                Ok(_) | Err(Ok(OrderError::AlreadyPlaced)) => Ok(json!({ "order": i.order })),
                 Err(Ok(e)) => Err(StepError::refused(e.phrase()).into()),
                 Err(Err(e)) => Err(e),
             }
         }
     });
-    let o = orders.clone();
+    let o = shards.clone();
     let cancel = step_fn(move |req| {
         let o = o.clone();
         async move {
@@ -127,9 +165,9 @@ pub(crate) fn definition(
             let command = OrderCommand::Cancel {
                 reason: "checkout undone".into(),
             };
-            match order(&o, i.stream(), command).await {
+            match order(i.orders(&o)?, i.stream(), command).await {
                 // Never placed: nothing to undo.
-                Ok(()) | Err(Ok(OrderError::NotPlaced)) => Ok(json!({ "cancelled": true })),
+                Ok(_) | Err(Ok(OrderError::NotPlaced)) => Ok(json!({ "cancelled": true })),
                 Err(Ok(e)) => Err(e.phrase().into()),
                 Err(Err(e)) => Err(e),
             }
@@ -141,6 +179,7 @@ pub(crate) fn definition(
         async move {
             let i = Input::of(&req)?;
             let payment = Payment {
+                shard: i.shard,
                 tenant: i.tenant.as_str().to_owned(),
                 order: i.order,
                 amount: i.amount,
@@ -238,7 +277,7 @@ pub(crate) fn definition(
     });
 
     let complete = step_fn(move |req| {
-        let o = orders.clone();
+        let o = shards.clone();
         async move {
             let i = Input::of(&req)?;
             let outcome = match req
@@ -251,8 +290,19 @@ pub(crate) fn definition(
                 },
                 None => OrderEvent::PaymentQueued,
             };
-            match order(&o, i.stream(), OrderCommand::Settle(outcome)).await {
-                Ok(()) | Err(Ok(OrderError::Settled)) => Ok(json!({ "settled": true })),
+            let orders = i.orders(&o)?;
+            match order(orders, i.stream(), OrderCommand::Settle(outcome)).await {
+                // The position the read model must reach to show it: the client's token.
+                Ok(c) => Ok(json!({ "position": c.positions.last() })),
+                // Settled by an earlier attempt: its position is the stream's last.
+                Err(Ok(OrderError::Settled)) => {
+                    let stream = format!("{}{}", crate::shards::ORDER_PREFIX, i.stream());
+                    let last = orders
+                        .store()
+                        .read_stream(&stream, u64::MAX, Direction::Backward, 1)
+                        .await?;
+                    Ok(json!({ "position": last.first().map(|e| e.position) }))
+                }
                 Err(Ok(e)) => Err(e.phrase().into()),
                 Err(Err(e)) => Err(e),
             }

@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) max_inflight: u32,
     /// How long shutdown waits for requests in flight.
     pub(crate) drain: Duration,
+    /// How many order shards (stores) there are.
+    pub(crate) shards: usize,
     /// The payment client's settings (shorter in the demo).
     pub(crate) payments: crate::payments::PaymentSettings,
 }
@@ -63,6 +65,8 @@ usage: storefront [flags]
   --log-json               logs as JSON lines (TP_LOG_FORMAT=json; RUST_LOG filters, default info)
   --header-timeout SECS    time to send a request's headers (TP_HEADER_TIMEOUT; default 10)
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
+  --shards N               order stores, customers placed by jump hash (TP_SHARDS; default
+                           4; fixed once the data directory holds orders)
   --max-inflight N         requests in flight before 503 (TP_MAX_INFLIGHT; default 256)
   --drain SECS             time shutdown waits for requests in flight (TP_DRAIN; default 10)
   -h, --help               this text";
@@ -140,6 +144,7 @@ pub(crate) fn parse(
             "--header-timeout" => "--header-timeout",
             "--request-timeout" => "--request-timeout",
             "--max-inflight" => "--max-inflight",
+            "--shards" => "--shards",
             "--drain" => "--drain",
             _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
         };
@@ -161,6 +166,7 @@ pub(crate) fn parse(
         "TP_HEADER_TIMEOUT",
         "TP_REQUEST_TIMEOUT",
         "TP_MAX_INFLIGHT",
+        "TP_SHARDS",
         "TP_DRAIN",
         "TP_TENANT_HEADER_ONLY",
         "TP_LOG_FORMAT",
@@ -255,6 +261,14 @@ pub(crate) fn parse(
             _ => return Err(max_inflight.error(value, "not a number from 1 to 100000")),
         },
     };
+    let shards = setting("--shards", "TP_SHARDS");
+    let shards = match shards.value {
+        None => 4,
+        Some(value) => match value.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => return Err(shards.error(value, "not a number from 1 to 64")),
+        },
+    };
     Ok(Config {
         addr,
         data,
@@ -266,6 +280,7 @@ pub(crate) fn parse(
         header_timeout: setting("--header-timeout", "TP_HEADER_TIMEOUT").seconds(10, 3600)?,
         request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,
         max_inflight,
+        shards,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
         payments: crate::payments::PaymentSettings::default(),
     })

@@ -17,6 +17,8 @@ pub(crate) const INITIAL_STOCK: i64 = 1_000;
 /// A payment waiting in the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Queued {
+    /// The shard that holds the order.
+    pub(crate) shard: usize,
     pub(crate) tenant: String,
     pub(crate) order: String,
     pub(crate) amount: i64,
@@ -44,8 +46,8 @@ impl Ledger {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              CREATE TABLE IF NOT EXISTS payment_queue (
-                 tenant TEXT NOT NULL, order_id TEXT NOT NULL, amount INTEGER NOT NULL,
-                 since INTEGER NOT NULL, PRIMARY KEY (tenant, order_id));
+                 tenant TEXT NOT NULL, order_id TEXT NOT NULL, shard INTEGER NOT NULL,
+                 amount INTEGER NOT NULL, since INTEGER NOT NULL, PRIMARY KEY (tenant, order_id));
              CREATE TABLE IF NOT EXISTS stock (
                  tenant TEXT NOT NULL, sku TEXT NOT NULL, available INTEGER NOT NULL,
                  PRIMARY KEY (tenant, sku));
@@ -87,15 +89,17 @@ impl Ledger {
     /// Queues a payment (once per order).
     pub(crate) async fn enqueue(
         &self,
+        shard: usize,
         tenant: &str,
         order: &str,
         amount: i64,
     ) -> Result<(), BoxError> {
         let (tenant, order) = (tenant.to_owned(), order.to_owned());
+        let shard = i64::try_from(shard)?;
         self.with(move |c| {
             c.execute(
-                "INSERT OR IGNORE INTO payment_queue (tenant, order_id, amount, since) VALUES (?1, ?2, ?3, ?4)",
-                params![tenant, order, amount, now()],
+                "INSERT OR IGNORE INTO payment_queue (tenant, order_id, shard, amount, since) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![tenant, order, shard, amount, now()],
             )
         })
         .await
@@ -119,14 +123,15 @@ impl Ledger {
     pub(crate) async fn queued(&self, n: u32) -> Result<Vec<Queued>, BoxError> {
         self.with(move |c| {
             let mut stmt = c.prepare(
-                "SELECT tenant, order_id, amount, since FROM payment_queue ORDER BY since, order_id LIMIT ?1",
+                "SELECT tenant, order_id, shard, amount, since FROM payment_queue ORDER BY since, order_id LIMIT ?1",
             )?;
             let rows = stmt.query_map([n], |r| {
                 Ok(Queued {
                     tenant: r.get(0)?,
                     order: r.get(1)?,
-                    amount: r.get(2)?,
-                    since: r.get(3)?,
+                    shard: r.get(2)?,
+                    amount: r.get(3)?,
+                    since: r.get(4)?,
                 })
             })?;
             rows.collect()

@@ -18,7 +18,7 @@
 //! |---|---|
 //! | `GET /products` | the tenant's catalog, read from a shared SQLite table through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant |
 //! | `POST /orders/{sku}/{qty}` | an order of 1 to 100 through the order saga (`checkout.rs`): the order placed (event-sourced on SQLite), charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), the stock reserved, the shipment booked; a refused step undoes the ones before it, newest first (201 PAID, 202 QUEUED, 502 CANCELLED when the payment failed, 409 CANCELLED when out of stock) |
-//! | `GET /orders/{id}` | the order rebuilt from its events; another tenant's order is a 404 |
+//! | `GET /orders/{id}` | the order from its shard's read model (a CQRS projection of the order events); another customer's or another tenant's order is a 404 |
 //! | `GET /health` | breaker, cache and queue, in one line |
 //! | `GET /admin/patterns` | admin: every pattern's report (state, health, numbers) as JSON |
 //! | `GET /metrics` | admin: Prometheus text, every pattern's series |
@@ -54,6 +54,15 @@
 //! 400, a dependency that fails is a 503 (or what the mapping says for its error), never its
 //! error text.
 //!
+//! Orders are sharded by customer (`--shards`, default 4, jump hash): the customer is the
+//! verified token's `sub`, else `x-customer-id` sent with the tenant's API key, else `guest`.
+//! Each shard has its own event store (`orders-<i>.db`), a projection into its read model
+//! (`orders-read-<i>.db`), and a consistency layer: every order answers with a signed token of
+//! the position it reached (`tp-consistency` and a `tp_consistency_orders-<i>` cookie), and a
+//! read that sends it back waits (up to 2 s) until the read model has caught up, so a client
+//! always reads its own writes. `POST /admin/chaos/orders-projection` with a latency fault makes
+//! the projections lag, to watch it.
+//!
 //! The payment client follows the stack of `docs/patterns/retry.md`: fallback → retry →
 //! circuit breaker → timeout (per attempt) → bulkhead → chaos → provider. The breaker judges every
 //! attempt, and once it is open the retry stops at once (a `Rejected` is never retried) and
@@ -85,11 +94,13 @@ mod catalog;
 mod checkout;
 mod config;
 mod edge;
+mod lag;
 mod ledger;
 mod orders;
 mod payments;
 mod queue;
 mod routes;
+mod shards;
 #[cfg(test)]
 mod tests;
 
@@ -106,31 +117,39 @@ use axum::{
     body::Body,
     error_handling::HandleErrorLayer,
     http::Request,
-    routing::{get, post},
+    middleware,
+    response::Response,
+    routing::{get, get_service, post, post_service},
 };
+
+/// One shard's order routes, boxed: the shard router needs one type for all.
+type ShardService = BoxCloneSyncService<Request<Body>, Response, BoxError>;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder, util::BoxCloneSyncService};
 use tower_patterns::{
-    BoxError,
+    BoxError, KeyError,
     breaker::CircuitBreakerHandle,
     bulkhead::{BulkheadLayer, KeyedBulkheadLayer},
     chaos::ChaosHandle,
-    eventstore::{Repository, sqlite::SqliteStore},
-    key::ExtensionKey,
+    consistency::TokenKey,
+    http::ErrorResponseLayer,
+    key::{ExtensionKey, key_fn},
     observe::StateHandle,
     ratelimit::{GcraLimiter, KeyedRateLimitLayer, Rate},
+    shard::{Jump, ShardRouter},
     tenant::{StaticTenants, TenancyLayer, TenantContext, TenantId},
 };
 
 use crate::{
+    auth::Customer,
     catalog::{Catalog, catalog, open_catalog},
     checkout::Checkout,
     config::{Auth, Config, LogFormat},
     ledger::Ledger,
-    orders::Order,
     payments::payments,
     queue::QueueHandle,
-    routes::{health, place, products, show},
+    routes::{ShardCtx, health, place, products, show},
+    shards::Shards,
 };
 
 /// The demo registry. The keys are `demo-key-<tenant>`; only their SHA-256 is stored.
@@ -173,11 +192,13 @@ pub(crate) type Handles = Arc<Vec<Box<dyn StateHandle>>>;
 struct App {
     catalog: Catalog,
     catalog_loads: Arc<AtomicU64>,
-    orders: Repository<Order, SqliteStore>,
+    shards: Shards,
     checkout: Checkout,
     ledger: Ledger,
     breaker: CircuitBreakerHandle,
     provider: ChaosHandle,
+    /// The orders' projections' lag (a chaos layer on their reads).
+    lag: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: QueueHandle,
     /// Stops the background workers (the queue's drain) when the server stops.
@@ -222,23 +243,26 @@ async fn storefront(
     prometheus: Option<PrometheusHandle>,
 ) -> Result<(Router, App), BoxError> {
     let dir = &cfg.data;
+    shards::check_count(dir, cfg.shards)?;
     let catalog_loads = Arc::new(AtomicU64::new(0));
     let db = Arc::new(Mutex::new(open_catalog(&dir.join("catalog.db"))?));
-    let orders = Repository::new(
-        Arc::new(SqliteStore::open(dir.join("orders.db"))?),
-        "order-",
-    );
+    let token_key = match TokenKey::from_env("TP_TOKEN_KEY")? {
+        Some(key) => key,
+        None => TokenKey::random()?,
+    };
+    let (lag_layer, lag) = lag::chaos()?;
+    let shards = shards::open(dir, cfg.shards, &token_key, &lag_layer).await?;
     let ledger = Ledger::open(&dir.join("ledger.db"), catalog::PRODUCTS)?;
     let provider_attempts = Arc::new(AtomicU64::new(0));
     let pay = payments(cfg.payments, provider_attempts.clone(), ledger.clone())?;
-    let definition = checkout::definition(orders.clone(), pay.client.clone(), ledger.clone())?;
+    let definition = checkout::definition(shards.clone(), pay.client.clone(), ledger.clone())?;
     let checkout = checkout::orchestrator(dir, definition).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let queue = queue::spawn_drain(
         ledger.clone(),
         pay.direct.clone(),
         pay.breaker.clone(),
-        orders.clone(),
+        shards.clone(),
         stopped,
     );
     let limiter = GcraLimiter::builder("tenant")
@@ -262,44 +286,86 @@ async fn storefront(
         None => format!("{}{}", admin::random_token(), admin::random_token()).into(),
     };
     let tenancy = tenant_layer(tenants, cfg.auth, &jwt_secret)?;
+    let verifier = Arc::new(auth::verifier(&jwt_secret)?);
     let edge = edge::shed(cfg)?;
     let (catalog, catalog_cache) = catalog(db, catalog_loads.clone())?;
-    let handles: Vec<Box<dyn StateHandle>> = vec![
+    let app = App {
+        catalog,
+        catalog_loads,
+        shards: shards.clone(),
+        checkout,
+        ledger,
+        breaker: pay.breaker.clone(),
+        provider: pay.chaos.clone(),
+        lag: lag.clone(),
+        provider_attempts,
+        queue,
+        stop: Arc::new(stop),
+        edge_layer: edge.clone(),
+        handles: Arc::default(),
+        admin_token,
+        jwt_secret,
+        prometheus,
+    };
+    // Orders: a shard router by customer over one stack per shard (its consistency layer
+    // over its command and query routes).
+    let per_shard: Vec<ShardService> = shards
+        .all
+        .iter()
+        .map(|shard| {
+            // The outer routes match the path (and answer 405 to other methods): a
+            // command is a POST, a query a GET.
+            let routes = post(place).get(show).with_state(ShardCtx {
+                app: app.clone(),
+                shard: shard.clone(),
+            });
+            BoxCloneSyncService::new(shard.consistency.clone().layer(routes))
+        })
+        .collect();
+    let orders = ShardRouter::builder("orders")
+        .shards(per_shard)
+        .strategy(Jump::new(cfg.shards))
+        .key(key_fn(|req: &Request<Body>| {
+            req.extensions()
+                .get::<Customer>()
+                .map(|c| c.0.to_string())
+                .ok_or_else(|| KeyError::missing("customer"))
+        }))
+        .build()?;
+    let mut handles: Vec<Box<dyn StateHandle>> = vec![
         Box::new(edge.handle()),
         Box::new(tenancy.handle()),
         Box::new(limiter.handle()),
         Box::new(bulkheads.handle()),
         catalog_cache,
-        Box::new(pay.retry.clone()),
-        Box::new(pay.breaker.clone()),
-        Box::new(pay.bulkhead.clone()),
-        Box::new(pay.chaos.clone()),
-        Box::new(queue.clone()),
-        Box::new(checkout.handle()),
+        Box::new(orders.handle()),
     ];
+    for shard in shards.all.iter() {
+        handles.push(Box::new(shard.view.clone()));
+        handles.push(Box::new(shard.consistency.handle()));
+    }
+    handles.extend([
+        Box::new(lag) as Box<dyn StateHandle>,
+        Box::new(pay.retry),
+        Box::new(pay.breaker),
+        Box::new(pay.bulkhead),
+        Box::new(pay.chaos),
+        Box::new(app.queue.clone()),
+        Box::new(app.checkout.handle()),
+    ]);
     let app = App {
-        catalog,
-        catalog_loads,
-        orders,
-        checkout,
-        ledger,
-        breaker: pay.breaker,
-        provider: pay.chaos,
-        provider_attempts,
-        queue,
-        stop: Arc::new(stop),
-        edge_layer: edge,
         handles: Arc::new(handles),
-        admin_token,
-        jwt_secret,
-        prometheus,
+        ..app
     };
+    let orders = ErrorResponseLayer::new().layer(orders);
     // `route_layer`, not `layer`: a path no route matches is a 404 before any of these run,
     // so it neither needs a tenant nor spends one's rate limit.
     let tenant_routes = Router::new()
         .route("/products", get(products))
-        .route("/orders/{sku}/{qty}", post(place))
-        .route("/orders/{id}", get(show))
+        .route("/orders/{sku}/{qty}", post_service(orders.clone()))
+        .route("/orders/{id}", get_service(orders))
+        // Innermost: who orders, once the tenant layer has verified the credential.
+        .route_layer(middleware::from_fn_with_state(verifier, auth::customer))
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(tower_patterns::http::handle_error))

@@ -5,10 +5,20 @@ use tower_patterns::eventstore::{Aggregate, DomainEvent};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum OrderEvent {
-    Placed { sku: String, qty: u32 },
-    Paid { charge: String },
+    Placed {
+        sku: String,
+        qty: u32,
+        /// The customer who placed it (the shard key).
+        #[serde(default)]
+        customer: String,
+    },
+    Paid {
+        charge: String,
+    },
     PaymentQueued,
-    Cancelled { reason: String },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl DomainEvent for OrderEvent {
@@ -27,17 +37,14 @@ pub(crate) enum OrderCommand {
     Place {
         sku: String,
         qty: u32,
+        customer: String,
     },
     /// The checkout saga's last step: paid, or the payment queued.
     Settle(OrderEvent),
     /// A queued payment went through once the provider was back.
-    PayQueued {
-        charge: String,
-    },
+    PayQueued { charge: String },
     /// The checkout saga's compensation of the order: a repeat changes nothing.
-    Cancel {
-        reason: String,
-    },
+    Cancel { reason: String },
 }
 
 #[derive(Debug)]
@@ -75,17 +82,6 @@ pub(crate) enum Status {
     Cancelled,
 }
 
-impl Status {
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Self::Placed => "PLACED",
-            Self::Paid => "PAID",
-            Self::PaymentQueued => "PAYMENT_QUEUED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-}
-
 #[derive(Default, Serialize, Deserialize)]
 pub(crate) struct Order {
     pub(crate) sku: Option<String>,
@@ -102,9 +98,10 @@ impl Aggregate for Order {
         match command {
             OrderCommand::Place { .. } if self.sku.is_some() => Err(OrderError::AlreadyPlaced),
             OrderCommand::Place { qty: 0, .. } => Err(OrderError::NoQuantity),
-            OrderCommand::Place { sku, qty } => Ok(vec![OrderEvent::Placed {
+            OrderCommand::Place { sku, qty, customer } => Ok(vec![OrderEvent::Placed {
                 sku: sku.clone(),
                 qty: *qty,
+                customer: customer.clone(),
             }]),
             OrderCommand::Settle(_)
             | OrderCommand::PayQueued { .. }
@@ -136,7 +133,7 @@ impl Aggregate for Order {
 
     fn apply(&mut self, event: &OrderEvent) {
         match event {
-            OrderEvent::Placed { sku, qty } => {
+            OrderEvent::Placed { sku, qty, .. } => {
                 self.sku = Some(sku.clone());
                 self.qty = *qty;
                 self.status = Some(Status::Placed);

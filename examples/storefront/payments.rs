@@ -25,6 +25,8 @@ pub(crate) const SLOW_PROVIDER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub(crate) struct Payment {
+    /// The shard that holds the order, for the queue.
+    pub(crate) shard: usize,
     pub(crate) tenant: String,
     pub(crate) order: String,
     pub(crate) amount: i64,
@@ -137,7 +139,9 @@ pub(crate) fn payments(
     let enqueue = service_fn(move |p: Payment| {
         let ledger = ledger.clone();
         async move {
-            ledger.enqueue(&p.tenant, &p.order, p.amount).await?;
+            ledger
+                .enqueue(p.shard, &p.tenant, &p.order, p.amount)
+                .await?;
             tracing::info!(order = %p.order, "payment queued: the provider is refused for now");
             Ok::<_, BoxError>(Charge::Queued)
         }

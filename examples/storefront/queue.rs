@@ -13,16 +13,17 @@ use tower::ServiceExt;
 use tower_patterns::{
     BoxError,
     breaker::{CircuitBreakerHandle, State},
-    eventstore::{Command, CommandService, Repository, sqlite::SqliteStore},
+    eventstore::{Command, CommandService},
     observe::{Health, Report, StateHandle},
     tenant::TenantId,
 };
 
 use crate::{
     ledger::Ledger,
-    orders::{Order, OrderCommand},
+    orders::OrderCommand,
     payments::{Charge, Payment, Payments},
     routes::stream_id,
+    shards::Shards,
 };
 
 /// How often the worker looks at the queue when no breaker transition wakes it.
@@ -84,7 +85,7 @@ pub(crate) fn spawn_drain(
     ledger: Ledger,
     direct: Payments,
     breaker: CircuitBreakerHandle,
-    orders: Repository<Order, SqliteStore>,
+    shards: Shards,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> QueueHandle {
     let handle = QueueHandle {
@@ -108,7 +109,7 @@ pub(crate) fn spawn_drain(
             if matches!(breaker.state(), State::Open | State::ForcedOpen) {
                 continue;
             }
-            match sweep(&ledger, &direct, &orders).await {
+            match sweep(&ledger, &direct, &shards).await {
                 Ok(0) => {}
                 Ok(n) => {
                     let left = ledger.queue_depth().0;
@@ -125,14 +126,16 @@ pub(crate) fn spawn_drain(
 }
 
 /// Sends a batch; how many went through before the first refusal.
-async fn sweep(
-    ledger: &Ledger,
-    direct: &Payments,
-    orders: &Repository<Order, SqliteStore>,
-) -> Result<u64, BoxError> {
+async fn sweep(ledger: &Ledger, direct: &Payments, shards: &Shards) -> Result<u64, BoxError> {
     let mut sent = 0;
     for queued in ledger.queued(BATCH).await? {
+        let orders = &shards
+            .all
+            .get(queued.shard)
+            .ok_or("a queued payment names no shard")?
+            .orders;
         let payment = Payment {
+            shard: queued.shard,
             tenant: queued.tenant.clone(),
             order: queued.order.clone(),
             amount: queued.amount,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{FromRequest, FromRequestParts, Path, State, rejection::JsonRejection},
     http::{StatusCode, request::Parts},
@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 use tower_patterns::{
     BoxError,
+    consistency::Mark,
+    eventstore::GlobalPosition,
     http::{classify_error, error_response},
     observe::StateHandle,
     saga::{SagaId, SagaStatus},
@@ -22,8 +24,10 @@ use tower_patterns::{
 
 use crate::{
     App,
+    auth::Customer,
     catalog::{CatalogQuery, Product},
     checkout,
+    shards::Shard,
 };
 
 /// The largest quantity of one order line.
@@ -148,13 +152,21 @@ pub(crate) async fn products(
         .collect())
 }
 
+/// What the order routes of one shard share: the storefront and the shard.
+#[derive(Clone)]
+pub(crate) struct ShardCtx {
+    pub(crate) app: App,
+    pub(crate) shard: Shard,
+}
+
 pub(crate) async fn place(
-    State(app): State<App>,
+    State(ctx): State<ShardCtx>,
     Tenant(t): Tenant,
+    Extension(Customer(customer)): Extension<Customer>,
     Params((sku, qty)): Params<(String, String)>,
-) -> Result<(StatusCode, String), ApiError> {
+) -> Result<Response, ApiError> {
     let qty = quantity(&qty)?;
-    let price = catalog_of(&app, t.id())
+    let price = catalog_of(&ctx.app, t.id())
         .await?
         .iter()
         .find(|p| p.sku == sku)
@@ -168,13 +180,19 @@ pub(crate) async fn place(
     // refuses. Its id is the order's, so a retried start changes nothing.
     let id = SagaId::new(format!("{}.{order}", t.id()))
         .ok_or(ApiError::BadRequest("malformed order"))?;
-    let outcome = app
+    let input = checkout::input(&checkout::Checkout1 {
+        tenant: t.id(),
+        customer: &customer,
+        shard: ctx.shard.index,
+        order: &order,
+        sku: &sku,
+        qty,
+        amount,
+    });
+    let outcome = ctx
+        .app
         .checkout
-        .run(
-            "checkout",
-            id,
-            checkout::input(t.id(), &order, &sku, qty, amount),
-        )
+        .run("checkout", id, input)
         .await
         .map_err(|e| ApiError::Unavailable("checkout unavailable", e.into()))?;
     let queued = outcome
@@ -192,33 +210,45 @@ pub(crate) async fn place(
         .reason
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
-    Ok((
+    let mut res = (
         status,
         format!("{answer} order {order} {sku} x{qty}{reason}\n"),
-    ))
+    )
+        .into_response();
+    // The position the order's last event reached: the consistency layer answers with a token
+    // of it, so the client's next read of this order sees this answer.
+    let reached = outcome
+        .outputs
+        .get("complete")
+        .and_then(|c| serde_json::from_value::<GlobalPosition>(c["position"].clone()).ok());
+    if let Some(position) = reached {
+        res.extensions_mut().insert(Mark::Position(position));
+    }
+    Ok(res)
 }
 
 pub(crate) async fn show(
-    State(app): State<App>,
+    State(ctx): State<ShardCtx>,
     Tenant(t): Tenant,
+    Extension(Customer(customer)): Extension<Customer>,
     Params(order): Params<String>,
 ) -> Result<String, ApiError> {
     if !order.bytes().all(|b| b.is_ascii_alphanumeric()) || order.len() > 64 {
         return Err(ApiError::BadRequest("malformed order id"));
     }
-    let o = app
-        .orders
-        .load(&stream_id(t.id(), &order))
+    // From the read model: after a write, the consistency layer has already waited for it to
+    // catch up with the client's token.
+    match ctx
+        .shard
+        .read(t.id().as_str(), &customer, &order)
         .await
-        .map_err(|e| ApiError::Unavailable("orders unavailable", e.into()))?;
-    match (o.state.status, o.state.sku) {
-        (Some(status), Some(sku)) => Ok(format!(
-            "{} {sku} x{} (version {})\n",
-            status.as_str(),
-            o.state.qty,
-            o.version
+        .map_err(|e| ApiError::Unavailable("orders unavailable", e))?
+    {
+        Some(row) => Ok(format!(
+            "{} {} x{} (version {})\n",
+            row.status, row.sku, row.qty, row.version
         )),
-        _ => Err(ApiError::NotFound("no such order")),
+        None => Err(ApiError::NotFound("no such order")),
     }
 }
 
@@ -228,12 +258,13 @@ pub(crate) async fn health(State(app): State<App>) -> String {
     let (refunds, cancelled_shipments) = app.ledger.undone();
     format!(
         "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}; \
-         drained {}; refunds {refunds}; cancelled shipments {cancelled_shipments}\n",
+         drained {}; refunds {refunds}; cancelled shipments {cancelled_shipments}; order shards {}\n",
         r.name,
         r.state,
         r.health,
         app.catalog_loads.load(Ordering::Relaxed),
         app.provider_attempts.load(Ordering::Relaxed),
         app.queue.drained(),
+        app.shards.all.len(),
     )
 }

@@ -291,6 +291,7 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
         router,
         app,
         dir: super::TempDir(dir),
+        jar: super::Jar::default(),
     };
     send(&shop, Method::GET, "/products", Some("acme")).await;
     send(&shop, Method::GET, "/products", Some("nobody")).await;

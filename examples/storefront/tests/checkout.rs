@@ -140,6 +140,7 @@ async fn queued_payments_wait_across_a_restart() {
         router,
         app,
         dir: shop.dir,
+        jar: super::Jar::default(),
     };
     assert_eq!(again.app.queue.queued(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod checkout;
 mod edge;
+mod shards;
 
 use std::{path::PathBuf, sync::atomic::Ordering, time::Duration};
 
@@ -31,6 +32,41 @@ pub(crate) struct Shop {
     pub(crate) router: Router,
     pub(crate) app: App,
     dir: TempDir,
+    /// The cookies the shop set (each shard's consistency token), sent back by [`send`] as a
+    /// browser would: a client reads its own writes.
+    jar: Jar,
+}
+
+/// Cookies by name.
+#[derive(Clone, Default)]
+pub(crate) struct Jar(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>);
+
+impl Jar {
+    fn header(&self) -> Option<String> {
+        let jar = self.0.lock().unwrap();
+        (!jar.is_empty()).then(|| {
+            jar.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn keep(&self, res: &Response<Body>) {
+        let mut jar = self.0.lock().unwrap();
+        for cookie in res.headers().get_all("set-cookie") {
+            let Some((pair, _)) = cookie.to_str().unwrap().split_once(';') else {
+                continue;
+            };
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() {
+                    jar.remove(name);
+                } else {
+                    jar.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+    }
 }
 
 /// A directory removed when dropped.
@@ -57,6 +93,7 @@ async fn shop_with(name: &str, auth: Auth) -> Shop {
         router,
         app,
         dir: TempDir(dir),
+        jar: Jar::default(),
     }
 }
 
@@ -89,8 +126,21 @@ pub(crate) async fn send(
     tenant: Option<&str>,
 ) -> (u16, String) {
     let key = tenant.map(|t| format!("demo-key-{t}"));
-    let headers: Vec<(&str, &str)> = key.iter().map(|k| (API_KEY_HEADER, k.as_str())).collect();
-    exchange(shop.router.clone(), request(method, uri, &headers)).await
+    let mut headers: Vec<(&str, &str)> = key.iter().map(|k| (API_KEY_HEADER, k.as_str())).collect();
+    let cookies = shop.jar.header();
+    if let Some(cookies) = &cookies {
+        headers.push(("cookie", cookies));
+    }
+    let res: Response<Body> = shop
+        .router
+        .clone()
+        .oneshot(request(method, uri, &headers))
+        .await
+        .unwrap();
+    shop.jar.keep(&res);
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// An admin request with the token.
