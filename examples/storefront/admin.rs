@@ -26,9 +26,11 @@ use crate::{
 /// The admin routes, each behind [`require_token`].
 pub(crate) fn routes(app: App) -> Router<App> {
     Router::new()
+        .route("/admin", get(crate::status::page))
         .route("/admin/patterns", get(patterns))
         .route("/admin/provider/{state}", post(provider))
         .route("/admin/chaos/{name}", post(chaos))
+        .route("/admin/cache/catalog/invalidate", post(invalidate_catalog))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app, require_token))
 }
@@ -74,10 +76,12 @@ pub(crate) async fn require_token(State(app): State<App>, req: Request, next: Ne
     }
 }
 
-/// Every handle's report: `{"patterns": [report, ...]}`.
+/// Every handle's report, and the payment breaker's last transitions:
+/// `{"patterns": [report, ...], "transitions": [...]}`.
 async fn patterns(State(app): State<App>) -> Response {
     let reports: Vec<Report> = app.handles.iter().map(|h| h.report()).collect();
-    Json(serde_json::json!({ "patterns": reports })).into_response()
+    Json(serde_json::json!({ "patterns": reports, "transitions": app.transitions.list() }))
+        .into_response()
 }
 
 /// Prometheus text. Reports first: layers that count for their handles (the caches) publish
@@ -94,6 +98,15 @@ async fn metrics(State(app): State<App>) -> Response {
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no metrics recorder").into_response(),
     }
+}
+
+/// Empties the catalog cache: the next read of each tenant loads again (once, however many
+/// ask at the same time).
+async fn invalidate_catalog(State(app): State<App>) -> Result<String, ApiError> {
+    (app.invalidate_catalog)()
+        .await
+        .map_err(|e| ApiError::Unavailable("cache unavailable", e))?;
+    Ok("catalog cache emptied\n".to_owned())
 }
 
 /// Puts the simulated payment provider in a state: `up`, `down` (every charge fails) or `slow`
@@ -159,7 +172,8 @@ impl FaultSpec {
 }
 
 /// Replaces the faults of the chaos layer `name`: `payment-provider` (the payment client's
-/// provider) or `orders-projection` (the orders' read models' reads of their event stores).
+/// provider), `orders-projection` (the orders' read models' reads of their event stores) or
+/// `catalog-db` (the catalog's database reads).
 async fn chaos(
     State(app): State<App>,
     Params(name): Params<String>,
@@ -168,6 +182,7 @@ async fn chaos(
     let handle: &ChaosHandle = match name.as_str() {
         "payment-provider" => &app.provider,
         "orders-projection" => &app.lag,
+        "catalog-db" => &app.catalog_db,
         _ => return Err(ApiError::NotFound("no such chaos layer")),
     };
     let faults = plan

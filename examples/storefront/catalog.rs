@@ -2,7 +2,9 @@
 //! `Scoped` (the tenant filter cannot be left out), cached per tenant.
 
 use std::{
+    future::Future,
     path::Path as FsPath,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -16,6 +18,7 @@ use tower::{Layer, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
     BoxError, KeyError,
     cache::{CacheLayer, store::QuickCacheStore},
+    chaos::{AnswerAsError, ChaosHandle, ChaosLayer},
     key::key_fn,
     observe::StateHandle,
     tenant::{TenantId, sqlite::Scoped},
@@ -33,13 +36,30 @@ pub(crate) struct CatalogQuery {
     pub(crate) tenant: TenantId,
 }
 
+/// The key of a tenant's whole catalog.
+static ALL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("all"));
+
 pub(crate) type Catalog = BoxCloneSyncService<CatalogQuery, Arc<[Product]>, BoxError>;
 
-/// Reads a tenant's products from the shared table; `loads` counts the reads that reach SQLite.
+/// Empties the catalog cache (every tenant's entry).
+pub(crate) type Invalidate =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
+
+/// The catalog: the cached service, its cache's handle, a way to empty the cache, and the
+/// chaos layer on its database reads (`catalog-db`, to make a slow database for a stampede).
+pub(crate) struct CatalogParts {
+    pub(crate) service: Catalog,
+    pub(crate) cache: Box<dyn StateHandle>,
+    pub(crate) invalidate: Invalidate,
+    pub(crate) chaos: ChaosHandle,
+}
+
+/// Reads a tenant's products from the shared table, cache-aside per tenant; `loads` counts
+/// the reads that reach SQLite.
 pub(crate) fn catalog(
     db: Arc<Mutex<Connection>>,
     loads: Arc<AtomicU64>,
-) -> Result<(Catalog, Box<dyn StateHandle>), BoxError> {
+) -> Result<CatalogParts, BoxError> {
     let loader = service_fn(move |q: CatalogQuery| {
         let db = db.clone();
         let loads = loads.clone();
@@ -69,13 +89,26 @@ pub(crate) fn catalog(
     });
     let cache = CacheLayer::builder("catalog")
         .store(QuickCacheStore::builder().max_entries(10_000).build())
-        .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>("all")))
+        // One entry per tenant (the scope); an owned key, so the cache's handle has no lifetime.
+        .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>(ALL.clone())))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()
         .ttl(Duration::from_secs(30))
         .build()?;
-    let handle = Box::new(cache.handle());
-    Ok((BoxCloneSyncService::new(cache.layer(loader)), handle))
+    let chaos = ChaosLayer::builder("catalog-db")
+        .answer_with(AnswerAsError)
+        .build()?;
+    let handle = cache.handle();
+    let invalidate: Invalidate = Arc::new(move || {
+        let handle = handle.clone();
+        Box::pin(async move { handle.invalidate_all().await.map_err(BoxError::from) })
+    });
+    Ok(CatalogParts {
+        cache: Box::new(cache.handle()),
+        chaos: chaos.handle(),
+        service: BoxCloneSyncService::new(cache.layer(chaos.layer(loader))),
+        invalidate,
+    })
 }
 
 /// The shared table and two tenants' rows.

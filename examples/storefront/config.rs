@@ -26,6 +26,11 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) addr: SocketAddr,
     pub(crate) data: PathBuf,
+    /// Whether `--data` or `TP_DATA` named the directory (the demo uses a temporary one
+    /// otherwise).
+    pub(crate) data_given: bool,
+    /// Run the scripted tour against itself, print its report, and exit.
+    pub(crate) demo: bool,
     pub(crate) tenants: Option<PathBuf>,
     pub(crate) auth: Auth,
     /// The admin routes' token; `None` makes a random one at start, printed once.
@@ -69,6 +74,8 @@ usage: storefront [flags]
                            4; fixed once the data directory holds orders)
   --max-inflight N         requests in flight before 503 (TP_MAX_INFLIGHT; default 256)
   --drain SECS             time shutdown waits for requests in flight (TP_DRAIN; default 10)
+  --demo                   a scripted tour against itself: every pattern at work, then a
+                           report; exits 0 only if every expectation held
   -h, --help               this text";
 
 /// Where the data lives when neither `--data` nor `TP_DATA` says.
@@ -136,6 +143,10 @@ pub(crate) fn parse(
                 switches.push("--log-json");
                 continue;
             }
+            "--demo" => {
+                switches.push("--demo");
+                continue;
+            }
             "--addr" => "--addr",
             "--data" => "--data",
             "--tenants" => "--tenants",
@@ -199,6 +210,7 @@ pub(crate) fn parse(
             .map_err(|_| addr.error(value, "not a socket address such as 127.0.0.1:3000"))?,
     };
     let data = setting("--data", "TP_DATA");
+    let data_given = data.value.is_some();
     let data = match data.value {
         Some("") => return Err(data.error("", "an empty path")),
         Some(value) => PathBuf::from(value),
@@ -272,6 +284,8 @@ pub(crate) fn parse(
     Ok(Config {
         addr,
         data,
+        data_given,
+        demo: switches.contains(&"--demo"),
         tenants,
         auth,
         admin_token,

@@ -1,6 +1,15 @@
 //! The storefront, the main job: one axum service on embedded defaults (SQLite files and
 //! in-process caches, nothing to install) that composes the patterns.
 //!
+//! `--demo` runs a scripted tour against itself on 127.0.0.1 (a progress bar on a terminal):
+//! normal traffic over the order shards; the payment provider failing (the breaker opens,
+//! payments are queued, it recovers, the queue drains); the provider hanging (timeouts fire,
+//! the payment bulkhead fills and refuses, other routes stay fast); a noisy tenant limited while
+//! another is not slowed; a cache stampede on a slow database making one load; an order out of
+//! stock that the saga undoes; read-your-writes holding while a projection lags. It ends with
+//! a table of what each pattern did, in numbers, and exits 0 only if every expectation held
+//! (about 6 s; it prints the status page's address to watch it live).
+//!
 //! Every request proves its tenant with an API key in `x-api-key`, or with a bearer token
 //! (HS256, audience `storefront`, the tenant in its `tenant` claim, the customer in `sub`;
 //! signed with `--jwt-secret`, else a secret made at start, which also prints a demo token for
@@ -20,7 +29,9 @@
 //! | `POST /orders/{sku}/{qty}` | an order of 1 to 100 through the order saga (`checkout.rs`): the order placed (event-sourced on SQLite), charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), the stock reserved, the shipment booked; a refused step undoes the ones before it, newest first (201 PAID, 202 QUEUED, 502 CANCELLED when the payment failed, 409 CANCELLED when out of stock) |
 //! | `GET /orders/{id}` | the order from its shard's read model (a CQRS projection of the order events); another customer's or another tenant's order is a 404 |
 //! | `GET /health` | breaker, cache and queue, in one line |
-//! | `GET /admin/patterns` | admin: every pattern's report (state, health, numbers) as JSON |
+//! | `GET /admin` | admin: the status page, every pattern's report live (polled twice a second), the ones in trouble first, and the payment breaker's transitions (`/admin?token=…` in a browser) |
+//! | `GET /admin/patterns` | admin: every pattern's report (state, health, numbers) as JSON, and the breaker's transitions |
+//! | `POST /admin/cache/catalog/invalidate` | admin: empties the catalog cache |
 //! | `GET /metrics` | admin: Prometheus text, every pattern's series |
 //! | `POST /admin/provider/{up,down,slow}` | admin: the simulated payment provider, through its chaos layer's handle: no fault, an error on every charge, or one second of latency on every charge |
 //! | `POST /admin/chaos/payment-provider` | admin: any plan of faults, as JSON (`{"faults":[{"kind":"latency","ms":300,"rate":0.5}]}`; kinds `latency`, `status`, `error`, `hang`, `abort`) |
@@ -93,6 +104,7 @@ mod auth;
 mod catalog;
 mod checkout;
 mod config;
+mod demo;
 mod edge;
 mod lag;
 mod ledger;
@@ -101,6 +113,7 @@ mod payments;
 mod queue;
 mod routes;
 mod shards;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -174,7 +187,7 @@ const API_KEY_HEADER: &str = "x-api-key";
 /// The header that names the tenant in header-only mode.
 const TENANT_HEADER: &str = "x-tenant-id";
 /// The most requests one tenant may have in flight at once; the next gets 503.
-const TENANT_CONCURRENCY: u32 = 8;
+const TENANT_CONCURRENCY: u32 = 32;
 
 /// The rate of a plan.
 fn plan_rate(plan: &str) -> Rate {
@@ -191,6 +204,10 @@ pub(crate) type Handles = Arc<Vec<Box<dyn StateHandle>>>;
 #[derive(Clone)]
 struct App {
     catalog: Catalog,
+    /// Empties the catalog cache (`POST /admin/cache/catalog/invalidate`).
+    invalidate_catalog: catalog::Invalidate,
+    /// The catalog database's faults (`POST /admin/chaos/catalog-db`).
+    catalog_db: ChaosHandle,
     catalog_loads: Arc<AtomicU64>,
     shards: Shards,
     checkout: Checkout,
@@ -201,6 +218,8 @@ struct App {
     lag: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: QueueHandle,
+    /// The payment breaker's last transitions, for the status page.
+    transitions: status::Transitions,
     /// Stops the background workers (the queue's drain) when the server stops.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// The server-wide bulkhead that sheds load, built here so that it is listed with the
@@ -288,9 +307,11 @@ async fn storefront(
     let tenancy = tenant_layer(tenants, cfg.auth, &jwt_secret)?;
     let verifier = Arc::new(auth::verifier(&jwt_secret)?);
     let edge = edge::shed(cfg)?;
-    let (catalog, catalog_cache) = catalog(db, catalog_loads.clone())?;
+    let catalog = catalog(db, catalog_loads.clone())?;
     let app = App {
-        catalog,
+        catalog: catalog.service,
+        invalidate_catalog: catalog.invalidate,
+        catalog_db: catalog.chaos.clone(),
         catalog_loads,
         shards: shards.clone(),
         checkout,
@@ -300,6 +321,7 @@ async fn storefront(
         lag: lag.clone(),
         provider_attempts,
         queue,
+        transitions: status::Transitions::follow(&pay.breaker, stop.subscribe()),
         stop: Arc::new(stop),
         edge_layer: edge.clone(),
         handles: Arc::default(),
@@ -337,7 +359,8 @@ async fn storefront(
         Box::new(tenancy.handle()),
         Box::new(limiter.handle()),
         Box::new(bulkheads.handle()),
-        catalog_cache,
+        catalog.cache,
+        Box::new(catalog.chaos),
         Box::new(orders.handle()),
     ];
     for shard in shards.all.iter() {
@@ -424,8 +447,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The demo prints a report; its logs would drown it unless asked for.
+    let default = if cfg.demo { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match cfg.log {
         LogFormat::Pretty => logs.init(),
@@ -469,6 +494,9 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     prometheus: Option<PrometheusHandle>,
 ) -> Result<(), String> {
+    if cfg.demo {
+        return demo::run(cfg, out, prometheus, None).await;
+    }
     std::fs::create_dir_all(&cfg.data).map_err(|e| {
         format!(
             "storefront: --data {:?}: cannot create it: {e} (also TP_DATA)",

@@ -177,7 +177,7 @@ pub(crate) async fn open(
             .build()?
             .spawn();
         let consistency = ConsistencyLayer::builder(format!("orders-{index}"))
-            .key(key.clone())
+            .key(*key)
             .read_side(view.clone())
             .wait(std::time::Duration::from_secs(2))
             .build()?;

@@ -211,7 +211,7 @@ async fn the_chaos_switch_takes_a_checked_plan() {
 
 /// One Prometheus recorder for this test binary, installed before the shop that reads it is
 /// built (layers register their metrics when they are built).
-fn prometheus() -> PrometheusHandle {
+pub(crate) fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -295,6 +295,13 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
     };
     send(&shop, Method::GET, "/products", Some("acme")).await;
     send(&shop, Method::GET, "/products", Some("nobody")).await;
+    // An order: the shard router, the saga, the projection, the consistency token, the retry.
+    assert_eq!(
+        send(&shop, Method::POST, "/orders/tea/1", Some("acme"))
+            .await
+            .0,
+        201
+    );
     let (status, text) = admin(&shop, Method::GET, "/metrics").await;
     assert_eq!(status, 200);
     let samples = parse_prometheus(&text);
@@ -305,6 +312,12 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
         "tower_patterns_cache_",
         "tower_patterns_tenant_",
         "tower_patterns_chaos_",
+        "tower_patterns_shard_",
+        "tower_patterns_cqrs_",
+        "tower_patterns_consistency_",
+        "tower_patterns_saga_",
+        "tower_patterns_retry_",
+        "storefront_payment_queue",
     ] {
         assert!(
             samples.iter().any(|s| s.starts_with(prefix)),

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod checkout;
+mod demo;
 mod edge;
 mod shards;
 

@@ -9,7 +9,7 @@ use tower_patterns_core::{classify::Outcome, metric_name, observe::labels};
 
 use crate::{Reason, State};
 
-/// A change of state, as sent to [`CircuitBreakerHandle::subscribe`](crate::CircuitBreakerHandle::subscribe)rs.
+/// A change of state, as sent to [`CircuitBreakerHandle::subscribe`](crate::CircuitBreakerHandle::subscribe).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
     /// The breaker's name (with its key, for keyed breakers: `name/key`).
