@@ -129,7 +129,7 @@
 )]
 
 // The README's Rust snippet, compiled and run by `cargo test --doc` (it needs these features).
-#[cfg(all(doctest, feature = "breaker", feature = "retry"))]
+#[cfg(all(doctest, feature = "breaker", feature = "retry", feature = "bulkhead"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
