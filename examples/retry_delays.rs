@@ -9,11 +9,39 @@
     reason = "its output is the table pasted into the docs"
 )]
 
-use std::time::Duration;
+use std::{io::Write, process::ExitCode, time::Duration};
 
 use tower_patterns::{retry::Backoff, rng::SplitMix64};
 
-fn main() {
+fn main() -> ExitCode {
+    run(
+        &std::env::args().skip(1).collect::<Vec<_>>(),
+        &mut std::io::stdout(),
+    )
+}
+
+/// Prints the table on `out`; `--draws N` sets the draws per jittered family (default 10,000).
+pub(crate) fn run(args: &[String], out: &mut impl Write) -> ExitCode {
+    let draws = match args {
+        [] => 10_000,
+        [flag, n] if flag == "--draws" => match n.parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => return usage(out),
+        },
+        _ => return usage(out),
+    };
+    match table(draws, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn usage(out: &mut impl Write) -> ExitCode {
+    let _ = writeln!(out, "usage: retry_delays [--draws N]");
+    ExitCode::from(2)
+}
+
+fn table(jittered_draws: u32, out: &mut impl Write) -> std::io::Result<()> {
     let base = Duration::from_millis(100);
     let cap = Duration::from_secs(10);
     let families = [
@@ -45,21 +73,23 @@ fn main() {
         ),
     ];
     let retries = 1..=8u32;
-    println!(
+    writeln!(
+        out,
         "| family | {} |",
         retries
             .clone()
             .map(|n| format!("retry {n}"))
             .collect::<Vec<_>>()
             .join(" | ")
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "|---|{}",
         retries.clone().map(|_| "---:|").collect::<String>()
-    );
+    )?;
     let mut rng = SplitMix64::new(1);
     for (name, backoff, jittered) in families {
-        let draws = if jittered { 10_000 } else { 1 };
+        let draws = if jittered { jittered_draws } else { 1 };
         let mut sums = [0f64; 8];
         for _ in 0..draws {
             let mut previous = base;
@@ -73,6 +103,7 @@ fn main() {
             .iter()
             .map(|s| format!("{:.0} ms", s / f64::from(draws) * 1e3))
             .collect();
-        println!("| {name} | {} |", cells.join(" | "));
+        writeln!(out, "| {name} | {} |", cells.join(" | "))?;
     }
+    Ok(())
 }

@@ -1,0 +1,166 @@
+//! The small examples run as a user runs them, their output checked: cache-aside, the rate
+//! limit, the bulkhead, multi-tenancy, the retry delays and the shard moves (the tables the
+//! guides quote). (The storefront, the gateway, the sagas and the CQRS
+//! examples have test files of their own.)
+
+use std::process::ExitCode;
+
+macro_rules! example {
+    ($name:ident, $path:literal) => {
+        #[allow(dead_code, reason = "the example's `main`: the test calls `run`")]
+        #[path = $path]
+        mod $name;
+    };
+}
+
+example!(cache_aside, "../examples/cache_aside.rs");
+example!(rate_limit, "../examples/rate_limit.rs");
+example!(bulkhead, "../examples/bulkhead.rs");
+example!(tenancy, "../examples/tenancy.rs");
+example!(retry_delays, "../examples/retry_delays.rs");
+example!(shard_moves, "../examples/shard_moves.rs");
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_aside_makes_one_load_for_a_stampede() {
+    let mut out = Vec::new();
+    assert_eq!(
+        cache_aside::run(args("--readers 50"), &mut out).await,
+        ExitCode::SUCCESS
+    );
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(
+            "50 readers at once on a 200 ms database: 1 load, 49 waited for it, 50 answered"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("a repeat: 1 hit(s), still 1 load"), "{out}");
+    assert!(out.contains(r#"stale while revalidating: "product 7, version 1" in 0 ms; then "product 7, version 2""#), "{out}");
+    assert!(
+        out.contains(
+            r#"invalidated: the next read loads again: "product 7, version 3" (3 loads in all)"#
+        ),
+        "{out}"
+    );
+    let mut out = Vec::new();
+    assert_eq!(
+        cache_aside::run(args("--readers 0"), &mut out).await,
+        ExitCode::from(2)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_refuses_one_client_only() {
+    let mut out = Vec::new();
+    assert_eq!(rate_limit::run(vec![], &mut out).await, ExitCode::SUCCESS);
+    let out = String::from_utf8(out).unwrap();
+    for i in 1..=5 {
+        assert!(
+            out.contains(&format!("noisy #{i}: 200 remaining {}", 5 - i)),
+            "{out}"
+        );
+    }
+    for i in 6..=8 {
+        assert!(
+            out.contains(&format!("noisy #{i}: 429 remaining 0")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("calm #1: 200 remaining 4"), "{out}");
+    assert!(out.contains("noisy #9: 200"), "{out}");
+    assert!(out.contains("limiter: 2 client(s), 3 refused"), "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bulkhead_refuses_a_fifth_call_to_a_and_serves_b() {
+    let mut out = Vec::new();
+    assert_eq!(bulkhead::run(vec![], &mut out).await, ExitCode::SUCCESS);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("A's pool: 4 of 4 in flight"), "{out}");
+    assert!(
+        out.contains(r#"A #5: refused at once: bulkhead full (503 "bulkhead full")"#),
+        "{out}"
+    );
+    assert!(out.contains("B meanwhile: B answered"), "{out}");
+    assert!(out.contains("A's four slow calls: 4 answered"), "{out}");
+}
+
+#[tokio::test]
+async fn tenancy_answers_each_credential_clearly() {
+    let mut out = Vec::new();
+    assert_eq!(tenancy::run(vec![], &mut out).await, ExitCode::SUCCESS);
+    let out = String::from_utf8(out).unwrap();
+    let status = |what: &str| {
+        out.lines()
+            .find(|l| l.starts_with(what))
+            .and_then(|l| l[34..].split_whitespace().next())
+            .unwrap_or_else(|| panic!("no line for {what}:\n{out}"))
+            .to_owned()
+    };
+    assert_eq!(status("an API key"), "200", "{out}");
+    assert!(
+        out.contains("hello, acme") && out.contains("hello, globex"),
+        "{out}"
+    );
+    assert_eq!(status("a verified token"), "200");
+    assert_eq!(status("nothing"), "401");
+    assert_eq!(status("a header alone"), "401");
+    assert_eq!(status("a forged token"), "401");
+    assert_eq!(status("an unknown key"), "401");
+    assert_eq!(status("a suspended tenant"), "403");
+    assert_eq!(status("a key and a header that disagree"), "403");
+    assert_eq!(status("a malformed id"), "400");
+}
+
+#[test]
+fn retry_delays_prints_a_row_per_family() {
+    let mut out = Vec::new();
+    assert_eq!(
+        retry_delays::run(&args("--draws 1000"), &mut out),
+        ExitCode::SUCCESS
+    );
+    let out = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "a header, a rule and 8 families:\n{out}");
+    assert!(
+        lines[0].starts_with("| family | retry 1 |") && lines[0].ends_with("retry 8 |"),
+        "{out}"
+    );
+    assert!(out.contains("| constant | 100 ms | 100 ms |"), "{out}");
+    assert!(out.contains("| exponential ×2 | 100 ms | 200 ms | 400 ms | 800 ms | 1600 ms | 3200 ms | 6400 ms | 10000 ms |"), "{out}");
+    let mut out = Vec::new();
+    assert_eq!(
+        retry_delays::run(&args("--draws nope"), &mut out),
+        ExitCode::from(2)
+    );
+}
+
+#[test]
+fn shard_moves_shows_jump_moving_a_seventeenth() {
+    let mut out = Vec::new();
+    assert_eq!(
+        shard_moves::run(&args("--keys 10000"), &mut out),
+        ExitCode::SUCCESS
+    );
+    let out = String::from_utf8(out).unwrap();
+    let moved = |strategy: &str| -> f64 {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {strategy} |")))
+            .unwrap_or_else(|| panic!("{out}"));
+        line.split(" | ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap()
+    };
+    assert!((90.0..97.0).contains(&moved("modulo")), "{out}");
+    assert!((4.5..7.5).contains(&moved("jump")), "{out}");
+    assert!((4.5..7.5).contains(&moved("rendezvous")), "{out}");
+    assert_eq!(out.lines().count(), 7, "{out}");
+}
