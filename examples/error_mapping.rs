@@ -30,9 +30,9 @@ fn rejecting(kind: RejectionKind, after: Duration) -> Router {
         )
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), BoxError> {
-    let app = Router::new()
+/// The routes: one that answers, one too slow for its timeout, one rate limited, one shed.
+pub(crate) fn router() -> Router {
+    Router::new()
         .route("/", get(|| async { "hello\n" }))
         .route(
             "/slow",
@@ -53,8 +53,12 @@ async fn main() -> Result<(), BoxError> {
         .nest(
             "/shed",
             rejecting(RejectionKind::LoadShed, Duration::from_secs(30)),
-        );
+        )
+}
 
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), BoxError> {
+    let app = router();
     let addr = std::env::var("TP_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("listening on http://{}", listener.local_addr()?);

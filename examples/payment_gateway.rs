@@ -138,8 +138,8 @@ async fn health(State(app): State<App>) -> String {
     )
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), BoxError> {
+/// The client's HTTP routes: charges, health, and the demo switch of the simulated gateway.
+pub(crate) fn router() -> Router {
     let gateway_up = Arc::new(AtomicBool::new(true));
     let queue = Arc::new(Mutex::new(Vec::new()));
     let (client, breaker) = client(gateway_up.clone(), queue.clone());
@@ -149,7 +149,7 @@ async fn main() -> Result<(), BoxError> {
         gateway_up,
         queue,
     };
-    let router = Router::new()
+    Router::new()
         .route("/charge/{user}/{amount}", post(charge))
         .route("/health", get(health))
         .route(
@@ -161,8 +161,12 @@ async fn main() -> Result<(), BoxError> {
                 },
             ),
         )
-        .with_state(app);
+        .with_state(app)
+}
 
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let router = router();
     let addr = std::env::var("TP_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!(

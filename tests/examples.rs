@@ -1,6 +1,7 @@
 //! The small examples run as a user runs them, their output checked: cache-aside, the rate
 //! limit, the bulkhead, multi-tenancy, the retry delays and the shard moves (the tables the
-//! guides quote). (The storefront, the gateway, the sagas and the CQRS
+//! guides quote), the payment client with fallback and the error mapping (their curl lines,
+//! in process). (The storefront, the gateway, the sagas and the CQRS
 //! examples have test files of their own.)
 
 use std::process::ExitCode;
@@ -19,6 +20,27 @@ example!(bulkhead, "../examples/bulkhead.rs");
 example!(tenancy, "../examples/tenancy.rs");
 example!(retry_delays, "../examples/retry_delays.rs");
 example!(shard_moves, "../examples/shard_moves.rs");
+example!(payment_gateway, "../examples/payment_gateway.rs");
+example!(error_mapping, "../examples/error_mapping.rs");
+
+/// Sends `method uri` to `router` and reads the status, the `Retry-After` and the body.
+async fn call(router: axum::Router, method: &str, uri: &str) -> (u16, String, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let after = res
+        .headers()
+        .get("retry-after")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, after, String::from_utf8_lossy(&body).into_owned())
+}
 
 fn args(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_owned).collect()
@@ -163,4 +185,47 @@ fn shard_moves_shows_jump_moving_a_seventeenth() {
     assert!((4.5..7.5).contains(&moved("jump")), "{out}");
     assert!((4.5..7.5).contains(&moved("rendezvous")), "{out}");
     assert_eq!(out.lines().count(), 7, "{out}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_payment_client_falls_back_as_its_curl_lines_say() {
+    let router = payment_gateway::router();
+    let charge = |path: &'static str| call(router.clone(), "POST", path);
+    assert_eq!(charge("/charge/alice/100").await.2, "CHARGED alice 100\n");
+    charge("/gateway/down").await;
+    // A gateway failure: alice's previous charge of that amount stands in (while bob, below,
+    // has none and fails).
+    assert_eq!(
+        charge("/charge/alice/100").await,
+        (200, String::new(), "CHARGED alice 100\n".into())
+    );
+    // bob has none: 502 until the breaker opens (five failures in a row), then queued.
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(charge("/charge/bob/5").await.0);
+    }
+    assert_eq!(
+        answers.iter().filter(|s| **s == 502).count(),
+        4,
+        "{answers:?}"
+    );
+    let (status, _, body) = charge("/charge/bob/5").await;
+    assert_eq!((status, body.as_str()), (200, "QUEUED bob 5\n"));
+    let (_, _, health) = call(router.clone(), "GET", "/health").await;
+    assert!(health.contains("payment-gateway: open"), "{health}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_mapping_answers_each_failure_with_its_status() {
+    let router = error_mapping::router();
+    assert_eq!(
+        call(router.clone(), "GET", "/").await,
+        (200, String::new(), "hello\n".into())
+    );
+    let (status, _, body) = call(router.clone(), "GET", "/slow").await;
+    assert_eq!(status, 504, "{body}");
+    let (status, after, _) = call(router.clone(), "GET", "/limited").await;
+    assert_eq!((status, after.as_str()), (429, "2"));
+    let (status, after, _) = call(router.clone(), "GET", "/shed").await;
+    assert_eq!((status, after.as_str()), (503, "30"));
 }
