@@ -22,6 +22,7 @@ example!(retry_delays, "../examples/retry_delays.rs");
 example!(shard_moves, "../examples/shard_moves.rs");
 example!(payment_gateway, "../examples/payment_gateway.rs");
 example!(error_mapping, "../examples/error_mapping.rs");
+example!(social_shards, "../examples/social_shards.rs");
 
 /// Sends `method uri` to `router` and reads the status, the `Retry-After` and the body.
 async fn call(router: axum::Router, method: &str, uri: &str) -> (u16, String, String) {
@@ -228,4 +229,52 @@ async fn error_mapping_answers_each_failure_with_its_status() {
     assert_eq!((status, after.as_str()), (429, "2"));
     let (status, after, _) = call(router.clone(), "GET", "/shed").await;
     assert_eq!((status, after.as_str()), (503, "30"));
+}
+
+#[tokio::test]
+async fn social_shards_places_searches_and_grows() {
+    let mut out = Vec::new();
+    let code = social_shards::run(&args("--users 3000"), &mut out).await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(
+        out.starts_with("3000 users over 16 shards by region"),
+        "{out}"
+    );
+    // Each region's shards hold its share of the users (a quarter, a half, a quarter), and
+    // every shard about the same.
+    for (region, share) in [("eu", 750u64), ("us", 1500), ("ap", 750)] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{region}:")))
+            .unwrap();
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let total: u64 = counts.iter().sum();
+        assert!(total.abs_diff(share) < share / 8, "{region}: {line}");
+        assert!(
+            counts.iter().all(|c| c.abs_diff(3000 / 16) < 60),
+            "{region}: {line}"
+        );
+    }
+    assert!(
+        out.contains("the name index") && out.contains("same answer: yes"),
+        "{out}"
+    );
+    let moved: f64 = out
+        .split("moves ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4.5..7.5).contains(&moved), "{out}");
+    let mut out = Vec::new();
+    assert_eq!(
+        social_shards::run(&args("--users 5"), &mut out).await,
+        ExitCode::from(2)
+    );
 }
