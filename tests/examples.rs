@@ -23,6 +23,7 @@ example!(shard_moves, "../examples/shard_moves.rs");
 example!(payment_gateway, "../examples/payment_gateway.rs");
 example!(error_mapping, "../examples/error_mapping.rs");
 example!(social_shards, "../examples/social_shards.rs");
+example!(grpc, "../examples/grpc.rs");
 
 /// Sends `method uri` to `router` and reads the status, the `Retry-After` and the body.
 async fn call(router: axum::Router, method: &str, uri: &str) -> (u16, String, String) {
@@ -275,6 +276,59 @@ async fn social_shards_places_searches_and_grows() {
     let mut out = Vec::new();
     assert_eq!(
         social_shards::run(&args("--users 5"), &mut out).await,
+        ExitCode::from(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_retries_unavailable_and_maps_refusals_to_statuses() {
+    let mut out = Vec::new();
+    let code = grpc::run(&args("--calls 20"), &mut out).await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(
+        out.contains("first reply: ch_o0_100 for tenant acme"),
+        "{out}"
+    );
+    // Every UNAVAILABLE was retried under the call's idempotency key.
+    assert!(
+        out.contains("20 of 20 charged; the server answered UNAVAILABLE"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("UNAVAILABLE 0 times"),
+        "chaos injected nothing: {out}"
+    );
+    assert!(out.contains("breaker closed"), "{out}");
+    assert!(
+        out.contains(r#"no credential: Unauthenticated "missing tenant or credentials""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"an unknown key: Unauthenticated "invalid credentials""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"a tenant that disagrees: PermissionDenied "conflicting tenant sources""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"a malformed tenant: InvalidArgument "malformed tenant or credentials""#),
+        "{out}"
+    );
+
+    // A server that always answers UNAVAILABLE: the breaker, reading grpc-status, opens and
+    // then refuses calls itself.
+    let mut out = Vec::new();
+    let code = grpc::run(&args("--calls 15 --unavailable 1"), &mut out).await;
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("0 of 15 charged"), "{out}");
+    assert!(out.contains("breaker open,"), "{out}");
+    assert!(!out.contains(", 0 call(s) refused by it"), "{out}");
+    let mut out = Vec::new();
+    assert_eq!(
+        grpc::run(&args("--calls 0"), &mut out).await,
         ExitCode::from(2)
     );
 }
