@@ -1,96 +1,237 @@
-//! The catalog, cache-aside: a tenant's products read from a shared SQLite table through
-//! `Scoped` (the tenant filter cannot be left out), cached per tenant.
+//! The catalog's read side: a projection of the product events (`products.rs`) into a read
+//! model (`catalog-read.db`: a products table with a `tenant_id` column, and an FTS5 index of
+//! the names), read through `Scoped` (the tenant filter cannot be left out) or searched by name,
+//! cached per tenant and per query.
 
 use std::{
     future::Future,
-    path::Path as FsPath,
+    path::{Path as FsPath, PathBuf},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use rusqlite::{Connection, types::Value};
+use rusqlite::{Transaction, params, types::Value};
 use serde::Serialize;
 use tower::{Layer, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
     BoxError, KeyError,
     cache::{CacheLayer, store::QuickCacheStore},
     chaos::{AnswerAsError, ChaosHandle, ChaosLayer},
+    consistency::{Mark, ReadSide},
+    cqrs::{
+        ApplyError, Projection, ProjectionHandle, SqliteProjection, Tables,
+        projection::sqlite_reader,
+    },
+    eventstore::{EventStore, GlobalPosition, RecordedEvent},
     key::key_fn,
     observe::StateHandle,
     tenant::{TenantId, sqlite::Scoped},
 };
 
+use crate::products::{PRODUCT_PREFIX, ProductEvent};
+
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Product {
     pub(crate) sku: String,
+    pub(crate) name: String,
     pub(crate) price: i64,
 }
 
-/// What the catalog loader is asked: a tenant's products.
+/// What the catalog loader is asked: a tenant's products, all of them or those whose name
+/// matches a search.
 #[derive(Clone, Debug)]
 pub(crate) struct CatalogQuery {
     pub(crate) tenant: TenantId,
+    /// The search, normalised by [`search_terms`]; empty for every product.
+    pub(crate) q: Arc<str>,
 }
 
-/// The key of a tenant's whole catalog.
-static ALL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("all"));
+/// A search as FTS5 terms: lowercase words of letters and digits (at most 8), each a prefix;
+/// anything else in the query is dropped, so no input reaches the query syntax.
+pub(crate) fn search_terms(q: &str) -> Arc<str> {
+    let words: Vec<String> = q
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(8)
+        .map(|w| w.chars().take(32).collect::<String>().to_lowercase())
+        .collect();
+    Arc::from(words.join(" "))
+}
 
+/// The cached catalog service.
 pub(crate) type Catalog = BoxCloneSyncService<CatalogQuery, Arc<[Product]>, BoxError>;
 
-/// Empties the catalog cache (every tenant's entry).
+/// Empties the catalog cache (every tenant's entries).
 pub(crate) type Invalidate =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
 
-/// The catalog: the cached service, its cache's handle, a way to empty the cache, and the
-/// chaos layer on its database reads (`catalog-db`, to make a slow database for a stampede).
+/// Drops one tenant's cached answers.
+pub(crate) type InvalidateTenant = Arc<
+    dyn Fn(TenantId) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync,
+>;
+
+/// The read model: product rows and a name index, by tenant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CatalogView;
+
+impl SqliteProjection for CatalogView {
+    fn create(&self, tx: &Transaction<'_>, t: &Tables) -> Result<(), ApplyError> {
+        tx.execute_batch(&format!(
+            "CREATE TABLE {products} (
+                 seq INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, sku TEXT NOT NULL,
+                 name TEXT NOT NULL, price INTEGER NOT NULL, version INTEGER NOT NULL,
+                 UNIQUE (tenant_id, sku));
+             CREATE VIRTUAL TABLE {fts} USING fts5(name, tokenize = 'unicode61');",
+            products = t.name("products"),
+            fts = t.name("names"),
+        ))?;
+        Ok(())
+    }
+
+    fn apply(&self, tx: &Transaction<'_>, t: &Tables, e: &RecordedEvent) -> Result<(), ApplyError> {
+        let Some((tenant, sku)) = e
+            .stream_id
+            .strip_prefix(PRODUCT_PREFIX)
+            .and_then(|s| s.split_once('.'))
+        else {
+            return Ok(());
+        };
+        let (products, fts) = (t.name("products"), t.name("names"));
+        let version = i64::try_from(e.version).unwrap_or(i64::MAX);
+        // Guarded by the stream version: an event applied twice changes nothing.
+        match e.decode_event::<ProductEvent>()? {
+            ProductEvent::Created { name, price } => {
+                let n = tx.execute(
+                    &format!(
+                        "INSERT INTO {products} (tenant_id, sku, name, price, version)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"
+                    ),
+                    params![tenant, sku, name, price, version],
+                )?;
+                if n == 1 {
+                    tx.execute(
+                        &format!("INSERT INTO {fts} (rowid, name) VALUES (?1, ?2)"),
+                        params![tx.last_insert_rowid(), name],
+                    )?;
+                }
+            }
+            ProductEvent::Repriced { price } => {
+                tx.execute(
+                    &format!(
+                        "UPDATE {products} SET price = ?3, version = ?4
+                         WHERE tenant_id = ?1 AND sku = ?2 AND version < ?4"
+                    ),
+                    params![tenant, sku, price, version],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `view` has applied `position`, for at most `within` of wall-clock time (not
+/// Tokio's clock, which a paused test would run past while the projection works on SQLite's
+/// blocking threads); whether it did.
+pub(crate) async fn reached(
+    view: &ProjectionHandle,
+    position: GlobalPosition,
+    within: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if ReadSide::reached(view, Mark::Position(position)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Reads a query from the read model in `path`.
+fn read(path: &FsPath, tables: &Tables, q: &CatalogQuery) -> Result<Vec<Product>, BoxError> {
+    let conn = sqlite_reader(path)?;
+    let rows: Vec<Vec<Value>> = if q.q.is_empty() {
+        // Through the tenant-scoped API: the tenant filter cannot be left out.
+        Scoped::new(&conn, &q.tenant).select(
+            &tables.name("products"),
+            &["sku", "name", "price"],
+            &[],
+        )?
+    } else {
+        let terms: Vec<String> = q.q.split(' ').map(|w| format!("\"{w}\"*")).collect();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT p.sku, p.name, p.price FROM {fts} JOIN {products} p ON p.seq = {fts}.rowid
+             WHERE {fts} MATCH ?1 AND p.tenant_id = ?2 ORDER BY p.sku",
+            fts = tables.name("names"),
+            products = tables.name("products"),
+        ))?;
+        let rows = stmt.query_map(params![terms.join(" "), q.tenant.as_str()], |r| {
+            Ok(vec![r.get::<_, Value>(0)?, r.get(1)?, r.get(2)?])
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [Value::Text(sku), Value::Text(name), Value::Integer(price)] => Some(Product {
+                sku: sku.clone(),
+                name: name.clone(),
+                price: *price,
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The catalog: the cached service, its cache's handle, ways to empty the cache, the
+/// projection that keeps the read model, and the chaos layer on the read model's reads
+/// (`catalog-db`, to make a slow database for a stampede).
 pub(crate) struct CatalogParts {
     pub(crate) service: Catalog,
     pub(crate) cache: Box<dyn StateHandle>,
     pub(crate) invalidate: Invalidate,
+    pub(crate) invalidate_tenant: InvalidateTenant,
+    pub(crate) view: ProjectionHandle,
     pub(crate) chaos: ChaosHandle,
 }
 
-/// Reads a tenant's products from the shared table, cache-aside per tenant; `loads` counts
-/// the reads that reach SQLite.
-pub(crate) fn catalog(
-    db: Arc<Mutex<Connection>>,
+/// Starts the projection of `events` into `catalog-read.db` in `dir`, and the cached read
+/// service over it; `loads` counts the reads that reach SQLite.
+pub(crate) async fn catalog<S: EventStore>(
+    dir: &FsPath,
+    events: Arc<S>,
     loads: Arc<AtomicU64>,
 ) -> Result<CatalogParts, BoxError> {
+    let path: Arc<PathBuf> = Arc::new(dir.join("catalog-read.db"));
+    let head = events.head().await?.map(|e| e.position);
+    let (view, _task) = Projection::builder("catalog")
+        .source(events)
+        .sqlite(&*path, CatalogView)
+        .build()?
+        .spawn();
+    // The demo products are in the events already: serve once the read model shows them.
+    if let Some(head) = head {
+        reached(&view, head, Duration::from_secs(10)).await;
+    }
+    let tables = view.tables();
     let loader = service_fn(move |q: CatalogQuery| {
-        let db = db.clone();
-        let loads = loads.clone();
+        let (path, tables, loads) = (path.clone(), tables.clone(), loads.clone());
         async move {
             loads.fetch_add(1, Ordering::Relaxed);
-            let rows = tokio::task::spawn_blocking(move || {
-                let conn = db
-                    .lock()
-                    .map_err(|_| BoxError::from("catalog lock poisoned"))?;
-                Scoped::new(&conn, &q.tenant)
-                    .select("products", &["sku", "price"], &[])
-                    .map_err(BoxError::from)
-            })
-            .await??;
-            let products: Arc<[Product]> = rows
-                .into_iter()
-                .filter_map(|row| match row.as_slice() {
-                    [Value::Text(sku), Value::Integer(price)] => Some(Product {
-                        sku: sku.clone(),
-                        price: *price,
-                    }),
-                    _ => None,
-                })
-                .collect();
-            Ok::<_, BoxError>(products)
+            let rows = tokio::task::spawn_blocking(move || read(&path, &tables, &q)).await??;
+            Ok::<_, BoxError>(Arc::<[Product]>::from(rows))
         }
     });
     let cache = CacheLayer::builder("catalog")
         .store(QuickCacheStore::builder().max_entries(10_000).build())
-        // One entry per tenant (the scope); an owned key, so the cache's handle has no lifetime.
-        .key(key_fn(|_: &CatalogQuery| Ok::<_, KeyError>(ALL.clone())))
+        // Per tenant (the scope) and per search; an owned key, so the handle has no lifetime.
+        .key(key_fn(|q: &CatalogQuery| Ok::<_, KeyError>(q.q.clone())))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()
         .ttl(Duration::from_secs(30))
@@ -99,45 +240,27 @@ pub(crate) fn catalog(
         .answer_with(AnswerAsError)
         .build()?;
     let handle = cache.handle();
+    let all = handle.clone();
     let invalidate: Invalidate = Arc::new(move || {
-        let handle = handle.clone();
+        let handle = all.clone();
         Box::pin(async move { handle.invalidate_all().await.map_err(BoxError::from) })
     });
+    let one = handle.clone();
+    let invalidate_tenant: InvalidateTenant = Arc::new(move |tenant: TenantId| {
+        let handle = one.clone();
+        Box::pin(async move {
+            handle
+                .invalidate_prefix(Some(&tenant), "")
+                .await
+                .map_err(BoxError::from)
+        })
+    });
     Ok(CatalogParts {
-        cache: Box::new(cache.handle()),
+        cache: Box::new(handle),
         chaos: chaos.handle(),
         service: BoxCloneSyncService::new(cache.layer(chaos.layer(loader))),
         invalidate,
+        invalidate_tenant,
+        view,
     })
-}
-
-/// The shared table and two tenants' rows.
-/// The demo products: (tenant, sku, price).
-pub(crate) const CATALOG: [(&str, &str, i64); 3] = [
-    ("acme", "tea", 4),
-    ("acme", "coffee", 5),
-    ("globex", "widget", 120),
-];
-
-/// The demo products as (tenant, sku), for the stock.
-pub(crate) const PRODUCTS: &[(&str, &str)] =
-    &[("acme", "tea"), ("acme", "coffee"), ("globex", "widget")];
-
-pub(crate) fn open_catalog(path: &FsPath) -> Result<Connection, BoxError> {
-    let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS products (tenant_id TEXT NOT NULL, sku TEXT NOT NULL, price INTEGER NOT NULL);
-         DELETE FROM products;",
-    )?;
-    for (tenant, sku, price) in CATALOG {
-        let tenant = TenantId::new(tenant)?;
-        Scoped::new(&conn, &tenant).insert(
-            "products",
-            &[
-                ("sku", Value::Text(sku.into())),
-                ("price", Value::Integer(price)),
-            ],
-        )?;
-    }
-    Ok(conn)
 }

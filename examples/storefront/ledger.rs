@@ -106,6 +106,19 @@ impl Ledger {
         .map(drop)
     }
 
+    /// Sets the stock of a new product (a product that has stock keeps it).
+    pub(crate) async fn stock(&self, tenant: &str, sku: &str) -> Result<(), BoxError> {
+        let (tenant, sku) = (tenant.to_owned(), sku.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO stock (tenant, sku, available) VALUES (?1, ?2, ?3)",
+                params![tenant, sku, INITIAL_STOCK],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
     /// Takes a payment out of the queue; whether it was there.
     pub(crate) async fn dequeue(&self, tenant: &str, order: &str) -> Result<bool, BoxError> {
         let (tenant, order) = (tenant.to_owned(), order.to_owned());

@@ -25,7 +25,8 @@
 //!
 //! | route | what it shows |
 //! |---|---|
-//! | `GET /products` | the tenant's catalog, read from a shared SQLite table through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant |
+//! | `GET /products?q=` | the tenant's catalog (or a search by name), from the catalog's read model (a CQRS projection of the product events, with an FTS5 name index), read through `Scoped` (the tenant filter cannot be left out), cache-aside per tenant and per search |
+//! | `POST /products/{sku}` | a product command, event-sourced: `{"name": "Matcha", "price": 9}` creates, `{"price": 6}` reprices; it answers once the read model shows it and the tenant's cached answers are dropped, with a consistency token |
 //! | `POST /orders/{sku}/{qty}` | an order of 1 to 100 through the order saga (`checkout.rs`): the order placed (event-sourced on SQLite), charged through the payment client (fallback, retry, circuit breaker, timeout, bulkhead; queued while the breaker is open), the stock reserved, the shipment booked; a refused step undoes the ones before it, newest first (201 PAID, 202 QUEUED, 502 CANCELLED when the payment failed, 409 CANCELLED when out of stock) |
 //! | `GET /orders/{id}` | the order from its shard's read model (a CQRS projection of the order events); another customer's or another tenant's order is a 404 |
 //! | `GET /health` | breaker, cache and queue, in one line |
@@ -110,6 +111,7 @@ mod lag;
 mod ledger;
 mod orders;
 mod payments;
+mod products;
 mod queue;
 mod routes;
 mod shards;
@@ -121,7 +123,7 @@ use std::{
     future::Future,
     io::Write,
     process::ExitCode,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -144,7 +146,8 @@ use tower_patterns::{
     breaker::CircuitBreakerHandle,
     bulkhead::{BulkheadLayer, KeyedBulkheadLayer},
     chaos::ChaosHandle,
-    consistency::TokenKey,
+    consistency::{TokenKey, layer::ConsistencyLayer},
+    cqrs::ProjectionHandle,
     http::ErrorResponseLayer,
     key::{ExtensionKey, key_fn},
     observe::StateHandle,
@@ -155,13 +158,13 @@ use tower_patterns::{
 
 use crate::{
     auth::Customer,
-    catalog::{Catalog, catalog, open_catalog},
+    catalog::{Catalog, catalog},
     checkout::Checkout,
     config::{Auth, Config, LogFormat},
     ledger::Ledger,
     payments::payments,
     queue::QueueHandle,
-    routes::{ShardCtx, health, place, products, show},
+    routes::{ShardCtx, health, place, show},
     shards::Shards,
 };
 
@@ -206,6 +209,12 @@ struct App {
     catalog: Catalog,
     /// Empties the catalog cache (`POST /admin/cache/catalog/invalidate`).
     invalidate_catalog: catalog::Invalidate,
+    /// Drops one tenant's cached catalog answers (after a product command).
+    invalidate_tenant: catalog::InvalidateTenant,
+    /// The projection that keeps the catalog's read model.
+    catalog_view: ProjectionHandle,
+    /// The products' events (the catalog's write side).
+    products: products::Products,
     /// The catalog database's faults (`POST /admin/chaos/catalog-db`).
     catalog_db: ChaosHandle,
     catalog_loads: Arc<AtomicU64>,
@@ -264,14 +273,15 @@ async fn storefront(
     let dir = &cfg.data;
     shards::check_count(dir, cfg.shards)?;
     let catalog_loads = Arc::new(AtomicU64::new(0));
-    let db = Arc::new(Mutex::new(open_catalog(&dir.join("catalog.db"))?));
+    let products = products::open(&dir.join("catalog-events.db")).await?;
     let token_key = match TokenKey::from_env("TP_TOKEN_KEY")? {
         Some(key) => key,
         None => TokenKey::random()?,
     };
     let (lag_layer, lag) = lag::chaos()?;
     let shards = shards::open(dir, cfg.shards, &token_key, &lag_layer).await?;
-    let ledger = Ledger::open(&dir.join("ledger.db"), catalog::PRODUCTS)?;
+    let stocked = products::DEMO.map(|(tenant, sku, _, _)| (tenant, sku));
+    let ledger = Ledger::open(&dir.join("ledger.db"), &stocked)?;
     let provider_attempts = Arc::new(AtomicU64::new(0));
     let pay = payments(cfg.payments, provider_attempts.clone(), ledger.clone())?;
     let definition = checkout::definition(shards.clone(), pay.client.clone(), ledger.clone())?;
@@ -307,10 +317,19 @@ async fn storefront(
     let tenancy = tenant_layer(tenants, cfg.auth, &jwt_secret)?;
     let verifier = Arc::new(auth::verifier(&jwt_secret)?);
     let edge = edge::shed(cfg)?;
-    let catalog = catalog(db, catalog_loads.clone())?;
+    let catalog = catalog(dir, products.store().clone(), catalog_loads.clone()).await?;
+    // Reads that send a product command's token wait for the catalog's read model.
+    let catalog_consistency = ConsistencyLayer::builder("catalog")
+        .key(token_key)
+        .read_side(catalog.view.clone())
+        .wait(Duration::from_secs(2))
+        .build()?;
     let app = App {
         catalog: catalog.service,
         invalidate_catalog: catalog.invalidate,
+        invalidate_tenant: catalog.invalidate_tenant,
+        catalog_view: catalog.view.clone(),
+        products,
         catalog_db: catalog.chaos.clone(),
         catalog_loads,
         shards: shards.clone(),
@@ -360,6 +379,8 @@ async fn storefront(
         Box::new(limiter.handle()),
         Box::new(bulkheads.handle()),
         catalog.cache,
+        Box::new(catalog.view),
+        Box::new(catalog_consistency.handle()),
         Box::new(catalog.chaos),
         Box::new(orders.handle()),
     ];
@@ -383,8 +404,16 @@ async fn storefront(
     let orders = ErrorResponseLayer::new().layer(orders);
     // `route_layer`, not `layer`: a path no route matches is a 404 before any of these run,
     // so it neither needs a tenant nor spends one's rate limit.
+    let catalog_routes = Router::new()
+        .route("/products", get(routes::products))
+        .route("/products/{sku}", post(products::command))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(tower_patterns::http::handle_error))
+                .layer(catalog_consistency),
+        );
     let tenant_routes = Router::new()
-        .route("/products", get(products))
+        .merge(catalog_routes)
         .route("/orders/{sku}/{qty}", post_service(orders.clone()))
         .route("/orders/{id}", get_service(orders))
         // Innermost: who orders, once the tenant layer has verified the credential.

@@ -6,7 +6,10 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Extension, Json,
     body::Body,
-    extract::{FromRequest, FromRequestParts, Path, State, rejection::JsonRejection},
+    extract::{
+        FromRequest, FromRequestParts, Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -25,7 +28,7 @@ use tower_patterns::{
 use crate::{
     App,
     auth::Customer,
-    catalog::{CatalogQuery, Product},
+    catalog::{CatalogQuery, Product, search_terms},
     checkout,
     shards::Shard,
 };
@@ -41,6 +44,8 @@ pub(crate) enum ApiError {
     BadRequest(&'static str),
     /// 404: nothing by that name, for this tenant.
     NotFound(&'static str),
+    /// 409: the command conflicts with what is there.
+    Conflict(&'static str),
     /// 413: the body is larger than the edge allows.
     TooLarge,
     /// A dependency failed. The core mapping answers the errors it knows (an open circuit,
@@ -54,6 +59,7 @@ impl IntoResponse for ApiError {
         let (status, phrase) = match self {
             Self::BadRequest(phrase) => (StatusCode::BAD_REQUEST, phrase),
             Self::NotFound(phrase) => (StatusCode::NOT_FOUND, phrase),
+            Self::Conflict(phrase) => (StatusCode::CONFLICT, phrase),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             Self::Unavailable(what, err) => {
                 if classify_error(&*err).status != StatusCode::INTERNAL_SERVER_ERROR {
@@ -132,20 +138,40 @@ pub(crate) fn stream_id(tenant: &TenantId, order: &str) -> String {
 
 /// The tenant's catalog; a failure is a 503, whatever its cause.
 pub(crate) async fn catalog_of(app: &App, tenant: &TenantId) -> Result<Arc<[Product]>, ApiError> {
+    search(app, tenant, "").await
+}
+
+/// The tenant's products whose name matches `q` (every product when `q` is empty).
+async fn search(app: &App, tenant: &TenantId, q: &str) -> Result<Arc<[Product]>, ApiError> {
     app.catalog
         .clone()
         .oneshot(CatalogQuery {
             tenant: tenant.clone(),
+            q: search_terms(q),
         })
         .await
         .map_err(|e| ApiError::Unavailable("catalog unavailable", e))
 }
 
+/// The query of `GET /products`: `q`, a search by name.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct ProductsQuery {
+    #[serde(default)]
+    q: String,
+}
+
 pub(crate) async fn products(
     State(app): State<App>,
     Tenant(t): Tenant,
+    query: Result<Query<ProductsQuery>, QueryRejection>,
 ) -> Result<String, ApiError> {
-    let list = catalog_of(&app, t.id()).await?;
+    let Ok(Query(query)) = query else {
+        return Err(ApiError::BadRequest("malformed query"));
+    };
+    if query.q.len() > 256 {
+        return Err(ApiError::BadRequest("a search is at most 256 bytes"));
+    }
+    let list = search(&app, t.id(), &query.q).await?;
     Ok(list
         .iter()
         .map(|p| format!("{} {}\n", p.sku, p.price))

@@ -1,0 +1,180 @@
+//! The catalog as CQRS: product commands event-sourced, reads and searches from the read
+//! model, cached per tenant and per search; a command drops the tenant's cached answers once
+//! the read model shows it, so the next read is one load and sees it.
+
+use std::sync::atomic::Ordering;
+
+use axum::{body::Body, http::Method};
+use tower_patterns::tenant::StaticTenants;
+
+use super::{Shop, TOKEN, exchange, request, send, shop};
+use crate::{TENANTS, config, storefront};
+
+async fn command(shop: &Shop, tenant: &str, sku: &str, body: &str) -> (u16, String) {
+    let key = format!("demo-key-{tenant}");
+    let mut req = request(
+        Method::POST,
+        &format!("/products/{sku}"),
+        &[("x-api-key", &key), ("content-type", "application/json")],
+    );
+    *req.body_mut() = Body::from(body.to_owned());
+    exchange(shop.router.clone(), req).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn search_finds_names_within_the_tenant() {
+    let shop = shop("catalog-search").await;
+    let get = |tenant: &'static str, q: &'static str| send(&shop, Method::GET, q, Some(tenant));
+    assert_eq!(
+        get("acme", "/products?q=gre").await,
+        (200, "tea 4\n".into())
+    );
+    assert_eq!(
+        get("acme", "/products?q=DARK%20cof").await,
+        (200, "coffee 5\n".into())
+    );
+    // Another tenant's product is not found, by name or otherwise.
+    assert_eq!(
+        get("acme", "/products?q=widget").await,
+        (200, String::new())
+    );
+    assert_eq!(
+        get("globex", "/products?q=blue").await,
+        (200, "widget 120\n".into())
+    );
+    // Query syntax in the input is only text.
+    assert_eq!(
+        get("acme", "/products?q=%22tea%22%20OR%20*").await,
+        (200, String::new())
+    );
+    assert_eq!(
+        get("acme", "/products?q=").await,
+        (200, "coffee 5\ntea 4\n".into())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_is_seen_by_the_next_read_after_one_load() {
+    let shop = shop("catalog-command").await;
+    assert_eq!(
+        send(&shop, Method::GET, "/products", Some("acme")).await.0,
+        200
+    );
+    send(&shop, Method::GET, "/products", Some("acme")).await;
+    let loads = || shop.app.catalog_loads.load(Ordering::Relaxed);
+    assert_eq!(loads(), 1, "cached after the first read");
+
+    let (status, body) = command(
+        &shop,
+        "acme",
+        "matcha",
+        r#"{"name":"Matcha tea","price":9}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (201, "created matcha at 9\n"));
+    let (status, body) = send(&shop, Method::GET, "/products", Some("acme")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "coffee 5\nmatcha 9\ntea 4\n")
+    );
+    assert_eq!(loads(), 2, "exactly one load after the command");
+    assert_eq!(
+        send(&shop, Method::GET, "/products?q=tea", Some("acme")).await,
+        (200, "matcha 9\ntea 4\n".into())
+    );
+    // The other tenant's cache was left alone, and does not see it.
+    assert_eq!(
+        send(&shop, Method::GET, "/products", Some("globex")).await,
+        (200, "widget 120\n".into())
+    );
+
+    assert_eq!(
+        command(&shop, "acme", "tea", r#"{"price":6}"#).await,
+        (200, "repriced tea at 6\n".into())
+    );
+    assert_eq!(
+        send(&shop, Method::GET, "/products", Some("acme")).await.1,
+        "coffee 5\nmatcha 9\ntea 6\n"
+    );
+    // The new product can be ordered: it has stock.
+    assert_eq!(
+        send(&shop, Method::POST, "/orders/matcha/2", Some("acme"))
+            .await
+            .0,
+        201
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_product_commands_are_clear_4xx() {
+    let shop = shop("catalog-bad").await;
+    let cases = [
+        (
+            "tea",
+            r#"{"name":"Again","price":4}"#,
+            (409, "the product exists"),
+        ),
+        ("nope", r#"{"price":4}"#, (404, "no such product")),
+        (
+            "tea",
+            r#"{"price":0}"#,
+            (400, "a price is from 1 to 100000000"),
+        ),
+        ("tea", r#"{"price":"four"}"#, (400, "malformed JSON")),
+        (
+            "tea",
+            r#"{"price":4,"color":"red"}"#,
+            (400, "malformed JSON"),
+        ),
+        (
+            "bad%20sku",
+            r#"{"price":4}"#,
+            (400, "a sku is 1 to 64 letters, digits or '-'"),
+        ),
+    ];
+    for (sku, body, (status, phrase)) in cases {
+        assert_eq!(
+            command(&shop, "acme", sku, body).await,
+            (status, phrase.to_owned()),
+            "{sku} {body}"
+        );
+    }
+    // Without a key: the tenant layer answers first.
+    let mut req = request(
+        Method::POST,
+        "/products/tea",
+        &[("content-type", "application/json")],
+    );
+    *req.body_mut() = Body::from(r#"{"price":4}"#);
+    assert_eq!(exchange(shop.router.clone(), req).await.0, 401);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_adds_no_product_twice() {
+    let shop = shop("catalog-restart").await;
+    command(
+        &shop,
+        "acme",
+        "matcha",
+        r#"{"name":"Matcha tea","price":9}"#,
+    )
+    .await;
+    let _ = shop.app.stop.send(true);
+    let cfg = config::parse(
+        vec!["--data".into(), shop.dir.0.display().to_string()],
+        |_| None,
+    )
+    .unwrap();
+    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+    let again = Shop {
+        router,
+        app,
+        dir: shop.dir,
+        jar: super::Jar::default(),
+    };
+    assert_eq!(
+        send(&again, Method::GET, "/products", Some("acme")).await,
+        (200, "coffee 5\nmatcha 9\ntea 4\n".into())
+    );
+}
