@@ -1,5 +1,6 @@
 //! The documentation tells the truth about the code: every guide is linked from the README,
-//! every crate is in the README and in `docs/ARCHITECTURE.md`, NATS is claimed only with the
+//! every crate is in the README and in `docs/ARCHITECTURE.md`, every example has its line in
+//! the README's table of examples, NATS is claimed only with the
 //! feature that brings it (`cqrs-nats`), and no page cites the numbering of the material the
 //! patterns were first listed in.
 
@@ -180,5 +181,36 @@ fn no_page_cites_the_original_numbering() {
                 n + 1
             );
         }
+    }
+}
+
+#[test]
+fn every_example_is_in_the_readme() {
+    let readme = read("README.md");
+    let table = readme
+        .split("## Examples")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has an Examples section");
+    // An example is a file or a directory with a `main.rs` under `examples/`.
+    let examples: Vec<String> = fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            if p.is_dir() && p.join("main.rs").is_file() {
+                Some(name(&p))
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                Some(name(&p).trim_end_matches(".rs").to_owned())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(examples.len() >= 15, "{examples:?}");
+    for example in examples {
+        assert!(
+            table.contains(&format!("`{example}`")),
+            "README.md's table of examples does not list `{example}`"
+        );
     }
 }

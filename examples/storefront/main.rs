@@ -254,6 +254,24 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The log subscriber: pretty lines, or one JSON object per line, written by `writer`.
+pub(crate) fn logs<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Pretty => Box::new(logs.finish()),
+        LogFormat::Json => Box::new(logs.json().finish()),
+    }
+}
+
 fn main() -> ExitCode {
     let cfg = match config::parse(std::env::args().skip(1).collect(), |v| {
         std::env::var(v).ok()
@@ -268,10 +286,8 @@ fn main() -> ExitCode {
     let default = if cfg.demo { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match cfg.log {
-        LogFormat::Pretty => logs.init(),
-        LogFormat::Json => logs.json().init(),
+    if tracing::subscriber::set_global_default(logs(cfg.log, filter, std::io::stderr)).is_err() {
+        eprintln!("storefront: logs are already set up elsewhere");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

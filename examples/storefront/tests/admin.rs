@@ -325,3 +325,40 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
         );
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = crate::logs(
+        config::LogFormat::Json,
+        tracing_subscriber::EnvFilter::new("info"),
+        move || writer.clone(),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(tenant = "acme", "first");
+        tracing::debug!("filtered out");
+        tracing::warn!(status = 503, "second\nwith a newline");
+    });
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let objects: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(objects.len(), 2, "{text}");
+    assert_eq!(objects[0]["fields"]["message"], "first");
+    assert_eq!(objects[0]["fields"]["tenant"], "acme");
+    assert_eq!(objects[1]["level"], "WARN");
+    assert_eq!(objects[1]["fields"]["message"], "second\nwith a newline");
+}
