@@ -15,7 +15,10 @@ use axum::{
     routing::{get, get_service, post, post_service},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower::{Layer, ServiceBuilder, util::BoxCloneSyncService};
+use tower::{
+    Layer, ServiceBuilder,
+    util::{BoxCloneSyncService, Either},
+};
 use tower_patterns::{
     BoxError, KeyError,
     bulkhead::KeyedBulkheadLayer,
@@ -23,7 +26,7 @@ use tower_patterns::{
     http::ErrorResponseLayer,
     key::{ExtensionKey, key_fn},
     observe::StateHandle,
-    ratelimit::{GcraLimiter, KeyedRateLimitLayer},
+    ratelimit::{GcraLimiter, KeyedRateLimitLayer, redis::RedisLimiter},
     shard::{Jump, ShardRouter},
     tenant::{StaticTenants, TenancyLayer, TenantContext, TenantId},
 };
@@ -95,18 +98,35 @@ pub(crate) async fn storefront(
         shards.clone(),
         stopped,
     );
-    let limiter = GcraLimiter::builder("tenant")
-        .key(ExtensionKey::<TenantId>::new())
-        .rate(plan_rate("free"))
-        .rate_for(
-            |req: &Request<Body>| {
-                req.extensions()
-                    .get::<TenantContext>()
-                    .map(|t| plan_rate(t.plan()))
-            },
-            plan_rate("free").refill(),
-        )
-        .build()?;
+    // The rate of the caller's plan.
+    let plan = |req: &Request<Body>| {
+        req.extensions()
+            .get::<TenantContext>()
+            .map(|t| plan_rate(t.plan()))
+    };
+    // In process by default; with `--redis`, counted in Redis, so that several storefronts
+    // share each tenant's limit.
+    let limit = match &cfg.redis {
+        None => Either::Left(KeyedRateLimitLayer::new(
+            GcraLimiter::builder("tenant")
+                .key(ExtensionKey::<TenantId>::new())
+                .rate(plan_rate("free"))
+                .rate_for(plan, plan_rate("free").refill())
+                .build()?,
+        )),
+        Some(url) => Either::Right(KeyedRateLimitLayer::new(
+            RedisLimiter::builder("tenant")
+                .key(ExtensionKey::<TenantId>::new())
+                .url(url.as_str())
+                .rate(plan_rate("free"))
+                .rate_for(plan)
+                .build()?,
+        )),
+    };
+    let limit_handle = match &limit {
+        Either::Left(l) => l.handle(),
+        Either::Right(l) => l.handle(),
+    };
     let bulkheads = KeyedBulkheadLayer::builder("tenant")
         .key(ExtensionKey::<TenantId>::new())
         .default_size(TENANT_CONCURRENCY)
@@ -177,7 +197,7 @@ pub(crate) async fn storefront(
     let mut handles: Vec<Box<dyn StateHandle>> = vec![
         Box::new(edge.handle()),
         Box::new(tenancy.handle()),
-        Box::new(limiter.handle()),
+        Box::new(limit_handle),
         Box::new(bulkheads.handle()),
         catalog.cache,
         Box::new(catalog.view),
@@ -224,7 +244,7 @@ pub(crate) async fn storefront(
                 .layer(HandleErrorLayer::new(tower_patterns::http::handle_error))
                 .layer(tenancy)
                 .map_request(edge::record_tenant)
-                .layer(KeyedRateLimitLayer::new(limiter))
+                .layer(limit)
                 .layer(bulkheads),
         );
     let router = Router::new()

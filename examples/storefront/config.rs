@@ -47,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) max_inflight: u32,
     /// How long shutdown waits for requests in flight.
     pub(crate) drain: Duration,
+    /// Redis to count the rate limits in, shared by several storefronts.
+    pub(crate) redis: Option<String>,
     /// How many order shards (stores) there are.
     pub(crate) shards: usize,
     /// The payment client's settings (shorter in the demo).
@@ -70,6 +72,8 @@ usage: storefront [flags]
   --log-json               logs as JSON lines (TP_LOG_FORMAT=json; RUST_LOG filters, default info)
   --header-timeout SECS    time to send a request's headers (TP_HEADER_TIMEOUT; default 10)
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
+  --redis URL              count the tenants' rate limits in Redis (redis://host:port), shared
+                           by every storefront that uses it (TP_STOREFRONT_REDIS)
   --shards N               order stores, customers placed by jump hash (TP_SHARDS; default
                            4; fixed once the data directory holds orders)
   --max-inflight N         requests in flight before 503 (TP_MAX_INFLIGHT; default 256)
@@ -156,6 +160,7 @@ pub(crate) fn parse(
             "--request-timeout" => "--request-timeout",
             "--max-inflight" => "--max-inflight",
             "--shards" => "--shards",
+            "--redis" => "--redis",
             "--drain" => "--drain",
             _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
         };
@@ -178,6 +183,7 @@ pub(crate) fn parse(
         "TP_REQUEST_TIMEOUT",
         "TP_MAX_INFLIGHT",
         "TP_SHARDS",
+        "TP_STOREFRONT_REDIS",
         "TP_DRAIN",
         "TP_TENANT_HEADER_ONLY",
         "TP_LOG_FORMAT",
@@ -273,6 +279,14 @@ pub(crate) fn parse(
             _ => return Err(max_inflight.error(value, "not a number from 1 to 100000")),
         },
     };
+    let redis = setting("--redis", "TP_STOREFRONT_REDIS");
+    let redis = match redis.value {
+        None => None,
+        Some(value) if value.starts_with("redis://") || value.starts_with("rediss://") => {
+            Some(value.to_owned())
+        }
+        Some(value) => return Err(redis.error(value, "not a redis:// URL")),
+    };
     let shards = setting("--shards", "TP_SHARDS");
     let shards = match shards.value {
         None => 4,
@@ -294,6 +308,7 @@ pub(crate) fn parse(
         header_timeout: setting("--header-timeout", "TP_HEADER_TIMEOUT").seconds(10, 3600)?,
         request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,
         max_inflight,
+        redis,
         shards,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
         payments: crate::payments::PaymentSettings::default(),

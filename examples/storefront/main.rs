@@ -55,7 +55,8 @@
 //! `$XDG_DATA_HOME/tower-patterns/storefront` (else `~/.local/share/tower-patterns/storefront`,
 //! else `./storefront-data`), so a restart keeps the orders. A bad flag or variable, an address
 //! in use or a data directory that cannot be made stops it with one line naming the flag and
-//! its variable; `--help` lists them.
+//! its variable; `--help` lists them. `--redis URL` counts the tenants' rate limits in Redis
+//! (the same GCRA, one Lua script), so that several storefronts share each tenant's limit.
 //!
 //! In front of the tenant routes, and only of routes that exist (an unknown path is a 404 that
 //! costs no tenant anything): the tenant layer (401 without a valid key, 400 malformed, 403

@@ -362,3 +362,56 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(objects[1]["level"], "WARN");
     assert_eq!(objects[1]["fields"]["message"], "second\nwith a newline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_limits_are_counted_there() {
+    use tower_patterns_testkit::servers::{Server, server_url};
+    let Some(url) = server_url(Server::Redis) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("tp-storefront-test-redis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = vec![
+        "--data".into(),
+        dir.display().to_string(),
+        "--redis".into(),
+        url,
+    ];
+    let cfg = config::parse(args, |_| None).unwrap();
+    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+    let shop = Shop {
+        router,
+        app,
+        dir: super::TempDir(dir),
+        jar: super::Jar::default(),
+    };
+    // globex is on the free plan (5 at once, 5 a second): a burst of 20 is refused in part.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(
+            send(&shop, Method::GET, "/products", Some("globex"))
+                .await
+                .0,
+        );
+    }
+    assert!(
+        statuses.contains(&200) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+    let limiter = shop
+        .app
+        .handles
+        .iter()
+        .find(|h| h.pattern() == "ratelimit")
+        .unwrap()
+        .report();
+    // The Redis limiter's report: connected, and the refusals counted there.
+    assert_eq!(limiter.state, "connected", "{limiter:?}");
+    assert_eq!(limiter.value("unavailable"), Some(0.0), "{limiter:?}");
+    assert!(
+        limiter.value("rejected").unwrap_or(0.0) > 0.0,
+        "{limiter:?}"
+    );
+}
