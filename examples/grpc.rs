@@ -6,7 +6,8 @@
 //!   of the calls;
 //! - **client**: retry on UNAVAILABLE (the request body buffered so it can be sent again)
 //!   outside a circuit breaker that reads `grpc-status` (in the headers, or in the trailers when
-//!   the body ends), a timeout per attempt, over a tonic `Channel`. A charge is sent again only
+//!   the body ends: a unary answer ends with `grpc-status: 0` in its trailers, which the
+//!   breaker waits for), a timeout per attempt, over a tonic `Channel`. A charge is sent again only
 //!   under its idempotency key.
 //!
 //! No `protoc` and no generated code: the messages are JSON through a small tonic codec below,
@@ -18,10 +19,12 @@
 #![allow(clippy::print_stdout, reason = "an example prints what it shows")]
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io::Write,
     marker::PhantomData,
     process::ExitCode,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -119,9 +122,12 @@ impl<D: DeserializeOwned> Decoder for JsonDecoder<D> {
 const CHARGE: &str = "/shop.Payments/Charge";
 
 /// The service as generated code would write it: the method by its path, the rest
-/// UNIMPLEMENTED.
+/// UNIMPLEMENTED. A charge sent again under the same `idempotency-key` gets the first answer
+/// back and charges nothing more.
 #[derive(Clone, Debug, Default)]
-struct Payments;
+struct Payments {
+    charged: Arc<Mutex<HashMap<String, ChargeReply>>>,
+}
 
 impl Service<Request<Body>> for Payments {
     type Response = Response<Body>;
@@ -134,19 +140,36 @@ impl Service<Request<Body>> for Payments {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let charged = self.charged.clone();
         Box::pin(async move {
             if req.uri().path() != CHARGE {
                 return Ok(Status::unimplemented("no such method").into_http());
             }
             let tenant = TenantId::of(&req).map_or_else(String::new, |t| t.as_str().to_owned());
+            let key = req
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("{tenant}/{k}"));
+            let charged = charged.clone();
             let charge = tower::service_fn(move |r: tonic::Request<ChargeRequest>| {
-                let tenant = tenant.clone();
+                let (tenant, key, charged) = (tenant.clone(), key.clone(), charged.clone());
                 async move {
                     let r = r.into_inner();
-                    Ok::<_, Status>(tonic::Response::new(ChargeReply {
+                    let reply = ChargeReply {
                         charge: format!("ch_{}_{}", r.order, r.cents),
                         tenant,
-                    }))
+                    };
+                    let reply = match key {
+                        Some(key) => charged
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(key)
+                            .or_insert(reply)
+                            .clone(),
+                        None => reply,
+                    };
+                    Ok::<_, Status>(tonic::Response::new(reply))
                 }
             });
             let mut grpc =
@@ -199,10 +222,15 @@ where
         std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if let Poll::Ready(Err(e)) = self.inner.poll_ready(cx) {
-            self.failed = Some(grpc_status(&e));
+        // Pending while the stack below is; its failure is answered by the next call.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.failed = Some(grpc_status(&e));
+                Poll::Ready(Ok(()))
+            }
         }
-        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
@@ -287,7 +315,7 @@ async fn show(calls: u32, unavailable: f64, out: &mut (impl Write + Send)) -> Re
         .layer(tenancy)
         .layer(chaos)
         .map_err(|e: Infallible| -> BoxError { match e {} })
-        .service(Payments);
+        .service(Payments::default());
     let stack = GrpcErrors {
         inner: layers,
         failed: None,

@@ -56,7 +56,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// a browser can send to the status page's polling). Logs never include queries.
 fn presented<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        return value.to_str().ok()?.strip_prefix("Bearer ");
+        return crate::auth::bearer_token(value.to_str().ok()?);
     }
     query?
         .split('&')
@@ -185,6 +185,12 @@ async fn chaos(
         "catalog-db" => &app.catalog_db,
         _ => return Err(ApiError::NotFound("no such chaos layer")),
     };
+    // A projection's read that hangs would hang it for good: it takes latency only.
+    if name == "orders-projection" && plan.faults.iter().any(|f| f.kind != "latency") {
+        return Err(ApiError::BadRequest(
+            "the projection's reads take latency faults only",
+        ));
+    }
     let faults = plan
         .faults
         .iter()

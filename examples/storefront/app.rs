@@ -146,6 +146,7 @@ pub(crate) async fn storefront(
         .wait(Duration::from_secs(2))
         .build()?;
     let app = App {
+        auth: cfg.auth,
         catalog: catalog.service,
         invalidate_catalog: catalog.invalidate,
         invalidate_tenant: catalog.invalidate_tenant,

@@ -78,7 +78,7 @@ pub(crate) async fn customer(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .map(str::trim);
     let from_token = match bearer.map(|t| verifier.verify_claims(t)) {
         None => None,
@@ -104,6 +104,13 @@ pub(crate) async fn customer(
     };
     req.extensions_mut().insert(Customer(who.into()));
     next.run(req).await
+}
+
+/// The token of an `Authorization` value with the Bearer scheme, whatever its case (as the
+/// tenant layer reads it: a token it verified is the one read here).
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case("bearer ").then_some(token)
 }
 
 /// 1 to 64 ASCII letters, digits, `_`, `-`, `.` or `@`.

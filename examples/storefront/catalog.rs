@@ -93,10 +93,11 @@ impl SqliteProjection for CatalogView {
     }
 
     fn apply(&self, tx: &Transaction<'_>, t: &Tables, e: &RecordedEvent) -> Result<(), ApplyError> {
+        // The sku has no '.'; a tenant id may.
         let Some((tenant, sku)) = e
             .stream_id
             .strip_prefix(PRODUCT_PREFIX)
-            .and_then(|s| s.split_once('.'))
+            .and_then(|s| s.rsplit_once('.'))
         else {
             return Ok(());
         };

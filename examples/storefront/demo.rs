@@ -351,7 +351,7 @@ async fn tour(
     report.elapsed = started.elapsed();
     say(out, format!("\n{}", report.table()))?;
     let _ = stop.send(());
-    let _ = app.stop.send(true);
+    app.shutdown();
     let _ = server.await;
     if report.passed() {
         Ok(())

@@ -36,7 +36,9 @@ pub(crate) fn shed(cfg: &Config) -> Result<BulkheadLayer, BoxError> {
         .build()?)
 }
 
-/// Request ids are UUIDv7: unique, and sorted by time in logs.
+/// New request ids are UUIDv7: unique, and sorted by time in logs. A client that sends its own
+/// `x-request-id` keeps it (tower-http's `SetRequestId` does not replace one), so a request
+/// is traced under one id across services.
 #[derive(Clone, Copy, Debug)]
 struct UuidV7;
 
@@ -112,8 +114,12 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(HEADER_LIMIT as u32);
     let graceful = GracefulShutdown::new();
+    // The connections' tasks, reaped as they end, so that those left when the drain time is
+    // over can be closed.
+    let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -122,7 +128,7 @@ pub(crate) async fn serve(
                         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
                         .into_owned();
                     let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
@@ -141,7 +147,10 @@ pub(crate) async fn serve(
     tracing::info!(drain = ?cfg.drain, "shutting down: no new connections, finishing requests in flight");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("every connection closed"),
-        () = tokio::time::sleep(cfg.drain) => tracing::warn!("drain time over: closing the connections left"),
+        () = tokio::time::sleep(cfg.drain) => {
+            tracing::warn!(left = connections.len(), "drain time over: closing the connections left");
+            connections.abort_all();
+        }
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
 };
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -30,6 +33,8 @@ pub(crate) struct Queued {
 #[derive(Clone)]
 pub(crate) struct Ledger {
     db: Arc<Mutex<Connection>>,
+    /// The queue's length and its oldest entry's time, kept for reports.
+    depth: Arc<(AtomicU64, AtomicI64)>,
 }
 
 fn now() -> i64 {
@@ -67,8 +72,14 @@ impl Ledger {
                 params![tenant, sku, INITIAL_STOCK],
             )?;
         }
+        let (n, oldest) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(MIN(since), 0) FROM payment_queue",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
         Ok(Self {
             db: Arc::new(Mutex::new(conn)),
+            depth: Arc::new((AtomicU64::new(n.unsigned_abs()), AtomicI64::new(oldest))),
         })
     }
 
@@ -102,8 +113,8 @@ impl Ledger {
                 params![tenant, order, shard, amount, now()],
             )
         })
-        .await
-        .map(drop)
+        .await?;
+        self.refresh_depth().await
     }
 
     /// Sets the stock of a new product (a product that has stock keeps it).
@@ -122,14 +133,16 @@ impl Ledger {
     /// Takes a payment out of the queue; whether it was there.
     pub(crate) async fn dequeue(&self, tenant: &str, order: &str) -> Result<bool, BoxError> {
         let (tenant, order) = (tenant.to_owned(), order.to_owned());
-        self.with(move |c| {
-            c.execute(
-                "DELETE FROM payment_queue WHERE tenant = ?1 AND order_id = ?2",
-                params![tenant, order],
-            )
-        })
-        .await
-        .map(|n| n > 0)
+        let n = self
+            .with(move |c| {
+                c.execute(
+                    "DELETE FROM payment_queue WHERE tenant = ?1 AND order_id = ?2",
+                    params![tenant, order],
+                )
+            })
+            .await?;
+        self.refresh_depth().await?;
+        Ok(n > 0)
     }
 
     /// The oldest `n` queued payments.
@@ -152,18 +165,34 @@ impl Ledger {
         .await
     }
 
-    /// How many payments wait, and the age in seconds of the oldest (0 when none).
+    /// How many payments wait, and the age in seconds of the oldest (0 when none), as of the
+    /// last change or sweep: read without touching SQLite, so that a report (which is not
+    /// async) never blocks a runtime thread.
     pub(crate) fn queue_depth(&self) -> (u64, u64) {
-        let conn = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        conn.query_row(
-            "SELECT COUNT(*), COALESCE(MIN(since), 0) FROM payment_queue",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .map_or((0, 0), |(n, oldest)| {
-            let age = if n == 0 { 0 } else { (now() - oldest).max(0) };
-            (n.unsigned_abs(), age.unsigned_abs())
-        })
+        let queued = self.depth.0.load(Ordering::Relaxed);
+        let oldest = self.depth.1.load(Ordering::Relaxed);
+        let age = if queued == 0 {
+            0
+        } else {
+            (now() - oldest).max(0)
+        };
+        (queued, age.unsigned_abs())
+    }
+
+    /// Counts the queue again (on a blocking thread) for [`queue_depth`](Self::queue_depth).
+    pub(crate) async fn refresh_depth(&self) -> Result<(), BoxError> {
+        let (n, oldest) = self
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*), COALESCE(MIN(since), 0) FROM payment_queue",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+            })
+            .await?;
+        self.depth.1.store(oldest, Ordering::Relaxed);
+        self.depth.0.store(n.unsigned_abs(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reserves `qty` of `sku` under `key`: `Ok(false)` when too few are left. A key already
@@ -281,15 +310,17 @@ impl Ledger {
     }
 
     /// How many refunds and how many cancelled shipments are recorded.
-    pub(crate) fn undone(&self) -> (u64, u64) {
-        let conn = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = |sql: &str| {
-            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map_or(0, i64::unsigned_abs)
-        };
-        (
-            count("SELECT COUNT(*) FROM refunds"),
-            count("SELECT COUNT(*) FROM shipments WHERE status = 'cancelled'"),
-        )
+    pub(crate) async fn undone(&self) -> Result<(u64, u64), BoxError> {
+        self.with(|c| {
+            let count = |sql: &str| {
+                c.query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(i64::unsigned_abs)
+            };
+            Ok((
+                count("SELECT COUNT(*) FROM refunds")?,
+                count("SELECT COUNT(*) FROM shipments WHERE status = 'cancelled'")?,
+            ))
+        })
+        .await
     }
 }

@@ -41,7 +41,7 @@
 //! `TP_ADMIN_TOKEN`, else a random one printed at start) sent as `Authorization: Bearer` or
 //! `?token=`; without it they answer 401.
 //!
-//! Every request first meets the edge: a request id (`x-request-id`, UUIDv7, echoed back), a
+//! Every request first meets the edge: a request id (`x-request-id`: the client's own, else a new UUIDv7; echoed back), a
 //! trace span (method, path without the query, request id, tenant), the server-wide load shed
 //! (a bulkhead of `--max-inflight` requests, default 256, then 503 at once), a request timeout
 //! (`--request-timeout`, default 10 s, then 504) and a body limit (64 KiB, then 413). The
@@ -62,7 +62,7 @@
 //! costs no tenant anything): the tenant layer (401 without a valid key, 400 malformed, 403
 //! suspended), a GCRA rate limit per tenant chosen by plan (gold 100/s, free 5/s; 429 with
 //! `Retry-After` and `RateLimit-*`), a bulkhead per tenant (at most
-//! 8 requests (`TENANT_CONCURRENCY`) in flight each, then 503), and the HTTP error mapping of
+//! 32 requests (`TENANT_CONCURRENCY`) in flight each, then 503), and the HTTP error mapping of
 //! `tower_patterns::http`. Handlers answer with fixed phrases too: a bad path or quantity is a
 //! 400, a dependency that fails is a 503 (or what the mapping says for its error), never its
 //! error text.
@@ -174,6 +174,19 @@ const TENANT_HEADER: &str = "x-tenant-id";
 /// The most requests one tenant may have in flight at once; the next gets 503.
 const TENANT_CONCURRENCY: u32 = 32;
 
+impl App {
+    /// Stops the background work: the queue's worker, the breaker's transition log, and the
+    /// projections (the catalog's and each shard's). The saga orchestrator's worker stops when
+    /// the last clone of the storefront is dropped.
+    fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        self.catalog_view.shutdown();
+        for shard in self.shards.all.iter() {
+            shard.view.shutdown();
+        }
+    }
+}
+
 /// The rate of a plan.
 fn plan_rate(plan: &str) -> Rate {
     match plan {
@@ -188,6 +201,8 @@ pub(crate) type Handles = Arc<Vec<Box<dyn StateHandle>>>;
 /// What the handlers share: the services, the handles and the demo's counters.
 #[derive(Clone)]
 struct App {
+    /// How callers prove their tenant.
+    auth: Auth,
     catalog: Catalog,
     /// Empties the catalog cache (`POST /admin/cache/catalog/invalidate`).
     invalidate_catalog: catalog::Invalidate,
@@ -331,6 +346,13 @@ pub(crate) async fn run(
     if cfg.demo {
         return demo::run(cfg, out, prometheus, None).await;
     }
+    // The address first: a port in use stops it before it touches the data.
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await.map_err(|e| {
+        format!(
+            "storefront: --addr {}: cannot listen: {e} (also TP_ADDR)",
+            cfg.addr
+        )
+    })?;
     std::fs::create_dir_all(&cfg.data).map_err(|e| {
         format!(
             "storefront: --data {:?}: cannot create it: {e} (also TP_DATA)",
@@ -345,17 +367,17 @@ pub(crate) async fn run(
     let (router, app) = storefront(&cfg, tenants, token.clone(), prometheus)
         .await
         .map_err(|e| {
-            format!(
-                "storefront: cannot open the data in {:?}: {e} (--data, TP_DATA)",
-                cfg.data.display()
-            )
+            // A setting's own error already names it.
+            let e = e.to_string();
+            if e.starts_with("storefront: ") {
+                e
+            } else {
+                format!(
+                    "storefront: cannot open the data in {:?}: {e} (--data, TP_DATA)",
+                    cfg.data.display()
+                )
+            }
         })?;
-    let listener = tokio::net::TcpListener::bind(cfg.addr).await.map_err(|e| {
-        format!(
-            "storefront: --addr {}: cannot listen: {e} (also TP_ADDR)",
-            cfg.addr
-        )
-    })?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("storefront: --addr {}: {e} (also TP_ADDR)", cfg.addr))?;
@@ -406,6 +428,6 @@ pub(crate) async fn run(
         )?;
     }
     let served = edge::serve(listener, router, &app, &cfg, shutdown).await;
-    let _ = app.stop.send(true);
+    app.shutdown();
     served.map_err(|e| format!("storefront: {e}"))
 }

@@ -1,5 +1,5 @@
 //! The payment client (fallback, retry, circuit breaker, timeout, bulkhead) over a simulated
-//! provider whose failures come from a chaos layer that `/gateway/{state}` switches.
+//! provider whose failures come from a chaos layer that `/admin/provider/{state}` switches.
 
 use std::{
     sync::{
@@ -20,7 +20,7 @@ use tower_patterns::{
 
 use crate::ledger::Ledger;
 
-/// How long the provider takes to answer in `/gateway/slow`.
+/// How long the provider takes to answer in `/admin/provider/slow`.
 pub(crate) const SLOW_PROVIDER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub(crate) enum Charge {
 
 pub(crate) type Payments = BoxCloneSyncService<Payment, Charge, BoxError>;
 
-/// The simulated payment provider's states, switched by `/gateway/{state}`.
+/// The simulated payment provider's states, switched by `/admin/provider/{state}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Provider {
     /// Charges at once.
@@ -52,7 +52,7 @@ pub(crate) enum Provider {
 }
 
 impl Provider {
-    /// The documented states of `/gateway/{state}`; anything else names no state.
+    /// The documented states of `/admin/provider/{state}`; anything else names no state.
     pub(crate) fn parse(state: &str) -> Option<Self> {
         match state {
             "up" => Some(Self::Up),

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use tower_patterns::{
 
 use crate::{
     App,
+    config::Auth,
     routes::{ApiError, JsonBody, Params},
 };
 
@@ -156,9 +157,18 @@ fn valid(text: &str) -> bool {
 pub(crate) async fn command(
     State(app): State<App>,
     Tenant(t): Tenant,
+    headers: HeaderMap,
     Params(sku): Params<String>,
     JsonBody(spec): JsonBody<ProductSpec>,
 ) -> Result<Response, ApiError> {
+    // The catalog is the tenant's to change, not its customers': a customer's bearer token
+    // names the tenant too, but only the tenant's own API key (verified by the tenant layer)
+    // may run a product command.
+    if app.auth == Auth::ApiKey && !headers.contains_key(crate::API_KEY_HEADER) {
+        return Err(ApiError::Forbidden(
+            "product commands need the tenant's API key",
+        ));
+    }
     if !valid(&sku) || !sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ApiError::BadRequest(
             "a sku is 1 to 64 letters, digits or '-'",

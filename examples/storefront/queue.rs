@@ -11,7 +11,7 @@ use std::{
 
 use tower::ServiceExt;
 use tower_patterns::{
-    BoxError,
+    BoxError, Rejected,
     breaker::{CircuitBreakerHandle, State},
     eventstore::{Command, CommandService},
     observe::{Health, Report, StateHandle},
@@ -20,7 +20,7 @@ use tower_patterns::{
 
 use crate::{
     ledger::Ledger,
-    orders::OrderCommand,
+    orders::{OrderCommand, Status},
     payments::{Charge, Payment, Payments},
     routes::stream_id,
     shards::Shards,
@@ -109,16 +109,18 @@ pub(crate) fn spawn_drain(
             if matches!(breaker.state(), State::Open | State::ForcedOpen) {
                 continue;
             }
-            match sweep(&ledger, &direct, &shards).await {
+            let swept = sweep(&ledger, &direct, &shards).await;
+            if let Err(e) = ledger.refresh_depth().await {
+                tracing::warn!(error = %e, "the payment queue cannot be counted");
+            }
+            match swept {
                 Ok(0) => {}
                 Ok(n) => {
                     let left = ledger.queue_depth().0;
                     drained.fetch_add(n, Ordering::Relaxed);
                     tracing::info!(drained = n, left, "queued payments sent");
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "queued payments wait: the provider is refused")
-                }
+                Err(e) => tracing::debug!(error = %e, "queued payments wait"),
             }
         }
     });
@@ -134,21 +136,40 @@ async fn sweep(ledger: &Ledger, direct: &Payments, shards: &Shards) -> Result<u6
             .get(queued.shard)
             .ok_or("a queued payment names no shard")?
             .orders;
+        let tenant = TenantId::new(&queued.tenant)?;
+        let stream = stream_id(&tenant, &queued.order);
+        // Only an order whose checkout ended with its payment queued is charged here: one
+        // still in its saga is left for later (the saga may yet undo it), one cancelled or
+        // already paid leaves the queue uncharged.
+        match orders.load(&stream).await?.state.status {
+            Some(Status::PaymentQueued) => {}
+            Some(Status::Placed) | None => continue,
+            Some(Status::Paid | Status::Cancelled) => {
+                ledger.dequeue(&queued.tenant, &queued.order).await?;
+                continue;
+            }
+        }
         let payment = Payment {
             shard: queued.shard,
             tenant: queued.tenant.clone(),
             order: queued.order.clone(),
             amount: queued.amount,
         };
-        let Charge::Charged(charge) = direct.clone().oneshot(payment).await? else {
-            return Err("the client without a fallback queued a payment".into());
+        let charge = match direct.clone().oneshot(payment).await {
+            Ok(Charge::Charged(charge)) => charge,
+            Ok(Charge::Queued) => {
+                return Err("the client without a fallback queued a payment".into());
+            }
+            // Refused (the breaker opened again, the pool is full): the rest wait too.
+            Err(e) if Rejected::find(&*e).is_some() => return Err(e),
+            // This charge failed: the next may not.
+            Err(e) => {
+                tracing::warn!(order = %queued.order, error = %e, "a queued payment failed; it stays queued");
+                continue;
+            }
         };
-        let tenant = TenantId::new(&queued.tenant)?;
         CommandService::new(orders.clone())
-            .oneshot(Command::new(
-                stream_id(&tenant, &queued.order),
-                OrderCommand::PayQueued { charge },
-            ))
+            .oneshot(Command::new(stream, OrderCommand::PayQueued { charge }))
             .await?;
         ledger.dequeue(&queued.tenant, &queued.order).await?;
         sent += 1;

@@ -44,6 +44,8 @@ pub(crate) enum ApiError {
     BadRequest(&'static str),
     /// 404: nothing by that name, for this tenant.
     NotFound(&'static str),
+    /// 403: the caller may not do this.
+    Forbidden(&'static str),
     /// 409: the command conflicts with what is there.
     Conflict(&'static str),
     /// 413: the body is larger than the edge allows.
@@ -60,6 +62,7 @@ impl IntoResponse for ApiError {
             Self::BadRequest(phrase) => (StatusCode::BAD_REQUEST, phrase),
             Self::NotFound(phrase) => (StatusCode::NOT_FOUND, phrase),
             Self::Conflict(phrase) => (StatusCode::CONFLICT, phrase),
+            Self::Forbidden(phrase) => (StatusCode::FORBIDDEN, phrase),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             Self::Unavailable(what, err) => {
                 if classify_error(&*err).status != StatusCode::INTERNAL_SERVER_ERROR {
@@ -281,7 +284,7 @@ pub(crate) async fn show(
 pub(crate) async fn health(State(app): State<App>) -> String {
     let r = app.breaker.report();
     let queued = app.queue.queued();
-    let (refunds, cancelled_shipments) = app.ledger.undone();
+    let (refunds, cancelled_shipments) = app.ledger.undone().await.unwrap_or_default();
     format!(
         "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}; \
          drained {}; refunds {refunds}; cancelled shipments {cancelled_shipments}; order shards {}\n",

@@ -45,10 +45,11 @@ impl SqliteProjection for OrdersView {
     }
 
     fn apply(&self, tx: &Transaction<'_>, t: &Tables, e: &RecordedEvent) -> Result<(), ApplyError> {
+        // The order id has no '.'; a tenant id may.
         let Some((tenant, order)) = e
             .stream_id
             .strip_prefix(ORDER_PREFIX)
-            .and_then(|s| s.split_once('.'))
+            .and_then(|s| s.rsplit_once('.'))
         else {
             return Ok(());
         };

@@ -20,6 +20,12 @@ use crate::{
 /// A service that injects the faults of its [`ChaosLayer`](crate::ChaosLayer) into the calls
 /// it selects. A call that is not selected, or that draws no fault, goes to the inner service
 /// unchanged. Ready when the inner service is: faults act in `call`, never on readiness.
+///
+/// A status, error or hang fault answers without calling the inner service, so what the inner
+/// service reserved in `poll_ready` for that call (a `ConcurrencyLimit` permit, a `Buffer`
+/// slot) stays reserved until the next call or until the service is dropped. Put the chaos
+/// layer outside such layers, as a failing dependency would be: around the client, under the
+/// protections you are testing.
 #[derive(Clone)]
 pub struct Chaos<S, Sel, A> {
     inner: S,

@@ -285,10 +285,10 @@ async fn compensate(t: &Tour) -> Vec<Row> {
         })
     };
     let _ = set(0).await;
-    let (refunds, _) = t.app.ledger.undone();
+    let (refunds, _) = t.app.ledger.undone().await.unwrap_or_default();
     let a = order(t, "unlucky", "coffee").await;
     let _ = set(crate::ledger::INITIAL_STOCK).await;
-    let (after, _) = t.app.ledger.undone();
+    let (after, _) = t.app.ledger.undone().await.unwrap_or_default();
     let compensated = t.value("saga", "checkout", "compensated");
     vec![Row {
         pattern: "saga compensation",
@@ -371,16 +371,21 @@ fn chaos(t: &Tour) -> Row {
             format!("{} {n}", h.name())
         })
         .collect();
-    let off = t
+    let reports: Vec<_> = t
         .app
         .handles
         .iter()
         .filter(|h| h.pattern() == "chaos")
-        .all(|h| h.report().state == "off");
+        .map(|h| h.report())
+        .collect();
+    let off = reports.iter().all(|r| r.state == "off");
+    let each = reports
+        .iter()
+        .all(|r| kinds.iter().filter_map(|k| r.value(k)).sum::<f64>() > 0.0);
     Row {
         pattern: "chaos",
         did: format!("faults injected: {}; all off again", layers.join(", ")),
-        expected: "every fault above came from it",
-        ok: off,
+        expected: "each layer injected, then off",
+        ok: off && each && reports.len() == 3,
     }
 }

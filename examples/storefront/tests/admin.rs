@@ -174,6 +174,18 @@ async fn the_chaos_switch_takes_a_checked_plan() {
         post("/admin/chaos/nope", "{}", true).await,
         (404, "no such chaos layer".to_owned())
     );
+    assert_eq!(
+        post(
+            "/admin/chaos/orders-projection",
+            r#"{"faults":[{"kind":"hang"}]}"#,
+            true
+        )
+        .await,
+        (
+            400,
+            "the projection's reads take latency faults only".to_owned()
+        )
+    );
     let huge = format!(
         r#"{{"faults":[],"pad":"{}"}}"#,
         "x".repeat(crate::edge::BODY_LIMIT)
@@ -278,7 +290,11 @@ fn parse_prometheus(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(start_paused = true)]
 async fn metrics_are_prometheus_text_with_each_patterns_series() {
-    let prometheus = prometheus();
+    // A recorder of this shop's own, the default on this test's one thread (where its layers
+    // are built and its requests run), so that other shops' series cannot answer for it.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
     let dir =
         std::env::temp_dir().join(format!("tp-storefront-test-metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

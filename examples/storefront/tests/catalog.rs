@@ -139,6 +139,27 @@ async fn bad_product_commands_are_clear_4xx() {
             "{sku} {body}"
         );
     }
+    // A customer's token names the tenant, but the catalog is the tenant's to change.
+    let token = crate::auth::mint(
+        &shop.app.jwt_secret,
+        "acme",
+        "ada",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut req = request(
+        Method::POST,
+        "/products/tea",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+    );
+    *req.body_mut() = Body::from(r#"{"price":1}"#);
+    assert_eq!(
+        exchange(shop.router.clone(), req).await,
+        (403, "product commands need the tenant's API key".to_owned())
+    );
     // Without a key: the tenant layer answers first.
     let mut req = request(
         Method::POST,
@@ -159,7 +180,7 @@ async fn a_restart_adds_no_product_twice() {
         r#"{"name":"Matcha tea","price":9}"#,
     )
     .await;
-    let _ = shop.app.stop.send(true);
+    shop.app.shutdown();
     let cfg = config::parse(
         vec!["--data".into(), shop.dir.0.display().to_string()],
         |_| None,
@@ -177,4 +198,72 @@ async fn a_restart_adds_no_product_twice() {
         send(&again, Method::GET, "/products", Some("acme")).await,
         (200, "coffee 5\nmatcha 9\ntea 4\n".into())
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_id_with_a_dot_keeps_its_own_catalog() {
+    let dir =
+        std::env::temp_dir().join(format!("tp-storefront-test-dotted-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = vec![
+        "--data".into(),
+        dir.display().to_string(),
+        "--tenant-header-only".into(),
+    ];
+    let cfg = config::parse(args, |_| None).unwrap();
+    let tenants = StaticTenants::from_toml(
+        "[[tenants]]\nid = \"acme\"\nplan = \"gold\"\n[[tenants]]\nid = \"acme.eu\"\nplan = \"gold\"\n",
+    )
+    .unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+    let shop = Shop {
+        router,
+        app,
+        dir: super::TempDir(dir),
+        jar: super::Jar::default(),
+    };
+    let as_tenant =
+        |tenant: &'static str, method: Method, uri: &'static str, body: &'static str| {
+            let router = shop.router.clone();
+            async move {
+                let mut req = request(
+                    method,
+                    uri,
+                    &[
+                        ("x-tenant-id", tenant),
+                        ("content-type", "application/json"),
+                    ],
+                );
+                *req.body_mut() = Body::from(body);
+                exchange(router, req).await
+            }
+        };
+    assert_eq!(
+        as_tenant(
+            "acme.eu",
+            Method::POST,
+            "/products/stroopwafel",
+            r#"{"name":"Stroopwafel","price":3}"#
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        as_tenant("acme.eu", Method::GET, "/products", "").await,
+        (200, "stroopwafel 3\n".into())
+    );
+    // acme's catalog (the demo products) does not get acme.eu's product, under any name.
+    let (_, acme) = as_tenant("acme", Method::GET, "/products", "").await;
+    assert_eq!(acme, "coffee 5\ntea 4\n");
+    assert_eq!(
+        as_tenant("acme", Method::GET, "/products?q=stroop", "")
+            .await
+            .1,
+        ""
+    );
+    // acme.eu's orders are its own, and readable.
+    let (status, body) = as_tenant("acme.eu", Method::POST, "/orders/stroopwafel/1", "").await;
+    assert_eq!(status, 201, "{body}");
 }

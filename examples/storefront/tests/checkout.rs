@@ -47,7 +47,7 @@ async fn out_of_stock_undoes_the_order_and_refunds_the_charge() {
     );
     // Undone newest first: the charge refunded, the order cancelled; the stock untouched.
     assert_eq!(status_of(&shop, &order_id(&body)).await, "CANCELLED");
-    assert_eq!(shop.app.ledger.undone(), (1, 0));
+    assert_eq!(shop.app.ledger.undone().await.unwrap(), (1, 0));
     let left = shop
         .app
         .ledger
@@ -84,7 +84,7 @@ async fn a_refused_payment_undoes_the_order_and_gives_the_stock_back() {
         .await
         .unwrap();
     assert_eq!(left, INITIAL_STOCK);
-    assert_eq!(shop.app.ledger.undone(), (0, 0));
+    assert_eq!(shop.app.ledger.undone().await.unwrap(), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -129,7 +129,7 @@ async fn queued_payments_wait_across_a_restart() {
     let (code, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
     assert_eq!(code, 202, "{body}");
     let order = order_id(&body);
-    let _ = shop.app.stop.send(true);
+    shop.app.shutdown();
     let dir = shop.dir.0.clone();
     // The same data directory, a new process's state: the provider answers, the breaker is
     // closed, and the queued payment goes through.
@@ -146,4 +146,39 @@ async fn queued_payments_wait_across_a_restart() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(again.app.queue.queued(), 0);
     assert_eq!(status_of(&again, &order).await, "PAID");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_worker_never_charges_a_cancelled_order() {
+    use tower_patterns::shard::{Jump, Route, Strategy};
+    let shop = shop("queue-cancelled").await;
+    admin(&shop, Method::POST, "/admin/provider/down").await;
+    let (code, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
+    assert_eq!(code, 502, "{body}");
+    let order = order_id(&body);
+    // Say the payment had been queued before the saga undid the order.
+    let Route::To(shard) = Jump::new(shop.app.shards.all.len()).route("guest") else {
+        panic!("no shard")
+    };
+    shop.app
+        .ledger
+        .enqueue(shard, "acme", &order, 4)
+        .await
+        .unwrap();
+    assert_eq!(shop.app.queue.queued(), 1);
+    admin(&shop, Method::POST, "/admin/provider/up").await;
+    let attempts = shop
+        .app
+        .provider_attempts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(shop.app.queue.queued(), 0, "it leaves the queue");
+    assert_eq!(
+        shop.app
+            .provider_attempts
+            .load(std::sync::atomic::Ordering::SeqCst),
+        attempts,
+        "uncharged"
+    );
+    assert_eq!(status_of(&shop, &order).await, "CANCELLED");
 }

@@ -13,9 +13,6 @@ use std::{
 use super::admin::prometheus;
 use crate::{config, demo};
 
-/// One demo at a time in this binary: both tests load the machine for a few seconds.
-static DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[derive(Clone, Default)]
 struct Out(Arc<Mutex<Vec<u8>>>);
 
@@ -52,7 +49,7 @@ const ROWS: [&str; 11] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_every_pattern_and_holds_its_expectations() {
-    let _one = DEMO.lock().await;
+    let _one = super::REAL_TIME.lock().await;
     let cfg = config::parse(vec!["--demo".into()], |_| None).unwrap();
     assert!(cfg.demo && !cfg.data_given);
     let mut out = Out::default();
@@ -176,7 +173,7 @@ fn headless(chromium: &PathBuf, profile: &std::path::Path, args: &[String], url:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_the_breaker_turning_open() {
     let Some(chromium) = chromium() else { return };
-    let _one = DEMO.lock().await;
+    let _one = super::REAL_TIME.lock().await;
     // The page's DOM and its screenshot, taken by the hook.
     type Seen = Arc<Mutex<Option<(String, Vec<u8>)>>>;
     let seen: Seen = Arc::default();

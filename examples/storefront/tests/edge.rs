@@ -42,10 +42,13 @@ struct Server {
     stop: Option<oneshot::Sender<()>>,
     done: JoinHandle<Result<(), String>>,
     _dir: super::TempDir,
+    /// This test's turn among the real-time tests, for as long as its server runs.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// Starts the storefront on a free port with `args` added.
 async fn start(name: &str, args: &[&str]) -> Server {
+    let turn = super::REAL_TIME.lock().await;
     let dir =
         std::env::temp_dir().join(format!("tp-storefront-edge-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -86,6 +89,7 @@ async fn start(name: &str, args: &[&str]) -> Server {
         stop: Some(stop),
         done,
         _dir: super::TempDir(dir),
+        _turn: turn,
     }
 }
 

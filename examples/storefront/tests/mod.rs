@@ -27,6 +27,11 @@ use crate::{
     storefront,
 };
 
+/// One test at a time among those that measure wall-clock time (real TCP, the demo's
+/// latencies, a projection's real lag): on two cores, two of them side by side would make each
+/// other slow. The paused-time tests run beside them freely.
+pub(crate) static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The admin token of the test shops.
 pub(crate) const TOKEN: &str = "test-admin-token-0123456789";
 

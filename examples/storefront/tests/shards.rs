@@ -110,6 +110,7 @@ async fn customers_are_placed_by_jump_hash_and_read_only_their_own() {
 /// SQLite read on the blocking pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_read_with_its_token_while_the_projection_lags() {
+    let _turn = super::REAL_TIME.lock().await;
     let shop = shop("shard-lag").await;
     let plan = r#"{"faults":[{"kind":"latency","ms":1000}]}"#;
     let mut req = request(
@@ -182,6 +183,15 @@ async fn the_customer_comes_from_the_token_first() {
         .await,
         (403, "the customer does not match the token".to_owned())
     );
+    // The scheme in lower case is still the verified token: the header cannot outrank it.
+    assert_eq!(
+        post(vec![
+            ("authorization", format!("bearer {token}")),
+            ("x-customer-id", "bob".into())
+        ])
+        .await,
+        (403, "the customer does not match the token".to_owned())
+    );
     assert_eq!(
         post(vec![
             ("x-api-key", "demo-key-acme".into()),
@@ -196,7 +206,7 @@ async fn the_customer_comes_from_the_token_first() {
 async fn the_data_keeps_its_shard_count() {
     let shop = shop("shard-count").await;
     let dir = shop.dir.0.display().to_string();
-    let _ = shop.app.stop.send(true);
+    shop.app.shutdown();
     let cfg = config::parse(
         vec!["--data".into(), dir.clone(), "--shards".into(), "3".into()],
         |_| None,
