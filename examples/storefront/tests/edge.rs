@@ -3,12 +3,7 @@
 //! clear 4xx answers, and a graceful shutdown that finishes the request in flight. Real time,
 //! with short settings: a server's timers cannot be driven from outside its sockets.
 
-use std::{
-    io::Write,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,23 +14,8 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::TOKEN;
+use super::{Out, TOKEN};
 use crate::{config, run};
-
-/// What the server printed.
-#[derive(Clone, Default)]
-struct Out(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Out {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Server {
     addr: SocketAddr,

@@ -76,6 +76,28 @@ impl Jar {
     }
 }
 
+/// What a run printed, shared with the test that reads it.
+#[derive(Clone, Default)]
+pub(crate) struct Out(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Out {
+    /// What was printed so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
 
