@@ -34,6 +34,7 @@ use tower_patterns::{
 use crate::{
     API_KEY_HEADER, App, ShardService, TENANT_CONCURRENCY, TENANT_HEADER, admin, auth,
     auth::Customer,
+    bus,
     catalog::catalog,
     checkout,
     config::{Auth, Config},
@@ -145,8 +146,15 @@ pub(crate) async fn storefront(
         .read_side(catalog.view.clone())
         .wait(Duration::from_secs(2))
         .build()?;
+    let relays = match &cfg.nats {
+        Some(url) => bus::relay(url, dir, &shards)
+            .await
+            .map_err(|e| format!("storefront: --nats {url:?}: {e} (also TP_STOREFRONT_NATS)"))?,
+        None => Vec::new(),
+    };
     let app = App {
         auth: cfg.auth,
+        relays: relays.clone().into(),
         catalog: catalog.service,
         invalidate_catalog: catalog.invalidate,
         invalidate_tenant: catalog.invalidate_tenant,
@@ -209,6 +217,9 @@ pub(crate) async fn storefront(
     for shard in shards.all.iter() {
         handles.push(Box::new(shard.view.clone()));
         handles.push(Box::new(shard.consistency.handle()));
+    }
+    for relay in relays {
+        handles.push(Box::new(relay));
     }
     handles.extend([
         Box::new(lag) as Box<dyn StateHandle>,

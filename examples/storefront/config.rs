@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) drain: Duration,
     /// Redis to count the rate limits in, shared by several storefronts.
     pub(crate) redis: Option<String>,
+    /// NATS (with JetStream) to publish the order events to.
+    pub(crate) nats: Option<String>,
     /// How many order shards (stores) there are.
     pub(crate) shards: usize,
     /// The payment client's settings (shorter in the demo).
@@ -74,6 +76,9 @@ usage: storefront [flags]
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
   --redis URL              count the tenants' rate limits in Redis (redis://host:port), shared
                            by every storefront that uses it (TP_STOREFRONT_REDIS)
+  --nats URL               publish every order event to NATS JetStream (nats://host:port),
+                           stream STOREFRONT_ORDERS, subjects storefront.orders.<shard>.<event>
+                           (TP_STOREFRONT_NATS)
   --shards N               order stores, customers placed by jump hash (TP_SHARDS; default
                            4; fixed once the data directory holds orders)
   --max-inflight N         requests in flight before 503 (TP_MAX_INFLIGHT; default 256)
@@ -161,6 +166,7 @@ pub(crate) fn parse(
             "--max-inflight" => "--max-inflight",
             "--shards" => "--shards",
             "--redis" => "--redis",
+            "--nats" => "--nats",
             "--drain" => "--drain",
             _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
         };
@@ -184,6 +190,7 @@ pub(crate) fn parse(
         "TP_MAX_INFLIGHT",
         "TP_SHARDS",
         "TP_STOREFRONT_REDIS",
+        "TP_STOREFRONT_NATS",
         "TP_DRAIN",
         "TP_TENANT_HEADER_ONLY",
         "TP_LOG_FORMAT",
@@ -287,6 +294,14 @@ pub(crate) fn parse(
         }
         Some(value) => return Err(redis.error(value, "not a redis:// URL")),
     };
+    let nats = setting("--nats", "TP_STOREFRONT_NATS");
+    let nats = match nats.value {
+        None => None,
+        Some(value) if value.starts_with("nats://") || value.starts_with("tls://") => {
+            Some(value.to_owned())
+        }
+        Some(value) => return Err(nats.error(value, "not a nats:// URL")),
+    };
     let shards = setting("--shards", "TP_SHARDS");
     let shards = match shards.value {
         None => 4,
@@ -309,6 +324,7 @@ pub(crate) fn parse(
         request_timeout: setting("--request-timeout", "TP_REQUEST_TIMEOUT").seconds(10, 3600)?,
         max_inflight,
         redis,
+        nats,
         shards,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
         payments: crate::payments::PaymentSettings::default(),

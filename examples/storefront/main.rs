@@ -57,6 +57,9 @@
 //! in use or a data directory that cannot be made stops it with one line naming the flag and
 //! its variable; `--help` lists them. `--redis URL` counts the tenants' rate limits in Redis
 //! (the same GCRA, one Lua script), so that several storefronts share each tenant's limit.
+//! `--nats URL` publishes every order event to NATS JetStream (stream `STOREFRONT_ORDERS`,
+//! subjects `storefront.orders.<shard>.<event>`): each shard's event log is its outbox, and a
+//! relay per shard publishes what it committed, at least once and in order (`bus.rs`).
 //!
 //! In front of the tenant routes, and only of routes that exist (an unknown path is a 404 that
 //! costs no tenant anything): the tenant layer (401 without a valid key, 400 malformed, 403
@@ -104,6 +107,7 @@
 mod admin;
 mod app;
 mod auth;
+mod bus;
 mod catalog;
 mod checkout;
 mod config;
@@ -175,11 +179,14 @@ const TENANT_HEADER: &str = "x-tenant-id";
 const TENANT_CONCURRENCY: u32 = 32;
 
 impl App {
-    /// Stops the background work: the queue's worker, the breaker's transition log, and the
-    /// projections (the catalog's and each shard's). The saga orchestrator's worker stops when
-    /// the last clone of the storefront is dropped.
+    /// Stops the background work: the queue's worker, the breaker's transition log, the
+    /// outbox relays, and the projections (the catalog's and each shard's). The saga
+    /// orchestrator's worker stops when the last clone of the storefront is dropped.
     fn shutdown(&self) {
         let _ = self.stop.send(true);
+        for relay in self.relays.iter() {
+            relay.stop();
+        }
         self.catalog_view.shutdown();
         for shard in self.shards.all.iter() {
             shard.view.shutdown();
@@ -224,6 +231,8 @@ struct App {
     lag: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: QueueHandle,
+    /// The outbox relays of `--nats`, one per shard.
+    relays: Arc<[tower_patterns::cqrs::bus::OutboxRelayHandle]>,
     /// The payment breaker's last transitions, for the status page.
     transitions: status::Transitions,
     /// Stops the background workers (the queue's drain) when the server stops.

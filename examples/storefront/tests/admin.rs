@@ -431,3 +431,59 @@ async fn with_redis_the_limits_are_counted_there() {
         "{limiter:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_every_order_event_is_published() {
+    use tower_patterns::shard::{Jump, Route, Strategy};
+    use tower_patterns_testkit::servers::{Server, server_url};
+    let Some(url) = server_url(Server::Nats) else {
+        return;
+    };
+    let _turn = super::REAL_TIME.lock().await;
+    let dir = std::env::temp_dir().join(format!("tp-storefront-test-nats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = vec![
+        "--data".into(),
+        dir.display().to_string(),
+        "--nats".into(),
+        url.clone(),
+    ];
+    let cfg = config::parse(args, |_| None).unwrap();
+    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+    let shop = Shop {
+        router,
+        app,
+        dir: super::TempDir(dir),
+        jar: super::Jar::default(),
+    };
+    let (status, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
+    assert_eq!(status, 201, "{body}");
+    let order = body.split_whitespace().nth(2).unwrap().to_owned();
+    // Placed, then Paid: both published by the relay of the customer's shard.
+    let published = || shop.app.relays.iter().map(|r| r.published()).sum::<u64>();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while published() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(published() >= 2, "{} published", published());
+    let Route::To(shard) = Jump::new(shop.app.shards.all.len()).route("guest") else {
+        panic!("no shard")
+    };
+    let client = async_nats::connect(url).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(crate::bus::STREAM)
+        .await
+        .unwrap();
+    for event in ["Placed", "Paid"] {
+        let subject = format!("storefront.orders.{shard}.{event}");
+        let message = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .unwrap();
+        let headers = format!("{:?}", message.headers);
+        assert!(headers.contains(&order), "{subject}: {headers}");
+    }
+    shop.app.shutdown();
+}
