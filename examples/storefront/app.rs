@@ -121,7 +121,10 @@ pub(crate) async fn storefront(
                 .url(url.as_str())
                 .rate(plan_rate("free"))
                 .rate_for(plan)
-                .build()?,
+                .build()
+                .map_err(|e| {
+                    format!("storefront: --redis {url:?}: {e} (also TP_STOREFRONT_REDIS)")
+                })?,
         )),
     };
     let limit_handle = match &limit {

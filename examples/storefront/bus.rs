@@ -3,7 +3,7 @@
 //! per shard publishes what its store committed, each event under its id so that JetStream
 //! drops a repeat). Other services subscribe to `storefront.orders.>`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tower_patterns::{
     BoxError,
@@ -25,18 +25,20 @@ pub(crate) async fn relay(
     dir: &std::path::Path,
     shards: &Shards,
 ) -> Result<Vec<OutboxRelayHandle>, BoxError> {
+    // Fail at start, in one line, when the server is not there (the client reconnects by
+    // itself once it has connected).
     let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await?;
     let jetstream = async_nats::jetstream::new(client);
-    ensure_stream(
-        &jetstream,
-        STREAM,
-        &["storefront.orders.>"],
-        DEFAULT_DUPLICATE_WINDOW,
+    let subjects = ["storefront.orders.>"];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        ensure_stream(&jetstream, STREAM, &subjects, DEFAULT_DUPLICATE_WINDOW),
     )
-    .await?;
+    .await
+    .map_err(|_| "JetStream did not answer within 10 s")??;
     let checkpoints = SqliteCheckpoints::open(dir.join("outbox.db"))?;
     let mut handles = Vec::new();
     for shard in shards.all.iter() {

@@ -369,6 +369,10 @@ async fn startup_errors_are_one_line_naming_the_flag() {
     let file = std::env::temp_dir().join(format!("tp-storefront-not-a-dir-{}", std::process::id()));
     std::fs::write(&file, b"").unwrap();
     let under_file = file.join("data").display().to_string();
+    let nats_dir = std::env::temp_dir()
+        .join(format!("tp-sf-nats-down-{}", std::process::id()))
+        .display()
+        .to_string();
     for (args, flag) in [
         (
             vec![
@@ -386,6 +390,18 @@ async fn startup_errors_are_one_line_naming_the_flag() {
             vec!["--addr", "127.0.0.1:0", "--data", under_file.as_str()],
             "--data",
         ),
+        // Nothing listens on port 1: the NATS server is not there.
+        (
+            vec![
+                "--addr",
+                "127.0.0.1:0",
+                "--data",
+                nats_dir.as_str(),
+                "--nats",
+                "nats://127.0.0.1:1",
+            ],
+            "--nats",
+        ),
     ] {
         let cfg = parse(&args, &[]).unwrap();
         let e = run(cfg, &mut Out::default(), async {}, None)
@@ -394,5 +410,6 @@ async fn startup_errors_are_one_line_naming_the_flag() {
         assert!(e.starts_with(&format!("storefront: {flag} ")), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
+    let _ = std::fs::remove_dir_all(&nats_dir);
     let _ = std::fs::remove_file(&file);
 }
