@@ -78,19 +78,33 @@ pub(crate) async fn storefront(
     let dir = &cfg.data;
     shards::check_count(dir, cfg.shards)?;
     let catalog_loads = Arc::new(AtomicU64::new(0));
-    let products = products::open(&dir.join("catalog-events.db")).await?;
+    // The events: SQLite files in `dir`, or PostgreSQL with `--postgres` (one line naming the
+    // flag when it cannot be reached).
+    let postgres = cfg.postgres.as_deref();
+    let on_postgres = |e: BoxError| match postgres {
+        Some(url) => BoxError::from(format!(
+            "storefront: --postgres {:?}: {e} (also TP_STOREFRONT_POSTGRES)",
+            url.split('@').next_back().unwrap_or_default()
+        )),
+        None => e,
+    };
+    let products = products::open(dir, postgres).await.map_err(on_postgres)?;
     let token_key = match TokenKey::from_env("TP_TOKEN_KEY")? {
         Some(key) => key,
         None => TokenKey::random()?,
     };
     let (lag_layer, lag) = lag::chaos()?;
-    let shards = shards::open(dir, cfg.shards, &token_key, &lag_layer).await?;
+    let shards = shards::open(dir, postgres, cfg.shards, &token_key, &lag_layer)
+        .await
+        .map_err(on_postgres)?;
     let stocked = products::DEMO.map(|(tenant, sku, _, _)| (tenant, sku));
     let ledger = Ledger::open(&dir.join("ledger.db"), &stocked)?;
     let provider_attempts = Arc::new(AtomicU64::new(0));
     let pay = payments(cfg.payments, provider_attempts.clone(), ledger.clone())?;
     let definition = checkout::definition(shards.clone(), pay.client.clone(), ledger.clone())?;
-    let checkout = checkout::orchestrator(dir, definition).await?;
+    let checkout = checkout::orchestrator(dir, postgres, definition)
+        .await
+        .map_err(on_postgres)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let queue = queue::spawn_drain(
         ledger.clone(),

@@ -12,16 +12,15 @@ use tower_patterns::{
     BoxError,
     eventstore::{
         Command, CommandService, Committed, Direction, EventStore, Repository, RepositoryError,
-        sqlite::SqliteStore,
     },
     saga::{
         Attempts, Backoff, Orchestrator, SagaDefinition, Step, StepError, StepRequest, StepService,
-        index::SqliteIndex,
     },
     tenant::TenantId,
 };
 
 use crate::{
+    backend::{self, Index, Store},
     ledger::Ledger,
     orders::{Order, OrderCommand, OrderError, OrderEvent},
     payments::{Charge, Payment, Payments},
@@ -30,7 +29,7 @@ use crate::{
 };
 
 /// The orchestrator of the order saga.
-pub(crate) type Checkout = Orchestrator<SqliteStore, SqliteIndex>;
+pub(crate) type Checkout = Orchestrator<Store, Index>;
 
 /// What one checkout is about.
 pub(crate) struct Checkout1<'a> {
@@ -94,10 +93,7 @@ impl Input {
     }
 
     /// The orders of this checkout's shard.
-    fn orders<'a>(
-        &self,
-        shards: &'a Shards,
-    ) -> Result<&'a Repository<Order, SqliteStore>, BoxError> {
+    fn orders<'a>(&self, shards: &'a Shards) -> Result<&'a Repository<Order, Store>, BoxError> {
         Ok(&shards
             .all
             .get(self.shard)
@@ -108,7 +104,7 @@ impl Input {
 
 /// Sends `command` to the order; the order's own refusals come back as `Err(Ok(e))`.
 async fn order(
-    orders: &Repository<Order, SqliteStore>,
+    orders: &Repository<Order, Store>,
     stream: String,
     command: OrderCommand,
 ) -> Result<Committed, Result<OrderError, BoxError>> {
@@ -344,17 +340,19 @@ pub(crate) fn definition(
         .build()?)
 }
 
-/// The orchestrator over the saga log and index in `dir`, after taking back the sagas a crash
+/// The orchestrator over the saga log and index (in `dir`, or in PostgreSQL), after taking back
+/// the sagas a crash
 /// left open; its worker runs until the last clone is dropped.
 pub(crate) async fn orchestrator(
     dir: &std::path::Path,
+    postgres: Option<&str>,
     definition: SagaDefinition,
 ) -> Result<Checkout, BoxError> {
+    let log = backend::store(dir, postgres, "checkout-log").await?;
+    let index = backend::index(dir, &log).await?;
     let orchestrator = Orchestrator::builder("checkout")
-        .store(std::sync::Arc::new(SqliteStore::open(
-            dir.join("checkout-log.db"),
-        )?))
-        .index(SqliteIndex::open(dir.join("checkout-index.db"))?)
+        .store(std::sync::Arc::new(log))
+        .index(index)
         .owner("storefront")
         .saga(definition)
         .build()?;

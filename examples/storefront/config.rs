@@ -51,6 +51,8 @@ pub(crate) struct Config {
     pub(crate) redis: Option<String>,
     /// NATS (with JetStream) to publish the order events to.
     pub(crate) nats: Option<String>,
+    /// PostgreSQL to keep the events and the saga index in.
+    pub(crate) postgres: Option<String>,
     /// How many order shards (stores) there are.
     pub(crate) shards: usize,
     /// The payment client's settings (shorter in the demo).
@@ -76,6 +78,9 @@ usage: storefront [flags]
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
   --redis URL              count the tenants' rate limits in Redis (redis://host:port), shared
                            by every storefront that uses it (TP_STOREFRONT_REDIS)
+  --postgres URL           keep the events (orders, products, sagas) and the saga index in
+                           PostgreSQL (postgres://...), a schema per store, shared by every
+                           storefront that uses it (TP_STOREFRONT_POSTGRES)
   --nats URL               publish every order event to NATS JetStream (nats://host:port),
                            stream STOREFRONT_ORDERS, subjects storefront.orders.<shard>.<event>
                            (TP_STOREFRONT_NATS)
@@ -167,6 +172,7 @@ pub(crate) fn parse(
             "--shards" => "--shards",
             "--redis" => "--redis",
             "--nats" => "--nats",
+            "--postgres" => "--postgres",
             "--drain" => "--drain",
             _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
         };
@@ -191,6 +197,7 @@ pub(crate) fn parse(
         "TP_SHARDS",
         "TP_STOREFRONT_REDIS",
         "TP_STOREFRONT_NATS",
+        "TP_STOREFRONT_POSTGRES",
         "TP_DRAIN",
         "TP_TENANT_HEADER_ONLY",
         "TP_LOG_FORMAT",
@@ -302,6 +309,14 @@ pub(crate) fn parse(
         }
         Some(value) => return Err(nats.error(value, "not a nats:// URL")),
     };
+    let postgres = setting("--postgres", "TP_STOREFRONT_POSTGRES");
+    let postgres = match postgres.value {
+        None => None,
+        Some(value) if value.starts_with("postgres://") || value.starts_with("postgresql://") => {
+            Some(value.to_owned())
+        }
+        Some(value) => return Err(postgres.error(value, "not a postgres:// URL")),
+    };
     let shards = setting("--shards", "TP_SHARDS");
     let shards = match shards.value {
         None => 4,
@@ -325,6 +340,7 @@ pub(crate) fn parse(
         max_inflight,
         redis,
         nats,
+        postgres,
         shards,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
         payments: crate::payments::PaymentSettings::default(),

@@ -57,6 +57,9 @@
 //! in use or a data directory that cannot be made stops it with one line naming the flag and
 //! its variable; `--help` lists them. `--redis URL` counts the tenants' rate limits in Redis
 //! (the same GCRA, one Lua script), so that several storefronts share each tenant's limit.
+//! `--postgres URL` keeps the events (each order shard, the products, the saga log) and the
+//! saga index in PostgreSQL, a schema per store (`backend.rs`), so that several storefronts
+//! share them; each keeps its read models in SQLite and follows the shared events.
 //! `--nats URL` publishes every order event to NATS JetStream (stream `STOREFRONT_ORDERS`,
 //! subjects `storefront.orders.<shard>.<event>`): each shard's event log is its outbox, and a
 //! relay per shard publishes what it committed, at least once and in order (`bus.rs`).
@@ -107,6 +110,7 @@
 mod admin;
 mod app;
 mod auth;
+mod backend;
 mod bus;
 mod catalog;
 mod checkout;

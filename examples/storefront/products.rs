@@ -16,13 +16,13 @@ use tower_patterns::{
     consistency::Mark,
     eventstore::{
         Aggregate, Command, CommandService, DomainEvent, EventStore, Repository, RepositoryError,
-        sqlite::SqliteStore,
     },
     tenant::{Tenant, TenantId},
 };
 
 use crate::{
     App,
+    backend::{self, Store},
     config::Auth,
     routes::{ApiError, JsonBody, Params},
 };
@@ -112,11 +112,16 @@ impl Aggregate for Product {
 }
 
 /// The products' event store and repository.
-pub(crate) type Products = Repository<Product, SqliteStore>;
+pub(crate) type Products = Repository<Product, Store>;
 
-/// Opens the products' events in `path`, putting in the demo products that are not there yet.
-pub(crate) async fn open(path: &std::path::Path) -> Result<Products, BoxError> {
-    let products = Repository::new(Arc::new(SqliteStore::open(path)?), PRODUCT_PREFIX);
+/// Opens the products' events (`catalog-events` in `dir`, or in PostgreSQL), putting in the
+/// demo products that are not there yet.
+pub(crate) async fn open(
+    dir: &std::path::Path,
+    postgres: Option<&str>,
+) -> Result<Products, BoxError> {
+    let store = backend::store(dir, postgres, "catalog-events").await?;
+    let products = Repository::new(Arc::new(store), PRODUCT_PREFIX);
     for (tenant, sku, name, price) in DEMO {
         let stream = format!("{tenant}.{sku}");
         if products

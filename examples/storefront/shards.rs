@@ -17,10 +17,11 @@ use tower_patterns::{
         ApplyError, Projection, ProjectionHandle, SqliteProjection, Tables,
         projection::sqlite_reader,
     },
-    eventstore::{RecordedEvent, Repository, sqlite::SqliteStore},
+    eventstore::{RecordedEvent, Repository},
 };
 
 use crate::{
+    backend::{self, Store},
     lag::Lagging,
     orders::{Order, OrderEvent},
 };
@@ -95,7 +96,7 @@ pub(crate) struct OrderRow {
 #[derive(Clone)]
 pub(crate) struct Shard {
     pub(crate) index: usize,
-    pub(crate) orders: Repository<Order, SqliteStore>,
+    pub(crate) orders: Repository<Order, Store>,
     pub(crate) view: ProjectionHandle,
     read: Arc<PathBuf>,
     pub(crate) consistency: ConsistencyLayer<ProjectionHandle>,
@@ -164,13 +165,14 @@ pub(crate) fn check_count(dir: &Path, n: usize) -> Result<(), String> {
 /// and its consistency layer (tokens signed with `key`, scoped to the shard).
 pub(crate) async fn open(
     dir: &Path,
+    postgres: Option<&str>,
     n: usize,
     key: &TokenKey,
     lag: &ChaosLayer<Always, AnswerAsError>,
 ) -> Result<Shards, BoxError> {
     let mut all = Vec::with_capacity(n);
     for index in 0..n {
-        let store = Arc::new(SqliteStore::open(dir.join(format!("orders-{index}.db")))?);
+        let store = Arc::new(backend::store(dir, postgres, &format!("orders-{index}")).await?);
         let read = dir.join(format!("orders-read-{index}.db"));
         let (view, _task) = Projection::builder(format!("orders_{index}"))
             .source(Arc::new(Lagging::new(store.clone(), lag)))

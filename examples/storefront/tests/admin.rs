@@ -487,3 +487,80 @@ async fn with_nats_every_order_event_is_published() {
     }
     shop.app.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_the_events_outlive_the_data_directory() {
+    let Some(url) = tower_patterns_testkit::servers::fresh_postgres("storefront").await else {
+        return;
+    };
+    let _turn = super::REAL_TIME.lock().await;
+    let shop_on = |name: &str, url: String| {
+        let dir =
+            std::env::temp_dir().join(format!("tp-storefront-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        async move {
+            let args = vec![
+                "--data".into(),
+                dir.display().to_string(),
+                "--postgres".into(),
+                url,
+            ];
+            let cfg = config::parse(args, |_| None).unwrap();
+            let tenants = StaticTenants::from_toml(TENANTS).unwrap();
+            let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+            Shop {
+                router,
+                app,
+                dir: super::TempDir(dir),
+                jar: super::Jar::default(),
+            }
+        }
+    };
+    // One storefront writes: an order and a product.
+    let first = shop_on("pg-a", url.clone()).await;
+    let (status, body) = send(&first, Method::POST, "/orders/tea/2", Some("acme")).await;
+    assert_eq!(status, 201, "{body}");
+    let order = body.split_whitespace().nth(2).unwrap().to_owned();
+    let mut req = super::request(
+        Method::POST,
+        "/products/matcha",
+        &[
+            ("x-api-key", "demo-key-acme"),
+            ("content-type", "application/json"),
+        ],
+    );
+    *req.body_mut() = axum::body::Body::from(r#"{"name":"Matcha tea","price":9}"#);
+    assert_eq!(exchange(first.router.clone(), req).await.0, 201);
+    first.app.shutdown();
+    drop(first);
+
+    // Another, with a data directory of its own (no events in it), reads them: its read
+    // models follow the events in PostgreSQL.
+    let second = shop_on("pg-b", url).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let path = format!("/orders/{order}");
+    let found = loop {
+        let answer = send(&second, Method::GET, &path, Some("acme")).await;
+        if answer.0 == 200 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (found.0, found.1.split_whitespace().next()),
+        (200, Some("PAID")),
+        "{found:?}"
+    );
+    assert_eq!(
+        send(&second, Method::GET, "/products", Some("acme")).await,
+        (200, "coffee 5\nmatcha 9\ntea 4\n".to_owned())
+    );
+    // The demo products were created once, by the first storefront: the second found them.
+    let (_, patterns) = super::admin(&second, Method::GET, "/admin/patterns").await;
+    assert!(
+        patterns.contains(r#""name":"checkout","pattern":"saga""#),
+        "{patterns}"
+    );
+    second.app.shutdown();
+}

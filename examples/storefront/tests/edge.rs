@@ -390,6 +390,18 @@ async fn startup_errors_are_one_line_naming_the_flag() {
             vec!["--addr", "127.0.0.1:0", "--data", under_file.as_str()],
             "--data",
         ),
+        // Nothing listens on port 1: the PostgreSQL server is not there.
+        (
+            vec![
+                "--addr",
+                "127.0.0.1:0",
+                "--data",
+                nats_dir.as_str(),
+                "--postgres",
+                "postgres://postgres@127.0.0.1:1/shop",
+            ],
+            "--postgres",
+        ),
         // Nothing listens on port 1: the NATS server is not there.
         (
             vec![
