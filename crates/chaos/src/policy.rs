@@ -141,8 +141,15 @@ mod tests {
     }
 
     proptest! {
-        /// Over 10,000 seeded draws each fault hits its rate within two points, and the calls
-        /// left alone make up the rest.
+        // A fixed seed for the cases: the run is the same on every machine.
+        #![proptest_config(ProptestConfig {
+            rng_seed: proptest::test_runner::RngSeed::Fixed(23),
+            ..ProptestConfig::default()
+        })]
+
+        /// Over 10,000 seeded draws each fault hits its rate within five standard deviations
+        /// of a binomial draw (about two points at most), and the calls left alone make up
+        /// the rest.
         #[test]
         fn shares_match_the_rates(a in 0.0..0.5f64, b in 0.0..0.5f64, seed: u64) {
             let plan = Plan::new(vec![Fault::hang().rate(a), Fault::abort().rate(b)]).unwrap();
@@ -156,9 +163,11 @@ mod tests {
                 }
             }
             let share = |n: u32| f64::from(n) / 10_000.0;
-            prop_assert!((share(hits[0]) - a).abs() < 0.02, "hang {} against {a}", share(hits[0]));
-            prop_assert!((share(hits[1]) - b).abs() < 0.02, "abort {} against {b}", share(hits[1]));
-            prop_assert!((share(hits[2]) - (1.0 - a - b)).abs() < 0.03);
+            let within = |p: f64| 5.0 * (p * (1.0 - p) / 10_000.0).sqrt() + 1e-3;
+            prop_assert!((share(hits[0]) - a).abs() < within(a), "hang {} against {a}", share(hits[0]));
+            prop_assert!((share(hits[1]) - b).abs() < within(b), "abort {} against {b}", share(hits[1]));
+            let rest = 1.0 - a - b;
+            prop_assert!((share(hits[2]) - rest).abs() < within(rest));
         }
     }
 }
