@@ -5,10 +5,9 @@ use std::{collections::BTreeSet, sync::OnceLock};
 
 use axum::http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tower_patterns::tenant::StaticTenants;
 
-use super::{Shop, TOKEN, admin, exchange, request, send, shop};
-use crate::{TENANTS, config, storefront};
+use super::{TOKEN, admin, data_dir, exchange, open_shop, request, send, shop};
+use crate::{TENANTS, config};
 
 #[tokio::test(start_paused = true)]
 async fn admin_routes_need_the_token() {
@@ -295,20 +294,7 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let dir =
-        std::env::temp_dir().join(format!("tp-storefront-test-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = config::parse(vec!["--data".into(), dir.display().to_string()], |_| None).unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), Some(prometheus))
-        .await
-        .unwrap();
-    let shop = Shop {
-        router,
-        app,
-        dir: super::TempDir(dir),
-        jar: super::Jar::default(),
-    };
+    let shop = open_shop(data_dir("metrics"), &[], TENANTS, Some(prometheus)).await;
     send(&shop, Method::GET, "/products", Some("acme")).await;
     send(&shop, Method::GET, "/products", Some("nobody")).await;
     // An order: the shard router, the saga, the projection, the consistency token, the retry.
@@ -385,24 +371,7 @@ async fn with_redis_the_limits_are_counted_there() {
     let Some(url) = server_url(Server::Redis) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("tp-storefront-test-redis-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let args = vec![
-        "--data".into(),
-        dir.display().to_string(),
-        "--redis".into(),
-        url,
-    ];
-    let cfg = config::parse(args, |_| None).unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-    let shop = Shop {
-        router,
-        app,
-        dir: super::TempDir(dir),
-        jar: super::Jar::default(),
-    };
+    let shop = open_shop(data_dir("redis"), &["--redis", &url], TENANTS, None).await;
     // globex is on the free plan (5 at once, 5 a second): a burst of 20 is refused in part.
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -440,24 +409,7 @@ async fn with_nats_every_order_event_is_published() {
         return;
     };
     let _turn = super::REAL_TIME.lock().await;
-    let dir = std::env::temp_dir().join(format!("tp-storefront-test-nats-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let args = vec![
-        "--data".into(),
-        dir.display().to_string(),
-        "--nats".into(),
-        url.clone(),
-    ];
-    let cfg = config::parse(args, |_| None).unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-    let shop = Shop {
-        router,
-        app,
-        dir: super::TempDir(dir),
-        jar: super::Jar::default(),
-    };
+    let shop = open_shop(data_dir("nats"), &["--nats", &url], TENANTS, None).await;
     let (status, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
     assert_eq!(status, 201, "{body}");
     let order = body.split_whitespace().nth(2).unwrap().to_owned();
@@ -494,31 +446,13 @@ async fn with_postgres_the_events_outlive_the_data_directory() {
         return;
     };
     let _turn = super::REAL_TIME.lock().await;
-    let shop_on = |name: &str, url: String| {
-        let dir =
-            std::env::temp_dir().join(format!("tp-storefront-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        async move {
-            let args = vec![
-                "--data".into(),
-                dir.display().to_string(),
-                "--postgres".into(),
-                url,
-            ];
-            let cfg = config::parse(args, |_| None).unwrap();
-            let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-            let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-            Shop {
-                router,
-                app,
-                dir: super::TempDir(dir),
-                jar: super::Jar::default(),
-            }
-        }
+    let shop_on = |name: &str, url: &str| {
+        let dir = data_dir(name);
+        let url = url.to_owned();
+        async move { open_shop(dir, &["--postgres", &url], TENANTS, None).await }
     };
     // One storefront writes: an order and a product.
-    let first = shop_on("pg-a", url.clone()).await;
+    let first = shop_on("pg-a", &url).await;
     let (status, body) = send(&first, Method::POST, "/orders/tea/2", Some("acme")).await;
     assert_eq!(status, 201, "{body}");
     let order = body.split_whitespace().nth(2).unwrap().to_owned();
@@ -537,7 +471,7 @@ async fn with_postgres_the_events_outlive_the_data_directory() {
 
     // Another, with a data directory of its own (no events in it), reads them: its read
     // models follow the events in PostgreSQL.
-    let second = shop_on("pg-b", url).await;
+    let second = shop_on("pg-b", &url).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let path = format!("/orders/{order}");
     let found = loop {

@@ -5,10 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use axum::{body::Body, http::Method};
-use tower_patterns::tenant::StaticTenants;
 
-use super::{Shop, TOKEN, exchange, request, send, shop};
-use crate::{TENANTS, config, storefront};
+use super::{Shop, data_dir, exchange, open_shop, request, send, shop};
+use crate::TENANTS;
 
 async fn command(shop: &Shop, tenant: &str, sku: &str, body: &str) -> (u16, String) {
     let key = format!("demo-key-{tenant}");
@@ -181,19 +180,7 @@ async fn a_restart_adds_no_product_twice() {
     )
     .await;
     shop.app.shutdown();
-    let cfg = config::parse(
-        vec!["--data".into(), shop.dir.0.display().to_string()],
-        |_| None,
-    )
-    .unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-    let again = Shop {
-        router,
-        app,
-        dir: shop.dir,
-        jar: super::Jar::default(),
-    };
+    let again = open_shop(shop.dir, &[], TENANTS, None).await;
     assert_eq!(
         send(&again, Method::GET, "/products", Some("acme")).await,
         (200, "coffee 5\nmatcha 9\ntea 4\n".into())
@@ -202,27 +189,8 @@ async fn a_restart_adds_no_product_twice() {
 
 #[tokio::test(start_paused = true)]
 async fn a_tenant_id_with_a_dot_keeps_its_own_catalog() {
-    let dir =
-        std::env::temp_dir().join(format!("tp-storefront-test-dotted-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let args = vec![
-        "--data".into(),
-        dir.display().to_string(),
-        "--tenant-header-only".into(),
-    ];
-    let cfg = config::parse(args, |_| None).unwrap();
-    let tenants = StaticTenants::from_toml(
-        "[[tenants]]\nid = \"acme\"\nplan = \"gold\"\n[[tenants]]\nid = \"acme.eu\"\nplan = \"gold\"\n",
-    )
-    .unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-    let shop = Shop {
-        router,
-        app,
-        dir: super::TempDir(dir),
-        jar: super::Jar::default(),
-    };
+    let tenants = "[[tenants]]\nid = \"acme\"\nplan = \"gold\"\n[[tenants]]\nid = \"acme.eu\"\nplan = \"gold\"\n";
+    let shop = open_shop(data_dir("dotted"), &["--tenant-header-only"], tenants, None).await;
     let as_tenant =
         |tenant: &'static str, method: Method, uri: &'static str, body: &'static str| {
             let router = shop.router.clone();

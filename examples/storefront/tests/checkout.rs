@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use axum::http::Method;
-use tower_patterns::{breaker::State, tenant::StaticTenants};
+use tower_patterns::breaker::State;
 
-use super::{Shop, TOKEN, admin, send, shop};
-use crate::{TENANTS, config, ledger::INITIAL_STOCK, storefront};
+use super::{Shop, admin, open_shop, send, shop};
+use crate::{TENANTS, ledger::INITIAL_STOCK};
 
 /// The order id in an answer such as `PAID order <id> tea x1`.
 fn order_id(answer: &str) -> String {
@@ -130,18 +130,9 @@ async fn queued_payments_wait_across_a_restart() {
     assert_eq!(code, 202, "{body}");
     let order = order_id(&body);
     shop.app.shutdown();
-    let dir = shop.dir.0.clone();
     // The same data directory, a new process's state: the provider answers, the breaker is
     // closed, and the queued payment goes through.
-    let cfg = config::parse(vec!["--data".into(), dir.display().to_string()], |_| None).unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
-    let again = Shop {
-        router,
-        app,
-        dir: shop.dir,
-        jar: super::Jar::default(),
-    };
+    let again = open_shop(shop.dir, &[], TENANTS, None).await;
     assert_eq!(again.app.queue.queued(), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(again.app.queue.queued(), 0);

@@ -99,7 +99,7 @@ impl Out {
 }
 
 /// A directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -107,23 +107,44 @@ impl Drop for TempDir {
     }
 }
 
-async fn shop_with(name: &str, auth: Auth) -> Shop {
+/// A new, empty data directory for the test `name`.
+pub(crate) fn data_dir(name: &str) -> TempDir {
     let dir =
         std::env::temp_dir().join(format!("tp-storefront-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let tenants = StaticTenants::from_toml(TENANTS).unwrap();
-    let mut args = vec!["--data".to_owned(), dir.display().to_string()];
-    if auth == Auth::HeaderOnly {
-        args.push("--tenant-header-only".to_owned());
-    }
+    TempDir(dir)
+}
+
+/// The storefront over `dir` with `flags` beside `--data`, the tenants of the registry
+/// `tenants` (TOML), and metrics on `prometheus` when given.
+pub(crate) async fn open_shop(
+    dir: TempDir,
+    flags: &[&str],
+    tenants: &str,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Shop {
+    let mut args = vec!["--data".to_owned(), dir.0.display().to_string()];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let cfg = config::parse(args, |_| None).unwrap();
-    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), None).await.unwrap();
+    let tenants = StaticTenants::from_toml(tenants).unwrap();
+    let (router, app) = storefront(&cfg, tenants, TOKEN.into(), prometheus)
+        .await
+        .unwrap();
     Shop {
         router,
         app,
-        dir: TempDir(dir),
+        dir,
         jar: Jar::default(),
     }
+}
+
+async fn shop_with(name: &str, auth: Auth) -> Shop {
+    let flags: &[&str] = match auth {
+        Auth::ApiKey => &[],
+        Auth::HeaderOnly => &["--tenant-header-only"],
+    };
+    open_shop(data_dir(name), flags, TENANTS, None).await
 }
 
 pub(crate) async fn shop(name: &str) -> Shop {
