@@ -169,8 +169,23 @@ pub(crate) async fn storefront(
             .map_err(|e| format!("storefront: --nats {url:?}: {e} (also TP_STOREFRONT_NATS)"))?,
         None => Vec::new(),
     };
+    // `--postgres-replicas`: the database's streaming replicas, watched for lag while the
+    // storefront runs (the app holds the set: its monitor ends when the last clone goes).
+    let replicas = match postgres {
+        Some(primary) if !cfg.postgres_replicas.is_empty() => {
+            let set = crate::backend::replicas(primary, &cfg.postgres_replicas).map_err(|e| {
+                format!(
+                    "storefront: --postgres-replicas: {e} (also TP_STOREFRONT_POSTGRES_REPLICAS)"
+                )
+            })?;
+            set.spawn();
+            Some(set)
+        }
+        _ => None,
+    };
     let app = App {
         auth: cfg.auth,
+        replicas: replicas.clone(),
         relays: relays.clone().into(),
         catalog: catalog.service,
         invalidate_catalog: catalog.invalidate,
@@ -237,6 +252,9 @@ pub(crate) async fn storefront(
     }
     for relay in relays {
         handles.push(Box::new(relay));
+    }
+    if let Some(set) = &replicas {
+        handles.push(Box::new(set.handle()));
     }
     handles.extend([
         Box::new(lag) as Box<dyn StateHandle>,

@@ -4,6 +4,13 @@
 //! there too, and their orchestrators share sagas by lease. The read models stay in SQLite
 //! files beside each storefront: each follows the shared events on its own.
 //!
+//! With `--postgres-replicas`, the storefront also watches the database's streaming replicas
+//! ([`replicas`]): a replica set's monitor probes the primary's WAL position and each replica's
+//! replay position, and its report (`/admin/patterns`, the status page, `/metrics`) says how far
+//! behind each replica is, in bytes and seconds. The storefront routes none of its own reads
+//! there: they come from its read models. A service whose reads do query PostgreSQL puts
+//! `ReplicaRouterLayer` over the same set (see `tower_patterns::consistency::replica`).
+//!
 //! [`Store`] and [`Index`] choose between the two behind the event store's and the saga
 //! index's traits, so the rest of the storefront is written once.
 
@@ -11,6 +18,7 @@ use std::path::Path;
 
 use tower_patterns::{
     BoxError,
+    consistency::replica::ReplicaSet,
     eventstore::{
         AppendResult, Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition,
         RecordedEvent, Snapshot, postgres::PostgresStore, sqlite::SqliteStore,
@@ -55,6 +63,25 @@ pub(crate) async fn index(dir: &Path, log: &Store) -> Result<Index, BoxError> {
         Store::Sqlite(_) => Index::Sqlite(SqliteIndex::open(dir.join("checkout-index.db"))?),
         Store::Postgres(pg) => Index::Postgres(PostgresIndex::new(pg.pool().clone()).await?),
     })
+}
+
+/// The primary at `primary` and its streaming replicas at `replicas` (`replica-1`, ...),
+/// watched once the caller spawns the set's monitor. The pools connect on first use: a
+/// replica that cannot be reached is reported down, and the storefront runs on.
+pub(crate) fn replicas(primary: &str, replicas: &[String]) -> Result<ReplicaSet, BoxError> {
+    let pool = |url: &str| {
+        let mut config = deadpool_postgres::Config::new();
+        config.url = Some(url.to_owned());
+        config.create_pool(
+            Some(deadpool_postgres::Runtime::Tokio1),
+            tokio_postgres::NoTls,
+        )
+    };
+    let mut set = ReplicaSet::builder("storefront-db").primary(pool(primary)?);
+    for (i, url) in replicas.iter().enumerate() {
+        set = set.replica(format!("replica-{}", i + 1), pool(url)?);
+    }
+    Ok(set.build()?)
 }
 
 /// `url` with its search path set to `schema`, created if missing.

@@ -53,6 +53,8 @@ pub(crate) struct Config {
     pub(crate) nats: Option<String>,
     /// PostgreSQL to keep the events and the saga index in.
     pub(crate) postgres: Option<String>,
+    /// Streaming replicas of `postgres`, watched for lag (empty without `--postgres-replicas`).
+    pub(crate) postgres_replicas: Vec<String>,
     /// How many order shards (stores) there are.
     pub(crate) shards: usize,
     /// The payment client's settings (shorter in the demo).
@@ -81,6 +83,9 @@ usage: storefront [flags]
   --postgres URL           keep the events (orders, products, sagas) and the saga index in
                            PostgreSQL (postgres://...), a schema per store, shared by every
                            storefront that uses it (TP_STOREFRONT_POSTGRES)
+  --postgres-replicas URLS streaming replicas of --postgres, comma-separated postgres:// URLs:
+                           /admin/patterns and the status page show how far behind each is
+                           (TP_STOREFRONT_POSTGRES_REPLICAS)
   --nats URL               publish every order event to NATS JetStream (nats://host:port),
                            stream STOREFRONT_ORDERS, subjects storefront.orders.<shard>.<event>
                            (TP_STOREFRONT_NATS)
@@ -101,6 +106,11 @@ pub(crate) fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf
             || PathBuf::from("storefront-data"),
             |base| base.join("tower-patterns").join("storefront"),
         )
+}
+
+/// Whether `value` is a PostgreSQL connection URL.
+fn is_postgres_url(value: &str) -> bool {
+    value.starts_with("postgres://") || value.starts_with("postgresql://")
 }
 
 /// One setting: its flag, its variable, and the value the command line or else the
@@ -173,6 +183,7 @@ pub(crate) fn parse(
             "--redis" => "--redis",
             "--nats" => "--nats",
             "--postgres" => "--postgres",
+            "--postgres-replicas" => "--postgres-replicas",
             "--drain" => "--drain",
             _ => return Err(format!("storefront: unknown argument {arg:?} (try --help)")),
         };
@@ -198,6 +209,7 @@ pub(crate) fn parse(
         "TP_STOREFRONT_REDIS",
         "TP_STOREFRONT_NATS",
         "TP_STOREFRONT_POSTGRES",
+        "TP_STOREFRONT_POSTGRES_REPLICAS",
         "TP_DRAIN",
         "TP_TENANT_HEADER_ONLY",
         "TP_LOG_FORMAT",
@@ -312,10 +324,27 @@ pub(crate) fn parse(
     let postgres = setting("--postgres", "TP_STOREFRONT_POSTGRES");
     let postgres = match postgres.value {
         None => None,
-        Some(value) if value.starts_with("postgres://") || value.starts_with("postgresql://") => {
-            Some(value.to_owned())
-        }
+        Some(value) if is_postgres_url(value) => Some(value.to_owned()),
         Some(value) => return Err(postgres.error(value, "not a postgres:// URL")),
+    };
+    let replicas = setting("--postgres-replicas", "TP_STOREFRONT_POSTGRES_REPLICAS");
+    let postgres_replicas = match replicas.value {
+        None => Vec::new(),
+        // Not echoed: the URLs may hold a password.
+        Some(_) if postgres.is_none() => {
+            return Err(
+                "storefront: --postgres-replicas needs --postgres, the primary they follow \
+                 (also TP_STOREFRONT_POSTGRES_REPLICAS)"
+                    .to_owned(),
+            );
+        }
+        Some(value) => {
+            let urls: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
+            if urls.iter().any(|u| !is_postgres_url(u)) {
+                return Err(replicas.error(value, "not comma-separated postgres:// URLs"));
+            }
+            urls
+        }
     };
     let shards = setting("--shards", "TP_SHARDS");
     let shards = match shards.value {
@@ -341,6 +370,7 @@ pub(crate) fn parse(
         redis,
         nats,
         postgres,
+        postgres_replicas,
         shards,
         drain: setting("--drain", "TP_DRAIN").seconds(10, 3600)?,
         payments: crate::payments::PaymentSettings::default(),

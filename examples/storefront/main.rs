@@ -60,6 +60,8 @@
 //! `--postgres URL` keeps the events (each order shard, the products, the saga log) and the
 //! saga index in PostgreSQL, a schema per store (`backend.rs`), so that several storefronts
 //! share them; each keeps its read models in SQLite and follows the shared events.
+//! `--postgres-replicas URLS` watches that database's streaming replicas: `/admin/patterns`
+//! and the status page show how far behind each one is, in WAL bytes and seconds.
 //! `--nats URL` publishes every order event to NATS JetStream (stream `STOREFRONT_ORDERS`,
 //! subjects `storefront.orders.<shard>.<event>`): each shard's event log is its outbox, and a
 //! relay per shard publishes what it committed, at least once and in order (`bus.rs`).
@@ -184,12 +186,15 @@ const TENANT_CONCURRENCY: u32 = 32;
 
 impl App {
     /// Stops the background work: the queue's worker, the breaker's transition log, the
-    /// outbox relays, and the projections (the catalog's and each shard's). The saga
+    /// outbox relays, the replicas' monitor, and the projections (the catalog's and each shard's). The saga
     /// orchestrator's worker stops when the last clone of the storefront is dropped.
     fn shutdown(&self) {
         let _ = self.stop.send(true);
         for relay in self.relays.iter() {
             relay.stop();
+        }
+        if let Some(set) = &self.replicas {
+            set.handle().shutdown();
         }
         self.catalog_view.shutdown();
         for shard in self.shards.all.iter() {
@@ -235,6 +240,8 @@ struct App {
     lag: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
     queue: QueueHandle,
+    /// The streaming replicas of `--postgres-replicas`, watched for lag.
+    replicas: Option<tower_patterns::consistency::replica::ReplicaSet>,
     /// The outbox relays of `--nats`, one per shard.
     relays: Arc<[tower_patterns::cqrs::bus::OutboxRelayHandle]>,
     /// The payment breaker's last transitions, for the status page.

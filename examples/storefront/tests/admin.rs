@@ -498,3 +498,73 @@ async fn with_postgres_the_events_outlive_the_data_directory() {
     );
     second.app.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_replicas_their_lag_is_reported() {
+    let Some(url) = tower_patterns_testkit::servers::fresh_postgres("storefront_replicas").await
+    else {
+        return;
+    };
+    let Some(replicas) = tower_patterns_testkit::postgres_replicas() else {
+        return;
+    };
+    let _turn = super::REAL_TIME.lock().await;
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    // Beside the real replicas, one nobody listens on: reported down, and the shop runs on.
+    let listed = format!(
+        "{},postgres://postgres@127.0.0.1:1/postgres",
+        urls.join(",")
+    );
+    let shop = open_shop(
+        data_dir("pg-replicas"),
+        &["--postgres", &url, "--postgres-replicas", &listed],
+        TENANTS,
+        None,
+    )
+    .await;
+    let (status, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
+    assert_eq!(status, 201, "{body}");
+    let set = shop.app.replicas.clone().expect("a replica set");
+    let handle = set.handle();
+    // Wait for the monitor to see every real replica replay past the order.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let caught_up = |handle: &tower_patterns::consistency::replica::ReplicaSetHandle| {
+        let status = handle.replicas();
+        handle.primary_lsn().is_some()
+            && status[..urls.len()]
+                .iter()
+                .all(|r| r.up && r.healthy && r.lag_bytes == 0)
+    };
+    while !caught_up(&handle) && std::time::Instant::now() < deadline {
+        handle.refresh().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = handle.replicas();
+    assert!(caught_up(&handle), "{status:?}");
+    let down = status.last().unwrap();
+    assert_eq!(
+        (down.name.as_ref(), down.up),
+        ("replica-3", false),
+        "{down:?}"
+    );
+    // The report: in /admin/patterns as the status page reads it.
+    let (code, patterns) = super::admin(&shop, Method::GET, "/admin/patterns").await;
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&patterns).unwrap();
+    let report = json["patterns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "storefront-db")
+        .unwrap_or_else(|| panic!("no replica report in {patterns}"));
+    assert_eq!(report["pattern"], "consistency", "{report}");
+    assert_eq!(
+        report["health"], "degraded",
+        "one replica is down: {report}"
+    );
+    assert_eq!(report["values"]["replicas"], 3.0, "{report}");
+    assert_eq!(report["values"]["healthy_replicas"], 2.0, "{report}");
+    assert!(report["values"]["max_lag_seconds"].is_number(), "{report}");
+    assert!(report["values"]["max_lag_bytes"].is_number(), "{report}");
+    shop.app.shutdown();
+}

@@ -337,6 +337,36 @@ async fn startup_errors_are_one_line_naming_the_flag() {
         "not echoed"
     );
     assert!(error(&["--help"], &[]).starts_with("usage: storefront"));
+    // Replicas follow a primary; their URLs (which may hold a password) are not echoed then.
+    let secret = "postgres://app:s3cret@127.0.0.1:5433/shop";
+    let alone = error(&["--postgres-replicas", secret], &[]);
+    assert!(
+        alone.starts_with("storefront: --postgres-replicas needs --postgres")
+            && !alone.contains("s3cret"),
+        "{alone}"
+    );
+    assert!(
+        error(
+            &["--postgres", "postgres://h/db"],
+            &[("TP_STOREFRONT_POSTGRES_REPLICAS", "postgres://h:5433/db,redis://h")]
+        )
+        .starts_with("storefront: --postgres-replicas \"postgres://h:5433/db,redis://h\": not comma-separated postgres:// URLs")
+    );
+    let cfg = parse(
+        &[
+            "--postgres",
+            "postgres://h/db",
+            "--postgres-replicas",
+            "postgres://a/db, postgresql://b/db",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.postgres_replicas,
+        ["postgres://a/db", "postgresql://b/db"]
+    );
+    assert!(parse(&[], &[]).unwrap().postgres_replicas.is_empty());
     for e in [
         error(&["--addr", "nowhere"], &[]),
         error(&["--drain", "x"], &[]),
