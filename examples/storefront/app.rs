@@ -201,6 +201,7 @@ pub(crate) async fn storefront(
         provider: pay.chaos.clone(),
         lag: lag.clone(),
         provider_attempts,
+        payment_timeouts: pay.timeouts.clone(),
         queue,
         transitions: status::Transitions::follow(&pay.breaker, stop.subscribe()),
         stop: Arc::new(stop),

@@ -239,6 +239,8 @@ struct App {
     /// The orders' projections' lag (a chaos layer on their reads).
     lag: ChaosHandle,
     provider_attempts: Arc<AtomicU64>,
+    /// Payment attempts the timeout cut short.
+    payment_timeouts: Arc<AtomicU64>,
     queue: QueueHandle,
     /// The streaming replicas of `--postgres-replicas`, watched for lag.
     replicas: Option<tower_patterns::consistency::replica::ReplicaSet>,

@@ -116,6 +116,8 @@ pub(crate) struct PaymentClient {
     pub(crate) retry: RetryPolicyHandle,
     /// The provider's failures.
     pub(crate) chaos: ChaosHandle,
+    /// Attempts the timeout cut short.
+    pub(crate) timeouts: Arc<AtomicU64>,
 }
 
 /// The payment client, in the order of `docs/patterns/retry.md`: the fallback queues the
@@ -160,9 +162,20 @@ pub(crate) fn payments(
         .max_concurrent(settings.max_concurrent)
         .build()?;
     let handles = (breaker.handle(), bulkhead.handle(), retry.handle());
+    let timeouts = Arc::new(AtomicU64::new(0));
+    let count_timeouts = {
+        let timeouts = timeouts.clone();
+        move |e: BoxError| {
+            if e.is::<tower::timeout::error::Elapsed>() {
+                timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            e
+        }
+    };
     let direct = ServiceBuilder::new()
         .layer(retry.layer())
         .layer(breaker)
+        .map_err(count_timeouts)
         .timeout(settings.attempt_timeout)
         .layer(bulkhead)
         .map_request(move |p: Payment| {
@@ -182,5 +195,6 @@ pub(crate) fn payments(
         bulkhead: handles.1,
         retry: handles.2,
         chaos: provider_chaos,
+        timeouts,
     })
 }

@@ -1,6 +1,9 @@
 //! The tour's phases: each makes one or two patterns act and returns the report's rows.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use http::Method;
@@ -147,10 +150,7 @@ async fn hang(t: &Tour) -> Vec<Row> {
         "tower_patterns_bulkhead_rejected_total",
         "name=\"payments\"",
     );
-    let hangs_before = t
-        .app
-        .provider
-        .injected(tower_patterns::chaos::FaultKind::Hang);
+    let timeouts_before = t.app.payment_timeouts.load(Ordering::Relaxed);
     t.admin(
         "/admin/chaos/payment-provider",
         r#"{"faults":[{"kind":"hang"}]}"#,
@@ -170,11 +170,8 @@ async fn hang(t: &Tour) -> Vec<Row> {
     let (answers, mut took) = tokio::join!(orders, reads);
     t.admin("/admin/chaos/payment-provider", r#"{"faults":[]}"#)
         .await;
-    let timeouts = t
-        .app
-        .provider
-        .injected(tower_patterns::chaos::FaultKind::Hang)
-        - hangs_before;
+    // Counted where the timeout's error passes on its way up, not from the hangs injected.
+    let timeouts = t.app.payment_timeouts.load(Ordering::Relaxed) - timeouts_before;
     let rejected = match (
         rejected_before,
         t.metric(
