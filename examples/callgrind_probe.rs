@@ -4,7 +4,9 @@
 //! `cargo run --release --example callgrind_probe --features full -- <layer> <calls>`
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
 //! breaker_static, bulkhead, retry, retry_static, shard_router, moka_sync_get, quick_cache_get,
-//! cache_hit, cache_hit_moka; and over HTTP
+//! cache_hit, cache_hit_moka, chaos_off, chaos_no_fault, tower_resilience_chaos_rates_zero,
+//! tower_resilience_chaos_no_fault; and
+//! over HTTP
 //! (`GET /catalog` from one of 16 tenants, as in `benches/tenant.rs`): bare_http,
 //! tower_governor, ratelimit, ratelimit_no_headers, tenant, tenant_ratelimit, bare_page,
 //! tower_governor_tower_resilience_cache, tower_resilience_stack, tower_patterns_stack.
@@ -16,6 +18,7 @@ use std::{
     convert::Infallible,
     future::{Ready, ready},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tower::{Layer, Service, limit::ConcurrencyLimitLayer, retry::RetryLayer};
@@ -27,6 +30,7 @@ use tower_patterns::{
         CacheLayer,
         store::{MokaStore, QuickCacheStore},
     },
+    chaos::{AnswerAsError, ChaosLayer, Fault},
     key::key_fn,
     retry::{RetryIf, RetryPolicy, Verdict},
     shard::{Jump, ShardRouter},
@@ -254,6 +258,38 @@ fn main() -> Result<(), BoxError> {
             warmed(http(tenant_layer().layer(
                 ours_tenant_limit_layer().layer(to_axum().layer(ours_cache_layer().layer(Page))),
             ))),
+            calls,
+        ),
+        // As in `benches/chaos.rs`: switched off, and selected and drawn with no fault hit.
+        "chaos_off" => {
+            let layer = ChaosLayer::builder("probe")
+                .fault(Fault::latency(Duration::from_secs(1)))
+                .answer_with(AnswerAsError)
+                .enabled(false)
+                .build()?;
+            run(layer.layer(Bare), calls)
+        }
+        "chaos_no_fault" => run(
+            ChaosLayer::builder("probe")
+                .fault(Fault::latency(Duration::from_secs(1)).rate(0.0))
+                .answer_with(AnswerAsError)
+                .build()?
+                .layer(Bare),
+            calls,
+        ),
+        "tower_resilience_chaos_rates_zero" | "tower_resilience_chaos_no_fault" => run(
+            tower_resilience::chaos::ChaosLayer::builder()
+                .name("probe")
+                .seed(7)
+                .latency_rate(if layer == "tower_resilience_chaos_rates_zero" {
+                    0.0
+                } else {
+                    f64::MIN_POSITIVE
+                })
+                .min_latency(Duration::from_secs(1))
+                .max_latency(Duration::from_secs(1))
+                .build()
+                .layer(Bare),
             calls,
         ),
         other => return Err(format!("unknown layer {other}").into()),

@@ -80,6 +80,7 @@ where
 {
     type Output = Result<R, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Pass { fut } => fut.poll(cx).map_err(Into::into),

@@ -82,10 +82,25 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    // The call left alone is inlined into the caller: a call through a function boundary
+    // returns its future through memory, and reading it back costs more than the check.
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         if !self.shared.is_active() || !self.select.selects(&req) {
             return ResponseFuture::pass(self.inner.call(req));
         }
+        self.drawn(req)
+    }
+}
+
+impl<S, Sel, A> Chaos<S, Sel, A> {
+    /// A selected call: the draw, and the fault it got, if any.
+    #[inline(never)]
+    fn drawn<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, S::Response>
+    where
+        S: Service<Req>,
+        A: Respond<S::Response>,
+    {
         match self.shared.draw() {
             None => ResponseFuture::pass(self.inner.call(req)),
             Some(Effect::Latency(delay)) => ResponseFuture::delayed(delay, self.inner.call(req)),
