@@ -84,7 +84,7 @@ pub(crate) async fn storefront(
     let on_postgres = |e: BoxError| match postgres {
         Some(url) => BoxError::from(format!(
             "storefront: --postgres {:?}: {e} (also TP_STOREFRONT_POSTGRES)",
-            url.split('@').next_back().unwrap_or_default()
+            crate::config::after_userinfo(url)
         )),
         None => e,
     };
@@ -173,11 +173,7 @@ pub(crate) async fn storefront(
     // storefront runs (the app holds the set: its monitor ends when the last clone goes).
     let replicas = match postgres {
         Some(primary) if !cfg.postgres_replicas.is_empty() => {
-            let set = crate::backend::replicas(primary, &cfg.postgres_replicas).map_err(|e| {
-                format!(
-                    "storefront: --postgres-replicas: {e} (also TP_STOREFRONT_POSTGRES_REPLICAS)"
-                )
-            })?;
+            let set = crate::backend::replicas(primary, &cfg.postgres_replicas)?;
             set.spawn();
             Some(set)
         }
@@ -256,6 +252,9 @@ pub(crate) async fn storefront(
     }
     if let Some(set) = &replicas {
         handles.push(Box::new(set.handle()));
+        for replica in crate::backend::ReplicaReport::each(set) {
+            handles.push(Box::new(replica));
+        }
     }
     handles.extend([
         Box::new(lag) as Box<dyn StateHandle>,

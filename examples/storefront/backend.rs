@@ -6,8 +6,9 @@
 //!
 //! With `--postgres-replicas`, the storefront also watches the database's streaming replicas
 //! ([`replicas`]): a replica set's monitor probes the primary's WAL position and each replica's
-//! replay position, and its report (`/admin/patterns`, the status page, `/metrics`) says how far
-//! behind each replica is, in bytes and seconds. The storefront routes none of its own reads
+//! replay position. `/admin/patterns` and the status page list the set (how many replicas are
+//! healthy, the largest lag) and each replica ([`ReplicaReport`]: up or down, its lag in WAL
+//! bytes and seconds); `/metrics` has each one's lag too. The storefront routes none of its own reads
 //! there: they come from its read models. A service whose reads do query PostgreSQL puts
 //! `ReplicaRouterLayer` over the same set (see `tower_patterns::consistency::replica`).
 //!
@@ -18,11 +19,12 @@ use std::path::Path;
 
 use tower_patterns::{
     BoxError,
-    consistency::replica::ReplicaSet,
+    consistency::replica::{ReplicaSet, ReplicaSetHandle},
     eventstore::{
         AppendResult, Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition,
         RecordedEvent, Snapshot, postgres::PostgresStore, sqlite::SqliteStore,
     },
+    observe::{Health, Report, StateHandle},
     saga::{
         SagaId, SagaStatus,
         index::{Claim, IndexEntry, PostgresIndex, SagaIndex, SqliteIndex},
@@ -68,20 +70,91 @@ pub(crate) async fn index(dir: &Path, log: &Store) -> Result<Index, BoxError> {
 /// The primary at `primary` and its streaming replicas at `replicas` (`replica-1`, ...),
 /// watched once the caller spawns the set's monitor. The pools connect on first use: a
 /// replica that cannot be reached is reported down, and the storefront runs on.
-pub(crate) fn replicas(primary: &str, replicas: &[String]) -> Result<ReplicaSet, BoxError> {
-    let pool = |url: &str| {
-        let mut config = deadpool_postgres::Config::new();
-        config.url = Some(url.to_owned());
-        config.create_pool(
-            Some(deadpool_postgres::Runtime::Tokio1),
+/// A URL is read as `--postgres` reads it (`tokio_postgres::Config`); an error names the URL's
+/// flag and which replica, never the URL (it may hold a password).
+pub(crate) fn replicas(primary: &str, replicas: &[String]) -> Result<ReplicaSet, String> {
+    let pool = |url: &str, what: &str| -> Result<deadpool_postgres::Pool, String> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{what}: {e}"))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
             tokio_postgres::NoTls,
-        )
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        // The monitor holds one connection per node; one more for whoever routes reads.
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(2)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("{what}: {e}"))
     };
-    let mut set = ReplicaSet::builder("storefront-db").primary(pool(primary)?);
+    let mut set = ReplicaSet::builder("storefront-db").primary(pool(
+        primary,
+        "storefront: --postgres (also TP_STOREFRONT_POSTGRES)",
+    )?);
     for (i, url) in replicas.iter().enumerate() {
-        set = set.replica(format!("replica-{}", i + 1), pool(url)?);
+        let name = format!("replica-{}", i + 1);
+        let what = format!(
+            "storefront: --postgres-replicas, {name} (also TP_STOREFRONT_POSTGRES_REPLICAS)"
+        );
+        set = set.replica(name, pool(url, &what)?);
     }
-    Ok(set.build()?)
+    set.build()
+        .map_err(|e| format!("storefront: --postgres-replicas: {e}"))
+}
+
+/// One replica of a set as a report of its own (`storefront-db/replica-1`), so the status
+/// page shows each one's lag beside the set's card: `streaming` (ready), `lagging` (degraded:
+/// up but past the set's bounds, so it serves no reads) or `down` (degraded: the primary
+/// serves).
+pub(crate) struct ReplicaReport {
+    set: ReplicaSetHandle,
+    index: usize,
+    name: String,
+}
+
+impl ReplicaReport {
+    /// A report per replica of `set`, in the order they were given.
+    pub(crate) fn each(set: &ReplicaSet) -> Vec<Self> {
+        let handle = set.handle();
+        handle
+            .replicas()
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| Self {
+                set: handle.clone(),
+                index,
+                name: format!("{}/{}", set.name(), r.name),
+            })
+            .collect()
+    }
+}
+
+impl StateHandle for ReplicaReport {
+    fn pattern(&self) -> &'static str {
+        "consistency"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn report(&self) -> Report {
+        let name = self.name.clone();
+        let Some(r) = self.set.replicas().into_iter().nth(self.index) else {
+            return Report::new("consistency", name, Health::Degraded, "down");
+        };
+        let (health, state) = match (r.up, r.healthy) {
+            (false, _) => (Health::Degraded, "down"),
+            (true, false) => (Health::Degraded, "lagging"),
+            (true, true) => (Health::Ready, "streaming"),
+        };
+        Report::new("consistency", name, health, state)
+            .with_value("lag_bytes", r.lag_bytes as f64)
+            .with_value("lag_seconds", r.lag.as_secs_f64())
+            .with_value("reads", r.reads as f64)
+    }
 }
 
 /// `url` with its search path set to `schema`, created if missing.

@@ -83,9 +83,9 @@ usage: storefront [flags]
   --postgres URL           keep the events (orders, products, sagas) and the saga index in
                            PostgreSQL (postgres://...), a schema per store, shared by every
                            storefront that uses it (TP_STOREFRONT_POSTGRES)
-  --postgres-replicas URLS streaming replicas of --postgres, comma-separated postgres:// URLs:
-                           /admin/patterns and the status page show how far behind each is
-                           (TP_STOREFRONT_POSTGRES_REPLICAS)
+  --postgres-replicas URLS streaming replicas of --postgres, comma-separated postgres:// URLs
+                           (one host each): /admin/patterns and the status page show how far
+                           behind each one is (TP_STOREFRONT_POSTGRES_REPLICAS)
   --nats URL               publish every order event to NATS JetStream (nats://host:port),
                            stream STOREFRONT_ORDERS, subjects storefront.orders.<shard>.<event>
                            (TP_STOREFRONT_NATS)
@@ -106,6 +106,11 @@ pub(crate) fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf
             || PathBuf::from("storefront-data"),
             |base| base.join("tower-patterns").join("storefront"),
         )
+}
+
+/// `url` from its host on: without `user:password@`.
+pub(crate) fn after_userinfo(url: &str) -> &str {
+    url.rsplit('@').next().unwrap_or(url)
 }
 
 /// Whether `value` is a PostgreSQL connection URL.
@@ -325,7 +330,8 @@ pub(crate) fn parse(
     let postgres = match postgres.value {
         None => None,
         Some(value) if is_postgres_url(value) => Some(value.to_owned()),
-        Some(value) => return Err(postgres.error(value, "not a postgres:// URL")),
+        // Echoed from its host on: what comes before `@` may hold a password.
+        Some(value) => return Err(postgres.error(after_userinfo(value), "not a postgres:// URL")),
     };
     let replicas = setting("--postgres-replicas", "TP_STOREFRONT_POSTGRES_REPLICAS");
     let postgres_replicas = match replicas.value {
@@ -340,8 +346,13 @@ pub(crate) fn parse(
         }
         Some(value) => {
             let urls: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
-            if urls.iter().any(|u| !is_postgres_url(u)) {
-                return Err(replicas.error(value, "not comma-separated postgres:// URLs"));
+            if let Some(n) = urls.iter().position(|u| !is_postgres_url(u)) {
+                return Err(format!(
+                    "storefront: --postgres-replicas: URL {} of {} is not a postgres:// URL \
+                     (also TP_STOREFRONT_POSTGRES_REPLICAS)",
+                    n + 1,
+                    urls.len()
+                ));
             }
             urls
         }

@@ -186,8 +186,9 @@ const TENANT_CONCURRENCY: u32 = 32;
 
 impl App {
     /// Stops the background work: the queue's worker, the breaker's transition log, the
-    /// outbox relays, the replicas' monitor, and the projections (the catalog's and each shard's). The saga
-    /// orchestrator's worker stops when the last clone of the storefront is dropped.
+    /// outbox relays, the replicas' monitor, and the projections (the catalog's and each
+    /// shard's). The saga orchestrator's worker stops when the last clone of the storefront is
+    /// dropped.
     fn shutdown(&self) {
         let _ = self.stop.send(true);
         for relay in self.relays.iter() {

@@ -501,14 +501,16 @@ async fn with_postgres_the_events_outlive_the_data_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_postgres_replicas_their_lag_is_reported() {
+    use tower_patterns::consistency::replica::{ReplicaSetHandle, ReplicaStatus};
+    let Some(replicas) = tower_patterns_testkit::postgres_replicas() else {
+        return;
+    };
     let Some(url) = tower_patterns_testkit::servers::fresh_postgres("storefront_replicas").await
     else {
         return;
     };
-    let Some(replicas) = tower_patterns_testkit::postgres_replicas() else {
-        return;
-    };
     let _turn = super::REAL_TIME.lock().await;
+    let real = replicas.len();
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     // Beside the real replicas, one nobody listens on: reported down, and the shop runs on.
     let listed = format!(
@@ -522,49 +524,80 @@ async fn with_postgres_replicas_their_lag_is_reported() {
         None,
     )
     .await;
-    let (status, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
-    assert_eq!(status, 201, "{body}");
-    let set = shop.app.replicas.clone().expect("a replica set");
-    let handle = set.handle();
-    // Wait for the monitor to see every real replica replay past the order.
+    let handle = shop.app.replicas.as_ref().expect("a replica set").handle();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let caught_up = |handle: &tower_patterns::consistency::replica::ReplicaSetHandle| {
-        let status = handle.replicas();
-        handle.primary_lsn().is_some()
-            && status[..urls.len()]
-                .iter()
-                .all(|r| r.up && r.healthy && r.lag_bytes == 0)
-    };
-    while !caught_up(&handle) && std::time::Instant::now() < deadline {
-        handle.refresh().await;
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Probes every node now, until `done` holds of the replicas (or the deadline passes).
+    async fn probe_until(
+        handle: &ReplicaSetHandle,
+        deadline: std::time::Instant,
+        done: impl Fn(&[ReplicaStatus]) -> bool,
+    ) -> Vec<ReplicaStatus> {
+        loop {
+            handle.refresh().await;
+            let status = handle.replicas();
+            if done(&status) || std::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
+    let status = probe_until(&handle, deadline, |s| s[..real].iter().all(|r| r.up)).await;
+    assert!(status[..real].iter().all(|r| r.up), "{status:?}");
+    assert_eq!(status[real].name.as_ref(), format!("replica-{}", real + 1));
+    assert!(!status[real].up, "a probe reached port 1: {status:?}");
+
+    // The first replica stops replaying; an order is written on the primary.
+    let paused = replicas[0].pause_replay();
+    let (code, body) = send(&shop, Method::POST, "/orders/tea/1", Some("acme")).await;
+    assert_eq!(code, 201, "{body}");
+    handle.refresh().await;
+    let written = handle.primary_lsn().expect("the primary's position");
     let status = handle.replicas();
-    assert!(caught_up(&handle), "{status:?}");
-    let down = status.last().unwrap();
-    assert_eq!(
-        (down.name.as_ref(), down.up),
-        ("replica-3", false),
-        "{down:?}"
-    );
-    // The report: in /admin/patterns as the status page reads it.
+    assert!(status[0].replay < written, "{status:?} against {written:?}");
+    assert!(status[0].lag_bytes > 0, "{status:?}");
+    // Each replica has a card of its own on the status page: the paused one shows its lag.
+    let card = |patterns: &serde_json::Value, name: &str| {
+        patterns["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no report {name} in {patterns}"))
+            .clone()
+    };
     let (code, patterns) = super::admin(&shop, Method::GET, "/admin/patterns").await;
     assert_eq!(code, 200);
-    let json: serde_json::Value = serde_json::from_str(&patterns).unwrap();
-    let report = json["patterns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "storefront-db")
-        .unwrap_or_else(|| panic!("no replica report in {patterns}"));
-    assert_eq!(report["pattern"], "consistency", "{report}");
-    assert_eq!(
-        report["health"], "degraded",
-        "one replica is down: {report}"
+    let patterns: serde_json::Value = serde_json::from_str(&patterns).unwrap();
+    let first = card(&patterns, "storefront-db/replica-1");
+    assert_eq!(first["pattern"], "consistency", "{first}");
+    assert!(
+        first["values"]["lag_bytes"].as_f64().unwrap() > 0.0,
+        "{first}"
     );
-    assert_eq!(report["values"]["replicas"], 3.0, "{report}");
-    assert_eq!(report["values"]["healthy_replicas"], 2.0, "{report}");
-    assert!(report["values"]["max_lag_seconds"].is_number(), "{report}");
-    assert!(report["values"]["max_lag_bytes"].is_number(), "{report}");
+    let down = card(&patterns, &format!("storefront-db/replica-{}", real + 1));
+    assert_eq!(
+        (&down["state"], &down["health"]),
+        (&"down".into(), &"degraded".into())
+    );
+    let set = card(&patterns, "storefront-db");
+    assert_eq!(set["health"], "degraded", "one replica is down: {set}");
+    assert_eq!(set["values"]["replicas"], (real + 1) as f64, "{set}");
+    assert!(
+        set["values"]["max_lag_bytes"].as_f64().unwrap() > 0.0,
+        "{set}"
+    );
+
+    // Resumed, every real replica replays past the order.
+    drop(paused);
+    let status = probe_until(
+        &handle,
+        std::time::Instant::now() + std::time::Duration::from_secs(20),
+        |s| s[..real].iter().all(|r| r.replay >= written),
+    )
+    .await;
+    assert!(
+        status[..real].iter().all(|r| r.replay >= written),
+        "{status:?} against {written:?}"
+    );
     shop.app.shutdown();
 }

@@ -345,12 +345,21 @@ async fn startup_errors_are_one_line_naming_the_flag() {
             && !alone.contains("s3cret"),
         "{alone}"
     );
-    assert!(
-        error(
-            &["--postgres", "postgres://h/db"],
-            &[("TP_STOREFRONT_POSTGRES_REPLICAS", "postgres://h:5433/db,redis://h")]
-        )
-        .starts_with("storefront: --postgres-replicas \"postgres://h:5433/db,redis://h\": not comma-separated postgres:// URLs")
+    let listed = format!("postgres://h:5433/db,redis://app:{}@h", "s3cret");
+    let wrong = error(
+        &["--postgres", "postgres://h/db"],
+        &[("TP_STOREFRONT_POSTGRES_REPLICAS", &listed)],
+    );
+    assert_eq!(
+        wrong,
+        "storefront: --postgres-replicas: URL 2 of 2 is not a postgres:// URL \
+         (also TP_STOREFRONT_POSTGRES_REPLICAS)"
+    );
+    // Nor is the primary's password echoed when its URL is wrong.
+    let primary = error(&["--postgres", "postgress://app:s3cret@h/db"], &[]);
+    assert_eq!(
+        primary,
+        r#"storefront: --postgres "h/db": not a postgres:// URL (also TP_STOREFRONT_POSTGRES)"#
     );
     let cfg = parse(
         &[
@@ -454,4 +463,38 @@ async fn startup_errors_are_one_line_naming_the_flag() {
     }
     let _ = std::fs::remove_dir_all(&nats_dir);
     let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn replica_urls_are_read_as_the_primary_is_and_errors_hide_passwords() {
+    use crate::backend::replicas;
+    // No database name, no port: what `--postgres` takes, the replicas take too (the pools
+    // connect on first use, so nothing needs to listen).
+    let set = replicas(
+        "postgres://app@127.0.0.1",
+        &["postgres://app@127.0.0.1:5433".to_owned()],
+    )
+    .unwrap();
+    assert_eq!(set.handle().replicas().len(), 1);
+    let e = replicas(
+        "postgres://app@127.0.0.1/shop",
+        &[
+            "postgres://app@127.0.0.1:5433/shop".to_owned(),
+            "postgres://app:s3cret@127.0.0.1:notaport/shop".to_owned(),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with(
+            "storefront: --postgres-replicas, replica-2 (also TP_STOREFRONT_POSTGRES_REPLICAS): "
+        ),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+    let e = replicas("postgres://app:s3cret@127.0.0.1:notaport/shop", &[]).unwrap_err();
+    assert!(
+        e.starts_with("storefront: --postgres (also TP_STOREFRONT_POSTGRES): "),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
 }
