@@ -5,11 +5,11 @@
 //!
 //! - `bare`: the service alone;
 //! - `tower_resilience_0_13_rates_zero`: tower-resilience's chaos layer with every rate at 0,
-//!   its cheapest form (it has no switch): no draw, but it still clones the inner service and
-//!   boxes the call's future;
-//! - `tower_resilience_0_13_no_fault`: tower-resilience's chaos layer with a latency rate so
-//!   small it never fires: it draws for every call (a mutex around its RNG) and boxes the
-//!   call's future, the same work as ours drawing without a hit;
+//!   its cheapest form (it has no switch): no draw, but on every call it clones the inner
+//!   service, boxes the call's future, locks its RNG's mutex and makes a pass-through event (a
+//!   clock read and a copy of its name);
+//! - `tower_resilience_0_13_no_fault`: the same with a latency rate so small it never fires,
+//!   so that it also draws for every call;
 //! - `tower_patterns_chaos_off`: ours with a fault, switched off through the handle (one atomic
 //!   load);
 //! - `tower_patterns_chaos_not_selected`: ours switched on, the call not selected (the
@@ -57,20 +57,23 @@ fn never() -> Fault {
     Fault::latency(Duration::from_secs(1)).rate(0.0)
 }
 
+/// A fault that fires on every call it gets: an error, so that a switch or a selector that
+/// failed would stop the benchmark (`one_call` unwraps) rather than leave it waiting.
+fn always() -> Fault {
+    Fault::error(|| BoxError::from("the call should have been left alone"))
+}
+
 fn off() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send {
     let layer = ours(never()).build().expect("a chaos layer");
     // With a fault that would fire on every call, switched off.
-    layer
-        .handle()
-        .set([Fault::latency(Duration::from_secs(1))])
-        .expect("a plan");
+    layer.handle().set([always()]).expect("a plan");
     layer.handle().disable();
     layer.layer(Bare)
 }
 
 fn not_selected() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send
 {
-    ours(Fault::latency(Duration::from_secs(1)))
+    ours(always())
         .select(|_: &u64| false)
         .build()
         .expect("a chaos layer")

@@ -5,8 +5,7 @@
 //! with `<layer>` one of: bare, tower_concurrency_limit, tower_retry_trivial, breaker,
 //! breaker_static, bulkhead, retry, retry_static, shard_router, moka_sync_get, quick_cache_get,
 //! cache_hit, cache_hit_moka, chaos_off, chaos_no_fault, tower_resilience_chaos_rates_zero,
-//! tower_resilience_chaos_no_fault; and
-//! over HTTP
+//! tower_resilience_chaos_no_fault; and over HTTP
 //! (`GET /catalog` from one of 16 tenants, as in `benches/tenant.rs`): bare_http,
 //! tower_governor, ratelimit, ratelimit_no_headers, tenant, tenant_ratelimit, bare_page,
 //! tower_governor_tower_resilience_cache, tower_resilience_stack, tower_patterns_stack.
