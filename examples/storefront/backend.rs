@@ -8,8 +8,8 @@
 //! ([`replicas`]): a replica set's monitor probes the primary's WAL position and each replica's
 //! replay position. `/admin/patterns` and the status page list the set (how many replicas are
 //! healthy, the largest lag) and each replica ([`ReplicaReport`]: up or down, its lag in WAL
-//! bytes and seconds); `/metrics` has each one's lag too. The storefront routes none of its own reads
-//! there: they come from its read models. A service whose reads do query PostgreSQL puts
+//! bytes and seconds); `/metrics` has each one's lag too. The storefront routes none of its own
+//! reads there: they come from its read models. A service whose reads do query PostgreSQL puts
 //! `ReplicaRouterLayer` over the same set (see `tower_patterns::consistency::replica`).
 //!
 //! [`Store`] and [`Index`] choose between the two behind the event store's and the saga
@@ -70,6 +70,7 @@ pub(crate) async fn index(dir: &Path, log: &Store) -> Result<Index, BoxError> {
 /// The primary at `primary` and its streaming replicas at `replicas` (`replica-1`, ...),
 /// watched once the caller spawns the set's monitor. The pools connect on first use: a
 /// replica that cannot be reached is reported down, and the storefront runs on.
+///
 /// A URL is read as `--postgres` reads it (`tokio_postgres::Config`); an error names the URL's
 /// flag and which replica, never the URL (it may hold a password).
 pub(crate) fn replicas(primary: &str, replicas: &[String]) -> Result<ReplicaSet, String> {
