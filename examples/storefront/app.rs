@@ -252,7 +252,7 @@ pub(crate) async fn storefront(
     }
     if let Some(set) = &replicas {
         handles.push(Box::new(set.handle()));
-        for replica in crate::backend::ReplicaReport::each(set) {
+        for replica in set.handle().each_replica() {
             handles.push(Box::new(replica));
         }
     }

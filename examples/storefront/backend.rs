@@ -7,8 +7,8 @@
 //! With `--postgres-replicas`, the storefront also watches the database's streaming replicas
 //! ([`replicas`]): a replica set's monitor probes the primary's WAL position and each replica's
 //! replay position. `/admin/patterns` and the status page list the set (how many replicas are
-//! healthy, the largest lag) and each replica ([`ReplicaReport`]: up or down, its lag in WAL
-//! bytes and seconds); `/metrics` has each one's lag too. The storefront routes none of its own
+//! healthy, the largest lag) and each replica (`ReplicaSetHandle::each_replica`: up or down,
+//! its lag in WAL bytes and seconds); `/metrics` has each one's lag too. The storefront routes none of its own
 //! reads there: they come from its read models. A service whose reads do query PostgreSQL puts
 //! `ReplicaRouterLayer` over the same set (see `tower_patterns::consistency::replica`).
 //!
@@ -19,12 +19,11 @@ use std::path::Path;
 
 use tower_patterns::{
     BoxError,
-    consistency::replica::{ReplicaSet, ReplicaSetHandle},
+    consistency::replica::ReplicaSet,
     eventstore::{
         AppendResult, Direction, Error, EventData, EventStore, ExpectedVersion, GlobalPosition,
         RecordedEvent, Snapshot, postgres::PostgresStore, sqlite::SqliteStore,
     },
-    observe::{Health, Report, StateHandle},
     saga::{
         SagaId, SagaStatus,
         index::{Claim, IndexEntry, PostgresIndex, SagaIndex, SqliteIndex},
@@ -103,59 +102,6 @@ pub(crate) fn replicas(primary: &str, replicas: &[String]) -> Result<ReplicaSet,
     }
     set.build()
         .map_err(|e| format!("storefront: --postgres-replicas: {e}"))
-}
-
-/// One replica of a set as a report of its own (`storefront-db/replica-1`), so the status
-/// page shows each one's lag beside the set's card: `streaming` (ready), `lagging` (degraded:
-/// up but past the set's bounds, so it serves no reads) or `down` (degraded: the primary
-/// serves).
-pub(crate) struct ReplicaReport {
-    set: ReplicaSetHandle,
-    index: usize,
-    name: String,
-}
-
-impl ReplicaReport {
-    /// A report per replica of `set`, in the order they were given.
-    pub(crate) fn each(set: &ReplicaSet) -> Vec<Self> {
-        let handle = set.handle();
-        handle
-            .replicas()
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| Self {
-                set: handle.clone(),
-                index,
-                name: format!("{}/{}", set.name(), r.name),
-            })
-            .collect()
-    }
-}
-
-impl StateHandle for ReplicaReport {
-    fn pattern(&self) -> &'static str {
-        "consistency"
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn report(&self) -> Report {
-        let name = self.name.clone();
-        let Some(r) = self.set.replicas().into_iter().nth(self.index) else {
-            return Report::new("consistency", name, Health::Degraded, "down");
-        };
-        let (health, state) = match (r.up, r.healthy) {
-            (false, _) => (Health::Degraded, "down"),
-            (true, false) => (Health::Degraded, "lagging"),
-            (true, true) => (Health::Ready, "streaming"),
-        };
-        Report::new("consistency", name, health, state)
-            .with_value("lag_bytes", r.lag_bytes as f64)
-            .with_value("lag_seconds", r.lag.as_secs_f64())
-            .with_value("reads", r.reads as f64)
-    }
 }
 
 /// `url` with its search path set to `schema`, created if missing.

@@ -759,6 +759,58 @@ async fn replicas_that_are_down_are_skipped() {
     handle.shutdown();
 }
 
+/// Each replica has a report of its own (`each_replica`): `streaming` while it keeps up,
+/// `lagging` once it is past the set's bounds, `down` when no probe reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_reports_itself() {
+    let _one = SERVERS.lock().await;
+    let Some(servers) = Servers::new("each").await else {
+        return;
+    };
+    // Any WAL not yet replayed is too far behind.
+    let set = servers
+        .set("each")
+        .replica("gone", pool("postgres://postgres@127.0.0.1:1/postgres"))
+        .max_lag_bytes(0)
+        .build()
+        .unwrap();
+    let handle = set.handle();
+    let replicas = handle.each_replica();
+    let names: Vec<&str> = replicas.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["each/a", "each/b", "each/gone"]);
+    until_healthy(&handle, &["a", "b"]).await;
+    let report = replicas[0].report();
+    assert_eq!(
+        (report.pattern, report.health, report.state),
+        ("consistency", Health::Ready, "streaming")
+    );
+    assert_eq!(report.value("lag_bytes"), Some(0.0));
+    let gone = replicas[2].report();
+    assert_eq!((gone.health, gone.state), (Health::Degraded, "down"));
+    // A streaming replica shows what it received; one never reached, nothing.
+    assert!(replicas[0].status().receive.is_some(), "{:?}", replicas[0]);
+    assert_eq!(replicas[2].status().receive, None);
+    assert_eq!(replicas[2].pattern(), "consistency");
+    let debug = format!("{:?}", replicas[2]);
+    assert!(
+        debug.starts_with("ReplicaHandle") && debug.contains("each/gone"),
+        "{debug}"
+    );
+
+    let paused = servers.replicas[0].pause_replay();
+    let mut svc = router(&set);
+    call(&mut svc, Req::Write).await;
+    handle.refresh().await;
+    let a = replicas[0].report();
+    assert_eq!((a.health, a.state), (Health::Degraded, "lagging"), "{a:?}");
+    assert!(a.value("lag_bytes").unwrap() > 0.0, "{a:?}");
+    assert_eq!(replicas[0].status(), status(&handle, "a"));
+    drop(paused);
+    until_healthy(&handle, &["a"]).await;
+    assert_eq!(replicas[0].report().state, "streaming");
+    handle.shutdown();
+}
+
 /// A replica that hangs (a listener that accepts and never answers, as a stopped host does)
 /// delays only its own probes: the healthy replica's progress still reaches waiting reads
 /// within milliseconds, although each probe of the hung one takes the whole probe timeout.

@@ -104,23 +104,21 @@ impl ReplicaSetHandle {
 
     /// Every replica, in the order they were added.
     pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.shared.replicas.iter().map(status_of).collect()
+    }
+
+    /// A handle per replica, in the order they were added, each a [`StateHandle`] of its own
+    /// named `<set>/<replica>`: for a status page that shows every replica's lag beside the
+    /// set's report (which gives the largest).
+    pub fn each_replica(&self) -> Vec<ReplicaHandle> {
         self.shared
             .replicas
             .iter()
-            .map(|r| {
-                let receive = r.receive.load(Relaxed);
-                ReplicaStatus {
-                    name: r.name.clone(),
-                    up: r.up.load(Relaxed),
-                    healthy: r.is_healthy(),
-                    replay: r.replay(),
-                    receive: (receive != 0).then_some(Lsn(receive)),
-                    lag_bytes: r.lag_bytes.load(Relaxed),
-                    lag: Duration::try_from_secs_f64(f64::from_bits(r.lag_seconds.load(Relaxed)))
-                        .unwrap_or_default(),
-                    reads: r.reads.load(Relaxed),
-                    fallbacks: r.fallbacks.load(Relaxed),
-                }
+            .enumerate()
+            .map(|(index, r)| ReplicaHandle {
+                shared: self.shared.clone(),
+                index,
+                name: format!("{}/{}", self.shared.name, r.name),
             })
             .collect()
     }
@@ -151,6 +149,77 @@ impl ReplicaSetHandle {
     /// position written but not yet flushed (after an asynchronous commit, say).
     pub fn wal_flushes(&self) -> u64 {
         self.shared.wal_flushes.load(Relaxed)
+    }
+}
+
+/// What the monitor last saw of `r`, with the router's counts.
+fn status_of(r: &super::state::Replica) -> ReplicaStatus {
+    let receive = r.receive.load(Relaxed);
+    ReplicaStatus {
+        name: r.name.clone(),
+        up: r.up.load(Relaxed),
+        healthy: r.is_healthy(),
+        replay: r.replay(),
+        receive: (receive != 0).then_some(Lsn(receive)),
+        lag_bytes: r.lag_bytes.load(Relaxed),
+        lag: Duration::try_from_secs_f64(f64::from_bits(r.lag_seconds.load(Relaxed)))
+            .unwrap_or_default(),
+        reads: r.reads.load(Relaxed),
+        fallbacks: r.fallbacks.load(Relaxed),
+    }
+}
+
+/// One replica of a set ([`ReplicaSetHandle::each_replica`]): `Clone`, cheap, and like the
+/// set's handle it never keeps the monitor running.
+///
+/// It implements [`StateHandle`] (pattern `consistency`, named `<set>/<replica>`): state
+/// `streaming` ([`Health::Ready`]: up and within the set's bounds, so it serves reads),
+/// `lagging` (degraded: up but too far behind) or `down` (degraded: the primary serves its
+/// reads). Its report carries `lag_bytes`, `lag_seconds`, `reads` and `fallbacks`.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    shared: Arc<Shared>,
+    index: usize,
+    name: String,
+}
+
+impl ReplicaHandle {
+    /// The replica as the monitor last saw it, with the router's counts.
+    pub fn status(&self) -> ReplicaStatus {
+        status_of(&self.shared.replicas[self.index])
+    }
+}
+
+impl fmt::Debug for ReplicaHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaHandle")
+            .field("name", &self.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl StateHandle for ReplicaHandle {
+    fn pattern(&self) -> &'static str {
+        "consistency"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn report(&self) -> Report {
+        let r = self.status();
+        let (health, state) = match (r.up, r.healthy) {
+            (false, _) => (Health::Degraded, "down"),
+            (true, false) => (Health::Degraded, "lagging"),
+            (true, true) => (Health::Ready, "streaming"),
+        };
+        Report::new("consistency", self.name.clone(), health, state)
+            .with_value("lag_bytes", r.lag_bytes as f64)
+            .with_value("lag_seconds", r.lag.as_secs_f64())
+            .with_value("reads", r.reads as f64)
+            .with_value("fallbacks", r.fallbacks as f64)
     }
 }
 

@@ -60,6 +60,7 @@
 //! use deadpool_postgres::{Config, Runtime};
 //! use tokio_postgres::NoTls;
 //! use tower_patterns_consistency::{Mark, Lsn, ReadSide, replica::{ReplicaRouterLayer, ReplicaSet}};
+//! use tower_patterns_core::observe::StateHandle;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = |port: u16| {
@@ -86,6 +87,10 @@
 //! assert!(ReplicaSet::builder("x").primary(pool(5432)?).replica("a", pool(1)?).replica("a", pool(2)?).build().is_err());
 //! let layer = ReplicaRouterLayer::new(set.clone());
 //! assert_eq!(layer.handle().replicas().len(), 2);
+//! // A report per replica too, for a status page: down until the monitor reaches it.
+//! let replica_a = &layer.handle().each_replica()[0];
+//! assert_eq!(replica_a.name(), "shop-db/replica-a");
+//! assert_eq!(replica_a.report().state, "down");
 //! # drop(strict);
 //! # Ok(())
 //! # }
@@ -152,6 +157,6 @@ mod wal;
 
 pub use error::PrimaryUnavailable;
 pub use future::ResponseFuture;
-pub use handle::{ReplicaSetHandle, ReplicaStatus};
+pub use handle::{ReplicaHandle, ReplicaSetHandle, ReplicaStatus};
 pub use router::{Node, ReplicaRouter, ReplicaRouterLayer, Routed};
 pub use set::{NoPrimary, ReplicaSet, ReplicaSetBuilder};
