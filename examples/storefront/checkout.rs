@@ -127,6 +127,28 @@ where
     StepService::new(service_fn(f))
 }
 
+/// The shipping step (`booked`) or its compensation (`cancelled`): the order's shipment, under
+/// the saga's id, recorded in the ledger with that status. Booked, it answers the shipment's
+/// id; cancelled, its status.
+fn shipment(ledger: Ledger, status: &'static str) -> StepService {
+    step_fn(move |req| {
+        let ledger = ledger.clone();
+        async move {
+            let i = Input::of(&req)?;
+            let id = req.saga.to_string();
+            ledger
+                .ship(id.clone(), i.tenant.as_str().to_owned(), i.order, status)
+                .await?;
+            let answer = if status == "booked" {
+                id
+            } else {
+                status.to_owned()
+            };
+            Ok(json!({ "shipment": answer }))
+        }
+    })
+}
+
 /// The saga's definition over the storefront's services.
 pub(crate) fn definition(
     shards: Shards,
@@ -241,36 +263,8 @@ pub(crate) fn definition(
         }
     });
 
-    let l = ledger.clone();
-    let ship = step_fn(move |req| {
-        let l = l.clone();
-        async move {
-            let i = Input::of(&req)?;
-            l.ship(
-                req.saga.to_string(),
-                i.tenant.as_str().to_owned(),
-                i.order,
-                "booked",
-            )
-            .await?;
-            Ok(json!({ "shipment": req.saga.to_string() }))
-        }
-    });
-    let l = ledger;
-    let unship = step_fn(move |req| {
-        let l = l.clone();
-        async move {
-            let i = Input::of(&req)?;
-            l.ship(
-                req.saga.to_string(),
-                i.tenant.as_str().to_owned(),
-                i.order,
-                "cancelled",
-            )
-            .await?;
-            Ok(json!({ "shipment": "cancelled" }))
-        }
-    });
+    let ship = shipment(ledger.clone(), "booked");
+    let unship = shipment(ledger, "cancelled");
 
     let complete = step_fn(move |req| {
         let o = shards.clone();

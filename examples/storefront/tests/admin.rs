@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, sync::OnceLock};
 use axum::http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::{TOKEN, admin, data_dir, exchange, open_shop, request, send, shop};
+use super::{TOKEN, admin, data_dir, exchange, named, open_shop, reports, request, send, shop};
 use crate::{TENANTS, config};
 
 #[tokio::test(start_paused = true)]
@@ -58,10 +58,7 @@ async fn every_pattern_reports_itself() {
         send(&shop, Method::GET, "/products", Some("acme")).await.0,
         200
     );
-    let (status, body) = admin(&shop, Method::GET, "/admin/patterns").await;
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let reports = json["patterns"].as_array().unwrap();
+    let reports = reports(&shop).await;
     let seen: BTreeSet<(String, String)> = reports
         .iter()
         .map(|r| {
@@ -330,18 +327,7 @@ async fn metrics_are_prometheus_text_with_each_patterns_series() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    #[derive(Clone, Default)]
-    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
+    let lines = super::Out::default();
     let writer = lines.clone();
     let subscriber = crate::logs(
         config::LogFormat::Json,
@@ -556,30 +542,19 @@ async fn with_postgres_replicas_their_lag_is_reported() {
     assert!(status[0].replay < written, "{status:?} against {written:?}");
     assert!(status[0].lag_bytes > 0, "{status:?}");
     // Each replica has a card of its own on the status page: the paused one shows its lag.
-    let card = |patterns: &serde_json::Value, name: &str| {
-        patterns["patterns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("no report {name} in {patterns}"))
-            .clone()
-    };
-    let (code, patterns) = super::admin(&shop, Method::GET, "/admin/patterns").await;
-    assert_eq!(code, 200);
-    let patterns: serde_json::Value = serde_json::from_str(&patterns).unwrap();
-    let first = card(&patterns, "storefront-db/replica-1");
+    let patterns = reports(&shop).await;
+    let first = named(&patterns, "storefront-db/replica-1");
     assert_eq!(first["pattern"], "consistency", "{first}");
     assert!(
         first["values"]["lag_bytes"].as_f64().unwrap() > 0.0,
         "{first}"
     );
-    let down = card(&patterns, &format!("storefront-db/replica-{}", real + 1));
+    let down = named(&patterns, &format!("storefront-db/replica-{}", real + 1));
     assert_eq!(
         (&down["state"], &down["health"]),
         (&"down".into(), &"degraded".into())
     );
-    let set = card(&patterns, "storefront-db");
+    let set = named(&patterns, "storefront-db");
     assert_eq!(set["health"], "degraded", "one replica is down: {set}");
     assert_eq!(set["values"]["replicas"], (real + 1) as f64, "{set}");
     assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::Method;
 use tower_patterns::breaker::State;
 
-use super::{Shop, admin, open_shop, send, shop};
+use super::{Shop, admin, open_shop, reports, send, shop};
 use crate::{TENANTS, ledger::INITIAL_STOCK};
 
 /// The order id in an answer such as `PAID order <id> tea x1`.
@@ -56,15 +56,11 @@ async fn out_of_stock_undoes_the_order_and_refunds_the_charge() {
         .unwrap();
     assert_eq!(left, 0);
     // The saga's own report counts it.
-    let (_, patterns) = admin(&shop, Method::GET, "/admin/patterns").await;
-    let json: serde_json::Value = serde_json::from_str(&patterns).unwrap();
-    let saga = json["patterns"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let saga = reports(&shop)
+        .await
+        .into_iter()
         .find(|r| r["pattern"] == "saga")
-        .expect("the saga reports")
-        .clone();
+        .expect("the saga reports");
     assert_eq!(saga["name"], "checkout", "{saga}");
 }
 

@@ -203,6 +203,25 @@ pub(crate) async fn admin(shop: &Shop, method: Method, uri: &str) -> (u16, Strin
     .await
 }
 
+/// Every report of `/admin/patterns`, as the status page reads them.
+pub(crate) async fn reports(shop: &Shop) -> Vec<serde_json::Value> {
+    let (status, body) = admin(shop, Method::GET, "/admin/patterns").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    json["patterns"]
+        .as_array()
+        .expect("a list of reports")
+        .clone()
+}
+
+/// The report named `name` among `reports`.
+pub(crate) fn named<'a>(reports: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    reports
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no report {name} in {reports:?}"))
+}
+
 async fn code(shop: &Shop, method: Method, uri: &str, tenant: Option<&str>) -> u16 {
     send(shop, method, uri, tenant).await.0
 }
