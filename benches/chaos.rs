@@ -27,14 +27,14 @@
 mod support;
 
 use std::{
-    future::{Ready, ready},
-    task::{Context, Poll, Waker},
+    convert::Infallible,
+    task::{Context, Waker},
     time::Duration,
 };
 
 use criterion::{criterion_group, criterion_main};
 use http::StatusCode;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 use tower_patterns::{
     BoxError,
     chaos::{AnswerAsError, ChaosLayer, Fault},
@@ -113,21 +113,8 @@ macro_rules! each_peer {
 support::bench_groups!("chaos", each_peer);
 
 /// The bare service with `BoxError` for its error, so that an injected error has its type.
-#[derive(Clone, Copy)]
-struct Fallible;
-
-impl Service<u64> for Fallible {
-    type Response = u64;
-    type Error = BoxError;
-    type Future = Ready<Result<u64, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
+fn fallible() -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send {
+    Bare.map_err(|never: Infallible| -> BoxError { match never {} })
 }
 
 /// One call polled to its end, its answer or its error dropped.
@@ -155,7 +142,7 @@ fn faults(c: &mut criterion::Criterion) {
         .error_rate(0.5)
         .error_fn(|_: &u64| BoxError::from("injected"))
         .build()
-        .layer(Fallible);
+        .layer(fallible());
     run(
         "tower_resilience_0_13_half_errors",
         Box::new(move |i| either(&mut peer, i)),
@@ -163,7 +150,7 @@ fn faults(c: &mut criterion::Criterion) {
     let mut errors = ours(Fault::error(|| BoxError::from("injected")).rate(0.5))
         .build()
         .expect("a chaos layer")
-        .layer(Fallible);
+        .layer(fallible());
     run(
         "tower_patterns_chaos_half_errors",
         Box::new(move |i| either(&mut errors, i)),
@@ -174,7 +161,7 @@ fn faults(c: &mut criterion::Criterion) {
         .answer_with(|_| 0u64)
         .build()
         .expect("a chaos layer")
-        .layer(Fallible);
+        .layer(fallible());
     run(
         "tower_patterns_chaos_half_answers",
         Box::new(move |i| either(&mut answers, i)),
