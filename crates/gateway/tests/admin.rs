@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use http::StatusCode;
 use support::{Upstream, get, key_hash};
 use tokio::{net::TcpListener, sync::watch};
@@ -112,15 +110,15 @@ request = {{ strip_prefix = "/open" }}
     );
 
     // Draining: not ready, still healthy, the request in flight finishes.
+    let before = up.hits();
     let in_flight = tokio::spawn(async move {
-        get(&format!("http://{addr}/open/slow/400"), &[])
+        get(&format!("http://{addr}/open/slow/1000"), &[])
             .await
             .status
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::eventually("the request reaches the upstream", || up.hits() > before).await;
     stop.send(true).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(gateway.handle().draining());
+    support::eventually("the gateway drains", || gateway.handle().draining()).await;
     assert_eq!(
         get(&url("/readyz"), &[]).await.status,
         StatusCode::SERVICE_UNAVAILABLE

@@ -123,6 +123,20 @@ impl Upstream {
     }
 }
 
+/// Waits until `done` holds, polling every 5 ms: for a state reached over real sockets (a
+/// request has arrived, a counter moved), where a fixed sleep is too short on a busy machine.
+/// Panics naming `what` after 10 s.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// An address where nothing listens (bound, then closed).
 pub async fn dead_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -182,8 +196,12 @@ impl TestGateway {
             .unwrap_or_else(|| panic!("no {pattern} handle named {name}"))
     }
 
+    /// Replaces the config file at once (written aside, then renamed over it), so the
+    /// gateway's poller never reads a half-written or empty file.
     pub fn rewrite(&self, toml: &str) {
-        std::fs::write(self.dir.path().join("gateway.toml"), toml).unwrap();
+        let aside = self.dir.path().join("gateway.toml.new");
+        std::fs::write(&aside, toml).unwrap();
+        std::fs::rename(&aside, self.dir.path().join("gateway.toml")).unwrap();
     }
 
     pub async fn stop(self) {

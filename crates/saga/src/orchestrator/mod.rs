@@ -58,8 +58,14 @@ impl Clock {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        let elapsed = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.base_ms.saturating_add(elapsed)
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let now = tokio::time::Instant::now();
+        // A runtime whose clock is behind the base (another runtime of the process took it,
+        // later, with a paused clock) reads times before the base: its clock still moves.
+        match now.checked_duration_since(self.base) {
+            Some(since) => self.base_ms.saturating_add(ms(since)),
+            None => self.base_ms.saturating_sub(ms(self.base - now)),
+        }
     }
 
     /// The Tokio instant of Unix time `ms`.
@@ -476,4 +482,25 @@ pub(crate) async fn read_log<S: EventStore>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime whose paused clock is behind the process's base still sees time move.
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_behind_the_base_still_moves() {
+        let clock = Clock {
+            base_ms: 1_000_000,
+            base: tokio::time::Instant::now() + Duration::from_secs(10),
+        };
+        assert_eq!(clock.now_ms(), 990_000);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.now_ms(), 991_000);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(clock.now_ms(), 1_001_000);
+        let at = clock.instant(1_002_000);
+        assert_eq!(at - tokio::time::Instant::now(), Duration::from_secs(1));
+    }
 }

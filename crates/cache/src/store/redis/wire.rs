@@ -93,13 +93,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wall_clock_round_trips_within_a_millisecond() {
+    fn wall_clock_round_trips_to_the_same_instants() {
         let now = Instant::now();
         let e = Entry::new(1u8, now, Duration::from_secs(5), Duration::from_secs(2));
         let back = Wire::from_entry(e.clone()).into_entry();
+        // Millisecond precision, plus the time between the two clock reads on each side: a
+        // busy machine can preempt a thread between them, so the margin is generous; a unit
+        // or sign error would be off by seconds.
         let close = |a: Instant, b: Instant| {
             let d = if a > b { a - b } else { b - a };
-            d <= Duration::from_millis(2)
+            d <= Duration::from_millis(50)
         };
         assert!(close(back.fresh_until, e.fresh_until));
         assert!(close(back.stale_until, e.stale_until));
