@@ -137,7 +137,10 @@ pub(crate) async fn storefront(
                 .rate_for(plan)
                 .build()
                 .map_err(|e| {
-                    format!("storefront: --redis {url:?}: {e} (also TP_STOREFRONT_REDIS)")
+                    format!(
+                        "storefront: --redis {:?}: {e} (also TP_STOREFRONT_REDIS)",
+                        crate::config::after_userinfo(url)
+                    )
                 })?,
         )),
     };
@@ -164,9 +167,12 @@ pub(crate) async fn storefront(
         .wait(Duration::from_secs(2))
         .build()?;
     let relays = match &cfg.nats {
-        Some(url) => bus::relay(url, dir, &shards)
-            .await
-            .map_err(|e| format!("storefront: --nats {url:?}: {e} (also TP_STOREFRONT_NATS)"))?,
+        Some(url) => bus::relay(url, dir, &shards).await.map_err(|e| {
+            format!(
+                "storefront: --nats {:?}: {e} (also TP_STOREFRONT_NATS)",
+                crate::config::after_userinfo(url)
+            )
+        })?,
         None => Vec::new(),
     };
     // `--postgres-replicas`: the database's streaming replicas, watched for lag while the

@@ -108,7 +108,8 @@ pub(crate) fn default_data_dir(env: &impl Fn(&str) -> Option<String>) -> PathBuf
         )
 }
 
-/// `url` from its host on: without `user:password@`.
+/// `url` from its host on: without `user:password@`. Every error that names a server URL
+/// (`--postgres`, `--redis`, `--nats`) shows it so.
 pub(crate) fn after_userinfo(url: &str) -> &str {
     url.rsplit('@').next().unwrap_or(url)
 }
@@ -316,7 +317,7 @@ pub(crate) fn parse(
         Some(value) if value.starts_with("redis://") || value.starts_with("rediss://") => {
             Some(value.to_owned())
         }
-        Some(value) => return Err(redis.error(value, "not a redis:// URL")),
+        Some(value) => return Err(redis.error(after_userinfo(value), "not a redis:// URL")),
     };
     let nats = setting("--nats", "TP_STOREFRONT_NATS");
     let nats = match nats.value {
@@ -324,7 +325,7 @@ pub(crate) fn parse(
         Some(value) if value.starts_with("nats://") || value.starts_with("tls://") => {
             Some(value.to_owned())
         }
-        Some(value) => return Err(nats.error(value, "not a nats:// URL")),
+        Some(value) => return Err(nats.error(after_userinfo(value), "not a nats:// URL")),
     };
     let postgres = setting("--postgres", "TP_STOREFRONT_POSTGRES");
     let postgres = match postgres.value {

@@ -361,6 +361,15 @@ async fn startup_errors_are_one_line_naming_the_flag() {
         primary,
         r#"storefront: --postgres "h/db": not a postgres:// URL (also TP_STOREFRONT_POSTGRES)"#
     );
+    // Nor a Redis or NATS password.
+    assert_eq!(
+        error(&["--redis", "http://:s3cret@h:6379"], &[]),
+        r#"storefront: --redis "h:6379": not a redis:// URL (also TP_STOREFRONT_REDIS)"#
+    );
+    assert_eq!(
+        error(&[], &[("TP_STOREFRONT_NATS", "nast://app:s3cret@h:4222")]),
+        r#"storefront: --nats "h:4222": not a nats:// URL (also TP_STOREFRONT_NATS)"#
+    );
     let cfg = parse(
         &[
             "--postgres",
@@ -437,9 +446,21 @@ async fn startup_errors_are_one_line_naming_the_flag() {
                 "--data",
                 nats_dir.as_str(),
                 "--postgres",
-                "postgres://postgres@127.0.0.1:1/shop",
+                "postgres://postgres:s3cret@127.0.0.1:1/shop",
             ],
             "--postgres",
+        ),
+        // A port that is not a number: the Redis URL does not parse.
+        (
+            vec![
+                "--addr",
+                "127.0.0.1:0",
+                "--data",
+                nats_dir.as_str(),
+                "--redis",
+                "redis://:s3cret@127.0.0.1:notaport",
+            ],
+            "--redis",
         ),
         // Nothing listens on port 1: the NATS server is not there.
         (
@@ -449,7 +470,7 @@ async fn startup_errors_are_one_line_naming_the_flag() {
                 "--data",
                 nats_dir.as_str(),
                 "--nats",
-                "nats://127.0.0.1:1",
+                "nats://app:s3cret@127.0.0.1:1",
             ],
             "--nats",
         ),
@@ -460,6 +481,7 @@ async fn startup_errors_are_one_line_naming_the_flag() {
             .unwrap_err();
         assert!(e.starts_with(&format!("storefront: {flag} ")), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(!e.contains("s3cret"), "no password shown: {e}");
     }
     let _ = std::fs::remove_dir_all(&nats_dir);
     let _ = std::fs::remove_file(&file);
