@@ -2,6 +2,15 @@
 //! model (`catalog-read.db`: a products table with a `tenant_id` column, and an FTS5 index of
 //! the names), read through `Scoped` (the tenant filter cannot be left out) or searched by name,
 //! cached per tenant and per query.
+//!
+//! The cache is in process by default. With `--redis` and `--postgres` together (several
+//! storefronts sharing the events), it is two-tiered: an in-process tier in front of Redis,
+//! shared by every storefront, with invalidations broadcast to each one's in-process tier.
+//! Each storefront keeps its own read model, following the shared events at its own pace, so
+//! one that lags could put an older answer into the shared tier after another storefront
+//! dropped it; so each storefront also empties the cache whenever its own read model moves
+//! on. Once every read model has applied a change, no older answer is left anywhere. With
+//! `--redis` alone each storefront has its own events, so its catalog stays in process.
 
 use std::{
     future::Future,
@@ -15,11 +24,17 @@ use std::{
 };
 
 use rusqlite::{Transaction, params, types::Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tower::{Layer, service_fn, util::BoxCloneSyncService};
 use tower_patterns::{
     BoxError, KeyError,
-    cache::{CacheLayer, store::QuickCacheStore},
+    cache::{
+        CacheHandle, CacheLayer,
+        store::{
+            QuickCacheStore, Store,
+            redis::{RedisStore, TieredStore},
+        },
+    },
     chaos::{AnswerAsError, ChaosHandle, ChaosLayer},
     consistency::{Mark, ReadSide},
     cqrs::{
@@ -34,7 +49,7 @@ use tower_patterns::{
 
 use crate::products::{PRODUCT_PREFIX, ProductEvent};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Product {
     pub(crate) sku: String,
     pub(crate) name: String,
@@ -200,14 +215,46 @@ pub(crate) struct CatalogParts {
     pub(crate) invalidate_tenant: InvalidateTenant,
     pub(crate) view: ProjectionHandle,
     pub(crate) chaos: ChaosHandle,
+    /// How many times the shared cache was emptied as the read model moved on (always 0
+    /// when the cache is in process).
+    pub(crate) emptied: Arc<AtomicU64>,
+}
+
+/// A search, the catalog cache's key. Its own type, not `Arc<str>`: a cache shared through
+/// Redis reads keys back from text, and the cache-hit path stays free of allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Search(Arc<str>);
+
+impl std::fmt::Display for Search {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for Search {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.into()))
+    }
+}
+
+/// Where the catalog cache keeps its entries when several storefronts share it: the Redis
+/// server, and the namespace of the shared events (so two shops on one Redis keep apart).
+pub(crate) struct SharedCache<'a> {
+    pub(crate) redis: &'a str,
+    pub(crate) namespace: &'a str,
 }
 
 /// Starts the projection of `events` into `catalog-read.db` in `dir`, and the cached read
-/// service over it; `loads` counts the reads that reach SQLite.
+/// service over it; `loads` counts the reads that reach SQLite. With `shared`, the cache is
+/// two-tiered over Redis, and emptied each time the read model moves on, until `stop`.
 pub(crate) async fn catalog<S: EventStore>(
     dir: &FsPath,
     events: Arc<S>,
     loads: Arc<AtomicU64>,
+    shared: Option<SharedCache<'_>>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<CatalogParts, BoxError> {
     let path: Arc<PathBuf> = Arc::new(dir.join("catalog-read.db"));
     let head = events.head().await?.map(|e| e.position);
@@ -229,16 +276,63 @@ pub(crate) async fn catalog<S: EventStore>(
             Ok::<_, BoxError>(Arc::<[Product]>::from(rows))
         }
     });
+    let chaos = ChaosLayer::builder("catalog-db")
+        .answer_with(AnswerAsError)
+        .build()?;
+    let reads = chaos.layer(loader);
+    let emptied = Arc::new(AtomicU64::new(0));
+    let parts = match shared {
+        None => cached(
+            QuickCacheStore::builder().max_entries(10_000).build(),
+            reads,
+        )?,
+        Some(shared) => {
+            let l2 = RedisStore::builder("catalog")
+                .url(shared.redis)
+                .prefix(format!("tp:storefront:{}:catalog", shared.namespace))
+                .build()?;
+            let parts = cached(TieredStore::new(l2, 10_000), reads)?;
+            tokio::spawn(empty_as_the_view_moves(
+                view.clone(),
+                parts.invalidate.clone(),
+                emptied.clone(),
+                stop,
+            ));
+            parts
+        }
+    };
+    Ok(CatalogParts {
+        service: parts.service,
+        cache: parts.cache,
+        invalidate: parts.invalidate,
+        invalidate_tenant: parts.invalidate_tenant,
+        chaos: chaos.handle(),
+        view,
+        emptied,
+    })
+}
+
+/// The cache over `reads` on `store`, per tenant (the scope) and per search, and the ways to
+/// empty it.
+fn cached<St, R>(store: St, reads: R) -> Result<Cached, BoxError>
+where
+    St: Store<Search, Arc<[Product]>>,
+    CacheHandle<Search, Arc<[Product]>, St>: StateHandle,
+    R: tower::Service<CatalogQuery, Response = Arc<[Product]>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    R::Future: Send,
+{
     let cache = CacheLayer::builder("catalog")
-        .store(QuickCacheStore::builder().max_entries(10_000).build())
-        // Per tenant (the scope) and per search; an owned key, so the handle has no lifetime.
-        .key(key_fn(|q: &CatalogQuery| Ok::<_, KeyError>(q.q.clone())))
+        .store(store)
+        .key(key_fn(|q: &CatalogQuery| {
+            Ok::<_, KeyError>(Search(q.q.clone()))
+        }))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()
         .ttl(Duration::from_secs(30))
-        .build()?;
-    let chaos = ChaosLayer::builder("catalog-db")
-        .answer_with(AnswerAsError)
         .build()?;
     let handle = cache.handle();
     let all = handle.clone();
@@ -256,12 +350,53 @@ pub(crate) async fn catalog<S: EventStore>(
                 .map_err(BoxError::from)
         })
     });
-    Ok(CatalogParts {
+    Ok(Cached {
+        service: BoxCloneSyncService::new(cache.layer(reads)),
         cache: Box::new(handle),
-        chaos: chaos.handle(),
-        service: BoxCloneSyncService::new(cache.layer(chaos.layer(loader))),
         invalidate,
         invalidate_tenant,
-        view,
     })
+}
+
+/// A cache over the read model's reads, before the rest of [`CatalogParts`] joins it.
+struct Cached {
+    service: Catalog,
+    cache: Box<dyn StateHandle>,
+    invalidate: Invalidate,
+    invalidate_tenant: InvalidateTenant,
+}
+
+/// Empties the cache once at start, then each time `view` applies new events (looked at
+/// every 100 ms), until `stop` or until the app is gone; `emptied` counts the times. The
+/// first time clears what an earlier run of this storefront may have put there from a read
+/// model that had not caught up. A failed attempt is tried again at the next look.
+async fn empty_as_the_view_moves(
+    view: ProjectionHandle,
+    invalidate: Invalidate,
+    emptied: Arc<AtomicU64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut emptied_at = None;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Some(view.position());
+        if now == emptied_at {
+            continue;
+        }
+        match invalidate().await {
+            Ok(()) => {
+                emptied_at = now;
+                emptied.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "catalog cache: not emptied after the read model moved on; trying again"
+            ),
+        }
+    }
 }

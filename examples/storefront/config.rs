@@ -79,7 +79,8 @@ usage: storefront [flags]
   --header-timeout SECS    time to send a request's headers (TP_HEADER_TIMEOUT; default 10)
   --request-timeout SECS   time to answer a request, then 504 (TP_REQUEST_TIMEOUT; default 10)
   --redis URL              count the tenants' rate limits in Redis (redis://host:port), shared
-                           by every storefront that uses it (TP_STOREFRONT_REDIS)
+                           by every storefront that uses it; with --postgres, share the
+                           catalog cache there too (TP_STOREFRONT_REDIS)
   --postgres URL           keep the events (orders, products, sagas) and the saga index in
                            PostgreSQL (postgres://...), a schema per store, shared by every
                            storefront that uses it (TP_STOREFRONT_POSTGRES)

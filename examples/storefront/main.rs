@@ -56,7 +56,8 @@
 //! else `./storefront-data`), so a restart keeps the orders. A bad flag or variable, an address
 //! in use or a data directory that cannot be made stops it with one line naming the flag and
 //! its variable; `--help` lists them. `--redis URL` counts the tenants' rate limits in Redis
-//! (the same GCRA, one Lua script), so that several storefronts share each tenant's limit.
+//! (the same GCRA, one Lua script), so that several storefronts share each tenant's limit;
+//! with `--postgres` too, the catalog cache is shared as well (`catalog.rs`).
 //! `--postgres URL` keeps the events (each order shard, the products, the saga log) and the
 //! saga index in PostgreSQL, a schema per store (`backend.rs`), so that several storefronts
 //! share them; each keeps its read models in SQLite and follows the shared events.
@@ -232,6 +233,9 @@ struct App {
     /// The catalog database's faults (`POST /admin/chaos/catalog-db`).
     catalog_db: ChaosHandle,
     catalog_loads: Arc<AtomicU64>,
+    /// How many times the shared catalog cache was emptied because the read model moved on
+    /// (with `--redis` and `--postgres`; 0 otherwise).
+    catalog_emptied: Arc<AtomicU64>,
     shards: Shards,
     checkout: Checkout,
     ledger: Ledger,

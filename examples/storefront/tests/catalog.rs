@@ -235,3 +235,87 @@ async fn a_tenant_id_with_a_dot_keeps_its_own_catalog() {
     let (status, body) = as_tenant("acme.eu", Method::POST, "/orders/stroopwafel/1", "").await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// acme's products, as `shop` answers them.
+async fn products(shop: &Shop) -> (u16, String) {
+    send(shop, Method::GET, "/products", Some("acme")).await
+}
+
+/// Polls `done` every 10 ms for up to 10 s (real time: over Redis and PostgreSQL).
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// With `--redis` and `--postgres`, storefronts share the catalog cache: one's load serves
+/// the others. Each storefront empties it as its own read model moves on, and once when it
+/// starts, so an answer put there by a storefront whose read model lagged does not outlive
+/// that storefront's catching up (nor its restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_and_postgres_the_catalog_cache_is_shared_and_kept_fresh() {
+    use tower_patterns_testkit::servers::{Server, fresh_postgres, server_url};
+    let Some(redis) = server_url(Server::Redis) else {
+        return;
+    };
+    let Some(postgres) = fresh_postgres("sfcache").await else {
+        return;
+    };
+    let _turn = super::REAL_TIME.lock().await;
+    let flags = ["--postgres", postgres.as_str(), "--redis", redis.as_str()];
+    let a = open_shop(data_dir("cache-a"), &flags, TENANTS, None).await;
+    let b = open_shop(data_dir("cache-b"), &flags, TENANTS, None).await;
+    let loads = |shop: &Shop| shop.app.catalog_loads.load(Ordering::Relaxed);
+    let emptied = |shop: &Shop| shop.app.catalog_emptied.load(Ordering::Relaxed);
+    // Each emptied it once as it started.
+    until("both storefronts emptied the cache at start", async || {
+        emptied(&a) >= 1 && emptied(&b) >= 1
+    })
+    .await;
+    let before = (loads(&a), loads(&b));
+    assert_eq!(products(&a).await, (200, "coffee 5\ntea 4\n".into()));
+    assert_eq!(products(&b).await, (200, "coffee 5\ntea 4\n".into()));
+    assert_eq!(
+        (loads(&a), loads(&b)),
+        (before.0 + 1, before.1),
+        "b was served what a loaded"
+    );
+
+    // b's read model stops following the events; a reprices coffee and, its read model
+    // having moved on, empties the cache.
+    b.app.catalog_view.shutdown();
+    until("b's read model has stopped", async || {
+        b.app.catalog_view.status() == tower_patterns::cqrs::projection::Status::ShutDown
+    })
+    .await;
+    let emptied_by_a = emptied(&a);
+    assert_eq!(command(&a, "acme", "coffee", r#"{"price":7}"#).await.0, 200);
+    until(
+        "a emptied the cache after its read model moved on",
+        async || emptied(&a) > emptied_by_a,
+    )
+    .await;
+    // b, behind, loads the old price and puts it in the shared cache: a, though its own
+    // read model is current, is served it from there.
+    assert_eq!(products(&b).await, (200, "coffee 5\ntea 4\n".into()));
+    let loaded = loads(&a);
+    assert_eq!(products(&a).await, (200, "coffee 5\ntea 4\n".into()));
+    assert_eq!(loads(&a), loaded, "served from the shared cache");
+
+    // b restarts: its read model catches up, and it empties the cache as it starts, so a
+    // sees the new price.
+    b.app.shutdown();
+    let b = open_shop(b.dir, &flags, TENANTS, None).await;
+    until("a serves the new price", async || {
+        products(&a).await == (200, "coffee 7\ntea 4\n".into())
+    })
+    .await;
+    assert_eq!(products(&b).await, (200, "coffee 7\ntea 4\n".into()));
+    a.app.shutdown();
+    b.app.shutdown();
+}
