@@ -35,7 +35,7 @@ use crate::{
     API_KEY_HEADER, App, ShardService, TENANT_CONCURRENCY, TENANT_HEADER, admin, auth,
     auth::Customer,
     bus,
-    catalog::{SharedCache, catalog},
+    catalog::catalog,
     checkout,
     config::{Auth, Config},
     edge, lag,
@@ -160,22 +160,12 @@ pub(crate) async fn storefront(
     let verifier = Arc::new(auth::verifier(&jwt_secret)?);
     let edge = edge::shed(cfg)?;
     // With the events shared (`--postgres`) and `--redis`, so is the catalog cache.
-    let shared_cache = match (&cfg.redis, postgres) {
-        (Some(redis), Some(events)) => Some(SharedCache {
-            redis,
-            namespace: crate::config::after_userinfo(events)
-                .split('?')
-                .next()
-                .unwrap_or_default(),
-        }),
-        _ => None,
-    };
+    let shared_cache = cfg.redis.as_deref().filter(|_| postgres.is_some());
     let catalog = catalog(
         dir,
         products.store().clone(),
         catalog_loads.clone(),
         shared_cache,
-        stop.subscribe(),
     )
     .await?;
     // Reads that send a product command's token wait for the catalog's read model.
@@ -214,7 +204,6 @@ pub(crate) async fn storefront(
         products,
         catalog_db: catalog.chaos.clone(),
         catalog_loads,
-        catalog_emptied: catalog.emptied.clone(),
         shards: shards.clone(),
         checkout,
         ledger,

@@ -7,10 +7,14 @@
 //! storefronts sharing the events), it is two-tiered: an in-process tier in front of Redis,
 //! shared by every storefront, with invalidations broadcast to each one's in-process tier.
 //! Each storefront keeps its own read model, following the shared events at its own pace, so
-//! one that lags could put an older answer into the shared tier after another storefront
-//! dropped it; so each storefront also empties the cache whenever its own read model moves
-//! on. Once every read model has applied a change, no older answer is left anywhere. With
-//! `--redis` alone each storefront has its own events, so its catalog stays in process.
+//! an answer is keyed by the position its read model had reached when it was asked, beside
+//! the search: an answer under a position shows at least the events up to it. A storefront
+//! whose read model lags reads the older answers it would have loaded itself, never puts one
+//! where a storefront further on would find it, and a read with a consistency token finds
+//! nothing older than the token. The price: any product change moves the position, so every
+//! tenant's next read is one load (per position, shared by the storefronts that reached
+//! it); older answers expire with their 30 s TTL. With `--redis` alone each storefront has
+//! its own events, so its catalog stays in process and a change drops one tenant's answers.
 
 use std::{
     future::Future,
@@ -215,49 +219,62 @@ pub(crate) struct CatalogParts {
     pub(crate) invalidate_tenant: InvalidateTenant,
     pub(crate) view: ProjectionHandle,
     pub(crate) chaos: ChaosHandle,
-    /// How many times the shared cache was emptied as the read model moved on (always 0
-    /// when the cache is in process).
-    pub(crate) emptied: Arc<AtomicU64>,
 }
 
-/// A search, the catalog cache's key. Its own type, not `Arc<str>`: a cache shared through
-/// Redis reads keys back from text, and the cache-hit path stays free of allocation.
+/// The catalog cache's key: the search, and, when the cache is shared, the position the
+/// read model had reached when it was asked. Its own type, not `Arc<str>`: a cache shared
+/// through Redis reads keys back from text (`<commit>.<index>/<terms>`; terms never hold a
+/// `/`), and the cache-hit path stays free of allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Search(Arc<str>);
+pub(crate) struct Search {
+    at: Option<GlobalPosition>,
+    terms: Arc<str>,
+}
 
 impl std::fmt::Display for Search {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self.at {
+            Some(at) => write!(f, "{}.{}/{}", at.commit, at.index, self.terms),
+            None => f.write_str(&self.terms),
+        }
     }
 }
 
 impl std::str::FromStr for Search {
-    type Err = std::convert::Infallible;
+    type Err = std::num::ParseIntError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.into()))
+        let Some((at, terms)) = s.split_once('/') else {
+            return Ok(Self {
+                at: None,
+                terms: s.into(),
+            });
+        };
+        let (commit, index) = at.split_once('.').unwrap_or(("0", at));
+        Ok(Self {
+            at: Some(GlobalPosition::new(commit.parse()?, index.parse()?)),
+            terms: terms.into(),
+        })
     }
 }
 
-/// Where the catalog cache keeps its entries when several storefronts share it: the Redis
-/// server, and the namespace of the shared events (so two shops on one Redis keep apart).
-pub(crate) struct SharedCache<'a> {
-    pub(crate) redis: &'a str,
-    pub(crate) namespace: &'a str,
-}
-
 /// Starts the projection of `events` into `catalog-read.db` in `dir`, and the cached read
-/// service over it; `loads` counts the reads that reach SQLite. With `shared`, the cache is
-/// two-tiered over Redis, and emptied each time the read model moves on, until `stop`.
+/// service over it; `loads` counts the reads that reach SQLite. With `redis`, the cache is
+/// two-tiered over that Redis, shared by the storefronts on the same events.
 pub(crate) async fn catalog<S: EventStore>(
     dir: &FsPath,
     events: Arc<S>,
     loads: Arc<AtomicU64>,
-    shared: Option<SharedCache<'_>>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    redis: Option<&str>,
 ) -> Result<CatalogParts, BoxError> {
     let path: Arc<PathBuf> = Arc::new(dir.join("catalog-read.db"));
     let head = events.head().await?.map(|e| e.position);
+    // The shared events' identity: the id of their first event, so that storefronts on other
+    // databases (whose positions mean other events) keep apart on one Redis.
+    let log_id = match events.read_all(GlobalPosition::START, 1).await?.first() {
+        Some(first) => first.id.simple().to_string(),
+        None => "empty".to_owned(),
+    };
     let (view, _task) = Projection::builder("catalog")
         .source(events)
         .sqlite(&*path, CatalogView)
@@ -280,25 +297,23 @@ pub(crate) async fn catalog<S: EventStore>(
         .answer_with(AnswerAsError)
         .build()?;
     let reads = chaos.layer(loader);
-    let emptied = Arc::new(AtomicU64::new(0));
-    let parts = match shared {
+    let parts = match redis {
         None => cached(
             QuickCacheStore::builder().max_entries(10_000).build(),
             reads,
+            None,
         )?,
-        Some(shared) => {
+        Some(url) => {
             let l2 = RedisStore::builder("catalog")
-                .url(shared.redis)
-                .prefix(format!("tp:storefront:{}:catalog", shared.namespace))
+                .url(url)
+                .prefix(format!("tp:storefront:{log_id}:catalog"))
                 .build()?;
-            let parts = cached(TieredStore::new(l2, 10_000), reads)?;
-            tokio::spawn(empty_as_the_view_moves(
-                view.clone(),
-                parts.invalidate.clone(),
-                emptied.clone(),
-                stop,
-            ));
-            parts
+            let tiered = TieredStore::new(l2, 10_000);
+            // Serve once this storefront hears the others' invalidations (a Redis that is
+            // down delays the start by 2 s at most; the cache then answers without it).
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), tiered.wait_until_subscribed()).await;
+            cached(tiered, reads, Some(view.clone()))?
         }
     };
     Ok(CatalogParts {
@@ -308,13 +323,12 @@ pub(crate) async fn catalog<S: EventStore>(
         invalidate_tenant: parts.invalidate_tenant,
         chaos: chaos.handle(),
         view,
-        emptied,
     })
 }
 
 /// The cache over `reads` on `store`, per tenant (the scope) and per search, and the ways to
-/// empty it.
-fn cached<St, R>(store: St, reads: R) -> Result<Cached, BoxError>
+/// empty it; with `view`, per position of the read model too.
+fn cached<St, R>(store: St, reads: R, view: Option<ProjectionHandle>) -> Result<Cached, BoxError>
 where
     St: Store<Search, Arc<[Product]>>,
     CacheHandle<Search, Arc<[Product]>, St>: StateHandle,
@@ -327,8 +341,11 @@ where
 {
     let cache = CacheLayer::builder("catalog")
         .store(store)
-        .key(key_fn(|q: &CatalogQuery| {
-            Ok::<_, KeyError>(Search(q.q.clone()))
+        .key(key_fn(move |q: &CatalogQuery| {
+            Ok::<_, KeyError>(Search {
+                at: view.as_ref().map(ProjectionHandle::position),
+                terms: q.q.clone(),
+            })
         }))
         .scope_fn(|q: &CatalogQuery| Some(q.tenant.clone()))
         .require_tenant()
@@ -366,37 +383,38 @@ struct Cached {
     invalidate_tenant: InvalidateTenant,
 }
 
-/// Empties the cache once at start, then each time `view` applies new events (looked at
-/// every 100 ms), until `stop` or until the app is gone; `emptied` counts the times. The
-/// first time clears what an earlier run of this storefront may have put there from a read
-/// model that had not caught up. A failed attempt is tried again at the next look.
-async fn empty_as_the_view_moves(
-    view: ProjectionHandle,
-    invalidate: Invalidate,
-    emptied: Arc<AtomicU64>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut emptied_at = None;
-    let mut every = tokio::time::interval(Duration::from_millis(100));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared cache reads keys back from the text Redis sends (its invalidations).
+    #[test]
+    fn a_search_key_reads_back_as_written() {
+        for key in [
+            Search {
+                at: Some(GlobalPosition::new(7, 3)),
+                terms: "green* tea*".into(),
+            },
+            Search {
+                at: Some(GlobalPosition::new(0, 12)),
+                terms: "".into(),
+            },
+            Search {
+                at: None,
+                terms: "cof*".into(),
+            },
+        ] {
+            let text = key.to_string();
+            assert_eq!(text.parse::<Search>(), Ok(key), "{text}");
         }
-        let now = Some(view.position());
-        if now == emptied_at {
-            continue;
-        }
-        match invalidate().await {
-            Ok(()) => {
-                emptied_at = now;
-                emptied.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            Search {
+                at: Some(GlobalPosition::new(7, 3)),
+                terms: "tea*".into()
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "catalog cache: not emptied after the read model moved on; trying again"
-            ),
-        }
+            .to_string(),
+            "7.3/tea*"
+        );
+        assert!("x.3/tea*".parse::<Search>().is_err());
     }
 }

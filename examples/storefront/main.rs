@@ -233,9 +233,6 @@ struct App {
     /// The catalog database's faults (`POST /admin/chaos/catalog-db`).
     catalog_db: ChaosHandle,
     catalog_loads: Arc<AtomicU64>,
-    /// How many times the shared catalog cache was emptied because the read model moved on
-    /// (with `--redis` and `--postgres`; 0 otherwise).
-    catalog_emptied: Arc<AtomicU64>,
     shards: Shards,
     checkout: Checkout,
     ledger: Ledger,

@@ -286,14 +286,12 @@ pub(crate) async fn health(State(app): State<App>) -> String {
     let queued = app.queue.queued();
     let (refunds, cancelled_shipments) = app.ledger.undone().await.unwrap_or_default();
     format!(
-        "breaker {}: {} ({}); catalog loads {}; shared catalog cache emptied {}; \
-         payment attempts {}; queued payments {queued}; drained {}; refunds {refunds}; \
-         cancelled shipments {cancelled_shipments}; order shards {}\n",
+        "breaker {}: {} ({}); catalog loads {}; payment attempts {}; queued payments {queued}; \
+         drained {}; refunds {refunds}; cancelled shipments {cancelled_shipments}; order shards {}\n",
         r.name,
         r.state,
         r.health,
         app.catalog_loads.load(Ordering::Relaxed),
-        app.catalog_emptied.load(Ordering::Relaxed),
         app.provider_attempts.load(Ordering::Relaxed),
         app.queue.drained(),
         app.shards.all.len(),
