@@ -138,7 +138,7 @@ async fn a_failing_address_is_ejected_then_taken_back() {
 [upstreams.pair]
 addresses = ["{bad}", "{good}"]
 breaker = {{ window = 100, minimum_calls = 100 }}
-outlier = {{ consecutive_failures = 2, base_ejection = "400ms", max_ejected_percent = 50 }}
+outlier = {{ consecutive_failures = 2, base_ejection = "2s", max_ejected_percent = 50 }}
 
 [[routes]]
 name = "all"
