@@ -29,6 +29,15 @@ struct TierShared {
     subscribed: AtomicBool,
     applied: AtomicU64,
     applied_notify: Notify,
+    /// Moves before every eviction from L1, local or remote: a Redis hit read before an
+    /// eviction is not copied into L1 after it (see [`TieredStore::promote`]).
+    evictions: AtomicU64,
+}
+
+impl TierShared {
+    fn evicting(&self) {
+        self.evictions.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Moka L1 in front of Redis L2; invalidations reach every instance's L1 over Redis pub/sub.
@@ -114,6 +123,7 @@ where
             subscribed: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             applied_notify: Notify::new(),
+            evictions: AtomicU64::new(0),
         });
         let hooks: Hooks<K> = Arc::default();
         let subscriber = tokio::spawn(subscribe(
@@ -158,6 +168,26 @@ where
         }
     }
 
+    /// Copies `entry`, a Redis hit for `key` read when the eviction count was `seen`, into
+    /// L1, unless an eviction has come since: it may have been meant for this very entry,
+    /// which L1 would then keep until its TTL. An eviction that lands while copying takes
+    /// the copy out again.
+    async fn promote(
+        &self,
+        seen: u64,
+        key: &ScopedKey<K>,
+        entry: &Entry<V>,
+    ) -> Result<(), StoreError> {
+        if self.tier.evictions.load(Ordering::SeqCst) != seen {
+            return Ok(());
+        }
+        self.l1.put(key.clone(), entry.clone()).await?;
+        if self.tier.evictions.load(Ordering::SeqCst) != seen {
+            self.l1.evict(key);
+        }
+        Ok(())
+    }
+
     /// Waits until the subscription is up.
     pub async fn wait_until_subscribed(&self) {
         loop {
@@ -196,6 +226,7 @@ async fn subscribe<K, V>(
         .await;
         if let Ok(Ok(ps)) = connected {
             // Messages sent while we were not listening are lost: start L1 afresh.
+            tier.evicting();
             l1.clear();
             notify(&hooks, &RemoteInvalidation::Bulk);
             tier.subscribed.store(true, Ordering::SeqCst);
@@ -232,6 +263,7 @@ where
     let arg = parts.next().unwrap_or("");
     let key = (op == "k").then(|| parse_scoped::<K>(arg)).flatten();
     // First the hooks (loads in flight must not store), then L1.
+    tier.evicting();
     notify(
         hooks,
         &key.clone()
@@ -276,9 +308,10 @@ where
         if let Some(e) = self.l1.peek(key).filter(|e| e.fresh_until() > now) {
             return Ok(Some(e));
         }
+        let seen = self.tier.evictions.load(Ordering::SeqCst);
         let found = self.l2.get(key).await?;
         if let Some(e) = &found {
-            self.l1.put(key.clone(), e.clone()).await?;
+            self.promote(seen, key, e).await?;
         }
         Ok(found)
     }
@@ -289,9 +322,13 @@ where
         self.broadcast(format!("k|{key}")).await
     }
 
+    // Each invalidation evicts from L1 at once, and again once Redis has dropped the
+    // entries: a Redis hit read in between may have been copied into L1 meanwhile.
     async fn invalidate(&self, key: &ScopedKey<K>) -> Result<(), StoreError> {
         self.l1.evict(key);
         self.l2.invalidate(key).await?;
+        self.tier.evicting();
+        self.l1.evict(key);
         self.broadcast(format!("k|{key}")).await
     }
 
@@ -302,6 +339,8 @@ where
     ) -> Result<(), StoreError> {
         self.l1.evict_prefix(tenant, prefix);
         self.l2.invalidate_prefix(tenant, prefix).await?;
+        self.tier.evicting();
+        self.l1.evict_prefix(tenant, prefix);
         let scope = tenant.map_or("-", TenantId::as_str);
         self.broadcast(format!("p|{scope}:{prefix}")).await
     }
@@ -309,12 +348,16 @@ where
     async fn invalidate_tag(&self, tag: &str) -> Result<(), StoreError> {
         self.l1.evict_tag(tag);
         self.l2.invalidate_tag(tag).await?;
+        self.tier.evicting();
+        self.l1.evict_tag(tag);
         self.broadcast(format!("t|{tag}")).await
     }
 
     async fn invalidate_all(&self) -> Result<(), StoreError> {
         self.l1.clear();
         self.l2.invalidate_all().await?;
+        self.tier.evicting();
+        self.l1.clear();
         self.broadcast("a|".to_owned()).await
     }
 
@@ -351,5 +394,72 @@ mod tests {
         assert_eq!(parse_scoped::<String>(&k.to_string()), Some(k));
         assert_eq!(parse_scoped::<u64>("acme:x"), None);
         assert_eq!(parse_scoped::<u64>("bad tenant:1"), None);
+    }
+
+    /// A Redis hit read before an eviction (here, another instance's message) is not copied
+    /// into L1 after it; one read with no eviction since is.
+    #[tokio::test]
+    async fn a_hit_read_before_an_eviction_stays_out_of_l1() {
+        // Nothing listens on port 1: the subscriber keeps retrying, and no call is made here.
+        let l2 = RedisStore::<u64, u64>::builder("promote")
+            .url("redis://127.0.0.1:1")
+            .build()
+            .unwrap();
+        let store = TieredStore::new(l2, 100);
+        let key = ScopedKey::new(None, 7u64);
+        let entry = Entry::new(
+            1u64,
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
+        let seen = store.tier.evictions.load(Ordering::SeqCst);
+        apply(&store.l1, &store.tier, &store.hooks, "1|k|-:7");
+        store.promote(seen, &key, &entry).await.unwrap();
+        assert!(store.l1.peek(&key).is_none(), "evicted since the read");
+        let seen = store.tier.evictions.load(Ordering::SeqCst);
+        store.promote(seen, &key, &entry).await.unwrap();
+        assert_eq!(store.l1.peek(&key).map(|e| e.value), Some(1));
+    }
+
+    /// The same for this instance's own invalidations, each kind (against the test Redis).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hit_read_before_a_local_invalidation_stays_out_of_l1() {
+        let Some(url) = tower_patterns_testkit::server_url(tower_patterns_testkit::Server::Redis)
+        else {
+            return;
+        };
+        let l2 = RedisStore::<u64, u64>::builder("promote-local")
+            .url(url)
+            .prefix(format!("tp:test:promote:{}", std::process::id()))
+            .build()
+            .unwrap();
+        let store = TieredStore::new(l2, 100);
+        // Subscribing starts L1 afresh, an eviction of its own.
+        store.wait_until_subscribed().await;
+        let tenant = TenantId::new("acme").unwrap();
+        let key = ScopedKey::new(Some(tenant.clone()), 7u64);
+        let entry = Entry::new(
+            1u64,
+            Instant::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .with_tags(vec!["t".into()]);
+        for kind in ["key", "prefix", "tag", "all"] {
+            let seen = store.tier.evictions.load(Ordering::SeqCst);
+            match kind {
+                "key" => store.invalidate(&key).await,
+                "prefix" => store.invalidate_prefix(Some(&tenant), "").await,
+                "tag" => store.invalidate_tag("t").await,
+                _ => store.invalidate_all().await,
+            }
+            .unwrap();
+            store.promote(seen, &key, &entry).await.unwrap();
+            assert!(
+                store.l1.peek(&key).is_none(),
+                "{kind}: evicted since the read"
+            );
+        }
     }
 }
