@@ -91,7 +91,13 @@ async fn two_instances_share_l2_and_invalidate_each_others_l1() {
     let (lb, sb) = make(b.clone(), loads.clone());
 
     // A loads and stores in L1 and L2; B finds it in L2 (no second load) and keeps it in L1.
+    // (B first hears A's store: a Redis hit read while a change of its key arrives is
+    // answered but not kept.)
+    let seen = b.invalidations_applied();
     assert_eq!(sa.clone().oneshot(1).await.unwrap(), "user 1");
+    tokio::time::timeout(Duration::from_secs(5), b.wait_for_invalidations(seen + 1))
+        .await
+        .expect("B hears A's store");
     assert_eq!(sb.clone().oneshot(1).await.unwrap(), "user 1");
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     assert!(

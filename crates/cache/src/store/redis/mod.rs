@@ -11,9 +11,9 @@
 //!
 //! A [`TieredStore`] reads L1, then L2 (copying an L2 hit into L1). A put, an invalidation, a
 //! prefix or tag invalidation is applied locally and published on `<prefix>:inv`; every other
-//! instance drops the same keys from its L1. A Redis hit read while an invalidation (local or
-//! another instance's) lands is answered but not copied into L1, so the invalidation cannot be
-//! undone by a read that started before it. While an instance's subscription is down it
+//! instance drops the same keys from its L1. A Redis hit read while an invalidation or a put of its
+//! key (local or another instance's) lands is answered but not copied into L1, so the change
+//! cannot be undone by a read that started before it. While an instance's subscription is down it
 //! cannot hear those messages, so its L1 may serve a value another instance changed; when the
 //! subscription comes back it clears its whole L1. During a Redis outage the L1s serve what
 //! they hold for at most their TTL, and no instance can tell the others anything.

@@ -17,6 +17,7 @@ use tower_patterns_core::{observe::Health, tenant::TenantId};
 
 use crate::{
     Entry, ScopedKey,
+    internal::Epochs,
     store::{
         CacheKey, InvalidationHook, MokaStore, RemoteInvalidation, Store, StoreError, StoreStats,
     },
@@ -29,15 +30,10 @@ struct TierShared {
     subscribed: AtomicBool,
     applied: AtomicU64,
     applied_notify: Notify,
-    /// Moves before every eviction from L1, local or remote: a Redis hit read before an
-    /// eviction is not copied into L1 after it (see [`TieredStore::promote`]).
-    evictions: AtomicU64,
-}
-
-impl TierShared {
-    fn evicting(&self) {
-        self.evictions.fetch_add(1, Ordering::SeqCst);
-    }
+    /// Marked before every eviction from L1, local or remote (per key, or all at once): a
+    /// Redis hit read before an eviction that covers it is not copied into L1 after it (see
+    /// [`TieredStore::promote`]).
+    epochs: Epochs,
 }
 
 /// Moka L1 in front of Redis L2; invalidations reach every instance's L1 over Redis pub/sub.
@@ -123,7 +119,7 @@ where
             subscribed: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             applied_notify: Notify::new(),
-            evictions: AtomicU64::new(0),
+            epochs: Epochs::new(),
         });
         let hooks: Hooks<K> = Arc::default();
         let subscriber = tokio::spawn(subscribe(
@@ -168,21 +164,21 @@ where
         }
     }
 
-    /// Copies `entry`, a Redis hit for `key` read when the eviction count was `seen`, into
-    /// L1, unless an eviction has come since: it may have been meant for this very entry,
-    /// which L1 would then keep until its TTL. An eviction that lands while copying takes
-    /// the copy out again.
+    /// Copies `entry`, a Redis hit for `key` read from the epoch `started` on, into L1,
+    /// unless an eviction covering `key` has come since: it may have been meant for this
+    /// very entry, which L1 would then keep until its TTL. An eviction that lands while
+    /// copying takes the copy out again.
     async fn promote(
         &self,
-        seen: u64,
+        started: u64,
         key: &ScopedKey<K>,
         entry: &Entry<V>,
     ) -> Result<(), StoreError> {
-        if self.tier.evictions.load(Ordering::SeqCst) != seen {
+        if !self.tier.epochs.may_store(key, started) {
             return Ok(());
         }
         self.l1.put(key.clone(), entry.clone()).await?;
-        if self.tier.evictions.load(Ordering::SeqCst) != seen {
+        if !self.tier.epochs.may_store(key, started) {
             self.l1.evict(key);
         }
         Ok(())
@@ -226,7 +222,7 @@ async fn subscribe<K, V>(
         .await;
         if let Ok(Ok(ps)) = connected {
             // Messages sent while we were not listening are lost: start L1 afresh.
-            tier.evicting();
+            tier.epochs.mark_all();
             l1.clear();
             notify(&hooks, &RemoteInvalidation::Bulk);
             tier.subscribed.store(true, Ordering::SeqCst);
@@ -262,8 +258,11 @@ where
     }
     let arg = parts.next().unwrap_or("");
     let key = (op == "k").then(|| parse_scoped::<K>(arg)).flatten();
-    // First the hooks (loads in flight must not store), then L1.
-    tier.evicting();
+    // First the epochs and the hooks (reads and loads in flight must not store), then L1.
+    match &key {
+        Some(key) => tier.epochs.mark(key),
+        None => tier.epochs.mark_all(),
+    }
     notify(
         hooks,
         &key.clone()
@@ -308,26 +307,33 @@ where
         if let Some(e) = self.l1.peek(key).filter(|e| e.fresh_until() > now) {
             return Ok(Some(e));
         }
-        let seen = self.tier.evictions.load(Ordering::SeqCst);
+        let started = self.tier.epochs.now();
         let found = self.l2.get(key).await?;
         if let Some(e) = &found {
-            self.promote(seen, key, e).await?;
+            self.promote(started, key, e).await?;
         }
         Ok(found)
     }
 
+    // A put, like each invalidation, marks the keys it covers (so that a Redis hit read
+    // before it is not copied into L1 after it) and changes L1 at once, then again once
+    // Redis has the change: a hit read in between may have been copied into L1 meanwhile.
+    // The first mark holds even when Redis fails the change.
     async fn put(&self, key: ScopedKey<K>, entry: Entry<V>) -> Result<(), StoreError> {
+        self.tier.epochs.mark(&key);
         self.l1.put(key.clone(), entry.clone()).await?;
-        self.l2.put(key.clone(), entry).await?;
+        let stored = self.l2.put(key.clone(), entry.clone()).await;
+        self.tier.epochs.mark(&key);
+        self.l1.put(key.clone(), entry).await?;
+        stored?;
         self.broadcast(format!("k|{key}")).await
     }
 
-    // Each invalidation evicts from L1 at once, and again once Redis has dropped the
-    // entries: a Redis hit read in between may have been copied into L1 meanwhile.
     async fn invalidate(&self, key: &ScopedKey<K>) -> Result<(), StoreError> {
+        self.tier.epochs.mark(key);
         self.l1.evict(key);
         self.l2.invalidate(key).await?;
-        self.tier.evicting();
+        self.tier.epochs.mark(key);
         self.l1.evict(key);
         self.broadcast(format!("k|{key}")).await
     }
@@ -337,26 +343,29 @@ where
         tenant: Option<&TenantId>,
         prefix: &str,
     ) -> Result<(), StoreError> {
+        self.tier.epochs.mark_all();
         self.l1.evict_prefix(tenant, prefix);
         self.l2.invalidate_prefix(tenant, prefix).await?;
-        self.tier.evicting();
+        self.tier.epochs.mark_all();
         self.l1.evict_prefix(tenant, prefix);
         let scope = tenant.map_or("-", TenantId::as_str);
         self.broadcast(format!("p|{scope}:{prefix}")).await
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<(), StoreError> {
+        self.tier.epochs.mark_all();
         self.l1.evict_tag(tag);
         self.l2.invalidate_tag(tag).await?;
-        self.tier.evicting();
+        self.tier.epochs.mark_all();
         self.l1.evict_tag(tag);
         self.broadcast(format!("t|{tag}")).await
     }
 
     async fn invalidate_all(&self) -> Result<(), StoreError> {
+        self.tier.epochs.mark_all();
         self.l1.clear();
         self.l2.invalidate_all().await?;
-        self.tier.evicting();
+        self.tier.epochs.mark_all();
         self.l1.clear();
         self.broadcast("a|".to_owned()).await
     }
@@ -413,11 +422,15 @@ mod tests {
             Duration::from_secs(60),
             Duration::ZERO,
         );
-        let seen = store.tier.evictions.load(Ordering::SeqCst);
+        // Another key, in L1: a key's message leaves it there.
+        let other = ScopedKey::new(None, 8u64);
+        store.l1.put(other.clone(), entry.clone()).await.unwrap();
+        let seen = store.tier.epochs.now();
         apply(&store.l1, &store.tier, &store.hooks, "1|k|-:7");
+        assert!(store.l1.peek(&other).is_some(), "only key 7 was named");
         store.promote(seen, &key, &entry).await.unwrap();
         assert!(store.l1.peek(&key).is_none(), "evicted since the read");
-        let seen = store.tier.evictions.load(Ordering::SeqCst);
+        let seen = store.tier.epochs.now();
         store.promote(seen, &key, &entry).await.unwrap();
         assert_eq!(store.l1.peek(&key).map(|e| e.value), Some(1));
     }
@@ -447,7 +460,7 @@ mod tests {
         )
         .with_tags(vec!["t".into()]);
         for kind in ["key", "prefix", "tag", "all"] {
-            let seen = store.tier.evictions.load(Ordering::SeqCst);
+            let seen = store.tier.epochs.now();
             match kind {
                 "key" => store.invalidate(&key).await,
                 "prefix" => store.invalidate_prefix(Some(&tenant), "").await,
