@@ -538,6 +538,56 @@ async fn a_saga_being_retried_is_open_in_the_index_so_a_crash_mid_retry_recovers
     );
 }
 
+/// The other order: the slow start lands, and registers again, after the recovery read its
+/// empty log but before it removed the entry (so the second registration found the
+/// recovery's entry and changed nothing). The recovery puts the entry back in the
+/// starter's name, and the saga ends.
+#[tokio::test(start_paused = true)]
+async fn a_start_that_lands_while_a_recovery_removes_its_entry_is_not_lost() {
+    let ledger = Ledger::in_memory();
+    let def = SagaDefinition::builder("trip")
+        .step(ledger.step("flight", Act::Ok, Act::Ok))
+        .build()
+        .unwrap();
+    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
+    let index = FlakyIndex::default();
+    let a = build(&store, index.clone(), &def, "a");
+    store.hold.store(true, Ordering::SeqCst);
+    let starting = tokio::spawn({
+        let a = a.clone();
+        async move { a.start("trip", id("slow"), json!({}), None).await }
+    });
+    tokio::task::yield_now().await;
+    tokio::time::advance(4 * SECOND).await;
+    // Another orchestrator claims the entry (its lease expired) and reads no log. Just before
+    // it removes the entry, the start lands: logged, and registered again (a no-op: b's
+    // entry is there).
+    *index.before_remove.lock().unwrap() = Some(Box::pin({
+        let store = store.clone();
+        async move {
+            store.hold.store(false, Ordering::SeqCst);
+            store.release.notify_waiters();
+            starting.await.unwrap().unwrap();
+        }
+    }));
+    let b = build(&store, index.clone(), &def, "b");
+    b.recover().await.unwrap();
+    assert!(index.before_remove.lock().unwrap().is_none(), "removed");
+    let open = index.inner.list("open", 10).await.unwrap();
+    assert_eq!(
+        open.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["slow"],
+        "the entry is back"
+    );
+    let _worker = b.spawn_worker();
+    let out = tokio::time::timeout(60 * SECOND, a.outcome(&id("slow")))
+        .await
+        .expect("an outcome")
+        .unwrap();
+    assert!(out.is_completed());
+    assert_eq!(ledger.done("slow"), ["flight"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_start_of_an_id_a_dead_process_registered_without_a_log_begins_it() {
     let ledger = Ledger::in_memory();

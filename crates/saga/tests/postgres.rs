@@ -64,7 +64,9 @@ async fn orchestrator(
         .store(Arc::new(Tap::new(store, kill_after)))
         .index(index)
         .owner(format!("pg-{who}"))
-        .lease(Duration::from_millis(600))
+        // Long enough that a start-up stall (fsyncs while the servers settle) does not hand
+        // a live child's sagas to the other before the kill.
+        .lease(Duration::from_secs(2))
         .poll(Duration::from_millis(50));
     for d in definitions(ledger) {
         b = b.saga(d);

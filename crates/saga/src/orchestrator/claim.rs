@@ -167,6 +167,35 @@ pub(super) async fn take_back<S: EventStore, I: crate::index::SagaIndex>(
     Ok(())
 }
 
+/// After removing the entry of a saga whose log was empty: the starter, alive but slow, may
+/// have logged the start between that read and the removal, and its second registration
+/// (see the driver) found this claim's entry and changed nothing. Then the log has the start
+/// now, and the entry is put back in the starter's name, so that its lease holds, or
+/// expires and the saga is taken over, as if it had never been removed. Without this the
+/// saga would be logged but in no index: driven by no one, and waited on forever.
+async fn restore_if_started<S: EventStore, I: crate::index::SagaIndex>(
+    inner: &Arc<Inner<S, I>>,
+    id: &SagaId,
+) -> Result<(), SagaError> {
+    let log = read_log(&*inner.store, id).await?;
+    if let Some((
+        SagaEvent::SagaStarted {
+            saga_type, owner, ..
+        },
+        _,
+    )) = log.first()
+    {
+        tracing::info!(saga = %id, owner, "saga started while its entry was removed: put back");
+        let now = inner.clock.now_ms();
+        inner
+            .index
+            .register(id, saga_type, owner, now, inner.lease_until(now))
+            .await
+            .map_err(SagaError::Index)?;
+    }
+    Ok(())
+}
+
 /// Reads a claimed saga's log and makes its driver (registered as driving here); `None`
 /// when there is nothing to drive (it never began).
 async fn prepare<S: EventStore, I: crate::index::SagaIndex>(
@@ -196,6 +225,7 @@ async fn prepare<S: EventStore, I: crate::index::SagaIndex>(
         // Registered, then the process died before the start was logged: it never began,
         // and a retried start begins it.
         inner.index.remove(&id).await.map_err(SagaError::Index)?;
+        restore_if_started(inner, &id).await?;
         return Ok(None);
     };
     let Some(def) = inner.definitions.get(&*state.saga_type).cloned() else {

@@ -567,12 +567,15 @@ mod tap {
 }
 
 /// An index that can fail its renewals and lose the updates that end a saga (a crash between
-/// the log's end and the index's).
+/// the log's end and the index's), and hold a removal until the test lets it go.
 #[derive(Clone, Default)]
 pub struct FlakyIndex {
     pub inner: tower_patterns_saga::index::MemoryIndex,
     pub fail_renew: Arc<std::sync::atomic::AtomicBool>,
     pub drop_ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Run (once) by the next removal before it removes: what lands meanwhile.
+    #[allow(clippy::type_complexity)]
+    pub before_remove: Arc<std::sync::Mutex<Option<futures_util::future::BoxFuture<'static, ()>>>>,
 }
 
 mod flaky {
@@ -644,8 +647,16 @@ mod flaky {
             self.inner.set_status(id, status, now).await
         }
 
-        fn remove(&self, id: &SagaId) -> impl Future<Output = Result<(), BoxError>> + Send {
-            self.inner.remove(id)
+        async fn remove(&self, id: &SagaId) -> Result<(), BoxError> {
+            let meanwhile = self
+                .before_remove
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(meanwhile) = meanwhile {
+                meanwhile.await;
+            }
+            self.inner.remove(id).await
         }
 
         fn release(
