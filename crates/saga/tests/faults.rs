@@ -237,15 +237,23 @@ async fn an_outcome_awaited_here_takes_its_saga_back_after_its_driver_failed() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_start_slower_than_its_lease_registers_again() {
+/// A start of saga `slow` (one step) by orchestrator "a", its first append held (until
+/// `store.hold` is cleared and `store.release` notified) past its lease.
+struct SlowStart<I> {
+    ledger: Ledger,
+    def: SagaDefinition,
+    store: Arc<Tap<InMemoryStore>>,
+    a: Orchestrator<Tap<InMemoryStore>, I>,
+    starting: tokio::task::JoinHandle<Result<(), tower_patterns_saga::SagaError>>,
+}
+
+async fn slow_start<I: SagaIndex + Clone>(index: &I) -> SlowStart<I> {
     let ledger = Ledger::in_memory();
     let def = SagaDefinition::builder("trip")
         .step(ledger.step("flight", Act::Ok, Act::Ok))
         .build()
         .unwrap();
     let store = Arc::new(Tap::new(InMemoryStore::new(), None));
-    let index = MemoryIndex::new();
     let a = build(&store, index.clone(), &def, "a");
     store.hold.store(true, Ordering::SeqCst);
     let starting = tokio::spawn({
@@ -254,6 +262,25 @@ async fn a_start_slower_than_its_lease_registers_again() {
     });
     tokio::task::yield_now().await;
     tokio::time::advance(4 * SECOND).await;
+    SlowStart {
+        ledger,
+        def,
+        store,
+        a,
+        starting,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_slower_than_its_lease_registers_again() {
+    let index = MemoryIndex::new();
+    let SlowStart {
+        ledger: _,
+        def,
+        store,
+        a,
+        starting,
+    } = slow_start(&index).await;
     // Another orchestrator finds the entry without a log, its lease expired, and removes it.
     let b = build(&store, index.clone(), &def, "b");
     b.recover().await.unwrap();
@@ -544,21 +571,14 @@ async fn a_saga_being_retried_is_open_in_the_index_so_a_crash_mid_retry_recovers
 /// starter's name, and the saga ends.
 #[tokio::test(start_paused = true)]
 async fn a_start_that_lands_while_a_recovery_removes_its_entry_is_not_lost() {
-    let ledger = Ledger::in_memory();
-    let def = SagaDefinition::builder("trip")
-        .step(ledger.step("flight", Act::Ok, Act::Ok))
-        .build()
-        .unwrap();
-    let store = Arc::new(Tap::new(InMemoryStore::new(), None));
     let index = FlakyIndex::default();
-    let a = build(&store, index.clone(), &def, "a");
-    store.hold.store(true, Ordering::SeqCst);
-    let starting = tokio::spawn({
-        let a = a.clone();
-        async move { a.start("trip", id("slow"), json!({}), None).await }
-    });
-    tokio::task::yield_now().await;
-    tokio::time::advance(4 * SECOND).await;
+    let SlowStart {
+        ledger,
+        def,
+        store,
+        a,
+        starting,
+    } = slow_start(&index).await;
     // Another orchestrator claims the entry (its lease expired) and reads no log. Just before
     // it removes the entry, the start lands: logged, and registered again (a no-op: b's
     // entry is there).
